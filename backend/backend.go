@@ -1,0 +1,113 @@
+// Package backend defines the small interfaces a lock backend implements.
+//
+// A backend is a set of one-attempt primitives (Locker, RWLocker, Semaphore),
+// each returning a Lease when it acquires. Everything that is the same for
+// every backend — waiting, retry pacing, context handling, running a
+// callback, releasing on panic — lives in the dlock package's Guard, which
+// finds a backend's optional capabilities (a native wait, a fencing token) by
+// type assertion, the way io.Copy finds io.WriterTo.
+//
+// Contracts common to every method here:
+//
+//   - name is a non-empty string of arbitrary bytes (the caller has checked
+//     that it is not empty). A backend maps it injectively into its own
+//     namespace or returns an error wrapping dlock.ErrInvalidName; it never
+//     reaches outside that namespace (a directory, a key prefix).
+//   - A Mutex, an RWMutex and a Semaphore of the same name are different
+//     locks: a backend keeps the three kinds in separate namespaces.
+//   - A lock is never re-entrant: two acquisitions of one name exclude each
+//     other even when they come from one goroutine, one client or one
+//     connection.
+//   - A method that returns a non-nil error holds nothing afterwards, even if
+//     ctx ended while the server was granting the lock.
+//   - ctx bounds the call; it does not bound the lease.
+package backend
+
+import "context"
+
+// Lease is one held lock.
+type Lease interface {
+	// Release gives the lock up. It returns nil only if the lock was held by
+	// this lease until the moment it was released. Releasing a lease that was
+	// lost returns an error (wrapping dlock.ErrLockLost when the backend
+	// knows it was lost), and never disturbs another holder of the same
+	// name. Release frees every resource of the lease (goroutines,
+	// connections, file descriptors) even when it returns an error, and even
+	// when ctx is already done; it is called at most once.
+	Release(ctx context.Context) error
+
+	// Lost returns a channel that is closed when the backend can no longer
+	// guarantee that this lease holds its lock: the connection that held it
+	// died, the key was deleted or could not be extended in time, the lock
+	// file was removed. For leases with a server-side expiry, the channel is
+	// closed before the server could grant the lock to anyone else. The
+	// channel is also closed by Release. It returns the same channel on every
+	// call.
+	Lost() <-chan struct{}
+}
+
+// Locker is an exclusive lock (a mutex).
+type Locker[L Lease] interface {
+	// TryLock makes one attempt to take the lock name. It does not wait for
+	// a holder: if the lock is held elsewhere it returns ok == false and a
+	// nil error. err != nil reports a failure to find out (bad input, a
+	// server error); then nothing is held.
+	TryLock(ctx context.Context, name string) (lease L, ok bool, err error)
+}
+
+// RWLocker is a reader-writer lock: many readers together, or one writer.
+type RWLocker[L Lease] interface {
+	// TryRLock makes one attempt to take name for reading. It fails
+	// (ok == false) while a writer holds name or waits for it in
+	// RWWaiter.WLock.
+	TryRLock(ctx context.Context, name string) (lease L, ok bool, err error)
+
+	// TryWLock makes one attempt to take name for writing. It fails while
+	// anyone holds name.
+	TryWLock(ctx context.Context, name string) (lease L, ok bool, err error)
+}
+
+// Semaphore is a counting semaphore: at most limit holders of one name.
+type Semaphore[L Lease] interface {
+	// TryAcquire makes one attempt to take one of the limit tickets of
+	// name (limit >= 1, checked by the caller). Each backend documents what
+	// happens when holders of one name disagree on limit.
+	TryAcquire(ctx context.Context, name string, limit int) (lease L, ok bool, err error)
+}
+
+// LockWaiter is implemented by a Locker that can wait for a lock natively:
+// block server-side, or be told of a release instead of polling.
+type LockWaiter[L Lease] interface {
+	// Lock waits until it takes name or ctx is done. When ctx ends first it
+	// returns an error wrapping ctx.Err() and holds nothing.
+	Lock(ctx context.Context, name string) (L, error)
+}
+
+// RWWaiter is implemented by an RWLocker that can wait natively. It is how a
+// backend gives writers preference: while WLock waits for name, TryRLock and
+// RLock of name must fail or wait, so a stream of readers cannot starve a
+// writer. The dlock conformance suite (dlocktest) requires it of every
+// RWLocker.
+type RWWaiter[L Lease] interface {
+	// RLock waits until it takes name for reading or ctx is done.
+	RLock(ctx context.Context, name string) (L, error)
+	// WLock waits until it takes name for writing or ctx is done.
+	WLock(ctx context.Context, name string) (L, error)
+}
+
+// SemaphoreWaiter is implemented by a Semaphore that can wait natively.
+type SemaphoreWaiter[L Lease] interface {
+	// Acquire waits until it takes a ticket of name or ctx is done.
+	Acquire(ctx context.Context, name string, limit int) (L, error)
+}
+
+// Fencer is implemented by a Lease that carries a fencing token.
+type Fencer interface {
+	// Token returns the lease's fencing token: for each name (and kind of
+	// lock), tokens are strictly increasing across all acquisitions by all
+	// clients and processes, in the order the acquisitions took effect. A
+	// downstream service that remembers the largest token it has seen can
+	// refuse writes from a holder whose lock has since passed to another.
+	// Zero means this lease has no token (fencing is off).
+	Token() uint64
+}

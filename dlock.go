@@ -1,0 +1,300 @@
+package dlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Guard is the acquire, wait, run and release engine shared by every
+// primitive and every backend. A Mutex, each side of an RWMutex, and a
+// Semaphore are Guards over a backend's one-attempt primitive.
+//
+// A Guard is safe for concurrent use. Every call names the lock it takes;
+// calls with different names are independent.
+type Guard[L backend.Lease] struct {
+	kind string
+	try  func(ctx context.Context, name string) (L, bool, error)
+	wait func(ctx context.Context, name string) (L, error) // nil: poll try
+	err  error                                             // a configuration error every call returns
+	opts options
+}
+
+func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
+	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
+}
+
+// Do takes the lock name, waiting until it is free or ctx is done, runs fn,
+// and releases the lock when fn returns or panics (then the panic goes on).
+//
+// A deadline on ctx is the timeout: when ctx ends before the lock is taken,
+// Do returns an error matching both ErrNotAcquired and ctx.Err(), and holds
+// nothing. fn's ctx is derived from ctx and is also cancelled, with cause
+// an error matching ErrLockLost (see context.Cause), if the lock is lost
+// while fn runs; Do then returns an error matching ErrLockLost (and fn's
+// own error, if it returned one). Otherwise Do returns fn's error, or, when
+// fn succeeded, the release's.
+func (g *Guard[L]) Do(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	return g.do(ctx, name, fn, true)
+}
+
+// TryDo is Do with a single attempt: when the lock is held elsewhere it
+// returns at once an error matching ErrNotAcquired, without running fn.
+func (g *Guard[L]) TryDo(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	return g.do(ctx, name, fn, false)
+}
+
+func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Context) error, wait bool) error {
+	if fn == nil {
+		return g.errorf(name, ErrNilFunc)
+	}
+	lk, err := g.acquire(ctx, name, wait)
+	if err != nil {
+		return err
+	}
+	return lk.run(ctx, fn)
+}
+
+// Acquire takes the lock name, waiting until it is free or ctx is done, and
+// returns it held. The caller must Release it. When ctx ends first, Acquire
+// returns an error matching both ErrNotAcquired and ctx.Err(), and holds
+// nothing. ctx bounds only the acquisition, not the holding.
+func (g *Guard[L]) Acquire(ctx context.Context, name string) (*Lock[L], error) {
+	return g.acquire(ctx, name, true)
+}
+
+// TryAcquire is Acquire with a single attempt: when the lock is held
+// elsewhere it returns at once an error matching ErrNotAcquired.
+func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error) {
+	return g.acquire(ctx, name, false)
+}
+
+func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
+	if g.err != nil {
+		return nil, g.errorf(name, g.err)
+	}
+	if name == "" {
+		return nil, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
+	}
+	if ctx.Err() != nil {
+		return nil, g.notAcquired(ctx, name)
+	}
+	var (
+		lease L
+		err   error
+	)
+	switch {
+	case !wait:
+		var ok bool
+		lease, ok, err = g.try(ctx, name)
+		if err == nil && !ok {
+			return nil, g.errorf(name, ErrNotAcquired)
+		}
+	case g.wait != nil:
+		lease, err = g.wait(ctx, name)
+	default:
+		lease, err = g.poll(ctx, name)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, g.notAcquired(ctx, name)
+		}
+		return nil, g.errorf(name, err)
+	}
+	lk := &Lock[L]{g: g, name: name, lease: lease}
+	if ctx.Err() != nil {
+		// The backend granted the lock as ctx ended: the caller has gone, so
+		// give it back rather than leak it.
+		if err := lk.Release(ctx); err != nil {
+			g.opts.logger.WarnContext(ctx, "dlock: releasing a lock acquired as its ctx ended", "kind", g.kind, "name", shortName(name), "err", err)
+		}
+		return nil, g.notAcquired(ctx, name)
+	}
+	g.opts.logger.DebugContext(ctx, "dlock: acquired", "kind", g.kind, "name", shortName(name))
+	return lk, nil
+}
+
+// poll waits for a backend without a native wait: attempts paced by
+// jittered exponential backoff.
+func (g *Guard[L]) poll(ctx context.Context, name string) (L, error) {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(g.opts.minWait),
+		backoff.WithMaxInterval(g.opts.maxWait),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMultiplier(2),
+		backoff.WithMaxElapsedTime(0),
+	)
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for {
+		lease, ok, err := g.try(ctx, name)
+		if err != nil || ok {
+			return lease, err
+		}
+		d := b.NextBackOff()
+		if t == nil {
+			t = time.NewTimer(d)
+		} else {
+			t.Reset(d)
+		}
+		select {
+		case <-ctx.Done():
+			var zero L
+			return zero, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (g *Guard[L]) notAcquired(ctx context.Context, name string) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	if cause != nil && cause != err {
+		return fmt.Errorf("dlock: %s %s: %w: %w (%w)", g.kind, shortName(name), ErrNotAcquired, err, cause)
+	}
+	return fmt.Errorf("dlock: %s %s: %w: %w", g.kind, shortName(name), ErrNotAcquired, err)
+}
+
+func (g *Guard[L]) errorf(name string, err error) error {
+	return fmt.Errorf("dlock: %s %s: %w", g.kind, shortName(name), err)
+}
+
+// Lock is a held lock, returned by Acquire and TryAcquire. Its methods are
+// safe for concurrent use.
+type Lock[L backend.Lease] struct {
+	g        *Guard[L]
+	name     string
+	lease    L
+	released atomic.Bool
+}
+
+// Name returns the lock's name.
+func (l *Lock[L]) Name() string { return l.name }
+
+// Lease returns the backend's lease, for backend-specific features.
+func (l *Lock[L]) Lease() L { return l.lease }
+
+// Lost returns a channel that is closed when the lock is lost: the backend
+// can no longer guarantee that this holder owns it (see backend.Lease). It
+// is also closed once the lock is released.
+func (l *Lock[L]) Lost() <-chan struct{} { return l.lease.Lost() }
+
+// Token returns the lock's fencing token and true, when the backend offers
+// one: tokens of one name strictly increase across all acquisitions by all
+// clients and processes, so a downstream store that keeps the largest token
+// it has seen can refuse a stale holder's writes. It returns 0, false when
+// the backend has no fencing token (or it is not enabled).
+func (l *Lock[L]) Token() (uint64, bool) {
+	if f, ok := any(l.lease).(backend.Fencer); ok {
+		t := f.Token()
+		return t, t != 0
+	}
+	return 0, false
+}
+
+// Release gives the lock up. It runs even when ctx is already cancelled,
+// bounded by the release timeout (WithReleaseTimeout). It returns an error
+// matching ErrNotHeld when the lock was already released, and one matching
+// ErrLockLost when the lock had been lost; in every case the lock's
+// resources are freed and no other holder is disturbed.
+func (l *Lock[L]) Release(ctx context.Context) error {
+	g := l.g
+	if !l.released.CompareAndSwap(false, true) {
+		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
+	}
+	lost := isClosed(l.lease.Lost())
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.opts.releaseTimeout)
+	defer cancel()
+	err := l.lease.Release(rctx)
+	switch {
+	case lost && (err == nil || !errors.Is(err, ErrLockLost)):
+		if err != nil {
+			err = fmt.Errorf("%w (release: %w)", ErrLockLost, err)
+		} else {
+			err = ErrLockLost
+		}
+	case err != nil && !lost:
+		g.opts.logger.WarnContext(ctx, "dlock: release failed", "kind", g.kind, "name", shortName(l.name), "err", err)
+	}
+	if err != nil {
+		return g.errorf(l.name, err)
+	}
+	g.opts.logger.DebugContext(ctx, "dlock: released", "kind", g.kind, "name", shortName(l.name))
+	return nil
+}
+
+// run runs fn under the held lock l, then releases it (also on panic).
+func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	fctx, cancel := context.WithCancelCause(ctx)
+	lostErr := l.g.errorf(l.name, ErrLockLost)
+	var (
+		wg   sync.WaitGroup
+		done = make(chan struct{})
+	)
+	wg.Go(func() {
+		select {
+		case <-l.lease.Lost():
+			l.g.opts.logger.WarnContext(ctx, "dlock: lock lost while held", "kind", l.g.kind, "name", shortName(l.name))
+			cancel(lostErr)
+		case <-done:
+		}
+	})
+	defer func() {
+		close(done)
+		wg.Wait()
+		wasLost := context.Cause(fctx) == lostErr
+		cancel(nil)
+		rerr := l.Release(ctx)
+		switch {
+		case wasLost && err != nil:
+			err = fmt.Errorf("%w: %w", lostErr, err)
+		case wasLost || (err == nil && errors.Is(rerr, ErrLockLost)):
+			err = lostErr
+		case err == nil:
+			err = rerr
+		case rerr != nil:
+			l.g.opts.logger.WarnContext(ctx, "dlock: release failed after fn returned an error", "kind", l.g.kind, "name", shortName(l.name), "err", rerr)
+		}
+	}()
+	return fn(fctx)
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// shortName quotes name for an error message, cut to 64 bytes.
+func shortName(name string) string {
+	const max = 64
+	if len(name) <= max {
+		return fmt.Sprintf("%q", name)
+	}
+	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+}
+
+// errNilBackend is the configuration error of a Guard made over a nil
+// backend.
+var errNilBackend = errors.New("nil backend")
+
+// brokenGuard returns a Guard whose every call fails with a configuration
+// error (a nil backend unless the caller sets another).
+func brokenGuard[L backend.Lease](kind string, opts []Option) *Guard[L] {
+	g := newGuard[L](kind, nil, nil, opts)
+	g.err = errNilBackend
+	return g
+}

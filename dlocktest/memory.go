@@ -1,0 +1,242 @@
+package dlocktest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Memory is an in-process backend: every primitive, native waits with
+// writer preference, and fencing tokens, over maps guarded by a mutex. It
+// is the reference implementation of the backend interfaces, and a
+// stand-in for a real backend in unit tests of code that uses dlock:
+//
+//	mem := dlocktest.NewMemory()
+//	mu := dlock.NewMutex(mem)
+//
+// Its locks live in one process; Lose simulates a loss. The zero value is
+// not usable; call NewMemory.
+type Memory struct {
+	mu     sync.Mutex
+	locks  map[memKey]*memLock
+	tokens map[memKey]uint64
+}
+
+type memKey struct {
+	kind byte // 'm' mutex, 'r' rwmutex, 's' semaphore
+	name string
+}
+
+type memLock struct {
+	holders        map[*MemoryLease]struct{}
+	writer         *MemoryLease // the exclusive holder of a mutex or RW lock
+	waitingWriters int
+	changed        chan struct{} // closed and replaced when the lock frees up
+}
+
+// MemoryLease is a lock held in a Memory.
+type MemoryLease struct {
+	m     *Memory
+	key   memKey
+	token uint64
+	lost  chan struct{}
+	state int // guarded by m.mu: 0 held, 1 lost, 2 released
+}
+
+var (
+	_ backend.Locker[*MemoryLease]          = (*Memory)(nil)
+	_ backend.LockWaiter[*MemoryLease]      = (*Memory)(nil)
+	_ backend.RWLocker[*MemoryLease]        = (*Memory)(nil)
+	_ backend.RWWaiter[*MemoryLease]        = (*Memory)(nil)
+	_ backend.Semaphore[*MemoryLease]       = (*Memory)(nil)
+	_ backend.SemaphoreWaiter[*MemoryLease] = (*Memory)(nil)
+	_ backend.Fencer                        = (*MemoryLease)(nil)
+)
+
+// NewMemory returns an empty in-process lock space.
+func NewMemory() *Memory {
+	return &Memory{locks: make(map[memKey]*memLock), tokens: make(map[memKey]uint64)}
+}
+
+// TryLock implements backend.Locker.
+func (m *Memory) TryLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
+	return m.try(memKey{'m', name}, m.canWrite, true)
+}
+
+// Lock implements backend.LockWaiter.
+func (m *Memory) Lock(ctx context.Context, name string) (*MemoryLease, error) {
+	return m.wait(ctx, memKey{'m', name}, m.canWrite, true)
+}
+
+// TryRLock implements backend.RWLocker.
+func (m *Memory) TryRLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
+	return m.try(memKey{'r', name}, m.canRead, false)
+}
+
+// TryWLock implements backend.RWLocker.
+func (m *Memory) TryWLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
+	return m.try(memKey{'r', name}, m.canWrite, true)
+}
+
+// RLock implements backend.RWWaiter.
+func (m *Memory) RLock(ctx context.Context, name string) (*MemoryLease, error) {
+	return m.wait(ctx, memKey{'r', name}, m.canRead, false)
+}
+
+// WLock implements backend.RWWaiter. While it waits, new readers of name
+// wait too.
+func (m *Memory) WLock(ctx context.Context, name string) (*MemoryLease, error) {
+	return m.wait(ctx, memKey{'r', name}, m.canWrite, true)
+}
+
+// TryAcquire implements backend.Semaphore. Each attempt is judged by its own
+// limit: a holder that asks with a larger limit may enter beside holders
+// that asked with a smaller one.
+func (m *Memory) TryAcquire(ctx context.Context, name string, limit int) (*MemoryLease, bool, error) {
+	if limit < 1 {
+		return nil, false, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
+	}
+	return m.try(memKey{'s', name}, m.canTicket(limit), false)
+}
+
+// Acquire implements backend.SemaphoreWaiter.
+func (m *Memory) Acquire(ctx context.Context, name string, limit int) (*MemoryLease, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
+	}
+	return m.wait(ctx, memKey{'s', name}, m.canTicket(limit), false)
+}
+
+// Lose makes lease lose its lock, as a server restart or an expired key
+// would: its Lost channel closes and the lock is free for others.
+func (m *Memory) Lose(lease *MemoryLease) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if lease.state == 0 {
+		lease.state = 1
+		close(lease.lost)
+		m.drop(lease)
+	}
+}
+
+func (m *Memory) canRead(l *memLock) bool  { return l.writer == nil && l.waitingWriters == 0 }
+func (m *Memory) canWrite(l *memLock) bool { return len(l.holders) == 0 }
+func (m *Memory) canTicket(limit int) func(*memLock) bool {
+	return func(l *memLock) bool { return len(l.holders) < limit }
+}
+
+func (m *Memory) lock(k memKey) *memLock {
+	l := m.locks[k]
+	if l == nil {
+		l = &memLock{holders: make(map[*MemoryLease]struct{}), changed: make(chan struct{})}
+		m.locks[k] = l
+	}
+	return l
+}
+
+// grant gives k to a new lease if can allows it; m.mu is held.
+func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool) {
+	l := m.lock(k)
+	if !can(l) {
+		return nil, false
+	}
+	m.tokens[k]++
+	lease := &MemoryLease{m: m, key: k, token: m.tokens[k], lost: make(chan struct{})}
+	l.holders[lease] = struct{}{}
+	if exclusive {
+		l.writer = lease
+	}
+	return lease, true
+}
+
+func (m *Memory) try(k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lease, ok := m.grant(k, can, exclusive)
+	if !ok {
+		m.tidy(k)
+	}
+	return lease, ok, nil
+}
+
+func (m *Memory) wait(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, error) {
+	writer := exclusive && k.kind == 'r'
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if writer {
+		m.lock(k).waitingWriters++
+		defer func() {
+			l := m.lock(k)
+			l.waitingWriters--
+			m.wake(l)
+			m.tidy(k)
+		}()
+	}
+	for {
+		lease, ok := m.grant(k, can, exclusive)
+		if ok {
+			return lease, nil
+		}
+		changed := m.locks[k].changed
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			m.mu.Lock()
+			return nil, ctx.Err()
+		case <-changed:
+		}
+		m.mu.Lock()
+	}
+}
+
+// drop removes a lease from its lock and wakes the waiters; m.mu is held.
+func (m *Memory) drop(lease *MemoryLease) {
+	l := m.locks[lease.key]
+	delete(l.holders, lease)
+	if l.writer == lease {
+		l.writer = nil
+	}
+	m.wake(l)
+	m.tidy(lease.key)
+}
+
+func (m *Memory) wake(l *memLock) {
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// tidy forgets a lock nobody holds or waits for; m.mu is held. Waiters
+// blocked on its old changed channel were woken when it last changed.
+func (m *Memory) tidy(k memKey) {
+	if l := m.locks[k]; l != nil && len(l.holders) == 0 && l.waitingWriters == 0 {
+		delete(m.locks, k)
+	}
+}
+
+// Release implements backend.Lease.
+func (l *MemoryLease) Release(ctx context.Context) error {
+	m := l.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch l.state {
+	case 1:
+		l.state = 2
+		return dlock.ErrLockLost
+	case 2:
+		return dlock.ErrNotHeld
+	}
+	l.state = 2
+	close(l.lost)
+	m.drop(l)
+	return nil
+}
+
+// Lost implements backend.Lease.
+func (l *MemoryLease) Lost() <-chan struct{} { return l.lost }
+
+// Token implements backend.Fencer: tokens count the acquisitions of each
+// name and kind, from 1.
+func (l *MemoryLease) Token() uint64 { return l.token }

@@ -1,0 +1,85 @@
+package dlock
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Option configures a Guard (a Mutex, either side of an RWMutex, or a
+// Semaphore).
+type Option func(*options)
+
+type options struct {
+	minWait, maxWait time.Duration
+	releaseTimeout   time.Duration
+	logger           *slog.Logger
+}
+
+// Defaults for the options.
+const (
+	// DefaultMinWait and DefaultMaxWait bound the pause between two attempts
+	// when a backend offers no native wait.
+	DefaultMinWait = 10 * time.Millisecond
+	DefaultMaxWait = 500 * time.Millisecond
+	// DefaultReleaseTimeout bounds a Release whose ctx is already done.
+	DefaultReleaseTimeout = 10 * time.Second
+)
+
+func newOptions(opts []Option) options {
+	o := options{
+		minWait:        DefaultMinWait,
+		maxWait:        DefaultMaxWait,
+		releaseTimeout: DefaultReleaseTimeout,
+		logger:         slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	return o
+}
+
+// WithBackoff sets the pause between two attempts to take a lock, for
+// backends that offer no native wait: it starts at min, doubles after each
+// failed attempt up to max, and is jittered by ±50% so that waiters do not
+// move in step. Values below a microsecond are raised to one; a max below
+// min is raised to min. Backends with a native wait (all of dlock's own)
+// ignore it.
+func WithBackoff(min, max time.Duration) Option {
+	return func(o *options) {
+		o.minWait = atLeast(min, time.Microsecond)
+		o.maxWait = atLeast(max, o.minWait)
+	}
+}
+
+// WithReleaseTimeout bounds how long a release may take. A release runs even
+// when the caller's ctx is already cancelled (Do releases after its ctx
+// ends; Release detaches from ctx's cancellation), so this timeout is what
+// stops it from hanging on a dead server. Non-positive values keep the
+// default, DefaultReleaseTimeout.
+func WithReleaseTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.releaseTimeout = d
+		}
+	}
+}
+
+// WithLogger sets the logger for acquisitions, releases, losses and errors
+// that cannot be returned (a release failing after fn already returned an
+// error). dlock is silent by default; a nil logger keeps it so.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+func atLeast(d, min time.Duration) time.Duration {
+	if d < min {
+		return min
+	}
+	return d
+}
