@@ -1,0 +1,145 @@
+package valkey
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/dlock-go/dlock"
+)
+
+// Key layout. Every key and channel of one lock is
+//
+//	prefix + "{" + enc(name) + "}:" + suffix
+//
+// so the cluster hash tag is exactly enc(name): all keys of one lock share a
+// slot, and nothing in the name can move them elsewhere, because enc never
+// produces '{' or '}'. enc is injective:
+//
+//   - names up to maxPlainName bytes are escaped: bytes 0x21-0x7E other than
+//     '{', '}', '%' and '~' stand for themselves, every other byte is "%XX"
+//     (upper-case hex);
+//   - longer names become the escaped first longNameHead bytes, '~', and the
+//     hex SHA-256 of the whole name. Only this form contains '~', so the two
+//     forms never meet, and distinct long names meet only on a SHA-256
+//     collision.
+//
+// The suffixes (see kind) keep a Mutex, an RWMutex and a Semaphore of one
+// name apart:
+//
+//	m      mutex: the lock (a string holding the owner's token, PX lease)
+//	m:f    mutex: the fencing counter
+//	m:n    mutex: the pub/sub channel its releases are announced on
+//	rw:r   RW: readers (sorted set: token scored by expiry, server ms)
+//	rw:w   RW: the writer (string, PX lease)
+//	rw:q   RW: waiting writers (sorted set: waiter scored by expiry)
+//	rw:f   RW: the fencing counter
+//	rw:n   RW: the channel
+//	s      semaphore: holders (sorted set: token scored by expiry)
+//	s:f    semaphore: the fencing counter
+//	s:n    semaphore: the channel
+const (
+	maxPlainName = 200
+	longNameHead = 48
+)
+
+// keyBase returns prefix + "{" + enc(name) + "}:".
+func keyBase(prefix, name string) (string, error) {
+	if name == "" {
+		return "", fmt.Errorf("dlock/valkey: %w: empty name", dlock.ErrInvalidName)
+	}
+	var b strings.Builder
+	b.Grow(len(prefix) + 3 + min(len(name), maxPlainName)*3 + 1 + 2*sha256.Size)
+	b.WriteString(prefix)
+	b.WriteByte('{')
+	if len(name) <= maxPlainName {
+		escapeTo(&b, name)
+	} else {
+		escapeTo(&b, name[:longNameHead])
+		b.WriteByte('~')
+		sum := sha256.Sum256([]byte(name))
+		b.WriteString(hex.EncodeToString(sum[:]))
+	}
+	b.WriteString("}:")
+	return b.String(), nil
+}
+
+func escapeTo(b *strings.Builder, s string) {
+	const hexdig = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '%' && c != '~' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hexdig[c>>4])
+		b.WriteByte(hexdig[c&15])
+	}
+}
+
+// shortName is a lock name fit for an error message.
+func shortName(name string) string {
+	if len(name) > 64 {
+		return fmt.Sprintf("%q...(%d bytes)", name[:64], len(name))
+	}
+	return fmt.Sprintf("%q", name)
+}
+
+// kind is the kind of a lease; it picks the keys and scripts.
+type kind uint8
+
+const (
+	kindMutex kind = iota
+	kindRead
+	kindWrite
+	kindSem
+)
+
+func (k kind) String() string {
+	switch k {
+	case kindMutex:
+		return "mutex"
+	case kindRead:
+		return "read lock"
+	case kindWrite:
+		return "write lock"
+	default:
+		return "semaphore"
+	}
+}
+
+// Keys of each kind, from a key base.
+func mutexKeys(base string) []string { return []string{base + "m", base + "m:f"} }
+func rwKeys(base string) []string {
+	return []string{base + "rw:r", base + "rw:w", base + "rw:q", base + "rw:f"}
+}
+func semKeys(base string) []string { return []string{base + "s", base + "s:f"} }
+
+// channel is where releases of a lock of kind k are announced.
+func channel(base string, k kind) string {
+	switch k {
+	case kindMutex:
+		return base + "m:n"
+	case kindRead, kindWrite:
+		return base + "rw:n"
+	default:
+		return base + "s:n"
+	}
+}
+
+// heldKey is the key a lease of kind k is recorded in (the one extended and
+// released).
+func heldKey(base string, k kind) string {
+	switch k {
+	case kindMutex:
+		return base + "m"
+	case kindRead:
+		return base + "rw:r"
+	case kindWrite:
+		return base + "rw:w"
+	default:
+		return base + "s"
+	}
+}

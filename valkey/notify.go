@@ -1,0 +1,266 @@
+package valkey
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	valkeygo "github.com/valkey-io/valkey-go"
+)
+
+// subscribeTimeout bounds a SUBSCRIBE or UNSUBSCRIBE on the notifier's
+// connection.
+const subscribeTimeout = 5 * time.Second
+
+// notifier wakes waiters when a lock they wait for is released: release
+// scripts PUBLISH on the lock's channel, and the notifier, one dedicated
+// pub/sub connection per node, subscribes to the channels of the locks
+// waited for in this process (counted, so each is subscribed once) and
+// signals every waiter of a channel when a message arrives.
+//
+// On a cluster the connection goes to one of the nodes: a PUBLISH reaches
+// every node of a cluster. When the connection breaks, every waiter is
+// woken (it retries, then re-subscribes on a new connection); in between,
+// waiters fall back to polling.
+type notifier struct {
+	client valkeygo.Client
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	conn   *subConn
+	subs   map[string]*subEntry
+	shut   bool
+	rotate int // which cluster node to use next
+	wg     sync.WaitGroup
+}
+
+// subConn is one dedicated pub/sub connection.
+type subConn struct {
+	dc     valkeygo.DedicatedClient
+	cancel func()
+}
+
+// subEntry is one subscribed channel.
+type subEntry struct {
+	conn    *subConn
+	waiters map[*subscription]struct{}
+	ready   chan struct{} // closed when the SUBSCRIBE is answered
+	err     error         // its error
+	closing chan struct{} // non-nil while unsubscribing; closed when done
+	dead    bool          // its connection broke
+}
+
+// subscription is one waiter's interest in a channel.
+type subscription struct {
+	n  *notifier
+	ch string
+	e  *subEntry
+	c  chan struct{} // receives a value when the channel gets a message
+}
+
+func newNotifier(c valkeygo.Client, log *slog.Logger) *notifier {
+	return &notifier{client: c, log: log, subs: make(map[string]*subEntry)}
+}
+
+// connLocked returns the live pub/sub connection, making one if needed;
+// n.mu is held.
+func (n *notifier) connLocked() (*subConn, error) {
+	if n.conn != nil {
+		return n.conn, nil
+	}
+	src := n.client
+	if n.client.Mode() == valkeygo.ClientModeCluster {
+		nodes := n.client.Nodes()
+		addrs := make([]string, 0, len(nodes))
+		for a := range nodes {
+			addrs = append(addrs, a)
+		}
+		if len(addrs) > 0 {
+			slices.Sort(addrs)
+			src = nodes[addrs[n.rotate%len(addrs)]]
+			n.rotate++
+		}
+	}
+	dc, cancel := src.Dedicate()
+	sc := &subConn{dc: dc, cancel: cancel}
+	errs := dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: n.onMessage})
+	n.conn = sc
+	n.wg.Go(func() { n.watch(sc, errs) })
+	return sc, nil
+}
+
+// watch waits until sc breaks (or is closed) and then forgets it.
+func (n *notifier) watch(sc *subConn, errs <-chan error) {
+	err, ok := <-errs
+	n.mu.Lock()
+	if !ok && n.conn != sc {
+		n.mu.Unlock()
+		return // closed by us
+	}
+	n.log.Debug("dlock/valkey: pub/sub connection ended", "err", err)
+	mine := n.conn == sc
+	if mine {
+		n.conn = nil
+	}
+	defer func() {
+		if mine {
+			sc.cancel() // outside n.mu: it may talk to the connection
+		}
+	}()
+	defer n.mu.Unlock()
+	for ch, e := range n.subs {
+		if e.conn != sc {
+			continue
+		}
+		e.dead = true
+		delete(n.subs, ch)
+		for s := range e.waiters {
+			s.signal()
+		}
+	}
+}
+
+func (n *notifier) onMessage(m valkeygo.PubSubMessage) {
+	n.mu.Lock()
+	if e := n.subs[m.Channel]; e != nil {
+		for s := range e.waiters {
+			s.signal()
+		}
+	}
+	n.mu.Unlock()
+}
+
+func (s *subscription) signal() {
+	select {
+	case s.c <- struct{}{}:
+	default:
+	}
+}
+
+// dead reports whether the subscription's connection broke.
+func (s *subscription) dead() bool {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	return s.e.dead
+}
+
+// subscribe subscribes to ch and returns once the server has confirmed the
+// subscription, so that a release published afterwards is not missed.
+func (n *notifier) subscribe(ctx context.Context, ch string, wake chan struct{}) (*subscription, error) {
+	s := &subscription{n: n, ch: ch, c: wake}
+	n.mu.Lock()
+	for {
+		if n.shut {
+			n.mu.Unlock()
+			return nil, errClosed
+		}
+		e := n.subs[ch]
+		if e != nil && e.closing != nil {
+			done := e.closing
+			n.mu.Unlock()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			n.mu.Lock()
+			continue
+		}
+		if e != nil {
+			s.e = e
+			e.waiters[s] = struct{}{}
+			n.mu.Unlock()
+			select {
+			case <-e.ready:
+			case <-ctx.Done():
+				s.close()
+				return nil, ctx.Err()
+			}
+			if e.err != nil {
+				s.close()
+				return nil, e.err
+			}
+			return s, nil
+		}
+		sc, err := n.connLocked()
+		if err != nil {
+			n.mu.Unlock()
+			return nil, err
+		}
+		e = &subEntry{conn: sc, waiters: map[*subscription]struct{}{s: {}}, ready: make(chan struct{})}
+		s.e = e
+		n.subs[ch] = e
+		n.mu.Unlock()
+		sctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
+		err = sc.dc.Do(sctx, sc.dc.B().Subscribe().Channel(ch).Build()).Error()
+		cancel()
+		n.mu.Lock()
+		e.err = err
+		close(e.ready)
+		if err != nil && n.subs[ch] == e {
+			delete(n.subs, ch)
+		}
+		n.mu.Unlock()
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// close ends the subscription; the last one of a channel unsubscribes it
+// (in the background, so a waiter that got its lock returns at once).
+func (s *subscription) close() {
+	n := s.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e := s.e
+	delete(e.waiters, s)
+	if len(e.waiters) > 0 || e.dead || e.err != nil || e.closing != nil || n.subs[s.ch] != e || n.shut {
+		return
+	}
+	select {
+	case <-e.ready:
+	default:
+		return // the subscriber still waits for its answer and holds a reference
+	}
+	e.closing = make(chan struct{})
+	n.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
+		err := e.conn.dc.Do(ctx, e.conn.dc.B().Unsubscribe().Channel(s.ch).Build()).Error()
+		cancel()
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if err != nil {
+			n.log.Debug("dlock/valkey: unsubscribe failed", "err", err)
+		}
+		if n.subs[s.ch] == e {
+			delete(n.subs, s.ch)
+		}
+		close(e.closing)
+	})
+}
+
+// close drops the pub/sub connection and waits for the notifier's
+// goroutines.
+func (n *notifier) close() {
+	n.mu.Lock()
+	n.shut = true
+	sc := n.conn
+	n.conn = nil
+	for ch, e := range n.subs {
+		e.dead = true
+		delete(n.subs, ch)
+		for s := range e.waiters {
+			s.signal()
+		}
+	}
+	n.mu.Unlock()
+	if sc != nil {
+		sc.cancel()
+	}
+	n.wg.Wait()
+}
