@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -113,11 +113,11 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 		// The backend granted the lock as ctx ended: the caller has gone, so
 		// give it back rather than leak it.
 		if err := lk.Release(ctx); err != nil {
-			g.opts.logger.WarnContext(ctx, "dlock: releasing a lock acquired as its ctx ended", "kind", g.kind, "name", shortName(name), "err", err)
+			g.log(ctx, slog.LevelWarn, "dlock: releasing a lock acquired as its ctx ended", name, err)
 		}
 		return nil, g.notAcquired(ctx, name)
 	}
-	g.opts.logger.DebugContext(ctx, "dlock: acquired", "kind", g.kind, "name", shortName(name))
+	g.log(ctx, slog.LevelDebug, "dlock: acquired", name, nil)
 	return lk, nil
 }
 
@@ -163,6 +163,19 @@ func (g *Guard[L]) notAcquired(ctx context.Context, name string) error {
 		return fmt.Errorf("dlock: %s %s: %w: %w (%w)", g.kind, shortName(name), ErrNotAcquired, err, cause)
 	}
 	return fmt.Errorf("dlock: %s %s: %w: %w", g.kind, shortName(name), ErrNotAcquired, err)
+}
+
+// log logs an event about the lock name, formatting nothing when the
+// logger would drop it.
+func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, err error) {
+	if !g.opts.logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", shortName(name))}
+	if err != nil {
+		attrs = append(attrs, slog.Any("err", err))
+	}
+	g.opts.logger.LogAttrs(ctx, level, msg, attrs...)
 }
 
 func (g *Guard[L]) errorf(name string, err error) error {
@@ -224,46 +237,49 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 			err = ErrLockLost
 		}
 	case err != nil && !lost:
-		g.opts.logger.WarnContext(ctx, "dlock: release failed", "kind", g.kind, "name", shortName(l.name), "err", err)
+		g.log(ctx, slog.LevelWarn, "dlock: release failed", l.name, err)
 	}
 	if err != nil {
 		return g.errorf(l.name, err)
 	}
-	g.opts.logger.DebugContext(ctx, "dlock: released", "kind", g.kind, "name", shortName(l.name))
+	g.log(ctx, slog.LevelDebug, "dlock: released", l.name, nil)
 	return nil
 }
 
 // run runs fn under the held lock l, then releases it (also on panic).
 func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	lostErr := l.g.errorf(l.name, ErrLockLost)
 	var (
-		wg   sync.WaitGroup
-		done = make(chan struct{})
+		lostErr error // set by the watcher before it exits
+		stop    = make(chan struct{})
+		exited  = make(chan struct{})
 	)
-	wg.Go(func() {
+	go func() {
+		defer close(exited)
 		select {
 		case <-l.lease.Lost():
-			l.g.opts.logger.WarnContext(ctx, "dlock: lock lost while held", "kind", l.g.kind, "name", shortName(l.name))
+			l.g.log(ctx, slog.LevelWarn, "dlock: lock lost while held", l.name, nil)
+			lostErr = l.g.errorf(l.name, ErrLockLost)
 			cancel(lostErr)
-		case <-done:
+		case <-stop:
 		}
-	})
+	}()
 	defer func() {
-		close(done)
-		wg.Wait()
-		wasLost := context.Cause(fctx) == lostErr
+		close(stop)
+		<-exited
 		cancel(nil)
 		rerr := l.Release(ctx)
 		switch {
-		case wasLost && err != nil:
+		case lostErr != nil && err != nil:
 			err = fmt.Errorf("%w: %w", lostErr, err)
-		case wasLost || (err == nil && errors.Is(rerr, ErrLockLost)):
+		case lostErr != nil:
 			err = lostErr
+		case err == nil && errors.Is(rerr, ErrLockLost):
+			err = l.g.errorf(l.name, ErrLockLost)
 		case err == nil:
 			err = rerr
 		case rerr != nil:
-			l.g.opts.logger.WarnContext(ctx, "dlock: release failed after fn returned an error", "kind", l.g.kind, "name", shortName(l.name), "err", rerr)
+			l.g.log(ctx, slog.LevelWarn, "dlock: release failed after fn returned an error", l.name, rerr)
 		}
 	}()
 	return fn(fctx)

@@ -1,0 +1,241 @@
+package dlock_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/dlocktest"
+)
+
+// pollOnly hides Memory's native waits, so the engine's own backoff loop
+// does the waiting.
+type pollOnly struct{ m *dlocktest.Memory }
+
+func (p pollOnly) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	return p.m.TryLock(ctx, name)
+}
+
+func (p pollOnly) TryAcquire(ctx context.Context, name string, limit int) (*dlocktest.MemoryLease, bool, error) {
+	return p.m.TryAcquire(ctx, name, limit)
+}
+
+// The engine's polling path (for backends without a native wait) passes
+// the suite's mutex and semaphore subtests.
+func TestPollingEngine(t *testing.T) {
+	mem := dlocktest.NewMemory()
+	dlocktest.Run(t, dlocktest.Harness[*dlocktest.MemoryLease]{
+		New:       func(testing.TB, string) any { return pollOnly{mem} },
+		Lose:      func(_ testing.TB, l *dlocktest.MemoryLease) { mem.Lose(l) },
+		Fencing:   true,
+		InProcess: true,
+	})
+}
+
+// lateGranter's wait ignores ctx's end and grants anyway, as a server can
+// grant a lock just as its client gives up.
+type lateGranter struct{ m *dlocktest.Memory }
+
+func (l lateGranter) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	return l.m.TryLock(ctx, name)
+}
+
+func (l lateGranter) Lock(ctx context.Context, name string) (*dlocktest.MemoryLease, error) {
+	<-ctx.Done()
+	lease, _, err := l.m.TryLock(context.Background(), name)
+	return lease, err
+}
+
+func TestLateGrantIsReleased(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	mem := dlocktest.NewMemory()
+	mu := dlock.NewMutex(lateGranter{mem})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := mu.Acquire(ctx, "x")
+	if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire: %v, want ErrNotAcquired and DeadlineExceeded", err)
+	}
+	lk, err := mu.TryAcquire(context.Background(), "x")
+	if err != nil {
+		t.Fatalf("the late grant was leaked: %v", err)
+	}
+	if err := lk.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stuckLease's Release hangs until its ctx ends.
+type stuckLease struct{ lost chan struct{} }
+
+func (s stuckLease) Release(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+func (s stuckLease) Lost() <-chan struct{}             { return s.lost }
+
+type stuckLocker struct{}
+
+func (stuckLocker) TryLock(context.Context, string) (stuckLease, bool, error) {
+	return stuckLease{make(chan struct{})}, true, nil
+}
+
+func TestReleaseIsBoundedAndDetached(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	mu := dlock.NewMutex(stuckLocker{}, dlock.WithReleaseTimeout(50*time.Millisecond))
+	lk, err := mu.TryAcquire(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	err = lk.Release(ctx) // ctx already cancelled: still tries, for the timeout
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Release: %v, want the release timeout's DeadlineExceeded", err)
+	}
+	if time.Since(start) < 40*time.Millisecond {
+		t.Fatalf("Release gave up at once on a cancelled ctx instead of running for its timeout")
+	}
+
+	// A release with a cancelled ctx really frees the lock.
+	mem := dlocktest.NewMemory()
+	m := dlock.NewMutex(mem)
+	lk2, err := m.TryAcquire(context.Background(), "y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lk2.Release(ctx); err != nil {
+		t.Fatalf("Release with a cancelled ctx: %v", err)
+	}
+	if lk3, err := m.TryAcquire(context.Background(), "y"); err != nil {
+		t.Fatalf("lock not freed: %v", err)
+	} else {
+		_ = lk3.Release(context.Background())
+	}
+}
+
+func TestDoReleasesAfterCtxCancelled(t *testing.T) {
+	mem := dlocktest.NewMemory()
+	mu := dlock.NewMutex(mem)
+	ctx, cancel := context.WithCancel(context.Background())
+	err := mu.Do(ctx, "x", func(ctx context.Context) error {
+		cancel()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	if lk, err := mu.TryAcquire(context.Background(), "x"); err != nil {
+		t.Fatalf("Do did not release after its ctx was cancelled: %v", err)
+	} else {
+		_ = lk.Release(context.Background())
+	}
+}
+
+func TestNilBackendIsAnError(t *testing.T) {
+	ctx := context.Background()
+	fn := func(context.Context) error { return nil }
+	if err := dlock.NewMutex[*dlocktest.MemoryLease](nil).Do(ctx, "x", fn); err == nil || !strings.Contains(err.Error(), "nil backend") {
+		t.Errorf("mutex over nil: %v", err)
+	}
+	if err := dlock.NewRWMutex[*dlocktest.MemoryLease](nil).Write().Do(ctx, "x", fn); err == nil {
+		t.Errorf("rwmutex over nil: %v", err)
+	}
+	if err := dlock.NewSemaphore[*dlocktest.MemoryLease](nil, 2).Do(ctx, "x", fn); err == nil {
+		t.Errorf("semaphore over nil: %v", err)
+	}
+}
+
+func TestErrorsNameTheLock(t *testing.T) {
+	mem := dlocktest.NewMemory()
+	mu := dlock.NewMutex(mem)
+	lk, _ := mu.TryAcquire(context.Background(), "report")
+	defer lk.Release(context.Background())
+	_, err := mu.TryAcquire(context.Background(), "report")
+	if !errors.Is(err, dlock.ErrNotAcquired) || !strings.Contains(err.Error(), `"report"`) {
+		t.Fatalf("error %q should match ErrNotAcquired and name the lock", err)
+	}
+	long := strings.Repeat("n", 1<<20)
+	lk2, _ := mu.TryAcquire(context.Background(), long)
+	defer lk2.Release(context.Background())
+	_, err = mu.TryAcquire(context.Background(), long)
+	if len(err.Error()) > 200 {
+		t.Fatalf("error message of %d bytes for a long name; want it cut", len(err.Error()))
+	}
+}
+
+func TestLoggerIsSilentByDefaultAndUsedWhenGiven(t *testing.T) {
+	var buf bytes.Buffer
+	mem := dlocktest.NewMemory()
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	mu := dlock.NewMutex(mem, dlock.WithLogger(log))
+	_ = mu.Do(context.Background(), "x", func(context.Context) error { return nil })
+	if !strings.Contains(buf.String(), "acquired") || !strings.Contains(buf.String(), "released") {
+		t.Fatalf("log: %q", buf.String())
+	}
+}
+
+func TestBackoffOptionPacesPolling(t *testing.T) {
+	mem := dlocktest.NewMemory()
+	tries := 0
+	counting := countingLocker{pollOnly{mem}, &tries}
+	mu := dlock.NewMutex(counting, dlock.WithBackoff(20*time.Millisecond, 20*time.Millisecond))
+	lk, _ := dlock.NewMutex(mem).TryAcquire(context.Background(), "x")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := mu.Acquire(ctx, "x")
+	if !errors.Is(err, dlock.ErrNotAcquired) {
+		t.Fatal(err)
+	}
+	_ = lk.Release(context.Background())
+	// 200ms at 10-30ms a pause: well under the hundreds a busy loop makes.
+	if tries < 3 || tries > 40 {
+		t.Fatalf("%d tries in 200ms with a 20ms backoff", tries)
+	}
+}
+
+type countingLocker struct {
+	pollOnly
+	n *int
+}
+
+func (c countingLocker) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	*c.n++
+	return c.pollOnly.TryLock(ctx, name)
+}
+
+// BenchmarkDo measures the engine's own cost per uncontended Do, over the
+// in-process backend.
+func BenchmarkDo(b *testing.B) {
+	mu := dlock.NewMutex(dlocktest.NewMemory())
+	ctx := context.Background()
+	fn := func(context.Context) error { return nil }
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := mu.Do(ctx, "bench", fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAcquireRelease is BenchmarkDo without the callback's context
+// and loss watcher.
+func BenchmarkAcquireRelease(b *testing.B) {
+	mu := dlock.NewMutex(dlocktest.NewMemory())
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		lk, err := mu.Acquire(ctx, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := lk.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,80 @@
+// Package dlock provides distributed locks — a mutex, a reader-writer mutex
+// and a counting semaphore — over PostgreSQL (package pg), Valkey or Redis
+// (package valkey) and the local file system (package fs), so that a job, a
+// migration or a critical section runs in one place at a time across
+// goroutines, processes and machines.
+//
+// # Model
+//
+// A backend makes one attempt at a time to take a named lock and returns a
+// lease when it succeeds. A Guard turns those attempts into waiting, runs
+// code under the lock and releases it:
+//
+//	mu := dlock.NewMutex(fsBackend) // or pg.New(pool), valkey.New(client)
+//	err := mu.Do(ctx, "nightly-report", func(ctx context.Context) error {
+//		return build(ctx) // ctx is cancelled, cause ErrLockLost, if the lock is lost
+//	})
+//
+// Do waits until the lock is free or ctx is done: a deadline on ctx is the
+// timeout, and there is no other. TryDo makes a single attempt. Acquire and
+// TryAcquire return a held *Lock for code that is not shaped like a
+// closure (leader election, a lock held across requests); it has Release,
+// Lost and, where the backend offers one, a fencing Token.
+//
+// NewRWMutex gives a reader-writer mutex whose Read and Write sides are
+// Guards; NewSemaphore a semaphore with a limit. A Mutex, an RWMutex and a
+// Semaphore with the same name are different locks.
+//
+// # Guarantees
+//
+// Every backend passes the conformance suite in package dlocktest, which
+// checks these:
+//
+//   - At most one holder of a mutex name (limit holders of a semaphore
+//     name; readers or one writer of an RWMutex name) at a time, across
+//     goroutines, guards, clients and processes. Locks are not re-entrant:
+//     a second acquisition of a held name waits, even from the same
+//     goroutine.
+//   - Names are byte strings; names that differ in any byte are different
+//     locks. The empty name is refused with ErrInvalidName, and no name can
+//     reach outside the backend's directory or key prefix.
+//   - A try never waits. A wait ends when the lock is taken or ctx is done;
+//     a wait ended by ctx returns an error matching both ErrNotAcquired and
+//     ctx.Err(), and holds nothing afterwards — also when the backend
+//     granted the lock just as ctx ended (it is released at once).
+//   - Release frees the lock for a waiter. Releasing twice returns
+//     ErrNotHeld; releasing a lost lock returns ErrLockLost; neither
+//     disturbs the lock's next holder. Do releases when fn returns and when
+//     it panics, and a release runs even when ctx is already cancelled,
+//     bounded by WithReleaseTimeout.
+//   - Loss is reported: when the backend can no longer guarantee ownership
+//     (the connection holding it died, the key expired or was deleted, the
+//     lock file was removed), Lost is closed and Do's ctx is cancelled with
+//     a cause matching ErrLockLost. Leases with a server-side expiry learn
+//     of the loss before the server could let anyone else in.
+//   - A holder process that dies frees its locks: at once for files and
+//     PostgreSQL, within the lease time for Valkey.
+//   - Readers share, a writer excludes everyone, and once a writer waits,
+//     new readers wait too, so writers do not starve.
+//   - Fencing tokens, where offered, strictly increase per name across all
+//     acquisitions, so a store can refuse a stale holder's writes.
+//
+// A lock held by a process that stops running (a long GC pause, SIGSTOP)
+// can still expire under it on a lease backend; that is the case fencing
+// tokens exist for.
+//
+// # Choosing a backend
+//
+//   - fs: processes on one machine. No server; locks are flock(2)s on files
+//     in a directory, freed by the kernel when a holder dies.
+//   - pg: processes that already share a PostgreSQL database. Session
+//     advisory locks, freed by the server when the holding connection
+//     dies; transaction-scoped locks for work inside a pgx.Tx.
+//   - valkey: processes that share a Valkey or Redis server or cluster,
+//     or several independent servers (RedLock). Leases that expire unless
+//     extended, extended in the background while held.
+//   - dlocktest.Memory: one process; for tests of code that uses dlock.
+//
+// Errors name the lock and wrap the sentinels below; match them with
+// errors.Is. dlock logs nothing unless given a logger (WithLogger).
+package dlock
