@@ -1,0 +1,527 @@
+//go:build linux
+
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Backend keeps locks as files in one directory. It implements
+// backend.Locker, backend.RWLocker and backend.Semaphore with their native
+// waits (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); its
+// leases implement backend.Fencer. It is safe for concurrent use. Call Close
+// when done with it.
+type Backend struct {
+	dir    string // absolute, clean
+	prefix string // dir + "/"
+	cfg    config
+
+	stopc chan struct{} // closed by Close
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	leases  map[*Lease]struct{}
+	waiters map[string]map[*waiter]struct{} // by file name or slot key
+	nwait   int
+	mon     *monitor // nil when no monitor runs
+}
+
+var (
+	_ backend.Locker[*Lease]          = (*Backend)(nil)
+	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
+	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
+	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
+	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
+	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
+	_ backend.Fencer                  = (*Lease)(nil)
+)
+
+// New returns a backend keeping its lock files in dir, which it creates
+// (with missing parents, mode 0700 unless WithDirMode) if needed. It refuses
+// a dir that is a symbolic link or not a directory, that is owned by another
+// user or world-writable (anyone could plant or replace lock files), or that
+// lives on a network file system (NFS, SMB/CIFS), where flock locks are
+// emulated with per-process locks and inotify sees no remote change.
+func New(dir string, opts ...Option) (*Backend, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		return nil, errors.New("fs: empty directory name")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, cfg.dirMode); err != nil {
+		return nil, fmt.Errorf("fs: create lock directory: %w", err)
+	}
+	if err := checkDir(abs); err != nil {
+		return nil, err
+	}
+	b := &Backend{
+		dir:     abs,
+		prefix:  abs + "/",
+		cfg:     cfg,
+		stopc:   make(chan struct{}),
+		leases:  make(map[*Lease]struct{}),
+		waiters: make(map[string]map[*waiter]struct{}),
+	}
+	if abs == "/" {
+		b.prefix = "/"
+	}
+	return b, nil
+}
+
+// checkDir verifies that dir is a safe lock directory.
+func checkDir(dir string) error {
+	fd, err := openRetry(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			return fmt.Errorf("fs: lock directory %q is a symbolic link or not a directory: %w", dir, err)
+		}
+		return fmt.Errorf("fs: open lock directory %q: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
+	}
+	if euid := os.Geteuid(); st.Uid != uint32(euid) {
+		return fmt.Errorf("fs: lock directory %q is owned by uid %d, not by this process's uid %d: refused", dir, st.Uid, euid)
+	}
+	if st.Mode&0o002 != 0 {
+		return fmt.Errorf("fs: lock directory %q is world-writable (mode %#o): refused", dir, st.Mode&0o7777)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return fmt.Errorf("fs: statfs lock directory %q: %w", dir, err)
+	}
+	switch uint32(sfs.Type) {
+	case unix.NFS_SUPER_MAGIC, unix.SMB_SUPER_MAGIC, unix.SMB2_SUPER_MAGIC, unix.CIFS_SUPER_MAGIC:
+		return fmt.Errorf("fs: lock directory %q is on a network file system (type %#x): flock there is not per open file description: refused", dir, sfs.Type)
+	}
+	return nil
+}
+
+// Dir returns the absolute path of the lock directory.
+func (b *Backend) Dir() string { return b.dir }
+
+// Close stops the backend's background work and frees every lease still
+// held: each one's lock is dropped and its Lost channel closed (a callback
+// running under it sees its ctx cancelled with cause dlock.ErrLockLost; its
+// Release returns an error wrapping dlock.ErrLockLost). Waits in progress
+// return ErrClosed, and so does every later call. Lock files stay in the
+// directory. Close is idempotent.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.stopc)
+	if b.mon != nil {
+		b.mon.stop()
+		b.mon = nil
+	}
+	held := make([]*Lease, 0, len(b.leases))
+	for l := range b.leases {
+		held = append(held, l)
+	}
+	clear(b.leases)
+	b.mu.Unlock()
+	b.wg.Wait()
+	for _, l := range held {
+		l.drop()
+	}
+	return nil
+}
+
+// begin checks the arguments common to every acquisition.
+func (b *Backend) begin(ctx context.Context, what, name string) error {
+	if name == "" {
+		return fmt.Errorf("fs: %s: empty name: %w", what, dlock.ErrInvalidName)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fs: %s %s: %w: %w", what, quoteName(name), dlock.ErrNotAcquired, err)
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return fmt.Errorf("fs: %s %s: %w", what, quoteName(name), ErrClosed)
+	}
+	return nil
+}
+
+// register records a new lease so that the monitor checks it. It fails (and
+// the caller must free the lease's file) once the backend is closed.
+func (b *Backend) register(l *Lease) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	b.leases[l] = struct{}{}
+	b.ensureMonitorLocked(false)
+	return nil
+}
+
+// unregister forgets a lease.
+func (b *Backend) unregister(l *Lease) {
+	b.mu.Lock()
+	delete(b.leases, l)
+	b.mu.Unlock()
+}
+
+// waiter is one wait in progress. c receives a value when a file it waits for
+// is closed by anyone (a holder's release, a holder process's death).
+type waiter struct {
+	keys []string
+	c    chan struct{}
+}
+
+func (w *waiter) signal() {
+	select {
+	case w.c <- struct{}{}:
+	default:
+	}
+}
+
+// addWaiter arms a waiter for the files keys (file names, or slot keys for
+// the slots of a semaphore). When it returns, every later close of one of
+// those files signals the waiter: arm it before the attempt whose failure
+// makes you wait, and no release can slip between the two.
+func (b *Backend) addWaiter(keys ...string) (*waiter, error) {
+	w := &waiter{keys: keys, c: make(chan struct{}, 1)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	for _, k := range keys {
+		m := b.waiters[k]
+		if m == nil {
+			m = make(map[*waiter]struct{})
+			b.waiters[k] = m
+		}
+		m[w] = struct{}{}
+	}
+	b.nwait++
+	b.ensureMonitorLocked(true)
+	return w, nil
+}
+
+func (b *Backend) removeWaiter(w *waiter) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, k := range w.keys {
+		if m := b.waiters[k]; m != nil {
+			delete(m, w)
+			if len(m) == 0 {
+				delete(b.waiters, k)
+			}
+		}
+	}
+	b.nwait--
+}
+
+// waitLoop runs try until it succeeds, fails, or ctx ends, sleeping between
+// attempts until a file in keys is closed. The first attempt is made before
+// any waiter is armed (the uncontended path costs nothing extra).
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys ...string) error {
+	ok, err := try()
+	if ok || err != nil {
+		return err
+	}
+	w, err := b.addWaiter(keys...)
+	if err != nil {
+		return err
+	}
+	defer b.removeWaiter(w)
+	const shortest = 2 * time.Millisecond
+	longest := b.cfg.waitFallback
+	timeout := longest
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		ok, err := try()
+		if ok || err != nil {
+			return err
+		}
+		t.Reset(timeout)
+		select {
+		case <-w.c:
+			// Someone closed a lock file we wait for. If our attempt still
+			// fails, retry soon anyway: a dying process's close is announced
+			// a moment before the kernel drops its locks.
+			timeout = min(shortest, longest)
+		case <-t.C:
+			timeout = min(2*timeout, longest)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+		case <-b.stopc:
+			return ErrClosed
+		}
+	}
+}
+
+// monitor is the backend's one background goroutine: it watches the lock
+// directory through inotify, wakes waiters when a file they wait for is
+// closed, and checks held leases for loss (at once when a lock file is
+// removed or renamed, and every lossInterval in any case). It runs while
+// leases are held or waits are in progress, and exits after a quiet
+// interval or at Close.
+type monitor struct {
+	b       *Backend
+	f       *os.File        // the inotify instance; nil if unavailable
+	raw     syscall.RawConn // f's raw connection, for updating the watch
+	closeOn bool            // the watch includes close events
+	done    chan struct{}
+}
+
+const (
+	lossMask  = unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR | unix.IN_DONT_FOLLOW
+	closeMask = unix.IN_CLOSE_WRITE | unix.IN_CLOSE_NOWRITE
+)
+
+// ensureMonitorLocked starts the monitor if none runs and, when waiting is
+// set, makes sure its watch reports close events before returning. b.mu is
+// held.
+func (b *Backend) ensureMonitorLocked(waiting bool) {
+	m := b.mon
+	if m == nil {
+		m = &monitor{b: b, done: make(chan struct{})}
+		m.open()
+		b.mon = m
+		b.wg.Add(1)
+		go m.run()
+	}
+	if waiting && !m.closeOn && m.f != nil {
+		if m.setMask(lossMask | closeMask) {
+			m.closeOn = true
+		}
+	}
+}
+
+// open creates the inotify instance. Failure (say, the per-user limit of
+// instances is reached) leaves f nil: leases are then checked every
+// interval and waiters rely on their fallback timer.
+func (m *monitor) open() {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return
+	}
+	if _, err := unix.InotifyAddWatch(fd, m.b.dir, lossMask); err != nil {
+		unix.Close(fd)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "inotify:"+m.b.dir)
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return
+	}
+	m.f, m.raw = f, raw
+}
+
+// setMask replaces the watch's event mask. b.mu is held.
+func (m *monitor) setMask(mask uint32) bool {
+	var werr error
+	err := m.raw.Control(func(fd uintptr) {
+		_, werr = unix.InotifyAddWatch(int(fd), m.b.dir, mask)
+	})
+	return err == nil && werr == nil
+}
+
+// stop makes run return. b.mu is held.
+func (m *monitor) stop() {
+	if m.f != nil {
+		m.f.Close() // wakes a pending Read
+	}
+}
+
+func (m *monitor) run() {
+	b := m.b
+	defer b.wg.Done()
+	defer close(m.done)
+	buf := make([]byte, 64<<10)
+	next := time.Now().Add(b.cfg.lossInterval)
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	if m.f == nil {
+		t = time.NewTimer(b.cfg.lossInterval)
+	}
+	idle := false
+	for {
+		if m.f != nil {
+			_ = m.f.SetReadDeadline(next)
+			n, err := m.f.Read(buf)
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				select {
+				case <-b.stopc:
+					return
+				default:
+				}
+				// The instance broke: carry on with the timer alone.
+				b.mu.Lock()
+				m.f.Close()
+				m.f = nil
+				b.mu.Unlock()
+				t = time.NewTimer(time.Until(next))
+			}
+			if n > 0 {
+				m.dispatch(buf[:n])
+			}
+		} else {
+			t.Reset(time.Until(next))
+			select {
+			case <-b.stopc:
+				return
+			case <-t.C:
+			}
+		}
+		select {
+		case <-b.stopc:
+			return
+		default:
+		}
+		if now := time.Now(); !now.Before(next) {
+			next = now.Add(b.cfg.lossInterval)
+			b.checkLeases(nil)
+			if m.tick(&idle) {
+				return
+			}
+		}
+	}
+}
+
+// tick runs once per interval: it turns close events off when nobody waits,
+// and ends the monitor after an interval with neither leases nor waiters.
+func (m *monitor) tick(idle *bool) (exit bool) {
+	b := m.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return true
+	}
+	if b.nwait == 0 && m.closeOn && m.f != nil {
+		if m.setMask(lossMask) {
+			m.closeOn = false
+		}
+	}
+	if len(b.leases) > 0 || b.nwait > 0 {
+		*idle = false
+		return false
+	}
+	if !*idle {
+		*idle = true
+		return false
+	}
+	b.mon = nil
+	if m.f != nil {
+		m.f.Close()
+	}
+	return true
+}
+
+// dispatch handles a batch of inotify events.
+func (m *monitor) dispatch(buf []byte) {
+	b := m.b
+	var gone []string // names removed or renamed
+	all := false
+	var wake []*waiter
+	b.mu.Lock()
+	for len(buf) >= unix.SizeofInotifyEvent {
+		mask := hostUint32(buf[4:8])
+		nlen := int(hostUint32(buf[12:16]))
+		end := unix.SizeofInotifyEvent + nlen
+		if end > len(buf) {
+			break
+		}
+		name := cString(buf[unix.SizeofInotifyEvent:end])
+		buf = buf[end:]
+		switch {
+		case mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
+			all = true
+		case mask&closeMask != 0:
+			for w := range b.waiters[name] {
+				wake = append(wake, w)
+			}
+			if k := slotKey(name); k != "" {
+				for w := range b.waiters[k] {
+					wake = append(wake, w)
+				}
+			}
+		case mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO) != 0:
+			gone = append(gone, name)
+		}
+	}
+	if all {
+		for _, m := range b.waiters {
+			for w := range m {
+				wake = append(wake, w)
+			}
+		}
+	}
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+	if all {
+		b.checkLeases(nil)
+	} else if len(gone) > 0 {
+		b.checkLeases(gone)
+	}
+}
+
+// checkLeases verifies that the path of each held lease (of those whose file
+// name is in only, or of all when only is nil) still names its locked file,
+// and reports loss for those whose does not.
+func (b *Backend) checkLeases(only []string) {
+	b.mu.Lock()
+	var check []*Lease
+	for l := range b.leases {
+		if only == nil {
+			check = append(check, l)
+			continue
+		}
+		for _, n := range only {
+			if l.file == n {
+				check = append(check, l)
+				break
+			}
+		}
+	}
+	b.mu.Unlock()
+	for _, l := range check {
+		if same, _ := stillNamed(l.path, l.dev, l.ino); !same {
+			b.unregister(l)
+			l.markLost()
+		}
+	}
+}

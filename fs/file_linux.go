@@ -1,0 +1,323 @@
+//go:build linux
+
+package fs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockFile is one lock file, open (fd >= 0) or not, and the lock this
+// process holds on it through fd, if any.
+type lockFile struct {
+	path     string
+	fd       int // -1 when not open
+	dev, ino uint64
+	held     uint8 // heldNone, heldFlock or heldOFD
+}
+
+const (
+	heldNone uint8 = iota
+	heldFlock
+	heldOFD
+)
+
+// maxReplaced bounds how many times one attempt follows a lock file that is
+// replaced under it before it gives up with an error.
+const maxReplaced = 8
+
+var errReplaced = errors.New("fs: lock file keeps being replaced")
+
+func newLockFile(path string) lockFile { return lockFile{path: path, fd: -1} }
+
+// open opens (creating if needed) the lock file. The final path element is
+// never followed if it is a symbolic link, and it must be a regular file.
+func (f *lockFile) open(mode uint32) error {
+	fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			return fmt.Errorf("fs: lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+		}
+		return fmt.Errorf("fs: open lock file %s: %w", f.path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("fs: stat lock file %s: %w", f.path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return fmt.Errorf("fs: lock file %s is not a regular file (mode %#o): refused", f.path, st.Mode)
+	}
+	f.fd, f.dev, f.ino, f.held = fd, uint64(st.Dev), uint64(st.Ino), heldNone
+	return nil
+}
+
+// close drops the lock held through the file, if any, and closes it. The
+// explicit unlock comes first: the kernel announces a close (inotify) before
+// it drops the locks of the closed file, and a waiter woken by the
+// announcement must find the lock free.
+func (f *lockFile) close() {
+	if f.fd < 0 {
+		return
+	}
+	switch f.held {
+	case heldFlock:
+		_ = flockRetry(f.fd, unix.LOCK_UN)
+	case heldOFD:
+		_ = ofdLock(f.fd, unix.F_OFD_SETLK, unix.F_UNLCK)
+	}
+	unix.Close(f.fd)
+	f.fd, f.held = -1, heldNone
+}
+
+// named reports whether f's path still names the file f has open.
+func (f *lockFile) named() (bool, error) { return stillNamed(f.path, f.dev, f.ino) }
+
+// tryFlock makes one non-blocking flock attempt (how is LOCK_EX or LOCK_SH)
+// on the lock file, opening it if needed. On success it checks that the
+// path still names the locked file; if the file was removed or replaced
+// meanwhile, it locks the file that now has the name instead. When the lock
+// is busy the file stays open (for a waiter's next attempt).
+func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
+	for range maxReplaced {
+		if f.fd < 0 {
+			if err := f.open(mode); err != nil {
+				return false, err
+			}
+		}
+		if err := flockRetry(f.fd, how|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return false, nil
+			}
+			return false, fmt.Errorf("fs: flock %s: %w", f.path, err)
+		}
+		f.held = heldFlock
+		same, err := f.named()
+		if err != nil {
+			f.close()
+			return false, err
+		}
+		if same {
+			return true, nil
+		}
+		f.close()
+	}
+	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+}
+
+// lockFlock takes the lock blocking (used only for the brief lock of a
+// fencing counter file), following a replaced file as tryFlock does.
+func (f *lockFile) lockFlock(mode uint32) error {
+	for range maxReplaced {
+		if f.fd < 0 {
+			if err := f.open(mode); err != nil {
+				return err
+			}
+		}
+		if err := flockRetry(f.fd, unix.LOCK_EX); err != nil {
+			return fmt.Errorf("fs: flock %s: %w", f.path, err)
+		}
+		f.held = heldFlock
+		same, err := f.named()
+		if err != nil {
+			f.close()
+			return err
+		}
+		if same {
+			return nil
+		}
+		f.close()
+	}
+	return fmt.Errorf("%w: %s", errReplaced, f.path)
+}
+
+// tryOFDWrite makes one non-blocking attempt at an exclusive OFD lock on the
+// whole file (the writers' gate of an RW lock), opening it if needed.
+func (f *lockFile) tryOFDWrite(mode uint32) (bool, error) {
+	for range maxReplaced {
+		if f.fd < 0 {
+			if err := f.open(mode); err != nil {
+				return false, err
+			}
+		}
+		if err := ofdLock(f.fd, unix.F_OFD_SETLK, unix.F_WRLCK); err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+				return false, nil
+			}
+			return false, fmt.Errorf("fs: lock %s: %w", f.path, err)
+		}
+		f.held = heldOFD
+		same, err := f.named()
+		if err != nil {
+			f.close()
+			return false, err
+		}
+		if same {
+			return true, nil
+		}
+		f.close()
+	}
+	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+}
+
+// ofdFree reports whether a shared OFD lock could be taken on the file now,
+// that is whether no writer holds the gate, without taking it.
+func (f *lockFile) ofdFree(mode uint32) (bool, error) {
+	for range maxReplaced {
+		if f.fd < 0 {
+			if err := f.open(mode); err != nil {
+				return false, err
+			}
+		}
+		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
+		if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
+			return false, fmt.Errorf("fs: test lock %s: %w", f.path, err)
+		}
+		same, err := f.named()
+		if err != nil {
+			return false, err
+		}
+		if same {
+			return lk.Type == unix.F_UNLCK, nil
+		}
+		f.close()
+	}
+	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+}
+
+// stillNamed reports whether path names the file (dev, ino) without
+// following a final symbolic link. A missing path is (false, nil).
+func stillNamed(path string, dev, ino uint64) (bool, error) {
+	var st unix.Stat_t
+	for {
+		err := unix.Lstat(path, &st)
+		if err == nil {
+			return uint64(st.Dev) == dev && uint64(st.Ino) == ino, nil
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			return false, nil
+		}
+		return false, fmt.Errorf("fs: stat %s: %w", path, err)
+	}
+}
+
+func openRetry(path string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, mode)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
+}
+
+func flockRetry(fd, how int) error {
+	for {
+		err := unix.Flock(fd, how)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+func fcntlRetry(fd, cmd int, lk *unix.Flock_t) error {
+	for {
+		err := unix.FcntlFlock(uintptr(fd), cmd, lk)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+func ofdLock(fd, cmd int, typ int16) error {
+	lk := unix.Flock_t{Type: typ, Whence: io.SeekStart}
+	return fcntlRetry(fd, cmd, &lk)
+}
+
+// The fencing counter: 20 decimal digits and a newline at the start of the
+// file (readable with cat). An empty file counts as 0.
+const counterLen = 21
+
+// bumpCounter reads the counter of the file open as fd (which the caller
+// holds exclusively), and stores and returns the next token: one more than
+// the stored value, or the wall clock in nanoseconds since 1970 if that is
+// larger — so tokens keep increasing even when the counter file is deleted
+// or loses its last updates in a crash, unless the clock also went back.
+func bumpCounter(fd int, path string, sync bool) (uint64, error) {
+	var buf [counterLen + 8]byte
+	n, err := preadRetry(fd, buf[:], 0)
+	if err != nil {
+		return 0, fmt.Errorf("fs: read fencing counter %s: %w", path, err)
+	}
+	var stored uint64
+	if n > 0 {
+		s := buf[:n]
+		if s[len(s)-1] == '\n' {
+			s = s[:len(s)-1]
+		}
+		v, err := strconv.ParseUint(string(s), 10, 64)
+		if err != nil || n != counterLen {
+			return 0, fmt.Errorf("fs: corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
+		}
+		stored = v
+	}
+	if stored == ^uint64(0) {
+		return 0, fmt.Errorf("fs: fencing counter in %s is exhausted", path)
+	}
+	token := stored + 1
+	if now := time.Now().UnixNano(); now > 0 && uint64(now) > token {
+		token = uint64(now)
+	}
+	out := fmt.Appendf(buf[:0], "%020d\n", token)
+	if w, err := pwriteRetry(fd, out, 0); err != nil || w != len(out) {
+		if err == nil {
+			err = io.ErrShortWrite
+		}
+		return 0, fmt.Errorf("fs: write fencing counter %s: %w", path, err)
+	}
+	if sync {
+		if err := unix.Fdatasync(fd); err != nil {
+			return 0, fmt.Errorf("fs: sync fencing counter %s: %w", path, err)
+		}
+	}
+	return token, nil
+}
+
+func preadRetry(fd int, p []byte, off int64) (int, error) {
+	for {
+		n, err := unix.Pread(fd, p, off)
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
+}
+
+func pwriteRetry(fd int, p []byte, off int64) (int, error) {
+	for {
+		n, err := unix.Pwrite(fd, p, off)
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
+}
+
+func hostUint32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
+
+// cString returns b up to its first NUL byte.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,149 @@
+//go:build linux
+
+package fs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/dlock-go/dlock"
+)
+
+// Lease is one lock held by a Backend: an open lock file and the flock on it.
+type Lease struct {
+	b        *Backend
+	what     string // "mutex", "read lock", "write lock", "semaphore"
+	name     string
+	path     string // the lock file
+	file     string // its base name
+	dev, ino uint64
+	token    uint64
+	lost     chan struct{}
+
+	mu    sync.Mutex
+	f     lockFile // closed (fd -1) once released or dropped
+	state uint8
+}
+
+const (
+	leaseHeld uint8 = iota
+	leaseLost
+	leaseReleased
+)
+
+// newLease wraps a locked file into a registered lease. counter is the path
+// of the fencing counter file, or "" to keep the counter in the lock file
+// itself. On error the file is closed (its lock dropped).
+func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lease, error) {
+	l := &Lease{
+		b:    b,
+		what: what,
+		name: name,
+		path: f.path,
+		file: f.path[len(b.prefix):],
+		dev:  f.dev,
+		ino:  f.ino,
+		lost: make(chan struct{}),
+	}
+	if b.cfg.fencing {
+		var err error
+		if counter == "" {
+			l.token, err = bumpCounter(f.fd, f.path, b.cfg.sync)
+		} else {
+			l.token, err = b.bumpCounterFile(counter)
+		}
+		if err != nil {
+			f.close()
+			return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+		}
+	}
+	l.f = *f
+	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
+	if err := b.register(l); err != nil {
+		l.f.close()
+		return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+	}
+	return l, nil
+}
+
+// bumpCounterFile takes the next token from a counter file, under a brief
+// exclusive flock of that file.
+func (b *Backend) bumpCounterFile(path string) (uint64, error) {
+	c := newLockFile(path)
+	defer c.close()
+	if err := c.lockFlock(uint32(b.cfg.fileMode)); err != nil {
+		return 0, err
+	}
+	return bumpCounter(c.fd, path, b.cfg.sync)
+}
+
+// Release gives the lock up: it drops the lock and closes the lock file (the
+// file itself stays). It returns nil only if the lease held its lock until
+// then; for a lease that was lost (its file removed or replaced, or the
+// backend closed) it returns an error wrapping dlock.ErrLockLost, and for a
+// second Release one wrapping dlock.ErrNotHeld. It frees the lease's
+// descriptor in every case, never touches the lock of another holder, and
+// does not depend on ctx.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch l.state {
+	case leaseReleased:
+		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), dlock.ErrNotHeld)
+	case leaseLost:
+		l.state = leaseReleased
+		l.f.close()
+		l.b.unregister(l)
+		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), dlock.ErrLockLost)
+	}
+	l.state = leaseReleased
+	same, err := l.f.named()
+	l.f.close()
+	close(l.lost)
+	l.b.unregister(l)
+	if err != nil {
+		return fmt.Errorf("fs: release %s %s: cannot verify ownership: %w: %w", l.what, quoteName(l.name), dlock.ErrLockLost, err)
+	}
+	if !same {
+		return fmt.Errorf("fs: release %s %s: lock file %s was removed or replaced: %w", l.what, quoteName(l.name), l.path, dlock.ErrLockLost)
+	}
+	return nil
+}
+
+// Lost returns a channel closed when the lease can no longer guarantee its
+// lock — its lock file was removed or replaced (the path no longer names the
+// locked file), or the backend was closed — and by Release.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// Token returns the lease's fencing token (0 when fencing is off): for each
+// name and kind of lock, tokens strictly increase across all acquisitions by
+// all processes using the directory.
+func (l *Lease) Token() uint64 { return l.token }
+
+// Path returns the path of the lock file the lease holds (for a semaphore,
+// its slot file).
+func (l *Lease) Path() string { return l.path }
+
+// markLost reports the loss of a held lease. Its descriptor stays open until
+// Release: the lock it holds is on a file no longer reachable by its name,
+// so it keeps nobody out.
+func (l *Lease) markLost() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state == leaseHeld {
+		l.state = leaseLost
+		close(l.lost)
+	}
+}
+
+// drop is Close's end of a lease: it reports the loss and frees the lock.
+func (l *Lease) drop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state == leaseHeld {
+		l.state = leaseLost
+		close(l.lost)
+	}
+	l.f.close()
+}

@@ -1,0 +1,139 @@
+package fs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+)
+
+// kind is one namespace of lock files: each kind of lock, and each auxiliary
+// file of a kind, has its own file-name prefix. No prefix is a prefix of
+// another, so a file name decodes to exactly one (kind, name) pair.
+type kind uint8
+
+const (
+	kindMutex      kind = iota // "m-" + E: a mutex; holds its fencing counter
+	kindRW                     // "r-" + E: a reader-writer lock
+	kindRWGate                 // "rg-" + E: writers waiting for an RW lock
+	kindRWCounter              // "rc-" + E: fencing counter of an RW lock
+	kindSemSlot                // "s-" + E + "+" + slot: one semaphore ticket
+	kindSemCounter             // "sc-" + E: fencing counter of a semaphore
+)
+
+var kindPrefix = [...]string{
+	kindMutex:      "m-",
+	kindRW:         "r-",
+	kindRWGate:     "rg-",
+	kindRWCounter:  "rc-",
+	kindSemSlot:    "s-",
+	kindSemCounter: "sc-",
+}
+
+const (
+	// maxEscaped is the longest escaped name used as is; longer ones are
+	// hashed. With the longest kind prefix and a slot suffix a file name
+	// stays well below the 255-byte limit of Linux file systems.
+	maxEscaped = 200
+	// hashedPrefix is how much of a long escaped name is kept, readable, in
+	// front of its hash.
+	hashedPrefix = 64
+	// slotSep separates a semaphore's escaped name from its slot number.
+	// Escaping never produces it.
+	slotSep = '+'
+	// hashSep separates the readable prefix of a long name from its hash.
+	// Escaping never produces it.
+	hashSep = '~'
+)
+
+// kept reports whether escape copies byte c unchanged (except '.' in first
+// position, which is escaped so that no encoding is "." or "..").
+func kept(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '_' || c == '.'
+}
+
+const upperHex = "0123456789ABCDEF"
+
+// encode maps a lock name to a string that is safe inside one file name:
+// bytes in [A-Za-z0-9._-] are kept (a leading '.' is not), every other byte
+// becomes %XX (upper-case hex, so '%' itself becomes %25). The mapping is
+// injective and case-preserving. When the escaped form would exceed
+// maxEscaped bytes, the result is its first bytes (at most hashedPrefix, cut
+// between escapes), then '~', then the hex SHA-256 of the whole name; since
+// escaping never yields '~', a hashed encoding never equals a plain one, and
+// two hashed encodings are equal only if SHA-256 collides.
+func encode(name string) string {
+	var sb strings.Builder
+	sb.Grow(min(len(name), maxEscaped) + 8)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if kept(c) && !(c == '.' && i == 0) {
+			sb.WriteByte(c)
+		} else {
+			sb.WriteByte('%')
+			sb.WriteByte(upperHex[c>>4])
+			sb.WriteByte(upperHex[c&0xF])
+		}
+		if sb.Len() > maxEscaped {
+			return hashed(sb.String(), name)
+		}
+	}
+	return sb.String()
+}
+
+// hashed is the encoding of a name whose escaped form esc is too long.
+func hashed(esc, name string) string {
+	cut := min(len(esc), hashedPrefix)
+	// Do not split a %XX escape: if one starts in the last two kept bytes,
+	// cut before it.
+	for i := cut - 1; i >= 0 && i >= cut-2; i-- {
+		if esc[i] == '%' {
+			cut = i
+			break
+		}
+	}
+	sum := sha256.Sum256([]byte(name))
+	return esc[:cut] + string(hashSep) + hex.EncodeToString(sum[:])
+}
+
+// fileName is the name, inside the backend's directory, of the file of kind k
+// for the lock name. For kindSemSlot it is the prefix shared by the slot
+// files of name; slotName appends the slot number.
+func fileName(k kind, name string) string {
+	s := kindPrefix[k] + encode(name)
+	if k == kindSemSlot {
+		s += string(slotSep)
+	}
+	return s
+}
+
+// slotName is the file name of slot i of the semaphore whose slot prefix
+// (fileName(kindSemSlot, name)) is prefix.
+func slotName(prefix string, i int) string {
+	return prefix + strconv.Itoa(i)
+}
+
+// slotKey returns, for a file name of a semaphore slot, the prefix shared by
+// the slots of its semaphore (what waiters register under), or "" if file is
+// not a slot file.
+func slotKey(file string) string {
+	if !strings.HasPrefix(file, kindPrefix[kindSemSlot]) {
+		return ""
+	}
+	i := strings.LastIndexByte(file, slotSep)
+	if i < 0 {
+		return ""
+	}
+	return file[:i+1]
+}
+
+// quoteName renders a lock name for an error message: quoted, and cut to its
+// first 64 bytes.
+func quoteName(name string) string {
+	const maxLen = 64
+	if len(name) > maxLen {
+		return strconv.Quote(name[:maxLen]) + "..."
+	}
+	return strconv.Quote(name)
+}

@@ -1,0 +1,101 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// ErrClosed is returned by the methods of a Backend after Close.
+var ErrClosed = errors.New("fs: backend closed")
+
+// Option configures a Backend made by New.
+type Option func(*config)
+
+type config struct {
+	fileMode     os.FileMode
+	dirMode      os.FileMode
+	lossInterval time.Duration
+	waitFallback time.Duration
+	fencing      bool
+	sync         bool
+}
+
+func defaultConfig() config {
+	return config{
+		fileMode:     0o600,
+		dirMode:      0o700,
+		lossInterval: time.Second,
+		waitFallback: time.Second,
+		fencing:      true,
+	}
+}
+
+func (c *config) validate() error {
+	if c.fileMode&^os.ModePerm != 0 || c.fileMode&0o600 != 0o600 {
+		return fmt.Errorf("fs: file mode %v: want permission bits only, including owner read and write (0600)", c.fileMode)
+	}
+	if c.dirMode&^os.ModePerm != 0 || c.dirMode&0o700 != 0o700 {
+		return fmt.Errorf("fs: directory mode %v: want permission bits only, including owner rwx (0700)", c.dirMode)
+	}
+	if c.dirMode&0o002 != 0 {
+		return fmt.Errorf("fs: directory mode %v: a world-writable lock directory is refused", c.dirMode)
+	}
+	if c.lossInterval <= 0 {
+		return fmt.Errorf("fs: loss interval %v: must be positive", c.lossInterval)
+	}
+	if c.waitFallback <= 0 {
+		return fmt.Errorf("fs: wait fallback %v: must be positive", c.waitFallback)
+	}
+	return nil
+}
+
+// WithFileMode sets the permission bits of lock files the backend creates
+// (default 0600; the process umask applies, as for os.OpenFile). The mode
+// must include owner read and write. Existing files keep their mode.
+func WithFileMode(mode os.FileMode) Option {
+	return func(c *config) { c.fileMode = mode }
+}
+
+// WithDirMode sets the permission bits of the lock directory (and missing
+// parents) when New creates it (default 0700; the umask applies). It must
+// include owner rwx and must not be world-writable. An existing directory
+// keeps its mode.
+func WithDirMode(mode os.FileMode) Option {
+	return func(c *config) { c.dirMode = mode }
+}
+
+// WithLossInterval sets how often held leases are checked for loss: that the
+// path of each lock file still names the file that is locked (default 1 s).
+// Removal or renaming of a lock file inside the directory is noticed at once
+// through inotify; the interval bounds the detection of every other change
+// (the directory itself moved or replaced, a missed notification).
+func WithLossInterval(d time.Duration) Option {
+	return func(c *config) { c.lossInterval = d }
+}
+
+// WithWaitFallback bounds how long a waiter sleeps without hearing of a
+// release before it tries again anyway (default 1 s). Waiters normally learn
+// of a release at once through inotify; the fallback only covers a
+// notification that cannot arrive (inotify unavailable, its queue
+// overflowed, the lock file replaced).
+func WithWaitFallback(d time.Duration) Option {
+	return func(c *config) { c.waitFallback = d }
+}
+
+// WithFencing turns fencing tokens on (the default) or off. Off saves a read
+// and a write of the counter on every acquisition (and, for read locks and
+// semaphores, the brief lock of a counter file); leases then report token 0.
+func WithFencing(on bool) Option {
+	return func(c *config) { c.fencing = on }
+}
+
+// WithSync makes every fencing-counter update durable (fdatasync) before the
+// lease is handed out (default off). Without it a counter survives the
+// restart of any process but may lose its last updates in an operating
+// system crash; tokens still increase after such a crash unless the wall
+// clock also went backwards (see the package documentation).
+func WithSync(on bool) Option {
+	return func(c *config) { c.sync = on }
+}
