@@ -83,8 +83,10 @@ func (n *notifier) connLocked() (*subConn, error) {
 			n.rotate++
 		}
 	}
-	dc, cancel := src.Dedicate()
-	sc := &subConn{dc: dc, cancel: cancel}
+	dc, _ := src.Dedicate()
+	// Close (not the release Dedicate returns): a connection that carried
+	// subscriptions is dropped, not handed back to the client's pool.
+	sc := &subConn{dc: dc, cancel: dc.Close}
 	errs := dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: n.onMessage})
 	n.conn = sc
 	n.wg.Go(func() { n.watch(sc, errs) })

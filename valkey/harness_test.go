@@ -1,0 +1,237 @@
+package valkey
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/dlock-go/dlock/dlocktest"
+)
+
+// testLease is the lease time in tests: short, so that a dead holder's
+// lock frees quickly.
+const testLease = 1500 * time.Millisecond
+
+// testClient connects to addrs (one address: standalone; a cluster's seeds:
+// cluster) and closes the client at the end of t.
+func testClient(t testing.TB, addrs ...string) valkeygo.Client {
+	t.Helper()
+	c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: addrs, DisableCache: true})
+	if err != nil {
+		t.Fatalf("connecting to %v: %v", addrs, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// testPrefix derives a key prefix from the suite's space, shared with its
+// helper processes.
+func testPrefix(space string) string {
+	return "dlocktest:" + filepath.Base(space) + ":"
+}
+
+func testOpts(space string) []Option {
+	return []Option{WithKeyPrefix(testPrefix(space)), WithLease(testLease)}
+}
+
+// newTestBackend returns a Backend over a new client to addrs, closed at
+// the end of t.
+func newTestBackend(t testing.TB, space string, addrs ...string) *Backend {
+	t.Helper()
+	b, err := New(testClient(t, addrs...), testOpts(space)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+func newTestRedLock(t testing.TB, space string, addrs []string, opts ...Option) *RedLock {
+	t.Helper()
+	var cs []valkeygo.Client
+	for _, a := range addrs {
+		cs = append(cs, testClient(t, a))
+	}
+	r, err := NewRedLock(cs, append(testOpts(space), opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// loseLease deletes what records l on every node: its key (mutex, writer)
+// or its member of a sorted set (reader, semaphore ticket).
+func loseLease(t testing.TB, l *Lease) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, n := range l.c.nodes {
+		b := n.client.B()
+		cmd := b.Del().Key(heldKey(l.base, l.kind)).Build()
+		if l.kind == kindRead || l.kind == kindSem {
+			cmd = b.Zrem().Key(heldKey(l.base, l.kind)).Member(l.token).Build()
+		}
+		if err := n.client.Do(ctx, cmd).Error(); err != nil {
+			t.Errorf("deleting the lease: %v", err)
+		}
+	}
+}
+
+func harness(newNode func(t testing.TB, space string) any) dlocktest.Harness[*Lease] {
+	return dlocktest.Harness[*Lease]{
+		New:         newNode,
+		Lose:        loseLease,
+		LossWithin:  5 * time.Second,
+		FreedWithin: testLease,
+		Fencing:     true,
+	}
+}
+
+func TestConformanceSingle(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	dlocktest.Run(t, harness(func(t testing.TB, space string) any { return newTestBackend(t, space, addr) }))
+}
+
+func TestConformanceCluster(t *testing.T) {
+	seeds := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_CLUSTER"))
+	// valkey-go's cluster client leaves a goroutine behind for 5s after it
+	// is made (closing replaced connections late), which the suite's
+	// per-subtest leak check would report; so the nodes take turns over a
+	// few clients made up front. Each node is still its own Backend, with
+	// its own extender, pub/sub connection and tokens.
+	var clients []valkeygo.Client
+	for range 3 {
+		c := testClient(t, seeds...)
+		warmUp(t, c)
+		clients = append(clients, c)
+	}
+	next := 0
+	dlocktest.Run(t, harness(func(t testing.TB, space string) any {
+		c := clients[next%len(clients)]
+		next++
+		b, err := New(c, testOpts(space)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}))
+}
+
+func TestConformanceRedLock(t *testing.T) {
+	nodes := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_NODES"))
+	dlocktest.Run(t, harness(func(t testing.TB, space string) any { return newTestRedLock(t, space, nodes) }))
+}
+
+// server is a private redis-server a test started on a loopback port.
+type server struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+}
+
+// startServer starts a private redis-server, stopped at the end of t. When
+// redis-server is not on PATH the test is skipped, or fails under
+// DLOCK_REQUIRE_SERVERS=1.
+func startServer(t testing.TB) *server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("DLOCK_REQUIRE_SERVERS") == "1" {
+			t.Fatalf("redis-server is not on PATH and DLOCK_REQUIRE_SERVERS=1")
+		}
+		t.Skip("redis-server is not on PATH")
+	}
+	s := &server{t: t, bin: bin, dir: t.TempDir()}
+	for range 20 {
+		s.port = freePort(t)
+		if s.start() == nil {
+			t.Cleanup(s.stop)
+			return s
+		}
+	}
+	t.Fatal("could not start redis-server")
+	return nil
+}
+
+func (s *server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// start runs the server on its port and waits until it answers.
+func (s *server) start() error {
+	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir, "--protected-mode", "no")
+	if err := s.cmd.Start(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: []string{s.addr()}, DisableCache: true, DisableRetry: true})
+		if err == nil {
+			err = c.Do(context.Background(), c.B().Ping().Build()).Error()
+			c.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		if s.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.stop()
+	return os.ErrDeadlineExceeded
+}
+
+// stop kills the server.
+func (s *server) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// restart kills the server and starts it again, empty, on the same port.
+func (s *server) restart() {
+	s.t.Helper()
+	s.stop()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}
+
+// warmUp makes c open every connection it will use (valkey-go opens them
+// lazily, with goroutines that then live as long as the client), by
+// sending concurrent commands to keys of every slot.
+func warmUp(t testing.TB, c valkeygo.Client) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := g; i < 4096; i += 32 {
+				_ = c.Do(context.Background(), c.B().Exists().Key("dlocktest:warmup:"+strconv.Itoa(i)).Build()).Error()
+			}
+		})
+	}
+	wg.Wait()
+}
