@@ -1,0 +1,97 @@
+// Package valkey is a dlock backend over Valkey or Redis, through
+// github.com/valkey-io/valkey-go: leases with automatic extension, loss
+// detection, fencing tokens, mutexes, reader-writer mutexes and semaphores
+// on a single node, a Valkey Cluster or a Sentinel-managed primary, and
+// mutexes by RedLock over several independent nodes.
+//
+// The package is named valkey, like valkey-go's; import it under another
+// name where both are used:
+//
+//	import (
+//		"github.com/valkey-io/valkey-go"
+//		dlockvalkey "github.com/dlock-go/dlock/valkey"
+//	)
+//
+//	client, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{"127.0.0.1:6379"}})
+//	...
+//	b, err := dlockvalkey.New(client)           // or dlockvalkey.NewRedLock(clients)
+//	...
+//	defer b.Close()
+//	mu := dlock.NewMutex(b)
+//	err = mu.Do(ctx, "nightly-report", func(ctx context.Context) error {
+//		return build(ctx) // ctx is cancelled, cause dlock.ErrLockLost, if the lease is lost
+//	})
+//
+// # Leases
+//
+// A lock is a key taken by SET NX PX (or a sorted-set member, see below)
+// holding a random token, for a lease time (WithLease, default 30s).
+// Release and extension are compare-and-act Lua scripts (run by EVALSHA,
+// falling back to EVAL), so they never touch a lock that passed to another
+// holder. While a lease is held it is extended in the background, every
+// third of the lease by default (WithExtendEvery): one goroutine per Backend
+// (running only while leases are held) sends the extensions of all leases
+// due in one pipelined batch.
+//
+// A lease is lost — Lost() closes, Do's ctx is cancelled with cause
+// dlock.ErrLockLost — when an extension finds its key gone or owned by
+// another, or when no extension is confirmed before the lease's validity
+// deadline: t + lease - drift, t being the monotonic time just before the
+// request that acquired (or last extended) it was sent, drift the clock
+// drift allowance (WithDriftAllowance, default 1% of the lease + 2ms). The
+// server's expiry comes at least a lease after the request arrived, so the
+// holder learns of the loss before the server lets anyone else in (given
+// clocks that drift less than the allowance, and a process that is not
+// paused past its deadline — no lease can protect against that; use the
+// fencing token). A killed connection is not a loss: valkey-go reconnects
+// and the extensions go on. A holder that dies frees its locks within the
+// lease time.
+//
+// # Keys
+//
+// Every key of one lock is prefix + "{" + enc(name) + "}:" + suffix (prefix
+// from WithKeyPrefix, default "dlock:"). enc escapes the name so that it
+// never contains '{' or '}' (long names: an escaped head plus a SHA-256), so
+// all keys of a lock share one cluster hash slot and no name can move its
+// keys to another slot or outside the prefix. Names are arbitrary bytes of
+// any length. A Mutex, an RWMutex and a Semaphore of the same name are
+// different locks. The suffixes are listed with keyBase in keys.go.
+//
+// # Reader-writer locks and semaphores
+//
+// Readers are members of a sorted set scored by their own expiry in server
+// time (TIME inside the scripts), so a crashed reader expires on its own
+// even while other readers keep extending theirs. The writer is a string
+// key. A writer waiting in WLock puts a mark (in a sorted set, expiring
+// unless renewed) that makes new readers wait: writers are preferred.
+//
+// A semaphore is a sorted set of holders scored by expiry (server time);
+// each acquisition is judged by its own limit (holders asking with a larger
+// limit may enter beside holders that asked with a smaller one). Both work
+// on a single node and on a cluster (one slot per lock).
+//
+// # Fencing tokens
+//
+// Every acquisition increments a per-name, per-kind counter in the same
+// script, so Token() is strictly increasing across all holders. The
+// counters are never deleted (that is what keeps them increasing): one
+// small key per lock name and kind ever used. On a replicated deployment a
+// failover can lose the last increments (Redis replication is
+// asynchronous), as it can lose the lock itself.
+//
+// # Waiting
+//
+// Lock, RLock, WLock and Acquire wait without polling: after a failed
+// attempt the waiter subscribes to the lock's channel (SUBSCRIBE, on one
+// dedicated connection per Backend; on a cluster PUBLISH reaches every
+// node), tries again, and then tries whenever a release script PUBLISHes —
+// so a hand-off takes about one round trip after the release. A bounded
+// backoff poll (up to 500ms) covers lost notifications, and a waiter is
+// also woken when the holder's lease is due to expire.
+//
+// # RedLock
+//
+// NewRedLock runs the mutex over several independent nodes by majority;
+// see RedLock for the algorithm, its fencing tokens, and why it offers no
+// semaphore or reader-writer lock.
+package valkey
