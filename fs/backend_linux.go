@@ -140,8 +140,9 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	close(b.stopc)
+	var f *os.File
 	if b.mon != nil {
-		b.mon.stop()
+		f = b.mon.f
 		b.mon = nil
 	}
 	held := make([]*Lease, 0, len(b.leases))
@@ -150,6 +151,9 @@ func (b *Backend) Close() error {
 	}
 	clear(b.leases)
 	b.mu.Unlock()
+	if f != nil {
+		f.Close() // wakes the monitor's pending Read
+	}
 	b.wg.Wait()
 	for _, l := range held {
 		l.drop()
@@ -297,7 +301,6 @@ type monitor struct {
 	f       *os.File        // the inotify instance; nil if unavailable
 	raw     syscall.RawConn // f's raw connection, for updating the watch
 	closeOn bool            // the watch includes close events
-	done    chan struct{}
 }
 
 const (
@@ -311,7 +314,7 @@ const (
 func (b *Backend) ensureMonitorLocked(waiting bool) {
 	m := b.mon
 	if m == nil {
-		m = &monitor{b: b, done: make(chan struct{})}
+		m = &monitor{b: b}
 		m.open()
 		b.mon = m
 		b.wg.Add(1)
@@ -354,17 +357,16 @@ func (m *monitor) setMask(mask uint32) bool {
 	return err == nil && werr == nil
 }
 
-// stop makes run return. b.mu is held.
-func (m *monitor) stop() {
-	if m.f != nil {
-		m.f.Close() // wakes a pending Read
-	}
-}
-
 func (m *monitor) run() {
 	b := m.b
 	defer b.wg.Done()
-	defer close(m.done)
+	defer func() {
+		// Closing an inotify instance takes milliseconds (the kernel waits
+		// for a grace period): never do it under b.mu.
+		if m.f != nil {
+			m.f.Close()
+		}
+	}()
 	buf := make([]byte, 64<<10)
 	next := time.Now().Add(b.cfg.lossInterval)
 	var t *time.Timer
@@ -389,9 +391,10 @@ func (m *monitor) run() {
 				}
 				// The instance broke: carry on with the timer alone.
 				b.mu.Lock()
-				m.f.Close()
+				f := m.f
 				m.f = nil
 				b.mu.Unlock()
+				f.Close()
 				t = time.NewTimer(time.Until(next))
 			}
 			if n > 0 {
@@ -442,10 +445,7 @@ func (m *monitor) tick(idle *bool) (exit bool) {
 		*idle = true
 		return false
 	}
-	b.mon = nil
-	if m.f != nil {
-		m.f.Close()
-	}
+	b.mon = nil // run closes the instance on its way out
 	return true
 }
 

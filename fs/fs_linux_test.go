@@ -237,7 +237,7 @@ func TestSemaphore(t *testing.T) {
 		held = append(held, l)
 	}
 	mustBusy(t)(b.TryAcquire(bg(), "sem", 3))
-	mustBusy(t)(b.TryAcquire(bg(), "sem", 2)) // a smaller limit sees its slots taken
+	mustBusy(t)(b.TryAcquire(bg(), "sem", 2))         // a smaller limit sees its slots taken
 	extra := mustTry(t)(b.TryAcquire(bg(), "sem", 4)) // a larger limit uses one more slot
 	got := make(chan *Lease)
 	go func() {

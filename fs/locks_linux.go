@@ -5,6 +5,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -274,4 +275,14 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		return nil, wrapErr(whatSem, name, err)
 	}
 	return b.semLease(name, slots, won)
+}
+
+// quoteName renders a lock name for an error message: quoted, and cut to its
+// first 64 bytes.
+func quoteName(name string) string {
+	const maxLen = 64
+	if len(name) > maxLen {
+		return strconv.Quote(name[:maxLen]) + "..."
+	}
+	return strconv.Quote(name)
 }

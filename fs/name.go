@@ -127,13 +127,3 @@ func slotKey(file string) string {
 	}
 	return file[:i+1]
 }
-
-// quoteName renders a lock name for an error message: quoted, and cut to its
-// first 64 bytes.
-func quoteName(name string) string {
-	const maxLen = 64
-	if len(name) > maxLen {
-		return strconv.Quote(name[:maxLen]) + "..."
-	}
-	return strconv.Quote(name)
-}

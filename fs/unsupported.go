@@ -20,7 +20,18 @@ type Lease struct{ lost chan struct{} }
 
 // New returns an error: the backend needs Linux (flock per open file
 // description, OFD locks and inotify).
-func New(dir string, opts ...Option) (*Backend, error) { return nil, errUnsupported }
+func New(dir string, opts ...Option) (*Backend, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return nil, errUnsupported
+}
 
 // Dir returns the lock directory.
 func (b *Backend) Dir() string { return "" }

@@ -1,0 +1,173 @@
+//go:build linux
+
+package fs
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dlock-go/dlock"
+)
+
+// floorOnce is the least any flock-based lock can do per uncontended use:
+// open (creating) a file, flock it, unlock it, close it.
+func floorOnce(tb testing.TB, path string) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_UN); err != nil {
+		tb.Fatal(err)
+	}
+	unix.Close(fd)
+}
+
+// BenchmarkFloor measures floorOnce alone.
+func BenchmarkFloor(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "floor")
+	for b.Loop() {
+		floorOnce(b, path)
+	}
+}
+
+// floorNs measures floorOnce outside the benchmark's timer.
+func floorNs(b *testing.B) float64 {
+	path := filepath.Join(b.TempDir(), "floor")
+	const n = 20000
+	for range 1000 {
+		floorOnce(b, path)
+	}
+	start := time.Now()
+	for range n {
+		floorOnce(b, path)
+	}
+	return float64(time.Since(start).Nanoseconds()) / n
+}
+
+// BenchmarkDo is one uncontended Do of a mutex (fencing on, the default),
+// with its cost as a multiple of the floor reported as x-floor.
+func BenchmarkDo(b *testing.B) {
+	for _, fencing := range []bool{true, false} {
+		name := "fencing"
+		if !fencing {
+			name = "nofencing"
+		}
+		b.Run(name, func(b *testing.B) {
+			floor := floorNs(b)
+			be := newBackend(b, "", WithFencing(fencing))
+			mu := dlock.NewMutex(be)
+			ctx := context.Background()
+			fn := func(context.Context) error { return nil }
+			b.ResetTimer()
+			start := time.Now()
+			for b.Loop() {
+				if err := mu.Do(ctx, "bench", fn); err != nil {
+					b.Fatal(err)
+				}
+			}
+			per := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+			b.ReportMetric(floor, "floor-ns")
+			b.ReportMetric(per/floor, "x-floor")
+		})
+	}
+}
+
+// BenchmarkTryLockRelease is the backend alone, without the dlock engine.
+func BenchmarkTryLockRelease(b *testing.B) {
+	be := newBackend(b, "")
+	ctx := context.Background()
+	for b.Loop() {
+		l, ok, err := be.TryLock(ctx, "bench")
+		if err != nil || !ok {
+			b.Fatal(ok, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandoff measures hand-off latency: from the start of the
+// holder's Release to the return of a waiter's Acquire (blocked in the
+// backend's native wait), reported as p50-ns and p99-ns. Holder and waiter
+// use separate backends over one directory, as two processes would.
+func BenchmarkHandoff(b *testing.B) {
+	for _, kind := range []string{"mutex", "write", "semaphore"} {
+		b.Run(kind, func(b *testing.B) {
+			dir := b.TempDir()
+			hb, wb := newBackend(b, dir), newBackend(b, dir)
+			guard := func(be *Backend) *dlock.Guard[*Lease] {
+				switch kind {
+				case "write":
+					return dlock.NewRWMutex(be).Write()
+				case "semaphore":
+					return dlock.NewSemaphore(be, 1)
+				}
+				return dlock.NewMutex(be)
+			}
+			holder, waiter := guard(hb), guard(wb)
+			ctx := context.Background()
+			var released atomic.Int64 // when the holder began to release
+			lat := make([]time.Duration, 0, b.N)
+			start := make(chan struct{})
+			got := make(chan time.Duration)
+			done := make(chan struct{})
+			go func() {
+				for range start {
+					lk, err := waiter.Acquire(ctx, "handoff")
+					if err != nil {
+						b.Error(err)
+						got <- 0
+						done <- struct{}{}
+						continue
+					}
+					got <- time.Since(time.Unix(0, released.Load()))
+					if err := lk.Release(ctx); err != nil {
+						b.Error(err)
+					}
+					done <- struct{}{}
+				}
+			}()
+			b.ResetTimer()
+			for b.Loop() {
+				lk, err := holder.TryAcquire(ctx, "handoff")
+				if err != nil {
+					b.Fatal(err)
+				}
+				start <- struct{}{}
+				// Let the waiter reach its wait (it registers, tries, sleeps).
+				for wb.waiting() == 0 {
+					time.Sleep(10 * time.Microsecond)
+				}
+				time.Sleep(50 * time.Microsecond)
+				released.Store(time.Now().UnixNano())
+				if err := lk.Release(ctx); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, <-got)
+				<-done
+			}
+			b.StopTimer()
+			close(start)
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+		})
+	}
+}
+
+// waiting returns how many waits are in progress (armed).
+func (b *Backend) waiting() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.nwait
+}

@@ -1,0 +1,147 @@
+// Package fs is the dlock backend over the local file system: one lock file
+// per name in a directory you choose, locked with flock(2).
+//
+//	b, err := fs.New("/var/lib/myapp/locks")
+//	if err != nil { ... }
+//	defer b.Close()
+//	mu := dlock.NewMutex(b)
+//	err = mu.Do(ctx, "nightly-report", func(ctx context.Context) error { ... })
+//
+// It serves every process of the machine that uses the same directory. It
+// supports Linux only: on other systems the package compiles, but New
+// returns an error. Linux is needed for flock semantics per open file
+// description, OFD locks and inotify.
+//
+// # Files and names
+//
+// Every lock name maps to a file name that is one safe path element (no
+// '/', no NUL, never "." or "..", at most 255 bytes), case-preserving and
+// injective. Bytes in [A-Za-z0-9._-] are kept (a leading '.' is not); every
+// other byte is written %XX in upper-case hex, '%' included. If the escaped
+// name would exceed 200 bytes, the file name keeps its first 64 bytes
+// (never splitting an escape), then '~', then the hex SHA-256 of the whole
+// name: two different long names then share a file only if SHA-256
+// collides. A prefix keeps the kinds of lock apart, so a mutex, a
+// reader-writer lock and a semaphore of one name never meet:
+//
+//	m-NAME       mutex; its fencing counter is kept inside
+//	r-NAME       reader-writer lock
+//	rg-NAME      the writers' gate of a reader-writer lock
+//	rc-NAME      fencing counter of a reader-writer lock
+//	s-NAME+N     slot N (0, 1, ...) of a semaphore
+//	sc-NAME      fencing counter of a semaphore
+//
+// The directory must be case-sensitive (as Linux file systems are unless a
+// directory is made case-folding): in a case-folding directory names that
+// differ only by case share a lock — too much exclusion, never too little.
+//
+// # Lock-file lifecycle
+//
+// A lock file is created (mode 0600 by default, see WithFileMode; the umask
+// applies) the first time its name is locked, and the library never deletes
+// it: releasing a lock unlocks and closes the file and leaves it in place.
+// So no unlink race can let two holders in. The cost is one small file per
+// name ever used (a semaphore: one per slot ever needed at once, since slots
+// are tried from 0 upwards). You may clean a quiet directory (no process
+// using it); removing the file of a held lock makes its holder lose it (see
+// Loss). Fencing tokens keep increasing across such a cleanup (see Fencing).
+//
+// Every file is opened with O_NOFOLLOW|O_CLOEXEC: a symbolic link planted at
+// a lock path is refused with a clear error, never followed, and a lock file
+// that is not a regular file is refused too. New creates the directory
+// (mode 0700, see WithDirMode) and refuses one that is a symbolic link, is
+// owned by another user or is world-writable, or is on NFS or SMB/CIFS
+// (where flock is emulated with per-process locks).
+//
+// # Exclusion
+//
+// A holder locks its own open file description with flock(2), exclusive for
+// a mutex, a writer or a semaphore slot, shared for a reader. flock locks
+// belong to the open file description, so two holders inside one process
+// (two goroutines, two Backends) exclude each other exactly as two processes
+// do; classic per-process fcntl locks, which would let them both in and
+// which any close in the process would drop, are never used. The kernel
+// drops the locks of a process that dies: its locks are free at once.
+//
+// After taking a lock, a holder checks that the path still names the file
+// it locked (a file removed or replaced between open and flock would
+// otherwise be a lock nobody else can see) and, if not, locks the file that
+// now has the name instead.
+//
+// # Reader-writer locks
+//
+// Readers share a flock of r-NAME, a writer holds it exclusively. Writers
+// are preferred: a writer that has to wait takes an exclusive OFD lock
+// (fcntl F_OFD_SETLK, also per open file description) on the gate rg-NAME
+// and keeps it while it waits; a reader first tests the gate (F_OFD_GETLK,
+// taking nothing) and stays out while a writer holds it. So once a writer
+// waits, new readers wait too. Waiting writers hold nothing a reader or the
+// holder needs, so two waiting writers cannot deadlock: the first holds the
+// gate, the second waits for it. TryWLock does not use the gate.
+//
+// # Semaphores
+//
+// A semaphore of limit n is n slot files: a ticket is an exclusive flock of
+// one of them, tried in order from slot 0. Holders that disagree on the
+// limit each count only their own first slots: a holder with limit n gets in
+// only while one of slots 0..n-1 is free, so at most max(limits) holders are
+// inside at once, and holders with a smaller limit never get in while the
+// first slots are taken. A waiting Acquire keeps every slot file open while
+// it waits (n descriptors).
+//
+// # Waiting
+//
+// Waits do not poll. A waiter learns of a release at once through inotify:
+// the backend watches its directory (one inotify instance per Backend, one
+// goroutine that runs only while leases are held or waits are in progress)
+// and wakes every waiter of a file when the file is closed — by a release
+// or by the death of a holder process. The waiter arms before its last
+// attempt, so a release between the attempt and the sleep is not missed. A
+// release unlocks before it closes (the kernel announces a close a moment
+// before it drops the closed file's locks); for a dead holder, whose locks
+// drop just after the announcement, a waiter that woke and found the lock
+// still taken retries after 2 ms, 4 ms, ... In any case a waiter retries
+// after at most the wait fallback (1 s, see WithWaitFallback), which only
+// matters if a notification cannot arrive. Waiters keep their lock files
+// open across attempts, so waiters do not wake each other. Measured in
+// BenchmarkHandoff.
+//
+// # Loss
+//
+// A lease is lost when its path no longer names the file it locked: the lock
+// file (or the directory) was removed, renamed or replaced, so another
+// process could create a new file there and lock it. The backend reports
+// that at once when it happens inside the directory (inotify sees the
+// removal or rename), and within the loss interval (1 s, see
+// WithLossInterval) in every other case (the directory itself moved, a
+// notification lost). Release also checks it, so Release returns nil only
+// if the path still named the locked file when it let go; releasing a lost
+// lease returns an error wrapping dlock.ErrLockLost and, since the lease's
+// lock is on a file nobody else locks any more, disturbs no new holder.
+// Nothing else takes a lock away from a living process. Close frees every
+// lease still held (they report loss).
+//
+// # Fencing
+//
+// Every lease carries a fencing token (backend.Fencer), strictly increasing
+// per name and kind across all acquisitions by all processes, and surviving
+// their restarts: a counter kept in a file (inside the mutex's lock file; in
+// rc-NAME or sc-NAME, under a brief exclusive flock, for reader-writer locks
+// and semaphores), read, increased and written back while the lock is held.
+// The next token is one more than the stored value, or the wall clock in
+// nanoseconds since 1970 if that is larger: tokens therefore keep increasing
+// even if the counter file is deleted or, after an operating-system crash,
+// lost its last updates — unless the wall clock also went backwards. The
+// counter is fdatasync'ed only with WithSync. Readers of one name get
+// distinct tokens, ordered as they took the counter. WithFencing(false)
+// turns tokens off (token 0) and saves the counter's read and write.
+//
+// # Performance
+//
+// An uncontended TryLock and Release costs about nine system calls where
+// the least flock-based lock costs four (open, flock, unlock, close):
+// BenchmarkDo reports the ratio to that floor (x-floor) and
+// BenchmarkHandoff the hand-off latency (p50-ns, p99-ns):
+//
+//	go test -run '^$' -bench . ./fs
+package fs
