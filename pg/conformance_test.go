@@ -1,0 +1,32 @@
+package pg_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/pg"
+)
+
+func harness(url string, opts ...pg.Option) dlocktest.Harness[*pg.Lease] {
+	return dlocktest.Harness[*pg.Lease]{
+		New: func(t testing.TB, _ string) any {
+			b, _ := newBackend(t, url, opts...)
+			return b
+		},
+		Lose: func(t testing.TB, l *pg.Lease) {
+			terminate(t, url, l.PID())
+		},
+		LossWithin: 3 * time.Second,
+	}
+}
+
+func TestConformance(t *testing.T) {
+	dlocktest.Run(t, harness(testURL(t)))
+}
+
+func TestConformanceFencing(t *testing.T) {
+	h := harness(testURL(t), pg.WithFencing("dlock_test_fencing"))
+	h.Fencing = true
+	dlocktest.Run(t, h)
+}

@@ -1,0 +1,86 @@
+package pg_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/pg"
+)
+
+// testURL returns the test server's URL, skipping (or failing under
+// DLOCK_REQUIRE_SERVERS=1) when there is none.
+func testURL(t testing.TB) string {
+	t.Helper()
+	return dlocktest.RequireEnv(t, "DLOCK_TEST_PG_URL")
+}
+
+// newPool returns a pool on the test server, closed at cleanup.
+func newPool(t testing.TB, url string, maxConns int32) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// newBackend returns a backend over a pool of its own, both closed at
+// cleanup.
+func newBackend(t testing.TB, url string, opts ...pg.Option) (*pg.Backend, *pgxpool.Pool) {
+	t.Helper()
+	pool := newPool(t, url, 0)
+	b := pg.New(pool, opts...)
+	t.Cleanup(b.Close) // runs before pool.Close
+	return b, pool
+}
+
+// admin runs one statement on a connection of its own.
+func admin(t testing.TB, url, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// terminate kills the session with process ID pid.
+func terminate(t testing.TB, url string, pid uint32) {
+	t.Helper()
+	admin(t, url, "SELECT pg_terminate_backend($1)", int64(pid))
+}
+
+// scalar runs a one-value query on a connection of its own.
+func scalar[T any](t testing.TB, url, sql string, args ...any) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	var v T
+	if err := c.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}

@@ -1,0 +1,130 @@
+package pg
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/dlock-go/dlock"
+)
+
+// Key is a PostgreSQL advisory lock key. PostgreSQL has two separate key
+// spaces: a single bigint (pg_advisory_lock(bigint)) and a pair of integers
+// (pg_advisory_lock(int, int)); the same numbers in the two spaces are
+// different locks. The zero Key is Int64Key(0).
+//
+// Named locks use keys of the bigint space derived from their kind and name
+// (see MutexKey, RWKey). Code that already uses advisory locks by number
+// addresses them with Int64Key and PairKey, through Backend.Keys or the
+// transaction-scoped functions (LockTx and friends).
+type Key struct {
+	pair bool
+	v    int64 // the bigint key, or the pair as a<<32 | uint32(b)
+}
+
+// Int64Key returns the advisory key k of the bigint space: the lock of
+// pg_advisory_lock(k). In pg_locks it shows as classid = k>>32, objid =
+// k&0xffffffff, objsubid = 1.
+func Int64Key(k int64) Key { return Key{v: k} }
+
+// PairKey returns the advisory key (a, b) of the two-integer space: the lock
+// of pg_advisory_lock(a, b). In pg_locks it shows as classid = a, objid = b,
+// objsubid = 2.
+func PairKey(a, b int32) Key {
+	return Key{pair: true, v: int64(uint64(uint32(a))<<32 | uint64(uint32(b)))}
+}
+
+// Int64 returns the key's bigint and true if k is in the bigint space.
+func (k Key) Int64() (int64, bool) { return k.v, !k.pair }
+
+// Pair returns the key's two integers and true if k is in the pair space.
+func (k Key) Pair() (a, b int32, ok bool) {
+	return int32(uint64(k.v) >> 32), int32(uint32(uint64(k.v))), k.pair
+}
+
+// String returns the key as the lock name Backend.Keys accepts: the decimal
+// bigint ("42", "-7") or the pair as two decimals joined by a comma ("1,2").
+// It is also exactly the argument list of the advisory lock functions.
+func (k Key) String() string {
+	if k.pair {
+		a, b, _ := k.Pair()
+		return strconv.FormatInt(int64(a), 10) + "," + strconv.FormatInt(int64(b), 10)
+	}
+	return strconv.FormatInt(k.v, 10)
+}
+
+// ParseKey parses the canonical form that Key.String returns. Any other
+// spelling ("+1", "01", " 1", "1, 2") is refused with an error wrapping
+// dlock.ErrInvalidName, so that distinct names never share a key.
+func ParseKey(s string) (Key, error) {
+	var k Key
+	if a, b, ok := strings.Cut(s, ","); ok {
+		x, err1 := strconv.ParseInt(a, 10, 32)
+		y, err2 := strconv.ParseInt(b, 10, 32)
+		if err1 == nil && err2 == nil {
+			k = PairKey(int32(x), int32(y))
+		}
+	} else if x, err := strconv.ParseInt(s, 10, 64); err == nil {
+		k = Int64Key(x)
+	}
+	if k.String() != s {
+		return Key{}, fmt.Errorf("%w: %s is not an advisory key (want \"<int64>\" or \"<int32>,<int32>\")", dlock.ErrInvalidName, shortName(s))
+	}
+	return k, nil
+}
+
+// Key derivation for named locks.
+//
+// The key of a named lock is the first 8 bytes, read as a big-endian two's
+// complement int64, of SHA-256 over a tag and the name:
+//
+//	mutex:            SHA-256("dlock:mutex:" + name)
+//	reader-writer:    SHA-256("dlock:rw:" + name)
+//	semaphore slot i: SHA-256("dlock:sem:" + decimal(i) + ":" + name)
+//	semaphore (its fencing row only): SHA-256("dlock:sem:" + name)
+//
+// This mapping is part of the package's compatibility promise: it never
+// changes, so processes running different versions of dlock exclude each
+// other, and other code can compute the key of a named lock.
+const (
+	tagMutex = "dlock:mutex:"
+	tagRW    = "dlock:rw:"
+	tagSem   = "dlock:sem:"
+)
+
+func hashKey(parts ...string) int64 {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+	}
+	var sum [sha256.Size]byte
+	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])))
+}
+
+// MutexKey returns the advisory key that a Mutex of name takes with this
+// package. A transaction-scoped lock of MutexKey(name) (LockTx) excludes the
+// Mutex name held through a Backend, and the other way round.
+func MutexKey(name string) Key { return Int64Key(hashKey(tagMutex, name)) }
+
+// RWKey returns the advisory key that an RWMutex of name takes with this
+// package: shared for readers, exclusive for writers.
+func RWKey(name string) Key { return Int64Key(hashKey(tagRW, name)) }
+
+// semSlotKey returns the key of slot i of semaphore name.
+func semSlotKey(name string, i int) Key {
+	return Int64Key(hashKey(tagSem, strconv.Itoa(i), ":", name))
+}
+
+// semKey is the key of semaphore name's fencing row (never locked).
+func semKey(name string) Key { return Int64Key(hashKey(tagSem, name)) }
+
+// shortName quotes name for an error message, cut to 64 bytes.
+func shortName(name string) string {
+	const max = 64
+	if len(name) <= max {
+		return fmt.Sprintf("%q", name)
+	}
+	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+}

@@ -1,0 +1,391 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Backend is the PostgreSQL backend: session advisory locks on connections
+// it takes from the user's pool. Use it with dlock.NewMutex, NewRWMutex and
+// NewSemaphore; Keys gives a view addressed by numeric advisory keys. It is
+// safe for concurrent use. Close it when done (see Close).
+type Backend struct {
+	pool *pgxpool.Pool
+	cfg  config
+
+	mu      sync.Mutex
+	conns   map[*lockConn]struct{} // lock connections: hold leases or run tries
+	held    map[Key]*hold          // locks held by this backend's leases
+	closed  bool
+	monStop chan struct{} // closes to stop the running monitor; nil if none
+	monWG   sync.WaitGroup
+
+	fenceMu    sync.Mutex
+	fenceReady bool
+}
+
+var (
+	_ backend.Locker[*Lease]          = (*Backend)(nil)
+	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
+	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
+	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
+	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
+	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
+	_ backend.Fencer                  = (*Lease)(nil)
+)
+
+// hold counts the leases of this backend on one key.
+type hold struct{ excl, shared int }
+
+type mode uint8
+
+const (
+	exclusive mode = iota
+	shared
+)
+
+// errClosed reports a call on a closed Backend.
+var errClosed = errors.New("pg: backend is closed")
+
+// New returns a backend that takes its lock connections from pool. pool
+// must outlive the backend; a nil pool gives a backend whose every call
+// fails.
+func New(pool *pgxpool.Pool, opts ...Option) *Backend {
+	return &Backend{
+		pool:  pool,
+		cfg:   newConfig(opts),
+		conns: make(map[*lockConn]struct{}),
+		held:  make(map[Key]*hold),
+	}
+}
+
+// Close releases every lock still held, by closing the lock connections
+// (their sessions end, and PostgreSQL frees their locks); their leases
+// report loss, and their Release returns an error matching
+// dlock.ErrLockLost. It stops the backend's monitor goroutine and waits for
+// it. Acquisitions that wait at the time of Close fail when their wait ends.
+// Close the backend before the pool. Release leases first to return their
+// connections to the pool rather than close them. Calling Close twice is
+// harmless.
+func (b *Backend) Close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	conns := slices.Collect(maps.Keys(b.conns))
+	b.mu.Unlock()
+	for _, lc := range conns {
+		lc.mu.Lock()
+		b.fail(lc, errClosed)
+		lc.mu.Unlock()
+	}
+	b.mu.Lock()
+	b.stopMonitorIfIdleLocked()
+	b.mu.Unlock()
+	b.monWG.Wait()
+}
+
+// Stats describes a backend's use of connections at one moment.
+type Stats struct {
+	// LockConns is the number of pool connections the backend holds as
+	// lock connections (connections of waits in progress not counted).
+	LockConns int
+	// Leases is the number of leases held.
+	Leases int
+}
+
+// Stats returns the backend's current use of connections.
+func (b *Backend) Stats() Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Stats{LockConns: len(b.conns)}
+	for lc := range b.conns {
+		s.Leases += len(lc.leases)
+	}
+	return s
+}
+
+// lockConn is a pool connection the backend holds: its session holds the
+// locks of its leases. Queries on it are serialized by mu and are always
+// short (tries, releases, pings): a blocking wait never runs on it.
+type lockConn struct {
+	pc  *pgxpool.Conn
+	pid uint32
+
+	mu sync.Mutex // held while pc is in use; taken before Backend.mu
+
+	// Guarded by Backend.mu.
+	leases  map[*Lease]struct{}
+	keys    map[Key]struct{} // keys held or being tried on this session
+	pending int              // operations scheduled on it
+	gone    bool             // no longer a lock connection: released or closed
+}
+
+func newLockConn(pc *pgxpool.Conn) *lockConn {
+	return &lockConn{
+		pc:     pc,
+		pid:    pc.Conn().PgConn().PID(),
+		leases: make(map[*Lease]struct{}),
+		keys:   make(map[Key]struct{}),
+	}
+}
+
+// addConnLocked makes lc a lock connection.
+func (b *Backend) addConnLocked(lc *lockConn) {
+	b.conns[lc] = struct{}{}
+	if b.monStop == nil {
+		stop := make(chan struct{})
+		b.monStop = stop
+		b.monWG.Add(1)
+		go b.monitor(stop)
+	}
+}
+
+// pickLocked chooses a lock connection for a try of k (any key if !byKey):
+// the least busy one whose session does not hold k. It returns nil when a
+// new connection should be taken.
+func (b *Backend) pickLocked(k Key, byKey bool) *lockConn {
+	var best *lockConn
+	for lc := range b.conns {
+		if _, has := lc.keys[k]; byKey && has {
+			continue
+		}
+		if best == nil || lc.pending < best.pending {
+			best = lc
+		}
+	}
+	if best != nil && best.pending > 0 && len(b.conns) < b.cfg.maxLockConns {
+		return nil
+	}
+	return best
+}
+
+// retireIfIdleLocked takes lc out of the lock connections if nothing uses
+// it; the caller then returns lc.pc to the pool, holding lc.mu.
+func (b *Backend) retireIfIdleLocked(lc *lockConn) bool {
+	if lc.gone || len(lc.leases) > 0 || len(lc.keys) > 0 || lc.pending > 0 {
+		return false
+	}
+	lc.gone = true
+	delete(b.conns, lc)
+	b.stopMonitorIfIdleLocked()
+	return true
+}
+
+// fail ends lc after a failure (or Close): its leases report loss, then
+// the connection is closed, which makes the server free every lock of the
+// session. The caller holds lc.mu.
+func (b *Backend) fail(lc *lockConn, cause error) {
+	b.mu.Lock()
+	if lc.gone {
+		b.mu.Unlock()
+		return
+	}
+	lc.gone = true
+	delete(b.conns, lc)
+	b.stopMonitorIfIdleLocked()
+	leases := lc.leases
+	lc.leases, lc.keys = nil, nil
+	for l := range leases {
+		l.lost = true
+		b.unholdLocked(l.key, l.mode)
+	}
+	b.mu.Unlock()
+	for l := range leases {
+		l.closeLost()
+	}
+	if len(leases) > 0 && !errors.Is(cause, errClosed) {
+		b.cfg.logger.Warn("pg: lock connection failed; its leases are lost", "pid", lc.pid, "leases", len(leases), "err", cause)
+	}
+	destroy(lc.pc)
+}
+
+// destroy closes a pool connection and gives it back to the pool, which
+// discards it: its session, and every lock it holds, ends.
+func destroy(pc *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_ = pc.Conn().Close(ctx)
+	cancel()
+	pc.Release()
+}
+
+func (b *Backend) holdLocked(k Key, m mode) {
+	h := b.held[k]
+	if h == nil {
+		h = &hold{}
+		b.held[k] = h
+	}
+	if m == shared {
+		h.shared++
+	} else {
+		h.excl++
+	}
+}
+
+func (b *Backend) unholdLocked(k Key, m mode) {
+	h := b.held[k]
+	if h == nil {
+		return
+	}
+	if m == shared {
+		h.shared--
+	} else {
+		h.excl--
+	}
+	if h.shared <= 0 && h.excl <= 0 {
+		delete(b.held, k)
+	}
+}
+
+// conflictsLocked reports whether a lease of this backend holds k in a mode
+// that excludes m.
+func (b *Backend) conflictsLocked(k Key, m mode) bool {
+	h := b.held[k]
+	return h != nil && (h.excl > 0 || (m == exclusive && h.shared > 0))
+}
+
+func (b *Backend) stopMonitorIfIdleLocked() {
+	if len(b.conns) == 0 && b.monStop != nil {
+		close(b.monStop)
+		b.monStop = nil
+	}
+}
+
+// monitor pings the lock connections every half loss interval, so that a
+// dead session is found even while its connection is idle, and an idle
+// session is never idle long enough for idle_session_timeout. It runs while
+// there are lock connections.
+func (b *Backend) monitor(stop chan struct{}) {
+	defer b.monWG.Done()
+	half := b.cfg.lossInterval / 2
+	t := time.NewTicker(half)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		conns := slices.Collect(maps.Keys(b.conns))
+		b.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, lc := range conns {
+			if !lc.mu.TryLock() {
+				continue // in use: the query in flight finds a failure itself
+			}
+			wg.Go(func() {
+				defer lc.mu.Unlock()
+				b.mu.Lock()
+				gone := lc.gone
+				b.mu.Unlock()
+				if gone {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), half)
+				err := lc.pc.Conn().PgConn().Ping(ctx)
+				cancel()
+				if err != nil {
+					b.fail(lc, fmt.Errorf("ping: %w", err))
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+// Lease is a lock held through a Backend.
+type Lease struct {
+	b     *Backend
+	lc    *lockConn
+	kind  string
+	name  string
+	key   Key
+	mode  mode
+	token uint64
+
+	lostCh   chan struct{}
+	lostOnce sync.Once
+	lost     bool // guarded by b.mu: the connection failed
+	released atomic.Bool
+}
+
+// Lost returns a channel closed when the lease's connection dies (then the
+// server has freed, or is about to free, the lock) and by Release.
+func (l *Lease) Lost() <-chan struct{} { return l.lostCh }
+
+// Token returns the lease's fencing token, or 0 when fencing is off (see
+// WithFencing).
+func (l *Lease) Token() uint64 { return l.token }
+
+// Key returns the advisory key the lease holds (a semaphore's slot key for
+// a semaphore).
+func (l *Lease) Key() Key { return l.key }
+
+// PID returns the process ID of the PostgreSQL session that holds the lock,
+// as pg_locks.pid and pg_stat_activity.pid show it.
+func (l *Lease) PID() uint32 { return l.lc.pid }
+
+func (l *Lease) closeLost() { l.lostOnce.Do(func() { close(l.lostCh) }) }
+
+func (l *Lease) errorf(format string, args ...any) error {
+	return fmt.Errorf("pg: %s %s: "+format, append([]any{l.kind, shortName(l.name)}, args...)...)
+}
+
+// Release releases the lock with pg_advisory_unlock on its session; the
+// connection goes back to the pool when it holds no other lease. The
+// unlock runs even when ctx is done (bounded by WithOpTimeout). If the
+// unlock cannot be confirmed, the connection is closed instead, which frees
+// every lock of its session (its other leases report loss), and Release
+// returns an error.
+func (l *Lease) Release(ctx context.Context) error {
+	if !l.released.CompareAndSwap(false, true) {
+		return l.errorf("release: %w", dlock.ErrNotHeld)
+	}
+	defer l.closeLost()
+	b, lc := l.b, l.lc
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	b.mu.Lock()
+	lost := l.lost
+	b.mu.Unlock()
+	if lost {
+		return l.errorf("release: %w (its connection failed)", dlock.ErrLockLost)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	ok, err := unlock(rctx, lc.pc.Conn().PgConn(), l.key, l.mode)
+	cancel()
+	if err != nil || !ok {
+		b.mu.Lock()
+		l.lost = true // this lease's failure is reported here, not as a loss
+		b.mu.Unlock()
+		b.fail(lc, fmt.Errorf("unlock: %v", err))
+		if err != nil {
+			return l.errorf("release not confirmed, so its connection was closed, which frees the lock: %w", err)
+		}
+		return l.errorf("release: %w (the session no longer held it)", dlock.ErrLockLost)
+	}
+	b.mu.Lock()
+	delete(lc.leases, l)
+	delete(lc.keys, l.key)
+	b.unholdLocked(l.key, l.mode)
+	retire := b.retireIfIdleLocked(lc)
+	b.mu.Unlock()
+	if retire {
+		lc.pc.Release()
+	}
+	return nil
+}

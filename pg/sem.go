@@ -1,0 +1,214 @@
+package pg
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dlock-go/dlock"
+)
+
+// A semaphore of limit n over name is n exclusive advisory locks, its slots
+// (see the key derivation in keys.go); a holder holds one slot. A try tests
+// the free slots in one statement, a CASE that stops at the first slot it
+// takes, so it costs one round trip whatever the limit.
+//
+// Holders that disagree on the limit: a holder with limit n only takes
+// slots 0..n-1. So at most max(limits) holders exist at once, and an
+// acquisition with limit n succeeds only while fewer than n of the slots
+// 0..n-1 are taken: a smaller limit is respected by its own users, a larger
+// one may be cut short by holders that use the smaller one. Use one limit
+// per name.
+//
+// A semaphore wait (Acquire) tries, and while all slots are busy waits in
+// the server's queue for one slot chosen at random, for at most a short
+// slice (growing from 5ms to 200ms), then tries all slots again: a released
+// slot is usually taken within one round trip by the waiter queued on it,
+// and within one slice by the others.
+
+// TryAcquire makes one attempt to take one of the limit slots of the
+// semaphore name. limit must be between 1 and MaxSemaphoreLimit.
+func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Lease, bool, error) {
+	r := req{kind: "semaphore", name: name, fence: semKey(name)}
+	if err := checkLimit(r, limit); err != nil {
+		return nil, false, err
+	}
+	return b.trySem(ctx, r, semSlots(name, limit))
+}
+
+// Acquire takes one of the limit slots of the semaphore name, waiting
+// until one is free or ctx is done.
+func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
+	r := req{kind: "semaphore", name: name, fence: semKey(name)}
+	if err := checkLimit(r, limit); err != nil {
+		return nil, err
+	}
+	slots := semSlots(name, limit)
+	slice := 5 * time.Millisecond
+	for {
+		l, ok, err := b.trySem(ctx, r, slots)
+		if err != nil || ok {
+			return l, err
+		}
+		// Queue on one slot for a slice of time.
+		wr := r
+		wr.key, wr.mode = slots[rand.IntN(len(slots))], exclusive
+		l, err = b.waitBlocking(ctx, wr, slice)
+		switch {
+		case err == nil:
+			return l, nil
+		case ctx.Err() != nil:
+			return nil, r.notAcquired(ctx)
+		case err != errSlice:
+			return nil, err
+		}
+		slice = min(slice*2, 200*time.Millisecond)
+	}
+}
+
+func checkLimit(r req, limit int) error {
+	if limit < 1 || limit > MaxSemaphoreLimit {
+		return r.errorf("%w: %d (must be 1 to %d)", dlock.ErrInvalidLimit, limit, MaxSemaphoreLimit)
+	}
+	return nil
+}
+
+func semSlots(name string, limit int) []Key {
+	slots := make([]Key, limit)
+	for i := range slots {
+		slots[i] = semSlotKey(name, i)
+	}
+	return slots
+}
+
+// trySem takes a free slot of slots on a lock connection.
+func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool, error) {
+	if ctx.Err() != nil {
+		return nil, false, r.notAcquired(ctx)
+	}
+	if b.pool == nil {
+		return nil, false, r.errorf("nil pool")
+	}
+	if err := b.ensureFencing(ctx); err != nil {
+		return nil, false, r.errorf("%w", err)
+	}
+	for attempt := 0; ; attempt++ {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return nil, false, r.errorf("%w", errClosed)
+		}
+		lc := b.pickLocked(Key{}, false)
+		if lc != nil {
+			lc.pending++
+		}
+		b.mu.Unlock()
+		if lc == nil {
+			var err error
+			if lc, err = b.newConn(ctx, r); err != nil {
+				return nil, false, err
+			}
+			lc.pending++
+			b.addConnLocked(lc)
+			b.mu.Unlock()
+		}
+		l, ok, err, retry := b.trySemOn(ctx, lc, r, slots)
+		if retry && attempt < 3 {
+			continue
+		}
+		return l, ok, err
+	}
+}
+
+func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key) (l *Lease, ok bool, err error, retry bool) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	// Under lc.mu the registry is exact for lc's session: slots held by
+	// this backend (on any connection) are left out, so none is stacked.
+	b.mu.Lock()
+	if lc.gone {
+		lc.pending--
+		b.mu.Unlock()
+		return nil, false, r.errorf("lock connection closed"), true
+	}
+	var expr strings.Builder
+	expr.WriteString("CASE")
+	var idx []int
+	for i, k := range slots {
+		if b.held[k] != nil {
+			continue
+		}
+		expr.WriteString(" WHEN pg_try_advisory_lock(")
+		expr.WriteString(k.String())
+		expr.WriteString(") THEN ")
+		expr.WriteString(strconv.Itoa(len(idx)))
+		idx = append(idx, i)
+	}
+	expr.WriteString(" ELSE -1 END")
+	if len(idx) == 0 {
+		lc.pending--
+		retire := b.retireIfIdleLocked(lc)
+		b.mu.Unlock()
+		if retire {
+			lc.pc.Release()
+		}
+		return nil, false, nil, false
+	}
+	for _, i := range idx {
+		lc.keys[slots[i]] = struct{}{}
+	}
+	b.mu.Unlock()
+
+	sql := b.lockSQL(expr.String(), "v >= 0", r.fence)
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	row, qerr := query(qctx, lc.pc.Conn().PgConn(), sql)
+	cancel()
+	got := -1
+	if qerr == nil {
+		if len(row) == 0 {
+			qerr = fmt.Errorf("no result")
+		} else if got, qerr = strconv.Atoi(string(row[0])); qerr == nil && got >= len(idx) {
+			qerr = fmt.Errorf("slot %d out of range", got)
+		}
+	}
+	if qerr == nil && got >= 0 {
+		r.key, r.mode = slots[idx[got]], exclusive
+		l, qerr = b.leaseFrom(r, row, true)
+	}
+	if qerr != nil {
+		// Which slot a failed statement took is unknown: end the session
+		// unless it held nothing else to lose... it may hold other leases,
+		// so undo every candidate (none is held by another lease here).
+		for _, i := range idx {
+			b.undoOrFail(lc, slots[i], exclusive, qerr)
+		}
+	}
+	b.mu.Lock()
+	lc.pending--
+	if !lc.gone {
+		for j, i := range idx {
+			if qerr == nil && j == got {
+				continue
+			}
+			delete(lc.keys, slots[i])
+		}
+		if qerr == nil && got >= 0 {
+			b.attachLocked(lc, l)
+		}
+	}
+	retire := b.retireIfIdleLocked(lc)
+	b.mu.Unlock()
+	if retire {
+		lc.pc.Release()
+	}
+	if qerr != nil {
+		return nil, false, r.errorf("try: %w", qerr), false
+	}
+	if got < 0 {
+		return nil, false, nil, false
+	}
+	return l, true, nil, false
+}

@@ -1,0 +1,182 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Keys is a view of a Backend whose lock names are advisory keys, written
+// as Key.String writes them: "42" for Int64Key(42), "1,2" for PairKey(1, 2).
+// It takes exactly the locks that pg_advisory_lock(42) and
+// pg_advisory_lock(1, 2) take, so it excludes (and is excluded by) existing
+// SQL that uses advisory locks by number:
+//
+//	mu := dlock.NewMutex(b.Keys())
+//	err := mu.Do(ctx, pg.Int64Key(42).String(), fn)
+//
+// Unlike named locks, the kinds share the key: a Mutex of "42" and the
+// write side of an RWMutex of "42" are the same lock (pg_advisory_lock(42)),
+// and the read side is pg_advisory_lock_shared(42). A name that is not a
+// canonical key gets an error matching dlock.ErrInvalidName. Keys has no
+// semaphore: a semaphore needs several keys. Leases are the Backend's, with
+// its connections, registry and monitor.
+type Keys struct{ b *Backend }
+
+var (
+	_ backend.Locker[*Lease]     = (*Keys)(nil)
+	_ backend.LockWaiter[*Lease] = (*Keys)(nil)
+	_ backend.RWLocker[*Lease]   = (*Keys)(nil)
+	_ backend.RWWaiter[*Lease]   = (*Keys)(nil)
+)
+
+// Keys returns the view of b addressed by advisory keys.
+func (b *Backend) Keys() *Keys { return &Keys{b: b} }
+
+func keyReq(name string, m mode) (req, error) {
+	k, err := ParseKey(name)
+	if err != nil {
+		return req{}, fmt.Errorf("pg: key: %w", err)
+	}
+	return req{kind: "key", name: name, key: k, mode: m, fence: k}, nil
+}
+
+// TryLock makes one attempt at pg_advisory_lock of the key name.
+func (v *Keys) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
+	r, err := keyReq(name, exclusive)
+	if err != nil {
+		return nil, false, err
+	}
+	return v.b.try(ctx, r)
+}
+
+// Lock takes the key name exclusively, waiting in the server's queue.
+func (v *Keys) Lock(ctx context.Context, name string) (*Lease, error) {
+	r, err := keyReq(name, exclusive)
+	if err != nil {
+		return nil, err
+	}
+	return v.b.wait(ctx, r)
+}
+
+// TryRLock makes one attempt at pg_advisory_lock_shared of the key name.
+func (v *Keys) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
+	r, err := keyReq(name, shared)
+	if err != nil {
+		return nil, false, err
+	}
+	return v.b.try(ctx, r)
+}
+
+// TryWLock is TryLock.
+func (v *Keys) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
+	return v.TryLock(ctx, name)
+}
+
+// RLock takes the key name shared, waiting in the server's queue.
+func (v *Keys) RLock(ctx context.Context, name string) (*Lease, error) {
+	r, err := keyReq(name, shared)
+	if err != nil {
+		return nil, err
+	}
+	return v.b.wait(ctx, r)
+}
+
+// WLock is Lock.
+func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return v.Lock(ctx, name) }
+
+// Transaction-scoped locks.
+//
+// LockTx and its relatives take an advisory lock inside the caller's own
+// transaction (pg_advisory_xact_lock): the lock is released by the
+// transaction's commit or rollback, never by the caller, so work that must
+// be atomic with the lock commits together with its release. They need no
+// Backend. Keys come from MutexKey, RWKey (which exclude the Backend's
+// locks of the same name), Int64Key or PairKey.
+//
+// PostgreSQL's advisory locks are re-entrant within one session: a
+// transaction that takes one key twice holds it twice (until its end); two
+// different transactions, or a transaction and a Backend's lease, exclude
+// each other.
+//
+// A wait that ctx ends is cancelled on the server (a cancel request), inside
+// a savepoint that is rolled back, so the transaction stays usable and
+// holds nothing new. If the lock was granted at the same moment as ctx
+// ended, LockTx returns nil: the lock is held, and reported so.
+
+// TryLockTx makes one attempt to take key exclusively in tx
+// (pg_try_advisory_xact_lock).
+func TryLockTx(ctx context.Context, tx pgx.Tx, key Key) (bool, error) {
+	return tryTx(ctx, tx, key, exclusive)
+}
+
+// TryRLockTx makes one attempt to take key shared in tx
+// (pg_try_advisory_xact_lock_shared).
+func TryRLockTx(ctx context.Context, tx pgx.Tx, key Key) (bool, error) {
+	return tryTx(ctx, tx, key, shared)
+}
+
+// LockTx takes key exclusively in tx (pg_advisory_xact_lock), waiting until
+// it is free or ctx is done. When ctx ends first it returns an error
+// matching dlock.ErrNotAcquired and ctx.Err().
+func LockTx(ctx context.Context, tx pgx.Tx, key Key) error { return lockTx(ctx, tx, key, exclusive) }
+
+// RLockTx takes key shared in tx (pg_advisory_xact_lock_shared), waiting
+// until it is free or ctx is done.
+func RLockTx(ctx context.Context, tx pgx.Tx, key Key) error { return lockTx(ctx, tx, key, shared) }
+
+func tryTx(ctx context.Context, tx pgx.Tx, key Key, m mode) (bool, error) {
+	if tx == nil {
+		return false, errors.New("pg: nil transaction")
+	}
+	if ctx.Err() != nil {
+		return false, fmt.Errorf("pg: key %s: %w: %w", key, dlock.ErrNotAcquired, ctx.Err())
+	}
+	fn := "pg_try_advisory_xact_lock"
+	if m == shared {
+		fn = "pg_try_advisory_xact_lock_shared"
+	}
+	var ok bool
+	if err := tx.QueryRow(ctx, "SELECT "+fn+"("+key.String()+")").Scan(&ok); err != nil {
+		return false, fmt.Errorf("pg: key %s: try in transaction: %w", key, err)
+	}
+	return ok, nil
+}
+
+func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
+	ok, err := tryTx(ctx, tx, key, m)
+	if err != nil || ok {
+		return err
+	}
+	sp, err := tx.Begin(ctx) // a savepoint, to undo a cancelled wait
+	if err != nil {
+		return fmt.Errorf("pg: key %s: savepoint: %w", key, err)
+	}
+	fn := "pg_advisory_xact_lock"
+	if m == shared {
+		fn = "pg_advisory_xact_lock_shared"
+	}
+	_, _, err = runCancellable(ctx, tx.Conn().PgConn(), "SELECT "+fn+"("+key.String()+")", DefaultOpTimeout)
+	uctx := context.WithoutCancel(ctx)
+	if err == nil {
+		if err := sp.Commit(uctx); err != nil {
+			return fmt.Errorf("pg: key %s: release savepoint: %w", key, err)
+		}
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	cancelled := errors.As(err, &pgErr) && pgErr.Code == "57014"
+	if rerr := sp.Rollback(uctx); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
+	}
+	if cancelled && ctx.Err() != nil {
+		return fmt.Errorf("pg: key %s: %w: %w", key, dlock.ErrNotAcquired, ctx.Err())
+	}
+	return fmt.Errorf("pg: key %s: lock in transaction: %w", key, err)
+}
