@@ -171,6 +171,10 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 	if err := ctx.Err(); err != nil {
 		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, err)
 	}
+	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, context.Canceled) {
+		// valkey-go may see ctx's deadline pass before ctx reports it.
+		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, firstErr)
+	}
 	if len(c.nodes) > 1 {
 		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %d of %d nodes agreed, %d needed: %w", k, shortName(name), got, len(c.nodes), c.quorum, firstErr)
 	}
