@@ -163,14 +163,29 @@ func (b *Backend) pickLocked(k Key, byKey bool) *lockConn {
 		if _, has := lc.keys[k]; byKey && has {
 			continue
 		}
-		if best == nil || lc.pending < best.pending {
+		if best == nil || lc.pending < best.pending || (lc.pending == best.pending && len(lc.leases) < len(best.leases)) {
 			best = lc
 		}
 	}
-	if best != nil && best.pending > 0 && len(b.conns) < b.cfg.maxLockConns {
+	switch {
+	case best == nil:
+		return nil
+	case best.pending > 0 && len(b.conns) < b.cfg.maxLockConns:
+		return nil // spread concurrent tries
+	case len(best.leases) >= b.cfg.maxLeases && b.poolHasRoom():
+		// PostgreSQL walks all of a session's locks at the end of every
+		// transaction, so each statement on a session holding n locks
+		// costs O(n): spread large numbers of leases.
 		return nil
 	}
 	return best
+}
+
+// poolHasRoom reports whether the pool can give a connection without
+// waiting for another to be released.
+func (b *Backend) poolHasRoom() bool {
+	st := b.pool.Stat()
+	return st.IdleConns() > 0 || st.TotalConns() < st.MaxConns()
 }
 
 // retireIfIdleLocked takes lc out of the lock connections if nothing uses

@@ -131,7 +131,8 @@ func TestManyLocksFewConnections(t *testing.T) {
 	s := b.Stats()
 	ps := pool.Stat()
 	t.Logf("%d leases: backend %+v, pool total %d acquired %d", n, s, ps.TotalConns(), ps.AcquiredConns())
-	if s.Leases != n || s.LockConns > pg.DefaultMaxLockConns || ps.TotalConns() > pg.DefaultMaxLockConns+1 {
+	most := n/pg.DefaultMaxLeasesPerConn + 1
+	if s.Leases != n || s.LockConns > most || ps.TotalConns() > int32(most) {
 		t.Fatalf("%d leases use %d lock connections, pool has %d connections", s.Leases, s.LockConns, ps.TotalConns())
 	}
 	got := scalar[int64](t, url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1", int64(ls[0].PID()))

@@ -1,0 +1,159 @@
+package pg_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/pg"
+)
+
+// BenchmarkDo measures an uncontended Do (take, run nothing, release)
+// against its floor, two `SELECT 1` round trips on the same pool, and
+// reports the ratio.
+//
+//	go test -run '^$' -bench . ./pg/
+func BenchmarkDo(b *testing.B) {
+	url := testURL(b)
+	be, pool := newBackend(b, url)
+	ctx := context.Background()
+	mu := dlock.NewMutex(be)
+	name := uniq(b)
+	fn := func(context.Context) error { return nil }
+	floor := func() {
+		for range 2 {
+			var one int
+			if err := pool.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	// Warm the pool and the statement cache.
+	floor()
+	if err := mu.Do(ctx, name, fn); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		floor()
+	}
+	floorNs := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+	start = time.Now()
+	for range b.N {
+		if err := mu.Do(ctx, name, fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+	doNs := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+	b.StopTimer()
+	b.ReportMetric(doNs, "ns/do")
+	b.ReportMetric(floorNs, "ns/2xSELECT1")
+	b.ReportMetric(doNs/floorNs, "do/floor")
+}
+
+// BenchmarkHandoff measures the time from a release to the waiter (queued
+// on the server, in another client) holding the lock.
+func BenchmarkHandoff(b *testing.B) {
+	url := testURL(b)
+	holder, _ := newBackend(b, url)
+	waiter, _ := newBackend(b, url)
+	ctx := context.Background()
+	name := uniq(b)
+	key, _ := pg.MutexKey(name).Int64()
+	probe := newPool(b, url, 1)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		h, ok, err := holder.TryLock(ctx, name)
+		if err != nil || !ok {
+			b.Fatalf("holder: %v %v", ok, err)
+		}
+		got := make(chan time.Time, 1)
+		go func() {
+			l, err := waiter.Lock(ctx, name)
+			at := time.Now()
+			if err != nil {
+				b.Error(err)
+			} else {
+				_ = l.Release(ctx)
+			}
+			got <- at
+		}()
+		for { // until the waiter is queued on the server
+			var n int
+			if err := probe.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key).Scan(&n); err != nil {
+				b.Fatal(err)
+			}
+			if n > 0 {
+				break
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		if err := h.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		at := <-got
+		lat = append(lat, at.Sub(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkHold measures holding n distinct locks at once: time per lock
+// taken and released, the lock connections used, and the heap held per
+// lease.
+func BenchmarkHold(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			url := testURL(b)
+			be, pool := newBackend(b, url)
+			ctx := context.Background()
+			base := uniq(b)
+			names := make([]string, n)
+			for i := range names {
+				names[i] = fmt.Sprint(base, i)
+			}
+			ls := make([]*pg.Lease, n)
+			var conns, poolConns int
+			var heap float64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				var m0, m1 runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&m0)
+				for i, name := range names {
+					l, ok, err := be.TryLock(ctx, name)
+					if err != nil || !ok {
+						b.Fatalf("lock %d: %v %v", i, ok, err)
+					}
+					ls[i] = l
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&m1)
+				heap = float64(m1.HeapAlloc) - float64(m0.HeapAlloc)
+				conns = max(conns, be.Stats().LockConns)
+				poolConns = max(poolConns, int(pool.Stat().TotalConns()))
+				for _, l := range ls {
+					if err := l.Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/lock")
+			b.ReportMetric(float64(conns), "lockconns")
+			b.ReportMetric(float64(poolConns), "poolconns")
+			b.ReportMetric(heap/float64(n), "heapB/lease")
+		})
+	}
+}
