@@ -1,0 +1,189 @@
+package faults
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// sec builds a completed section: acquisition called at call, entered at
+// enter, left at leave, released 1 later.
+func sec(proc int, kind string, call, enter, leave int64, token uint64) Section {
+	return Section{Done: true, Record: Record{Proc: proc, Kind: kind, Call: call, Enter: enter,
+		Leave: leave, Rel: leave + 1, Token: token, Seq: int(enter)}}
+}
+
+func TestCheckAcceptsGoodHistories(t *testing.T) {
+	mutex := []Section{
+		sec(1, KindExclusive, 0, 1, 10, 1),
+		sec(2, KindExclusive, 0, 12, 20, 2), // waited while 1 held
+		sec(1, KindExclusive, 15, 22, 30, 3),
+	}
+	if r := Check(mutex, nil, nil, Spec{}); r.Violations() != 0 {
+		t.Fatalf("good mutex history rejected: %+v", r)
+	}
+	sem := []Section{
+		sec(1, KindTicket, 0, 1, 10, 1),
+		sec(2, KindTicket, 0, 2, 12, 2),
+		sec(3, KindTicket, 0, 11, 20, 3),
+	}
+	if r := Check(sem, nil, nil, Spec{Limit: 2}); r.Violations() != 0 || r.MaxConcurrent != 2 {
+		t.Fatalf("good semaphore history rejected: %+v", r)
+	}
+	rw := []Section{
+		sec(1, KindShared, 0, 1, 10, 1),
+		sec(2, KindShared, 0, 2, 12, 2),
+		sec(3, KindExclusive, 0, 14, 20, 3),
+		sec(1, KindShared, 15, 22, 30, 4),
+	}
+	if r := Check(rw, nil, nil, Spec{}); r.Violations() != 0 {
+		t.Fatalf("good RW history rejected: %+v", r)
+	}
+}
+
+func TestCheckFindsViolations(t *testing.T) {
+	overlap := []Section{
+		sec(1, KindExclusive, 0, 1, 10, 1),
+		sec(2, KindExclusive, 0, 5, 20, 2),
+	}
+	r := Check(overlap, nil, nil, Spec{})
+	if r.Untold != 1 || r.Linearizable != "Illegal" || r.Violations() == 0 {
+		t.Fatalf("overlap not caught: %+v", r)
+	}
+	tokens := []Section{
+		sec(1, KindExclusive, 0, 1, 10, 5),
+		sec(2, KindExclusive, 0, 12, 20, 4),
+	}
+	if r := Check(tokens, nil, nil, Spec{}); r.TokenViolations != 1 {
+		t.Fatalf("token regression not caught: %+v", r)
+	}
+	dup := []Section{
+		sec(1, KindTicket, 0, 1, 10, 7),
+		sec(2, KindTicket, 0, 2, 10, 7),
+	}
+	if r := Check(dup, nil, nil, Spec{Limit: 2}); r.TokenViolations != 1 {
+		t.Fatalf("shared token not caught: %+v", r)
+	}
+	sem := []Section{
+		sec(1, KindTicket, 0, 1, 10, 1),
+		sec(2, KindTicket, 0, 2, 12, 2),
+		sec(3, KindTicket, 0, 3, 20, 3),
+	}
+	if r := Check(sem, nil, nil, Spec{Limit: 2}); r.OverLimit != 1 || r.Linearizable != "Illegal" {
+		t.Fatalf("three holders of a two-ticket semaphore not caught: %+v", r)
+	}
+	rw := []Section{
+		sec(1, KindShared, 0, 1, 10, 1),
+		sec(3, KindExclusive, 0, 5, 20, 2),
+	}
+	if r := Check(rw, nil, nil, Spec{}); r.Untold != 1 || r.Linearizable != "Illegal" {
+		t.Fatalf("writer beside a reader not caught: %+v", r)
+	}
+}
+
+func TestCheckLostLocks(t *testing.T) {
+	// Holder 1 is told at 8 that its lease ran out; 2 enters at 9: fine.
+	a := sec(1, KindExclusive, 0, 1, 10, 1)
+	a.Lost, a.Told = true, 8
+	b := sec(2, KindExclusive, 0, 9, 20, 2)
+	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
+		t.Fatalf("told-then-taken rejected: %+v", r)
+	}
+	// 2 enters at 7, before 1 was told, and no fault could revoke: a lease
+	// was lost after someone else took it.
+	b.Enter = 7
+	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() == 0 {
+		t.Fatalf("entry before the holder was told not caught: %+v", r)
+	}
+	// ...unless a revoking fault (a key deleted at 5) explains it.
+	del := []Fault{{Kind: "keydel", Proc: -1, Start: 5, End: 5, Revokes: true}}
+	if r := Check([]Section{a, b}, del, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
+		t.Fatalf("revoked lock rejected: %+v", r)
+	}
+	// A holder never told is a violation even with a revoking fault.
+	a.Lost = false
+	if r := Check([]Section{a, b}, del, nil, Spec{}); r.Untold != 1 {
+		t.Fatalf("untold loss not caught: %+v", r)
+	}
+	// A killed holder (no exit record) frees its lock once dead.
+	k := Section{Record: Record{Proc: 3, Kind: KindExclusive, Call: 0, Enter: 1}}
+	c := sec(4, KindExclusive, 0, 6, 9, 0)
+	deaths := []Death{{Proc: 3, Kill: 4, Reap: 5}}
+	if r := Check([]Section{k, c}, nil, deaths, Spec{}); r.Violations() != 0 || r.Killed != 1 {
+		t.Fatalf("killed holder's successor rejected: %+v", r)
+	}
+	c.Enter = 3 // before the kill
+	if r := Check([]Section{k, c}, nil, deaths, Spec{}); r.Violations() == 0 {
+		t.Fatalf("entry before the holder was killed not caught: %+v", r)
+	}
+}
+
+func TestRecordsRoundTrip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "h")
+	w, err := NewRecorder(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enter := Record{Ev: "enter", Proc: 1, G: 2, Seq: 3, Kind: KindExclusive, Call: 10, Enter: 11, Token: 4}
+	exit := enter
+	exit.Ev, exit.Leave, exit.Rel, exit.Wrote = "exit", 20, 21, true
+	for _, r := range []Record{enter, exit, {Ev: "enter", Proc: 1, G: 1, Seq: 1, Kind: KindExclusive, Call: 1, Enter: 2}} {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	ss, err := ReadRecords(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 2 || ss[0].Done || !ss[1].Done || ss[1].Leave != 20 || ss[1].Token != 4 || !ss[1].Wrote {
+		t.Fatalf("records: %+v", ss)
+	}
+}
+
+func TestResourceCountsLostUpdates(t *testing.T) {
+	r := NewResource(filepath.Join(t.TempDir(), "res"), false)
+	// Two overlapping read-modify-writes: one update is lost.
+	a, _ := r.Read(1)
+	b, _ := r.Read(2)
+	if err := r.Write(2, b+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Write(1, a+1); err != nil { // stale, not enforced
+		t.Fatal(err)
+	}
+	st, _ := r.State()
+	if st.Value != 1 || st.Lost != 1 || st.Stale != 1 || st.Writes != 2 {
+		t.Fatalf("state %+v", st)
+	}
+	// Enforced: the stale holder is refused, nothing is lost.
+	f := NewResource(filepath.Join(t.TempDir(), "res"), true)
+	a, _ = f.Read(1)
+	b, _ = f.Read(2)
+	if err := f.Write(1, a+1); err != ErrStale {
+		t.Fatalf("stale write: %v", err)
+	}
+	if err := f.Write(2, b+1); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = f.State()
+	if st.Value != 1 || st.Lost != 0 || st.Refused != 1 {
+		t.Fatalf("state %+v", st)
+	}
+	// Concurrent single accesses are atomic.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 20; j++ {
+				_ = r.update(func(s *ResourceState) error { s.Value++; return nil })
+			}
+		}()
+	}
+	wg.Wait()
+	if st, _ := r.State(); st.Value != 161 {
+		t.Fatalf("value %d, want 161", st.Value)
+	}
+}

@@ -1,0 +1,285 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/fs"
+	"github.com/dlock-go/dlock/pg"
+	"github.com/dlock-go/dlock/valkey"
+)
+
+// workerEnv holds a worker's JSON configuration: the test binary started
+// with it set runs as a worker process instead of running tests.
+const workerEnv = "DLOCK_FAULTS_WORKER"
+
+func TestMain(m *testing.M) {
+	if raw := os.Getenv(workerEnv); raw != "" {
+		os.Exit(workerMain(raw))
+	}
+	code := m.Run()
+	stopPrivateServers()
+	os.Exit(code)
+}
+
+// workerConfig configures one worker process.
+type workerConfig struct {
+	Proc       int      `json:"proc"`
+	Backend    string   `json:"backend"` // fs, pg, valkey, cluster, redlock
+	Addrs      []string `json:"addrs"`   // pg: one URL; valkey: addresses (through proxies)
+	Dir        string   `json:"dir"`     // fs
+	Prefix     string   `json:"prefix"`  // valkey key prefix
+	AppName    string   `json:"appName"` // pg application_name, valkey client name
+	Prim       string   `json:"prim"`    // mutex, rw, sem
+	Limit      int      `json:"limit"`
+	Name       string   `json:"name"`
+	Goroutines int      `json:"goroutines"`
+	Deadline   int64    `json:"deadline"` // Now after which no section starts
+	LeaseMs    int      `json:"leaseMs"`  // valkey lease
+	LossMs     int      `json:"lossMs"`   // pg/fs loss interval
+	HoldMs     [2]int   `json:"holdMs"`   // the pause inside a section, min and max
+	Records    string   `json:"records"`
+	Resource   string   `json:"resource"`
+}
+
+func workerMain(raw string) int {
+	var cfg workerConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "worker: bad config:", err)
+		return 2
+	}
+	if err := runWorker(cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "worker %d: %v\n", cfg.Proc, err)
+		return 1
+	}
+	return 0
+}
+
+func runWorker(cfg workerConfig) error {
+	rec, err := NewRecorder(cfg.Records)
+	if err != nil {
+		return err
+	}
+	defer rec.Close()
+	res := NewResource(cfg.Resource, true)
+	ctx := context.Background()
+	lease := time.Duration(cfg.LeaseMs) * time.Millisecond
+	loss := time.Duration(cfg.LossMs) * time.Millisecond
+	switch cfg.Backend {
+	case "fs":
+		b, err := fs.New(cfg.Dir, fs.WithLossInterval(loss))
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		return work[*fs.Lease](cfg, b, rec, res)
+	case "pg":
+		pc, err := pgxpool.ParseConfig(cfg.Addrs[0])
+		if err != nil {
+			return err
+		}
+		pc.ConnConfig.RuntimeParams["application_name"] = cfg.AppName
+		pc.ConnConfig.ConnectTimeout = 2 * time.Second
+		pool, err := pgxpool.NewWithConfig(ctx, pc)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		b := pg.New(pool, pg.WithFencing(""), pg.WithLossInterval(loss), pg.WithOpTimeout(2*time.Second))
+		defer b.Close()
+		return work[*pg.Lease](cfg, b, rec, res)
+	case "valkey", "cluster", "redlock":
+		opts := []valkey.Option{valkey.WithKeyPrefix(cfg.Prefix), valkey.WithLease(lease)}
+		newClient := func(addrs []string) (valkeygo.Client, error) {
+			return valkeygo.NewClient(valkeygo.ClientOption{
+				InitAddress: addrs, DisableCache: true, ClientName: cfg.AppName,
+				ConnWriteTimeout: lease,
+			})
+		}
+		if cfg.Backend == "redlock" {
+			var clients []valkeygo.Client
+			for _, a := range cfg.Addrs {
+				c, err := newClient([]string{a})
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				clients = append(clients, c)
+			}
+			b, err := valkey.NewRedLock(clients, opts...)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			return work[*valkey.Lease](cfg, b, rec, res)
+		}
+		c, err := newClient(cfg.Addrs)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b, err := valkey.New(c, opts...)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		return work[*valkey.Lease](cfg, b, rec, res)
+	}
+	return fmt.Errorf("unknown backend %q", cfg.Backend)
+}
+
+// work runs cfg.Goroutines contending goroutines until the deadline.
+func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource) error {
+	opt := dlock.WithReleaseTimeout(3 * time.Second)
+	var excl, shared, ticket *dlock.Guard[L]
+	switch cfg.Prim {
+	case "mutex":
+		excl = dlock.NewMutex(b.(backend.Locker[L]), opt)
+	case "rw":
+		rw := dlock.NewRWMutex(b.(backend.RWLocker[L]), opt)
+		excl, shared = rw.Write(), rw.Read()
+	case "sem":
+		ticket = dlock.NewSemaphore(b.(backend.Semaphore[L]), cfg.Limit, opt)
+	default:
+		return fmt.Errorf("unknown primitive %q", cfg.Prim)
+	}
+	var (
+		wg       sync.WaitGroup
+		firstErr atomic.Value
+	)
+	for g := range cfg.Goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(cfg.Proc), uint64(g)))
+			for seq := 1; Now() < cfg.Deadline; seq++ {
+				kind, guard := KindExclusive, excl
+				switch {
+				case ticket != nil:
+					kind, guard = KindTicket, ticket
+				case shared != nil && rng.IntN(3) != 0:
+					kind, guard = KindShared, shared
+				}
+				if err := section(cfg, rec, res, rng, guard, kind, g, seq); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
+	}
+	return nil
+}
+
+// section runs one critical section and records it. Only a failure to
+// record is returned: lock errors are part of the workload.
+func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rng *rand.Rand, g *dlock.Guard[L], kind string, gid, seq int) error {
+	call := Now()
+	actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	lk, err := g.Acquire(actx, cfg.Name)
+	cancel()
+	if err != nil {
+		if !errors.Is(err, dlock.ErrNotAcquired) {
+			time.Sleep(20 * time.Millisecond) // a server error: do not spin
+		}
+		return nil
+	}
+	r := Record{Ev: "enter", Proc: cfg.Proc, G: gid, Seq: seq, Kind: kind, Call: call, Enter: Now()}
+	r.Token, _ = lk.Token()
+	if err := rec.Write(r); err != nil {
+		return err
+	}
+	var told atomic.Int64
+	stop, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-lk.Lost():
+			told.Store(Now())
+		case <-stop:
+		}
+	}()
+	hold := time.Duration(cfg.HoldMs[0]+rng.IntN(cfg.HoldMs[1]-cfg.HoldMs[0]+1)) * time.Millisecond
+	lost := lk.Lost()
+	switch kind {
+	case KindExclusive: // a slow read-modify-write
+		v, err := res.Read(r.Token)
+		if errors.Is(err, ErrStale) {
+			r.Rejected = true
+			break
+		} else if err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		if isClosed(lost) {
+			r.Skipped = true // a careful holder stops when told
+			break
+		}
+		switch err := res.Write(r.Token, v+1); {
+		case errors.Is(err, ErrStale):
+			r.Rejected = true
+		case err != nil:
+			return err
+		default:
+			r.Wrote = true
+		}
+	case KindShared: // a slow read: the value must not change under it
+		v1, err := res.Read(0)
+		if err != nil {
+			return err
+		}
+		time.Sleep(hold)
+		v2, err := res.Read(0)
+		if err != nil {
+			return err
+		}
+		r.Torn = v1 != v2
+	default:
+		time.Sleep(hold)
+	}
+	r.Leave = Now()
+	close(stop)
+	<-watched
+	if t := told.Load(); t != 0 {
+		r.Lost, r.Told = true, t
+	}
+	rerr := lk.Release(context.Background())
+	r.Rel = Now()
+	if rerr != nil {
+		r.RelErr = rerr.Error()
+		if errors.Is(rerr, dlock.ErrLockLost) && !r.Lost {
+			r.Lost, r.Told = true, r.Rel
+		}
+	}
+	r.Ev = "exit"
+	if err := rec.Write(r); err != nil {
+		return err
+	}
+	time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+	return nil
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
