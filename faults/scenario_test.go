@@ -167,7 +167,7 @@ func writeResults() {
 		a, b := results.rows[i], results.rows[j]
 		return a.Backend+a.Prim+a.Fault < b.Backend+b.Prim+b.Fault
 	})
-	b, _ := json.MarshalIndent(results.rows, "", " ")
+	b, _ := json.MarshalIndent(map[string]any{"rows": results.rows, "margin": marginLine}, "", " ")
 	_ = os.WriteFile(path, b, 0o644)
 }
 
