@@ -800,13 +800,16 @@ func (s *suite[L]) rw(t *testing.T) {
 		if err := r1.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
 			t.Fatalf("Release of a lost read lock: %v, want dlock.ErrLockLost", err)
 		}
-		held(t, a.Write(), name) // the other reader is undisturbed
-		select {
-		case <-r2.Lost():
-			t.Fatal("losing one reader lost another")
-		default:
+		// A backend whose readers share one lock object (a file) may lose
+		// the other reader too; if it did not, that reader still holds.
+		if isClosed(r2.Lost()) {
+			if err := r2.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
+				t.Fatalf("Release of a read lock reported lost: %v, want dlock.ErrLockLost", err)
+			}
+		} else {
+			held(t, a.Write(), name)
+			release(t, r2)
 		}
-		release(t, r2)
 		free(t, a.Write(), name, s.h.FreedWithin+5*time.Second)
 	})
 	s.fencing(t, kind[L]{child: "read", guard: func(n any) *dlock.Guard[L] { return dlock.NewRWMutex(n.(backend.RWLocker[L])).Read() }})
@@ -916,6 +919,15 @@ func (s *suite[L]) semaphore(t *testing.T) {
 		release(t, lk)
 	})
 	s.fencing(t, kind[L]{child: "semaphore", limit: 3, guard: func(n any) *dlock.Guard[L] { return dlock.NewSemaphore(n.(backend.Semaphore[L]), 3) }})
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // trunc shortens a name for a message.
