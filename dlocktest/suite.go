@@ -385,7 +385,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		defer cancel()
 		_, err := b.Acquire(ctx, name)
 		notAcquired(t, err, context.DeadlineExceeded)
-		err = b.Do(ctx, name, func(context.Context) error { return errors.New("Do ran fn after its ctx ended") })
+		err = b.Do(ctx, name, func(context.Context) error { return errors.New("fn ran after its ctx ended") })
 		notAcquired(t, err, context.DeadlineExceeded)
 		release(t, lk)
 		free(t, c, name, 10*time.Second) // the failed waiter holds nothing
@@ -410,7 +410,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		notAcquired(t, err, context.Canceled)
 		_, err = a.TryAcquire(ctx, name)
 		notAcquired(t, err, context.Canceled)
-		err = a.Do(ctx, name, func(context.Context) error { return errors.New("Do ran fn with a cancelled ctx") })
+		err = a.Do(ctx, name, func(context.Context) error { return errors.New("fn ran with a cancelled ctx") })
 		notAcquired(t, err, context.Canceled)
 		release(t, tryAcquire(t, b, name))
 	})
