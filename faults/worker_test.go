@@ -103,11 +103,17 @@ func runWorker(cfg workerConfig) error {
 		return work[*pg.Lease](cfg, b, rec, res)
 	case "valkey", "cluster", "redlock":
 		opts := []valkey.Option{valkey.WithKeyPrefix(cfg.Prefix), valkey.WithLease(lease)}
-		newClient := func(addrs []string) (valkeygo.Client, error) {
-			return valkeygo.NewClient(valkeygo.ClientOption{
-				InitAddress: addrs, DisableCache: true, ClientName: cfg.AppName,
-				ConnWriteTimeout: lease,
-			})
+		newClient := func(addrs []string) (c valkeygo.Client, err error) {
+			// A worker may start during a partition: retry until it heals.
+			for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				c, err = valkeygo.NewClient(valkeygo.ClientOption{
+					InitAddress: addrs, DisableCache: true, ClientName: cfg.AppName,
+					ConnWriteTimeout: lease,
+				})
+				if err == nil || time.Now().After(end) {
+					return c, err
+				}
+			}
 		}
 		if cfg.Backend == "redlock" {
 			var clients []valkeygo.Client
