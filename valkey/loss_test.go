@@ -1,0 +1,165 @@
+package valkey
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/dlocktest"
+)
+
+// lossLease is the lease of the key-deletion tests: extensions run every
+// lossLease/3.
+const lossLease = 600 * time.Millisecond
+
+// takeKind takes a lease of kind k on name from b (a semaphore of limit
+// 2).
+func takeKind(t testing.TB, b *Backend, k kind, name string) *Lease {
+	t.Helper()
+	ctx := testCtx(t)
+	var (
+		l   *Lease
+		ok  bool
+		err error
+	)
+	switch k {
+	case kindMutex:
+		l, ok, err = b.TryLock(ctx, name)
+	case kindRead:
+		l, ok, err = b.TryRLock(ctx, name)
+	case kindWrite:
+		l, ok, err = b.TryWLock(ctx, name)
+	default:
+		l, ok, err = b.TryAcquire(ctx, name, 2)
+	}
+	if err != nil || !ok {
+		t.Fatalf("taking %v %q: %v, %v", k, name, ok, err)
+	}
+	return l
+}
+
+// delKey deletes the whole key a lease of kind k is recorded in (the
+// readers' or holders' sorted set, not only this lease's member), as an
+// operator's DEL or FLUSHDB would.
+func delKey(t testing.TB, b *Backend, base string, k kind) {
+	t.Helper()
+	c := b.c.nodes[0].client
+	if err := c.Do(testCtx(t), c.B().Del().Key(heldKey(base, k)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lossBackends returns a backend over each deployment that has one
+// server (standalone, cluster).
+func lossBackends(t *testing.T) map[string]*Backend {
+	out := map[string]*Backend{}
+	space := t.TempDir()
+	opts := []Option{WithKeyPrefix(testPrefix(space)), WithLease(lossLease)}
+	mk := func(addrs ...string) *Backend {
+		b, err := New(testClient(t, addrs...), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	out["single"] = mk(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR"))
+	out["cluster"] = mk(splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_CLUSTER"))...)
+	return out
+}
+
+// TestLossAfterKeyDeleted: when the key recording a lease is deleted
+// (all of it: every reader, every ticket), each lease reports the loss at
+// its next extension, within an extension period, and Release says the
+// lock was lost — for readers and semaphore tickets as for mutexes and
+// writers. Meanwhile others may take the lock: the deletion revoked it.
+func TestLossAfterKeyDeleted(t *testing.T) {
+	for dep, b := range lossBackends(t) {
+		for _, k := range []kind{kindMutex, kindRead, kindWrite, kindSem} {
+			t.Run(fmt.Sprintf("%s/%v", dep, k), func(t *testing.T) {
+				name := "keydel-" + k.String()
+				base, _ := keyBase(b.c.cfg.prefix, name)
+				var held []*Lease
+				switch k {
+				case kindRead, kindSem:
+					held = []*Lease{takeKind(t, b, k, name), takeKind(t, b, k, name)}
+				default:
+					held = []*Lease{takeKind(t, b, k, name)}
+				}
+				delKey(t, b, base, k)
+				t0 := time.Now()
+				// The deletion revoked the lock: a newcomer may take it.
+				next := takeKind(t, b, k, name)
+				within := b.c.cfg.extendEvery + lossLease/3
+				for i, l := range held {
+					select {
+					case <-l.Lost():
+					case <-time.After(within - time.Since(t0)):
+						t.Fatalf("lease %d: Lost() not closed within %v of the deletion", i, within)
+					}
+					if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
+						t.Fatalf("lease %d: Release after the deletion = %v, want ErrLockLost", i, err)
+					}
+				}
+				notLost(t, next)
+				if err := next.Release(testCtx(t)); err != nil {
+					t.Fatalf("the newcomer's Release: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// TestReleaseAfterKeyDeleted: a lease released after its key was deleted
+// but before an extension noticed returns ErrLockLost, and does not
+// disturb a newcomer.
+func TestReleaseAfterKeyDeleted(t *testing.T) {
+	for dep, b := range lossBackends(t) {
+		for _, k := range []kind{kindMutex, kindRead, kindWrite, kindSem} {
+			t.Run(fmt.Sprintf("%s/%v", dep, k), func(t *testing.T) {
+				name := "keydel-rel-" + k.String()
+				base, _ := keyBase(b.c.cfg.prefix, name)
+				l := takeKind(t, b, k, name)
+				delKey(t, b, base, k)
+				next := takeKind(t, b, k, name)
+				if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
+					t.Fatalf("Release after the deletion = %v, want ErrLockLost", err)
+				}
+				notLost(t, next)
+				if err := next.Release(testCtx(t)); err != nil {
+					t.Fatalf("the newcomer's Release: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// TestLossAfterMemberExpired: a reader or ticket whose score (its expiry
+// on the server's clock) has passed is lost, even while its member is
+// still in the set: the next extension reports it, and so does Release.
+func TestLossAfterMemberExpired(t *testing.T) {
+	for dep, b := range lossBackends(t) {
+		for _, k := range []kind{kindRead, kindSem} {
+			for _, how := range []string{"extension", "release"} {
+				t.Run(fmt.Sprintf("%s/%v/%s", dep, k, how), func(t *testing.T) {
+					name := "expired-" + k.String() + "-" + how
+					base, _ := keyBase(b.c.cfg.prefix, name)
+					l := takeKind(t, b, k, name)
+					c := b.c.nodes[0].client
+					// Score 1: expired long ago on any clock.
+					if err := c.Do(testCtx(t), c.B().Zadd().Key(heldKey(base, k)).Xx().ScoreMember().ScoreMember(1, l.token).Build()).Error(); err != nil {
+						t.Fatal(err)
+					}
+					if how == "extension" {
+						waitLost(t, l, b.c.cfg.extendEvery+lossLease/3)
+					}
+					if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
+						t.Fatalf("Release of an expired member = %v, want ErrLockLost", err)
+					}
+				})
+			}
+		}
+	}
+}
