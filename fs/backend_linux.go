@@ -50,11 +50,17 @@ var (
 )
 
 // New returns a backend keeping its lock files in dir, which it creates
-// (with missing parents, mode 0700 unless WithDirMode) if needed. It refuses
-// a dir that is a symbolic link or not a directory, that is owned by another
-// user or world-writable (anyone could plant or replace lock files), or that
-// lives on a network file system (NFS, SMB/CIFS), where flock locks are
-// emulated with per-process locks and inotify sees no remote change.
+// (mode 0700 unless WithDirMode; missing parents likewise, never group- or
+// world-writable) if needed. It refuses a dir that is a symbolic link or not
+// a directory, that is owned by another user or world-writable (anyone could
+// plant or replace lock files), or that lives on a network file system (NFS,
+// SMB/CIFS), where flock locks are emulated with per-process locks and
+// inotify sees no remote change. It also refuses a dir that another user
+// could replace: every directory on its path, up to "/", must be owned by
+// root or by this process's effective uid and must not be group- or
+// world-writable unless it has the sticky bit (as /tmp has). A symbolic
+// link on the path (not dir itself) is followed only if it is owned by root
+// or by this uid; the backend then uses the resolved path (see Dir).
 func New(dir string, opts ...Option) (*Backend, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -72,12 +78,16 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
 	}
-	if err := os.MkdirAll(abs, cfg.dirMode); err != nil {
-		return nil, fmt.Errorf("fs: create lock directory: %w", err)
-	}
-	if err := checkDir(abs); err != nil {
+	path, fd, err := openDir(abs, cfg.dirMode)
+	if err != nil {
 		return nil, err
 	}
+	err = checkDir(fd, path)
+	unix.Close(fd)
+	if err != nil {
+		return nil, err
+	}
+	abs = path
 	b := &Backend{
 		dir:     abs,
 		prefix:  abs + "/",
@@ -92,16 +102,8 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	return b, nil
 }
 
-// checkDir verifies that dir is a safe lock directory.
-func checkDir(dir string) error {
-	fd, err := openRetry(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-			return fmt.Errorf("fs: lock directory %q is a symbolic link or not a directory: %w", dir, err)
-		}
-		return fmt.Errorf("fs: open lock directory %q: %w", dir, err)
-	}
-	defer unix.Close(fd)
+// checkDir verifies that dir, open as fd, is a safe lock directory.
+func checkDir(fd int, dir string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
@@ -123,7 +125,8 @@ func checkDir(dir string) error {
 	return nil
 }
 
-// Dir returns the absolute path of the lock directory.
+// Dir returns the absolute path of the lock directory, with every symbolic
+// link resolved: the path New checked, which the backend uses.
 func (b *Backend) Dir() string { return b.dir }
 
 // Close stops the backend's background work and frees every lease still

@@ -51,7 +51,18 @@
 // that is not a regular file is refused too. New creates the directory
 // (mode 0700, see WithDirMode) and refuses one that is a symbolic link, is
 // owned by another user or is world-writable, or is on NFS or SMB/CIFS
-// (where flock is emulated with per-process locks).
+// (where flock is emulated with per-process locks). It also refuses a
+// directory that another user could replace: New resolves the path one
+// component at a time from "/" (never following the lock directory itself
+// if it is a symbolic link), and every directory on the way must be owned
+// by root or by the process's effective uid and must not be group- or
+// world-writable unless it has the sticky bit. Otherwise another user could
+// rename the lock directory (or a parent) away and plant their own, with
+// their own lock files. /tmp (1777, root), $XDG_RUNTIME_DIR and a directory
+// of your own under /var/lock are fine; a directory inside a shared 0777 or
+// 0775 directory is not. A symbolic link on the way is followed only if it
+// is owned by root or by the process's uid; the backend then works under
+// the resolved path (Dir returns it).
 //
 // # Exclusion
 //

@@ -1,0 +1,193 @@
+//go:build linux
+
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxSymlinks bounds the symbolic links followed while resolving the lock
+// directory (the kernel's own limit).
+const maxSymlinks = 40
+
+// openDir resolves the absolute, clean path dir one component at a time from
+// "/", creating the missing components (the lock directory with mode perm,
+// missing parents with perm minus group and world write), and returns the
+// physical path of the lock directory (no symbolic link in it) and an O_PATH
+// descriptor of it, which the caller closes.
+//
+// Every directory the resolution passes through must be one that no other
+// user can change: owned by root or by this process's effective uid, and
+// not group- or world-writable unless it has the sticky bit (then only the
+// owner of an entry, the directory's owner — root or us — and root can
+// rename or remove the entry). Otherwise another user could rename a
+// component away and plant their own directory, with their own lock files,
+// at the path. A symbolic link on the way is followed only if it is owned by
+// root or by this process's uid (it sits in a directory that passed the
+// check, so nobody else can replace it); the lock directory itself must not
+// be a symbolic link. The lock directory's own checks are checkDir's.
+func openDir(dir string, perm os.FileMode) (string, int, error) {
+	root, err := openatRetry(unix.AT_FDCWD, "/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", -1, fmt.Errorf("fs: lock directory %q: open /: %w", dir, err)
+	}
+	// stack holds the descriptors of the directories resolved so far, from
+	// "/" down; names the component names below "/".
+	stack := []int{root}
+	var names []string
+	defer func() {
+		for _, fd := range stack {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	physical := func() string { return "/" + strings.Join(names, "/") }
+	euid := uint32(os.Geteuid())
+	rest := splitPath(dir)
+	links := 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "..":
+			if len(names) > 0 {
+				unix.Close(stack[len(stack)-1])
+				stack = stack[:len(stack)-1]
+				names = names[:len(names)-1]
+			}
+			continue
+		case ".":
+			continue
+		}
+		cur := stack[len(stack)-1]
+		if err := checkAncestor(dir, cur, physical(), euid); err != nil {
+			return "", -1, err
+		}
+		last := len(rest) == 0
+		at := joinPath(physical(), c)
+		fd, err := openatRetry(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			mode := perm
+			if !last {
+				mode &^= 0o022
+			}
+			if err := unix.Mkdirat(cur, c, uint32(mode.Perm())); err != nil && !errors.Is(err, unix.EEXIST) {
+				return "", -1, fmt.Errorf("fs: create lock directory %q: mkdir %q: %w", dir, at, err)
+			}
+			fd, err = openatRetry(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return "", -1, fmt.Errorf("fs: lock directory %q: open %q: %w", dir, at, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return "", -1, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, at, err)
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			stack = append(stack, fd)
+			names = append(names, c)
+		case unix.S_IFLNK:
+			target, err := readlinkFD(fd)
+			unix.Close(fd)
+			switch {
+			case last:
+				return "", -1, fmt.Errorf("fs: lock directory %q is a symbolic link (to %q): refused", dir, target)
+			case err != nil:
+				return "", -1, fmt.Errorf("fs: lock directory %q: read symbolic link %q: %w", dir, at, err)
+			case st.Uid != 0 && st.Uid != euid:
+				return "", -1, fmt.Errorf("fs: lock directory %q: path component %q is a symbolic link owned by uid %d (neither root nor this process's uid %d), who could point it elsewhere: refused", dir, at, st.Uid, euid)
+			}
+			if links++; links > maxSymlinks {
+				return "", -1, fmt.Errorf("fs: lock directory %q: too many symbolic links: %w", dir, unix.ELOOP)
+			}
+			if strings.HasPrefix(target, "/") {
+				for _, fd := range stack[1:] {
+					unix.Close(fd)
+				}
+				stack, names = stack[:1], names[:0]
+			}
+			rest = append(splitPath(target), rest...)
+		default:
+			unix.Close(fd)
+			return "", -1, fmt.Errorf("fs: lock directory %q: %q is not a directory (mode %#o): %w", dir, at, st.Mode, unix.ENOTDIR)
+		}
+	}
+	fd := stack[len(stack)-1]
+	stack[len(stack)-1] = -1 // the caller's now
+	return physical(), fd, nil
+}
+
+// checkAncestor checks that the directory open as fd, at path, is one that
+// no other user can change entries of (see openDir).
+func checkAncestor(dir string, fd int, path string, euid uint32) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, path, err)
+	}
+	if st.Uid != 0 && st.Uid != euid {
+		return fmt.Errorf("fs: lock directory %q: its ancestor %q is owned by uid %d (neither root nor this process's uid %d), who could rename the lock directory away and plant their own: refused", dir, path, st.Uid, euid)
+	}
+	if st.Mode&unix.S_ISVTX == 0 {
+		switch {
+		case st.Mode&0o002 != 0:
+			return fmt.Errorf("fs: lock directory %q: its ancestor %q is world-writable without the sticky bit (mode %#o): any user could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777)
+		case st.Mode&0o020 != 0:
+			return fmt.Errorf("fs: lock directory %q: its ancestor %q is group-writable without the sticky bit (mode %#o): another user of group %d could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777, st.Gid)
+		}
+	}
+	return nil
+}
+
+// splitPath returns the non-empty components of p.
+func splitPath(p string) []string {
+	var out []string
+	for c := range strings.SplitSeq(p, "/") {
+		if c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func joinPath(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
+
+// readlinkFD reads the target of the symbolic link open (O_PATH|O_NOFOLLOW)
+// as fd.
+func readlinkFD(fd int) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	for {
+		n, err := unix.Readlinkat(fd, "", buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if n >= len(buf) {
+			return "", unix.ENAMETOOLONG
+		}
+		return string(buf[:n]), nil
+	}
+}
+
+func openatRetry(dirfd int, path string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, path, flags, mode)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
+}
