@@ -1,7 +1,11 @@
 package fs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"math"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -96,6 +100,131 @@ func FuzzName(f *testing.F) {
 		}
 		if d, ok := decode(encode(a)); ok && d != a {
 			t.Fatalf("encode(%q) = %q decodes to %q", a, encode(a), d)
+		}
+	})
+}
+
+// decodeFile inverts fileName/slotName: it returns the kind, the escaped
+// name and the slot (-1 unless kindSemSlot) of a file name, or ok false if
+// no kind's layout fits.
+func decodeFile(file string) (k kind, esc string, slot int, ok bool) {
+	found := false
+	for i, p := range kindPrefix {
+		if strings.HasPrefix(file, p) {
+			if found {
+				return 0, "", 0, false // two kinds claim the file: ambiguous
+			}
+			k, esc, found = kind(i), file[len(p):], true
+		}
+	}
+	if !found {
+		return 0, "", 0, false
+	}
+	slot = -1
+	if k == kindSemSlot {
+		i := strings.LastIndexByte(esc, slotSep)
+		if i < 0 {
+			return 0, "", 0, false
+		}
+		n, err := strconv.Atoi(esc[i+1:])
+		if err != nil || n < 0 || strconv.Itoa(n) != esc[i+1:] {
+			return 0, "", 0, false
+		}
+		esc, slot = esc[:i], n
+	}
+	return k, esc, slot, esc != ""
+}
+
+// fileOf is the file of the triple (k, name, slot); slot counts only for
+// kindSemSlot.
+func fileOf(k kind, name string, slot int) string {
+	f := fileName(k, name)
+	if k == kindSemSlot {
+		f = slotName(f, slot)
+	}
+	return f
+}
+
+// FuzzFileNames checks the file names of every kind, semaphore slots
+// included: each is one safe path element; distinct (kind, name, slot)
+// triples get distinct files; each file decodes to exactly its triple (for
+// hashed names: its kind, slot, readable prefix and hash); slotKey finds the
+// slot prefix of slot files and nothing in other files.
+func FuzzFileNames(f *testing.F) {
+	long := strings.Repeat("%", 300)
+	for _, s := range []struct {
+		k1 uint8
+		a  string
+		i  int
+		k2 uint8
+		b  string
+		j  int
+	}{
+		{uint8(kindSemSlot), "a", 1, uint8(kindSemSlot), "a", 10},
+		{uint8(kindSemSlot), "a+1", 0, uint8(kindSemSlot), "a", 1},
+		{uint8(kindSemSlot), "a", 11, uint8(kindSemSlot), "a+1", 1},
+		{uint8(kindSemSlot), "x", 0, uint8(kindSemCounter), "x", 0},
+		{uint8(kindSemSlot), "c-x+0", 0, uint8(kindSemCounter), "x+0", 0},
+		{uint8(kindRW), "g-x", 0, uint8(kindRWGate), "x", 0},
+		{uint8(kindRW), "c-x", 0, uint8(kindRWCounter), "x", 0},
+		{uint8(kindMutex), "..", 0, uint8(kindMutex), ".", 0},
+		{uint8(kindSemSlot), long, math.MaxInt, uint8(kindSemSlot), long + "x", math.MaxInt},
+		{uint8(kindSemCounter), strings.Repeat("é", 100), 0, uint8(kindSemSlot), strings.Repeat("é", 100), -1},
+		{uint8(kindMutex), "a~b", 0, uint8(kindMutex), "a%7Eb", 0},
+		{uint8(kindMutex), strings.Repeat("a", 199) + "\x00", 0, uint8(kindMutex), strings.Repeat("a", 200), 0},
+		{7, "x", 0, 255, "y", 3},
+	} {
+		f.Add(s.k1, s.a, s.i, s.k2, s.b, s.j)
+	}
+	norm := func(k uint8, slot int) (kind, int) {
+		kk := kind(int(k) % len(kindPrefix))
+		if kk != kindSemSlot {
+			return kk, -1
+		}
+		if slot < 0 {
+			slot = -(slot + 1) // covers 0..MaxInt
+		}
+		return kk, slot
+	}
+	check := func(t *testing.T, k kind, name string, slot int) string {
+		file := fileOf(k, name, slot)
+		checkFileName(t, file)
+		dk, esc, dslot, ok := decodeFile(file)
+		if !ok || dk != k || dslot != slot {
+			t.Fatalf("file %q of (%d, %q, %d) decodes to (%d, %q, %d, %v)", file, k, name, slot, dk, esc, dslot, ok)
+		}
+		if esc != encode(name) {
+			t.Fatalf("file %q: escaped part %q, want %q", file, esc, encode(name))
+		}
+		if h := strings.IndexByte(esc, hashSep); h >= 0 {
+			sum := sha256.Sum256([]byte(name))
+			if esc[h+1:] != hex.EncodeToString(sum[:]) {
+				t.Fatalf("hashed file %q of %q: bad hash", file, name)
+			}
+			if p, err := url.PathUnescape(esc[:h]); err != nil || !strings.HasPrefix(name, p) {
+				t.Fatalf("hashed file %q: readable part does not decode to a prefix of %q (%q, %v)", file, name, p, err)
+			}
+		} else if d, ok := decode(esc); !ok || d != name {
+			t.Fatalf("file %q decodes to %q (%v), want %q", file, d, ok, name)
+		}
+		wantKey := ""
+		if k == kindSemSlot {
+			wantKey = fileName(kindSemSlot, name)
+		}
+		if got := slotKey(file); got != wantKey {
+			t.Fatalf("slotKey(%q) = %q, want %q", file, got, wantKey)
+		}
+		return file
+	}
+	f.Fuzz(func(t *testing.T, k1 uint8, a string, i int, k2 uint8, b string, j int) {
+		if a == "" || b == "" {
+			return
+		}
+		ka, i := norm(k1, i)
+		kb, j := norm(k2, j)
+		fa, fb := check(t, ka, a, i), check(t, kb, b, j)
+		if (ka != kb || a != b || i != j) && fa == fb {
+			t.Fatalf("(%d, %q, %d) and (%d, %q, %d) share the file %q", ka, a, i, kb, b, j, fa)
 		}
 	})
 }
