@@ -132,6 +132,7 @@ type lockConn struct {
 	keys    map[Key]struct{} // keys held or being tried on this session
 	pending int              // operations scheduled on it
 	gone    bool             // no longer a lock connection: released or closed
+	cause   error            // why it failed, once gone by fail
 }
 
 func newLockConn(pc *pgxpool.Conn) *lockConn {
@@ -210,6 +211,7 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 		return
 	}
 	lc.gone = true
+	lc.cause = cause
 	delete(b.conns, lc)
 	b.stopMonitorIfIdleLocked()
 	leases := lc.leases
@@ -231,9 +233,14 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 // destroy closes a pool connection and gives it back to the pool, which
 // discards it: its session, and every lock it holds, ends.
 func destroy(pc *pgxpool.Conn) {
+	pgc := pc.Conn().PgConn()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_ = pc.Conn().Close(ctx)
+	_ = pgc.Close(ctx)
 	cancel()
+	// pgx may close a connection that failed mid-query asynchronously,
+	// after a cancel request that can take seconds: close the socket now,
+	// so that the server, if it can hear, ends the session at once.
+	_ = pgc.Conn().Close()
 	pc.Release()
 }
 
@@ -362,10 +369,14 @@ func (l *Lease) errorf(format string, args ...any) error {
 
 // Release releases the lock with pg_advisory_unlock on its session; the
 // connection goes back to the pool when it holds no other lease. The
-// unlock runs even when ctx is done (bounded by WithOpTimeout). If the
-// unlock cannot be confirmed, the connection is closed instead, which frees
-// every lock of its session (its other leases report loss), and Release
-// returns an error.
+// unlock runs even when ctx is done (bounded by WithOpTimeout). Release
+// returns nil only when the session confirmed the unlock, so the lease held
+// the lock until then. Otherwise (the connection died — its session was
+// terminated, reset, or the server restarted — the unlock timed out, or
+// the session no longer held the lock) the lock may have been freed
+// earlier: the connection is closed, which frees every lock of its session,
+// every lease on it reports the loss at once, and Release returns an error
+// matching dlock.ErrLockLost that also wraps the cause.
 func (l *Lease) Release(ctx context.Context) error {
 	if !l.released.CompareAndSwap(false, true) {
 		return l.errorf("release: %w", dlock.ErrNotHeld)
@@ -375,23 +386,30 @@ func (l *Lease) Release(ctx context.Context) error {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
 	b.mu.Lock()
-	lost := l.lost
+	lost, cause := l.lost, lc.cause
 	b.mu.Unlock()
 	if lost {
-		return l.errorf("release: %w (its connection failed)", dlock.ErrLockLost)
+		if cause == nil {
+			cause = errors.New("unknown cause")
+		}
+		return l.errorf("release: %w: its connection failed: %w", dlock.ErrLockLost, cause)
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
 	ok, err := unlock(rctx, lc.pc.Conn().PgConn(), l.key, l.mode)
 	cancel()
 	if err != nil || !ok {
-		b.mu.Lock()
-		l.lost = true // this lease's failure is reported here, not as a loss
-		b.mu.Unlock()
-		b.fail(lc, fmt.Errorf("unlock: %v", err))
-		if err != nil {
-			return l.errorf("release not confirmed, so its connection was closed, which frees the lock: %w", err)
+		// The unlock was not confirmed: the session may have ended (killed,
+		// reset, restarted), and the server freed the lock at that moment,
+		// perhaps long before; or it may be alive and slow. Either way the
+		// lease cannot show that it held the lock until now, so it is
+		// lost: the connection is closed (which frees every lock of its
+		// session, if it still lives), and every lease on it reports the
+		// loss at once.
+		if err == nil {
+			err = errors.New("the session no longer held it")
 		}
-		return l.errorf("release: %w (the session no longer held it)", dlock.ErrLockLost)
+		b.fail(lc, fmt.Errorf("unlock: %w", err))
+		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", dlock.ErrLockLost, err)
 	}
 	b.mu.Lock()
 	delete(lc.leases, l)
