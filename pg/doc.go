@@ -119,6 +119,14 @@
 // cut) every lease on it reports loss: Lost closes and Do's ctx is
 // cancelled with cause dlock.ErrLockLost, within about the loss interval —
 // or within the op timeout when a query was in flight on a silent network.
+// A lease whose session ended before the monitor noticed learns it at
+// Release: Release returns nil only when the session confirmed the unlock;
+// an unlock that fails (the session is gone), times out or finds the lock
+// not held closes the connection, every lease on it reports loss at once,
+// and Release returns an error matching dlock.ErrLockLost (so Do returns
+// one too). PostgreSQL frees a session's locks the moment the session
+// ends, before any client can know: fencing tokens (below) are the answer
+// to the work a holder does in that gap.
 // The pings also keep lock sessions from ever being idle for longer than
 // half the interval, so idle_session_timeout never ends a session holding
 // locks (keep it above half the interval).
