@@ -72,12 +72,23 @@
 //
 // # Fencing tokens
 //
-// Every acquisition increments a per-name, per-kind counter in the same
-// script, so Token() is strictly increasing across all holders. The
-// counters are never deleted (that is what keeps them increasing): one
-// small key per lock name and kind ever used. On a replicated deployment a
-// failover can lose the last increments (Redis replication is
-// asynchronous), as it can lose the lock itself.
+// Every acquisition advances a per-name, per-kind counter in the same
+// script, so Token() is strictly increasing across all holders. The new
+// token is max(counter + 1, the server's time in microseconds): the counter
+// keeps tokens distinct and increasing however fast acquisitions come, and
+// the clock floor keeps them increasing when the counter is forgotten — a
+// server restarted without persistence, or a failover to a replica that
+// had not received the last increments (Redis replication is
+// asynchronous). After such a loss the next token is the server's clock,
+// larger than every earlier token provided (1) the server's clock (TIME)
+// was not stepped back across the outage, and (2) the counter had not run
+// ahead of the clock by more than the outage lasted, which takes more than
+// one acquisition of one name per microsecond, sustained. (On a failover
+// the new primary's clock counts: clocks of the nodes must agree to within
+// the failover time.) Tokens are therefore large numbers (microseconds
+// since 1970, about 1.8e15), not counts. The counters are never deleted: one small key per
+// lock name and kind ever used. A failover can still lose the lock itself;
+// fencing is what catches a holder that was not told.
 //
 // # Waiting
 //

@@ -163,3 +163,98 @@ func TestLossAfterMemberExpired(t *testing.T) {
 		}
 	}
 }
+
+// TestFencingSurvivesRestart: a server restarted without persistence has
+// forgotten its fencing counters, yet the next token of every kind is
+// larger than every token before the restart (the counters start again
+// from the server's clock).
+func TestFencingSurvivesRestart(t *testing.T) {
+	srv := startServer(t)
+	b := newTestBackend(t, t.TempDir(), srv.addr())
+	ctx := testCtx(t)
+	kinds := []kind{kindMutex, kindRead, kindWrite, kindSem}
+	last := map[kind]uint64{}
+	for range 3 {
+		for _, k := range kinds {
+			l := takeKind(t, b, k, "fence-restart")
+			if l.Token() <= last[k] {
+				t.Fatalf("%v: token %d after %d", k, l.Token(), last[k])
+			}
+			last[k] = l.Token()
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	srv.restart()
+	for _, k := range kinds {
+		var l *Lease
+		// The client reconnects to the restarted server.
+		for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			var ok bool
+			var err error
+			switch k {
+			case kindMutex:
+				l, ok, err = b.TryLock(ctx, "fence-restart")
+			case kindRead:
+				l, ok, err = b.TryRLock(ctx, "fence-restart")
+			case kindWrite:
+				l, ok, err = b.TryWLock(ctx, "fence-restart")
+			default:
+				l, ok, err = b.TryAcquire(ctx, "fence-restart", 2)
+			}
+			if err == nil && ok {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%v after the restart: %v, %v", k, ok, err)
+			}
+		}
+		if l.Token() <= last[k] {
+			t.Errorf("%v: token %d after the restart, %d before it", k, l.Token(), last[k])
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRedLockFencingSurvivesRestart: RedLock's tokens stay increasing when
+// nodes restart without persistence — here a majority of them, so that no
+// node of the next majority remembers the last token.
+func TestRedLockFencingSurvivesRestart(t *testing.T) {
+	srvs := []*server{startServer(t), startServer(t), startServer(t)}
+	r := newTestRedLock(t, t.TempDir(), []string{srvs[0].addr(), srvs[1].addr(), srvs[2].addr()})
+	ctx := testCtx(t)
+	var last uint64
+	for range 3 {
+		l := mustLock(t, r, "fence-restart")
+		if l.Token() <= last {
+			t.Fatalf("token %d after %d", l.Token(), last)
+		}
+		last = l.Token()
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srvs[0].restart()
+	srvs[1].restart()
+	srvs[2].stop() // the only node that remembers is gone
+	var l *Lease
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var ok bool
+		var err error
+		if l, ok, err = r.TryLock(ctx, "fence-restart"); err == nil && ok {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("TryLock after the restart: %v, %v", ok, err)
+		}
+	}
+	if l.Token() <= last {
+		t.Errorf("token %d after the restart, %d before it", l.Token(), last)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

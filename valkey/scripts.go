@@ -71,14 +71,37 @@ const luaKeepTTL = `
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 `
 
+// luaNextFence defines nextFence(key): it advances the fencing counter at
+// key and returns the new token, max(counter + 1, server time in
+// microseconds). The floor keeps tokens increasing when the counter is
+// forgotten (a server restarted without persistence, a failover to a
+// replica that had not received the last increments): a forgotten counter
+// starts again from the clock, above every earlier token as long as the
+// server's clock (TIME) has moved forward past them, which it has unless
+// the counter ran more than the outage ahead of the clock (it advances by
+// one per acquisition, so it would take more than one acquisition of one
+// name per microsecond, sustained) or the clock was stepped back. The
+// counter is stored as a decimal integer; microseconds since 1970 stay
+// exact in Lua's doubles (below 2^53) until the year 2255.
+const luaNextFence = `
+local function nextFence(key)
+  local t = redis.call('TIME')
+  local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local c = tonumber(redis.call('GET', key) or '0') or 0
+  if c + 1 > f then f = c + 1 end
+  redis.call('SET', key, string.format('%.0f', f))
+  return f
+end
+`
+
 // Acquire scripts return the new fencing token (> 0) when they acquire, or
 // -(1 + ms) when they do not, ms being a hint of how long the lock stays
 // taken unless released (0 when unknown).
 
 // KEYS: lock, fence. ARGV: token, lease ms.
-var acquireMutex = newScript(`
+var acquireMutex = newScript(luaNextFence + `
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  return nextFence(KEYS[2])
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then pttl = 0 end
@@ -86,7 +109,7 @@ return -1 - pttl
 `)
 
 // KEYS: readers, writer, waiting writers, fence. ARGV: token, lease ms.
-var acquireRead = newScript(luaNow + `
+var acquireRead = newScript(luaNextFence + luaNow + `
 local wttl = redis.call('PTTL', KEYS[2])
 if wttl ~= -2 then
   if wttl < 0 then wttl = 0 end
@@ -101,13 +124,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local lease = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 ` + luaKeepTTL + `
-return redis.call('INCR', KEYS[4])
+return nextFence(KEYS[4])
 `)
 
 // KEYS: readers, writer, waiting writers, fence. ARGV: token, lease ms,
 // waiter id ("" for none), waiter mark ms. A waiter that does not acquire
 // marks itself waiting, which holds new readers off.
-var acquireWrite = newScript(luaNow + `
+var acquireWrite = newScript(luaNextFence + luaNow + `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local hint = redis.call('PTTL', KEYS[2])
 if hint == -2 then
@@ -115,7 +138,7 @@ if hint == -2 then
   if #last == 0 then
     redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
     if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
-    return redis.call('INCR', KEYS[4])
+    return nextFence(KEYS[4])
   end
   hint = tonumber(last[2]) - now
 end
@@ -129,7 +152,7 @@ return -1 - hint
 `)
 
 // KEYS: holders, fence. ARGV: token, lease ms, limit.
-var acquireSem = newScript(luaNow + `
+var acquireSem = newScript(luaNextFence + luaNow + `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -140,7 +163,7 @@ end
 local lease = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 ` + luaKeepTTL + `
-return redis.call('INCR', KEYS[2])
+return nextFence(KEYS[2])
 `)
 
 // Extension scripts return 1 when the lease is still owned and extended, 0
