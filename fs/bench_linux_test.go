@@ -104,6 +104,30 @@ func BenchmarkTryLockRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkTryRWRelease is one uncontended TryWLock or TryRLock and its
+// Release, fencing on.
+func BenchmarkTryRWRelease(b *testing.B) {
+	for _, mode := range []string{"write", "read"} {
+		b.Run(mode, func(b *testing.B) {
+			be := newBackend(b, "")
+			ctx := context.Background()
+			try := be.TryWLock
+			if mode == "read" {
+				try = be.TryRLock
+			}
+			for b.Loop() {
+				l, ok, err := try(ctx, "bench")
+				if err != nil || !ok {
+					b.Fatal(ok, err)
+				}
+				if err := l.Release(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkHandoff measures hand-off latency: from the start of the
 // holder's Release to the return of a waiter's Acquire (blocked in the
 // backend's native wait), reported as p50-ns and p99-ns. Holder and waiter

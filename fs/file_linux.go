@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -260,12 +259,8 @@ func bumpCounter(fd int, path string, sync bool) (uint64, error) {
 	}
 	var stored uint64
 	if n > 0 {
-		s := buf[:n]
-		if s[len(s)-1] == '\n' {
-			s = s[:len(s)-1]
-		}
-		v, err := strconv.ParseUint(string(s), 10, 64)
-		if err != nil || n != counterLen {
+		v, ok := parseCounter(buf[:n])
+		if !ok {
 			return 0, fmt.Errorf("fs: corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
 		}
 		stored = v
@@ -277,7 +272,7 @@ func bumpCounter(fd int, path string, sync bool) (uint64, error) {
 	if now := time.Now().UnixNano(); now > 0 && uint64(now) > token {
 		token = uint64(now)
 	}
-	out := fmt.Appendf(buf[:0], "%020d\n", token)
+	out := formatCounter(buf[:0], token)
 	if w, err := pwriteRetry(fd, out, 0); err != nil || w != len(out) {
 		if err == nil {
 			err = io.ErrShortWrite
@@ -290,6 +285,37 @@ func bumpCounter(fd int, path string, sync bool) (uint64, error) {
 		}
 	}
 	return token, nil
+}
+
+// parseCounter parses a counter: exactly 20 decimal digits and a newline.
+func parseCounter(b []byte) (uint64, bool) {
+	if len(b) != counterLen || b[counterLen-1] != '\n' {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b[:counterLen-1] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (^uint64(0)-d)/10 {
+			return 0, false // overflows
+		}
+		v = v*10 + d
+	}
+	return v, true
+}
+
+// formatCounter appends v as a counter: 20 decimal digits, zero-padded,
+// and a newline.
+func formatCounter(dst []byte, v uint64) []byte {
+	var d [counterLen]byte
+	for i := counterLen - 2; i >= 0; i-- {
+		d[i] = byte('0' + v%10)
+		v /= 10
+	}
+	d[counterLen-1] = '\n'
+	return append(dst, d[:]...)
 }
 
 func preadRetry(fd int, p []byte, off int64) (int, error) {

@@ -5,7 +5,10 @@ package fs
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dlock-go/dlock"
 )
@@ -34,7 +37,8 @@ const (
 
 // newLease wraps a locked file into a registered lease. counter is the path
 // of the fencing counter file, or "" to keep the counter in the lock file
-// itself. On error the file is closed (its lock dropped).
+// itself (a mutex, a reader-writer lock). On error the file is closed (its
+// lock dropped).
 func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lease, error) {
 	l := &Lease{
 		b:    b,
@@ -49,7 +53,7 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 	if b.cfg.fencing {
 		var err error
 		if counter == "" {
-			l.token, err = bumpCounter(f.fd, f.path, b.cfg.sync)
+			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync)
 		} else {
 			l.token, err = b.bumpCounterFile(counter)
 		}
@@ -65,6 +69,28 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
 	}
 	return l, nil
+}
+
+// bumpOwnCounter takes the next token from the counter kept in the locked
+// file f itself. An exclusive holder (mutex, writer) is alone: a pread and a
+// pwrite on its open file. Readers share their flock, so a reader bumps
+// under a brief exclusive OFD lock of the counter's bytes, taken through the
+// same descriptor (on Linux, OFD locks and flock locks do not interact);
+// writers need none since no reader holds the file while they do.
+func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
+	if !shared {
+		return bumpCounter(f.fd, f.path, sync)
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
+	if err := fcntlRetry(f.fd, unix.F_OFD_SETLKW, &lk); err != nil {
+		return 0, fmt.Errorf("fs: lock fencing counter %s: %w", f.path, err)
+	}
+	token, err := bumpCounter(f.fd, f.path, sync)
+	lk.Type = unix.F_UNLCK
+	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
+		err = fmt.Errorf("fs: unlock fencing counter %s: %w", f.path, uerr)
+	}
+	return token, err
 }
 
 // bumpCounterFile takes the next token from a counter file, under a brief

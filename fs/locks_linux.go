@@ -31,7 +31,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, false, err
 	}
-	f := newLockFile(b.prefix + fileName(kindMutex, name))
+	f := newLockFile(b.prefix + kindPrefix[kindMutex] + encode(name))
 	ok, err := f.tryFlock(unix.LOCK_EX, b.mode())
 	if err != nil || !ok {
 		f.close()
@@ -63,13 +63,12 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	return b.newLease(whatMutex, name, &f, "")
 }
 
-// rwFiles returns the files of the RW lock name: its gate, the lock file
-// itself, and the fencing counter.
-func (b *Backend) rwFiles(name string) (gate, rw lockFile, counter string) {
+// rwFiles returns the files of the RW lock name: its gate and the lock
+// file itself (which keeps the fencing counter).
+func (b *Backend) rwFiles(name string) (gate, rw lockFile) {
 	e := encode(name)
 	return newLockFile(b.prefix + kindPrefix[kindRWGate] + e),
-		newLockFile(b.prefix + kindPrefix[kindRW] + e),
-		b.prefix + kindPrefix[kindRWCounter] + e
+		newLockFile(b.prefix + kindPrefix[kindRW] + e)
 }
 
 // tryRead is one attempt at a read lock: it fails while a writer holds or
@@ -88,7 +87,7 @@ func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, erro
 	if err := b.begin(ctx, whatRead, name); err != nil {
 		return nil, false, err
 	}
-	gate, rw, counter := b.rwFiles(name)
+	gate, rw := b.rwFiles(name)
 	defer gate.close()
 	ok, err := b.tryRead(&gate, &rw)
 	if err != nil || !ok {
@@ -98,7 +97,7 @@ func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, erro
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatRead, name, &rw, counter)
+	l, err := b.newLease(whatRead, name, &rw, "")
 	if err != nil {
 		return nil, false, err
 	}
@@ -110,7 +109,7 @@ func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
 	if err := b.begin(ctx, whatRead, name); err != nil {
 		return nil, err
 	}
-	gate, rw, counter := b.rwFiles(name)
+	gate, rw := b.rwFiles(name)
 	defer gate.close()
 	err := b.waitLoop(ctx, func() (bool, error) { return b.tryRead(&gate, &rw) },
 		gate.path[len(b.prefix):], rw.path[len(b.prefix):])
@@ -118,7 +117,7 @@ func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
 		rw.close()
 		return nil, wrapErr(whatRead, name, err)
 	}
-	return b.newLease(whatRead, name, &rw, counter)
+	return b.newLease(whatRead, name, &rw, "")
 }
 
 // TryWLock makes one attempt to take name for writing: an exclusive flock
@@ -127,7 +126,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 	if err := b.begin(ctx, whatWrite, name); err != nil {
 		return nil, false, err
 	}
-	_, rw, counter := b.rwFiles(name)
+	_, rw := b.rwFiles(name)
 	ok, err := rw.tryFlock(unix.LOCK_EX, b.mode())
 	if err != nil || !ok {
 		rw.close()
@@ -136,7 +135,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatWrite, name, &rw, counter)
+	l, err := b.newLease(whatWrite, name, &rw, "")
 	if err != nil {
 		return nil, false, err
 	}
@@ -151,7 +150,7 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 	if err := b.begin(ctx, whatWrite, name); err != nil {
 		return nil, err
 	}
-	gate, rw, counter := b.rwFiles(name)
+	gate, rw := b.rwFiles(name)
 	defer gate.close()
 	haveGate := false
 	try := func() (bool, error) {
@@ -183,7 +182,7 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 		rw.close()
 		return nil, wrapErr(whatWrite, name, err)
 	}
-	return b.newLease(whatWrite, name, &rw, counter)
+	return b.newLease(whatWrite, name, &rw, "")
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order, growing slots

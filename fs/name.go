@@ -14,9 +14,9 @@ type kind uint8
 
 const (
 	kindMutex      kind = iota // "m-" + E: a mutex; holds its fencing counter
-	kindRW                     // "r-" + E: a reader-writer lock
+	kindRW                     // "r-" + E: a reader-writer lock; holds its fencing counter
 	kindRWGate                 // "rg-" + E: writers waiting for an RW lock
-	kindRWCounter              // "rc-" + E: fencing counter of an RW lock
+	kindRWCounter              // "rc-" + E: reserved (the RW counter lives in "r-" + E now)
 	kindSemSlot                // "s-" + E + "+" + slot: one semaphore ticket
 	kindSemCounter             // "sc-" + E: fencing counter of a semaphore
 )
@@ -64,6 +64,9 @@ const upperHex = "0123456789ABCDEF"
 // escaping never yields '~', a hashed encoding never equals a plain one, and
 // two hashed encodings are equal only if SHA-256 collides.
 func encode(name string) string {
+	if plain(name) {
+		return name
+	}
 	var sb strings.Builder
 	sb.Grow(min(len(name), maxEscaped) + 8)
 	for i := 0; i < len(name); i++ {
@@ -80,6 +83,20 @@ func encode(name string) string {
 		}
 	}
 	return sb.String()
+}
+
+// plain reports whether encode(name) is name itself: short enough and made
+// of kept bytes only, the first not a '.'.
+func plain(name string) bool {
+	if len(name) > maxEscaped || name != "" && name[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !kept(name[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // hashed is the encoding of a name whose escaped form esc is too long.

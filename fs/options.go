@@ -85,8 +85,9 @@ func WithWaitFallback(d time.Duration) Option {
 }
 
 // WithFencing turns fencing tokens on (the default) or off. Off saves a read
-// and a write of the counter on every acquisition (and, for read locks and
-// semaphores, the brief lock of a counter file); leases then report token 0.
+// and a write of the counter on every acquisition (and, for read locks, the
+// brief OFD lock of the counter; for semaphores, the brief lock of a counter
+// file); leases then report token 0.
 func WithFencing(on bool) Option {
 	return func(c *config) { c.fencing = on }
 }
