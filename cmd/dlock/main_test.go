@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,24 +23,37 @@ import (
 	"github.com/dlock-go/dlock/dlocktest"
 )
 
-// bin is the dlock binary, built once by TestMain: the tests run it as a
-// user would.
-var bin string
+// The dlock binary, built on first use (not in TestMain, so that fuzzing
+// this package does not wait for a build): the tests run it as a user would.
+var (
+	binOnce sync.Once
+	binDir  string
+	binPath string
+	binErr  error
+)
+
+func dlockBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "dlock-cli-test"); binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "dlock")
+		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("building dlock: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dlock-cli-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "dlock")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building dlock: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	os.Exit(code)
 }
 
@@ -129,7 +143,7 @@ func lockName(t *testing.T) string {
 // runDlock runs the binary and returns its exit status and stderr.
 func runDlock(t *testing.T, tg target, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(dlockBinary(t), args...)
 	cmd.Env = append(os.Environ(), "DLOCK_BACKEND="+tg.url)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -155,7 +169,7 @@ func startHolder(t *testing.T, tg target, name string, script string, args ...st
 	if script == "" {
 		script = `touch ready; while [ ! -e stop ]; do sleep 0.05; done`
 	}
-	cmd := exec.Command(bin, append(append([]string{"run"}, args...), name, "--", "sh", "-c", script)...)
+	cmd := exec.Command(dlockBinary(t), append(append([]string{"run"}, args...), name, "--", "sh", "-c", script)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "DLOCK_BACKEND="+tg.url)
 	h := &holder{cmd: cmd, stderr: &bytes.Buffer{}, dir: dir}
@@ -214,7 +228,7 @@ func TestExclusion(t *testing.T) {
 		script := `echo start >> "$LOG"; sleep 0.3; echo end >> "$LOG"`
 		var cmds []*exec.Cmd
 		for range 3 {
-			cmd := exec.Command(bin, "run", name, "--", "sh", "-c", script)
+			cmd := exec.Command(dlockBinary(t), "run", name, "--", "sh", "-c", script)
 			cmd.Env = append(os.Environ(), "DLOCK_BACKEND="+tg.url, "LOG="+log)
 			cmd.Stderr = os.Stderr
 			if err := cmd.Start(); err != nil {
