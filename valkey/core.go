@@ -20,6 +20,20 @@ import (
 // acquisition), which runs even when the caller's ctx is done.
 const releaseTimeout = 5 * time.Second
 
+// detached returns a context for a release: not cancelled with
+// ctx (it must run even when ctx is done), bounded by releaseTimeout, and
+// by ctx's deadline when that is still ahead and sooner (so a caller's
+// shorter release timeout is honoured).
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := releaseTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl); left > 0 && left < d {
+			d = left
+		}
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
 var errClosed = errors.New("dlock/valkey: backend closed")
 
 // node is one independent server (or cluster) and its release notifier.
@@ -267,13 +281,14 @@ func (l *Lease) Name() string { return l.name }
 // dlock.ErrLockLost if the lease had been lost (even if its key was still
 // there), dlock.ErrNotHeld if it was released before, or the server's
 // error (the lock then frees when its lease runs out). It runs even when
-// ctx is done, bounded by a timeout of its own.
+// ctx is done, bounded by a timeout of its own (5s) or by ctx's deadline
+// if that is still ahead and sooner.
 func (l *Lease) Release(ctx context.Context) error {
 	wasLost, err := l.c.ext.finish(l)
 	if err != nil {
 		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), err)
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	rctx, cancel := detached(ctx)
 	defer cancel()
 	owned, refused, rerr := l.releaseOnNodes(rctx)
 	switch {

@@ -1,8 +1,10 @@
 package valkey
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -256,5 +258,28 @@ func TestRedLockFencingSurvivesRestart(t *testing.T) {
 	}
 	if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReleaseHonoursDeadline: Release against a server that does not
+// answer (stopped with SIGSTOP) returns by the caller's deadline when that
+// is sooner than its own timeout, with an error.
+func TestReleaseHonoursDeadline(t *testing.T) {
+	srv := startServer(t)
+	b := newTestBackend(t, t.TempDir(), srv.addr())
+	l := mustLock(t, b, "release-deadline")
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.cmd.Process.Signal(syscall.SIGCONT) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	err := l.Release(ctx)
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("Release took %v with a 300ms deadline", d)
+	}
+	if err == nil {
+		t.Fatal("Release against a stopped server succeeded")
 	}
 }
