@@ -104,6 +104,24 @@ func BenchmarkTryLockRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkTryLockBusy is one TryLock of a mutex held elsewhere.
+func BenchmarkTryLockBusy(b *testing.B) {
+	dir := b.TempDir()
+	holder := newBackend(b, dir)
+	be := newBackend(b, dir)
+	ctx := context.Background()
+	l, ok, err := holder.TryLock(ctx, "bench")
+	if err != nil || !ok {
+		b.Fatal(ok, err)
+	}
+	defer l.Release(ctx)
+	for b.Loop() {
+		if _, ok, err := be.TryLock(ctx, "bench"); ok || err != nil {
+			b.Fatal(ok, err)
+		}
+	}
+}
+
 // BenchmarkTryRWRelease is one uncontended TryWLock or TryRLock and its
 // Release, fencing on.
 func BenchmarkTryRWRelease(b *testing.B) {

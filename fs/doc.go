@@ -153,10 +153,10 @@
 //
 // An uncontended TryLock and Release costs nine system calls where the
 // least flock-based lock costs four (open, flock, unlock, close). Each of
-// the five others keeps a guarantee: fstat after open (the identity of the
-// file locked, and that it is a regular file) and lstat after flock (the
-// path still names that file: an unlink or rename between open and flock
-// cannot let two holders in); pread and pwrite of the fencing counter, in
+// the five others keeps a guarantee: fstat and lstat after flock (the
+// identity of the file locked, that it is a regular file, and that the path
+// still names it: an unlink or rename between open and flock cannot let two
+// holders in; an attempt that finds the lock busy skips both); pread and pwrite of the fencing counter, in
 // the already-open lock file (WithFencing(false) saves them); lstat at
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds

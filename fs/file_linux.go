@@ -16,9 +16,10 @@ import (
 // process holds on it through fd, if any.
 type lockFile struct {
 	path     string
-	fd       int // -1 when not open
-	dev, ino uint64
-	held     uint8 // heldNone, heldFlock or heldOFD
+	fd       int    // -1 when not open
+	dev, ino uint64 // the open file's identity, once known
+	known    bool   // dev and ino are known (see identify)
+	held     uint8  // heldNone, heldFlock or heldOFD
 }
 
 const (
@@ -36,7 +37,9 @@ var errReplaced = errors.New("fs: lock file keeps being replaced")
 func newLockFile(path string) lockFile { return lockFile{path: path, fd: -1} }
 
 // open opens (creating if needed) the lock file. The final path element is
-// never followed if it is a symbolic link, and it must be a regular file.
+// never followed if it is a symbolic link. That it is a regular file is
+// checked by identify, once the file is locked (an attempt that finds the
+// lock busy saves the fstat).
 func (f *lockFile) open(mode uint32) error {
 	fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
@@ -45,16 +48,24 @@ func (f *lockFile) open(mode uint32) error {
 		}
 		return fmt.Errorf("fs: open lock file %s: %w", f.path, err)
 	}
+	f.fd, f.known, f.held = fd, false, heldNone
+	return nil
+}
+
+// identify learns the identity of the open file, and checks that it is a
+// regular file, if not done yet.
+func (f *lockFile) identify() error {
+	if f.known {
+		return nil
+	}
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+	if err := unix.Fstat(f.fd, &st); err != nil {
 		return fmt.Errorf("fs: stat lock file %s: %w", f.path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
 		return fmt.Errorf("fs: lock file %s is not a regular file (mode %#o): refused", f.path, st.Mode)
 	}
-	f.fd, f.dev, f.ino, f.held = fd, uint64(st.Dev), uint64(st.Ino), heldNone
+	f.dev, f.ino, f.known = uint64(st.Dev), uint64(st.Ino), true
 	return nil
 }
 
@@ -76,8 +87,14 @@ func (f *lockFile) close() {
 	f.fd, f.held = -1, heldNone
 }
 
-// named reports whether f's path still names the file f has open.
-func (f *lockFile) named() (bool, error) { return stillNamed(f.path, f.dev, f.ino) }
+// named reports whether f's path still names the file f has open (which
+// must be a regular file).
+func (f *lockFile) named() (bool, error) {
+	if err := f.identify(); err != nil {
+		return false, err
+	}
+	return stillNamed(f.path, f.dev, f.ino)
+}
 
 // tryFlock makes one non-blocking flock attempt (how is LOCK_EX or LOCK_SH)
 // on the lock file, opening it if needed. On success it checks that the
