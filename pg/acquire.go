@@ -194,6 +194,9 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 		return nil, nil
 	}
 	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode, lostCh: make(chan struct{})}
+	if r.kind == "semaphore" {
+		l.topic = r.fence.String() // a decimal: safe in an SQL literal
+	}
 	if b.cfg.fenceTable != "" {
 		if len(row) < 2 || row[1] == nil {
 			return nil, errors.New("no fencing token in the result")
@@ -259,15 +262,14 @@ func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
 			return l, err
 		}
 	}
-	return b.waitBlocking(ctx, r, 0)
+	return b.waitBlocking(ctx, r)
 }
 
 // waitBlocking takes r with a blocking wait on a connection of its own,
 // which never holds r already (it is not a lock connection), so the
 // server's queue decides; after the grant that connection becomes a lock
 // connection holding the lease.
-// A slice > 0 bounds the wait (see block).
-func (b *Backend) waitBlocking(ctx context.Context, r req, slice time.Duration) (*Lease, error) {
+func (b *Backend) waitBlocking(ctx context.Context, r req) (*Lease, error) {
 	pc, err := b.pool.Acquire(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -280,11 +282,8 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, slice time.Duration) 
 		fn = "pg_advisory_lock_shared"
 	}
 	sql := b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
-	row, err := b.block(ctx, pc, sql, r.key, r.mode, slice)
+	row, err := b.block(ctx, pc, sql, r.key, r.mode)
 	if err != nil {
-		if err == errSlice {
-			return nil, err
-		}
 		if ctx.Err() != nil {
 			return nil, r.notAcquired(ctx)
 		}
@@ -325,10 +324,7 @@ func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 // when ctx ends. On success pc's session holds k and pc is still the
 // caller's. On error the session does not hold k and pc has been given back
 // to the pool (or destroyed).
-//
-// A slice > 0 bounds the wait on the server (lock_timeout, no cancel
-// request); at its end block returns errSlice.
-func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode, slice time.Duration) ([][]byte, error) {
+func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode) ([][]byte, error) {
 	pgc := pc.Conn().PgConn()
 	for {
 		var ms int64 // lock_timeout; 0: none
@@ -336,9 +332,6 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 			// Just after the deadline: the cancel request on ctx's end
 			// usually comes first, and either way the result is the same.
 			ms = max(time.Until(dl).Milliseconds()+2, 1)
-		}
-		if slice > 0 && (ms == 0 || slice.Milliseconds() < ms) {
-			ms = max(slice.Milliseconds(), 1)
 		}
 		timeout := strconv.FormatInt(ms, 10)
 		full := "SET LOCAL lock_timeout = " + timeout + "; SET LOCAL statement_timeout = 0; " + sql
@@ -366,9 +359,6 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 				return nil, ctx.Err()
 			}
 			if pgErr.Code == "55P03" {
-				if slice > 0 {
-					return nil, errSlice
-				}
 				// lock_timeout fired a moment before ctx's deadline.
 				if pc, err = b.pool.Acquire(ctx); err != nil {
 					return nil, err
@@ -380,9 +370,6 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 		return nil, err
 	}
 }
-
-// errSlice reports the end of a wait's time slice (waitBlocking's slice).
-var errSlice = errors.New("pg: wait slice ended")
 
 // runCancellable runs sql on pgc; when ctx ends first it sends the server a
 // cancel request, and if the statement still does not end within grace it
@@ -440,11 +427,21 @@ func query(ctx context.Context, pgc *pgconn.PgConn, sql string) ([][]byte, error
 
 // unlock releases k on pgc's session; ok reports that it was held.
 func unlock(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode) (bool, error) {
+	return unlockNotify(ctx, pgc, k, m, "")
+}
+
+// unlockNotify is unlock that also, when topic is not "", notifies the
+// semaphore waiters of topic (semChannel), in the same statement.
+func unlockNotify(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode, topic string) (bool, error) {
 	fn := "pg_advisory_unlock"
 	if m == shared {
 		fn = "pg_advisory_unlock_shared"
 	}
-	row, err := query(ctx, pgc, "SELECT "+fn+"("+k.String()+")")
+	sql := "SELECT " + fn + "(" + k.String() + ")"
+	if topic != "" {
+		sql += ", pg_notify('" + semChannel + "', '" + topic + "')"
+	}
+	row, err := query(ctx, pgc, sql)
 	if err != nil {
 		return false, err
 	}

@@ -157,3 +157,52 @@ func BenchmarkHold(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSemHandoff measures the time from the release of a ticket of a
+// full semaphore (limit 2) to a waiter, in another client, holding it.
+func BenchmarkSemHandoff(b *testing.B) {
+	url := testURL(b)
+	holder, _ := newBackend(b, url)
+	waiter, _ := newBackend(b, url)
+	ctx := context.Background()
+	name := uniq(b)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		var hs []*pg.Lease
+		for range 2 {
+			h, ok, err := holder.TryAcquire(ctx, name, 2)
+			if err != nil || !ok {
+				b.Fatalf("holder: %v %v", ok, err)
+			}
+			hs = append(hs, h)
+		}
+		got := make(chan time.Time, 1)
+		go func() {
+			l, err := waiter.Acquire(ctx, name, 2)
+			at := time.Now()
+			if err != nil {
+				b.Error(err)
+			} else {
+				_ = l.Release(ctx)
+			}
+			got <- at
+		}()
+		time.Sleep(30 * time.Millisecond) // the waiter waits
+		b.StartTimer()
+		start := time.Now()
+		if err := hs[0].Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		at := <-got
+		lat = append(lat, at.Sub(start))
+		b.StopTimer()
+		_ = hs[1].Release(ctx)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}

@@ -51,7 +51,8 @@
 // queue on the server runs on a connection of its own, never on a shared
 // one, so it never delays the release of another lease; once granted, that
 // connection becomes a lock connection like the others. The pool needs a
-// connection per concurrent queued wait, plus the lock connections.
+// connection per concurrent queued mutex or RW wait, one for all the
+// semaphore waits (see Semaphores), plus the lock connections.
 //
 // PostgreSQL's advisory locks are re-entrant within a session. dlock's are
 // not: the backend records which keys each of its sessions holds and never
@@ -94,10 +95,18 @@
 // A semaphore of limit n is n slot keys derived from its name, and needs no
 // table. A try takes the first free slot in one statement (a CASE that
 // stops at the first pg_try_advisory_lock that succeeds); limit may be 1 to
-// MaxSemaphoreLimit. Acquire waits on the server's queue of one slot chosen
-// at random for a slice of time (5ms growing to 200ms) between tries of
-// all slots: the waiter queued on a released slot gets it within a round
-// trip, the others within a slice. Holders with different limits: a holder
+// MaxSemaphoreLimit. A release runs pg_notify('dlock_sem', <the
+// semaphore's key>) in the statement of its unlock, so in the same round
+// trip. Acquire, while every slot is busy, waits for such a notification:
+// a Backend with waiting acquisitions keeps one listener connection
+// (LISTEN dlock_sem) whatever their number, wakes one waiter of the
+// semaphore per notification, and the waiter tries again — a hand-off of
+// about one round trip after the release, with no connection held per
+// waiter. Slots freed without a notification (a holder whose session died,
+// a release by other code) are found by a fallback poll (50ms growing to
+// 500ms). The listener connection is closed, not returned to the pool,
+// when no acquisition has waited for a loss interval. Holders with
+// different limits: a holder
 // with limit n only uses slots 0..n-1, so at most the largest limit in use
 // hold the name at once, and a smaller limit is never exceeded by its own
 // users, though holders with a larger limit may take its slots. Use one

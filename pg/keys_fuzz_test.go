@@ -10,7 +10,8 @@ import (
 	"github.com/dlock-go/dlock"
 )
 
-// FuzzKeys checks the name-to-key mapping and the key spelling:
+// FuzzKeys checks the name-to-key mapping and the key spelling
+// (go test -run '^$' -fuzz FuzzKeys ./pg/):
 //
 //   - nothing panics, whatever the bytes;
 //   - ParseKey(k.String()) == k for every key of both spaces;
@@ -21,8 +22,6 @@ import (
 //   - the mutex, RW, semaphore-slot and semaphore-fencing keys of one name
 //     are distinct (a sanity check: the 64-bit hash can collide across
 //     names, as documented, so injectivity across names is not asserted).
-//
-//	go test -run '^$' -fuzz FuzzKeys ./pg/
 func FuzzKeys(f *testing.F) {
 	f.Add("", int64(0), int32(0), int32(0), "0")
 	f.Add("a", int64(42), int32(1), int32(2), "1,2")

@@ -33,6 +33,10 @@ type Backend struct {
 
 	fenceMu    sync.Mutex
 	fenceReady bool
+
+	lnMu sync.Mutex // taken before mu
+	ln   listenState
+	lnWG sync.WaitGroup
 }
 
 var (
@@ -96,6 +100,7 @@ func (b *Backend) Close() {
 	b.stopMonitorIfIdleLocked()
 	b.mu.Unlock()
 	b.monWG.Wait()
+	b.stopListener()
 }
 
 // Stats describes a backend's use of connections at one moment.
@@ -338,6 +343,7 @@ type Lease struct {
 	key   Key
 	mode  mode
 	token uint64
+	topic string // a semaphore's: its release notifies waiters of topic
 
 	lostCh   chan struct{}
 	lostOnce sync.Once
@@ -395,7 +401,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		return l.errorf("release: %w: its connection failed: %w", dlock.ErrLockLost, cause)
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
-	ok, err := unlock(rctx, lc.pc.Conn().PgConn(), l.key, l.mode)
+	ok, err := unlockNotify(rctx, lc.pc.Conn().PgConn(), l.key, l.mode, l.topic)
 	cancel()
 	if err != nil || !ok {
 		// The unlock was not confirmed: the session may have ended (killed,

@@ -23,11 +23,10 @@ import (
 // one may be cut short by holders that use the smaller one. Use one limit
 // per name.
 //
-// A semaphore wait (Acquire) tries, and while all slots are busy waits in
-// the server's queue for one slot chosen at random, for at most a short
-// slice (growing from 5ms to 200ms), then tries all slots again: a released
-// slot is usually taken within one round trip by the waiter queued on it,
-// and within one slice by the others.
+// A semaphore wait (Acquire) tries all slots; while they are busy it
+// waits for a release notification (see listen.go: one listener connection
+// per Backend, one round trip from a release to the waiter's next try),
+// with a slow fallback poll for slots freed without one.
 
 // TryAcquire makes one attempt to take one of the limit slots of the
 // semaphore name. limit must be between 1 and MaxSemaphoreLimit.
@@ -40,32 +39,46 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 }
 
 // Acquire takes one of the limit slots of the semaphore name, waiting
-// until one is free or ctx is done.
+// until one is free or ctx is done. It waits for a release notification,
+// not in the server's queue, so it holds no connection of its own while it
+// waits.
 func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
 	r := req{kind: "semaphore", name: name, fence: semKey(name)}
 	if err := checkLimit(r, limit); err != nil {
 		return nil, err
 	}
 	slots := semSlots(name, limit)
-	slice := 5 * time.Millisecond
+	var w *semWaiter
+	defer func() {
+		if w != nil {
+			b.unlisten(w)
+		}
+	}()
+	poll := pollMin
 	for {
 		l, ok, err := b.trySem(ctx, r, slots)
 		if err != nil || ok {
 			return l, err
 		}
-		// Queue on one slot for a slice of time.
-		wr := r
-		wr.key, wr.mode = slots[rand.IntN(len(slots))], exclusive
-		l, err = b.waitBlocking(ctx, wr, slice)
-		switch {
-		case err == nil:
-			return l, nil
-		case ctx.Err() != nil:
-			return nil, r.notAcquired(ctx)
-		case err != errSlice:
-			return nil, err
+		if w == nil {
+			// Register, then try again: a release committed after this
+			// point wakes w (once the listener is ready; until then, and
+			// for releases that send no notification, the poll below).
+			var ready bool
+			if w, ready = b.listen(r.fence.String()); ready {
+				continue
+			}
 		}
-		slice = min(slice*2, 200*time.Millisecond)
+		t := time.NewTimer(poll/2 + rand.N(poll))
+		select {
+		case <-w.wake:
+		case <-t.C:
+			poll = min(2*poll, pollMax)
+		case <-ctx.Done():
+			t.Stop()
+			return nil, r.notAcquired(ctx)
+		}
+		t.Stop()
 	}
 }
 
