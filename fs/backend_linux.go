@@ -58,7 +58,8 @@ var (
 // inotify sees no remote change. It also refuses a dir that another user
 // could replace: every directory on its path, up to "/", must be owned by
 // root or by this process's effective uid and must not be group- or
-// world-writable unless it has the sticky bit (as /tmp has). A symbolic
+// world-writable unless it has the sticky bit (as /tmp has) or lies below
+// a directory of this uid that nobody else may search. A symbolic
 // link on the path (not dir itself) is followed only if it is owned by root
 // or by this uid; the backend then uses the resolved path (see Dir).
 func New(dir string, opts ...Option) (*Backend, error) {

@@ -27,7 +27,11 @@ const maxSymlinks = 40
 // owner of an entry, the directory's owner — root or us — and root can
 // rename or remove the entry). Otherwise another user could rename a
 // component away and plant their own directory, with their own lock files,
-// at the path. A symbolic link on the way is followed only if it is owned by
+// at the path. Below a private directory — ours, with no search permission
+// for group or others (like the 0700 directories of t.TempDir and
+// $XDG_RUNTIME_DIR) — no other user can reach anything, so the writable
+// bits of deeper directories do not matter (a umask of 002 then does no
+// harm); their owners are still checked. A symbolic link on the way is followed only if it is owned by
 // root or by this process's uid (it sits in a directory that passed the
 // check, so nobody else can replace it); the lock directory itself must not
 // be a symbolic link. The lock directory's own checks are checkDir's.
@@ -40,6 +44,8 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 	// "/" down; names the component names below "/".
 	stack := []int{root}
 	var names []string
+	// private[i]: stack[i] or a directory above it is private (see above).
+	var private []bool
 	defer func() {
 		for _, fd := range stack {
 			if fd >= 0 {
@@ -60,14 +66,19 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 				unix.Close(stack[len(stack)-1])
 				stack = stack[:len(stack)-1]
 				names = names[:len(names)-1]
+				private = private[:min(len(private), len(stack))]
 			}
 			continue
 		case ".":
 			continue
 		}
 		cur := stack[len(stack)-1]
-		if err := checkAncestor(dir, cur, physical(), euid); err != nil {
-			return "", -1, err
+		if len(private) < len(stack) { // not checked yet
+			priv, err := checkAncestor(dir, cur, physical(), euid, len(private) > 0 && private[len(private)-1])
+			if err != nil {
+				return "", -1, err
+			}
+			private = append(private, priv)
 		}
 		last := len(rest) == 0
 		at := joinPath(physical(), c)
@@ -112,7 +123,7 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 				for _, fd := range stack[1:] {
 					unix.Close(fd)
 				}
-				stack, names = stack[:1], names[:0]
+				stack, names, private = stack[:1], names[:0], private[:min(len(private), 1)]
 			}
 			rest = append(splitPath(target), rest...)
 		default:
@@ -126,24 +137,27 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 }
 
 // checkAncestor checks that the directory open as fd, at path, is one that
-// no other user can change entries of (see openDir).
-func checkAncestor(dir string, fd int, path string, euid uint32) error {
+// no other user can change entries of (see openDir). inPrivate says that a
+// directory above it is private; it returns whether this one or one above
+// is.
+func checkAncestor(dir string, fd int, path string, euid uint32, inPrivate bool) (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, path, err)
+		return false, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, path, err)
 	}
 	if st.Uid != 0 && st.Uid != euid {
-		return fmt.Errorf("fs: lock directory %q: its ancestor %q is owned by uid %d (neither root nor this process's uid %d), who could rename the lock directory away and plant their own: refused", dir, path, st.Uid, euid)
+		return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is owned by uid %d (neither root nor this process's uid %d), who could rename the lock directory away and plant their own: refused", dir, path, st.Uid, euid)
 	}
-	if st.Mode&unix.S_ISVTX == 0 {
+	private := inPrivate || st.Uid == euid && st.Mode&0o011 == 0
+	if !private && st.Mode&unix.S_ISVTX == 0 {
 		switch {
 		case st.Mode&0o002 != 0:
-			return fmt.Errorf("fs: lock directory %q: its ancestor %q is world-writable without the sticky bit (mode %#o): any user could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777)
+			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is world-writable without the sticky bit (mode %#o): any user could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777)
 		case st.Mode&0o020 != 0:
-			return fmt.Errorf("fs: lock directory %q: its ancestor %q is group-writable without the sticky bit (mode %#o): another user of group %d could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777, st.Gid)
+			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is group-writable without the sticky bit (mode %#o): another user of group %d could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777, st.Gid)
 		}
 	}
-	return nil
+	return private, nil
 }
 
 // splitPath returns the non-empty components of p.

@@ -23,6 +23,20 @@ func mkdirMode(t *testing.T, path string, mode os.FileMode) string {
 	return path
 }
 
+// exposedTempDir is t.TempDir() made reachable by every user (0755 and its
+// parent too): t.TempDir's parent is private (0700), under which New rightly
+// ignores writable bits.
+func exposedTempDir(t *testing.T) string {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []string{filepath.Dir(d), d} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
 // mustRefuse asserts that New(dir) fails naming culprit and saying why, and
 // creates nothing at dir.
 func mustRefuse(t *testing.T, dir, culprit, why string) {
@@ -54,7 +68,7 @@ func mustAccept(t *testing.T, dir string) *Backend {
 // TestReplaceableParentRefused: a lock directory that another user could
 // rename away and replace (through any ancestor) is refused.
 func TestReplaceableParentRefused(t *testing.T) {
-	parent := t.TempDir()
+	parent := exposedTempDir(t)
 
 	world := mkdirMode(t, filepath.Join(parent, "world"), 0o777)
 	mustRefuse(t, filepath.Join(world, "locks"), world, "world-writable without the sticky bit")
@@ -99,11 +113,40 @@ func TestReplaceableParentRefused(t *testing.T) {
 	mustRefuse(t, filepath.Join(otherSticky, "locks"), otherSticky, "owned by uid 65534")
 }
 
+// TestPrivateAncestor: below a directory of ours that nobody else may
+// search, nobody else can reach a component to replace it, so writable
+// directories there (a umask of 002 or 0) are accepted; owners still count.
+func TestPrivateAncestor(t *testing.T) {
+	parent := exposedTempDir(t)
+	if err := os.Chmod(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	world := mkdirMode(t, filepath.Join(parent, "world"), 0o777)
+	group := mkdirMode(t, filepath.Join(world, "group"), 0o775)
+	mustAccept(t, filepath.Join(group, "locks"))
+	// Search permission for the group is enough to lose privacy.
+	if err := os.Chmod(parent, 0o710); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, filepath.Join(group, "locks2"), world, "world-writable")
+	if os.Geteuid() != 0 {
+		return
+	}
+	if err := os.Chmod(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other := mkdirMode(t, filepath.Join(parent, "other"), 0o755)
+	if err := os.Chown(other, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, filepath.Join(other, "locks"), other, "owned by uid 65534")
+}
+
 // TestSymlinkAncestors: a symbolic link on the way to the lock directory is
 // followed if its owner is root or us and its target is safe; the backend
 // uses the resolved path.
 func TestSymlinkAncestors(t *testing.T) {
-	parent := t.TempDir()
+	parent := exposedTempDir(t)
 	real := mkdirMode(t, filepath.Join(parent, "real"), 0o755)
 	link := filepath.Join(parent, "link")
 	if err := os.Symlink("real", link); err != nil {
@@ -120,6 +163,13 @@ func TestSymlinkAncestors(t *testing.T) {
 	b = mustAccept(t, filepath.Join(parent, "link2", "locks2"))
 	if want := filepath.Join(real, "locks2"); b.Dir() != want {
 		t.Fatalf("Dir() = %q, want %q", b.Dir(), want)
+	}
+	// ".." after a component not yet entered.
+	if err := os.Symlink("real/../real/./", filepath.Join(parent, "link3")); err != nil {
+		t.Fatal(err)
+	}
+	if b = mustAccept(t, filepath.Join(parent, "link3", "locks3")); b.Dir() != filepath.Join(real, "locks3") {
+		t.Fatalf("Dir() = %q", b.Dir())
 	}
 	// A link into an unsafe directory is checked at its target.
 	world := mkdirMode(t, filepath.Join(parent, "world"), 0o777)

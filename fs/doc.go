@@ -58,9 +58,12 @@
 // by root or by the process's effective uid and must not be group- or
 // world-writable unless it has the sticky bit. Otherwise another user could
 // rename the lock directory (or a parent) away and plant their own, with
-// their own lock files. /tmp (1777, root), $XDG_RUNTIME_DIR and a directory
-// of your own under /var/lock are fine; a directory inside a shared 0777 or
-// 0775 directory is not. A symbolic link on the way is followed only if it
+// their own lock files. Below a directory of the process's uid that group
+// and others may not search (mode 0700, as t.TempDir's and
+// $XDG_RUNTIME_DIR are), nobody else can reach a component, so writable
+// bits there do not matter. /tmp (1777, root), $XDG_RUNTIME_DIR and a
+// directory of your own under /var/lock are fine; a directory inside a
+// shared 0777 or 0775 directory is not. A symbolic link on the way is followed only if it
 // is owned by root or by the process's uid; the backend then works under
 // the resolved path (Dir returns it).
 //
