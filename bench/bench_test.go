@@ -1,0 +1,350 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// goroutines is the number of goroutines of the throughput benchmarks.
+const goroutines = 64
+
+// waitTimeout bounds every wait of a benchmark, so a stuck library fails the
+// benchmark instead of hanging it.
+const waitTimeout = time.Minute
+
+// runID keeps the lock names of one run apart from any earlier run's
+// leftovers (pglock rows, lease keys, lock files).
+var runID = strconv.FormatInt(time.Now().UnixNano(), 36)
+
+// lockName returns a lock name unique to this run and benchmark, usable as a
+// file name.
+func lockName(b *testing.B, suffix string) string {
+	return fmt.Sprintf("bench-%s-%s-%s", runID, strings.ReplaceAll(b.Name(), "/", "_"), suffix)
+}
+
+// eachLib runs f as a sub-benchmark backend/lib for every library; waiting
+// restricts it to libraries that can wait for a held lock.
+func eachLib(b *testing.B, waiting bool, f func(b *testing.B, l lib)) {
+	for _, l := range libs {
+		if waiting && !l.waits {
+			continue
+		}
+		b.Run(l.backend+"/"+l.name, func(b *testing.B) { f(b, l) })
+	}
+}
+
+// BenchmarkUncontended measures one acquire + release of a free lock, and its
+// allocations.
+func BenchmarkUncontended(b *testing.B) {
+	eachLib(b, false, func(b *testing.B, l lib) {
+		lk := l.open(b, b.TempDir())
+		ctx := context.Background()
+		name := lockName(b, "u")
+		// Warm up: connections, prepared statements, scripts, lock files.
+		for range 3 {
+			h, err := lk.lock(ctx, name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := h.Release(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			h, err := lk.lock(ctx, name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := h.Release(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkHandoff measures the time from a holder's release call to a
+// waiter's acquisition returning. Holder and waiter are independent
+// instances (clients, pools, backends), as two processes would be. The
+// waiter starts waiting 5 to 15 ms (at random, so that pollers are caught at
+// every phase) before the release. Reported: p50-ns and p99-ns, and ns/op as
+// the mean hand-off (not the loop's time, which includes the holding).
+func BenchmarkHandoff(b *testing.B) {
+	eachLib(b, true, func(b *testing.B, l lib) {
+		dir := b.TempDir()
+		holder, waiter := l.open(b, dir), l.open(b, dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*waitTimeout)
+		defer cancel()
+		name := lockName(b, "h")
+		// Warm up both instances, also their waiting (a first wait may open
+		// a connection or a watch).
+		for range 2 {
+			if _, err := handoff(ctx, holder, waiter, name); err != nil {
+				b.Fatal(err)
+			}
+		}
+		samples := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for range b.N {
+			d, err := handoff(ctx, holder, waiter, name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			samples = append(samples, d)
+		}
+		b.StopTimer()
+		reportLatencies(b, samples)
+	})
+}
+
+// handoff takes name with holder, starts a waiter, releases 5 to 15 ms
+// later, and returns the time from the release call to the waiter's
+// acquisition returning.
+func handoff(ctx context.Context, holder, waiter locker, name string) (time.Duration, error) {
+	type result struct {
+		h   held
+		at  time.Time
+		err error
+	}
+	h, err := holder.lock(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	done := make(chan result, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, waitTimeout)
+		defer cancel()
+		w, err := waiter.lock(wctx, name)
+		done <- result{w, time.Now(), err}
+	}()
+	time.Sleep(5*time.Millisecond + rand.N(10*time.Millisecond))
+	released := time.Now()
+	rerr := h.Release(ctx)
+	r := <-done
+	if r.err != nil {
+		return 0, errors.Join(rerr, r.err)
+	}
+	if err := r.h.Release(ctx); err != nil || rerr != nil {
+		return 0, errors.Join(rerr, err)
+	}
+	if r.at.Before(released) {
+		return 0, fmt.Errorf("the waiter acquired %v before the holder released", released.Sub(r.at))
+	}
+	return r.at.Sub(released), nil
+}
+
+func reportLatencies(b *testing.B, samples []time.Duration) {
+	slices.Sort(samples)
+	var sum time.Duration
+	for _, s := range samples {
+		sum += s
+	}
+	b.ReportMetric(float64(sum)/float64(len(samples)), "ns/op")
+	b.ReportMetric(float64(percentile(samples, 0.50)), "p50-ns")
+	b.ReportMetric(float64(percentile(samples, 0.99)), "p99-ns")
+}
+
+// percentile returns the nearest-rank percentile p of sorted samples.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	i := int(float64(len(sorted))*p+0.999999) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// BenchmarkThroughputHot runs 64 goroutines taking and releasing one lock,
+// all on one instance. Reported: ops/s (acquire + release pairs per second).
+func BenchmarkThroughputHot(b *testing.B) {
+	eachLib(b, true, func(b *testing.B, l lib) {
+		name := lockName(b, "hot")
+		throughput(b, l, func(int) string { return name })
+	})
+}
+
+// BenchmarkThroughputKeys runs 64 goroutines, each taking and releasing its
+// own lock, all on one instance. Reported: ops/s.
+func BenchmarkThroughputKeys(b *testing.B) {
+	eachLib(b, false, func(b *testing.B, l lib) {
+		names := make([]string, goroutines)
+		for i := range names {
+			names[i] = lockName(b, strconv.Itoa(i))
+		}
+		throughput(b, l, func(g int) string { return names[g] })
+	})
+}
+
+func throughput(b *testing.B, l lib, name func(g int) string) {
+	lk := l.open(b, b.TempDir())
+	// A library that loses a wake-up fails here after waitTimeout instead of
+	// hanging the run.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		firstErr error
+		errOnce  sync.Once
+	)
+	warm := make(chan struct{}) // starts every goroutine at once
+	b.ResetTimer()
+	start := time.Now()
+	for g := range goroutines {
+		wg.Go(func() {
+			n := name(g)
+			<-warm
+			for next.Add(1) <= int64(b.N) {
+				h, err := lk.lock(ctx, n)
+				if err == nil {
+					err = h.Release(ctx)
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = err; cancel() })
+					return
+				}
+			}
+		})
+	}
+	close(warm)
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if firstErr != nil {
+		b.Fatal(firstErr)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+}
+
+// scaleN is how many locks BenchmarkScale tries to hold at once.
+func scaleN(b *testing.B) int {
+	s := os.Getenv("DLOCK_BENCH_SCALE_N")
+	if s == "" {
+		return 1000
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("DLOCK_BENCH_SCALE_N=%q: want a positive integer", s)
+	}
+	return n
+}
+
+// BenchmarkScale takes DLOCK_BENCH_SCALE_N distinct locks (64 goroutines
+// acquiring) and holds them all at once, stopping at the first failure.
+// Reported: held (locks held at once), goroutines and heap-B/lock (the
+// process's growth per held lock, after a GC), and for PostgreSQL the
+// connections used. ns/op is the time to take one lock.
+func BenchmarkScale(b *testing.B) {
+	for _, l := range libs {
+		if l.name != "dlock" && l.name != "valkeylock" {
+			continue
+		}
+		b.Run(l.backend+"/"+l.name, func(b *testing.B) {
+			for range b.N {
+				scale(b, l)
+			}
+		})
+	}
+}
+
+func scale(b *testing.B, l lib) {
+	b.StopTimer()
+	n := scaleN(b)
+	lk := l.open(b, b.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*waitTimeout)
+	defer cancel()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = lockName(b, strconv.Itoa(i))
+	}
+	// One warm-up lock for the connections and background goroutines
+	// that exist with a single lock too.
+	h, err := lk.lock(ctx, lockName(b, "warm"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = h.Release(ctx) }()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
+
+	helds := make([]held, n)
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		failed   atomic.Bool
+		firstErr error
+		errOnce  sync.Once
+	)
+	b.StartTimer()
+	start := time.Now()
+	for range goroutines {
+		wg.Go(func() {
+			for !failed.Load() {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				h, err := lk.lock(ctx, names[i])
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+					failed.Store(true)
+					return
+				}
+				helds[i] = h
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	count := 0
+	for _, h := range helds {
+		if h != nil {
+			count++
+		}
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	g1 := runtime.NumGoroutine()
+	conns := -1
+	if c, ok := lk.(interface{ lockConns() int }); ok {
+		conns = c.lockConns()
+	}
+
+	if firstErr != nil {
+		b.Logf("%s: held %d of %d locks, then: %v", b.Name(), count, n, firstErr)
+	}
+	b.ReportMetric(float64(count), "held")
+	b.ReportMetric(float64(g1-g0)/float64(max(count, 1)), "goroutines/lock")
+	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(max(count, 1)), "heap-B/lock")
+	if conns >= 0 {
+		b.ReportMetric(float64(conns), "conns")
+	}
+	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(max(count, 1)), "ns/op")
+
+	// Release everything; failures after a failed acquisition are expected
+	// on backends that lost their connection.
+	var rerr error
+	for _, h := range helds {
+		if h == nil {
+			continue
+		}
+		if err := h.Release(ctx); err != nil && rerr == nil {
+			rerr = err
+		}
+	}
+	if rerr != nil && firstErr == nil {
+		b.Fatal(errors.Join(errors.New("release after scale"), rerr))
+	}
+}

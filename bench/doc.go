@@ -1,0 +1,20 @@
+// Package bench measures dlock against its peers on the same servers, in the
+// same run: uncontended acquire + release latency and allocations, hand-off
+// latency from a release to a waiter's acquisition, throughput of 64
+// goroutines on one hot key and on distinct keys, and how many locks one
+// process can hold.
+//
+// It is a separate module so that no peer ever enters dlock's go.mod. The
+// benchmarks are in bench_test.go; the libraries and their settings in
+// libs_test.go. Run everything, with throwaway servers, and rewrite
+// BENCHMARKS.md and its chart:
+//
+//	bash bench/run
+//
+// A benchmark whose server is absent (DLOCK_TEST_PG_URL,
+// DLOCK_TEST_VALKEY_ADDR unset) is skipped, unless DLOCK_REQUIRE_SERVERS=1.
+//
+// Environment:
+//
+//	DLOCK_BENCH_SCALE_N  locks BenchmarkScale tries to hold at once (default 1000)
+package bench
