@@ -251,10 +251,12 @@ func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
 	if err := b.ensureFencing(ctx); err != nil {
 		return nil, r.errorf("%w", err)
 	}
-	// First a try on a lock connection: most locks are free, and a lease
-	// there needs no connection of its own.
+	// First a try (one short statement, on a lock connection, or on a
+	// pool connection that becomes one): most locks are free, and a lease
+	// there needs no connection of its own. Only a lock held elsewhere
+	// costs the blocking statement, on a connection of its own.
 	b.mu.Lock()
-	tryFirst := !b.conflictsLocked(r.key, r.mode) && b.pickLocked(r.key, true) != nil
+	tryFirst := !b.conflictsLocked(r.key, r.mode)
 	b.mu.Unlock()
 	if tryFirst {
 		l, ok, err := b.try(ctx, r)
