@@ -186,14 +186,23 @@ const (
 // release in between is not missed; then it tries again whenever a release
 // is announced, when the lock's holder is due to expire, and, in case a
 // notification was lost, at a bounded backoff.
-func (c *core) wait(ctx context.Context, k kind, name, base string, try func(context.Context) (attempt, error)) (*Lease, error) {
+//
+// A mutex's or semaphore's release notification wakes one waiter of this
+// Backend (see notifier): a waiter that stops without the lock passes its
+// turn on, and a semaphore waiter that takes a ticket passes one on too.
+func (c *core) wait(ctx context.Context, k kind, name, base string, try func(context.Context) (attempt, error)) (l *Lease, err error) {
 	wake := make(chan struct{}, 1)
 	subs := make([]*subscription, len(c.nodes))
+	one := k == kindMutex || k == kindSem
 	defer func() {
 		for _, s := range subs {
-			if s != nil {
-				s.close()
+			if s == nil {
+				continue
 			}
+			if one && (l == nil || k == kindSem) {
+				s.passOn()
+			}
+			s.close()
 		}
 	}()
 	ch := channel(base, k)
@@ -211,7 +220,7 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 		}
 		if !subscribed || c.dropDead(subs) {
 			subscribed = true
-			if c.subscribe(ctx, subs, ch, wake) > 0 && ctx.Err() == nil {
+			if c.subscribe(ctx, subs, ch, one, wake) > 0 && ctx.Err() == nil {
 				continue // try again now that a release cannot be missed
 			}
 		}
@@ -240,13 +249,13 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 // subscribe subscribes to ch on every node where subs has no
 // subscription, and returns how many it made; failures leave the waiter
 // polling.
-func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, wake chan struct{}) int {
+func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, wake chan struct{}) int {
 	made := 0
 	for i, n := range c.nodes {
 		if subs[i] != nil {
 			continue
 		}
-		s, err := n.notif.subscribe(ctx, ch, wake)
+		s, err := n.notif.subscribe(ctx, ch, one, wake)
 		if err != nil {
 			c.cfg.logger.Debug("dlock/valkey: subscribe failed; polling", "err", err)
 			continue

@@ -160,6 +160,9 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		// RedLock: make the token stick on a majority (see RedLock).
 		if err := c.raiseFence(ctx, l, rs); err != nil {
 			c.cleanup(ctx, l)
+			if cerr := ctx.Err(); cerr != nil {
+				return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, cerr)
+			}
 			return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w", k, shortName(name), err)
 		}
 	}
@@ -204,6 +207,7 @@ func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
 	keys := mutexKeys(l.base)
 	floor := strconv.FormatUint(l.fence, 10)
 	ok := make([]bool, len(c.nodes))
+	errs := make([]error, len(c.nodes))
 	var wg sync.WaitGroup
 	for i, r := range rs {
 		if r.err != nil || r.n <= 0 {
@@ -216,6 +220,10 @@ func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
 		wg.Go(func() {
 			n, err := raiseFence.exec(ctx, c.nodes[i].client, keys, []string{l.token, floor}).AsInt64()
 			ok[i] = err == nil && n == 1
+			if err == nil && n != 1 {
+				err = errors.New("the lock was no longer held there")
+			}
+			errs[i] = err
 		})
 	}
 	wg.Wait()
@@ -226,7 +234,7 @@ func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
 		}
 	}
 	if n < c.quorum {
-		return fmt.Errorf("fencing token confirmed on %d of %d nodes, %d needed", n, len(c.nodes), c.quorum)
+		return fmt.Errorf("fencing token confirmed on %d of %d nodes, %d needed: %w", n, len(c.nodes), c.quorum, errors.Join(errs...))
 	}
 	return nil
 }

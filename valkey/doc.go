@@ -74,21 +74,22 @@
 //
 // Every acquisition advances a per-name, per-kind counter in the same
 // script, so Token() is strictly increasing across all holders. The new
-// token is max(counter + 1, the server's time in microseconds): the counter
-// keeps tokens distinct and increasing however fast acquisitions come, and
-// the clock floor keeps them increasing when the counter is forgotten — a
-// server restarted without persistence, or a failover to a replica that
-// had not received the last increments (Redis replication is
+// token is max(counter + 1, the server's time in whole milliseconds × 1000):
+// the counter keeps tokens distinct and increasing however fast acquisitions
+// come, and the clock floor keeps them increasing when the counter is
+// forgotten — a server restarted without persistence, or a failover to a
+// replica that had not received the last increments (Redis replication is
 // asynchronous). After such a loss the next token is the server's clock,
-// larger than every earlier token provided (1) the server's clock (TIME)
-// was not stepped back across the outage, and (2) the counter had not run
-// ahead of the clock by more than the outage lasted, which takes more than
-// one acquisition of one name per microsecond, sustained. (On a failover
-// the new primary's clock counts: clocks of the nodes must agree to within
-// the failover time.) Tokens are therefore large numbers (microseconds
-// since 1970, about 1.8e15), not counts. The counters are never deleted: one small key per
-// lock name and kind ever used. A failover can still lose the lock itself;
-// fencing is what catches a holder that was not told.
+// larger than every earlier token provided (1) the server's clock (TIME) was
+// not stepped back across the outage, and (2) the counter had not run ahead
+// of the clock by more than the outage lasted, which takes more than 1000
+// acquisitions of one name per millisecond, sustained. (On a failover the
+// new primary's clock counts: clocks of the nodes must agree to within the
+// failover time.) Tokens are therefore large numbers (about 1.8e15:
+// milliseconds since 1970 × 1000), not counts. The counters are never
+// deleted: one small key per lock name and kind ever used. A failover can
+// still lose the lock itself; fencing is what catches a holder that was not
+// told.
 //
 // # Waiting
 //
@@ -96,9 +97,15 @@
 // attempt the waiter subscribes to the lock's channel (SUBSCRIBE, on one
 // dedicated connection per Backend; on a cluster PUBLISH reaches every
 // node), tries again, and then tries whenever a release script PUBLISHes —
-// so a hand-off takes about one round trip after the release. A bounded
-// backoff poll (up to 500ms) covers lost notifications, and a waiter is
-// also woken when the holder's lease is due to expire.
+// so a hand-off takes about one round trip after the release. Within one
+// Backend a mutex's or semaphore's release wakes only the waiter that has
+// waited longest (a waiter that gives up passes its turn on; a semaphore
+// waiter that gets a ticket wakes the next, in case there is more room),
+// so a hot lock costs one attempt per release per process rather than one
+// per waiter; a reader-writer lock's release wakes all its waiters. A
+// bounded backoff poll (up to 500ms) covers lost notifications and lost
+// turns, and a waiter is also woken when the holder's lease is due to
+// expire.
 //
 // # RedLock
 //

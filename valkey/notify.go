@@ -18,7 +18,15 @@ const subscribeTimeout = 5 * time.Second
 // scripts PUBLISH on the lock's channel, and the notifier, one dedicated
 // pub/sub connection per node, subscribes to the channels of the locks
 // waited for in this process (counted, so each is subscribed once) and
-// signals every waiter of a channel when a message arrives.
+// signals the waiters of a channel when a message arrives: all of them for
+// a reader-writer lock (a writer's release may let every reader in), and
+// only the first not yet signalled, in the order they began waiting, for
+// a mutex or a semaphore (one release frees room for one), so that a
+// release under contention costs one attempt per process, not one per
+// waiter. A signalled waiter that stops waiting without the lock passes
+// its turn to the next (wait does that), and a semaphore waiter that gets
+// a ticket wakes the next too, in case there is more room; every waiter
+// also polls, so none is stranded by a lost turn.
 //
 // On a cluster the connection goes to one of the nodes: a PUBLISH reaches
 // every node of a cluster. When the connection breaks, every waiter is
@@ -45,7 +53,8 @@ type subConn struct {
 // subEntry is one subscribed channel.
 type subEntry struct {
 	conn    *subConn
-	waiters map[*subscription]struct{}
+	waiters waitQueue
+	one     bool          // a message wakes one waiter (mutex, semaphore), not all
 	ready   chan struct{} // closed when the SUBSCRIBE is answered
 	err     error         // its error
 	closing chan struct{} // non-nil while unsubscribing; closed when done
@@ -54,10 +63,75 @@ type subEntry struct {
 
 // subscription is one waiter's interest in a channel.
 type subscription struct {
-	n  *notifier
-	ch string
-	e  *subEntry
-	c  chan struct{} // receives a value when the channel gets a message
+	n          *notifier
+	ch         string
+	e          *subEntry
+	c          chan struct{} // receives a value when the channel gets a message
+	prev, next *subscription // in e.waiters; guarded by n.mu
+	queued     bool
+}
+
+// waitQueue is the waiters of a channel in the order they subscribed (an
+// intrusive doubly-linked list: O(1) removal).
+type waitQueue struct {
+	head, tail *subscription
+	n          int
+}
+
+func (q *waitQueue) push(s *subscription) {
+	s.prev, s.next, s.queued = q.tail, nil, true
+	if q.tail != nil {
+		q.tail.next = s
+	} else {
+		q.head = s
+	}
+	q.tail = s
+	q.n++
+}
+
+func (q *waitQueue) remove(s *subscription) {
+	if !s.queued {
+		return
+	}
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		q.head = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else {
+		q.tail = s.prev
+	}
+	s.prev, s.next, s.queued = nil, nil, false
+	q.n--
+}
+
+// signalAll signals every waiter.
+func (q *waitQueue) signalAll() {
+	for s := q.head; s != nil; s = s.next {
+		s.signal()
+	}
+}
+
+// signalOne signals the first waiter other than skip that has no signal
+// pending (one it has not yet taken), if any.
+func (q *waitQueue) signalOne(skip *subscription) {
+	for s := q.head; s != nil; s = s.next {
+		if s != skip && len(s.c) == 0 {
+			s.signal()
+			return
+		}
+	}
+}
+
+// wake signals the waiters of e for one message.
+func (e *subEntry) wake() {
+	if e.one {
+		e.waiters.signalOne(nil)
+	} else {
+		e.waiters.signalAll()
+	}
 }
 
 func newNotifier(c valkeygo.Client, log *slog.Logger) *notifier {
@@ -118,20 +192,29 @@ func (n *notifier) watch(sc *subConn, errs <-chan error) {
 		}
 		e.dead = true
 		delete(n.subs, ch)
-		for s := range e.waiters {
-			s.signal()
-		}
+		e.waiters.signalAll()
 	}
 }
 
 func (n *notifier) onMessage(m valkeygo.PubSubMessage) {
 	n.mu.Lock()
 	if e := n.subs[m.Channel]; e != nil {
-		for s := range e.waiters {
-			s.signal()
-		}
+		e.wake()
 	}
 	n.mu.Unlock()
+}
+
+// passOn signals the next waiter of the subscription's channel (not s
+// itself) when the channel wakes one waiter per message: s was perhaps
+// signalled and stops waiting without using its turn, or it took a
+// semaphore ticket and there may be room for one more.
+func (s *subscription) passOn() {
+	n := s.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s.e.one {
+		s.e.waiters.signalOne(s)
+	}
 }
 
 func (s *subscription) signal() {
@@ -149,8 +232,10 @@ func (s *subscription) dead() bool {
 }
 
 // subscribe subscribes to ch and returns once the server has confirmed the
-// subscription, so that a release published afterwards is not missed.
-func (n *notifier) subscribe(ctx context.Context, ch string, wake chan struct{}) (*subscription, error) {
+// subscription, so that a release published afterwards is not missed. one
+// says a message wakes one waiter, not all (see notifier); every
+// subscriber of a channel passes the same.
+func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan struct{}) (*subscription, error) {
 	s := &subscription{n: n, ch: ch, c: wake}
 	n.mu.Lock()
 	for {
@@ -172,7 +257,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, wake chan struct{})
 		}
 		if e != nil {
 			s.e = e
-			e.waiters[s] = struct{}{}
+			e.waiters.push(s)
 			n.mu.Unlock()
 			select {
 			case <-e.ready:
@@ -191,7 +276,8 @@ func (n *notifier) subscribe(ctx context.Context, ch string, wake chan struct{})
 			n.mu.Unlock()
 			return nil, err
 		}
-		e = &subEntry{conn: sc, waiters: map[*subscription]struct{}{s: {}}, ready: make(chan struct{})}
+		e = &subEntry{conn: sc, one: one, ready: make(chan struct{})}
+		e.waiters.push(s)
 		s.e = e
 		n.subs[ch] = e
 		n.mu.Unlock()
@@ -220,8 +306,8 @@ func (s *subscription) close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e := s.e
-	delete(e.waiters, s)
-	if len(e.waiters) > 0 || e.dead || e.err != nil || e.closing != nil || n.subs[s.ch] != e || n.shut {
+	e.waiters.remove(s)
+	if e.waiters.n > 0 || e.dead || e.err != nil || e.closing != nil || n.subs[s.ch] != e || n.shut {
 		return
 	}
 	select {
@@ -256,9 +342,7 @@ func (n *notifier) close() {
 	for ch, e := range n.subs {
 		e.dead = true
 		delete(n.subs, ch)
-		for s := range e.waiters {
-			s.signal()
-		}
+		e.waiters.signalAll()
 	}
 	n.mu.Unlock()
 	if sc != nil {

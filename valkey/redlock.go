@@ -20,19 +20,18 @@ import (
 // exclusion, and a minority can be down without stopping the locks.
 //
 // Fencing tokens: each node advances its counter to max(counter + 1, its
-// clock in microseconds) for every acquisition it grants (see the package
-// documentation), and the token is the largest value among the nodes that
-// granted this one. When the granting nodes disagree, the acquisition
+// clock in milliseconds × 1000) for every acquisition it grants (see the
+// package documentation), and the token is the largest value among the nodes
+// that granted this one. When the granting nodes disagree, the acquisition
 // raises the counters of a majority of them to that token (one more round
-// trip) before returning; since any later acquisition needs a majority
-// too, it meets one of these nodes and gets a larger token. So tokens
-// strictly increase per name while the nodes keep their counters. A node
-// restarted without persistence forgets its counter and starts again from
-// its clock, so tokens still increase if, at the next acquisition, the
-// clocks of the nodes it meets are ahead of the last token — that is, when
-// the nodes' clocks differ by less than the time between that token and
-// the next acquisition (a restart takes longer than NTP-kept clocks
-// differ).
+// trip) before returning; since any later acquisition needs a majority too,
+// it meets one of these nodes and gets a larger token. So tokens strictly
+// increase per name while the nodes keep their counters. A node restarted
+// without persistence forgets its counter and starts again from its clock,
+// so tokens still increase if, at the next acquisition, the clocks of the
+// nodes it meets are ahead of the last token — that is, when the nodes'
+// clocks differ by less than the time between that token and the next
+// acquisition (a restart takes longer than NTP-kept clocks differ).
 //
 // RedLock offers only the mutex. A semaphore is not offered because a
 // majority vote does not bound a count: with three nodes A, B, C and limit

@@ -72,21 +72,25 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 `
 
 // luaNextFence defines nextFence(key): it advances the fencing counter at
-// key and returns the new token, max(counter + 1, server time in
-// microseconds). The floor keeps tokens increasing when the counter is
-// forgotten (a server restarted without persistence, a failover to a
-// replica that had not received the last increments): a forgotten counter
-// starts again from the clock, above every earlier token as long as the
-// server's clock (TIME) has moved forward past them, which it has unless
-// the counter ran more than the outage ahead of the clock (it advances by
-// one per acquisition, so it would take more than one acquisition of one
-// name per microsecond, sustained) or the clock was stepped back. The
-// counter is stored as a decimal integer; microseconds since 1970 stay
-// exact in Lua's doubles (below 2^53) until the year 2255.
+// key and returns the new token, max(counter + 1, floor), floor being the
+// server's time (TIME) in whole milliseconds, times 1000. The floor keeps
+// tokens increasing when the counter is forgotten (a server restarted
+// without persistence, a failover to a replica that had not received the
+// last increments): a forgotten counter starts again from the clock, above
+// every earlier token as long as the server's clock has moved forward past
+// them — which it has unless the clock was stepped back, or the counter had
+// run ahead of the clock by more than the outage lasted (it advances by
+// one per acquisition, the floor by 1000 per millisecond: it would take
+// more than 1000 acquisitions of one name per millisecond, sustained).
+// Whole milliseconds rather than microseconds let the nodes of a RedLock,
+// asked at nearly the same moment, mostly agree on a token, which spares
+// the extra round trip that raises their counters (see RedLock). The
+// counter is stored as a decimal integer; the floor stays exact in Lua's
+// doubles (below 2^53) until the year 2255.
 const luaNextFence = `
 local function nextFence(key)
   local t = redis.call('TIME')
-  local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
   local c = tonumber(redis.call('GET', key) or '0') or 0
   if c + 1 > f then f = c + 1 end
   redis.call('SET', key, string.format('%.0f', f))
