@@ -125,13 +125,7 @@ func knownIssue(backend, fault string, rep Report) string {
 	if rep.Violations() == 0 {
 		return ""
 	}
-	onlyRelErr := rep.Untold == rep.UntoldRelErr && rep.TokenViolations == 0 && rep.Torn == 0
 	switch {
-	case backend == "pg" && onlyRelErr:
-		// Violations are holders whose lock the server had freed (session
-		// terminated, connection reset or closed) and whose Release then
-		// failed with an error that does not match dlock.ErrLockLost.
-		return "pg-release-not-lost"
 	case (backend == "valkey" || backend == "redlock") && fault == "restart" && rep.Untold == 0 && rep.Torn == 0 && rep.OverLimit == 0:
 		// A server restarted without persistence forgets its fencing
 		// counters: tokens start again from 1.
