@@ -9,7 +9,15 @@
 //
 // Run takes the lock NAME, runs COMMAND while holding it, releases it when
 // COMMAND ends (however it ends) and exits with COMMAND's exit status, or
-// 128+N when it died of signal N. Status tells whether NAME is held.
+// 128+N when it died of signal N. Status tells whether NAME is held: it
+// takes the lock for an instant, without waiting, and gives it back (every
+// backend can tell this way; on a fencing backend it uses up a token).
+//
+// The lock NAME is the reader-writer lock NAME of the backend: exclusive
+// (the write side) by default, shared with -shared, so that exclusive and
+// shared holders exclude each other as flock -x and flock -s do. RedLock
+// has no reader-writer lock: there NAME is its mutex and -shared is refused.
+// With -semaphore N, NAME is the semaphore NAME.
 //
 // The backend is a URL, given with -backend or in $DLOCK_BACKEND:
 //
@@ -82,8 +90,9 @@ const usageText = `usage: dlock run [flags] NAME [--] COMMAND [ARGS...]
        dlock help
 
 Run runs COMMAND while holding the distributed lock NAME and exits with
-COMMAND's exit status. Status tells whether NAME is held (exit 0 if free,
-75 if held).
+COMMAND's exit status. NAME is exclusive (the write side of a reader-writer
+lock) unless -shared or -semaphore N. Status tells whether NAME is held
+(exit 0 if free, 75 if held) by taking it for an instant.
 
 The backend is a URL (-backend, or $DLOCK_BACKEND):
   file:///path/to/dir          lock files in a directory (default: a per-user directory)
