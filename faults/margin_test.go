@@ -102,10 +102,8 @@ func TestLeaseMargin(t *testing.T) {
 	t.Logf("lease %v, %d trials: margin min %v, median %v, max %v", lease, len(margins),
 		margins[0], margins[len(margins)/2], margins[len(margins)-1])
 	results.mu.Lock()
-	marginLine = fmt.Sprintf("valkey mutex, lease %v, %d trials: margin min %v, median %v, max %v",
-		lease, len(margins), margins[0].Round(time.Microsecond), margins[len(margins)/2].Round(time.Microsecond), margins[len(margins)-1].Round(time.Microsecond))
+	results.margin = &Margin{Backend: "valkey", Lease: lease, Trials: len(margins), Min: margins[0],
+		Median: margins[len(margins)/2], Max: margins[len(margins)-1], Failed: t.Failed()}
 	results.mu.Unlock()
 	writeResults()
 }
-
-var marginLine string

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -47,10 +48,11 @@ type workerConfig struct {
 	Limit      int      `json:"limit"`
 	Name       string   `json:"name"`
 	Goroutines int      `json:"goroutines"`
-	Deadline   int64    `json:"deadline"` // Now after which no section starts
-	LeaseMs    int      `json:"leaseMs"`  // valkey lease
-	LossMs     int      `json:"lossMs"`   // pg/fs loss interval
-	HoldMs     [2]int   `json:"holdMs"`   // the pause inside a section, min and max
+	ReadyFile  string   `json:"readyFile"` // created once connected
+	StartFile  string   `json:"startFile"` // appears when all are ready; holds the deadline
+	LeaseMs    int      `json:"leaseMs"`   // valkey lease
+	LossMs     int      `json:"lossMs"`    // pg/fs loss interval
+	HoldMs     [2]int   `json:"holdMs"`    // the pause inside a section, min and max
 	Records    string   `json:"records"`
 	Resource   string   `json:"resource"`
 }
@@ -98,6 +100,14 @@ func runWorker(cfg workerConfig) error {
 			return err
 		}
 		defer pool.Close()
+		// A worker may start during a partition: retry until it heals.
+		if err := retry(10*time.Second, func() error {
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			return pool.Ping(pctx)
+		}); err != nil {
+			return fmt.Errorf("connecting to PostgreSQL: %w", err)
+		}
 		b := pg.New(pool, pg.WithFencing(""), pg.WithLossInterval(loss), pg.WithOpTimeout(2*time.Second))
 		defer b.Close()
 		return work[*pg.Lease](cfg, b, rec, res)
@@ -105,15 +115,17 @@ func runWorker(cfg workerConfig) error {
 		opts := []valkey.Option{valkey.WithKeyPrefix(cfg.Prefix), valkey.WithLease(lease)}
 		newClient := func(addrs []string) (c valkeygo.Client, err error) {
 			// A worker may start during a partition: retry until it heals.
-			for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			err = retry(10*time.Second, func() (err error) {
 				c, err = valkeygo.NewClient(valkeygo.ClientOption{
 					InitAddress: addrs, DisableCache: true, ClientName: cfg.AppName,
 					ConnWriteTimeout: lease,
 				})
-				if err == nil || time.Now().After(end) {
-					return c, err
-				}
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("connecting to %v: %w", addrs, err)
 			}
+			return c, nil
 		}
 		if cfg.Backend == "redlock" {
 			var clients []valkeygo.Client
@@ -147,6 +159,39 @@ func runWorker(cfg workerConfig) error {
 	return fmt.Errorf("unknown backend %q", cfg.Backend)
 }
 
+// retry calls f until it succeeds or d has passed; it returns f's last error.
+func retry(d time.Duration, f func() error) error {
+	for end := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
+		err := f()
+		if err == nil || time.Now().After(end) {
+			return err
+		}
+	}
+}
+
+// waitStart tells the harness the worker is connected (its ready file) and
+// waits for the start file, which holds the workload's deadline.
+func waitStart(cfg workerConfig) (int64, error) {
+	if err := os.WriteFile(cfg.ReadyFile, nil, 0o600); err != nil {
+		return 0, err
+	}
+	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile(cfg.StartFile)
+		switch {
+		case err == nil:
+			d, err := strconv.ParseInt(string(b), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("start file: %w", err)
+			}
+			return d, nil
+		case !errors.Is(err, os.ErrNotExist):
+			return 0, err
+		case time.Now().After(end):
+			return 0, fmt.Errorf("no start signal (%s) within 2 minutes", cfg.StartFile)
+		}
+	}
+}
+
 // work runs cfg.Goroutines contending goroutines until the deadline.
 func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource) error {
 	opt := dlock.WithReleaseTimeout(3 * time.Second)
@@ -162,6 +207,10 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource
 	default:
 		return fmt.Errorf("unknown primitive %q", cfg.Prim)
 	}
+	deadline, err := waitStart(cfg)
+	if err != nil {
+		return err
+	}
 	var (
 		wg       sync.WaitGroup
 		firstErr atomic.Value
@@ -171,7 +220,7 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(cfg.Proc), uint64(g)))
-			for seq := 1; Now() < cfg.Deadline; seq++ {
+			for seq := 1; Now() < deadline; seq++ {
 				kind, guard := KindExclusive, excl
 				switch {
 				case ticket != nil:

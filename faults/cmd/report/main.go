@@ -1,0 +1,54 @@
+// Command report writes the results of a fault-checker run into
+// RELIABILITY.md: the run's description, the scenario table with its
+// totals, and the lease margin, each between its markers
+// (<!-- faults:NAME:begin ... --> and <!-- faults:NAME:end -->); the
+// hand-written text around them is kept.
+//
+//	(cd faults && DLOCK_FAULTS_RESULTS=/tmp/faults.json go test -count=1 -timeout 120m ./...)
+//	(cd faults && go run ./cmd/report -in /tmp/faults.json -doc ../RELIABILITY.md -command '...')
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/dlock-go/dlock/faults"
+)
+
+func main() {
+	in := flag.String("in", "", "results file written by the fault checker (DLOCK_FAULTS_RESULTS)")
+	doc := flag.String("doc", "../RELIABILITY.md", "Markdown file to update in place")
+	command := flag.String("command", "", "the command that produced the run, shown in the report")
+	flag.Parse()
+	if err := run(*in, *doc, *command); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, doc, command string) error {
+	if in == "" {
+		return fmt.Errorf("-in is required")
+	}
+	res, err := faults.ReadResults(in)
+	if err != nil {
+		return err
+	}
+	if len(res.Rows) == 0 {
+		return fmt.Errorf("%s has no scenario rows", in)
+	}
+	old, err := os.ReadFile(doc)
+	if err != nil {
+		return err
+	}
+	text, err := faults.UpdateDoc(string(old), res.Markdown(command))
+	if err != nil {
+		return fmt.Errorf("%s: %w", doc, err)
+	}
+	st, err := os.Stat(doc)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(doc, []byte(text), st.Mode().Perm())
+}
