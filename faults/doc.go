@@ -18,8 +18,18 @@
 //     against a lock model with porcupine, plus overlap, loss-reporting,
 //     fencing-token and semaphore-limit checks.
 //
+//   - Results, what a run writes (DLOCK_FAULTS_RESULTS=path), and its
+//     Markdown rendering, which the command faults/cmd/report writes into
+//     RELIABILITY.md between markers.
+//
 // The scenarios (fault injection with toxiproxy run in-process, SIGSTOP,
 // SIGKILL, server restarts, session kills, key and file deletion) live in
 // the package's tests; RELIABILITY.md at the repository root reports their
 // results and the command that reproduces them.
+//
+// Environment: DLOCK_FAULTS_SHORT=1 (or go test -short) for the short mode,
+// DLOCK_FAULTS_SCALE to stretch the long mode's 20 s per scenario,
+// DLOCK_FAULTS_PARALLEL for the number of scenarios at once (default 2),
+// DLOCK_FAULTS_RESULTS for the results file, DLOCK_FAULTS_KEEP=dir to keep
+// the histories and worker logs of failing scenarios.
 package faults

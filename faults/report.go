@@ -25,6 +25,17 @@ type Result struct {
 	// is listed here, the checker's violations included.
 	Reasons []string `json:"reasons,omitempty"`
 	Failed  bool     `json:"failed"`
+	// Checked says the history was checked (false when the scenario failed
+	// before its workload ran to the end).
+	Checked bool `json:"checked"`
+}
+
+// violations returns the checker's violations, 0 for an unchecked row.
+func (x *Result) violations() int {
+	if !x.Checked {
+		return 0
+	}
+	return x.Violations()
 }
 
 // Margin is the lease-margin measurement (TestLeaseMargin).
@@ -78,9 +89,9 @@ func ReadResults(path string) (*Results, error) {
 
 // Totals sums the rows of a run.
 type Totals struct {
-	Scenarios, Failed, Faults, Sections, Killed, Told int
-	Overlaps, Excused, Violations, WorkerErrors       int
-	Writes, LostUpdates, Refused                      int64
+	Scenarios, Failed, Unchecked, Faults, Sections, Killed, Told int
+	Overlaps, Excused, Violations, WorkerErrors                  int
+	Writes, LostUpdates, Refused                                 int64
 }
 
 // Totals returns the sums over r's rows.
@@ -91,13 +102,16 @@ func (r *Results) Totals() Totals {
 		if x.Failed {
 			t.Failed++
 		}
+		if !x.Checked {
+			t.Unchecked++
+		}
 		t.Faults += x.Faults
 		t.Sections += x.Sections
 		t.Killed += x.Killed
 		t.Told += x.Told
 		t.Overlaps += x.Overlaps
 		t.Excused += x.Excused
-		t.Violations += x.Violations()
+		t.Violations += x.violations()
 		t.WorkerErrors += x.WorkerErrors
 		t.Writes += x.Resource.Writes
 		t.LostUpdates += x.Resource.Lost
@@ -161,14 +175,23 @@ func (r *Results) Markdown(command string) map[string]string {
 				verdict += ": " + cell(strings.Join(x.Reasons, "; "), 300)
 			}
 		}
+		if !x.Checked {
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | not checked | | | | | | | | | | %d | | %s |\n",
+				x.Backend, x.Prim, x.Fault, x.Faults, x.WorkerErrors, verdict)
+			continue
+		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d (%d) | %d | %d | %s | %d | %d | %d | %d | %d | %s |\n",
 			x.Backend, x.Prim, x.Fault, x.Faults, x.Sections, x.Killed, x.Told, x.Overlaps, x.Excused,
 			x.TokenViolations, x.MaxConcurrent, x.Linearizable, x.Resource.Writes, x.Resource.Lost,
 			x.Resource.Refused, x.WorkerErrors, x.Violations(), verdict)
 	}
 	t := r.Totals()
-	fmt.Fprintf(&b, "\nTotals: %d scenarios (%d failed), %d faults injected, %d critical sections (%d killed inside, %d told lost), %d overlaps (%d excused), **%d violations**, %d worker errors; %d writes, %d lost updates, %d stale writes refused by fencing.\n",
-		t.Scenarios, t.Failed, t.Faults, t.Sections, t.Killed, t.Told, t.Overlaps, t.Excused, t.Violations,
+	unchecked := ""
+	if t.Unchecked > 0 {
+		unchecked = fmt.Sprintf(", %d not checked", t.Unchecked)
+	}
+	fmt.Fprintf(&b, "\nTotals: %d scenarios (%d failed%s), %d faults injected, %d critical sections (%d killed inside, %d told lost), %d overlaps (%d excused), **%d violations**, %d worker errors; %d writes, %d lost updates, %d stale writes refused by fencing.\n",
+		t.Scenarios, t.Failed, unchecked, t.Faults, t.Sections, t.Killed, t.Told, t.Overlaps, t.Excused, t.Violations,
 		t.WorkerErrors, t.Writes, t.LostUpdates, t.Refused)
 	out["results"] = b.String()
 

@@ -11,14 +11,16 @@ func TestReportMarkdown(t *testing.T) {
 		Run: RunInfo{Date: time.Date(2026, 11, 26, 8, 15, 0, 0, time.UTC), Machine: "linux/amd64, 2 CPUs (X)",
 			GoVersion: "go1.26", Workload: 20, Procs: 4, Goroutines: 2, LeaseMs: 1500, LossMs: 400, Parallel: 2, Seconds: 900},
 		Rows: []*Result{
-			{Backend: "pg", Prim: "mutex", Fault: "kill", Faults: 3, Report: Report{Sections: 10, Linearizable: "Ok"}},
-			{Backend: "fs", Prim: "mutex", Fault: "none", Report: Report{Sections: 5, Linearizable: "Ok"}},
+			{Backend: "pg", Prim: "mutex", Fault: "kill", Faults: 3, Checked: true, Report: Report{Sections: 10, Linearizable: "Ok"}},
+			{Backend: "fs", Prim: "mutex", Fault: "none", Checked: true, Report: Report{Sections: 5, Linearizable: "Ok"}},
 			{Backend: "pg", Prim: "rw", Fault: "kill", Faults: 2, WorkerErrors: 1, Failed: true,
-				Reasons: []string{"worker 2 exited 1: a | b"}, Report: Report{Sections: 7, Untold: 1, Linearizable: "Illegal"}},
+				Reasons: []string{"worker 2 exited 1: a | b"}, Checked: true, Report: Report{Sections: 7, Untold: 1, Linearizable: "Illegal"}},
 		},
 		Margin: &Margin{Backend: "valkey", Lease: 600 * time.Millisecond, Trials: 5, Min: 6 * time.Millisecond,
 			Median: 7 * time.Millisecond, Max: 9 * time.Millisecond},
 	}
+	r.Rows = append(r.Rows, &Result{Backend: "valkey", Prim: "sem", Fault: "none", Failed: true, WorkerErrors: 1,
+		Reasons: []string{"worker 0 was not ready"}})
 	blocks := r.Markdown("go test ./...")
 	res := blocks["results"]
 	fs := strings.Index(res, "| fs | mutex | none |")
@@ -28,8 +30,9 @@ func TestReportMarkdown(t *testing.T) {
 	}
 	for _, want := range []string{
 		"**FAIL**: worker 2 exited 1: a \\| b",
-		"Totals: 3 scenarios (1 failed), 5 faults injected, 22 critical sections",
-		"**2 violations**, 1 worker errors",
+		"Totals: 4 scenarios (2 failed, 1 not checked), 5 faults injected, 22 critical sections",
+		"| valkey | sem | none | 0 | not checked |",
+		"**2 violations**, 2 worker errors",
 	} {
 		if !strings.Contains(res, want) {
 			t.Errorf("results block lacks %q:\n%s", want, res)

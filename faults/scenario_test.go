@@ -376,7 +376,7 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	if err != nil {
 		e.fatalf("reading the resource: %v", err)
 	}
-	res.Report, res.Resource = rep, st
+	res.Report, res.Resource, res.Checked = rep, st, true
 	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused",
 		len(e.faults), rep.Sections, rep.Killed, rep.Told, rep.Overlaps, rep.Excused, rep.TokenViolations,
 		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused)
