@@ -10,17 +10,13 @@
 //
 //   - Now, a system-wide monotonic clock (CLOCK_MONOTONIC), so that
 //     timestamps taken in different processes compare;
-//
 //   - Record and ReadRecords, the per-process history files workers append
 //     to;
-//
 //   - Resource, a slow read-modify-write counter in a file outside the lock
 //     service, which counts lost updates and enforces fencing tokens;
-//
 //   - Check, the history checker: a linearizability check of the sections
 //     against a lock model with porcupine, plus overlap, loss-reporting,
-//     fencing-token and semaphore-limit checks.
-//
+//     fencing-token and semaphore-limit checks;
 //   - Results, what a run writes (DLOCK_FAULTS_RESULTS=path), and its
 //     Markdown rendering, which the command faults/cmd/report writes into
 //     RELIABILITY.md between markers.

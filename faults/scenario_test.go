@@ -50,7 +50,7 @@ func size() sizing {
 		}
 	}
 	if testing.Short() || os.Getenv("DLOCK_FAULTS_SHORT") == "1" {
-		sz.short, sz.dur, sz.procs = true, 5*time.Second, 3
+		sz.short, sz.dur, sz.procs = true, 4*time.Second, 3
 		return sz
 	}
 	if s := os.Getenv("DLOCK_FAULTS_SCALE"); s != "" {
@@ -280,7 +280,7 @@ func (e *env) fatalf(format string, args ...any) {
 
 func (e *env) outage() time.Duration {
 	if lease(e.backend) {
-		return leaseMs*time.Millisecond + 600*time.Millisecond
+		return leaseMs*time.Millisecond + 800*time.Millisecond
 	}
 	return 3 * lossMs * time.Millisecond
 }
@@ -342,15 +342,18 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		e.spawn(slot)
 	}
 	e.start()
-	// Faults: one after another, with gaps, until a quiet tail; at least one.
+	// Faults: one after another, with gaps, at least one; the next only if
+	// it can be over (as long as the longest so far, plus the search for a
+	// holder) before a quiet tail in which the workload must go on.
 	quiet := max(1200*time.Millisecond, sz.dur/5)
-	longest := max(e.outage()+400*time.Millisecond, 1500*time.Millisecond)
 	if fk.inject != nil {
 		e.waitFirstSection(2 * time.Second)
-		for first := true; first || Now() < e.deadline-int64(quiet+longest); first = false {
+		var longest time.Duration
+		for first := true; first || Now()+int64(longest+500*time.Millisecond) < e.deadline-int64(quiet); first = false {
 			target := e.pickHolder()
 			f := fk.inject(e, target)
 			f.Revokes = fk.revokes(backend)
+			longest = max(longest, time.Duration(f.End-f.Start))
 			e.mu.Lock()
 			e.faults = append(e.faults, f)
 			e.mu.Unlock()
@@ -783,15 +786,37 @@ func (e *env) partition(slot int, d time.Duration) Fault {
 	return f
 }
 
-// pause stops the worker with SIGSTOP past its lease (on a lease backend,
-// long enough for another worker to take the expired lock), then resumes it.
+// pause stops a holder with SIGSTOP past its lease (on a lease backend,
+// long enough for another worker to take the expired lock), then resumes
+// it. The target is stopped first and kept stopped only if it is inside a
+// critical section (else it is resumed at once and another is tried, for
+// up to a second), so that the pause hits a holder.
 func (e *env) pause(p *proc) Fault {
-	f := Fault{Kind: "pause", Proc: p.id, Start: Now()}
+	for end := time.Now().Add(time.Second); time.Now().Before(end); p = e.pickHolder() {
+		_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+		if e.holding(p) {
+			break
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		time.Sleep(time.Duration(1+e.rng.IntN(5)) * time.Millisecond)
+	}
 	_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+	f := Fault{Kind: "pause", Proc: p.id, Start: Now()}
 	time.Sleep(e.outage() + time.Duration(e.rng.IntN(200))*time.Millisecond)
 	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	f.End = Now()
 	return f
+}
+
+// holding says whether p has a critical section open in its history.
+func (e *env) holding(p *proc) bool {
+	ss, _ := ReadRecords(e.recordsPath(p.id))
+	for _, s := range ss {
+		if !s.Done {
+			return true
+		}
+	}
+	return false
 }
 
 // kill kills the worker with SIGKILL and starts another in its slot.
