@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -145,6 +146,11 @@ func TestFaults(t *testing.T) {
 	results.run = RunInfo{Date: started.UTC().Truncate(time.Second), Machine: machine(), GoVersion: runtime.Version(),
 		Race: raceEnabled, Short: sz.short, Scale: sz.scale, Workload: sz.dur.Seconds(), Procs: sz.procs,
 		Goroutines: sz.goroutines, LeaseMs: leaseMs, LossMs: lossMs, Parallel: sz.parallel}
+	if f := flag.Lookup("test.parallel"); f != nil {
+		if n, err := strconv.Atoi(f.Value.String()); err == nil && n < sz.parallel {
+			results.run.Parallel = n
+		}
+	}
 	results.mu.Unlock()
 	slots := make(chan struct{}, sz.parallel)
 	t.Cleanup(func() {
