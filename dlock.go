@@ -247,7 +247,11 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
 	lost := isClosed(l.lease.Lost())
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.opts.releaseTimeout)
+	detached := ctx
+	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
+		detached = context.WithoutCancel(ctx)
+	}
+	rctx, cancel := context.WithTimeout(detached, g.opts.releaseTimeout)
 	defer cancel()
 	err := l.lease.Release(rctx)
 	switch {
