@@ -172,8 +172,20 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 		}
 	}
 
+	// revokedBeforeEntry: the section was told of a loss that a revoking
+	// fault may have caused before it even entered (the server granted the
+	// lock, the fault took it, another acquired it, and only then did this
+	// holder record its entry). Its lock is not known to have been held at
+	// any moment of the section.
+	revokedBeforeEntry := func(i int) bool {
+		return ss[i].Done && ss[i].Lost && rel[i].call <= ss[i].Enter
+	}
+
 	// Overlaps of conflicting sections (readers and semaphore tickets do
-	// not conflict among themselves; semaphores are counted below).
+	// not conflict among themselves; semaphores are counted below). An
+	// overlap is excused when one of the two held a lock already revoked
+	// and was told: the earlier one, revoked (or killed) before the later
+	// one entered; or the later one, revoked before it entered.
 	underRevoked := make([]bool, len(ss)) // entered beside a revoked, excused holder
 	for i := range ss {
 		for j := i + 1; j < len(ss) && ss[j].Enter < rawEnd[i]; j++ {
@@ -184,6 +196,11 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 			if (ss[i].Lost || !ss[i].Done) && ss[j].Enter >= rel[i].call {
 				rep.Excused++
 				underRevoked[j] = true
+				continue
+			}
+			if revokedBeforeEntry(j) {
+				rep.Excused++
+				underRevoked[i] = true
 				continue
 			}
 			rep.Untold++
@@ -216,7 +233,9 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 		rep.MaxConcurrent = maxAtOnce(ss, func(i int) int64 { return rawEnd[i] })
 		eff := func(i int) int64 {
 			if ss[i].Lost || !ss[i].Done {
-				return rel[i].call
+				// A lock revoked before its entry holds no ticket at all
+				// (not a negative one before the entry).
+				return max(rel[i].call, ss[i].Enter)
 			}
 			return rawEnd[i]
 		}
@@ -229,9 +248,13 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	}
 
 	// Fencing tokens: strictly increasing in the order the acquisitions took
-	// effect. Conflicting sections took effect in their order of entry;
-	// others are ordered only when one's acquisition returned before the
-	// other's began. Tokens are never shared.
+	// effect. Conflicting sections that held their locks from the grant to
+	// their entry took effect in their order of entry (had the later-entered
+	// one been granted first, both would have held at the earlier entry);
+	// a section revoked before its entry may have been granted before one
+	// that entered earlier. Other pairs are ordered only when one's
+	// acquisition returned before the other's began. Tokens are never
+	// shared.
 	seen := map[uint64]int{}
 	for i := range ss {
 		if ss[i].Token == 0 {
@@ -247,7 +270,8 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 			if ss[j].Token == 0 || ss[j].Token == ss[i].Token {
 				continue
 			}
-			ordered := conflict(ss[i].Kind, ss[j].Kind) || ss[i].Enter < ss[j].Call
+			ordered := ss[i].Enter < ss[j].Call ||
+				conflict(ss[i].Kind, ss[j].Kind) && !revokedBeforeEntry(i) && !revokedBeforeEntry(j)
 			if ordered && ss[j].Token < ss[i].Token {
 				rep.TokenViolations++
 				rep.problem("token %d of %d/%d/%d (entered %d) after token %d of %d/%d/%d (entered %d)",

@@ -222,3 +222,37 @@ func TestCheckTornUnderRevokedWriter(t *testing.T) {
 		t.Fatalf("torn read under an untold writer not caught: %+v", rep)
 	}
 }
+
+// A holder whose lock was granted, then revoked by a fault (key deleted)
+// before it recorded its entry, may enter after the next holder, with a
+// smaller token: the grants were in token order, and the revoked holder is
+// told. Found by the short run (valkey/mutex/keydel).
+func TestCheckRevokedBeforeEntry(t *testing.T) {
+	del := []Fault{{Kind: "keydel", Proc: -1, Start: 100, End: 101, Revokes: true}}
+	slow := Section{Done: true, Record: Record{Proc: 2, Seq: 1, Kind: KindExclusive, Call: 90, Enter: 110,
+		Leave: 114, Rel: 115, Token: 5, Lost: true, Told: 115}}
+	next := Section{Done: true, Record: Record{Proc: 1, Seq: 1, Kind: KindExclusive, Call: 99, Enter: 105,
+		Leave: 112, Rel: 113, Token: 6}}
+	if r := Check([]Section{slow, next}, del, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
+		t.Fatalf("a holder revoked before its entry rejected: %+v", r)
+	}
+	untold := slow
+	untold.Lost, untold.Told = false, 0
+	if r := Check([]Section{untold, next}, del, nil, Spec{}); r.Untold != 1 || r.TokenViolations != 1 {
+		t.Fatalf("an untold holder beside the next not caught: %+v", r)
+	}
+	if r := Check([]Section{slow, next}, nil, nil, Spec{}); r.Untold != 1 || r.TokenViolations != 1 {
+		t.Fatalf("a loss no fault could explain excused: %+v", r)
+	}
+	// Without an overlap, the token order is still checked where grants
+	// are ordered: here the revoked holder entered after the next left.
+	late := slow
+	late.Enter, late.Leave, late.Rel, late.Told = 120, 121, 122, 122
+	if r := Check([]Section{late, next}, del, nil, Spec{}); r.Violations() != 0 {
+		t.Fatalf("a revoked holder entering late rejected: %+v", r)
+	}
+	late.Call = 113 // acquired after the next had entered: ordered, so its smaller token is a violation
+	if r := Check([]Section{late, next}, del, nil, Spec{}); r.TokenViolations != 1 {
+		t.Fatalf("a token regression across ordered acquisitions not caught: %+v", r)
+	}
+}
