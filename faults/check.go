@@ -207,9 +207,9 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 			if ss[i].RelErr != "" {
 				rep.UntoldRelErr++
 			}
-			rep.problem("%s %d/%d/%d entered at %d while %s %d/%d/%d held the lock untold (entered %d, left %d, lost %v told %d)",
+			rep.problem("%s %d/%d/%d entered at %d while %s %d/%d/%d held the lock untold (entered %d, left %d, lost %v told %d, release error %q)",
 				ss[j].Kind, ss[j].Proc, ss[j].G, ss[j].Seq, ss[j].Enter,
-				ss[i].Kind, ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Enter, ss[i].Leave, ss[i].Lost, ss[i].Told)
+				ss[i].Kind, ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Enter, ss[i].Leave, ss[i].Lost, ss[i].Told, ss[i].RelErr)
 		}
 	}
 
@@ -239,9 +239,16 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 			}
 			return rawEnd[i]
 		}
-		if m := maxAtOnce(ss, eff); m > spec.Limit {
+		if m, when := maxAtOnceWhen(ss, eff); m > spec.Limit {
 			rep.OverLimit = m - spec.Limit
-			rep.problem("%d holders at once, limit %d", m, spec.Limit)
+			rep.problem("%d holders at once, limit %d, at %d:", m, spec.Limit, when)
+			for i := range ss {
+				if ss[i].Enter <= when && eff(i) > when {
+					rep.problem("  holder %d/%d/%d token %d: call %d, entered %d, left %d, released %d, lost %v told %d, release error %q",
+						ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Token, ss[i].Call, ss[i].Enter, ss[i].Leave, ss[i].Rel,
+						ss[i].Lost, ss[i].Told, ss[i].RelErr)
+				}
+			}
 		}
 	} else {
 		rep.MaxConcurrent = maxAtOnce(ss, func(i int) int64 { return rawEnd[i] })
@@ -289,6 +296,13 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 }
 
 func maxAtOnce(ss []Section, end func(int) int64) int {
+	m, _ := maxAtOnceWhen(ss, end)
+	return m
+}
+
+// maxAtOnceWhen returns the largest number of sections open at once (each
+// from its entry to end) and the first moment it was reached.
+func maxAtOnceWhen(ss []Section, end func(int) int64) (int, int64) {
 	type ev struct {
 		t int64
 		d int
@@ -304,11 +318,14 @@ func maxAtOnce(ss []Section, end func(int) int64) int {
 		return evs[i].d < evs[j].d // leave before enter at the same instant
 	})
 	n, m := 0, 0
+	var when int64
 	for _, e := range evs {
 		n += e.d
-		m = max(m, n)
+		if n > m {
+			m, when = n, e.t
+		}
 	}
-	return m
+	return m, when
 }
 
 // lockInput is a porcupine operation on the lock.
