@@ -397,7 +397,7 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		}
 		e.fail(fmt.Sprintf("%d safety violations%s", n, first), strings.Join(rep.Problems, "\n"))
 	}
-	if t.Failed() {
+	if t.Failed() || os.Getenv("DLOCK_FAULTS_KEEP_ALL") == "1" {
 		if keep := os.Getenv("DLOCK_FAULTS_KEEP"); keep != "" {
 			e.keep(keep, paths)
 		}
