@@ -61,7 +61,8 @@ func (e *extender) poke() {
 }
 
 // finish ends the extension of l for a release: it reports whether l had
-// been lost, or an error if it was released before.
+// been lost (declared lost, or past its validity deadline unconfirmed), or
+// an error if it was released before.
 func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -72,12 +73,16 @@ func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 		l.state = released
 		return true, nil
 	}
+	// A lease past its validity deadline is lost even if the extender has
+	// not run since (the process was paused, say): its key may have expired
+	// and been taken, so its release must say so whatever the script finds.
+	wasLost = !time.Now().Before(l.deadline)
 	l.state = released
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
 	close(l.lost)
-	return false, nil
+	return wasLost, nil
 }
 
 // loseLocked declares l lost; e.mu is held.

@@ -283,3 +283,29 @@ func TestReleaseHonoursDeadline(t *testing.T) {
 		t.Fatal("Release against a stopped server succeeded")
 	}
 }
+
+// TestReleasePastDeadlineSaysLost: a holder paused past its validity
+// deadline resumes and releases before the extender has run: Release must
+// say the lock was lost, whatever the release script finds (its key may
+// have expired and been taken meanwhile).
+func TestReleasePastDeadlineSaysLost(t *testing.T) {
+	for dep, b := range lossBackends(t) {
+		for _, k := range []kind{kindMutex, kindRead, kindWrite, kindSem} {
+			t.Run(fmt.Sprintf("%s/%v", dep, k), func(t *testing.T) {
+				l := takeKind(t, b, k, "past-deadline-"+k.String())
+				// What a pause past the lease does to the holder's view.
+				b.c.ext.mu.Lock()
+				l.deadline = time.Now().Add(-time.Millisecond)
+				b.c.ext.mu.Unlock()
+				if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
+					t.Fatalf("Release past the validity deadline = %v, want ErrLockLost", err)
+				}
+				select {
+				case <-l.Lost():
+				default:
+					t.Fatal("Lost() not closed after Release")
+				}
+			})
+		}
+	}
+}
