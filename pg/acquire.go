@@ -67,16 +67,25 @@ func (r req) notAcquired(ctx context.Context) error {
 	return r.errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
 }
 
-// try takes r on a lock connection with a non-blocking try.
-func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {
+// begin checks what every acquisition needs before it takes a connection:
+// a live ctx, a pool, and the fencing table when fencing is on.
+func (b *Backend) begin(ctx context.Context, r req) error {
 	if ctx.Err() != nil {
-		return nil, false, r.notAcquired(ctx)
+		return r.notAcquired(ctx)
 	}
 	if b.pool == nil {
-		return nil, false, r.errorf("nil pool")
+		return r.errorf("nil pool")
 	}
 	if err := b.ensureFencing(ctx); err != nil {
-		return nil, false, r.errorf("%w", err)
+		return r.errorf("%w", err)
+	}
+	return nil
+}
+
+// try takes r on a lock connection with a non-blocking try.
+func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {
+	if err := b.begin(ctx, r); err != nil {
+		return nil, false, err
 	}
 	for attempt := 0; ; attempt++ {
 		b.mu.Lock()
@@ -242,14 +251,8 @@ func (b *Backend) undoOrFail(lc *lockConn, k Key, m mode, cause error) {
 
 // wait takes r, queueing on the server if it is held.
 func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
-	if ctx.Err() != nil {
-		return nil, r.notAcquired(ctx)
-	}
-	if b.pool == nil {
-		return nil, r.errorf("nil pool")
-	}
-	if err := b.ensureFencing(ctx); err != nil {
-		return nil, r.errorf("%w", err)
+	if err := b.begin(ctx, r); err != nil {
+		return nil, err
 	}
 	// First a try (one short statement, on a lock connection, or on a
 	// pool connection that becomes one): most locks are free, and a lease

@@ -99,14 +99,8 @@ func semSlots(name string, limit int) []Key {
 
 // trySem takes a free slot of slots on a lock connection.
 func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool, error) {
-	if ctx.Err() != nil {
-		return nil, false, r.notAcquired(ctx)
-	}
-	if b.pool == nil {
-		return nil, false, r.errorf("nil pool")
-	}
-	if err := b.ensureFencing(ctx); err != nil {
-		return nil, false, r.errorf("%w", err)
+	if err := b.begin(ctx, r); err != nil {
+		return nil, false, err
 	}
 	for attempt := 0; ; attempt++ {
 		b.mu.Lock()
