@@ -96,91 +96,74 @@ func (f *lockFile) named() (bool, error) {
 	return stillNamed(f.path, f.dev, f.ino)
 }
 
-// tryFlock makes one non-blocking flock attempt (how is LOCK_EX or LOCK_SH)
-// on the lock file, opening it if needed. On success it checks that the
-// path still names the locked file; if the file was removed or replaced
+// lockNamed opens the lock file if needed and takes a lock on it with
+// lock, which reports false when the lock is busy. On success it checks that
+// the path still names the locked file; if the file was removed or replaced
 // meanwhile, it locks the file that now has the name instead. When the lock
 // is busy the file stays open (for a waiter's next attempt).
-func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
+func (f *lockFile) lockNamed(mode uint32, held uint8, lock func(fd int) (bool, error)) (bool, error) {
 	for range maxReplaced {
 		if f.fd < 0 {
 			if err := f.open(mode); err != nil {
 				return false, err
 			}
 		}
-		if err := flockRetry(f.fd, how|unix.LOCK_NB); err != nil {
+		ok, err := lock(f.fd)
+		if err != nil || !ok {
+			return false, err
+		}
+		f.held = held
+		same, err := f.named()
+		if err != nil {
+			f.close()
+			return false, err
+		}
+		if same {
+			return true, nil
+		}
+		f.close()
+	}
+	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+}
+
+// tryFlock makes one non-blocking flock attempt (how is LOCK_EX or LOCK_SH)
+// on the lock file, as lockNamed describes.
+func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
+	return f.lockNamed(mode, heldFlock, func(fd int) (bool, error) {
+		if err := flockRetry(fd, how|unix.LOCK_NB); err != nil {
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return false, nil
 			}
 			return false, fmt.Errorf("fs: flock %s: %w", f.path, err)
 		}
-		f.held = heldFlock
-		same, err := f.named()
-		if err != nil {
-			f.close()
-			return false, err
-		}
-		if same {
-			return true, nil
-		}
-		f.close()
-	}
-	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+		return true, nil
+	})
 }
 
 // lockFlock takes the lock blocking (used only for the brief lock of a
 // fencing counter file), following a replaced file as tryFlock does.
 func (f *lockFile) lockFlock(mode uint32) error {
-	for range maxReplaced {
-		if f.fd < 0 {
-			if err := f.open(mode); err != nil {
-				return err
-			}
+	_, err := f.lockNamed(mode, heldFlock, func(fd int) (bool, error) {
+		if err := flockRetry(fd, unix.LOCK_EX); err != nil {
+			return false, fmt.Errorf("fs: flock %s: %w", f.path, err)
 		}
-		if err := flockRetry(f.fd, unix.LOCK_EX); err != nil {
-			return fmt.Errorf("fs: flock %s: %w", f.path, err)
-		}
-		f.held = heldFlock
-		same, err := f.named()
-		if err != nil {
-			f.close()
-			return err
-		}
-		if same {
-			return nil
-		}
-		f.close()
-	}
-	return fmt.Errorf("%w: %s", errReplaced, f.path)
+		return true, nil
+	})
+	return err
 }
 
 // tryOFDWrite makes one non-blocking attempt at an exclusive OFD lock on the
-// whole file (the writers' gate of an RW lock), opening it if needed.
+// whole file (the writers' gate of an RW lock), as lockNamed describes.
 func (f *lockFile) tryOFDWrite(mode uint32) (bool, error) {
-	for range maxReplaced {
-		if f.fd < 0 {
-			if err := f.open(mode); err != nil {
-				return false, err
-			}
-		}
-		if err := ofdLock(f.fd, unix.F_OFD_SETLK, unix.F_WRLCK); err != nil {
+	return f.lockNamed(mode, heldOFD, func(fd int) (bool, error) {
+		if err := ofdLock(fd, unix.F_OFD_SETLK, unix.F_WRLCK); err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
 				return false, nil
 			}
 			return false, fmt.Errorf("fs: lock %s: %w", f.path, err)
 		}
-		f.held = heldOFD
-		same, err := f.named()
-		if err != nil {
-			f.close()
-			return false, err
-		}
-		if same {
-			return true, nil
-		}
-		f.close()
-	}
-	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
+		return true, nil
+	})
 }
 
 // ofdFree reports whether a shared OFD lock could be taken on the file now,
