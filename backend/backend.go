@@ -23,7 +23,11 @@
 //   - ctx bounds the call; it does not bound the lease.
 package backend
 
-import "context"
+import (
+	"context"
+	"errors"
+	"time"
+)
 
 // Lease is one held lock.
 type Lease interface {
@@ -110,4 +114,44 @@ type Fencer interface {
 	// refuse writes from a holder whose lock has since passed to another.
 	// Zero means this lease has no token (fencing is off).
 	Token() uint64
+}
+
+// Permanent marks err as an error that retrying cannot heal: bad
+// configuration, failed authentication, a closed backend, an invalid name.
+// A wait (the dlock package's Do and Acquire) rides out every other error of
+// a backend's attempt — a refused connection, a reset, a server restarting —
+// by trying again with backoff until its ctx ends; an error marked
+// Permanent ends the wait at once. errors.Is and errors.As see through the
+// mark to err. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// ReleaseContext returns the context a Lease's Release uses for its work:
+// ctx without its cancellation (a caller whose ctx is already cancelled
+// still releases) but with its deadline, which bounds the release. The
+// dlock package's Lock.Release always passes a ctx whose deadline is the
+// Guard's release timeout (dlock.WithReleaseTimeout), so that timeout is
+// the one bound on a release; fallback bounds a Release called directly
+// with a ctx that has no deadline. The caller must call cancel.
+func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.Context, cancel context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(context.WithoutCancel(ctx), dl)
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), fallback)
 }
