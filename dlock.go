@@ -14,32 +14,78 @@ import (
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
-// errors actually returned wrap these and name the lock.
+// errors actually returned wrap these and name the lock. Each but ErrNilFunc
+// is the backend package's error of the same name, so that a backend needs
+// only package backend.
 var (
 	// ErrNotAcquired reports that a lock was not acquired: held elsewhere
 	// (TryDo, TryAcquire), or a wait ended because its ctx was done (then
 	// the error matches ctx.Err() too).
-	ErrNotAcquired = errors.New("dlock: lock not acquired")
+	ErrNotAcquired = backend.ErrNotAcquired
 	// ErrLockLost reports that a held lock was lost: the backend could no
 	// longer guarantee ownership. It is the cause of Do's ctx cancellation.
-	ErrLockLost = errors.New("dlock: lock lost")
+	ErrLockLost = backend.ErrLockLost
 	// ErrInvalidName reports a lock name that is empty or that the backend
 	// cannot map into its namespace.
-	ErrInvalidName = errors.New("dlock: invalid lock name")
+	ErrInvalidName = backend.ErrInvalidName
 	// ErrInvalidLimit reports a semaphore limit below 1.
-	ErrInvalidLimit = errors.New("dlock: invalid semaphore limit")
-	// ErrNilFunc reports a nil callback passed to Do or TryDo.
-	ErrNilFunc = errors.New("dlock: nil function")
+	ErrInvalidLimit = backend.ErrInvalidLimit
 	// ErrNotHeld reports a Release of a lock that was already released.
-	ErrNotHeld = errors.New("dlock: lock not held")
+	ErrNotHeld = backend.ErrNotHeld
+	// ErrClosed reports a call on a backend that was closed; a wait ends at
+	// once on it.
+	ErrClosed = backend.ErrClosed
+	// ErrNilFunc reports a nil callback passed to Do or TryDo.
+	ErrNilFunc = errors.New("nil function")
 )
 
-// Guard is the acquire, wait, run and release engine shared by every
-// primitive and every backend. A Mutex, each side of an RWMutex, and a
-// Semaphore are Guards over a backend's one-attempt primitive.
+// Locker is a lock of any kind over any backend, as code that runs work
+// under it needs it: every *Guard is one, whatever its backend. Take a
+// Locker, not a *Guard[L], in a service's constructor so that its tests can
+// pass a Guard over dlocktest.Memory in place of one over pg, valkey or fs.
+type Locker interface {
+	// Do takes the lock name, waiting until it is free or ctx is done, runs
+	// fn and releases the lock (see Guard.Do).
+	Do(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// TryDo is Do with a single attempt (see Guard.TryDo).
+	TryDo(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// Hold is Acquire returning a Handle (see Guard.Hold).
+	Hold(ctx context.Context, name string) (Handle, error)
+	// TryHold is TryAcquire returning a Handle (see Guard.TryHold).
+	TryHold(ctx context.Context, name string) (Handle, error)
+}
+
+// Handle is a held lock of any kind over any backend: every *Lock is one.
+// Code that holds a lock across calls (leader election) keeps a Handle, so
+// that it names no backend.
+type Handle interface {
+	// Name returns the lock's name.
+	Name() string
+	// Lost returns a channel closed when the lock is lost or released.
+	Lost() <-chan struct{}
+	// Err says why Lost closed: nil while held, ErrLockLost, ErrNotHeld.
+	Err() error
+	// Token returns the lock's fencing token, if the backend has one.
+	Token() (uint64, bool)
+	// Release gives the lock up.
+	Release(ctx context.Context) error
+}
+
+var (
+	_ Locker = (*Guard[backend.Lease])(nil)
+	_ Handle = (*Lock[backend.Lease])(nil)
+)
+
+// Guard is a lock of one kind (a mutex, one side of a reader-writer mutex,
+// or a semaphore) over one backend, for every name: Do runs a function
+// under a named lock, TryDo does so only if the lock is free, Acquire and
+// TryAcquire return it held. It waits, honours ctx, runs the function and
+// releases the same way whatever the backend, which only makes attempts.
+// Mutex and Semaphore are other names for it; RWMutex has two.
 //
 // A Guard is safe for concurrent use. Every call names the lock it takes;
-// calls with different names are independent.
+// calls with different names are independent. L is the backend's lease
+// type; code that should not name it uses the Locker and Handle interfaces.
 type Guard[L backend.Lease] struct {
 	kind string
 	try  func(ctx context.Context, name string) (L, bool, error)
@@ -47,6 +93,14 @@ type Guard[L backend.Lease] struct {
 	err  error                                             // a configuration error every call returns
 	opts options
 }
+
+// Mutex is a distributed mutex, made by NewMutex: at most one holder of
+// each name at a time.
+type Mutex[L backend.Lease] = Guard[L]
+
+// Semaphore is a distributed counting semaphore, made by NewSemaphore: at
+// most its limit of holders of each name at a time.
+type Semaphore[L backend.Lease] = Guard[L]
 
 func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
 	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
@@ -95,6 +149,25 @@ func (g *Guard[L]) Acquire(ctx context.Context, name string) (*Lock[L], error) {
 // elsewhere it returns at once an error matching ErrNotAcquired.
 func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error) {
 	return g.acquire(ctx, name, false)
+}
+
+// Hold is Acquire returning the held lock as a Handle, so that the caller
+// names no backend (see Locker).
+func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, true)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
+}
+
+// TryHold is TryAcquire returning the held lock as a Handle (see Locker).
+func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, false)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
 }
 
 func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
@@ -202,7 +275,7 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 // ride it out: bad input, or an error its backend marked permanent.
 func isPermanent(err error) bool {
 	return backend.IsPermanent(err) || errors.Is(err, ErrInvalidName) ||
-		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc)
+		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc) || errors.Is(err, ErrClosed)
 }
 
 // notAcquired is the error of a wait that ctx ended: it matches
