@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -299,7 +300,7 @@ func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, 
 	if !g.opts.logger.Enabled(ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", shortName(name))}
+	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", logName(name))}
 	if err != nil {
 		attrs = append(attrs, slog.Any("err", err))
 	}
@@ -481,12 +482,22 @@ func isClosed(c <-chan struct{}) bool {
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {
-	const max = 64
-	if len(name) <= max {
-		return fmt.Sprintf("%q", name)
+	if len(name) <= maxShownName {
+		return strconv.Quote(name)
 	}
-	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+	return fmt.Sprintf("%q…(%d bytes)", name[:maxShownName], len(name))
 }
+
+// logName is name for a log attribute: unquoted, cut to 64 bytes.
+func logName(name string) string {
+	if len(name) <= maxShownName {
+		return name
+	}
+	return fmt.Sprintf("%s…(%d bytes)", name[:maxShownName], len(name))
+}
+
+// maxShownName is how much of a lock name messages and logs show.
+const maxShownName = 64
 
 // errNilBackend is the configuration error of a Guard made over a nil
 // backend.
