@@ -9,9 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
@@ -221,8 +220,9 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 // error with the result, for the error that reports a ctx-ended wait.
 func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, err error) {
 	var (
-		b *backoff.ExponentialBackOff
-		t *time.Timer
+		p    pace.Pacer
+		t    *time.Timer
+		used bool
 	)
 	defer func() {
 		if t != nil {
@@ -248,16 +248,10 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 			last = err
 			g.log(ctx, slog.LevelWarn, "dlock: wait: backend error; retrying", name, err)
 		}
-		if b == nil {
-			b = backoff.NewExponentialBackOff(
-				backoff.WithInitialInterval(g.opts.minWait),
-				backoff.WithMaxInterval(g.opts.maxWait),
-				backoff.WithRandomizationFactor(0.5),
-				backoff.WithMultiplier(2),
-				backoff.WithMaxElapsedTime(0),
-			)
+		if !used {
+			p, used = pace.New(g.opts.minWait, g.opts.maxWait), true
 		}
-		d := b.NextBackOff()
+		d := p.Next()
 		if t == nil {
 			t = time.NewTimer(d)
 		} else {
