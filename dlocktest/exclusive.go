@@ -40,8 +40,6 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"Fencing", s.testFencing},
 		{"Burst", s.testBurst},
 		{"ReleaseAfterLoss", s.testReleaseAfterLoss},
-		{"FIFO", s.testFIFO},
-		{"NoStarvation", s.testNoStarvation},
 	} {
 		s.test(t, c.name, func(t *testing.T) { c.f(t, k) })
 	}
