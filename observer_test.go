@@ -164,7 +164,9 @@ func TestNoObserverNoCost(t *testing.T) {
 
 type nopObserver struct{}
 
-func (nopObserver) AcquireStart(ctx context.Context, _ dlock.AcquireEvent) context.Context { return ctx }
+func (nopObserver) AcquireStart(ctx context.Context, _ dlock.AcquireEvent) context.Context {
+	return ctx
+}
 func (nopObserver) AcquireEnd(ctx context.Context, _ dlock.AcquireEvent, _ error) context.Context {
 	return ctx
 }
