@@ -69,6 +69,11 @@
 //     PostgreSQL, within the lease time for Valkey.
 //   - Readers share, a writer excludes everyone, and once a writer waits,
 //     new readers wait too, so writers do not starve.
+//   - Waiters are served in arrival order across clients and processes
+//     where the backend can promise it (each backend's documentation says
+//     so), and a try does not jump that queue; no client starves. A custom
+//     backend without a native wait is polled with backoff, which promises
+//     neither.
 //   - Fencing tokens, where offered, strictly increase per name across all
 //     acquisitions, so a store can refuse a stale holder's writes.
 //

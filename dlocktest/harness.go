@@ -47,6 +47,13 @@ type Harness[L backend.Lease] struct {
 	// InProcess marks a backend whose locks live inside one process (such
 	// as Memory); the subtests across processes are skipped.
 	InProcess bool
+
+	// Unordered marks a backend that does not serve waiters in arrival
+	// order (its documentation must say so). The suite then skips the
+	// arrival-order subtests and checks only that no client starves; by
+	// default it requires first come, first served across clients and
+	// processes.
+	Unordered bool
 }
 
 // RequireEnv returns the value of the environment variable key, which names
