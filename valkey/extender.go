@@ -188,6 +188,10 @@ func (e *extender) extend(batch []*Lease) {
 	for _, n := range c.nodes {
 		wg.Go(func() {
 			res := execBatch(ctx, n.client, calls)
+			if len(res) > 0 {
+				_, err := res[0].AsInt64()
+				c.noteAuth(n, err)
+			}
 			wmu.Lock()
 			defer wmu.Unlock()
 			for i, r := range res {
