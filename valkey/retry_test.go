@@ -363,3 +363,35 @@ func TestRedLockAuthFailure(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+func TestNewRedLockRefusesSharedNodes(t *testing.T) {
+	_, addrs := startServers(t, 2)
+	a, b := testClient(t, addrs[0]), testClient(t, addrs[1])
+	a2 := testClient(t, addrs[0])
+	for _, tc := range []struct {
+		name    string
+		clients []valkeygo.Client
+		want    string
+	}{
+		{"same client thrice", []valkeygo.Client{a, a, a}, "same client"},
+		{"same client twice", []valkeygo.Client{a, b, a}, "clients 0 and 2 are the same client"},
+		{"two clients, one address", []valkeygo.Client{a, b, a2}, "clients 0 and 2 both talk to " + addrs[0]},
+		{"nil client", []valkeygo.Client{a, nil, b}, "client 1 is nil"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := NewRedLock(tc.clients)
+			if err == nil {
+				r.Close()
+				t.Fatal("NewRedLock accepted it")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewRedLock = %v; want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	r, err := NewRedLock([]valkeygo.Client{a, b})
+	if err != nil {
+		t.Fatalf("NewRedLock over two distinct nodes: %v", err)
+	}
+	r.Close()
+}
