@@ -16,6 +16,7 @@ import (
 // process holds on it through fd, if any.
 type lockFile struct {
 	path     string
+	tr       *trust // whose files are accepted
 	fd       int    // -1 when not open
 	dev, ino uint64 // the open file's identity, once known
 	known    bool   // dev and ino are known (see identify)
@@ -34,7 +35,37 @@ const maxReplaced = 8
 
 var errReplaced = errors.New("fs: lock file keeps being replaced")
 
-func newLockFile(path string) lockFile { return lockFile{path: path, fd: -1} }
+func newLockFile(path string, tr *trust) lockFile { return lockFile{path: path, tr: tr, fd: -1} }
+
+// trust says whose lock files a Backend accepts: its own user's, and with
+// WithSharedGroup also those of the lock directory's group.
+type trust struct {
+	euid   uint32
+	shared bool   // WithSharedGroup
+	gid    uint32 // with shared: the lock directory's group
+	mode   uint32 // with shared: the lock files' mode (WithFileMode)
+}
+
+// check refuses a lock file that is not a regular file, that has more than
+// one name (a hard link planted under a lock file's name would make dlock
+// lock, and write its fencing counter into, a file that is not its own), or
+// whose owner is not trusted. A file with no name left (removed since it
+// was opened) is left to the caller's check that the path still names it.
+func (tr *trust) check(path string, st *unix.Stat_t) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("fs: lock file %s is not a regular file (mode %#o): refused", path, st.Mode)
+	}
+	if st.Nlink > 1 {
+		return fmt.Errorf("fs: lock file %s has %d hard links (another name points at the same file, which is not a lock file of this backend's): refused, nothing written", path, st.Nlink)
+	}
+	if st.Uid != tr.euid && !(tr.shared && st.Gid == tr.gid) {
+		if tr.shared {
+			return fmt.Errorf("fs: lock file %s is owned by uid %d and group %d, neither this process's uid %d nor the lock directory's group %d: refused, nothing written", path, st.Uid, st.Gid, tr.euid, tr.gid)
+		}
+		return fmt.Errorf("fs: lock file %s is owned by uid %d, not by this process's uid %d: refused, nothing written (see WithSharedGroup)", path, st.Uid, tr.euid)
+	}
+	return nil
+}
 
 // open opens (creating if needed) the lock file. The final path element is
 // never followed if it is a symbolic link. That it is a regular file is
@@ -52,8 +83,9 @@ func (f *lockFile) open(mode uint32) error {
 	return nil
 }
 
-// identify learns the identity of the open file, and checks that it is a
-// regular file, if not done yet.
+// identify learns the identity of the open file, and checks it (see
+// trust.check), if not done yet. It runs before anything is written to the
+// file.
 func (f *lockFile) identify() error {
 	if f.known {
 		return nil
@@ -62,8 +94,15 @@ func (f *lockFile) identify() error {
 	if err := unix.Fstat(f.fd, &st); err != nil {
 		return fmt.Errorf("fs: stat lock file %s: %w", f.path, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("fs: lock file %s is not a regular file (mode %#o): refused", f.path, st.Mode)
+	if err := f.tr.check(f.path, &st); err != nil {
+		return err
+	}
+	if f.tr.shared && st.Uid == f.tr.euid && st.Mode&f.tr.mode != f.tr.mode {
+		// The umask took bits the other members of the group need to open
+		// the file (a file of ours: only its mode changes).
+		if err := unix.Fchmod(f.fd, (st.Mode|f.tr.mode)&0o777); err != nil {
+			return fmt.Errorf("fs: chmod lock file %s for the shared group: %w", f.path, err)
+		}
 	}
 	f.dev, f.ino, f.known = uint64(st.Dev), uint64(st.Ino), true
 	return nil

@@ -59,14 +59,14 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		}
 		if err != nil {
 			f.close()
-			return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+			return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
 		}
 	}
 	l.f = *f
 	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
 	if err := b.register(l); err != nil {
 		l.f.close()
-		return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+		return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
 	}
 	return l, nil
 }
@@ -96,7 +96,7 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive flock of that file.
 func (b *Backend) bumpCounterFile(path string) (uint64, error) {
-	c := newLockFile(path)
+	c := newLockFile(path, &b.trust)
 	defer c.close()
 	if err := c.lockFlock(uint32(b.cfg.fileMode)); err != nil {
 		return 0, err
@@ -109,8 +109,11 @@ func (b *Backend) bumpCounterFile(path string) (uint64, error) {
 // then; for a lease that was lost (its file removed or replaced, or the
 // backend closed) it returns an error wrapping dlock.ErrLockLost, and for a
 // second Release one wrapping dlock.ErrNotHeld. It frees the lease's
-// descriptor in every case, never touches the lock of another holder, and
-// does not depend on ctx.
+// descriptor in every case and never touches the lock of another holder.
+// It runs even when ctx is already cancelled; it is local and never blocks
+// (a stat, an unlock, a close), so it ends well within any release timeout
+// (ctx's deadline, set by dlock.WithReleaseTimeout) and needs no bound of
+// its own.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
