@@ -248,10 +248,12 @@ func (e nodeErrors) Error() string {
 func (e nodeErrors) Unwrap() []error { return e }
 
 // permanentErr reports whether a node's error is one that retrying cannot
-// heal: the backend or the client was closed, or the server refuses the
-// client's credentials or permissions.
+// heal: the backend was closed, or the server refuses the client's
+// credentials or permissions. valkey-go's ErrClosing is not among them:
+// it says "closing or unable to connect", and valkey-go also reports it
+// for a connection that could not be made, which an outage's end heals.
 func permanentErr(err error) bool {
-	return errors.Is(err, errClosed) || errors.Is(err, valkeygo.ErrClosing) || isAuthErr(err)
+	return errors.Is(err, errClosed) || isAuthErr(err)
 }
 
 // isAuthErr reports whether err is the server refusing the client's

@@ -118,7 +118,9 @@
 // reports the error at once. Errors that retrying cannot heal are marked
 // backend.Permanent and end a wait at once: the server refusing the
 // client's credentials or permissions (WRONGPASS, NOAUTH, NOPERM), a closed
-// Backend or client. Errors name the node (its address) they came from.
+// Backend. (A closed valkey-go client is not recognised: its error,
+// ErrClosing, also stands for a connection that could not be made.)
+// Errors name the node (its address) they came from.
 // Held leases are unaffected: a lease rides out an outage shorter than its
 // validity and is reported lost otherwise (see Leases).
 //
