@@ -256,6 +256,26 @@ func permanentErr(err error) bool {
 	return errors.Is(err, errClosed) || isAuthErr(err)
 }
 
+// connErr reports whether err (non-nil) is a broken or refused
+// connection: not an answer of the server, not a ctx ending.
+func connErr(err error) bool {
+	var ve *valkeygo.ValkeyError
+	return !errors.As(err, &ve) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// sleepCtx sleeps for d, or less if ctx ends first; it reports whether
+// ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // isAuthErr reports whether err is the server refusing the client's
 // credentials (WRONGPASS, NOAUTH) or the user's permissions (NOPERM).
 func isAuthErr(err error) bool {
@@ -420,7 +440,36 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	default:
 		s = releaseMember
 	}
-	for _, r := range l.c.evalAll(ctx, s, []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}) {
+	keys, args := []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}
+	rs := l.c.evalAll(ctx, s, keys, args)
+	// A connection that broke since it was last used (the server
+	// restarted, say) fails its next command, and valkey-go replaces it
+	// soon after: try such nodes again, a few times over some 70ms, so
+	// that a release learns whether it still owned the lock rather than
+	// reporting the broken connection. If a failed try did run and only its
+	// answer was lost, the next finds the key gone and the release reports
+	// a loss that was not one: a false alarm, never a loss hidden.
+	pause := 10 * time.Millisecond
+	for range 3 {
+		var again []int
+		for i, r := range rs {
+			if r.err != nil && connErr(r.err) {
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 || !sleepCtx(ctx, pause) {
+			break
+		}
+		pause *= 2
+		var wg sync.WaitGroup
+		for _, i := range again {
+			wg.Go(func() {
+				rs[i].n, rs[i].err = s.exec(ctx, l.c.nodes[i].client, keys, args).AsInt64()
+			})
+		}
+		wg.Wait()
+	}
+	for _, r := range rs {
 		switch {
 		case r.err != nil:
 			err = r.err

@@ -395,3 +395,45 @@ func TestNewRedLockRefusesSharedNodes(t *testing.T) {
 	}
 	r.Close()
 }
+
+// TestReleaseAfterRestartSaysLost: a server restarted without persistence
+// forgot the lease, and another holder took the lock at once; the first
+// holder's Release, before its extender could notice, finds the key owned
+// by another token and says ErrLockLost, and so does Err (issue 10, item
+// 3).
+func TestReleaseAfterRestartSaysLost(t *testing.T) {
+	srv := startServer(t)
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, srv.addr()), newTestBackend(t, space, srv.addr())
+	// Extensions every 10 minutes: only the release can find out.
+	ma, err := New(a.c.nodes[0].client, WithKeyPrefix(testPrefix(space)), WithLease(time.Hour), WithExtendEvery(10*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ma.Close()
+	ctx := testCtx(t)
+	lk, err := dlock.NewMutex(ma).TryAcquire(ctx, "restart-release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.restart()
+	var other *Lease
+	for range 50 { // the first attempt may meet the broken connection
+		var ok bool
+		if other, ok, err = b.TryLock(ctx, "restart-release"); ok {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if other == nil {
+		t.Fatalf("the second holder could not take the lock after the restart: %v", err)
+	}
+	defer other.Release(ctx)
+	if err := lk.Release(ctx); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release after the lock passed to another holder = %v; want ErrLockLost", err)
+	}
+	if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Err after such a Release = %v; want ErrLockLost", err)
+	}
+	notLost(t, other)
+}
