@@ -442,25 +442,35 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	}
 	keys, args := []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}
 	rs := l.c.evalAll(ctx, s, keys, args)
-	// A connection that broke since it was last used (the server
-	// restarted, say) fails its next command, and valkey-go replaces it
-	// soon after: try such nodes again, a few times over some 70ms, so
-	// that a release learns whether it still owned the lock rather than
-	// reporting the broken connection. If a failed try did run and only its
-	// answer was lost, the next finds the key gone and the release reports
-	// a loss that was not one: a false alarm, never a loss hidden.
+	// Try again, within ctx's deadline, the nodes that did not answer:
+	//   - a connection that broke since it was last used (the server
+	//     restarted, say) fails its next command, and valkey-go replaces it
+	//     soon after: up to three more tries over some 70ms, so that the
+	//     release learns whether it still owned the lock rather than
+	//     reporting the broken connection (a server that is down is not
+	//     waited for);
+	//   - a timeout of valkey-go's own (its dial timeout, 5s, when it had
+	//     to open a connection) while ctx is still live: again, until ctx's
+	//     deadline, which is the release's only bound.
+	// If a failed try did run and only its answer was lost, the next finds
+	// the key gone and the release reports a loss that was not one: a false
+	// alarm, never a loss hidden.
 	pause := 10 * time.Millisecond
-	for range 3 {
+	for tries := 0; ; tries++ {
 		var again []int
 		for i, r := range rs {
-			if r.err != nil && connErr(r.err) {
+			switch {
+			case r.err == nil:
+			case errors.Is(r.err, context.DeadlineExceeded) && ctx.Err() == nil:
+				again = append(again, i)
+			case connErr(r.err) && tries < 3:
 				again = append(again, i)
 			}
 		}
 		if len(again) == 0 || !sleepCtx(ctx, pause) {
 			break
 		}
-		pause *= 2
+		pause = min(2*pause, 500*time.Millisecond)
 		var wg sync.WaitGroup
 		for _, i := range again {
 			wg.Go(func() {

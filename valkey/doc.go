@@ -133,8 +133,12 @@
 // called directly with a ctx without a deadline is bounded by 5s. A release
 // that finds the key gone or owned by another holder returns an error
 // wrapping dlock.ErrLockLost, as does the release of a lease past its
-// validity deadline. A release the server did not confirm (it did not
-// answer in time) returns its error; the key then expires with its lease.
+// validity deadline. A node whose connection broke (a restarted server) is
+// tried again a few times over some 70ms, and one that timed out on
+// valkey-go's own timeouts (its 5s dial timeout) until the deadline, so
+// that a release learns a loss rather than reporting a broken connection.
+// A release the server did not confirm by the deadline returns its error;
+// the key then expires with its lease.
 //
 // # RedLock
 //

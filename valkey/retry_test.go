@@ -199,9 +199,22 @@ func TestRedLockWaitMajorityDown(t *testing.T) {
 // TestReleaseTimeoutBound: a Release against a server that stopped
 // answering (SIGSTOP) ends by the Guard's release timeout, whether shorter
 // or longer than the backend's own fallback (5s), within ±50%.
+//
+// In the "redial" case the release's connection was killed before the
+// server stopped: valkey-go dials a new one, and its handshake gives up
+// after valkey-go's own dial timeout (5s); the release must try again
+// until its 8s.
 func TestReleaseTimeoutBound(t *testing.T) {
-	for _, d := range []time.Duration{100 * time.Millisecond, 8 * time.Second} {
-		t.Run(d.String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		d      time.Duration
+		redial bool
+	}{{100 * time.Millisecond, false}, {8 * time.Second, false}, {8 * time.Second, true}} {
+		d := tc.d
+		name := d.String()
+		if tc.redial {
+			name += "-redial"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			srv := startServer(t)
 			b := newTestBackend(t, t.TempDir(), srv.addr())
@@ -218,6 +231,10 @@ func TestReleaseTimeoutBound(t *testing.T) {
 				lk, err := m.TryAcquire(testCtx(t), "release-bound-"+strings.Repeat("x", i))
 				if err != nil {
 					t.Fatal(err)
+				}
+				if tc.redial {
+					admin := testClient(t, srv.addr())
+					_ = admin.Do(testCtx(t), admin.B().ClientKill().TypeNormal().Build()).Error()
 				}
 				if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 					t.Fatal(err)
