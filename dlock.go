@@ -5,41 +5,87 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
-// errors actually returned wrap these and name the lock.
+// errors actually returned wrap these and name the lock. Each but ErrNilFunc
+// is the backend package's error of the same name, so that a backend needs
+// only package backend.
 var (
 	// ErrNotAcquired reports that a lock was not acquired: held elsewhere
 	// (TryDo, TryAcquire), or a wait ended because its ctx was done (then
 	// the error matches ctx.Err() too).
-	ErrNotAcquired = errors.New("dlock: lock not acquired")
+	ErrNotAcquired = backend.ErrNotAcquired
 	// ErrLockLost reports that a held lock was lost: the backend could no
 	// longer guarantee ownership. It is the cause of Do's ctx cancellation.
-	ErrLockLost = errors.New("dlock: lock lost")
+	ErrLockLost = backend.ErrLockLost
 	// ErrInvalidName reports a lock name that is empty or that the backend
 	// cannot map into its namespace.
-	ErrInvalidName = errors.New("dlock: invalid lock name")
+	ErrInvalidName = backend.ErrInvalidName
 	// ErrInvalidLimit reports a semaphore limit below 1.
-	ErrInvalidLimit = errors.New("dlock: invalid semaphore limit")
-	// ErrNilFunc reports a nil callback passed to Do or TryDo.
-	ErrNilFunc = errors.New("dlock: nil function")
+	ErrInvalidLimit = backend.ErrInvalidLimit
 	// ErrNotHeld reports a Release of a lock that was already released.
-	ErrNotHeld = errors.New("dlock: lock not held")
+	ErrNotHeld = backend.ErrNotHeld
+	// ErrClosed reports a call on a backend that was closed; a wait ends at
+	// once on it.
+	ErrClosed = backend.ErrClosed
+	// ErrNilFunc reports a nil callback passed to Do or TryDo.
+	ErrNilFunc = errors.New("nil function")
 )
 
-// Guard is the acquire, wait, run and release engine shared by every
-// primitive and every backend. A Mutex, each side of an RWMutex, and a
-// Semaphore are Guards over a backend's one-attempt primitive.
+// Locker is a lock of any kind over any backend, as code that runs work
+// under it needs it: every *Guard is one, whatever its backend. Take a
+// Locker, not a *Guard[L], in a service's constructor so that its tests can
+// pass a Guard over dlocktest.Memory in place of one over pg, valkey or fs.
+type Locker interface {
+	// Do takes the lock name, waiting until it is free or ctx is done, runs
+	// fn and releases the lock (see Guard.Do).
+	Do(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// TryDo is Do with a single attempt (see Guard.TryDo).
+	TryDo(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// Hold is Acquire returning a Handle (see Guard.Hold).
+	Hold(ctx context.Context, name string) (Handle, error)
+	// TryHold is TryAcquire returning a Handle (see Guard.TryHold).
+	TryHold(ctx context.Context, name string) (Handle, error)
+}
+
+// Handle is a held lock of any kind over any backend: every *Lock is one.
+// Code that holds a lock across calls (leader election) keeps a Handle, so
+// that it names no backend.
+type Handle interface {
+	// Name returns the lock's name.
+	Name() string
+	// Lost returns a channel closed when the lock is lost or released.
+	Lost() <-chan struct{}
+	// Err says why Lost closed: nil while held, ErrLockLost, ErrNotHeld.
+	Err() error
+	// Token returns the lock's fencing token, if the backend has one.
+	Token() (uint64, bool)
+	// Release gives the lock up.
+	Release(ctx context.Context) error
+}
+
+var (
+	_ Locker = (*Guard[backend.Lease])(nil)
+	_ Handle = (*Lock[backend.Lease])(nil)
+)
+
+// Guard is a lock of one kind (a mutex, one side of a reader-writer mutex,
+// or a semaphore) over one backend, for every name: Do runs a function
+// under a named lock, TryDo does so only if the lock is free, Acquire and
+// TryAcquire return it held. It waits, honours ctx, runs the function and
+// releases the same way whatever the backend, which only makes attempts.
+// Mutex and Semaphore are other names for it; RWMutex has two.
 //
 // A Guard is safe for concurrent use. Every call names the lock it takes;
-// calls with different names are independent.
+// calls with different names are independent. L is the backend's lease
+// type; code that should not name it uses the Locker and Handle interfaces.
 type Guard[L backend.Lease] struct {
 	kind string
 	try  func(ctx context.Context, name string) (L, bool, error)
@@ -47,6 +93,14 @@ type Guard[L backend.Lease] struct {
 	err  error                                             // a configuration error every call returns
 	opts options
 }
+
+// Mutex is a distributed mutex, made by NewMutex: at most one holder of
+// each name at a time.
+type Mutex[L backend.Lease] = Guard[L]
+
+// Semaphore is a distributed counting semaphore, made by NewSemaphore: at
+// most its limit of holders of each name at a time.
+type Semaphore[L backend.Lease] = Guard[L]
 
 func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
 	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
@@ -95,6 +149,25 @@ func (g *Guard[L]) Acquire(ctx context.Context, name string) (*Lock[L], error) {
 // elsewhere it returns at once an error matching ErrNotAcquired.
 func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error) {
 	return g.acquire(ctx, name, false)
+}
+
+// Hold is Acquire returning the held lock as a Handle, so that the caller
+// names no backend (see Locker).
+func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, true)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
+}
+
+// TryHold is TryAcquire returning the held lock as a Handle (see Locker).
+func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, false)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
 }
 
 func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
@@ -147,8 +220,9 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 // error with the result, for the error that reports a ctx-ended wait.
 func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, err error) {
 	var (
-		b *backoff.ExponentialBackOff
-		t *time.Timer
+		p    pace.Pacer
+		t    *time.Timer
+		used bool
 	)
 	defer func() {
 		if t != nil {
@@ -174,16 +248,10 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 			last = err
 			g.log(ctx, slog.LevelWarn, "dlock: wait: backend error; retrying", name, err)
 		}
-		if b == nil {
-			b = backoff.NewExponentialBackOff(
-				backoff.WithInitialInterval(g.opts.minWait),
-				backoff.WithMaxInterval(g.opts.maxWait),
-				backoff.WithRandomizationFactor(0.5),
-				backoff.WithMultiplier(2),
-				backoff.WithMaxElapsedTime(0),
-			)
+		if !used {
+			p, used = pace.New(g.opts.minWait, g.opts.maxWait), true
 		}
-		d := b.NextBackOff()
+		d := p.Next()
 		if t == nil {
 			t = time.NewTimer(d)
 		} else {
@@ -202,7 +270,7 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 // ride it out: bad input, or an error its backend marked permanent.
 func isPermanent(err error) bool {
 	return backend.IsPermanent(err) || errors.Is(err, ErrInvalidName) ||
-		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc)
+		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc) || errors.Is(err, ErrClosed)
 }
 
 // notAcquired is the error of a wait that ctx ended: it matches
@@ -226,7 +294,7 @@ func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, 
 	if !g.opts.logger.Enabled(ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", shortName(name))}
+	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", logName(name))}
 	if err != nil {
 		attrs = append(attrs, slog.Any("err", err))
 	}
@@ -408,12 +476,22 @@ func isClosed(c <-chan struct{}) bool {
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {
-	const max = 64
-	if len(name) <= max {
-		return fmt.Sprintf("%q", name)
+	if len(name) <= maxShownName {
+		return strconv.Quote(name)
 	}
-	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+	return fmt.Sprintf("%q…(%d bytes)", name[:maxShownName], len(name))
 }
+
+// logName is name for a log attribute: unquoted, cut to 64 bytes.
+func logName(name string) string {
+	if len(name) <= maxShownName {
+		return name
+	}
+	return fmt.Sprintf("%s…(%d bytes)", name[:maxShownName], len(name))
+}
+
+// maxShownName is how much of a lock name messages and logs show.
+const maxShownName = 64
 
 // errNilBackend is the configuration error of a Guard made over a nil
 // backend.
