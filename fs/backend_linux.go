@@ -16,6 +16,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Backend keeps locks as files in one directory. It implements
@@ -311,6 +312,11 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 	defer b.removeWaiter(w)
 	const shortest = 2 * time.Millisecond
 	longest := b.cfg.waitFallback
+	// Until a close is announced, wait the whole fallback; after one, the
+	// pauses start again from shortest (see below) and grow back, jittered
+	// (never beyond the fallback).
+	pauses := pace.New(min(shortest, longest), longest)
+	woken := false
 	timeout := longest
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -325,9 +331,13 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 			// Someone closed a lock file we wait for. If our attempt still
 			// fails, retry soon anyway: a dying process's close is announced
 			// a moment before the kernel drops its locks.
-			timeout = min(shortest, longest)
+			pauses.Reset()
+			woken = true
+			timeout = min(pauses.Next(), longest)
 		case <-t.C:
-			timeout = min(2*timeout, longest)
+			if woken {
+				timeout = min(pauses.Next(), longest)
+			}
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
 		case <-b.stopc:

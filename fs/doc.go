@@ -120,9 +120,9 @@
 // release unlocks before it closes (the kernel announces a close a moment
 // before it drops the closed file's locks); for a dead holder, whose locks
 // drop just after the announcement, a waiter that woke and found the lock
-// still taken retries after 2 ms, 4 ms, ... In any case a waiter retries
-// after at most the wait fallback (1 s, see WithWaitFallback), which only
-// matters if a notification cannot arrive. Waiters keep their lock files
+// still taken retries after about 2 ms, 4 ms, ... (jittered). In any case
+// a waiter retries after at most the wait fallback (1 s, see
+// WithWaitFallback), which only matters if a notification cannot arrive. Waiters keep their lock files
 // open across attempts, so waiters do not wake each other. Measured in
 // BenchmarkHandoff.
 //

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // releaseTimeout bounds the clean-up of a failed acquisition (which runs
@@ -452,10 +453,10 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	//   - a timeout of valkey-go's own (its dial timeout, 5s, when it had
 	//     to open a connection) while ctx is still live: again, until ctx's
 	//     deadline, which is the release's only bound.
-	// If a failed try did run and only its answer was lost, the next finds
+	// (Pauses: 10ms doubling to 500ms, jittered.) If a failed try did run and only its answer was lost, the next finds
 	// the key gone and the release reports a loss that was not one: a false
 	// alarm, never a loss hidden.
-	pause := 10 * time.Millisecond
+	pauses := pace.New(10*time.Millisecond, 500*time.Millisecond)
 	for tries := 0; ; tries++ {
 		var again []int
 		for i, r := range rs {
@@ -467,10 +468,9 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 				again = append(again, i)
 			}
 		}
-		if len(again) == 0 || !sleepCtx(ctx, pause) {
+		if len(again) == 0 || !sleepCtx(ctx, pauses.Next()) {
 			break
 		}
-		pause = min(2*pause, 500*time.Millisecond)
 		var wg sync.WaitGroup
 		for _, i := range again {
 			wg.Go(func() {
