@@ -83,12 +83,12 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
 	if err := fcntlRetry(f.fd, unix.F_OFD_SETLKW, &lk); err != nil {
-		return 0, fmt.Errorf("fs: lock fencing counter %s: %w", f.path, err)
+		return 0, fmt.Errorf("lock fencing counter %s: %w", f.path, err)
 	}
 	token, err := bumpCounter(f.fd, f.path, sync)
 	lk.Type = unix.F_UNLCK
 	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
-		err = fmt.Errorf("fs: unlock fencing counter %s: %w", f.path, uerr)
+		err = fmt.Errorf("unlock fencing counter %s: %w", f.path, uerr)
 	}
 	return token, err
 }
