@@ -429,24 +429,14 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 // run runs fn under the held lock l, then releases it (also on panic).
 func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	var (
-		lostErr error // set by the watcher before it exits
-		stop    = make(chan struct{})
-		exited  = make(chan struct{})
-	)
-	go func() {
-		defer close(exited)
-		select {
-		case <-l.lease.Lost():
-			l.g.log(ctx, slog.LevelWarn, "dlock: lock lost while held", l.name, nil)
-			lostErr = l.g.errorf(l.name, ErrLockLost)
-			cancel(lostErr)
-		case <-stop:
-		}
-	}()
+	var lostErr error // set by onLost, read after unwatch
+	unwatch := l.watch(func() {
+		l.g.log(ctx, slog.LevelWarn, "dlock: lock lost while held", l.name, nil)
+		lostErr = l.g.errorf(l.name, ErrLockLost)
+		cancel(lostErr)
+	})
 	defer func() {
-		close(stop)
-		<-exited
+		unwatch()
 		cancel(nil)
 		rerr := l.Release(ctx)
 		switch {
@@ -463,6 +453,38 @@ func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (
 		}
 	}()
 	return fn(fctx)
+}
+
+// watch runs onLost once if the lease is lost before unwatch is called;
+// unwatch returns when onLost has finished or can no longer run. It uses
+// the lease's AfterLost when it has one (no goroutine), else a goroutine
+// that watches Lost.
+func (l *Lock[L]) watch(onLost func()) (unwatch func()) {
+	if n, ok := any(l.lease).(backend.LossNotifier); ok {
+		done := make(chan struct{})
+		stop := n.AfterLost(func() {
+			defer close(done)
+			onLost()
+		})
+		return func() {
+			if !stop() {
+				<-done
+			}
+		}
+	}
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-l.lease.Lost():
+			onLost()
+		case <-stop:
+		}
+	}()
+	return func() {
+		close(stop)
+		<-exited
+	}
 }
 
 func isClosed(c <-chan struct{}) bool {
