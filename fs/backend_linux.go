@@ -49,6 +49,7 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // New returns a backend keeping its lock files in dir, which it creates

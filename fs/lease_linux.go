@@ -24,9 +24,11 @@ type Lease struct {
 	token    uint64
 	lost     chan struct{}
 
-	mu    sync.Mutex
-	f     lockFile // closed (fd -1) once released or dropped
-	state uint8
+	mu       sync.Mutex
+	f        lockFile // closed (fd -1) once released or dropped
+	state    uint8
+	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
+	lossStop context.CancelFunc // its cancel
 }
 
 const (
@@ -129,7 +131,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.state = leaseReleased
 	same, err := l.f.named()
 	l.f.close()
-	close(l.lost)
+	l.closeLostLocked()
 	l.b.unregister(l)
 	if err != nil {
 		return fmt.Errorf("fs: release %s %s: cannot verify ownership: %w: %w", l.what, quoteName(l.name), dlock.ErrLockLost, err)
@@ -138,6 +140,31 @@ func (l *Lease) Release(ctx context.Context) error {
 		return fmt.Errorf("fs: release %s %s: lock file %s was removed or replaced: %w", l.what, quoteName(l.name), l.path, dlock.ErrLockLost)
 	}
 	return nil
+}
+
+// AfterLost implements backend.LossNotifier: f runs, in its own
+// goroutine, once Lost is closed (on loss, Release or Close; at once if it
+// already is), unless stop is called first.
+func (l *Lease) AfterLost(f func()) (stop func() bool) {
+	l.mu.Lock()
+	if l.lossCtx == nil {
+		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
+		if l.state != leaseHeld {
+			l.lossStop()
+		}
+	}
+	ctx := l.lossCtx
+	l.mu.Unlock()
+	return context.AfterFunc(ctx, f)
+}
+
+// closeLostLocked closes Lost and starts AfterLost's functions; l.mu is
+// held.
+func (l *Lease) closeLostLocked() {
+	close(l.lost)
+	if l.lossStop != nil {
+		l.lossStop()
+	}
 }
 
 // Lost returns a channel closed when the lease can no longer guarantee its
@@ -162,7 +189,7 @@ func (l *Lease) markLost() {
 	defer l.mu.Unlock()
 	if l.state == leaseHeld {
 		l.state = leaseLost
-		close(l.lost)
+		l.closeLostLocked()
 	}
 }
 
@@ -172,7 +199,7 @@ func (l *Lease) drop() {
 	defer l.mu.Unlock()
 	if l.state == leaseHeld {
 		l.state = leaseLost
-		close(l.lost)
+		l.closeLostLocked()
 	}
 	l.f.close()
 }

@@ -34,6 +34,7 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // New returns a Backend over client, configured by opts. It returns an

@@ -377,9 +377,11 @@ type Lease struct {
 
 	// Guarded by c.ext.mu.
 	state    leaseState
-	deadline time.Time // validity: Lost closes when it passes unconfirmed
-	due      time.Time // next extension
-	idx      int       // index in the extender's heap; -1 when not in it
+	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
+	lossStop context.CancelFunc // its cancel
+	deadline time.Time          // validity: Lost closes when it passes unconfirmed
+	due      time.Time          // next extension
+	idx      int                // index in the extender's heap; -1 when not in it
 }
 
 type leaseState uint8
@@ -394,6 +396,32 @@ const (
 // longer be guaranteed (the key was deleted or taken over, or no extension
 // was confirmed before the validity deadline), and on Release.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// AfterLost implements backend.LossNotifier: f runs, in its own
+// goroutine, once Lost is closed (on loss or Release; at once if it
+// already is), unless stop is called first.
+func (l *Lease) AfterLost(f func()) (stop func() bool) {
+	e := l.c.ext
+	e.mu.Lock()
+	if l.lossCtx == nil {
+		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
+		if l.state != held {
+			l.lossStop()
+		}
+	}
+	ctx := l.lossCtx
+	e.mu.Unlock()
+	return context.AfterFunc(ctx, f)
+}
+
+// closeLostLocked closes Lost and starts AfterLost's functions; c.ext.mu
+// is held.
+func (l *Lease) closeLostLocked() {
+	close(l.lost)
+	if l.lossStop != nil {
+		l.lossStop()
+	}
+}
 
 // Token implements backend.Fencer: a fencing token, strictly increasing per
 // name and kind of lock across all acquisitions.

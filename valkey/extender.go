@@ -81,7 +81,7 @@ func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
-	close(l.lost)
+	l.closeLostLocked()
 	return wasLost, nil
 }
 
@@ -94,7 +94,7 @@ func (e *extender) loseLocked(l *Lease, why string) {
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
-	close(l.lost)
+	l.closeLostLocked()
 	e.c.cfg.logger.Warn("dlock/valkey: lease lost", "kind", l.kind.String(), "name", shortName(l.name), "reason", why)
 }
 
