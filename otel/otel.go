@@ -34,7 +34,10 @@
 // because its ctx ended (the ctx deadline is dlock's timeout) is an
 // expected outcome, not an error: its span's status stays unset. Any other
 // failure to acquire sets the acquire span's status to Error; a lost lock
-// or a failed release sets the hold span's.
+// or a failed release sets the hold span's. The error's text (which names
+// the lock) is recorded, as the status description and an exception event,
+// only with WithLockNames; without it the description is what failed and
+// its error.type, e.g. "acquire failed: invalid_name".
 //
 // # Metrics
 //
@@ -155,10 +158,11 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 }
 
 // WithLockNames records each lock's name on its spans (attribute
-// dlock.lock.name). It is off by default because names often carry user
-// data (account numbers, e-mail addresses, file paths) that should not
-// leave the process; turn it on only when the names are safe to export.
-// Metrics never carry names, with or without it.
+// dlock.lock.name), and the text of errors, which names the lock, in the
+// spans' status and exception events. It is off by default because names
+// often carry user data (account numbers, e-mail addresses, file paths)
+// that should not leave the process; turn it on only when the names are
+// safe to export. Metrics never carry names, with or without it.
 func WithLockNames() Option {
 	return func(c *config) { c.names = true }
 }
@@ -279,8 +283,7 @@ func (o *Observer) AcquireEnd(ctx context.Context, e dlock.AcquireEvent, err err
 		}
 		span.SetAttributes(attrs...)
 		if outcome == OutcomeError {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
+			o.setError(span, "acquire failed", errType, err)
 		}
 	}
 	span.End()
@@ -326,11 +329,11 @@ func (o *Observer) Released(ctx context.Context, e dlock.HoldEvent, err error) {
 			attrs = append(attrs, KeyErrorType.String(errType))
 		}
 		span.SetAttributes(attrs...)
-		if err != nil {
-			if outcome == OutcomeError {
-				span.RecordError(err)
-			}
-			span.SetStatus(codes.Error, err.Error())
+		switch outcome {
+		case OutcomeLost:
+			span.SetStatus(codes.Error, "lock lost")
+		case OutcomeError:
+			o.setError(span, "release failed", errType, err)
 		}
 	}
 	span.End()
@@ -346,6 +349,18 @@ func (o *Observer) Lost(ctx context.Context, e dlock.HoldEvent) {
 		span.SetStatus(codes.Error, "lock lost")
 	}
 	o.lost.Add(ctx, 1, o.set(setKey{of: setLost, kind: e.Kind, backend: e.Backend, flag: e.AtRelease}))
+}
+
+// setError sets span's status to Error. dlock's errors name the lock, so
+// the error's text goes to the span (status and an exception event) only
+// with WithLockNames; else the status says what failed and its error.type.
+func (o *Observer) setError(span trace.Span, what, errType string, err error) {
+	if o.names {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return
+	}
+	span.SetStatus(codes.Error, what+": "+errType)
 }
 
 // acquireOutcome names how an acquisition ended, and for a failure (not

@@ -151,6 +151,7 @@ func TestDo(t *testing.T) {
 		t.Fatalf("Do: %v, ran %v", err, ran)
 	}
 	parent.End()
+	noName(t, r.spans.GetSpans(), "nightly-report")
 
 	acq, hold := r.span(t, dlockotel.SpanAcquire), r.span(t, dlockotel.SpanHold)
 	job := r.span(t, "job")
@@ -248,27 +249,54 @@ func TestNotAcquired(t *testing.T) {
 	})
 }
 
-// A failure other than held or ctx is an error on the acquire span.
+// A failure other than held or ctx is an error on the acquire span; its
+// text, which names the lock, is recorded only with WithLockNames.
 func TestAcquireError(t *testing.T) {
-	r := newRig(t)
-	mu := dlock.NewMutex(dlocktest.NewMemory(), dlock.WithObserver(r.obs))
-	if err := mu.Do(context.Background(), "", func(context.Context) error { return nil }); !errors.Is(err, dlock.ErrInvalidName) {
-		t.Fatalf("Do with an empty name: %v", err)
+	for _, names := range []bool{false, true} {
+		t.Run(fmt.Sprintf("names=%v", names), func(t *testing.T) {
+			var opts []dlockotel.Option
+			if names {
+				opts = append(opts, dlockotel.WithLockNames())
+			}
+			r := newRig(t, opts...)
+			sem := dlock.NewSemaphore(dlocktest.NewMemory(), 0, dlock.WithObserver(r.obs))
+			if err := sem.Do(context.Background(), "secret-name", func(context.Context) error { return nil }); !errors.Is(err, dlock.ErrInvalidLimit) {
+				t.Fatalf("Do with limit 0: %v", err)
+			}
+			acq := r.span(t, dlockotel.SpanAcquire)
+			if v, _ := attr(acq.Attributes, dlockotel.KeyErrorType); v.AsString() != "invalid_limit" {
+				t.Errorf("error.type %q, want invalid_limit", v.AsString())
+			}
+			if !names {
+				if acq.Status.Code != codes.Error || acq.Status.Description != "acquire failed: invalid_limit" {
+					t.Errorf("status %v, want error %q", acq.Status, "acquire failed: invalid_limit")
+				}
+				noName(t, r.spans.GetSpans(), "secret-name")
+			} else {
+				if acq.Status.Code != codes.Error || !strings.Contains(acq.Status.Description, "secret-name") {
+					t.Errorf("status %v, want the error's text", acq.Status)
+				}
+				if len(acq.Events) != 1 || acq.Events[0].Name != "exception" {
+					t.Errorf("events %v, want the recorded error", acq.Events)
+				}
+			}
+			wantLines(t, "metrics", r.points(t), []string{
+				"dlock.acquire.duration{dlock.acquire.outcome=error,dlock.acquire.try=false,dlock.backend=dlocktest,dlock.lock.kind=semaphore,error.type=invalid_limit} count=1",
+				"dlock.not_acquired{dlock.acquire.outcome=error,dlock.acquire.try=false,dlock.backend=dlocktest,dlock.lock.kind=semaphore,error.type=invalid_limit} 1",
+			})
+		})
 	}
-	acq := r.span(t, dlockotel.SpanAcquire)
-	if acq.Status.Code != codes.Error || !strings.Contains(acq.Status.Description, "empty") {
-		t.Errorf("status %v, want an error", acq.Status)
+}
+
+// noName fails t if name appears anywhere in spans: attributes, status,
+// events, links.
+func noName(t *testing.T, spans tracetest.SpanStubs, name string) {
+	t.Helper()
+	for _, s := range spans {
+		if strings.Contains(fmt.Sprintf("%+v %+v %+v %+v", s.Attributes, s.Status, s.Events, s.Links), name) {
+			t.Errorf("span %s carries the lock's name %q without WithLockNames: %+v", s.Name, name, s)
+		}
 	}
-	if len(acq.Events) != 1 || acq.Events[0].Name != "exception" {
-		t.Errorf("events %v, want the recorded error", acq.Events)
-	}
-	if v, _ := attr(acq.Attributes, dlockotel.KeyErrorType); v.AsString() != "invalid_name" {
-		t.Errorf("error.type %q, want invalid_name", v.AsString())
-	}
-	wantLines(t, "metrics", r.points(t), []string{
-		"dlock.acquire.duration{dlock.acquire.outcome=error,dlock.acquire.try=false,dlock.backend=dlocktest,dlock.lock.kind=mutex,error.type=invalid_name} count=1",
-		"dlock.not_acquired{dlock.acquire.outcome=error,dlock.acquire.try=false,dlock.backend=dlocktest,dlock.lock.kind=mutex,error.type=invalid_name} 1",
-	})
 }
 
 // A lock lost while held: an event on the hold span, which ends in error.
@@ -291,9 +319,10 @@ func TestLost(t *testing.T) {
 	if err := lk.Release(ctx); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Release of a lost lock: %v", err)
 	}
+	noName(t, r.spans.GetSpans(), "leader")
 	hold := r.span(t, dlockotel.SpanHold)
-	if hold.Status.Code != codes.Error {
-		t.Errorf("hold span: status %v, want error", hold.Status)
+	if hold.Status.Code != codes.Error || hold.Status.Description != "lock lost" {
+		t.Errorf("hold span: status %v, want error %q", hold.Status, "lock lost")
 	}
 	if len(hold.Events) != 1 || hold.Events[0].Name != dlockotel.EventLost ||
 		attrs(hold.Events[0].Attributes) != "dlock.lost.at_release=false" {
