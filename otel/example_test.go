@@ -109,4 +109,3 @@ func printTree(w io.Writer, spans tracetest.SpanStubs) {
 		}
 	}
 }
-

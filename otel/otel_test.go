@@ -20,8 +20,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dlock-go/dlock"
-	dlockotel "github.com/dlock-go/dlock/otel"
 	"github.com/dlock-go/dlock/dlocktest"
+	dlockotel "github.com/dlock-go/dlock/otel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
