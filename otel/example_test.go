@@ -44,10 +44,10 @@ func Example() {
 	printTree(os.Stdout, spans.GetSpans())
 	// Output:
 	// nightly-job
-	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=nightly-report dlock.acquire.try=false dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
+	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=false dlock.lock.name=nightly-report dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
 	// ├── dlock.hold  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=nightly-report dlock.hold.outcome=released dlock.lock.token=1  (link: dlock.acquire #1)
-	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=nightly-report dlock.acquire.try=true dlock.acquire.outcome=held dlock.acquire.attempts=1 dlock.acquire.retried=0
-	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=leader dlock.acquire.try=false dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
+	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=true dlock.lock.name=nightly-report dlock.acquire.outcome=held dlock.acquire.attempts=1 dlock.acquire.retried=0
+	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=false dlock.lock.name=leader dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
 	// └── dlock.hold  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=leader dlock.hold.outcome=lost dlock.lock.token=1  status=Error "lock lost"  (link: dlock.acquire #4)
 	//     └── event dlock.lost  dlock.lost.at_release=false
 }

@@ -68,6 +68,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -182,7 +183,8 @@ type Observer struct {
 	lost            metric.Int64Counter
 	held            metric.Int64UpDownCounter
 
-	sets sync.Map // setKey → metric.MeasurementOption
+	sets  cache[setKey, measure]
+	spans cache[spanKey, spanOptions]
 }
 
 var _ dlock.Observer = (*Observer)(nil)
@@ -252,18 +254,18 @@ func NewObserver(opts ...Option) *Observer {
 	return o
 }
 
-// parentKey keeps, in the acquire span's ctx, the span the acquisition
-// was started under: the hold span's parent too.
-type parentKey struct{}
+// origKey keeps, in the acquire span's ctx, the ctx the acquisition was
+// started with: the hold span's parent is its span.
+type origKey struct{}
 
 // AcquireStart starts the acquire span.
 func (o *Observer) AcquireStart(ctx context.Context, e dlock.AcquireEvent) context.Context {
-	parent := trace.SpanFromContext(ctx)
-	attrs := o.lockAttrs(make([]attribute.KeyValue, 0, 9), e.Kind, e.Backend, e.Name)
-	attrs = append(attrs, KeyTry.Bool(e.Try))
-	ctx, _ = o.tracer.Start(ctx, SpanAcquire, trace.WithTimestamp(e.Start),
-		trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...))
-	return context.WithValue(ctx, parentKey{}, parent)
+	opts := o.spanOptions(e.Kind, e.Backend, e.Try).acquire
+	if o.names {
+		opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(KeyName.String(e.Name)))
+	}
+	sctx, _ := o.tracer.Start(ctx, SpanAcquire, opts...)
+	return context.WithValue(sctx, origKey{}, ctx)
 }
 
 // AcquireEnd ends the acquire span, records the acquisition's metrics and,
@@ -285,27 +287,34 @@ func (o *Observer) AcquireEnd(ctx context.Context, e dlock.AcquireEvent, err err
 		if outcome == OutcomeError {
 			o.setError(span, "acquire failed", errType, err)
 		}
+		span.End(trace.WithTimestamp(e.Start.Add(e.Wait)))
+	} else {
+		span.End()
 	}
-	span.End()
 
 	acq := o.set(setKey{of: setAcquire, kind: e.Kind, backend: e.Backend, flag: e.Try, outcome: outcome, errType: errType})
-	o.acquireDuration.Record(ctx, e.Wait.Seconds(), acq)
+	o.acquireDuration.Record(ctx, e.Wait.Seconds(), acq.rec...)
 	if err != nil {
-		o.notAcquired.Add(ctx, 1, acq)
+		o.notAcquired.Add(ctx, 1, acq.add...)
 		return ctx
 	}
-	o.acquired.Add(ctx, 1, o.set(setKey{of: setAcquired, kind: e.Kind, backend: e.Backend, flag: e.Try}))
+	o.acquired.Add(ctx, 1, o.set(setKey{of: setAcquired, kind: e.Kind, backend: e.Backend, flag: e.Try}).add...)
 
 	// The hold span is the acquire span's sibling: its parent is the span
-	// the acquisition started under.
-	if parent, ok := ctx.Value(parentKey{}).(trace.Span); ok {
-		ctx = trace.ContextWithSpan(ctx, parent)
+	// the acquisition started under. The link is added after the start
+	// (samplers do not see it) so that an unsampled hold costs nothing.
+	if orig, ok := ctx.Value(origKey{}).(context.Context); ok {
+		ctx = orig
 	}
-	attrs := o.lockAttrs(make([]attribute.KeyValue, 0, 4), e.Kind, e.Backend, e.Name)
-	ctx, _ = o.tracer.Start(ctx, SpanHold,
-		trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...),
-		trace.WithLinks(trace.Link{SpanContext: span.SpanContext()}))
-	o.held.Add(ctx, 1, o.set(setKey{of: setHeld, kind: e.Kind, backend: e.Backend}))
+	opts := o.spanOptions(e.Kind, e.Backend, false).hold
+	if o.names {
+		opts = append(opts[:len(opts):len(opts)], trace.WithAttributes(KeyName.String(e.Name)))
+	}
+	ctx, hold := o.tracer.Start(ctx, SpanHold, opts...)
+	if hold.IsRecording() {
+		hold.AddLink(trace.Link{SpanContext: span.SpanContext()})
+	}
+	o.held.Add(ctx, 1, o.set(setKey{of: setHeld, kind: e.Kind, backend: e.Backend}).add...)
 	return ctx
 }
 
@@ -337,8 +346,8 @@ func (o *Observer) Released(ctx context.Context, e dlock.HoldEvent, err error) {
 		}
 	}
 	span.End()
-	o.holdDuration.Record(ctx, e.Held.Seconds(), o.set(setKey{of: setHold, kind: e.Kind, backend: e.Backend, outcome: outcome, errType: errType}))
-	o.held.Add(ctx, -1, o.set(setKey{of: setHeld, kind: e.Kind, backend: e.Backend}))
+	o.holdDuration.Record(ctx, e.Held.Seconds(), o.set(setKey{of: setHold, kind: e.Kind, backend: e.Backend, outcome: outcome, errType: errType}).rec...)
+	o.held.Add(ctx, -1, o.set(setKey{of: setHeld, kind: e.Kind, backend: e.Backend}).add...)
 }
 
 // Lost adds the dlock.lost event to the hold span and counts the loss.
@@ -348,7 +357,7 @@ func (o *Observer) Lost(ctx context.Context, e dlock.HoldEvent) {
 		span.AddEvent(EventLost, trace.WithAttributes(KeyLostAtRelease.Bool(e.AtRelease)))
 		span.SetStatus(codes.Error, "lock lost")
 	}
-	o.lost.Add(ctx, 1, o.set(setKey{of: setLost, kind: e.Kind, backend: e.Backend, flag: e.AtRelease}))
+	o.lost.Add(ctx, 1, o.set(setKey{of: setLost, kind: e.Kind, backend: e.Backend, flag: e.AtRelease}).add...)
 }
 
 // setError sets span's status to Error. dlock's errors name the lock, so
@@ -409,18 +418,64 @@ func splitKind(kind string) (k, mode string) {
 	return k, mode
 }
 
-// lockAttrs appends the span attributes that name the lock.
-func (o *Observer) lockAttrs(attrs []attribute.KeyValue, kind, backend, name string) []attribute.KeyValue {
-	k, mode := splitKind(kind)
-	attrs = append(attrs, KeyKind.String(k))
-	if mode != "" {
-		attrs = append(attrs, KeyMode.String(mode))
+// spanKey identifies the start options of a lock's spans.
+type spanKey struct {
+	kind, backend string
+	try           bool
+}
+
+// spanOptions are the start options of a lock's spans, made once and
+// kept: its attributes but the name, and the span kind.
+type spanOptions struct {
+	acquire, hold []trace.SpanStartOption
+}
+
+func (o *Observer) spanOptions(kind, backend string, try bool) spanOptions {
+	return o.spans.get(spanKey{kind, backend, try}, func() spanOptions {
+		k, mode := splitKind(kind)
+		attrs := []attribute.KeyValue{KeyKind.String(k)}
+		if mode != "" {
+			attrs = append(attrs, KeyMode.String(mode))
+		}
+		attrs = append(attrs, KeyBackend.String(backend))
+		internal := trace.WithSpanKind(trace.SpanKindInternal)
+		return spanOptions{
+			acquire: []trace.SpanStartOption{internal, trace.WithAttributes(append(attrs[:len(attrs):len(attrs)], KeyTry.Bool(try))...)},
+			hold:    []trace.SpanStartOption{internal, trace.WithAttributes(attrs...)},
+		}
+	})
+}
+
+// cache is a map that is written rarely (once per key) and read on every
+// event: reads take no lock and allocate nothing.
+type cache[K comparable, V any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[K]V]
+}
+
+func (c *cache[K, V]) get(k K, make func() V) V {
+	if m := c.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
 	}
-	attrs = append(attrs, KeyBackend.String(backend))
-	if o.names {
-		attrs = append(attrs, KeyName.String(name))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil {
+		if v, ok := (*old)[k]; ok {
+			return v
+		}
 	}
-	return attrs
+	m := make()
+	next := map[K]V{k: m}
+	if old != nil {
+		for k, v := range *old {
+			next[k] = v
+		}
+	}
+	c.m.Store(&next)
+	return m
 }
 
 // Metric attribute sets are made once per setKey and kept, so recording
@@ -444,11 +499,22 @@ const (
 	setLost                  // dlock.lost
 )
 
-// set returns the measurement option of k's attributes.
-func (o *Observer) set(k setKey) metric.MeasurementOption {
-	if v, ok := o.sets.Load(k); ok {
-		return v.(metric.MeasurementOption)
-	}
+// measure holds the options of a measurement with an attribute set, as
+// the slices Add and Record take, so that passing them allocates nothing.
+type measure struct {
+	add []metric.AddOption
+	rec []metric.RecordOption
+}
+
+// set returns the measurement options of k's attributes.
+func (o *Observer) set(k setKey) measure {
+	return o.sets.get(k, func() measure {
+		opt := metric.WithAttributeSet(attribute.NewSet(setAttrs(k)...))
+		return measure{add: []metric.AddOption{opt}, rec: []metric.RecordOption{opt}}
+	})
+}
+
+func setAttrs(k setKey) []attribute.KeyValue {
 	kind, mode := splitKind(k.kind)
 	attrs := make([]attribute.KeyValue, 0, 6)
 	attrs = append(attrs, KeyKind.String(kind), KeyBackend.String(k.backend))
@@ -468,6 +534,5 @@ func (o *Observer) set(k setKey) metric.MeasurementOption {
 	if k.errType != "" {
 		attrs = append(attrs, KeyErrorType.String(k.errType))
 	}
-	v, _ := o.sets.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(attrs...)))
-	return v.(metric.MeasurementOption)
+	return attrs
 }
