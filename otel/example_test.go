@@ -86,7 +86,7 @@ func printTree(w io.Writer, spans tracetest.SpanStubs) {
 				if kv.Key == dlockotel.KeyWait {
 					continue
 				}
-				line = append(line, fmt.Sprintf("%s=%s", kv.Key, kv.Value.Emit()))
+				line = append(line, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
 			}
 			if k.Status.Code != 0 {
 				line = append(line, fmt.Sprintf(" status=%s %q", k.Status.Code, k.Status.Description))
@@ -102,7 +102,7 @@ func printTree(w io.Writer, spans tracetest.SpanStubs) {
 			for _, e := range k.Events {
 				ev := []string{"event " + e.Name + " "}
 				for _, kv := range e.Attributes {
-					ev = append(ev, fmt.Sprintf("%s=%s", kv.Key, kv.Value.Emit()))
+					ev = append(ev, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
 				}
 				fmt.Fprintln(w, indent+"└── "+strings.Join(ev, " "))
 			}

@@ -119,7 +119,7 @@ func attrs(kvs []attribute.KeyValue) string {
 		if kv.Key == dlockotel.KeyWait {
 			continue
 		}
-		s = append(s, string(kv.Key)+"="+kv.Value.Emit())
+		s = append(s, string(kv.Key)+"="+kv.Value.String())
 	}
 	sort.Strings(s)
 	return strings.Join(s, ",")
