@@ -25,10 +25,12 @@ func (discard) Shutdown(context.Context) error                             { ret
 // overhead and not a server's round trip:
 //
 //	none    no observer
+//	empty   an Observer that does nothing: the engine's own cost of observing
 //	noop    the OTel observer over no-op providers (OTel's default until an SDK is installed)
 //	sdk     the OTel observer over the SDK: every span sampled and batched to an
 //	        exporter that drops it, metrics aggregated for a reader
-//	sampled the same with a parent-based 1-in-10 ratio sampler
+//	metrics the SDK's metrics alone (a no-op TracerProvider)
+//	sampled the SDK with a parent-based 1-in-10 ratio sampler
 //
 // go test -run '^$' -bench Do -benchmem ./ (in otel/)
 func BenchmarkDo(b *testing.B) {
@@ -61,6 +63,12 @@ func BenchmarkDo(b *testing.B) {
 	})
 	b.Run("sdk", func(b *testing.B) {
 		run(b, dlock.WithObserver(sdk(b, sdktrace.AlwaysSample())))
+	})
+	b.Run("metrics", func(b *testing.B) {
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+		run(b, dlock.WithObserver(dlockotel.NewObserver(
+			dlockotel.WithTracerProvider(tracenoop.NewTracerProvider()), dlockotel.WithMeterProvider(mp))))
 	})
 	b.Run("sampled", func(b *testing.B) {
 		run(b, dlock.WithObserver(sdk(b, sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1)))))

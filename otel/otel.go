@@ -13,7 +13,9 @@
 // the ctx given to Do, TryDo, Acquire (…), from its start to the moment the
 // lock was taken or given up. Each lock taken is then a span named
 // "dlock.hold", a sibling of the acquire span (the same parent) with a link
-// to it, which ends when the lock is released. A loss adds an event named
+// to it, which ends when the lock is released. (When the ctx has no span,
+// the acquire span is a root and the hold span its child, so that the two
+// stay in one trace.) A loss adds an event named
 // "dlock.lost" to the hold span. Their attributes:
 //
 //	dlock.lock.kind          mutex, rwmutex or semaphore               both spans
@@ -301,9 +303,11 @@ func (o *Observer) AcquireEnd(ctx context.Context, e dlock.AcquireEvent, err err
 	o.acquired.Add(ctx, 1, o.set(setKey{of: setAcquired, kind: e.Kind, backend: e.Backend, flag: e.Try}).add...)
 
 	// The hold span is the acquire span's sibling: its parent is the span
-	// the acquisition started under. The link is added after the start
-	// (samplers do not see it) so that an unsampled hold costs nothing.
-	if orig, ok := ctx.Value(origKey{}).(context.Context); ok {
+	// the acquisition started under. With none, it is the acquire span's
+	// child, so that the two stay in one trace (and one sampling
+	// decision). The link is added after the start (samplers do not see
+	// it) so that an unsampled hold costs nothing more.
+	if orig, ok := ctx.Value(origKey{}).(context.Context); ok && trace.SpanContextFromContext(orig).IsValid() {
 		ctx = orig
 	}
 	opts := o.spanOptions(e.Kind, e.Backend, false).hold

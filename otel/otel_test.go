@@ -193,6 +193,26 @@ func TestDo(t *testing.T) {
 	})
 }
 
+// With no span in the caller's ctx, the hold span is the acquire span's
+// child: one trace.
+func TestNoParent(t *testing.T) {
+	r := newRig(t)
+	mu := dlock.NewMutex(dlocktest.NewMemory(), dlock.WithObserver(r.obs))
+	if err := mu.Do(context.Background(), "x", func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	acq, hold := r.span(t, dlockotel.SpanAcquire), r.span(t, dlockotel.SpanHold)
+	if acq.Parent.IsValid() {
+		t.Errorf("acquire span has parent %v, want none", acq.Parent)
+	}
+	if hold.Parent.SpanID() != acq.SpanContext.SpanID() || hold.SpanContext.TraceID() != acq.SpanContext.TraceID() {
+		t.Errorf("hold span's parent %v, want the acquire span %v", hold.Parent.SpanID(), acq.SpanContext.SpanID())
+	}
+	if len(hold.Links) != 1 || hold.Links[0].SpanContext.SpanID() != acq.SpanContext.SpanID() {
+		t.Errorf("hold span links %v, want the acquire span", hold.Links)
+	}
+}
+
 // A wait that its ctx deadline ends, and a try that finds the lock held:
 // expected outcomes, not errors.
 func TestNotAcquired(t *testing.T) {
