@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -471,5 +472,48 @@ func TestGlobalNoop(t *testing.T) {
 	mu := dlock.NewMutex(dlocktest.NewMemory(), dlock.WithObserver(dlockotel.NewObserver()))
 	if err := mu.Do(context.Background(), "x", func(context.Context) error { return nil }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Guards of every kind share one Observer from many goroutines: the
+// counts add up and the held gauge returns to 0 (run with -race).
+func TestConcurrent(t *testing.T) {
+	r := newRig(t)
+	mem := dlocktest.NewMemory()
+	obs := dlock.WithObserver(r.obs)
+	rw := dlock.NewRWMutex(mem, obs)
+	guards := []dlock.Locker{dlock.NewMutex(mem, obs), dlock.NewSemaphore(mem, 2, obs), rw.Read(), rw.Write()}
+	const perGuard = 20
+	var wg sync.WaitGroup
+	for _, g := range guards {
+		for range 2 {
+			wg.Go(func() {
+				for range perGuard / 2 {
+					if err := g.Do(context.Background(), "shared", func(context.Context) error { return nil }); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	got := r.points(t)
+	var acquired, held int
+	for _, p := range got {
+		var n int
+		switch {
+		case strings.HasPrefix(p, dlockotel.MetricAcquired+"{"):
+			fmt.Sscan(p[strings.LastIndexByte(p, ' ')+1:], &n)
+			acquired += n
+		case strings.HasPrefix(p, dlockotel.MetricHeld+"{"):
+			fmt.Sscan(p[strings.LastIndexByte(p, ' ')+1:], &n)
+			held += n
+		}
+	}
+	if acquired != len(guards)*perGuard || held != 0 {
+		t.Errorf("acquired %d, held %d; want %d, 0:\n%s", acquired, held, len(guards)*perGuard, strings.Join(got, "\n"))
+	}
+	if n := len(r.spans.GetSpans()); n != 2*len(guards)*perGuard {
+		t.Errorf("%d spans, want %d", n, 2*len(guards)*perGuard)
 	}
 }
