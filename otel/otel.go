@@ -63,6 +63,12 @@
 // acquire span's ctx (trace.SpanFromContext) until the acquisition ends,
 // then the hold span's. Metric measurements are recorded with those
 // contexts, so an SDK that keeps exemplars links them to the spans.
+//
+// dlock does not hand these contexts on: the backend's calls and Do's
+// function get contexts derived from the caller's. So spans that a
+// backend's client makes (a pgx or valkey-go tracer) are siblings of
+// dlock.acquire, and spans made inside Do's function are siblings of
+// dlock.hold, not their children.
 package dlockotel
 
 import (
