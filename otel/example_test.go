@@ -46,9 +46,9 @@ func Example() {
 	// nightly-job
 	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=false dlock.lock.name=nightly-report dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
 	// ├── dlock.hold  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=nightly-report dlock.hold.outcome=released dlock.lock.token=1  (link: dlock.acquire #1)
-	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=true dlock.lock.name=nightly-report dlock.acquire.outcome=held dlock.acquire.attempts=1 dlock.acquire.retried=0
+	// │   └── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=true dlock.lock.name=nightly-report dlock.acquire.outcome=held dlock.acquire.attempts=1 dlock.acquire.retried=0
 	// ├── dlock.acquire  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.acquire.try=false dlock.lock.name=leader dlock.acquire.outcome=acquired dlock.acquire.attempts=1 dlock.acquire.retried=0
-	// └── dlock.hold  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=leader dlock.hold.outcome=lost dlock.lock.token=1  status=Error "lock lost"  (link: dlock.acquire #4)
+	// └── dlock.hold  dlock.lock.kind=mutex dlock.backend=dlocktest dlock.lock.name=leader dlock.hold.outcome=lost dlock.lock.token=1  status=Error "lock lost"  (link: dlock.acquire #3)
 	//     └── event dlock.lost  dlock.lost.at_release=false
 }
 
@@ -71,41 +71,52 @@ func printTree(w io.Writer, spans tracetest.SpanStubs) {
 	}
 	for _, r := range roots {
 		fmt.Fprintln(w, r.Name)
-		kids := children[r.SpanContext.SpanID()]
-		number := map[trace.SpanID]int{}
-		for i, k := range kids {
-			number[k.SpanContext.SpanID()] = i + 1
+		printKids(w, children, children[r.SpanContext.SpanID()], "")
+	}
+}
+
+// printKids prints the spans kids (siblings) and, below each, its own
+// children, prefixing every line with prefix.
+func printKids(w io.Writer, children map[trace.SpanID][]tracetest.SpanStub, kids []tracetest.SpanStub, prefix string) {
+	number := map[trace.SpanID]int{}
+	for i, k := range kids {
+		number[k.SpanContext.SpanID()] = i + 1
+	}
+	for i, k := range kids {
+		branch, indent := "├── ", "│   "
+		if i == len(kids)-1 {
+			branch, indent = "└── ", "    "
 		}
-		for i, k := range kids {
-			branch, indent := "├── ", "│   "
-			if i == len(kids)-1 {
-				branch, indent = "└── ", "    "
+		line := []string{k.Name + " "}
+		for _, kv := range k.Attributes {
+			if kv.Key == dlockotel.KeyWait {
+				continue
 			}
-			line := []string{k.Name + " "}
-			for _, kv := range k.Attributes {
-				if kv.Key == dlockotel.KeyWait {
-					continue
+			line = append(line, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
+		}
+		if k.Status.Code != 0 {
+			line = append(line, fmt.Sprintf(" status=%s %q", k.Status.Code, k.Status.Description))
+		}
+		for _, l := range k.Links {
+			for _, s := range kids {
+				if s.SpanContext.SpanID() == l.SpanContext.SpanID() {
+					line = append(line, fmt.Sprintf(" (link: %s #%d)", s.Name, number[s.SpanContext.SpanID()]))
 				}
-				line = append(line, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
-			}
-			if k.Status.Code != 0 {
-				line = append(line, fmt.Sprintf(" status=%s %q", k.Status.Code, k.Status.Description))
-			}
-			for _, l := range k.Links {
-				for _, s := range kids {
-					if s.SpanContext.SpanID() == l.SpanContext.SpanID() {
-						line = append(line, fmt.Sprintf(" (link: %s #%d)", s.Name, number[s.SpanContext.SpanID()]))
-					}
-				}
-			}
-			fmt.Fprintln(w, branch+strings.Join(line, " "))
-			for _, e := range k.Events {
-				ev := []string{"event " + e.Name + " "}
-				for _, kv := range e.Attributes {
-					ev = append(ev, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
-				}
-				fmt.Fprintln(w, indent+"└── "+strings.Join(ev, " "))
 			}
 		}
+		fmt.Fprintln(w, prefix+branch+strings.Join(line, " "))
+		grand := children[k.SpanContext.SpanID()]
+		for j, e := range k.Events {
+			ev := []string{"event " + e.Name + " "}
+			for _, kv := range e.Attributes {
+				ev = append(ev, fmt.Sprintf("%s=%s", kv.Key, kv.Value.String()))
+			}
+			b := "└── "
+			if j < len(k.Events)-1 || len(grand) > 0 {
+				b = "├── "
+			}
+			fmt.Fprintln(w, prefix+indent+b+strings.Join(ev, " "))
+		}
+		printKids(w, children, grand, prefix+indent)
 	}
 }

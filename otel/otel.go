@@ -64,11 +64,11 @@
 // then the hold span's. Metric measurements are recorded with those
 // contexts, so an SDK that keeps exemplars links them to the spans.
 //
-// dlock does not hand these contexts on: the backend's calls and Do's
-// function get contexts derived from the caller's. So spans that a
-// backend's client makes (a pgx or valkey-go tracer) are siblings of
-// dlock.acquire, and spans made inside Do's function are siblings of
-// dlock.hold, not their children.
+// dlock hands these contexts on: the backend's calls during an
+// acquisition get the acquire span's ctx, so spans that a backend's client
+// makes (a pgx or valkey-go tracer) are children of dlock.acquire; and
+// Do's function gets a ctx derived from the hold span's, so the spans it
+// makes are children of dlock.hold.
 package dlockotel
 
 import (
