@@ -65,7 +65,7 @@ const (
 )
 
 // errClosed reports a call on a closed Backend.
-var errClosed = errors.New("pg: backend is closed")
+var errClosed = fmt.Errorf("pg: %w", backend.ErrClosed)
 
 // errNilPool reports a Backend made with a nil pool.
 var errNilPool = errors.New("pg: nil pool")
