@@ -231,6 +231,9 @@ func sessionEnded(pgc *pgconn.PgConn, err error) bool {
 	if !pgc.IsClosed() || pgconn.Timeout(err) {
 		return false
 	}
+	if pgconn.SafeToRetry(err) || errors.Is(err, pgconn.ErrConnClosed) {
+		return true // not sent, or the driver had closed the connection
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return false
