@@ -143,8 +143,8 @@ var errRetry = errors.New("lock connection gone")
 // one at once. A new one is added to the lock connections at once, still
 // being acquired (its acquirer calls connect, see take), so that other
 // tries share it instead of taking more. With no lock connection to use
-// and no connection in the pool, it returns an error matching
-// ErrNoConnection.
+// and no connection in the pool, the acquisition fails with an error
+// matching ErrNoConnection within about 20ms (see acquireNoWait).
 func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool, err error) {
 	var best *lockConn
 	n := 0
@@ -164,7 +164,10 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool, err e
 	var grow bool
 	switch {
 	case best == nil:
-		grow = free > 0
+		// Nothing to share: take one if the pool gives it within a
+		// moment. (Even a full pool may: pgx's pool counts a connection
+		// it is destroying as acquired until its close completes.)
+		grow = true
 	case best.pending > 0 && n < b.cfg.maxLockConns:
 		// Spread concurrent tries, but leave a connection for a wait.
 		grow = free > 1
@@ -416,8 +419,9 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 		}()
 	}
 	poll := waitPollMin
-	var last error
+	var last error // the last error that kept the wait from the server's queue
 	for {
+		noConn := false
 		// First a try (one short statement, on a lock connection, or on
 		// a pool connection that becomes one): most locks are free, and a
 		// lease there needs no connection of its own. Only a lock held
@@ -431,13 +435,15 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			switch {
 			case ok:
 				return l, nil
+			case err != nil && ctx.Err() != nil && last != nil:
+				return nil, b.ended(ctx, r, last)
 			case err != nil && !errors.Is(err, ErrNoConnection):
 				return nil, err
 			case err != nil:
-				last = err
+				last, noConn = err, true
 			}
 		}
-		if last == nil {
+		if !noConn {
 			pc, err := b.acquire(ctx)
 			if err == nil {
 				l, err := b.waitBlocking(ctx, r, pc)
@@ -463,7 +469,6 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			return nil, b.ended(ctx, r, last)
 		}
 		poll = min(2*poll, waitPollMax)
-		last = nil
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,7 +28,8 @@ import (
 // MaxConns); when it cannot, a try runs on an existing lock connection
 // (queued behind the statements in flight there: multiplexing), a wait
 // polls with tries, and when there is no lock connection to use either, a
-// try fails at once with an error matching ErrNoConnection. A connection
+// try fails within about 20ms (acquireNoWait) with an error matching
+// ErrNoConnection. A connection
 // this backend is already acquiring is shared: tries that find one wait for
 // it, bounded by their ctx, rather than take another.
 
@@ -86,33 +88,39 @@ func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(5 * time.Millisecond)
-		defer t.Stop()
-		blocked := 0
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			st := b.pool.Stat()
-			if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
-				if blocked++; blocked >= 4 {
-					cancel(ErrNoConnection)
-					return
-				}
-			} else {
-				blocked = 0
-			}
+	// A timer, not a goroutine: most acquisitions return before it fires.
+	var (
+		mu      sync.Mutex
+		t       *time.Timer
+		stopped bool
+		blocked int
+	)
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
+		st := b.pool.Stat()
+		if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
+			if blocked++; blocked >= 4 {
+				cancel(ErrNoConnection)
+				return
+			}
+		} else {
+			blocked = 0
+		}
+		t = time.AfterFunc(5*time.Millisecond, check)
+	}
+	mu.Lock()
+	t = time.AfterFunc(5*time.Millisecond, check)
+	mu.Unlock()
 	pc, err := b.pool.Acquire(actx)
-	close(stop)
-	<-done
+	mu.Lock()
+	stopped = true
+	t.Stop()
+	mu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrNoConnection) {
 			b.mu.Lock()
@@ -178,9 +186,37 @@ type watch struct {
 	err  error // set before done closes
 }
 
-// resume starts lc's watcher. The caller holds lc's lock and lc is a live
-// lock connection.
+// watchDelay is how long a lock connection is idle before its watcher
+// starts: a lease released at once (Do with short work) never pays for it,
+// and the revocation window grows by at most this much.
+const watchDelay = time.Millisecond
+
+// resume arranges for lc's watcher to start once lc has been idle for
+// watchDelay. The caller holds lc's lock and lc is a live lock connection.
 func (b *Backend) resume(lc *lockConn) {
+	if lc.w != nil || lc.timer != nil {
+		return
+	}
+	lc.timer = time.AfterFunc(watchDelay, func() {
+		if !lc.tryLock() {
+			return // in use: its user resumes it when done
+		}
+		defer lc.unlock()
+		if lc.timer == nil { // paused, and perhaps resumed, since
+			return
+		}
+		lc.timer = nil
+		b.mu.Lock()
+		gone := lc.gone
+		b.mu.Unlock()
+		if !gone {
+			b.watch(lc)
+		}
+	})
+}
+
+// watch starts lc's watcher now. The caller holds lc's lock.
+func (b *Backend) watch(lc *lockConn) {
 	if lc.w != nil {
 		return
 	}
@@ -209,6 +245,10 @@ func (b *Backend) resume(lc *lockConn) {
 // pause stops lc's watcher, if it runs, and returns an error when the
 // watcher found the connection dead. The caller holds lc's lock.
 func (b *Backend) pause(lc *lockConn) error {
+	if lc.timer != nil {
+		lc.timer.Stop()
+		lc.timer = nil
+	}
 	w := lc.w
 	if w == nil {
 		return nil

@@ -148,8 +148,9 @@ type lockConn struct {
 	connErr error         // the acquisition failed: no pc
 	ready   chan struct{} // closed once pc or connErr is set
 
-	sem chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
-	w   *watch        // the running watcher; guarded by sem
+	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
+	w     *watch        // the running watcher; guarded by sem
+	timer *time.Timer   // starts the watcher (see resume); guarded by sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}

@@ -69,14 +69,14 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 		switch {
 		case ok:
 			return l, nil
+		case err != nil && ctx.Err() != nil && last != nil:
+			return nil, b.ended(ctx, r, last)
 		case err != nil && !errors.Is(err, ErrNoConnection):
 			return nil, err
 		case err != nil:
 			// No connection for the try: poll until one is free.
 			last = err
 			poll = pollMin
-		default:
-			last = nil
 		}
 		if w == nil {
 			// Register, then try again: a release committed after this
