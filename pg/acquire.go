@@ -210,7 +210,7 @@ func (b *Backend) connect(ctx context.Context, lc *lockConn) {
 		close(lc.ready)
 		return
 	}
-	lc.pc, lc.pid = pc, pc.Conn().PgConn().PID()
+	lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
 	b.addConnLocked(lc)
 	close(lc.ready)
 }

@@ -467,6 +467,57 @@ func TestReleaseTimeout(t *testing.T) {
 	}
 }
 
+// A Release whose connection is busy with another statement (a try into a
+// server that stopped answering) past the release's deadline still
+// returns by the deadline, with ErrLockLost: it closes the connection,
+// which ends the statement in flight too.
+func TestReleaseTimeoutBusyConnection(t *testing.T) {
+	base := testURL(t)
+	px := newProxy(t, base)
+	pool := newPool(t, px.url, 2)
+	b := pg.New(pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
+	t.Cleanup(b.Close)
+	t.Cleanup(px.close)
+	ctx := ctxT(t, time.Minute)
+	const d = 200 * time.Millisecond
+	mu := dlock.NewMutex(b, dlock.WithReleaseTimeout(d))
+	name := uniq(t)
+	lk, err := mu.Acquire(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px.freeze()
+	tried := make(chan error, 1)
+	go func() {
+		// On the same connection; once that is closed, it tries again on
+		// a new one (which the black hole holds until its ctx ends).
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, _, err := b.TryLock(tctx, name+"other")
+		tried <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	err = lk.Release(ctx)
+	took := time.Since(start)
+	t.Logf("Release behind a stuck statement: %v after %v", err, took)
+	if !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release: %v, want ErrLockLost", err)
+	}
+	if took > d*3/2+100*time.Millisecond {
+		t.Fatalf("Release took %v with a release timeout of %v", took, d)
+	}
+	select {
+	case err := <-tried:
+		if err == nil {
+			t.Fatal("the stuck try succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stuck try did not end with its ctx")
+	}
+	waitGone(t, base, lk.Lease().PID())
+}
+
 // A Release whose ctx is already cancelled still unlocks (bounded by the
 // op timeout), and returns nil.
 func TestReleaseAfterCancel(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -145,6 +146,7 @@ type lockConn struct {
 	// Set, under Backend.mu, before ready closes; then fixed.
 	pc      *pgxpool.Conn
 	pid     uint32
+	nc      net.Conn      // pc's network connection
 	connErr error         // the acquisition failed: no pc
 	ready   chan struct{} // closed once pc or connErr is set
 
@@ -170,7 +172,7 @@ func newLockConn(pc *pgxpool.Conn) *lockConn {
 		keys:   make(map[Key]struct{}),
 	}
 	if pc != nil {
-		lc.pc, lc.pid = pc, pc.Conn().PgConn().PID()
+		lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
 		close(lc.ready)
 	}
 	return lc
@@ -407,7 +409,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		// cannot be confirmed in time. Close the socket, which ends that
 		// statement and the session (freeing its locks), and report the
 		// loss.
-		_ = lc.pc.Conn().PgConn().Conn().Close()
+		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
 		lc.lockWait()
 		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
 		lc.unlock()
