@@ -42,16 +42,20 @@ func maxTotal(pool *pgxpool.Pool, stop <-chan struct{}) <-chan int32 {
 }
 
 // TestBurst: 64 goroutines on one backend over a pool of two connections
-// take distinct free names at once, with tries and with waits, and hold
-// them all: none waits for a connection (issue 10, item 1). It logs the
-// slowest acquisition and the connections used:
+// (and over a default pool) take distinct free names at once, with tries
+// and with waits, and hold them all: none waits for a connection (issue
+// 10, item 1). It logs the slowest acquisition and the connections used:
 //
 //	go test -run 'TestBurst' -v ./pg/
 func TestBurst(t *testing.T) {
 	url := testURL(t)
-	for _, mode := range []string{"TryLock", "Lock", "TryAcquire", "Acquire", "TryRLock"} {
-		t.Run(mode, func(t *testing.T) {
-			pool := newPool(t, url, 2)
+	for _, tc := range []struct {
+		mode     string
+		maxConns int32 // 0: pgxpool's default, max(4, GOMAXPROCS)
+	}{{"TryLock", 2}, {"Lock", 2}, {"TryAcquire", 2}, {"Acquire", 2}, {"TryRLock", 2}, {"TryLock", 0}, {"Lock", 0}} {
+		mode := tc.mode
+		t.Run(fmt.Sprintf("%s/MaxConns%d", mode, tc.maxConns), func(t *testing.T) {
+			pool := newPool(t, url, tc.maxConns)
 			b := pg.New(pool)
 			t.Cleanup(b.Close)
 			ctx := ctxT(t, time.Minute)
@@ -103,8 +107,8 @@ func TestBurst(t *testing.T) {
 			wg.Wait()
 			close(stop)
 			conns := <-most
-			t.Logf("%d concurrent %s of free names, pool MaxConns 2: slowest %v, pool connections used %d, backend %+v",
-				n, mode, slowest, conns, b.Stats())
+			t.Logf("%d concurrent %s of free names, pool MaxConns %d: slowest %v, pool connections used %d, backend %+v",
+				n, mode, pool.Config().MaxConns, slowest, conns, b.Stats())
 			if slowest > 5*time.Second { // generous: not a timing test
 				t.Errorf("slowest acquisition took %v", slowest)
 			}
