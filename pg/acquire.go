@@ -109,11 +109,7 @@ func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 			b.mu.Unlock()
 			return nil, false, nil // held (or awaited by a writer) here
 		}
-		lc, fresh, err := b.pickLocked(r.key, true)
-		if err != nil {
-			b.mu.Unlock()
-			return nil, false, r.errorf("%w", err)
-		}
+		lc, fresh := b.pickLocked(r.key, true)
 		lc.pending++
 		lc.keys[r.key] = struct{}{}
 		b.mu.Unlock()
@@ -142,10 +138,11 @@ var errRetry = errors.New("lock connection gone")
 // (fresh) when there is none or tries should spread and the pool can give
 // one at once. A new one is added to the lock connections at once, still
 // being acquired (its acquirer calls connect, see take), so that other
-// tries share it instead of taking more. With no lock connection to use
-// and no connection in the pool, the acquisition fails with an error
-// matching ErrNoConnection within about 20ms (see acquireNoWait).
-func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool, err error) {
+// tries share it instead of taking more. With no lock connection to use,
+// it always picks a new one: if the pool has no connection to give, its
+// acquisition fails with an error matching ErrNoConnection within about
+// 20ms (see acquireNoWait).
+func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
 	var best *lockConn
 	n := 0
 	for c := range b.conns {
@@ -177,16 +174,13 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool, err e
 		// costs O(n): spread large numbers of leases.
 		grow = free > 0
 	}
-	if grow {
-		lc = newLockConn(nil)
-		b.conns[lc] = struct{}{}
-		b.acquiring++
-		return lc, true, nil
+	if !grow {
+		return best, false
 	}
-	if best == nil {
-		return nil, false, b.noConnErrLocked()
-	}
-	return best, false, nil
+	lc = newLockConn(nil)
+	b.conns[lc] = struct{}{}
+	b.acquiring++
+	return lc, true
 }
 
 // connect acquires the pool connection of lc, a lock connection picked

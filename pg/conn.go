@@ -29,15 +29,16 @@ import (
 // (queued behind the statements in flight there: multiplexing), a wait
 // polls with tries, and when there is no lock connection to use either, a
 // try fails within about 20ms (acquireNoWait) with an error matching
-// ErrNoConnection. A connection
-// this backend is already acquiring is shared: tries that find one wait for
-// it, bounded by their ctx, rather than take another.
+// ErrNoConnection. A connection this backend is already acquiring is
+// shared: tries that find one wait for it, bounded by their ctx, rather
+// than take another.
 
 // ErrNoConnection reports that the pool had no connection to give at once
 // and the backend had no lock connection a try could run on: the pool's
 // connections are all in use (by the application, or by this backend's
-// queued waits and leases). A try returns it at once; a wait (Lock, RLock,
-// WLock, Acquire) keeps trying until its ctx ends.
+// queued waits and leases). A try returns it at once (within about 20ms);
+// a wait (Lock, RLock, WLock, Acquire) keeps trying until its ctx ends. It
+// is not permanent.
 var ErrNoConnection = errors.New("pg: no free connection in the pool")
 
 // freeLocked returns how many connections the pool can give at once,

@@ -127,11 +127,7 @@ func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool,
 			b.mu.Unlock()
 			return nil, false, r.errorf("%w", errClosed)
 		}
-		lc, fresh, err := b.pickLocked(Key{}, false)
-		if err != nil {
-			b.mu.Unlock()
-			return nil, false, r.errorf("%w", err)
-		}
+		lc, fresh := b.pickLocked(Key{}, false)
 		lc.pending++
 		b.mu.Unlock()
 		if err := b.take(ctx, lc, Key{}, false, fresh); err != nil {
