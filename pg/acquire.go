@@ -701,22 +701,32 @@ func (b *Backend) lockSQL(expr, cond string, fence Key) string {
 	return s.String()
 }
 
-// ensureFencing creates the fencing table once, when fencing is on.
+// ensureFencing creates the fencing table once, when fencing is on, on a
+// connection taken like any other (never waiting for one), bounded by ctx.
 func (b *Backend) ensureFencing(ctx context.Context) error {
-	if b.cfg.fenceTable == "" {
+	if b.cfg.fenceTable == "" || b.fenceReady.Load() {
 		return nil
 	}
-	b.fenceMu.Lock()
-	defer b.fenceMu.Unlock()
-	if b.fenceReady {
+	select {
+	case b.fenceMu <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+	}
+	defer func() { <-b.fenceMu }()
+	if b.fenceReady.Load() {
 		return nil
 	}
-	_, err := b.pool.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
+	pc, err := b.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+	}
+	_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
 		" (space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key))")
+	pc.Release()
 	var pgErr *pgconn.PgError
 	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
 		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
 	}
-	b.fenceReady = true
+	b.fenceReady.Store(true)
 	return nil
 }

@@ -595,3 +595,52 @@ func TestPermanentErrors(t *testing.T) {
 	}
 	t.Logf("unknown database: %v", missingDB.Load())
 }
+
+// The fencing table is created on a connection taken like any other: with
+// the application holding the whole pool, a fenced try fails at once, and
+// a burst of first fenced tries on a fresh table all succeed.
+func TestFencingTableNeverWaits(t *testing.T) {
+	url := testURL(t)
+	table := fmt.Sprintf("dlock_test_fence_%d", time.Now().UnixNano())
+	t.Cleanup(func() { admin(t, url, "DROP TABLE IF EXISTS "+table) })
+	pool := newPool(t, url, 2)
+	b := pg.New(pool, pg.WithFencing(table))
+	t.Cleanup(b.Close)
+	ctx := ctxT(t, time.Minute)
+	base := uniq(t)
+	c1, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := pool.Acquire(ctx)
+	if err != nil {
+		c1.Release()
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, _, err = b.TryLock(ctx, base)
+	c1.Release()
+	c2.Release()
+	if !errors.Is(err, pg.ErrNoConnection) || time.Since(start) > 2*time.Second {
+		t.Fatalf("fenced try with the pool exhausted: %v after %v, want ErrNoConnection at once", err, time.Since(start))
+	}
+	var wg sync.WaitGroup
+	ls := make([]*pg.Lease, 64)
+	for i := range ls {
+		wg.Go(func() {
+			l, ok, err := b.TryLock(ctx, fmt.Sprint(base, i))
+			if err != nil || !ok || l.Token() == 0 {
+				t.Errorf("fenced try %d: ok=%v err=%v", i, ok, err)
+				return
+			}
+			ls[i] = l
+		})
+	}
+	wg.Wait()
+	t.Logf("64 first fenced tries on a fresh table, pool MaxConns 2: %v", time.Since(start))
+	for _, l := range ls {
+		if l != nil {
+			_ = l.Release(ctx)
+		}
+	}
+}

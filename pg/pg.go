@@ -37,8 +37,8 @@ type Backend struct {
 	monWG     sync.WaitGroup
 	watchWG   sync.WaitGroup // lock connections' watchers
 
-	fenceMu    sync.Mutex
-	fenceReady bool
+	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
+	fenceReady atomic.Bool
 
 	lnMu sync.Mutex // taken before mu
 	ln   listenState
@@ -82,6 +82,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 		conns:   make(map[*lockConn]struct{}),
 		held:    make(map[Key]*hold),
 		writers: make(map[Key]int),
+		fenceMu: make(chan struct{}, 1),
 	}
 }
 
