@@ -64,11 +64,11 @@
 // the whole pool — a try fails at once (within about 20ms: pgx's pool
 // counts a connection it is still destroying as in use, so a full pool
 // gets that long to free a place) with an error matching ErrNoConnection
-// that says so, and a wait keeps trying until its ctx ends. A wait with no connection for the server's queue polls with tries
-// (5ms growing to 200ms, jittered) instead; while a writer waits that way,
-// this backend's readers of the name hold back, as the server's queue
-// would make them. So the pool may be small: MaxConns 2 passes the whole
-// conformance suite.
+// that says so, and a wait keeps trying until its ctx ends. A wait with
+// no connection for the server's queue polls with tries (5ms growing to
+// 200ms, jittered) instead; while a writer waits that way, this backend's
+// readers of the name hold back, as the server's queue would make them.
+// So the pool may be small: MaxConns 2 passes the whole conformance suite.
 //
 // Connecting is bounded by the caller's ctx, and its errors name the
 // server's host:port. A server that accepts connections and never answers
