@@ -334,7 +334,8 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 	if !ok {
 		return nil, nil
 	}
-	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode, lostCh: make(chan struct{})}
+	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode}
+	l.lostCtx, l.closeLost = context.WithCancel(context.Background())
 	if r.kind == "semaphore" {
 		l.topic = r.fence.String() // a decimal: safe in an SQL literal
 	}

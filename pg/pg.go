@@ -53,6 +53,7 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // hold counts the leases of this backend on one key.
@@ -356,15 +357,21 @@ type Lease struct {
 	token uint64
 	topic string // a semaphore's: its release notifies waiters of topic
 
-	lostCh   chan struct{}
-	lostOnce sync.Once
-	lost     bool // guarded by b.mu: the connection failed
-	released atomic.Bool
+	lostCtx   context.Context    // done once lost or released
+	closeLost context.CancelFunc // ends lostCtx; idempotent
+	lost      bool               // guarded by b.mu: the connection failed
+	released  atomic.Bool
 }
 
 // Lost returns a channel closed when the lease's connection dies (then the
 // server has freed, or is about to free, the lock) and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lostCh }
+func (l *Lease) Lost() <-chan struct{} { return l.lostCtx.Done() }
+
+// AfterLost runs f in its own goroutine once Lost is closed (at once if it
+// is); stop unregisters f, reporting whether that kept it from running. It
+// implements backend.LossNotifier, so dlock's Do needs no goroutine to
+// watch the lease.
+func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFunc(l.lostCtx, f) }
 
 // Token returns the lease's fencing token, or 0 when fencing is off (see
 // WithFencing).
@@ -377,8 +384,6 @@ func (l *Lease) Key() Key { return l.key }
 // PID returns the process ID of the PostgreSQL session that holds the lock,
 // as pg_locks.pid and pg_stat_activity.pid show it.
 func (l *Lease) PID() uint32 { return l.lc.pid }
-
-func (l *Lease) closeLost() { l.lostOnce.Do(func() { close(l.lostCh) }) }
 
 func (l *Lease) errorf(format string, args ...any) error {
 	return fmt.Errorf("pg: %s %s: "+format, append([]any{l.kind, shortName(l.name)}, args...)...)
