@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // TryLock makes one attempt at the mutex name (pg_try_advisory_lock of
@@ -413,7 +413,7 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			b.mu.Unlock()
 		}()
 	}
-	poll := waitPollMin
+	poll := pace.New(waitPollMin, waitPollMax)
 	var last error // the last error that kept the wait from the server's queue
 	for {
 		noConn := false
@@ -456,14 +456,13 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			last = err
 		}
 		// No connection for a server-side wait: poll.
-		t := time.NewTimer(poll/2 + rand.N(poll))
+		t := time.NewTimer(poll.Next())
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 			return nil, b.ended(ctx, r, last)
 		}
-		poll = min(2*poll, waitPollMax)
 	}
 }
 

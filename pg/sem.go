@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // A semaphore of limit n over name is n exclusive advisory locks, its slots
@@ -62,7 +62,7 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 			b.unlisten(w)
 		}
 	}()
-	poll := pollMin
+	poll := pace.New(pollMin, pollMax)
 	var last error
 	for {
 		l, ok, err := b.trySem(ctx, r, slots)
@@ -76,7 +76,7 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 		case err != nil:
 			// No connection for the try: poll until one is free.
 			last = err
-			poll = pollMin
+			poll.Reset()
 		}
 		if w == nil {
 			// Register, then try again: a release committed after this
@@ -87,11 +87,10 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 				continue
 			}
 		}
-		t := time.NewTimer(poll/2 + rand.N(poll))
+		t := time.NewTimer(poll.Next())
 		select {
 		case <-w.wake:
 		case <-t.C:
-			poll = min(2*poll, pollMax)
 		case <-ctx.Done():
 			t.Stop()
 			return nil, b.ended(ctx, r, last)
