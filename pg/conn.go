@@ -198,12 +198,14 @@ func (b *Backend) resume(lc *lockConn) {
 	if lc.w != nil || lc.timer != nil {
 		return
 	}
+	lc.gen++
+	gen := lc.gen
+	b.watchWG.Add(1)
 	lc.timer = time.AfterFunc(watchDelay, func() {
-		if !lc.tryLock() {
-			return // in use: its user resumes it when done
-		}
+		defer b.watchWG.Done()
+		lc.lockWait() // never skipped: a busy lc's user holds it briefly
 		defer lc.unlock()
-		if lc.timer == nil { // paused, and perhaps resumed, since
+		if lc.gen != gen { // paused since (and perhaps resumed)
 			return
 		}
 		lc.timer = nil
@@ -234,20 +236,28 @@ func (b *Backend) watch(lc *lockConn) {
 		w.err = err
 		dead := pgc.IsClosed()
 		close(w.done)
-		if dead && lc.tryLock() {
-			// Nobody uses lc: end it now. (A user of lc pauses the
-			// watcher first, and finds the connection dead itself.)
-			b.fail(lc, fmt.Errorf("connection closed: %w", err))
-			lc.unlock()
+		if !dead {
+			return // paused
 		}
+		// End lc now. Its lock may be held by a user, who pauses the
+		// watcher first (done is closed: no wait) and finds the
+		// connection dead itself, or by anything else for a moment: wait
+		// for it (fail does nothing to an lc already ended).
+		lc.lockWait()
+		b.fail(lc, fmt.Errorf("connection closed: %w", err))
+		lc.unlock()
 	}()
 }
 
-// pause stops lc's watcher, if it runs, and returns an error when the
-// watcher found the connection dead. The caller holds lc's lock.
+// pause stops lc's watcher, if it runs (or is about to start), and
+// returns an error when the watcher found the connection dead. The caller
+// holds lc's lock.
 func (b *Backend) pause(lc *lockConn) error {
 	if lc.timer != nil {
-		lc.timer.Stop()
+		lc.gen++
+		if lc.timer.Stop() {
+			b.watchWG.Done() // its function will never run
+		}
 		lc.timer = nil
 	}
 	w := lc.w

@@ -155,6 +155,7 @@ type lockConn struct {
 	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
 	w     *watch        // the running watcher; guarded by sem
 	timer *time.Timer   // starts the watcher (see resume); guarded by sem
+	gen   uint64        // counts resumes and pauses; guarded by sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
