@@ -428,6 +428,7 @@ func TestRevocationWindow(t *testing.T) {
 		case <-l.Lost():
 			lostAt = time.Now()
 		case <-time.After(10 * time.Second):
+			<-freed // the prober is done with its connection
 			t.Fatalf("round %d: loss not reported 10s after the session was terminated", i)
 		}
 		freeAt := <-freed
