@@ -39,7 +39,6 @@ func TestPollingEngine(t *testing.T) {
 		Lose:      func(_ testing.TB, l *dlocktest.MemoryLease) { mem.Lose(l) },
 		Fencing:   true,
 		InProcess: true,
-		Unordered: true, // polling serves whoever tries first after a release
 	})
 }
 
