@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 )
 
@@ -90,7 +89,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 // Close releases every lock still held, by closing the lock connections
 // (their sessions end, and PostgreSQL frees their locks); their leases
 // report loss, and their Release returns an error matching
-// dlock.ErrLockLost. It stops the backend's monitor goroutine and waits for
+// backend.ErrLockLost. It stops the backend's monitor goroutine and waits for
 // it. Acquisitions that wait at the time of Close fail when their wait ends.
 // Close the backend before the pool. Release leases first to return their
 // connections to the pool rather than close them. Calling Close twice is
@@ -401,10 +400,10 @@ func (l *Lease) errorf(format string, args ...any) error {
 // the session no longer held the lock) the lock may have been freed
 // earlier: the connection is closed, which frees every lock of its session,
 // every lease on it reports the loss at once, and Release returns an error
-// matching dlock.ErrLockLost that also wraps the cause.
+// matching backend.ErrLockLost that also wraps the cause.
 func (l *Lease) Release(ctx context.Context) error {
 	if !l.released.CompareAndSwap(false, true) {
-		return l.errorf("release: %w", dlock.ErrNotHeld)
+		return l.errorf("release: %w", backend.ErrNotHeld)
 	}
 	defer l.closeLost()
 	b, lc := l.b, l.lc
@@ -420,7 +419,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		lc.lockWait()
 		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
 		lc.unlock()
-		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", dlock.ErrLockLost, rctx.Err())
+		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
 	}
 	defer lc.unlock()
 	if err := b.pause(lc); err != nil {
@@ -433,7 +432,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		if cause == nil {
 			cause = errors.New("unknown cause")
 		}
-		return l.errorf("release: %w: its connection failed: %w", dlock.ErrLockLost, cause)
+		return l.errorf("release: %w: its connection failed: %w", backend.ErrLockLost, cause)
 	}
 	ok, err := unlockNotify(rctx, lc.pc.Conn().PgConn(), l.key, l.mode, l.topic)
 	if err != nil || !ok {
@@ -448,7 +447,7 @@ func (l *Lease) Release(ctx context.Context) error {
 			err = errors.New("the session no longer held it")
 		}
 		b.fail(lc, fmt.Errorf("unlock: %w", err))
-		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", dlock.ErrLockLost, err)
+		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", backend.ErrLockLost, err)
 	}
 	b.mu.Lock()
 	delete(lc.leases, l)

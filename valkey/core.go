@@ -15,7 +15,6 @@ import (
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
 )
@@ -157,7 +156,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		if err := c.raiseFence(ctx, l, rs); err != nil {
 			c.cleanup(ctx, l)
 			if cerr := ctx.Err(); cerr != nil {
-				return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, cerr)
+				return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), backend.ErrNotAcquired, cerr)
 			}
 			return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w", k, shortName(name), err)
 		}
@@ -186,11 +185,11 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		return attempt{hint: time.Duration(hint) * time.Millisecond}, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, err)
+		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), backend.ErrNotAcquired, err)
 	}
 	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, context.Canceled) {
 		// valkey-go may see ctx's deadline pass before ctx reports it.
-		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, firstErr)
+		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), backend.ErrNotAcquired, firstErr)
 	}
 	what := fmt.Sprintf("dlock/valkey: taking %s %s", k, shortName(name))
 	if late {
@@ -432,9 +431,9 @@ func (l *Lease) Name() string { return l.name }
 
 // Release implements backend.Lease. It deletes the lease's key if this
 // lease still owns it and wakes the waiters. It returns an error wrapping
-// dlock.ErrLockLost if the lease had been lost (even if its key was still
+// backend.ErrLockLost if the lease had been lost (even if its key was still
 // there) or if the release finds its key gone or owned by another,
-// dlock.ErrNotHeld if it was released before, or the server's error (the
+// backend.ErrNotHeld if it was released before, or the server's error (the
 // lock then frees when its lease runs out). It runs even when ctx is
 // already cancelled, and ends by ctx's deadline, whatever it is (the
 // dlock package's Lock.Release sets it from dlock.WithReleaseTimeout); a
@@ -449,11 +448,11 @@ func (l *Lease) Release(ctx context.Context) error {
 	owned, refused, rerr := l.releaseOnNodes(rctx)
 	switch {
 	case wasLost:
-		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), dlock.ErrLockLost)
+		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), backend.ErrLockLost)
 	case owned >= l.c.quorum:
 		return nil
 	case refused > len(l.c.nodes)-l.c.quorum:
-		return fmt.Errorf("dlock/valkey: releasing %s %s: %w (it had been deleted or taken over)", l.kind, shortName(l.name), dlock.ErrLockLost)
+		return fmt.Errorf("dlock/valkey: releasing %s %s: %w (it had been deleted or taken over)", l.kind, shortName(l.name), backend.ErrLockLost)
 	default:
 		return fmt.Errorf("dlock/valkey: releasing %s %s (it will expire): %w", l.kind, shortName(l.name), rerr)
 	}

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // extender keeps the leases of one Backend or RedLock alive: a single
@@ -68,7 +68,7 @@ func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 	defer e.mu.Unlock()
 	switch l.state {
 	case released:
-		return false, dlock.ErrNotHeld
+		return false, backend.ErrNotHeld
 	case lost:
 		l.state = released
 		return true, nil

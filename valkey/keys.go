@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // Key layout. Every key and channel of one lock is
@@ -47,7 +47,7 @@ const (
 // keyBase returns prefix + "{" + enc(name) + "}:".
 func keyBase(prefix, name string) (string, error) {
 	if name == "" {
-		return "", fmt.Errorf("dlock/valkey: %w: empty name", dlock.ErrInvalidName)
+		return "", fmt.Errorf("dlock/valkey: %w: empty name", backend.ErrInvalidName)
 	}
 	var b strings.Builder
 	b.Grow(len(prefix) + 3 + min(len(name), maxPlainName)*3 + 1 + 2*sha256.Size)
