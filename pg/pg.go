@@ -93,12 +93,12 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 // it. Acquisitions that wait at the time of Close fail when their wait ends.
 // Close the backend before the pool. Release leases first to return their
 // connections to the pool rather than close them. Calling Close twice is
-// harmless.
-func (b *Backend) Close() {
+// harmless. It returns nil: it is an io.Closer like every dlock backend.
+func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return
+		return nil
 	}
 	b.closed = true
 	conns := slices.Collect(maps.Keys(b.conns))
@@ -114,6 +114,7 @@ func (b *Backend) Close() {
 	b.monWG.Wait()
 	b.watchWG.Wait()
 	b.stopListener()
+	return nil
 }
 
 // Stats describes a backend's use of connections at one moment.
