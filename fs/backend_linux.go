@@ -211,16 +211,16 @@ func (b *Backend) Close() error {
 // begin checks the arguments common to every acquisition.
 func (b *Backend) begin(ctx context.Context, what, name string) error {
 	if name == "" {
-		return backend.Permanent(fmt.Errorf("fs: %s: empty name: %w", what, backend.ErrInvalidName))
+		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("fs: %s %s: %w: %w", what, quoteName(name), backend.ErrNotAcquired, err)
+		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
 	if closed {
-		return backend.Permanent(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), ErrClosed))
+		return backend.Permanent(ErrClosed)
 	}
 	return nil
 }

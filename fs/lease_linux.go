@@ -61,14 +61,14 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		}
 		if err != nil {
 			f.close()
-			return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+			return nil, classify(err)
 		}
 	}
 	l.f = *f
 	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
 	if err := b.register(l); err != nil {
 		l.f.close()
-		return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+		return nil, classify(err)
 	}
 	return l, nil
 }
@@ -121,12 +121,12 @@ func (l *Lease) Release(ctx context.Context) error {
 	defer l.mu.Unlock()
 	switch l.state {
 	case leaseReleased:
-		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), backend.ErrNotHeld)
+		return backend.ErrNotHeld
 	case leaseLost:
 		l.state = leaseReleased
 		l.f.close()
 		l.b.unregister(l)
-		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), backend.ErrLockLost)
+		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
 	same, err := l.f.named()
@@ -134,10 +134,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.closeLostLocked()
 	l.b.unregister(l)
 	if err != nil {
-		return fmt.Errorf("fs: release %s %s: cannot verify ownership: %w: %w", l.what, quoteName(l.name), backend.ErrLockLost, err)
+		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
 	}
 	if !same {
-		return fmt.Errorf("fs: release %s %s: lock file %s was removed or replaced: %w", l.what, quoteName(l.name), l.path, backend.ErrLockLost)
+		return fmt.Errorf("lock file %s was removed or replaced: %w", l.path, backend.ErrLockLost)
 	}
 	return nil
 }

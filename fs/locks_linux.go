@@ -21,7 +21,7 @@ const (
 )
 
 func wrapErr(what, name string, err error) error {
-	return classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+	return classify(err)
 }
 
 // transient are the errors of a local file system that may heal by
@@ -238,7 +238,7 @@ func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
 		return err
 	}
 	if limit < 1 {
-		return backend.Permanent(fmt.Errorf("fs: semaphore %s: limit %d: %w", quoteName(name), limit, backend.ErrInvalidLimit))
+		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
 	}
 	return nil
 }

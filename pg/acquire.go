@@ -62,7 +62,7 @@ type req struct {
 }
 
 func (r req) errorf(format string, args ...any) error {
-	return fmt.Errorf("pg: %s %s: "+format, append([]any{r.kind, shortName(r.name)}, args...)...)
+	return fmt.Errorf(format, args...)
 }
 
 func (r req) notAcquired(ctx context.Context) error {

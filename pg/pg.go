@@ -387,7 +387,7 @@ func (l *Lease) Key() Key { return l.key }
 func (l *Lease) PID() uint32 { return l.lc.pid }
 
 func (l *Lease) errorf(format string, args ...any) error {
-	return fmt.Errorf("pg: %s %s: "+format, append([]any{l.kind, shortName(l.name)}, args...)...)
+	return fmt.Errorf(format, args...)
 }
 
 // Release releases the lock with pg_advisory_unlock on its session; the
