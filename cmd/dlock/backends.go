@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -63,7 +64,8 @@ func parseBackend(raw string) (backendSpec, error) {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	scheme = strings.ToLower(scheme)
 	if !ok {
-		return backendSpec{}, fmt.Errorf("backend %q: want a URL such as file:///path, postgres://host/db, valkey://host:port or redlock://h1,h2,h3", shown)
+		// Not shown: what is secret in a string of no known form is unknown.
+		return backendSpec{}, errors.New("backend: not a URL (not shown, it may hold a password): want a URL such as file:///path, postgres://host/db, pg:host=h dbname=d, valkey://host:port or redlock://h1,h2,h3")
 	}
 	switch scheme {
 	case "file":
@@ -91,7 +93,7 @@ func parseBackend(raw string) (backendSpec, error) {
 	case "redlock":
 		return parseRedLock(rest, shown)
 	}
-	return backendSpec{}, fmt.Errorf("backend %q: unknown scheme %q (want file, postgres, pg:, valkey, redis, unix or redlock)", shown, scheme)
+	return backendSpec{}, fmt.Errorf("backend: unknown scheme %q (want file, postgres, pg:, valkey, redis, unix or redlock)", redact(scheme, raw))
 }
 
 // parsePostgres parses a pgx connection string: a URL or key=value pairs.
@@ -392,6 +394,17 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 		if err != nil {
 			return nil, nil, fmt.Errorf("postgres %s: %w", strings.Join(s.hosts, ","), err)
 		}
+		// Connect now, so that a server that is down or silent is named
+		// (and, with retry, ridden out) before the lock is tried.
+		if err := retrying(ctx, retry, note, func() error {
+			if err := pool.Ping(ctx); err != nil {
+				return fmt.Errorf("postgres %s: %w", strings.Join(s.hosts, ","), err)
+			}
+			return nil
+		}); err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
 		b := pg.New(pool, opts...)
 		acq, err := acquirerFor[*pg.Lease](b, cfg)
 		return acq, func() { b.Close(); pool.Close() }, err
@@ -475,25 +488,37 @@ func newBackoff(ctx context.Context) backoff.BackOff {
 	return backoff.WithContext(b, ctx)
 }
 
-// connect creates a client, with retry until ctx ends.
-func connect(ctx context.Context, opt valkeygo.ClientOption, retry bool, note func(error)) (valkeygo.Client, error) {
+// retrying runs attempt, and with retry runs it again with backoff after
+// an error that may heal, until it succeeds or ctx ends; it returns the
+// last error.
+func retrying(ctx context.Context, retry bool, note func(error), attempt func() error) error {
 	bo := newBackoff(ctx)
 	for {
-		c, err := connectOnce(ctx, opt)
-		if err == nil || !retry || ctx.Err() != nil || isPermanentConnErr(err) {
-			return c, err
+		err := attempt()
+		if err == nil || !retry || ctx.Err() != nil || isConfigErr(err) {
+			return err
 		}
 		note(err)
 		d := bo.NextBackOff()
 		if d == backoff.Stop {
-			return nil, err
+			return err
 		}
 		select {
 		case <-time.After(d):
 		case <-ctx.Done():
-			return nil, err
+			return err
 		}
 	}
+}
+
+// connect creates a client, with retry until ctx ends.
+func connect(ctx context.Context, opt valkeygo.ClientOption, retry bool, note func(error)) (valkeygo.Client, error) {
+	var c valkeygo.Client
+	err := retrying(ctx, retry, note, func() (err error) {
+		c, err = connectOnce(ctx, opt)
+		return err
+	})
+	return c, err
 }
 
 // connectRedLock creates one client per node. Nodes that are down are what
@@ -511,54 +536,48 @@ func connectRedLock(ctx context.Context, opts []valkeygo.ClientOption, retry boo
 			}
 		}
 	}
-	bo := newBackoff(ctx)
-	for {
-		var (
-			lastErr error
-			n       int
-		)
+	var n int
+	err := retrying(ctx, retry, note, func() error {
+		// The missing nodes, at once.
+		errs := make([]error, len(opts))
+		var wg sync.WaitGroup
 		for i, o := range opts {
 			if clients[i] == nil {
-				c, err := connectOnce(ctx, o)
-				if err != nil {
-					lastErr = err
-					if isPermanentConnErr(err) {
-						closeAll()
-						return nil, err
-					}
-					continue
-				}
-				clients[i] = c
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					clients[i], errs[i] = connectOnce(ctx, o)
+				}()
 			}
-			n++
+		}
+		wg.Wait()
+		n = 0
+		var lastErr error
+		for i := range opts {
+			if clients[i] != nil {
+				n++
+			} else if isPermanentConnErr(errs[i]) {
+				return errs[i]
+			} else {
+				lastErr = errs[i]
+			}
 		}
 		if n == len(opts) || n/2 >= len(opts)/2 {
-			var got []valkeygo.Client
-			for _, c := range clients {
-				if c != nil {
-					got = append(got, c)
-				}
-			}
-			return got, nil
+			return nil
 		}
-		err := fmt.Errorf("redlock: %d of %d nodes reachable, too few for a majority of all nodes: %w", n, len(opts), lastErr)
-		if !retry || ctx.Err() != nil {
-			closeAll()
-			return nil, err
-		}
-		note(err)
-		d := bo.NextBackOff()
-		if d == backoff.Stop {
-			closeAll()
-			return nil, err
-		}
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-			closeAll()
-			return nil, err
+		return fmt.Errorf("redlock: %d of %d nodes reachable, too few for a majority of all nodes: %w", n, len(opts), lastErr)
+	})
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	var got []valkeygo.Client
+	for _, c := range clients {
+		if c != nil {
+			got = append(got, c)
 		}
 	}
+	return got, nil
 }
 
 // isPermanentConnErr says whether a connection error cannot heal by
