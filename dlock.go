@@ -4,52 +4,107 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
-// errors actually returned wrap these and name the lock.
+// errors actually returned wrap these and name the lock. Each but ErrNilFunc
+// is the backend package's error of the same name, so that a backend needs
+// only package backend.
 var (
 	// ErrNotAcquired reports that a lock was not acquired: held elsewhere
 	// (TryDo, TryAcquire), or a wait ended because its ctx was done (then
 	// the error matches ctx.Err() too).
-	ErrNotAcquired = errors.New("dlock: lock not acquired")
+	ErrNotAcquired = backend.ErrNotAcquired
 	// ErrLockLost reports that a held lock was lost: the backend could no
 	// longer guarantee ownership. It is the cause of Do's ctx cancellation.
-	ErrLockLost = errors.New("dlock: lock lost")
+	ErrLockLost = backend.ErrLockLost
 	// ErrInvalidName reports a lock name that is empty or that the backend
 	// cannot map into its namespace.
-	ErrInvalidName = errors.New("dlock: invalid lock name")
+	ErrInvalidName = backend.ErrInvalidName
 	// ErrInvalidLimit reports a semaphore limit below 1.
-	ErrInvalidLimit = errors.New("dlock: invalid semaphore limit")
-	// ErrNilFunc reports a nil callback passed to Do or TryDo.
-	ErrNilFunc = errors.New("dlock: nil function")
+	ErrInvalidLimit = backend.ErrInvalidLimit
 	// ErrNotHeld reports a Release of a lock that was already released.
-	ErrNotHeld = errors.New("dlock: lock not held")
+	ErrNotHeld = backend.ErrNotHeld
+	// ErrClosed reports a call on a backend that was closed; a wait ends at
+	// once on it.
+	ErrClosed = backend.ErrClosed
+	// ErrNilFunc reports a nil callback passed to Do or TryDo.
+	ErrNilFunc = errors.New("nil function")
 )
 
-// Guard is the acquire, wait, run and release engine shared by every
-// primitive and every backend. A Mutex, each side of an RWMutex, and a
-// Semaphore are Guards over a backend's one-attempt primitive.
-//
-// A Guard is safe for concurrent use. Every call names the lock it takes;
-// calls with different names are independent.
-type Guard[L backend.Lease] struct {
-	kind string
-	try  func(ctx context.Context, name string) (L, bool, error)
-	wait func(ctx context.Context, name string) (L, error) // nil: poll try
-	err  error                                             // a configuration error every call returns
-	opts options
+// Locker is a lock of any kind over any backend, as code that runs work
+// under it needs it: every *Guard is one, whatever its backend. Take a
+// Locker, not a *Guard[L], in a service's constructor so that its tests can
+// pass a Guard over dlocktest.Memory in place of one over pg, valkey or fs.
+type Locker interface {
+	// Do takes the lock name, waiting until it is free or ctx is done, runs
+	// fn and releases the lock (see Guard.Do).
+	Do(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// TryDo is Do with a single attempt (see Guard.TryDo).
+	TryDo(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// Hold is Acquire returning a Handle (see Guard.Hold).
+	Hold(ctx context.Context, name string) (Handle, error)
+	// TryHold is TryAcquire returning a Handle (see Guard.TryHold).
+	TryHold(ctx context.Context, name string) (Handle, error)
 }
 
+// Handle is a held lock of any kind over any backend: every *Lock is one.
+// Code that holds a lock across calls (leader election) keeps a Handle, so
+// that it names no backend.
+type Handle interface {
+	// Name returns the lock's name.
+	Name() string
+	// Lost returns a channel closed when the lock is lost or released.
+	Lost() <-chan struct{}
+	// Err says why Lost closed: nil while held, ErrLockLost, ErrNotHeld.
+	Err() error
+	// Token returns the lock's fencing token, if the backend has one.
+	Token() (uint64, bool)
+	// Release gives the lock up.
+	Release(ctx context.Context) error
+}
+
+var (
+	_ Locker = (*Guard[backend.Lease])(nil)
+	_ Handle = (*Lock[backend.Lease])(nil)
+)
+
+// Guard is a lock of one kind (a mutex, one side of a reader-writer mutex,
+// or a semaphore) over one backend, for every name: Do runs a function
+// under a named lock, TryDo does so only if the lock is free, Acquire and
+// TryAcquire return it held. It waits, honours ctx, runs the function and
+// releases the same way whatever the backend, which only makes attempts.
+// Mutex and Semaphore are other names for it; RWMutex has two.
+//
+// A Guard is safe for concurrent use. Every call names the lock it takes;
+// calls with different names are independent. L is the backend's lease
+// type; code that should not name it uses the Locker and Handle interfaces.
+type Guard[L backend.Lease] struct {
+	kind    string
+	backend string // the backend's package name, for observers
+	try     func(ctx context.Context, name string) (L, bool, error)
+	wait    func(ctx context.Context, name string) (L, error) // nil: poll try
+	err     error                                             // a configuration error every call returns
+	opts    options
+}
+
+// Mutex is a distributed mutex, made by NewMutex: at most one holder of
+// each name at a time.
+type Mutex[L backend.Lease] = Guard[L]
+
+// Semaphore is a distributed counting semaphore, made by NewSemaphore: at
+// most its limit of holders of each name at a time.
+type Semaphore[L backend.Lease] = Guard[L]
+
 func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
-	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
+	return &Guard[L]{kind: kind, backend: backendName[L](), try: try, wait: wait, opts: newOptions(opts)}
 }
 
 // Do takes the lock name, waiting until it is free or ctx is done, runs fn,
@@ -60,8 +115,9 @@ func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L
 // nothing. fn's ctx is derived from ctx and is also cancelled, with cause
 // an error matching ErrLockLost (see context.Cause), if the lock is lost
 // while fn runs; Do then returns an error matching ErrLockLost (and fn's
-// own error, if it returned one). Otherwise Do returns fn's error, or, when
-// fn succeeded, the release's.
+// own error, if it returned one). So it does when the loss is learned only
+// by the release after fn returned. Otherwise Do returns fn's error, or,
+// when fn succeeded, the release's.
 func (g *Guard[L]) Do(ctx context.Context, name string, fn func(ctx context.Context) error) error {
 	return g.do(ctx, name, fn, true)
 }
@@ -76,11 +132,11 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if fn == nil {
 		return g.errorf(name, ErrNilFunc)
 	}
-	lk, err := g.acquire(ctx, name, wait)
+	lk, err := g.acquire(ctx, name, wait, true)
 	if err != nil {
 		return err
 	}
-	return lk.run(ctx, fn)
+	return run(ctx, lk, fn)
 }
 
 // Acquire takes the lock name, waiting until it is free or ctx is done, and
@@ -88,82 +144,134 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 // returns an error matching both ErrNotAcquired and ctx.Err(), and holds
 // nothing. ctx bounds only the acquisition, not the holding.
 func (g *Guard[L]) Acquire(ctx context.Context, name string) (*Lock[L], error) {
-	return g.acquire(ctx, name, true)
+	return g.acquire(ctx, name, true, false)
 }
 
 // TryAcquire is Acquire with a single attempt: when the lock is held
 // elsewhere it returns at once an error matching ErrNotAcquired.
 func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error) {
-	return g.acquire(ctx, name, false)
+	return g.acquire(ctx, name, false, false)
 }
 
-func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
-	if g.err != nil {
-		return nil, g.errorf(name, g.err)
-	}
-	if name == "" {
-		return nil, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
-	}
-	if ctx.Err() != nil {
-		return nil, g.notAcquired(ctx, name)
-	}
-	var (
-		lease L
-		err   error
-	)
-	switch {
-	case !wait:
-		var ok bool
-		lease, ok, err = g.try(ctx, name)
-		if err == nil && !ok {
-			return nil, g.errorf(name, ErrNotAcquired)
-		}
-	case g.wait != nil:
-		lease, err = g.wait(ctx, name)
-	default:
-		lease, err = g.poll(ctx, name)
-	}
+// Hold is Acquire returning the held lock as a Handle, so that the caller
+// names no backend (see Locker).
+func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, true, false)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, g.notAcquired(ctx, name)
-		}
-		return nil, g.errorf(name, err)
+		return nil, err
 	}
-	lk := &Lock[L]{g: g, name: name, lease: lease}
-	if ctx.Err() != nil {
-		// The backend granted the lock as ctx ended: the caller has gone, so
-		// give it back rather than leak it.
-		if err := lk.Release(ctx); err != nil {
-			g.log(ctx, slog.LevelWarn, "dlock: releasing a lock acquired as its ctx ended", name, err)
-		}
-		return nil, g.notAcquired(ctx, name)
-	}
-	g.log(ctx, slog.LevelDebug, "dlock: acquired", name, nil)
 	return lk, nil
 }
 
-// poll waits for a backend without a native wait: attempts paced by
-// jittered exponential backoff.
-func (g *Guard[L]) poll(ctx context.Context, name string) (L, error) {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(g.opts.minWait),
-		backoff.WithMaxInterval(g.opts.maxWait),
-		backoff.WithRandomizationFactor(0.5),
-		backoff.WithMultiplier(2),
-		backoff.WithMaxElapsedTime(0),
+// TryHold is TryAcquire returning the held lock as a Handle (see Locker).
+func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, false, false)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
+}
+
+// acquire takes name, waiting if wait, and tells the observers; do says
+// that Do will run a function under the lock (and watch for its loss).
+func (g *Guard[L]) acquire(ctx context.Context, name string, wait, do bool) (*Lock[L], error) {
+	o := g.observeStart(ctx, name, !wait)
+	lk, attempts, retried, err := g.take(ctx, name, wait)
+	if o == nil {
+		return lk, err
+	}
+	octx := o.end(attempts, retried, err)
+	if lk != nil {
+		lk.obsCtx, lk.acquired = octx, time.Now()
+		if !do { // Do watches for loss itself
+			lk.unwatch = lk.watch(func() { lk.observeLost(false) })
+		}
+	}
+	return lk, err
+}
+
+// take takes name, waiting if wait; it reports how many backend calls it
+// made and how many server errors it rode out.
+func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L], attempts, retried int, err error) {
+	if g.err != nil {
+		return nil, 0, 0, g.errorf(name, g.err)
+	}
+	if name == "" {
+		return nil, 0, 0, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
+	}
+	if ctx.Err() != nil {
+		return nil, 0, 0, g.notAcquired(ctx, name, nil)
+	}
+	var (
+		lease L
+		last  error // the last error a wait rode out
 	)
-	var t *time.Timer
+	if wait {
+		lease, attempts, retried, last, err = g.waitLoop(ctx, name)
+	} else {
+		var ok bool
+		attempts = 1
+		lease, ok, err = g.try(ctx, name)
+		if err == nil && !ok {
+			return nil, attempts, 0, g.errorf(name, ErrNotAcquired)
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, attempts, retried, g.notAcquired(ctx, name, last)
+		}
+		return nil, attempts, retried, g.errorf(name, err)
+	}
+	lk = &Lock[L]{g: g, name: name, lease: lease}
+	if ctx.Err() != nil {
+		// The backend granted the lock as ctx ended: the caller has gone, so
+		// give it back rather than leak it.
+		_ = lk.Release(ctx)
+		return nil, attempts, retried, g.notAcquired(ctx, name, last)
+	}
+	return lk, attempts, retried, nil
+}
+
+// waitLoop waits for the lock: the backend's native wait if it has one,
+// else tries paced by jittered exponential backoff. An error of the backend
+// that is not permanent (see isPermanent) is ridden out: the loop pauses
+// as between two tries and goes on until ctx ends. It returns the last such
+// error with the result, for the error that reports a ctx-ended wait.
+func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, attempts, retried int, last, err error) {
+	var (
+		p    pace.Pacer
+		t    *time.Timer
+		used bool
+	)
 	defer func() {
 		if t != nil {
 			t.Stop()
 		}
 	}()
 	for {
-		lease, ok, err := g.try(ctx, name)
-		if err != nil || ok {
-			return lease, err
+		ok := false
+		attempts++
+		if g.wait != nil {
+			lease, err = g.wait(ctx, name)
+			ok = err == nil
+		} else {
+			lease, ok, err = g.try(ctx, name)
 		}
-		d := b.NextBackOff()
+		switch {
+		case ok && err == nil:
+			return lease, attempts, retried, last, nil
+		case err != nil && ctx.Err() != nil:
+			return lease, attempts, retried, last, err
+		case err != nil && isPermanent(err):
+			return lease, attempts, retried, last, err
+		case err != nil:
+			last = err
+			retried++
+		}
+		if !used {
+			p, used = pace.New(g.opts.minWait, g.opts.maxWait), true
+		}
+		d := p.Next()
 		if t == nil {
 			t = time.NewTimer(d)
 		} else {
@@ -172,31 +280,32 @@ func (g *Guard[L]) poll(ctx context.Context, name string) (L, error) {
 		select {
 		case <-ctx.Done():
 			var zero L
-			return zero, ctx.Err()
+			return zero, attempts, retried, last, ctx.Err()
 		case <-t.C:
 		}
 	}
 }
 
-func (g *Guard[L]) notAcquired(ctx context.Context, name string) error {
-	err, cause := ctx.Err(), context.Cause(ctx)
-	if cause != nil && cause != err {
-		return fmt.Errorf("dlock: %s %s: %w: %w (%w)", g.kind, shortName(name), ErrNotAcquired, err, cause)
-	}
-	return fmt.Errorf("dlock: %s %s: %w: %w", g.kind, shortName(name), ErrNotAcquired, err)
+// isPermanent reports whether a wait must end at once on err rather than
+// ride it out: bad input, or an error its backend marked permanent.
+func isPermanent(err error) bool {
+	return backend.IsPermanent(err) || errors.Is(err, ErrInvalidName) ||
+		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc) || errors.Is(err, ErrClosed)
 }
 
-// log logs an event about the lock name, formatting nothing when the
-// logger would drop it.
-func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, err error) {
-	if !g.opts.logger.Enabled(ctx, level) {
-		return
+// notAcquired is the error of a wait that ctx ended: it matches
+// ErrNotAcquired, ctx.Err(), ctx's cause if it has another, and last, the
+// last backend error the wait rode out, if any.
+func (g *Guard[L]) notAcquired(ctx context.Context, name string, last error) error {
+	err, cause := ctx.Err(), context.Cause(ctx)
+	msg, args := "dlock: %s %s: %w: %w", []any{g.kind, shortName(name), ErrNotAcquired, err}
+	if cause != nil && cause != err {
+		msg, args = msg+" (%w)", append(args, cause)
 	}
-	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", shortName(name))}
-	if err != nil {
-		attrs = append(attrs, slog.Any("err", err))
+	if last != nil {
+		msg, args = msg+"; last error: %w", append(args, last)
 	}
-	g.opts.logger.LogAttrs(ctx, level, msg, attrs...)
+	return fmt.Errorf(msg, args...)
 }
 
 func (g *Guard[L]) errorf(name string, err error) error {
@@ -206,11 +315,29 @@ func (g *Guard[L]) errorf(name string, err error) error {
 // Lock is a held lock, returned by Acquire and TryAcquire. Its methods are
 // safe for concurrent use.
 type Lock[L backend.Lease] struct {
-	g        *Guard[L]
-	name     string
-	lease    L
-	released atomic.Bool
+	g     *Guard[L]
+	name  string
+	lease L
+
+	mu    sync.Mutex
+	state lockState
+
+	// Set only when the Guard has observers:
+	obsCtx   []context.Context // per observer, from AcquireEnd
+	acquired time.Time
+	unwatch  func() // stops watching an Acquire'd lock for loss
+	lostTold atomic.Bool
 }
+
+// lockState is where a Lock is in its life.
+type lockState uint8
+
+const (
+	held      lockState = iota
+	releasing           // Release is running; the lock was not known lost when it began
+	lost                // lost: learned before or by Release
+	released            // released cleanly
+)
 
 // Name returns the lock's name.
 func (l *Lock[L]) Name() string { return l.name }
@@ -220,8 +347,29 @@ func (l *Lock[L]) Lease() L { return l.lease }
 
 // Lost returns a channel that is closed when the lock is lost: the backend
 // can no longer guarantee that this holder owns it (see backend.Lease). It
-// is also closed once the lock is released.
+// is also closed once the lock is released; Err tells which happened.
 func (l *Lock[L]) Lost() <-chan struct{} { return l.lease.Lost() }
+
+// Err says why Lost is closed, as context.Context's Err does for Done. It
+// returns nil while the lock is held (and while a Release that began before
+// any loss was known is still running); an error matching ErrLockLost once
+// the lock is lost, also when the loss was first learned by Release; and
+// one matching ErrNotHeld after any other Release (the lock was held until
+// it was given up, or its release failed for another reason, which Release
+// returned). Once non-nil, Err always returns an error matching the same
+// sentinel.
+func (l *Lock[L]) Err() error {
+	l.mu.Lock()
+	st := l.state
+	l.mu.Unlock()
+	switch {
+	case st == lost, st == held && isClosed(l.lease.Lost()):
+		return l.g.errorf(l.name, ErrLockLost)
+	case st == released:
+		return l.g.errorf(l.name, ErrNotHeld)
+	}
+	return nil
+}
 
 // Token returns the lock's fencing token and true, when the backend offers
 // one: tokens of one name strictly increase across all acquisitions by all
@@ -236,17 +384,33 @@ func (l *Lock[L]) Token() (uint64, bool) {
 	return 0, false
 }
 
-// Release gives the lock up. It runs even when ctx is already cancelled,
-// bounded by the release timeout (WithReleaseTimeout). It returns an error
-// matching ErrNotHeld when the lock was already released, and one matching
-// ErrLockLost when the lock had been lost; in every case the lock's
-// resources are freed and no other holder is disturbed.
+// Release gives the lock up. It runs even when ctx is already cancelled:
+// its work is bounded by the Guard's release timeout (WithReleaseTimeout)
+// alone, which is the deadline of the ctx the backend's release gets.
+//
+// It returns nil only when the lock was held until it was released. It
+// returns an error matching ErrLockLost when the lock had been lost —
+// whether Lost had already closed or the backend found out only now — and
+// one matching ErrNotHeld when the lock was already released. In every case
+// the lock's resources are freed and no other holder is disturbed; Err
+// tells afterwards which way it ended.
 func (l *Lock[L]) Release(ctx context.Context) error {
 	g := l.g
-	if !l.released.CompareAndSwap(false, true) {
+	l.mu.Lock()
+	if l.state != held {
+		l.mu.Unlock()
 		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
-	lost := isClosed(l.lease.Lost())
+	if l.unwatch != nil {
+		l.unwatch()
+	}
+	wasLost := isClosed(l.lease.Lost())
+	l.state = releasing
+	if wasLost {
+		l.state = lost
+	}
+	l.mu.Unlock()
+
 	detached := ctx
 	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
 		detached = context.WithoutCancel(ctx)
@@ -255,59 +419,107 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	defer cancel()
 	err := l.lease.Release(rctx)
 	switch {
-	case lost && (err == nil || !errors.Is(err, ErrLockLost)):
+	case wasLost && (err == nil || !errors.Is(err, ErrLockLost)):
 		if err != nil {
 			err = fmt.Errorf("%w (release: %w)", ErrLockLost, err)
 		} else {
 			err = ErrLockLost
 		}
-	case err != nil && !lost:
-		g.log(ctx, slog.LevelWarn, "dlock: release failed", l.name, err)
 	}
+	l.mu.Lock()
+	if errors.Is(err, ErrLockLost) {
+		l.state = lost
+	} else {
+		l.state = released
+	}
+	l.mu.Unlock()
 	if err != nil {
-		return g.errorf(l.name, err)
+		err = g.errorf(l.name, err)
 	}
-	g.log(ctx, slog.LevelDebug, "dlock: released", l.name, nil)
-	return nil
+	if l.obsCtx != nil {
+		if errors.Is(err, ErrLockLost) {
+			l.observeLost(true)
+		}
+		l.observeReleased(err)
+	}
+	return err
 }
 
-// run runs fn under the held lock l, then releases it (also on panic).
-func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+// holder is a lock that a function can run under: a *Lock or a *LockSet.
+type holder interface {
+	// watchLoss calls onLost, once, with an error matching ErrLockLost if
+	// the lock is lost before unwatch is called; unwatch returns when
+	// onLost has finished or can no longer run.
+	watchLoss(onLost func(lostErr error)) (unwatch func())
+	Release(ctx context.Context) error
+}
+
+// run runs fn under h, then releases h (also on panic). fn's ctx is
+// cancelled, with cause an error matching ErrLockLost, if h is lost.
+func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	var (
-		lostErr error // set by the watcher before it exits
-		stop    = make(chan struct{})
-		exited  = make(chan struct{})
-	)
-	go func() {
-		defer close(exited)
-		select {
-		case <-l.lease.Lost():
-			l.g.log(ctx, slog.LevelWarn, "dlock: lock lost while held", l.name, nil)
-			lostErr = l.g.errorf(l.name, ErrLockLost)
-			cancel(lostErr)
-		case <-stop:
-		}
-	}()
+	var lostErr error // set by onLost, read after unwatch
+	unwatch := h.watchLoss(func(e error) {
+		lostErr = e
+		cancel(e)
+	})
 	defer func() {
-		close(stop)
-		<-exited
+		unwatch()
 		cancel(nil)
-		rerr := l.Release(ctx)
+		rerr := h.Release(ctx)
 		switch {
 		case lostErr != nil && err != nil:
 			err = fmt.Errorf("%w: %w", lostErr, err)
 		case lostErr != nil:
 			err = lostErr
-		case err == nil && errors.Is(rerr, ErrLockLost):
-			err = l.g.errorf(l.name, ErrLockLost)
+		case errors.Is(rerr, ErrLockLost) && err != nil: // lost, learned at release
+			err = fmt.Errorf("%w: %w", rerr, err)
 		case err == nil:
 			err = rerr
-		case rerr != nil:
-			l.g.log(ctx, slog.LevelWarn, "dlock: release failed after fn returned an error", l.name, rerr)
 		}
+		// Any other release failure after fn's own error cannot be returned
+		// too; observers (WithLogger) are told of it.
 	}()
 	return fn(fctx)
+}
+
+func (l *Lock[L]) watchLoss(onLost func(error)) (unwatch func()) {
+	return l.watch(func() {
+		onLost(l.g.errorf(l.name, ErrLockLost))
+		l.observeLost(false)
+	})
+}
+
+// watch runs onLost once if the lease is lost before unwatch is called;
+// unwatch returns when onLost has finished or can no longer run. It uses
+// the lease's AfterLost when it has one (no goroutine), else a goroutine
+// that watches Lost.
+func (l *Lock[L]) watch(onLost func()) (unwatch func()) {
+	if n, ok := any(l.lease).(backend.LossNotifier); ok {
+		done := make(chan struct{})
+		stop := n.AfterLost(func() {
+			defer close(done)
+			onLost()
+		})
+		return func() {
+			if !stop() {
+				<-done
+			}
+		}
+	}
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-l.lease.Lost():
+			onLost()
+		case <-stop:
+		}
+	}()
+	return func() {
+		close(stop)
+		<-exited
+	}
 }
 
 func isClosed(c <-chan struct{}) bool {
@@ -321,12 +533,22 @@ func isClosed(c <-chan struct{}) bool {
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {
-	const max = 64
-	if len(name) <= max {
-		return fmt.Sprintf("%q", name)
+	if len(name) <= maxShownName {
+		return strconv.Quote(name)
 	}
-	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+	return fmt.Sprintf("%q…(%d bytes)", name[:maxShownName], len(name))
 }
+
+// logName is name for a log attribute: unquoted, cut to 64 bytes.
+func logName(name string) string {
+	if len(name) <= maxShownName {
+		return name
+	}
+	return fmt.Sprintf("%s…(%d bytes)", name[:maxShownName], len(name))
+}
+
+// maxShownName is how much of a lock name messages and logs show.
+const maxShownName = 64
 
 // errNilBackend is the configuration error of a Guard made over a nil
 // backend.

@@ -12,7 +12,7 @@ type Option func(*options)
 type options struct {
 	minWait, maxWait time.Duration
 	releaseTimeout   time.Duration
-	logger           *slog.Logger
+	observers        []Observer
 }
 
 // Defaults for the options.
@@ -30,7 +30,6 @@ func newOptions(opts []Option) options {
 		minWait:        DefaultMinWait,
 		maxWait:        DefaultMaxWait,
 		releaseTimeout: DefaultReleaseTimeout,
-		logger:         slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
 		if opt != nil {
@@ -41,23 +40,24 @@ func newOptions(opts []Option) options {
 }
 
 // WithBackoff sets the pause between two attempts to take a lock, for
-// backends that offer no native wait: it starts at min, doubles after each
+// backends that offer no native wait, and between two attempts of a wait
+// that rides out a server error (for every backend): it starts at min, doubles after each
 // failed attempt up to max, and is jittered by ±50% so that waiters do not
 // move in step. Values below a microsecond are raised to one; a max below
-// min is raised to min. Backends with a native wait (all of dlock's own)
-// ignore it.
+// min is raised to min.
 func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) {
-		o.minWait = atLeast(min, time.Microsecond)
-		o.maxWait = atLeast(max, o.minWait)
+		o.minWait, o.maxWait = min, max // pace.New raises them as documented
 	}
 }
 
 // WithReleaseTimeout bounds how long a release may take. A release runs even
 // when the caller's ctx is already cancelled (Do releases after its ctx
 // ends; Release detaches from ctx's cancellation), so this timeout is what
-// stops it from hanging on a dead server. Non-positive values keep the
-// default, DefaultReleaseTimeout.
+// stops it from hanging on a dead server. It is the one bound: it is the
+// deadline of the ctx the backend's release gets, and every backend
+// honours that deadline rather than one of its own. Non-positive values
+// keep the default, DefaultReleaseTimeout.
 func WithReleaseTimeout(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {
@@ -66,20 +66,16 @@ func WithReleaseTimeout(d time.Duration) Option {
 	}
 }
 
-// WithLogger sets the logger for acquisitions, releases, losses and errors
-// that cannot be returned (a release failing after fn already returned an
-// error). dlock is silent by default; a nil logger keeps it so.
+// WithLogger adds an Observer that logs with l: acquisitions and releases
+// at Debug level; losses, failed releases (also one that failed after fn
+// had returned its own error, so could not be returned) and waits that
+// failed or rode out server errors at Warn. Attributes: kind, name
+// (unquoted, cut to 64 bytes), err, and wait, attempts, retried or held.
+// dlock is silent by default; a nil logger adds nothing.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
 		if l != nil {
-			o.logger = l
+			o.observers = append(o.observers, logObserver{l})
 		}
 	}
-}
-
-func atLeast(d, min time.Duration) time.Duration {
-	if d < min {
-		return min
-	}
-	return d
 }

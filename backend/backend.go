@@ -11,7 +11,7 @@
 //
 //   - name is a non-empty string of arbitrary bytes (the caller has checked
 //     that it is not empty). A backend maps it injectively into its own
-//     namespace or returns an error wrapping dlock.ErrInvalidName; it never
+//     namespace or returns an error wrapping ErrInvalidName; it never
 //     reaches outside that namespace (a directory, a key prefix).
 //   - A Mutex, an RWMutex and a Semaphore of the same name are different
 //     locks: a backend keeps the three kinds in separate namespaces.
@@ -33,7 +33,7 @@ import (
 type Lease interface {
 	// Release gives the lock up. It returns nil only if the lock was held by
 	// this lease until the moment it was released. Releasing a lease that was
-	// lost returns an error (wrapping dlock.ErrLockLost when the backend
+	// lost returns an error (wrapping ErrLockLost when the backend
 	// knows it was lost), and never disturbs another holder of the same
 	// name. Release frees every resource of the lease (goroutines,
 	// connections, file descriptors) even when it returns an error, and even
@@ -103,6 +103,17 @@ type RWWaiter[L Lease] interface {
 type SemaphoreWaiter[L Lease] interface {
 	// Acquire waits until it takes a ticket of name or ctx is done.
 	Acquire(ctx context.Context, name string, limit int) (L, error)
+}
+
+// LossNotifier is implemented by a Lease that can call a function when it
+// is lost, the way context.AfterFunc does for a context, so that the
+// engine needs no goroutine watching Lost while Do's function runs.
+type LossNotifier interface {
+	// AfterLost arranges for f to run, in its own goroutine, once Lost is
+	// closed (at once if it already is). Calling stop unregisters f: it
+	// returns true if that kept f from running, false if f has already
+	// been started (or stop was called before).
+	AfterLost(f func()) (stop func() bool)
 }
 
 // Fencer is implemented by a Lease that carries a fencing token.
