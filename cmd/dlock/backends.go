@@ -345,6 +345,7 @@ func unwrapURLError(err error) string {
 type held interface {
 	Release(ctx context.Context) error
 	Lost() <-chan struct{}
+	Err() error
 	Token() (uint64, bool)
 }
 
@@ -379,7 +380,21 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 			return nil, nil, err
 		}
 		acq, err := acquirerFor[*fs.Lease](b, cfg)
-		return acq, func() { b.Close() }, err
+		if err != nil {
+			return nil, nil, err
+		}
+		// A refused lock file (a symbolic link, not a regular file) is not
+		// marked permanent by fs, so the engine's wait would ride it out
+		// until -wait ends (forever without it): try once first, and let
+		// a refusal end the run at once.
+		tryFirst := func(ctx context.Context, name string, try bool) (held, error) {
+			lk, err := acq(ctx, name, true)
+			if try || err == nil || isConfigErr(err) || !errors.Is(err, dlock.ErrNotAcquired) {
+				return lk, err
+			}
+			return acq(ctx, name, false)
+		}
+		return tryFirst, func() { b.Close() }, nil
 	case "postgres":
 		var opts []pg.Option
 		switch {

@@ -338,6 +338,55 @@ func TestInteractive(t *testing.T) {
 	})
 }
 
+// TestJobControl (item 5): in an interactive shell under a pty, ^Z stops
+// COMMAND and dlock's job (the shell says Stopped), fg continues both with
+// COMMAND back in the foreground: it still reads the terminal.
+func TestJobControl(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	bin := dlockBinary(t)
+	m, s := openPTY(t)
+	cmd := exec.Command(bash, "--norc", "--noprofile", "-i")
+	cmd.Env = append(os.Environ(), "PS1=$ ", "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"),
+		"DLOCK_BACKEND=file://"+filepath.Join(t.TempDir(), "locks"))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	out := &syncBuffer{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := m.Read(buf)
+			out.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	write := func(s string) {
+		if _, err := m.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`dlock run job -- sh -c 'echo reading; read a; echo "got-$a"'` + "\n")
+	waitOutput(t, out, "reading")
+	time.Sleep(300 * time.Millisecond)
+	write("\x1a") // ^Z
+	waitOutput(t, out, "Stopped")
+	write("fg\n")
+	time.Sleep(300 * time.Millisecond)
+	write("hello\n")
+	waitOutput(t, out, "got-hello")
+	write("echo status=$?\n")
+	waitOutput(t, out, "status=0")
+}
+
 // privatePG is a throwaway PostgreSQL server the test owns (it stops and
 // restarts it), or nil where that is impractical.
 type privatePG struct {

@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sys/unix"
 
 	"github.com/dlock-go/dlock"
@@ -125,27 +124,9 @@ func (s *session) lock(spec backendSpec, try bool) (held, func(), int) {
 		}
 		return nil, nil, s.acquireErr(err, nil)
 	}
-	var lk held
-	bo := newBackoff(ctx)
-	for {
-		lk, err = acquire(ctx, s.name, try)
-		if err == nil || try || ctx.Err() != nil || errors.Is(err, dlock.ErrNotAcquired) || isConfigErr(err) || spec.kind == "file" {
-			break
-		}
-		// A server error during a wait: ride it out until the wait ends.
-		note(err)
-		d := bo.NextBackOff()
-		if d == backoff.Stop {
-			break
-		}
-		select {
-		case <-time.After(d):
-			continue
-		case <-ctx.Done():
-			err = fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
-		}
-		break
-	}
+	// The engine's wait rides out server errors until ctx ends; then its
+	// error matches ErrNotAcquired and ctx.Err() and wraps the last one.
+	lk, err := acquire(ctx, s.name, try)
 	if code := signalled(); code != 0 {
 		if lk != nil {
 			_ = lk.Release(context.Background())
@@ -269,7 +250,7 @@ func lookPath(file string, env []string) (string, error) {
 func (s *session) release(lk held, reported bool) int {
 	err := lk.Release(context.Background())
 	switch {
-	case errors.Is(err, dlock.ErrLockLost):
+	case errors.Is(err, dlock.ErrLockLost) || errors.Is(lk.Err(), dlock.ErrLockLost):
 		if !reported {
 			fmt.Fprintf(s.stderr, "dlock: lock %q was lost while the command ran (found out at release): %v\n", s.name, err)
 		}

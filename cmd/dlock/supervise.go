@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -206,8 +207,18 @@ func (c *child) stopWithCommand(sig syscall.Signal) {
 	if sig != syscall.SIGTSTP && sig != syscall.SIGTTIN && sig != syscall.SIGTTOU {
 		sig = syscall.SIGSTOP
 	}
-	signal.Reset(sig)
-	_ = syscall.Kill(0, sig) // dlock's job stops here until continued
+	// Stop dlock's job, and go on only once it was continued: the stop is
+	// not synchronous with kill, so wait for the SIGCONT. A stop signal to
+	// an orphaned process group is discarded: then no SIGCONT comes, and
+	// dlock goes on after a moment.
+	cont := make(chan os.Signal, 1)
+	signal.Notify(cont, syscall.SIGCONT)
+	_ = syscall.Kill(0, sig)
+	select {
+	case <-cont:
+	case <-time.After(500 * time.Millisecond):
+	}
+	signal.Stop(cont)
 	if pg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil && pg == own {
 		takeTerminal(c.pid)
 	}
