@@ -86,7 +86,8 @@ its group is killed before the lock is released. On every backend the lock
 thus lives at least as long as any process of COMMAND's group. A process
 that leaves the group (setsid, a daemon) is not covered. When stdin is the
 terminal and dlock runs in the foreground, COMMAND's group becomes the
-terminal's foreground group, so it can read the terminal and gets ^C.
+terminal's foreground group, so it can read the terminal and gets ^C; ^Z
+stops COMMAND and dlock's job, and fg continues both.
 
 Signals sent to dlock (INT, TERM, HUP, QUIT, USR1, USR2) are passed on to
 COMMAND's group; INT, TERM and HUP also end a wait for the lock.

@@ -802,6 +802,18 @@ func TestURLForms(t *testing.T) {
 			}
 		}
 	})
+	t.Run("valkey sentinel", func(t *testing.T) {
+		sentinels := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_SENTINEL") // master "dlock" (.ci/servers)
+		u := "valkey://" + sentinels + "?master_set=dlock"
+		name := lockName(t)
+		h := startHolder(t, target{url: u}, name, "")
+		if code, _, stderr := runDlock(t, target{url: u}, "run", "-try", name, "--", "true"); code != exitNotAcquired {
+			t.Errorf("%s: -try beside a holder: exit %d, %s", u, code, stderr)
+		}
+		if code := h.stop(t); code != 0 {
+			t.Errorf("%s: holder exit %d: %s", u, code, h.stderr)
+		}
+	})
 	t.Run("valkey unix socket", func(t *testing.T) {
 		if _, err := exec.LookPath("redis-server"); err != nil {
 			t.Skip("redis-server not found")
@@ -928,4 +940,54 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestFencingIdiom (item 3): the shell idiom of dlock help, run as shown
+// (psql with the PG* variables), counts under fenced runs and refuses a
+// stale token.
+func TestFencingIdiom(t *testing.T) {
+	url := dlocktest.RequireEnv(t, "DLOCK_TEST_PG_URL")
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Skip("no psql")
+	}
+	c, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	schema := "idiom_" + strings.TrimPrefix(lockName(t), "cli-")
+	if _, err := conn.Exec(context.Background(), "CREATE SCHEMA "+schema+"; CREATE TABLE "+schema+".counter (id int PRIMARY KEY, n int, token bigint); INSERT INTO "+schema+".counter VALUES (1, 0, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE") }()
+	const idiom = `psql -c "UPDATE counter SET n = n + 1,
+    token = $DLOCK_FENCING_TOKEN WHERE id = 1 AND token <= $DLOCK_FENCING_TOKEN" | grep -qx "UPDATE 1" || exit 76`
+	code, _, stderr := runDlock(t, target{url: "file:///nonexistent"}, "help")
+	if code != 0 || !strings.Contains(stderr, idiom) {
+		t.Fatalf("help does not show the idiom as tested")
+	}
+	env := []string{"PGHOST=" + c.Host, "PGPORT=" + strconv.Itoa(int(c.Port)), "PGUSER=" + c.User, "PGDATABASE=" + c.Database,
+		"PGOPTIONS=-c search_path=" + schema}
+	name := lockName(t)
+	for i := range 3 {
+		cmd := exec.Command(dlockBinary(t), "run", "-fencing-env", name, "--", "sh", "-c", idiom)
+		cmd.Env = append(append(os.Environ(), env...), "DLOCK_BACKEND="+url)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("run %d: %v\n%s", i, err, out)
+		}
+	}
+	// A holder whose token is older than the store's is refused.
+	stale := exec.Command("sh", "-c", idiom)
+	stale.Env = append(append(os.Environ(), env...), "DLOCK_FENCING_TOKEN=1")
+	if err := stale.Run(); err == nil || stale.ProcessState.ExitCode() != 76 {
+		t.Fatalf("a stale token was not refused: %v", err)
+	}
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT n FROM "+schema+".counter").Scan(&n); err != nil || n != 3 {
+		t.Fatalf("counter %d (%v), want 3", n, err)
+	}
 }
