@@ -155,6 +155,15 @@ func TestKillDlockKillsCommand(t *testing.T) {
 	})
 }
 
+// TestSupervisorNotByHand: the hidden supervisor mode refuses to run
+// unless dlock started it (it would kill its caller's process group).
+func TestSupervisorNotByHand(t *testing.T) {
+	code, _, stderr := runDlock(t, target{url: "file:///nonexistent"}, superviseArg, "bg", "--", "/bin/sh", "sh", "-c", "exit 0")
+	if code != exitUsage || !strings.Contains(stderr, "started by dlock run") {
+		t.Fatalf("exit %d, %s", code, stderr)
+	}
+}
+
 // TestFencingEveryBackend (item 3): -fencing-env works on every backend and
 // primitive (PostgreSQL turns on its fencing table), tokens increase, and
 // the help shows the shell idiom.

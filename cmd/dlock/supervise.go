@@ -50,11 +50,13 @@ func supervise(args []string) int {
 		return exitUsage
 	}
 	fg, path, argv := args[0] == "fg", args[2], args[3:]
-	life, status := os.NewFile(lifeFD, "life"), os.NewFile(statusFD, "status")
-	if life == nil || status == nil {
+	// Only as dlock starts it: leader of a new group (the group it kills
+	// is then COMMAND's, never a caller's), with two pipes.
+	if unix.Getpgrp() != os.Getpid() || !isPipe(lifeFD) || !isPipe(statusFD) {
 		fmt.Fprintln(os.Stderr, "dlock: the supervisor is started by dlock run")
 		return exitUsage
 	}
+	life, status := os.NewFile(lifeFD, "life"), os.NewFile(statusFD, "status")
 	// Signals for COMMAND reach this process too (dlock sends them to the
 	// group; the terminal sends ^C to it): the supervisor lives on until
 	// COMMAND ends. Signals ignored when dlock started stay ignored, for
@@ -99,6 +101,11 @@ func supervise(args []string) int {
 	// supervisor: dlock reads the status from the pipe.
 	_ = syscall.Kill(0, syscall.SIGKILL)
 	return code
+}
+
+func isPipe(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO
 }
 
 // child is a COMMAND running under a supervisor.
