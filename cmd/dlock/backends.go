@@ -379,22 +379,10 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 		if err != nil {
 			return nil, nil, err
 		}
+		// fs marks a refused lock file (a symbolic link, not a regular
+		// file) backend.Permanent: a wait ends on it at once (exit 64).
 		acq, err := acquirerFor[*fs.Lease](b, cfg)
-		if err != nil {
-			return nil, nil, err
-		}
-		// A refused lock file (a symbolic link, not a regular file) is not
-		// marked permanent by fs, so the engine's wait would ride it out
-		// until -wait ends (forever without it): try once first, and let
-		// a refusal end the run at once.
-		tryFirst := func(ctx context.Context, name string, try bool) (held, error) {
-			lk, err := acq(ctx, name, true)
-			if try || err == nil || isConfigErr(err) || !errors.Is(err, dlock.ErrNotAcquired) {
-				return lk, err
-			}
-			return acq(ctx, name, false)
-		}
-		return tryFirst, func() { b.Close() }, nil
+		return acq, func() { b.Close() }, err
 	case "postgres":
 		var opts []pg.Option
 		switch {

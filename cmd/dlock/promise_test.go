@@ -788,6 +788,31 @@ func TestSymlinkRefused(t *testing.T) {
 	if b, _ := os.ReadFile(other); string(b) != "keep" {
 		t.Errorf("the link's target was written: %q", b)
 	}
+
+	// Planted while a waiter waits: the wait ends at once with 64, not at
+	// the end of -wait.
+	name = lockName(t)
+	h := startHolder(t, tg, name, "")
+	ch, _ := startDlock(t, tg, "run", "-wait", "60s", name, "--", "true")
+	time.Sleep(300 * time.Millisecond)
+	entries, _ = os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), name) {
+			p := filepath.Join(dir, e.Name())
+			os.Remove(p)
+			if err := os.Symlink(other, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	start := time.Now()
+	r := await(t, ch, 30*time.Second)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "symbolic link") {
+		t.Errorf("symlink planted during a wait: exit %d after %v: %s", r.code, time.Since(start), r.stderr)
+	}
+	if code := h.wait(t); code != exitLost {
+		t.Errorf("holder whose lock file was replaced: exit %d, want %d", code, exitLost)
+	}
 }
 
 // TestURLForms (item 8): forms the libraries parse, through the binary.
