@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,7 +57,7 @@ func supervise(args []string) int {
 		fmt.Fprintln(os.Stderr, "dlock: the supervisor is started by dlock run")
 		return exitUsage
 	}
-	life, status := os.NewFile(lifeFD, "life"), os.NewFile(statusFD, "status")
+	status := os.NewFile(statusFD, "status")
 	// Signals for COMMAND reach this process too (dlock sends them to the
 	// group; the terminal sends ^C to it): the supervisor lives on until
 	// COMMAND ends. Signals ignored when dlock started stay ignored, for
@@ -71,9 +72,17 @@ func supervise(args []string) int {
 		for range sigs {
 		}
 	}()
+	// A blocking read on a thread of its own: the kernel wakes this thread
+	// directly when dlock is gone (no hop through the runtime's poller).
+	_ = unix.SetNonblock(lifeFD, false)
 	go func() {
+		runtime.LockOSThread()
 		var b [1]byte
-		_, _ = life.Read(b[:]) // returns when dlock is gone
+		for {
+			if _, err := unix.Read(lifeFD, b[:]); err != unix.EINTR {
+				break
+			}
+		}
 		_ = syscall.Kill(0, syscall.SIGKILL)
 	}()
 	if fg {
