@@ -341,17 +341,6 @@ func unwrapURLError(err error) string {
 	return err.Error()
 }
 
-// held is a held lock of any backend.
-type held interface {
-	Release(ctx context.Context) error
-	Lost() <-chan struct{}
-	Err() error
-	Token() (uint64, bool)
-}
-
-// acquireFunc takes the lock name, once (try) or waiting until ctx is done.
-type acquireFunc func(ctx context.Context, name string, try bool) (held, error)
-
 // check says, before connecting, whether the backend can do what cfg asks.
 func (s backendSpec) check(cfg *config) error {
 	if s.kind == "redlock" {
@@ -372,7 +361,7 @@ func (s backendSpec) check(cfg *config) error {
 // asks for, and how to close the backend afterwards. Connecting is bounded
 // by ctx; with retry, an attempt that fails is repeated (with backoff) until
 // ctx ends, and the last error is returned.
-func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note func(error)) (acquireFunc, func(), error) {
+func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note func(error)) (dlock.Locker, func(), error) {
 	switch s.kind {
 	case "file":
 		b, err := fs.New(s.dir)
@@ -601,7 +590,7 @@ func isPermanentConnErr(err error) bool {
 // the write side of the reader-writer lock where b has one, so that they
 // exclude -shared holders as flock -x excludes flock -s; a backend without
 // reader-writer locks (RedLock) uses its mutex.
-func acquirerFor[L backend.Lease](b any, cfg *config) (acquireFunc, error) {
+func acquirerFor[L backend.Lease](b any, cfg *config) (dlock.Locker, error) {
 	var g *dlock.Guard[L]
 	rw, hasRW := b.(backend.RWLocker[L])
 	switch {
@@ -625,21 +614,7 @@ func acquirerFor[L backend.Lease](b any, cfg *config) (acquireFunc, error) {
 		}
 		g = dlock.NewMutex(mu)
 	}
-	return func(ctx context.Context, name string, try bool) (held, error) {
-		var (
-			lk  *dlock.Lock[L]
-			err error
-		)
-		if try {
-			lk, err = g.TryAcquire(ctx, name)
-		} else {
-			lk, err = g.Acquire(ctx, name)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return lk, nil
-	}, nil
+	return g, nil
 }
 
 // connectTimeout bounds one attempt to connect, as the URL says (or the

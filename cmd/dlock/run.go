@@ -50,7 +50,7 @@ func (s *session) talk() bool { return s.cfg.verbose || isTerminal(s.stderr) }
 // keeps trying, through server errors too, until D has passed, no flag
 // until the lock is taken. An INT, TERM or HUP ends the wait. It returns
 // the held lock and how to close the backend, or dlock's exit status.
-func (s *session) lock(spec backendSpec, try bool) (held, func(), int) {
+func (s *session) lock(spec backendSpec, try bool) (dlock.Handle, func(), int) {
 	s.hosts = spec.hosts
 	s.connectTimeout = spec.connectTimeout()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,7 +114,7 @@ func (s *session) lock(spec backendSpec, try bool) (held, func(), int) {
 		}
 	}
 
-	acquire, closeBackend, err := spec.open(ctx, s.cfg, !try, note)
+	locker, closeBackend, err := spec.open(ctx, s.cfg, !try, note)
 	if err != nil {
 		if code := signalled(); code != 0 {
 			return nil, nil, code
@@ -126,7 +126,11 @@ func (s *session) lock(spec backendSpec, try bool) (held, func(), int) {
 	}
 	// The engine's wait rides out server errors until ctx ends; then its
 	// error matches ErrNotAcquired and ctx.Err() and wraps the last one.
-	lk, err := acquire(ctx, s.name, try)
+	hold := locker.Hold
+	if try {
+		hold = locker.TryHold
+	}
+	lk, err := hold(ctx, s.name)
 	if code := signalled(); code != 0 {
 		if lk != nil {
 			_ = lk.Release(context.Background())
@@ -160,7 +164,7 @@ func (s *session) runLocked(spec backendSpec, argv []string) int {
 
 // childEnv is COMMAND's environment: dlock's without $DLOCK_BACKEND (it
 // may hold a password), with $DLOCK_FENCING_TOKEN when asked for.
-func (s *session) childEnv(lk held) ([]string, error) {
+func (s *session) childEnv(lk dlock.Handle) ([]string, error) {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
@@ -180,7 +184,7 @@ func (s *session) childEnv(lk held) ([]string, error) {
 }
 
 // run runs argv under the held lock lk and returns its exit status.
-func (s *session) run(lk held, argv []string) int {
+func (s *session) run(lk dlock.Handle, argv []string) int {
 	env, err := s.childEnv(lk)
 	if err != nil {
 		fmt.Fprintf(s.stderr, "dlock: %v\n", err)
@@ -247,7 +251,7 @@ func lookPath(file string, env []string) (string, error) {
 // release gives the lock up. A lock lost before the release — also a loss
 // that only the release finds out — is exit 76: COMMAND may have run
 // without it. Otherwise it returns 0.
-func (s *session) release(lk held, reported bool) int {
+func (s *session) release(lk dlock.Handle, reported bool) int {
 	err := lk.Release(context.Background())
 	switch {
 	case errors.Is(err, dlock.ErrLockLost) || errors.Is(lk.Err(), dlock.ErrLockLost):
