@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/loss"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,11 +25,10 @@ type Lease struct {
 	token    uint64
 	lost     chan struct{}
 
-	mu       sync.Mutex
-	f        lockFile // closed (fd -1) once released or dropped
-	state    uint8
-	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
-	lossStop context.CancelFunc // its cancel
+	mu    sync.Mutex
+	f     lockFile // closed (fd -1) once released or dropped
+	state uint8
+	loss  loss.Notifier // AfterLost's functions
 }
 
 const (
@@ -147,13 +147,7 @@ func (l *Lease) Release(ctx context.Context) error {
 // already is), unless stop is called first.
 func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	l.mu.Lock()
-	if l.lossCtx == nil {
-		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
-		if l.state != leaseHeld {
-			l.lossStop()
-		}
-	}
-	ctx := l.lossCtx
+	ctx := l.loss.Context(l.state != leaseHeld)
 	l.mu.Unlock()
 	return context.AfterFunc(ctx, f)
 }
@@ -162,9 +156,7 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) {
 // held.
 func (l *Lease) closeLostLocked() {
 	close(l.lost)
-	if l.lossStop != nil {
-		l.lossStop()
-	}
+	l.loss.Fire()
 }
 
 // Lost returns a channel closed when the lease can no longer guarantee its

@@ -16,6 +16,7 @@ import (
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/loss"
 	"github.com/dlock-go/dlock/internal/pace"
 )
 
@@ -375,11 +376,10 @@ type Lease struct {
 
 	// Guarded by c.ext.mu.
 	state    leaseState
-	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
-	lossStop context.CancelFunc // its cancel
-	deadline time.Time          // validity: Lost closes when it passes unconfirmed
-	due      time.Time          // next extension
-	idx      int                // index in the extender's heap; -1 when not in it
+	loss     loss.Notifier // AfterLost's functions
+	deadline time.Time     // validity: Lost closes when it passes unconfirmed
+	due      time.Time     // next extension
+	idx      int           // index in the extender's heap; -1 when not in it
 }
 
 type leaseState uint8
@@ -401,13 +401,7 @@ func (l *Lease) Lost() <-chan struct{} { return l.lost }
 func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	e := l.c.ext
 	e.mu.Lock()
-	if l.lossCtx == nil {
-		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
-		if l.state != held {
-			l.lossStop()
-		}
-	}
-	ctx := l.lossCtx
+	ctx := l.loss.Context(l.state != held)
 	e.mu.Unlock()
 	return context.AfterFunc(ctx, f)
 }
@@ -416,9 +410,7 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) {
 // is held.
 func (l *Lease) closeLostLocked() {
 	close(l.lost)
-	if l.lossStop != nil {
-		l.lossStop()
-	}
+	l.loss.Fire()
 }
 
 // Token implements backend.Fencer: a fencing token, strictly increasing per

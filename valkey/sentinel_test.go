@@ -32,25 +32,12 @@ func sentinelClient(t testing.TB, sentinels []string) valkeygo.Client {
 func TestConformanceSentinel(t *testing.T) {
 	sentinels := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_SENTINEL"))
 	// Like the cluster client, a Sentinel client may leave goroutines
-	// behind for a while after Close; the nodes take turns over clients
-	// made up front, each still its own Backend.
-	// They are used before the suite starts, so that their connections'
-	// goroutines exist before the suite's leak checks look.
+	// behind for a while after Close: see overClients.
 	var clients []valkeygo.Client
 	for range 3 {
 		c := sentinelClient(t, sentinels)
 		warmUp(t, c)
 		clients = append(clients, c)
 	}
-	next := 0
-	dlocktest.Run(t, harness(func(t testing.TB, space string) any {
-		c := clients[next%len(clients)]
-		next++
-		b, err := New(c, testOpts(space)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		return b
-	}))
+	dlocktest.Run(t, overClients(clients))
 }
