@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -299,14 +298,4 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		return nil, wrapErr(whatSem, name, err)
 	}
 	return b.semLease(name, slots, won)
-}
-
-// quoteName renders a lock name for an error message: quoted, and cut to its
-// first 64 bytes.
-func quoteName(name string) string {
-	const maxLen = 64
-	if len(name) > maxLen {
-		return strconv.Quote(name[:maxLen]) + "..."
-	}
-	return strconv.Quote(name)
 }
