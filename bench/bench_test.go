@@ -23,6 +23,11 @@ const goroutines = 64
 // benchmark instead of hanging it.
 const waitTimeout = time.Minute
 
+// throughputTimeout bounds one run of a throughput benchmark (a second's
+// worth of operations, normally): a library that loses a wake-up or stalls
+// fails it after this long instead of costing the run a minute per round.
+const throughputTimeout = 20 * time.Second
+
 // runID keeps the lock names of one run apart from any earlier run's
 // leftovers (pglock rows, lease keys, lock files).
 var runID = strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -196,9 +201,9 @@ func BenchmarkThroughputKeys(b *testing.B) {
 
 func throughput(b *testing.B, l lib, name func(g int) string) {
 	lk := l.open(b, b.TempDir())
-	// A library that loses a wake-up fails here after waitTimeout instead of
-	// hanging the run.
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	// A library that loses a wake-up fails here after throughputTimeout
+	// instead of hanging the run.
+	ctx, cancel := context.WithTimeout(context.Background(), throughputTimeout)
 	defer cancel()
 	var (
 		next     atomic.Int64

@@ -298,7 +298,7 @@ func runFairness(b *testing.B, l lib) []fairReport {
 		}
 	}
 	for i, c := range children {
-		expect(i, c, fairReady, time.Minute)
+		expect(i, c, fairReady, fairGrace+time.Minute)
 	}
 	start := time.Now().Add(50 * time.Millisecond)
 	for _, c := range children {
@@ -335,7 +335,7 @@ func TestFairnessClient(t *testing.T) {
 	d := fairDuration(t)
 
 	// Warm up (connections, scripts, files) on a name of its own.
-	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	wctx, cancel := context.WithTimeout(context.Background(), fairGrace+10*time.Second)
 	defer cancel()
 	h, err := lk.lock(wctx, name+"-warm-"+strconv.Itoa(os.Getpid()))
 	if err == nil {
