@@ -277,7 +277,11 @@ func runFairness(b *testing.B, l lib) []fairReport {
 			c.other.WriteString(line + "\n")
 		}
 		_ = c.cmd.Wait()
-		b.Fatalf("helper %d: no %s; its output:\n%s", i, what, c.output())
+		msg := fmt.Sprintf("helper %d: no %s; its output:\n%s", i, what, c.output())
+		if isPeer(l) && strings.Contains(msg, context.DeadlineExceeded.Error()) {
+			stall(b, msg)
+		}
+		b.Fatal(msg)
 	}
 	expect := func(i int, c *fairChild, prefix string, timeout time.Duration) string {
 		t := time.NewTimer(timeout)

@@ -373,7 +373,7 @@ func report(r *results, info reportInfo) string {
 	w("\n")
 
 	if strings.TrimSpace(info.failures) != "" {
-		w("## Failures in this run\n\nThese benchmarks failed in at least one round (their figures, if any, come from the other rounds):\n\n```\n%s\n```\n\n", strings.TrimSpace(info.failures))
+		w("## Failures and stalls in this run\n\nThese benchmarks failed, or (peers only) stalled past the benchmark's bound and were skipped, in at least one round (their figures, if any, come from the other rounds):\n\n```\n%s\n```\n\n", strings.TrimSpace(info.failures))
 	}
 	if strings.TrimSpace(info.notes) != "" {
 		w("%s\n\n", strings.TrimSpace(info.notes))
