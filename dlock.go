@@ -136,7 +136,7 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if err != nil {
 		return err
 	}
-	return lk.run(ctx, fn)
+	return run(ctx, lk, fn)
 }
 
 // Acquire takes the lock name, waiting until it is free or ctx is done, and
@@ -445,19 +445,28 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	return err
 }
 
-// run runs fn under the held lock l, then releases it (also on panic).
-func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+// holder is a lock that a function can run under: a *Lock or a *LockSet.
+type holder interface {
+	// watchLoss calls onLost, once, with an error matching ErrLockLost if
+	// the lock is lost before unwatch is called; unwatch returns when
+	// onLost has finished or can no longer run.
+	watchLoss(onLost func(lostErr error)) (unwatch func())
+	Release(ctx context.Context) error
+}
+
+// run runs fn under h, then releases h (also on panic). fn's ctx is
+// cancelled, with cause an error matching ErrLockLost, if h is lost.
+func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	var lostErr error // set by onLost, read after unwatch
-	unwatch := l.watch(func() {
-		lostErr = l.g.errorf(l.name, ErrLockLost)
-		cancel(lostErr)
-		l.observeLost(false)
+	unwatch := h.watchLoss(func(e error) {
+		lostErr = e
+		cancel(e)
 	})
 	defer func() {
 		unwatch()
 		cancel(nil)
-		rerr := l.Release(ctx)
+		rerr := h.Release(ctx)
 		switch {
 		case lostErr != nil && err != nil:
 			err = fmt.Errorf("%w: %w", lostErr, err)
@@ -472,6 +481,13 @@ func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (
 		// too; observers (WithLogger) are told of it.
 	}()
 	return fn(fctx)
+}
+
+func (l *Lock[L]) watchLoss(onLost func(error)) (unwatch func()) {
+	return l.watch(func() {
+		onLost(l.g.errorf(l.name, ErrLockLost))
+		l.observeLost(false)
+	})
 }
 
 // watch runs onLost once if the lease is lost before unwatch is called;
