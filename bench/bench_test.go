@@ -265,6 +265,9 @@ func stall(b *testing.B, why string) {
 	b.Skip("peer stalled: " + why)
 }
 
+// scaleAcquireTimeout bounds one acquisition of BenchmarkScale.
+const scaleAcquireTimeout = 10 * time.Second
+
 // scaleN is how many locks BenchmarkScale tries to hold at once.
 func scaleN(b *testing.B) int {
 	s := os.Getenv("DLOCK_BENCH_SCALE_N")
@@ -335,7 +338,17 @@ func scale(b *testing.B, l lib) {
 				if i >= n {
 					return
 				}
-				h, err := lk.lock(ctx, names[i])
+				// dlock's waits ride out errors that may heal (out of
+				// descriptors, the server's lock table full) until their
+				// ctx ends: bound each one, so that reaching a limit ends
+				// the benchmark in seconds, with the last error. (Not
+				// valkeylock's: its lock lives only as long as that ctx.)
+				actx, cancel := ctx, context.CancelFunc(func() {})
+				if strings.HasPrefix(l.name, "dlock") {
+					actx, cancel = context.WithTimeout(ctx, scaleAcquireTimeout)
+				}
+				h, err := lk.lock(actx, names[i])
+				cancel()
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })
 					failed.Store(true)
