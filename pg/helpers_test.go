@@ -43,7 +43,7 @@ func newBackend(t testing.TB, url string, opts ...pg.Option) (*pg.Backend, *pgxp
 	t.Helper()
 	pool := newPool(t, url, 0)
 	b := pg.New(pool, opts...)
-	t.Cleanup(b.Close) // runs before pool.Close
+	t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
 	return b, pool
 }
 
@@ -62,10 +62,11 @@ func admin(t testing.TB, url, sql string, args ...any) {
 	}
 }
 
-// terminate kills the session with process ID pid.
+// terminate kills the session with process ID pid and waits (up to 10s)
+// until it has ended: its locks are free when terminate returns.
 func terminate(t testing.TB, url string, pid uint32) {
 	t.Helper()
-	admin(t, url, "SELECT pg_terminate_backend($1)", int64(pid))
+	admin(t, url, "SELECT pg_terminate_backend($1, 10000)", int64(pid))
 }
 
 // scalar runs a one-value query on a connection of its own.

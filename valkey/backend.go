@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Backend is a lock backend over one valkey-go client: a standalone
@@ -34,13 +33,14 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // New returns a Backend over client, configured by opts. It returns an
 // error for a nil client or an invalid option.
 func New(client valkeygo.Client, opts ...Option) (*Backend, error) {
 	if client == nil {
-		return nil, errors.New("dlock/valkey: nil client")
+		return nil, errors.New("valkey: nil client")
 	}
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -164,7 +164,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 
 func (b *Backend) semBase(name string, limit int) (string, error) {
 	if limit < 1 {
-		return "", fmt.Errorf("dlock/valkey: semaphore %s: %w: %d", shortName(name), dlock.ErrInvalidLimit, limit)
+		return "", fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
 	}
 	return keyBase(b.c.cfg.prefix, name)
 }
@@ -207,7 +207,7 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 	}()
 	ch := channel(base, k)
 	subscribed := false
-	poll := minPoll
+	poll := pace.New(minPoll, maxPoll)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -224,18 +224,16 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 				continue // try again now that a release cannot be missed
 			}
 		}
-		d := poll
+		d := min(poll.Next(), maxPoll) // jittered, never beyond maxPoll
 		if a.hint > 0 && a.hint+time.Millisecond < d {
 			d = a.hint + time.Millisecond
 		}
-		d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-		poll = min(2*poll, maxPoll)
 		timer.Reset(d)
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dlock/valkey: waiting for %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, ctx.Err())
+			return nil, fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 		}
 		if !timer.Stop() {
 			select {
