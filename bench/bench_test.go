@@ -23,6 +23,11 @@ const goroutines = 64
 // benchmark instead of hanging it.
 const waitTimeout = time.Minute
 
+// throughputTimeout bounds one run of a throughput benchmark (a second's
+// worth of operations, normally): a library that loses a wake-up or stalls
+// fails it after this long instead of costing the run a minute per round.
+const throughputTimeout = 20 * time.Second
+
 // runID keeps the lock names of one run apart from any earlier run's
 // leftovers (pglock rows, lease keys, lock files).
 var runID = strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -44,7 +49,8 @@ func eachLib(b *testing.B, waiting bool, f func(b *testing.B, l lib)) {
 	}
 }
 
-// BenchmarkUncontended measures one acquire + release of a free lock, and its
+// BenchmarkUncontended measures one acquire + release of a free lock (the
+// waiting acquire): ns/op is the mean, p50-ns the median; and its
 // allocations.
 func BenchmarkUncontended(b *testing.B) {
 	eachLib(b, false, func(b *testing.B, l lib) {
@@ -61,9 +67,13 @@ func BenchmarkUncontended(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		// One clock read per operation: each sample is the time from one
+		// acquisition's start to the next one's.
+		samples := make([]time.Duration, b.N)
 		b.ReportAllocs()
 		b.ResetTimer()
-		for range b.N {
+		prev := time.Now()
+		for i := range b.N {
 			h, err := lk.lock(ctx, name)
 			if err != nil {
 				b.Fatal(err)
@@ -71,7 +81,13 @@ func BenchmarkUncontended(b *testing.B) {
 			if err := h.Release(ctx); err != nil {
 				b.Fatal(err)
 			}
+			now := time.Now()
+			samples[i] = now.Sub(prev)
+			prev = now
 		}
+		b.StopTimer()
+		slices.Sort(samples)
+		b.ReportMetric(float64(percentile(samples, 0.50)), "p50-ns")
 	})
 }
 
@@ -185,9 +201,9 @@ func BenchmarkThroughputKeys(b *testing.B) {
 
 func throughput(b *testing.B, l lib, name func(g int) string) {
 	lk := l.open(b, b.TempDir())
-	// A library that loses a wake-up fails here after waitTimeout instead of
-	// hanging the run.
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	// A library that loses a wake-up fails here after throughputTimeout
+	// instead of hanging the run.
+	ctx, cancel := context.WithTimeout(context.Background(), throughputTimeout)
 	defer cancel()
 	var (
 		next     atomic.Int64
@@ -219,10 +235,38 @@ func throughput(b *testing.B, l lib, name func(g int) string) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if firstErr != nil {
-		b.Fatal(firstErr)
+		failOrStall(b, l, firstErr)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
 }
+
+// isPeer reports whether l is a peer (not dlock, not a floor).
+func isPeer(l lib) bool {
+	return !strings.HasPrefix(l.name, "dlock") && l.name != "floor" && l.name != "2rtt"
+}
+
+// failOrStall ends a benchmark that could not finish: a peer that stalled
+// (its wait outlived the benchmark's bound) is skipped with the reason, so
+// that a peer's bug never turns the CI red (bench/run lists the stalls in
+// BENCHMARKS.md); anything else fails.
+func failOrStall(b *testing.B, l lib, err error) {
+	b.Helper()
+	if isPeer(l) && errors.Is(err, context.DeadlineExceeded) {
+		stall(b, err.Error())
+	}
+	b.Fatal(err)
+}
+
+// stall skips b, a peer's benchmark that stalled, and says so on stdout
+// (go test prints skipped benchmarks only with -v): "--- STALL: name: why".
+func stall(b *testing.B, why string) {
+	b.Helper()
+	fmt.Printf("\n--- STALL: %s (skipped): %s\n", b.Name(), strings.ReplaceAll(strings.TrimSpace(why), "\n", "\n    "))
+	b.Skip("peer stalled: " + why)
+}
+
+// scaleAcquireTimeout bounds one acquisition of BenchmarkScale.
+const scaleAcquireTimeout = 10 * time.Second
 
 // scaleN is how many locks BenchmarkScale tries to hold at once.
 func scaleN(b *testing.B) int {
@@ -294,7 +338,17 @@ func scale(b *testing.B, l lib) {
 				if i >= n {
 					return
 				}
-				h, err := lk.lock(ctx, names[i])
+				// dlock's waits ride out errors that may heal (out of
+				// descriptors, the server's lock table full) until their
+				// ctx ends: bound each one, so that reaching a limit ends
+				// the benchmark in seconds, with the last error. (Not
+				// valkeylock's: its lock lives only as long as that ctx.)
+				actx, cancel := ctx, context.CancelFunc(func() {})
+				if strings.HasPrefix(l.name, "dlock") {
+					actx, cancel = context.WithTimeout(ctx, scaleAcquireTimeout)
+				}
+				h, err := lk.lock(actx, names[i])
+				cancel()
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })
 					failed.Store(true)

@@ -1,7 +1,10 @@
-// Package bench measures dlock against its peers on the same servers, in the
-// same run: uncontended acquire + release latency and allocations, hand-off
-// latency from a release to a waiter's acquisition, throughput of 64
-// goroutines on one hot key and on distinct keys, and how many locks one
+// Package bench measures dlock against its peers and against the cheapest
+// correct lock a user could write by hand ("floor"), on the same servers, in
+// the same run: uncontended acquire + release latency and allocations,
+// hand-off latency from a release to a waiter's acquisition, throughput of
+// 64 goroutines on one hot key and on distinct keys, fairness of 8 clients in
+// 8 processes saturating one lock (BenchmarkFairness, which re-executes the
+// test binary as its clients: TestFairnessClient), and how many locks one
 // process can hold.
 //
 // It is a separate module so that no peer ever enters dlock's go.mod. The
@@ -16,5 +19,6 @@
 //
 // Environment:
 //
-//	DLOCK_BENCH_SCALE_N  locks BenchmarkScale tries to hold at once (default 1000)
+//	DLOCK_BENCH_SCALE_N        locks BenchmarkScale tries to hold at once (default 1000)
+//	DLOCK_BENCH_FAIR_DURATION  saturation time of each BenchmarkFairness run (default 1s)
 package bench

@@ -2,12 +2,18 @@ package bench
 
 import (
 	"context"
+	crand "crypto/rand"
+	"crypto/sha1"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +28,7 @@ import (
 	"github.com/go-redsync/redsync/v4"
 	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
 	"github.com/gofrs/flock"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/lib/pq" // database/sql driver that cirello.io/pglock requires
 	goredislib "github.com/redis/go-redis/v9"
@@ -79,6 +86,7 @@ var libs = []lib{
 	{"valkey", "valkeylock", openValkeylock, true},
 	{"valkey", "redsync", openRedsync, true},
 	{"valkey", "redislock", openRedislock, true},
+	{"valkey", "floor", openValkeyFloor, true},
 	{"valkey", "2rtt", openValkey2RTT, false},
 	{"pg", "dlock", openDlockPG, true},
 	{"pg", "pglock", openPglock, true},
@@ -207,6 +215,72 @@ func openRedislock(tb testing.TB, _ string) locker {
 	}
 }
 
+// valkeyFloor is the cheapest correct hand-written lock on a valkey-go
+// client: SET key token NX PX, released by a compare-and-delete script run
+// with EVALSHA (EVAL when the server does not know it yet). Tokens are a
+// random per-instance prefix and a counter: unique, and cheap. It waits by
+// polling every valkeyFloorPoll (it has no notification).
+type valkeyFloor struct {
+	c      valkeygo.Client
+	prefix string
+	n      *atomic.Uint64
+}
+
+type valkeyFloorHeld struct {
+	f          valkeyFloor
+	key, token string
+}
+
+// valkeyFloorPoll is the hand-written valkey lock's polling delay.
+const valkeyFloorPoll = time.Millisecond
+
+const valkeyUnlockScript = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
+
+var valkeyUnlockSHA = func() string {
+	sum := sha1.Sum([]byte(valkeyUnlockScript))
+	return hex.EncodeToString(sum[:])
+}()
+
+func (f valkeyFloor) lock(ctx context.Context, name string) (held, error) {
+	key := "bench-floor:" + name
+	token := f.prefix + strconv.FormatUint(f.n.Add(1), 36)
+	px := leaseTTL.Milliseconds()
+	for {
+		err := f.c.Do(ctx, f.c.B().Set().Key(key).Value(token).Nx().PxMilliseconds(px).Build()).Error()
+		if err == nil {
+			return &valkeyFloorHeld{f, key, token}, nil
+		}
+		if !valkeygo.IsValkeyNil(err) {
+			return nil, err
+		}
+		t := time.NewTimer(valkeyFloorPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (h *valkeyFloorHeld) Release(ctx context.Context) error {
+	c := h.f.c
+	n, err := c.Do(ctx, c.B().Evalsha().Sha1(valkeyUnlockSHA).Numkeys(1).Key(h.key).Arg(h.token).Build()).AsInt64()
+	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		n, err = c.Do(ctx, c.B().Eval().Script(valkeyUnlockScript).Numkeys(1).Key(h.key).Arg(h.token).Build()).AsInt64()
+	}
+	if err == nil && n != 1 {
+		err = errors.New("valkey floor: lock not held at release")
+	}
+	return err
+}
+
+func openValkeyFloor(tb testing.TB, _ string) locker {
+	var r [8]byte
+	_, _ = crand.Read(r[:])
+	return valkeyFloor{newValkeyClient(tb), hex.EncodeToString(r[:]) + ":", new(atomic.Uint64)}
+}
+
 // valkey2RTT is the floor of an acquire + release: one PING each.
 type valkey2RTT struct{ c valkeygo.Client }
 
@@ -229,12 +303,16 @@ func pgURL(tb testing.TB) string {
 	return dlocktest.RequireEnv(tb, "DLOCK_TEST_PG_URL")
 }
 
-func newPool(tb testing.TB) *pgxpool.Pool {
+func newPool(tb testing.TB) *pgxpool.Pool { return newPoolWith(tb, nil) }
+
+// newPoolWith returns a pool whose new connections run afterConnect.
+func newPoolWith(tb testing.TB, afterConnect func(context.Context, *pgx.Conn) error) *pgxpool.Pool {
 	cfg, err := pgxpool.ParseConfig(pgURL(tb))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg.MaxConns = poolSize
+	cfg.AfterConnect = afterConnect
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -300,8 +378,12 @@ func advisoryKey(name string) int64 {
 	return int64(h.Sum64())
 }
 
-// pgFloor is raw pgx: pg_advisory_lock, then pg_advisory_unlock on the same
-// connection, taken from a pool.
+// pgFloor is the cheapest correct hand-written lock on a pgx pool: a pooled
+// connection, prepared pg_advisory_lock (it waits in the server's queue; a
+// ctx cancelled meanwhile makes pgx close the connection, which frees the
+// lock), prepared pg_advisory_unlock, the connection back to the pool. A
+// connection whose unlock failed is closed, never pooled (pgxpool does not
+// reset sessions).
 type pgFloor struct{ p *pgxpool.Pool }
 
 type pgFloorHeld struct {
@@ -309,13 +391,19 @@ type pgFloorHeld struct {
 	key  int64
 }
 
+// Names of the floor's prepared statements.
+const (
+	pgFloorLock   = "bench_floor_lock"
+	pgFloorUnlock = "bench_floor_unlock"
+)
+
 func (f pgFloor) lock(ctx context.Context, name string) (held, error) {
 	conn, err := f.p.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
 	key := advisoryKey(name)
-	if _, err := conn.Exec(ctx, "select pg_advisory_lock($1)", key); err != nil {
+	if _, err := conn.Exec(ctx, pgFloorLock, key); err != nil {
 		conn.Release()
 		return nil, err
 	}
@@ -323,18 +411,27 @@ func (f pgFloor) lock(ctx context.Context, name string) (held, error) {
 }
 
 func (h *pgFloorHeld) Release(ctx context.Context) error {
-	defer h.conn.Release()
 	var ok bool
-	if err := h.conn.QueryRow(ctx, "select pg_advisory_unlock($1)", h.key).Scan(&ok); err != nil {
-		return err
+	err := h.conn.QueryRow(ctx, pgFloorUnlock, h.key).Scan(&ok)
+	if err == nil && !ok {
+		err = errors.New("pg_advisory_unlock: not held")
 	}
-	if !ok {
-		return errors.New("pg_advisory_unlock: not held")
+	if err != nil {
+		_ = h.conn.Conn().Close(context.Background())
 	}
-	return nil
+	h.conn.Release()
+	return err
 }
 
-func openPGFloor(tb testing.TB, _ string) locker { return pgFloor{newPool(tb)} }
+func openPGFloor(tb testing.TB, _ string) locker {
+	return pgFloor{newPoolWith(tb, func(ctx context.Context, c *pgx.Conn) error {
+		if _, err := c.Prepare(ctx, pgFloorLock, "select pg_advisory_lock($1)"); err != nil {
+			return err
+		}
+		_, err := c.Prepare(ctx, pgFloorUnlock, "select pg_advisory_unlock($1)")
+		return err
+	})}
+}
 
 // pg2RTT is the floor of two round trips: SELECT 1 twice on one connection.
 type pg2RTT struct{ p *pgxpool.Pool }
@@ -409,12 +506,19 @@ func (g gofrsLocker) lock(ctx context.Context, name string) (held, error) {
 
 func openGofrsFlock(_ testing.TB, dir string) locker { return gofrsLocker{dir} }
 
-// rawFlock is the floor for files: open, flock(LOCK_EX) (blocking), close.
+// rawFlock is the floor for files: open, flock(LOCK_EX) (blocking),
+// flock(LOCK_UN), close.
 type rawFlock struct{ dir string }
 
 type rawFD int
 
-func (fd rawFD) Release(context.Context) error { return unix.Close(int(fd)) }
+func (fd rawFD) Release(context.Context) error {
+	err := unix.Flock(int(fd), unix.LOCK_UN)
+	if cerr := unix.Close(int(fd)); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 func (r rawFlock) lock(_ context.Context, name string) (held, error) {
 	fd, err := unix.Open(lockPath(r.dir, name), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
