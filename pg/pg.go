@@ -66,7 +66,7 @@ const (
 )
 
 // errClosed reports a call on a closed Backend.
-var errClosed = fmt.Errorf("pg: %w", backend.ErrClosed)
+var errClosed = backend.ErrClosed
 
 // errNilPool reports a Backend made with a nil pool.
 var errNilPool = errors.New("pg: nil pool")
