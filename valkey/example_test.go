@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/valkey-io/valkey-go"
@@ -46,7 +47,8 @@ func Example() {
 // with a fencing token for the storage it protects.
 func ExampleNewRedLock() {
 	var clients []valkey.Client
-	for _, addr := range []string{"10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"} {
+	// Three independent servers, e.g. "db1:6379,db2:6379,db3:6379".
+	for _, addr := range strings.Split(os.Getenv("DLOCK_TEST_VALKEY_NODES"), ",") {
 		c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{addr}})
 		if err != nil {
 			fmt.Println(err)

@@ -6,6 +6,7 @@ package golden
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -56,3 +57,24 @@ func Check(t *testing.T, path string, cases []Case) {
 
 // C returns the Case of what.
 func C(what string, err func(t *testing.T) error) Case { return Case{What: what, Err: err} }
+
+// Stdout returns what f prints to os.Stdout: a test can run an Example
+// that needs a server only when the server is there, and check its output.
+func Stdout(t *testing.T, f func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := os.Stdout
+	os.Stdout = w
+	out := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		out <- string(b)
+	}()
+	defer func() { os.Stdout = saved }()
+	f()
+	_ = w.Close()
+	return <-out
+}
