@@ -309,6 +309,12 @@ func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rn
 		time.Sleep(hold)
 	}
 	r.Leave = Now()
+	// Say so before calling Release: a worker killed after this record may
+	// have released; one killed before it had not (the checker bounds a
+	// killed section's release by this record, else by the kill).
+	if err := rec.Write(Record{Ev: "leave", Proc: cfg.Proc, G: gid, Seq: seq, Kind: kind, Leave: r.Leave}); err != nil {
+		return err
+	}
 	close(stop)
 	<-watched
 	if t := told.Load(); t != 0 {
