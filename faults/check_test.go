@@ -438,3 +438,47 @@ func TestCheckUnfinishedSection(t *testing.T) {
 		t.Errorf("a section without exit, then another holder, passed: %+v", r)
 	}
 }
+
+// Hole 6: the fenced counter loses nothing by construction, which says
+// nothing about exclusion; the shadow counter beside it, enforcing nothing,
+// counts what a user without fencing loses.
+func TestStoreShadowCountsWhatFencingSaves(t *testing.T) {
+	dir := t.TempDir()
+	st := NewStore(filepath.Join(dir, "fenced"), filepath.Join(dir, "shadow"))
+	// Holder 1 (token 1) reads; its lock is revoked; holder 2 (token 2)
+	// reads and writes; holder 1, untold, writes last.
+	a, err := st.Read(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Read(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := b.Write(); err != nil || !wrote {
+		t.Fatalf("holder 2's write: %v %v", wrote, err)
+	}
+	if wrote, err := a.Write(); err != nil || wrote || !a.Refused {
+		t.Fatalf("holder 1's stale write: wrote %v refused %v err %v", wrote, a.Refused, err)
+	}
+	f, _ := st.Fenced.State()
+	s, _ := st.Shadow.State()
+	if f.Lost != 0 || f.Refused != 1 || f.Value != 1 {
+		t.Errorf("fenced counter: %+v", f)
+	}
+	if s.Lost != 1 || s.Stale != 1 || s.Value != 1 || s.Writes != 2 {
+		t.Errorf("shadow counter: %+v", s)
+	}
+	// A stale read refused by the fenced counter still goes through to the
+	// shadow.
+	c, err := st.Read(1)
+	if err != nil || !c.Refused {
+		t.Fatalf("stale read: %+v %v", c, err)
+	}
+	if _, err := c.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := st.Shadow.State(); s.Writes != 3 || s.Value != 2 {
+		t.Errorf("shadow counter after a refused read: %+v", s)
+	}
+}

@@ -16,8 +16,14 @@ type Result struct {
 	Fault   string `json:"fault"`
 	Faults  int    `json:"faults"` // faults injected
 	Report
-	Resource ResourceState `json:"resource"`
-	Seconds  float64       `json:"seconds"`
+	Resource ResourceState `json:"resource"` // the fenced counter
+	// Shadow is the counter beside it that enforces nothing: its lost
+	// updates are what a user without fencing would lose.
+	Shadow ResourceState `json:"shadow"`
+	// Revokes says the scenario's fault can revoke a lock before its holder
+	// can know (on this backend).
+	Revokes bool    `json:"revokes"`
+	Seconds float64 `json:"seconds"`
 	// WorkerErrors counts worker processes that exited with an error (or
 	// never became ready, or had to be killed at the end).
 	WorkerErrors int `json:"workerErrors"`

@@ -389,10 +389,14 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	if err != nil {
 		e.fatalf("reading the resource: %v", err)
 	}
-	res.Report, res.Resource, res.Checked = rep, st, true
-	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused",
+	sh, err := NewResource(filepath.Join(e.dir, "shadow"), false).State()
+	if err != nil {
+		e.fatalf("reading the shadow counter: %v", err)
+	}
+	res.Report, res.Resource, res.Shadow, res.Checked = rep, st, sh, true
+	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused; without fencing %d lost updates",
 		len(e.faults), rep.Sections, rep.Killed, rep.Told, rep.Overlaps, rep.Excused, rep.TokenViolations,
-		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused)
+		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused, sh.Lost)
 
 	if n := rep.Violations(); n != 0 {
 		first := ""
@@ -410,6 +414,10 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		e.failf("%d lost updates", st.Lost)
 	}
 	revokes := fk.revokes != nil && fk.revokes(backend)
+	res.Revokes = revokes
+	if !revokes && sh.Lost != 0 {
+		e.failf("%d updates lost without fencing though no fault could revoke a lock", sh.Lost)
+	}
 	if !revokes && st.Refused != 0 {
 		e.failf("%d stale writes reached the store though no fault could revoke a lock", st.Refused)
 	}
@@ -524,7 +532,7 @@ func (e *env) spawn(slot int) {
 		AppName: fmt.Sprintf("%s-%d", e.app, slot), Prim: e.prim, Limit: semCap, Name: e.name,
 		Goroutines: e.sz.goroutines, ReadyFile: e.readyPath(id), StartFile: e.startPath(),
 		LeaseMs: leaseMs, LossMs: lossMs, HoldMs: [2]int{2, 12}, Records: e.recordsPath(id),
-		Resource: filepath.Join(e.dir, "resource")}
+		Resource: filepath.Join(e.dir, "resource"), Shadow: filepath.Join(e.dir, "shadow")}
 	switch e.backend {
 	case "pg":
 		u, _ := url.Parse(e.pgURL)
