@@ -284,34 +284,39 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	enter := func(i int) int64 { return ss[i].Enter }
 	rep.MaxConcurrent = maxAtOnce(len(ss), enter, func(i int) int64 { return rawEnd[i] })
 	if len(ss) > 0 && ss[0].Kind == KindTicket {
-		// A ticket holds from its entry to the earliest moment it may have
-		// been given up. A ticket revoked before its entry was still held
-		// at the grant, which came before the revocation: it counts at the
-		// moment the revocation can have begun (not for no time at all).
-		start := func(i int) int64 {
-			if revokedBeforeEntry(i) {
-				return min(max(rel[i].call, ss[i].Call), ss[i].Enter)
-			}
-			return ss[i].Enter
-		}
+		// A ticket surely holds from its entry to the earliest moment it may
+		// have been given up. A ticket revoked before its entry surely held
+		// only at its grant, some moment between its call and its entry (and
+		// its telling): it is over the limit if every moment there had
+		// limit sure holders already.
 		end := func(i int) int64 {
 			if revokedBeforeEntry(i) {
-				return start(i) + 1
+				return ss[i].Enter // no time
 			}
 			if !ss[i].Done || ss[i].Lost {
 				return max(rel[i].call, ss[i].Enter)
 			}
 			return rawEnd[i]
 		}
-		if m, when := maxAtOnceWhen(len(ss), start, end); m > spec.Limit {
+		if m, when := maxAtOnceWhen(len(ss), enter, end); m > spec.Limit {
 			rep.OverLimit = m - spec.Limit
 			rep.problem("%d holders at once, limit %d, at %d:", m, spec.Limit, when)
 			for i := range ss {
-				if start(i) <= when && end(i) > when {
-					rep.problem("  holder %d/%d/%d token %d: call %d, entered %d, left %d, released %d, lost %v told %d, done %v, release error %q",
-						ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Token, ss[i].Call, ss[i].Enter, ss[i].Leave, ss[i].Rel,
-						ss[i].Lost, ss[i].Told, ss[i].Done, ss[i].RelErr)
+				if ss[i].Enter <= when && end(i) > when {
+					rep.holder(ss[i])
 				}
+			}
+		}
+		for j := range ss {
+			if !revokedBeforeEntry(j) {
+				continue
+			}
+			from, to := ss[j].Call, min(ss[j].Enter, ss[j].Told)
+			if least := minAtOnce(len(ss), enter, end, from, to); least >= spec.Limit {
+				rep.OverLimit++
+				rep.problem("ticket %d/%d/%d, revoked before its entry, was granted between %d and %d, when %d others held at every moment:",
+					ss[j].Proc, ss[j].G, ss[j].Seq, from, to, least)
+				rep.holder(ss[j])
 			}
 		}
 	}
@@ -385,6 +390,48 @@ func (r *Report) explainLoss(s Section, faults []Fault, spec Spec) {
 	if rev != nil {
 		r.Windows = append(r.Windows, max(0, s.Told-max(rev.frees(), s.Call)))
 	}
+}
+
+func (r *Report) holder(s Section) {
+	r.problem("  holder %d/%d/%d token %d: call %d, entered %d, left %d, released %d, lost %v told %d, done %v, release error %q",
+		s.Proc, s.G, s.Seq, s.Token, s.Call, s.Enter, s.Leave, s.Rel, s.Lost, s.Told, s.Done, s.RelErr)
+}
+
+// minAtOnce returns the least number of the n intervals [start(i), end(i))
+// open at any moment of [from, to].
+func minAtOnce(n int, start, end func(int) int64, from, to int64) int {
+	type ev struct {
+		t int64
+		d int
+	}
+	var evs []ev
+	c := 0
+	for i := range n {
+		s, e := start(i), end(i)
+		if s >= e || e <= from || s > to {
+			continue
+		}
+		if s <= from {
+			c++ // open at from
+		} else {
+			evs = append(evs, ev{s, 1})
+		}
+		if e <= to {
+			evs = append(evs, ev{e, -1})
+		}
+	}
+	sort.Slice(evs, func(i, j int) bool {
+		if evs[i].t != evs[j].t {
+			return evs[i].t < evs[j].t
+		}
+		return evs[i].d < evs[j].d // leave before enter: the gap counts
+	})
+	least := c
+	for _, e := range evs {
+		c += e.d
+		least = min(least, c)
+	}
+	return least
 }
 
 func maxAtOnce(n int, start, end func(int) int64) int {
