@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -14,32 +14,78 @@ import (
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
-// errors actually returned wrap these and name the lock.
+// errors actually returned wrap these and name the lock. Each but ErrNilFunc
+// is the backend package's error of the same name, so that a backend needs
+// only package backend.
 var (
 	// ErrNotAcquired reports that a lock was not acquired: held elsewhere
 	// (TryDo, TryAcquire), or a wait ended because its ctx was done (then
 	// the error matches ctx.Err() too).
-	ErrNotAcquired = errors.New("dlock: lock not acquired")
+	ErrNotAcquired = backend.ErrNotAcquired
 	// ErrLockLost reports that a held lock was lost: the backend could no
 	// longer guarantee ownership. It is the cause of Do's ctx cancellation.
-	ErrLockLost = errors.New("dlock: lock lost")
+	ErrLockLost = backend.ErrLockLost
 	// ErrInvalidName reports a lock name that is empty or that the backend
 	// cannot map into its namespace.
-	ErrInvalidName = errors.New("dlock: invalid lock name")
+	ErrInvalidName = backend.ErrInvalidName
 	// ErrInvalidLimit reports a semaphore limit below 1.
-	ErrInvalidLimit = errors.New("dlock: invalid semaphore limit")
-	// ErrNilFunc reports a nil callback passed to Do or TryDo.
-	ErrNilFunc = errors.New("dlock: nil function")
+	ErrInvalidLimit = backend.ErrInvalidLimit
 	// ErrNotHeld reports a Release of a lock that was already released.
-	ErrNotHeld = errors.New("dlock: lock not held")
+	ErrNotHeld = backend.ErrNotHeld
+	// ErrClosed reports a call on a backend that was closed; a wait ends at
+	// once on it.
+	ErrClosed = backend.ErrClosed
+	// ErrNilFunc reports a nil callback passed to Do or TryDo.
+	ErrNilFunc = errors.New("nil function")
 )
 
-// Guard is the acquire, wait, run and release engine shared by every
-// primitive and every backend. A Mutex, each side of an RWMutex, and a
-// Semaphore are Guards over a backend's one-attempt primitive.
+// Locker is a lock of any kind over any backend, as code that runs work
+// under it needs it: every *Guard is one, whatever its backend. Take a
+// Locker, not a *Guard[L], in a service's constructor so that its tests can
+// pass a Guard over dlocktest.Memory in place of one over pg, valkey or fs.
+type Locker interface {
+	// Do takes the lock name, waiting until it is free or ctx is done, runs
+	// fn and releases the lock (see Guard.Do).
+	Do(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// TryDo is Do with a single attempt (see Guard.TryDo).
+	TryDo(ctx context.Context, name string, fn func(ctx context.Context) error) error
+	// Hold is Acquire returning a Handle (see Guard.Hold).
+	Hold(ctx context.Context, name string) (Handle, error)
+	// TryHold is TryAcquire returning a Handle (see Guard.TryHold).
+	TryHold(ctx context.Context, name string) (Handle, error)
+}
+
+// Handle is a held lock of any kind over any backend: every *Lock is one.
+// Code that holds a lock across calls (leader election) keeps a Handle, so
+// that it names no backend.
+type Handle interface {
+	// Name returns the lock's name.
+	Name() string
+	// Lost returns a channel closed when the lock is lost or released.
+	Lost() <-chan struct{}
+	// Err says why Lost closed: nil while held, ErrLockLost, ErrNotHeld.
+	Err() error
+	// Token returns the lock's fencing token, if the backend has one.
+	Token() (uint64, bool)
+	// Release gives the lock up.
+	Release(ctx context.Context) error
+}
+
+var (
+	_ Locker = (*Guard[backend.Lease])(nil)
+	_ Handle = (*Lock[backend.Lease])(nil)
+)
+
+// Guard is a lock of one kind (a mutex, one side of a reader-writer mutex,
+// or a semaphore) over one backend, for every name: Do runs a function
+// under a named lock, TryDo does so only if the lock is free, Acquire and
+// TryAcquire return it held. It waits, honours ctx, runs the function and
+// releases the same way whatever the backend, which only makes attempts.
+// Mutex and Semaphore are other names for it; RWMutex has two.
 //
 // A Guard is safe for concurrent use. Every call names the lock it takes;
-// calls with different names are independent.
+// calls with different names are independent. L is the backend's lease
+// type; code that should not name it uses the Locker and Handle interfaces.
 type Guard[L backend.Lease] struct {
 	kind string
 	try  func(ctx context.Context, name string) (L, bool, error)
@@ -47,6 +93,14 @@ type Guard[L backend.Lease] struct {
 	err  error                                             // a configuration error every call returns
 	opts options
 }
+
+// Mutex is a distributed mutex, made by NewMutex: at most one holder of
+// each name at a time.
+type Mutex[L backend.Lease] = Guard[L]
+
+// Semaphore is a distributed counting semaphore, made by NewSemaphore: at
+// most its limit of holders of each name at a time.
+type Semaphore[L backend.Lease] = Guard[L]
 
 func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
 	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
@@ -97,6 +151,25 @@ func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error
 	return g.acquire(ctx, name, false)
 }
 
+// Hold is Acquire returning the held lock as a Handle, so that the caller
+// names no backend (see Locker).
+func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, true)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
+}
+
+// TryHold is TryAcquire returning the held lock as a Handle (see Locker).
+func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
+	lk, err := g.acquire(ctx, name, false)
+	if err != nil {
+		return nil, err
+	}
+	return lk, nil
+}
+
 func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
 	if g.err != nil {
 		return nil, g.errorf(name, g.err)
@@ -105,27 +178,25 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 		return nil, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
 	}
 	if ctx.Err() != nil {
-		return nil, g.notAcquired(ctx, name)
+		return nil, g.notAcquired(ctx, name, nil)
 	}
 	var (
 		lease L
 		err   error
+		last  error // the last error a wait rode out
 	)
-	switch {
-	case !wait:
+	if wait {
+		lease, last, err = g.waitLoop(ctx, name)
+	} else {
 		var ok bool
 		lease, ok, err = g.try(ctx, name)
 		if err == nil && !ok {
 			return nil, g.errorf(name, ErrNotAcquired)
 		}
-	case g.wait != nil:
-		lease, err = g.wait(ctx, name)
-	default:
-		lease, err = g.poll(ctx, name)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, g.notAcquired(ctx, name)
+			return nil, g.notAcquired(ctx, name, last)
 		}
 		return nil, g.errorf(name, err)
 	}
@@ -136,32 +207,54 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 		if err := lk.Release(ctx); err != nil {
 			g.log(ctx, slog.LevelWarn, "dlock: releasing a lock acquired as its ctx ended", name, err)
 		}
-		return nil, g.notAcquired(ctx, name)
+		return nil, g.notAcquired(ctx, name, last)
 	}
 	g.log(ctx, slog.LevelDebug, "dlock: acquired", name, nil)
 	return lk, nil
 }
 
-// poll waits for a backend without a native wait: attempts paced by
-// jittered exponential backoff.
-func (g *Guard[L]) poll(ctx context.Context, name string) (L, error) {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(g.opts.minWait),
-		backoff.WithMaxInterval(g.opts.maxWait),
-		backoff.WithRandomizationFactor(0.5),
-		backoff.WithMultiplier(2),
-		backoff.WithMaxElapsedTime(0),
+// waitLoop waits for the lock: the backend's native wait if it has one,
+// else tries paced by jittered exponential backoff. An error of the backend
+// that is not permanent (see isPermanent) is ridden out: the loop pauses
+// as between two tries and goes on until ctx ends. It returns the last such
+// error with the result, for the error that reports a ctx-ended wait.
+func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, err error) {
+	var (
+		b *backoff.ExponentialBackOff
+		t *time.Timer
 	)
-	var t *time.Timer
 	defer func() {
 		if t != nil {
 			t.Stop()
 		}
 	}()
 	for {
-		lease, ok, err := g.try(ctx, name)
-		if err != nil || ok {
-			return lease, err
+		ok := false
+		if g.wait != nil {
+			lease, err = g.wait(ctx, name)
+			ok = err == nil
+		} else {
+			lease, ok, err = g.try(ctx, name)
+		}
+		switch {
+		case ok && err == nil:
+			return lease, last, nil
+		case err != nil && ctx.Err() != nil:
+			return lease, last, err
+		case err != nil && isPermanent(err):
+			return lease, last, err
+		case err != nil:
+			last = err
+			g.log(ctx, slog.LevelWarn, "dlock: wait: backend error; retrying", name, err)
+		}
+		if b == nil {
+			b = backoff.NewExponentialBackOff(
+				backoff.WithInitialInterval(g.opts.minWait),
+				backoff.WithMaxInterval(g.opts.maxWait),
+				backoff.WithRandomizationFactor(0.5),
+				backoff.WithMultiplier(2),
+				backoff.WithMaxElapsedTime(0),
+			)
 		}
 		d := b.NextBackOff()
 		if t == nil {
@@ -172,18 +265,32 @@ func (g *Guard[L]) poll(ctx context.Context, name string) (L, error) {
 		select {
 		case <-ctx.Done():
 			var zero L
-			return zero, ctx.Err()
+			return zero, last, ctx.Err()
 		case <-t.C:
 		}
 	}
 }
 
-func (g *Guard[L]) notAcquired(ctx context.Context, name string) error {
+// isPermanent reports whether a wait must end at once on err rather than
+// ride it out: bad input, or an error its backend marked permanent.
+func isPermanent(err error) bool {
+	return backend.IsPermanent(err) || errors.Is(err, ErrInvalidName) ||
+		errors.Is(err, ErrInvalidLimit) || errors.Is(err, ErrNilFunc) || errors.Is(err, ErrClosed)
+}
+
+// notAcquired is the error of a wait that ctx ended: it matches
+// ErrNotAcquired, ctx.Err(), ctx's cause if it has another, and last, the
+// last backend error the wait rode out, if any.
+func (g *Guard[L]) notAcquired(ctx context.Context, name string, last error) error {
 	err, cause := ctx.Err(), context.Cause(ctx)
+	msg, args := "dlock: %s %s: %w: %w", []any{g.kind, shortName(name), ErrNotAcquired, err}
 	if cause != nil && cause != err {
-		return fmt.Errorf("dlock: %s %s: %w: %w (%w)", g.kind, shortName(name), ErrNotAcquired, err, cause)
+		msg, args = msg+" (%w)", append(args, cause)
 	}
-	return fmt.Errorf("dlock: %s %s: %w: %w", g.kind, shortName(name), ErrNotAcquired, err)
+	if last != nil {
+		msg, args = msg+"; last error: %w", append(args, last)
+	}
+	return fmt.Errorf(msg, args...)
 }
 
 // log logs an event about the lock name, formatting nothing when the
@@ -206,11 +313,23 @@ func (g *Guard[L]) errorf(name string, err error) error {
 // Lock is a held lock, returned by Acquire and TryAcquire. Its methods are
 // safe for concurrent use.
 type Lock[L backend.Lease] struct {
-	g        *Guard[L]
-	name     string
-	lease    L
-	released atomic.Bool
+	g     *Guard[L]
+	name  string
+	lease L
+
+	mu    sync.Mutex
+	state lockState
 }
+
+// lockState is where a Lock is in its life.
+type lockState uint8
+
+const (
+	held      lockState = iota
+	releasing           // Release is running; the lock was not known lost when it began
+	lost                // lost: learned before or by Release
+	released            // released cleanly
+)
 
 // Name returns the lock's name.
 func (l *Lock[L]) Name() string { return l.name }
@@ -220,8 +339,29 @@ func (l *Lock[L]) Lease() L { return l.lease }
 
 // Lost returns a channel that is closed when the lock is lost: the backend
 // can no longer guarantee that this holder owns it (see backend.Lease). It
-// is also closed once the lock is released.
+// is also closed once the lock is released; Err tells which happened.
 func (l *Lock[L]) Lost() <-chan struct{} { return l.lease.Lost() }
+
+// Err says why Lost is closed, as context.Context's Err does for Done. It
+// returns nil while the lock is held (and while a Release that began before
+// any loss was known is still running); an error matching ErrLockLost once
+// the lock is lost, also when the loss was first learned by Release; and
+// one matching ErrNotHeld after any other Release (the lock was held until
+// it was given up, or its release failed for another reason, which Release
+// returned). Once non-nil, Err always returns an error matching the same
+// sentinel.
+func (l *Lock[L]) Err() error {
+	l.mu.Lock()
+	st := l.state
+	l.mu.Unlock()
+	switch {
+	case st == lost, st == held && isClosed(l.lease.Lost()):
+		return l.g.errorf(l.name, ErrLockLost)
+	case st == released:
+		return l.g.errorf(l.name, ErrNotHeld)
+	}
+	return nil
+}
 
 // Token returns the lock's fencing token and true, when the backend offers
 // one: tokens of one name strictly increase across all acquisitions by all
@@ -236,17 +376,30 @@ func (l *Lock[L]) Token() (uint64, bool) {
 	return 0, false
 }
 
-// Release gives the lock up. It runs even when ctx is already cancelled,
-// bounded by the release timeout (WithReleaseTimeout). It returns an error
-// matching ErrNotHeld when the lock was already released, and one matching
-// ErrLockLost when the lock had been lost; in every case the lock's
-// resources are freed and no other holder is disturbed.
+// Release gives the lock up. It runs even when ctx is already cancelled:
+// its work is bounded by the Guard's release timeout (WithReleaseTimeout)
+// alone, which is the deadline of the ctx the backend's release gets.
+//
+// It returns nil only when the lock was held until it was released. It
+// returns an error matching ErrLockLost when the lock had been lost —
+// whether Lost had already closed or the backend found out only now — and
+// one matching ErrNotHeld when the lock was already released. In every case
+// the lock's resources are freed and no other holder is disturbed; Err
+// tells afterwards which way it ended.
 func (l *Lock[L]) Release(ctx context.Context) error {
 	g := l.g
-	if !l.released.CompareAndSwap(false, true) {
+	l.mu.Lock()
+	if l.state != held {
+		l.mu.Unlock()
 		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
-	lost := isClosed(l.lease.Lost())
+	wasLost := isClosed(l.lease.Lost())
+	l.state = releasing
+	if wasLost {
+		l.state = lost
+	}
+	l.mu.Unlock()
+
 	detached := ctx
 	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
 		detached = context.WithoutCancel(ctx)
@@ -255,15 +408,22 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	defer cancel()
 	err := l.lease.Release(rctx)
 	switch {
-	case lost && (err == nil || !errors.Is(err, ErrLockLost)):
+	case wasLost && (err == nil || !errors.Is(err, ErrLockLost)):
 		if err != nil {
 			err = fmt.Errorf("%w (release: %w)", ErrLockLost, err)
 		} else {
 			err = ErrLockLost
 		}
-	case err != nil && !lost:
+	case err != nil && !errors.Is(err, ErrLockLost):
 		g.log(ctx, slog.LevelWarn, "dlock: release failed", l.name, err)
 	}
+	l.mu.Lock()
+	if errors.Is(err, ErrLockLost) {
+		l.state = lost
+	} else {
+		l.state = released
+	}
+	l.mu.Unlock()
 	if err != nil {
 		return g.errorf(l.name, err)
 	}

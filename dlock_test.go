@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/dlocktest"
 )
 
@@ -237,5 +240,188 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		if err := lk.Release(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+var errDown = errors.New("connection refused (test server down)")
+
+// flaky is a Memory whose server is down while down is set: every attempt
+// fails with errDown (or with err, when set).
+type flaky struct {
+	m    *dlocktest.Memory
+	down atomic.Bool
+	err  error
+	hits atomic.Int32
+}
+
+func (f *flaky) fail() error {
+	f.hits.Add(1)
+	if f.err != nil {
+		return f.err
+	}
+	return errDown
+}
+
+func (f *flaky) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	if f.down.Load() {
+		return nil, false, f.fail()
+	}
+	return f.m.TryLock(ctx, name)
+}
+
+// flakyWaiter adds a native wait, which also fails while the server is down.
+type flakyWaiter struct{ *flaky }
+
+func (f flakyWaiter) Lock(ctx context.Context, name string) (*dlocktest.MemoryLease, error) {
+	if f.down.Load() {
+		return nil, f.fail()
+	}
+	return f.m.Lock(ctx, name)
+}
+
+// A wait rides out server errors until the server is back, with a native
+// wait and without; then the lock is taken. A try reports them at once.
+func TestWaitRidesOutServerErrors(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	for _, native := range []bool{false, true} {
+		f := &flaky{m: dlocktest.NewMemory()}
+		var b backend.Locker[*dlocktest.MemoryLease] = f
+		if native {
+			b = flakyWaiter{f}
+		}
+		mu := dlock.NewMutex(b, dlock.WithBackoff(time.Millisecond, 5*time.Millisecond))
+		f.down.Store(true)
+		if _, err := mu.TryAcquire(context.Background(), "x"); !errors.Is(err, errDown) || errors.Is(err, dlock.ErrNotAcquired) {
+			t.Fatalf("native=%v: TryAcquire on a down server: %v, want the server error at once", native, err)
+		}
+		go func() {
+			for f.hits.Load() < 5 {
+				time.Sleep(time.Millisecond)
+			}
+			f.down.Store(false)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		lk, err := mu.Acquire(ctx, "x")
+		cancel()
+		if err != nil {
+			t.Fatalf("native=%v: Acquire while the server came back: %v", native, err)
+		}
+		if err := lk.Release(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A wait whose ctx ends while the server is down reports ErrNotAcquired,
+// ctx.Err() and the last server error; it holds nothing.
+func TestWaitEndedDuringOutageNamesServerError(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	f := &flaky{m: dlocktest.NewMemory()}
+	f.down.Store(true)
+	mu := dlock.NewMutex(flakyWaiter{f}, dlock.WithBackoff(time.Millisecond, 5*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := mu.Acquire(ctx, "x")
+	for _, want := range []error{dlock.ErrNotAcquired, context.DeadlineExceeded, errDown} {
+		if !errors.Is(err, want) {
+			t.Errorf("Acquire: %v; does not match %v", err, want)
+		}
+	}
+	if f.hits.Load() < 2 {
+		t.Errorf("the wait tried %d times in 100ms; it did not ride out the outage", f.hits.Load())
+	}
+	f.down.Store(false)
+	lk, err := mu.TryAcquire(context.Background(), "x")
+	if err != nil {
+		t.Fatalf("the failed wait left the lock held: %v", err)
+	}
+	_ = lk.Release(context.Background())
+}
+
+// Errors that cannot heal end a wait at once.
+func TestWaitEndsOnPermanentError(t *testing.T) {
+	errAuth := errors.New("WRONGPASS invalid password")
+	for _, perm := range []error{backend.Permanent(errAuth), fmt.Errorf("%w: bad", dlock.ErrInvalidName)} {
+		f := &flaky{m: dlocktest.NewMemory(), err: perm}
+		f.down.Store(true)
+		mu := dlock.NewMutex(flakyWaiter{f})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := mu.Acquire(ctx, "x")
+		cancel()
+		if !errors.Is(err, perm) || errors.Is(err, dlock.ErrNotAcquired) || f.hits.Load() != 1 {
+			t.Errorf("Acquire with %v: %v after %d attempts; want that error after one", perm, err, f.hits.Load())
+		}
+	}
+	if !backend.IsPermanent(fmt.Errorf("wrapped: %w", backend.Permanent(errDown))) || backend.IsPermanent(errDown) {
+		t.Error("IsPermanent does not see the mark through wrapping, or sees one that is not there")
+	}
+	if backend.Permanent(nil) != nil {
+		t.Error("Permanent(nil) != nil")
+	}
+}
+
+// lostAtRelease's Release finds out only then that the lock was gone.
+type lostAtRelease struct{ lost chan struct{} }
+
+func (l lostAtRelease) Release(context.Context) error {
+	close(l.lost)
+	return fmt.Errorf("unlock found another holder: %w", dlock.ErrLockLost)
+}
+func (l lostAtRelease) Lost() <-chan struct{} { return l.lost }
+
+type lostAtReleaseLocker struct{}
+
+func (lostAtReleaseLocker) TryLock(context.Context, string) (lostAtRelease, bool, error) {
+	return lostAtRelease{make(chan struct{})}, true, nil
+}
+
+// Err tells a loss from a release, whenever the loss was learned.
+func TestLockErr(t *testing.T) {
+	mem := dlocktest.NewMemory()
+	mu := dlock.NewMutex(mem)
+	ctx := context.Background()
+
+	lk, err := mu.TryAcquire(ctx, "clean")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lk.Err() != nil {
+		t.Fatalf("Err while held: %v", lk.Err())
+	}
+	if err := lk.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(lk.Err(), dlock.ErrNotHeld) || errors.Is(lk.Err(), dlock.ErrLockLost) {
+		t.Fatalf("Err after a clean release: %v, want ErrNotHeld", lk.Err())
+	}
+	if err := lk.Release(ctx); !errors.Is(err, dlock.ErrNotHeld) || !errors.Is(lk.Err(), dlock.ErrNotHeld) {
+		t.Fatalf("second Release: %v, Err %v", err, lk.Err())
+	}
+
+	lk, err = mu.TryAcquire(ctx, "lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem.Lose(lk.Lease())
+	<-lk.Lost()
+	if !errors.Is(lk.Err(), dlock.ErrLockLost) {
+		t.Fatalf("Err after a loss: %v, want ErrLockLost", lk.Err())
+	}
+	if err := lk.Release(ctx); !errors.Is(err, dlock.ErrLockLost) || !errors.Is(lk.Err(), dlock.ErrLockLost) {
+		t.Fatalf("Release of a lost lock: %v, Err %v; want ErrLockLost twice", err, lk.Err())
+	}
+
+	lr, err := dlock.NewMutex(lostAtReleaseLocker{}).TryAcquire(ctx, "found-at-release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lr.Err() != nil {
+		t.Fatalf("Err while held: %v", lr.Err())
+	}
+	if err := lr.Release(ctx); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release: %v, want ErrLockLost", err)
+	}
+	if !errors.Is(lr.Err(), dlock.ErrLockLost) || errors.Is(lr.Err(), dlock.ErrNotHeld) {
+		t.Fatalf("Err after a loss learned at release: %v, want ErrLockLost", lr.Err())
 	}
 }

@@ -19,7 +19,8 @@
 // timeout, and there is no other. TryDo makes a single attempt. Acquire and
 // TryAcquire return a held *Lock for code that is not shaped like a
 // closure (leader election, a lock held across requests); it has Release,
-// Lost and, where the backend offers one, a fencing Token.
+// Lost, Err (why Lost closed: lost or released) and, where the backend
+// offers one, a fencing Token.
 //
 // NewRWMutex gives a reader-writer mutex whose Read and Write sides are
 // Guards; NewSemaphore a semaphore with a limit. A Mutex, an RWMutex and a
@@ -38,15 +39,27 @@
 //   - Names are byte strings; names that differ in any byte are different
 //     locks. The empty name is refused with ErrInvalidName, and no name can
 //     reach outside the backend's directory or key prefix.
-//   - A try never waits. A wait ends when the lock is taken or ctx is done;
-//     a wait ended by ctx returns an error matching both ErrNotAcquired and
-//     ctx.Err(), and holds nothing afterwards — also when the backend
-//     granted the lock just as ctx ended (it is released at once).
+//   - A try never waits — not for a holder, and not for a connection or
+//     other resource of the backend, also when many goroutines try at once
+//     on one backend instance. A server error ends a try at once.
+//   - A wait ends when the lock is taken or ctx is done. It rides out
+//     transient server and connection errors (a server restarting, a reset
+//     connection, a refused connect): it tries again, paced by jittered
+//     capped backoff, until ctx ends. Errors that cannot heal (an invalid
+//     name, failed authentication, a closed backend: see
+//     backend.Permanent) end it at once. A wait ended by ctx returns an
+//     error matching both ErrNotAcquired and ctx.Err(), wrapping the last
+//     server error it rode out if there was one, and holds nothing
+//     afterwards — also when the backend granted the lock just as ctx ended
+//     (it is released at once).
 //   - Release frees the lock for a waiter. Releasing twice returns
-//     ErrNotHeld; releasing a lost lock returns ErrLockLost; neither
-//     disturbs the lock's next holder. Do releases when fn returns and when
-//     it panics, and a release runs even when ctx is already cancelled,
-//     bounded by WithReleaseTimeout.
+//     ErrNotHeld; releasing a lost lock returns ErrLockLost, also when the
+//     backend learns of the loss only during the release; neither disturbs
+//     the lock's next holder. Lock.Err tells afterwards which way the lock
+//     ended. Do releases when fn returns and when it panics, and a release
+//     runs even when ctx is already cancelled. WithReleaseTimeout is the one
+//     bound on a release: it is the deadline of the backend's release
+//     work, whatever the caller's ctx.
 //   - Loss is reported: when the backend can no longer guarantee ownership
 //     (the connection holding it died, the key expired or was deleted, the
 //     lock file was removed), Lost is closed and Do's ctx is cancelled with

@@ -94,3 +94,47 @@ func ExampleNewSemaphore() {
 	// Output:
 	// third holder: true
 }
+
+// Reports is a service that runs its job under a lock. Its constructor
+// takes a dlock.Locker, which names no backend: production passes a Guard
+// over pg, valkey or fs, and its tests pass one over dlocktest.Memory.
+type Reports struct{ lock dlock.Locker }
+
+func NewReports(lock dlock.Locker) *Reports { return &Reports{lock: lock} }
+
+// Nightly builds the nightly report, unless another instance is at it.
+func (r *Reports) Nightly(ctx context.Context) error {
+	return r.lock.TryDo(ctx, "nightly-report", func(ctx context.Context) error {
+		fmt.Println("building the report")
+		return nil
+	})
+}
+
+// Lead keeps leadership until it is lost or ctx ends; the lock it holds is
+// a dlock.Handle, whatever the backend.
+func (r *Reports) Lead(ctx context.Context) (dlock.Handle, error) {
+	return r.lock.Hold(ctx, "reports-leader")
+}
+
+// A service takes a dlock.Locker; in its unit tests, a Mutex over the
+// in-process Memory backend stands in for the real one (here with
+// production's pg.New(pool) in mind).
+func ExampleLocker() {
+	svc := NewReports(dlock.NewMutex(dlocktest.NewMemory()))
+	ctx := context.Background()
+	fmt.Println("err:", svc.Nightly(ctx))
+
+	h, err := svc.Lead(ctx)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("leading:", h.Name(), h.Err() == nil)
+	_ = h.Release(ctx)
+	fmt.Println("after release:", errors.Is(h.Err(), dlock.ErrNotHeld))
+	// Output:
+	// building the report
+	// err: <nil>
+	// leading: reports-leader true
+	// after release: true
+}

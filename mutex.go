@@ -10,7 +10,7 @@ import (
 // name at a time, across goroutines, processes and machines that share b's
 // lock space. It waits with b's native wait when b implements
 // backend.LockWaiter, else it polls with backoff (see WithBackoff).
-func NewMutex[L backend.Lease](b backend.Locker[L], opts ...Option) *Guard[L] {
+func NewMutex[L backend.Lease](b backend.Locker[L], opts ...Option) *Mutex[L] {
 	if b == nil {
 		return brokenGuard[L]("mutex", opts)
 	}

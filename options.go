@@ -41,11 +41,11 @@ func newOptions(opts []Option) options {
 }
 
 // WithBackoff sets the pause between two attempts to take a lock, for
-// backends that offer no native wait: it starts at min, doubles after each
+// backends that offer no native wait, and between two attempts of a wait
+// that rides out a server error (for every backend): it starts at min, doubles after each
 // failed attempt up to max, and is jittered by ±50% so that waiters do not
 // move in step. Values below a microsecond are raised to one; a max below
-// min is raised to min. Backends with a native wait (all of dlock's own)
-// ignore it.
+// min is raised to min.
 func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) {
 		o.minWait = atLeast(min, time.Microsecond)
@@ -56,8 +56,10 @@ func WithBackoff(min, max time.Duration) Option {
 // WithReleaseTimeout bounds how long a release may take. A release runs even
 // when the caller's ctx is already cancelled (Do releases after its ctx
 // ends; Release detaches from ctx's cancellation), so this timeout is what
-// stops it from hanging on a dead server. Non-positive values keep the
-// default, DefaultReleaseTimeout.
+// stops it from hanging on a dead server. It is the one bound: it is the
+// deadline of the ctx the backend's release gets, and every backend
+// honours that deadline rather than one of its own. Non-positive values
+// keep the default, DefaultReleaseTimeout.
 func WithReleaseTimeout(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {

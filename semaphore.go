@@ -15,7 +15,7 @@ import (
 //
 // Every holder of a name should use the same limit; each backend documents
 // what happens when they disagree.
-func NewSemaphore[L backend.Lease](b backend.Semaphore[L], limit int, opts ...Option) *Guard[L] {
+func NewSemaphore[L backend.Lease](b backend.Semaphore[L], limit int, opts ...Option) *Semaphore[L] {
 	if b == nil {
 		return brokenGuard[L]("semaphore", opts)
 	}

@@ -11,7 +11,7 @@
 //
 //   - name is a non-empty string of arbitrary bytes (the caller has checked
 //     that it is not empty). A backend maps it injectively into its own
-//     namespace or returns an error wrapping dlock.ErrInvalidName; it never
+//     namespace or returns an error wrapping ErrInvalidName; it never
 //     reaches outside that namespace (a directory, a key prefix).
 //   - A Mutex, an RWMutex and a Semaphore of the same name are different
 //     locks: a backend keeps the three kinds in separate namespaces.
@@ -33,7 +33,7 @@ import (
 type Lease interface {
 	// Release gives the lock up. It returns nil only if the lock was held by
 	// this lease until the moment it was released. Releasing a lease that was
-	// lost returns an error (wrapping dlock.ErrLockLost when the backend
+	// lost returns an error (wrapping ErrLockLost when the backend
 	// knows it was lost), and never disturbs another holder of the same
 	// name. Release frees every resource of the lease (goroutines,
 	// connections, file descriptors) even when it returns an error, and even

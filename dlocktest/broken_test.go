@@ -2,14 +2,17 @@ package dlocktest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/dlocktest"
 )
 
@@ -26,6 +29,8 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"leaky":     "found unexpected goroutines",
 		"stale":     "tokens must strictly increase",
 		"fairreads": "new readers still got in",
+		"hoarding":  "of a free name",
+		"hiding":    "Release right after the lock was revoked",
 	}
 	for mode, want := range cases {
 		t.Run(mode, func(t *testing.T) {
@@ -69,6 +74,19 @@ func TestBrokenBackend(t *testing.T) {
 		h.New = func(testing.TB, string) any { return leakyLocker{mem} }
 	case "fairreads":
 		h.New = func(testing.TB, string) any { return pollingRW{mem} }
+	case "hoarding":
+		h.New = func(testing.TB, string) any { return &hoardingLocker{m: mem, conns: make(chan struct{}, 4)} }
+	case "hiding":
+		dlocktest.Run(t, dlocktest.Harness[*hidingLease]{
+			New: func(testing.TB, string) any { return hidingLocker{mem} },
+			Lose: func(_ testing.TB, l *hidingLease) {
+				mem.Lose(l.MemoryLease)
+				time.AfterFunc(100*time.Millisecond, l.tell) // a monitor that notices later
+			},
+			LossWithin: time.Second,
+			InProcess:  true,
+		})
+		return
 	case "stale":
 		dlocktest.Run(t, dlocktest.Harness[staleLease]{
 			New:       func(testing.TB, string) any { return staleLocker{mem} },
@@ -121,4 +139,60 @@ func (staleLease) Token() uint64 { return 1 }
 func (s staleLocker) TryLock(ctx context.Context, name string) (staleLease, bool, error) {
 	l, ok, err := s.m.TryLock(ctx, name)
 	return staleLease{l}, ok, err
+}
+
+// hoardingLocker has a pool of four connections; a try takes one, waiting
+// for it, and its lease keeps it until released: with more than four held
+// locks a try waits for a connection the backend itself holds.
+type hoardingLocker struct {
+	m     *dlocktest.Memory
+	conns chan struct{}
+}
+
+func (h *hoardingLocker) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	select {
+	case h.conns <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	l, ok, err := h.m.TryLock(ctx, name)
+	if !ok || err != nil {
+		<-h.conns
+		return l, ok, err
+	}
+	go func() { <-l.Lost(); <-h.conns }()
+	return l, ok, err
+}
+
+// hidingLocker's leases learn of a loss only from a monitor, 100ms late,
+// and their Release says nothing of a loss it did not know of.
+type hidingLocker struct{ m *dlocktest.Memory }
+
+type hidingLease struct {
+	*dlocktest.MemoryLease
+	lost chan struct{}
+	once sync.Once
+}
+
+func (h *hidingLease) tell()                 { h.once.Do(func() { close(h.lost) }) }
+func (h *hidingLease) Lost() <-chan struct{} { return h.lost }
+func (h *hidingLease) Release(ctx context.Context) error {
+	defer h.tell()
+	select {
+	case <-h.lost:
+		return dlock.ErrLockLost
+	default:
+	}
+	if err := h.MemoryLease.Release(ctx); err != nil && !errors.Is(err, dlock.ErrLockLost) {
+		return err
+	}
+	return nil
+}
+
+func (h hidingLocker) TryLock(ctx context.Context, name string) (*hidingLease, bool, error) {
+	l, ok, err := h.m.TryLock(ctx, name)
+	if !ok || err != nil {
+		return nil, ok, err
+	}
+	return &hidingLease{MemoryLease: l, lost: make(chan struct{})}, true, nil
 }

@@ -465,6 +465,9 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrNotHeld) {
 			t.Fatalf("second Release: %v, want dlock.ErrNotHeld", err)
 		}
+		if err := lk.Err(); !errors.Is(err, dlock.ErrNotHeld) || errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("Err after a clean release: %v, want dlock.ErrNotHeld", err)
+		}
 		held(t, c, name) // the new holder is undisturbed
 		release(t, lk2)
 	})
@@ -479,11 +482,17 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		case <-time.After(s.h.LossWithin):
 			t.Fatalf("Lost() not closed within %v of the loss", s.h.LossWithin)
 		}
+		if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("Err after Lost() closed on a loss: %v, want dlock.ErrLockLost", err)
+		}
 		lk2 := acquire(t, b, name)
 		if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
 			t.Fatalf("Release of a lost lock: %v, want dlock.ErrLockLost", err)
 		}
 		held(t, c, name) // the new holder is undisturbed
+		if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("Err after the release of a lost lock: %v, want dlock.ErrLockLost", err)
+		}
 		if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrNotHeld) {
 			t.Fatalf("second Release of a lost lock: %v, want dlock.ErrNotHeld", err)
 		}
@@ -516,6 +525,8 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		}
 	})
 	s.fencing(t, k)
+	s.testBurst(t, k)
+	s.testReleaseAfterLoss(t, k)
 }
 
 // stress has workers goroutines, spread over the guards, each take name

@@ -1,0 +1,173 @@
+package dlocktest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// burstN is how many goroutines of one backend instance take locks at once
+// in testBurst: more than any sane connection pool has connections.
+const burstN = 64
+
+// burstBound bounds each call of testBurst. It is generous, so that a slow
+// machine does not fail it: what it catches is a call that waits for its
+// ctx (a try blocked behind the backend's own resources), which the ctx of
+// burstCtx makes last much longer.
+const (
+	burstBound = 10 * time.Second
+	burstCtx   = 20 * time.Second
+)
+
+// testBurst checks that a try never waits and a wait never waits for a
+// resource the backend itself holds, also when many goroutines of ONE
+// backend instance call at once and its pool or connections are busy:
+// burstN goroutines try distinct free names at once and keep them; while
+// they are held, burstN more wait for other free names, burstN try the held
+// names on the same instance and burstN on another instance (all must fail
+// at once); then everything is released.
+func (s *suite[L]) testBurst(t *testing.T, k kind[L]) {
+	s.test(t, "Burst", func(t *testing.T) {
+		g, other := k.guard(s.node(t)), k.guard(s.node(t))
+		base := s.name(t)
+		names := func(prefix string) []string {
+			n := make([]string, burstN)
+			for i := range n {
+				n[i] = fmt.Sprintf("%s/%s%d", base, prefix, i)
+			}
+			return n
+		}
+		tried := burstCall(t, "TryAcquire of a free name", names("try"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
+			return g.TryAcquire(ctx, name)
+		})
+		waited := burstCall(t, "Acquire of a free name", names("wait"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
+			return g.Acquire(ctx, name)
+		})
+		for _, on := range []struct {
+			who string
+			g   *dlock.Guard[L]
+		}{{"the same instance", g}, {"another instance", other}} {
+			burstRefused(t, "TryAcquire of a held name on "+on.who, names("try"), func(ctx context.Context, name string) error {
+				lk, err := on.g.TryAcquire(ctx, name)
+				if err == nil {
+					_ = lk.Release(context.Background())
+				}
+				return err
+			})
+		}
+		for _, lk := range append(tried, waited...) {
+			release(t, lk)
+		}
+		for _, name := range names("try")[:4] {
+			free(t, other, name, 10*time.Second)
+		}
+	})
+}
+
+// burstCall calls take for every name at once and returns the locks; each
+// call must succeed within burstBound.
+func burstCall[L backend.Lease](t *testing.T, what string, names []string, take func(context.Context, string) (*dlock.Lock[L], error)) []*dlock.Lock[L] {
+	t.Helper()
+	locks := make([]*dlock.Lock[L], len(names))
+	errs := make([]error, len(names))
+	took := make([]time.Duration, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), burstCtx)
+			defer cancel()
+			start := time.Now()
+			locks[i], errs[i] = take(ctx, name)
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	var got []*dlock.Lock[L]
+	var failed error
+	slowest := time.Duration(0)
+	for i := range names {
+		slowest = max(slowest, took[i])
+		switch {
+		case errs[i] != nil:
+			failed = errors.Join(failed, fmt.Errorf("%s %d of %d concurrent: %w (after %v)", what, i, len(names), errs[i], took[i].Round(time.Millisecond)))
+		case took[i] > burstBound:
+			failed = errors.Join(failed, fmt.Errorf("%s %d of %d concurrent took %v", what, i, len(names), took[i].Round(time.Millisecond)))
+		}
+		if locks[i] != nil {
+			got = append(got, locks[i])
+		}
+	}
+	t.Logf("%d concurrent calls of %s: slowest %v", len(names), what, slowest.Round(time.Millisecond))
+	if failed != nil {
+		for _, lk := range got {
+			_ = lk.Release(context.Background())
+		}
+		t.Fatal(failed)
+	}
+	return got
+}
+
+// burstRefused calls try for every (held) name at once: each must fail
+// with ErrNotAcquired within burstBound.
+func burstRefused(t *testing.T, what string, names []string, try func(context.Context, string) error) {
+	t.Helper()
+	errs := make([]error, len(names))
+	took := make([]time.Duration, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), burstCtx)
+			defer cancel()
+			start := time.Now()
+			errs[i] = try(ctx, name)
+			took[i] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	for i := range names {
+		switch {
+		case !errors.Is(errs[i], dlock.ErrNotAcquired) || errors.Is(errs[i], context.DeadlineExceeded):
+			t.Errorf("%s %d of %d concurrent: %v, want ErrNotAcquired at once", what, i, len(names), errs[i])
+		case took[i] > burstBound:
+			t.Errorf("%s %d of %d concurrent took %v: a try waited", what, i, len(names), took[i].Round(time.Millisecond))
+		}
+	}
+}
+
+// testReleaseAfterLoss checks that a loss is never hidden by a release:
+// the harness revokes the lock and Release is called at once, before any
+// monitor of the backend could notice; Release must say ErrLockLost, and
+// Err must say so afterwards, so that a caller (dlock run) that learns of
+// the loss only at release reports it.
+func (s *suite[L]) testReleaseAfterLoss(t *testing.T, k kind[L]) {
+	s.test(t, "ReleaseAfterLoss", func(t *testing.T) {
+		s.loses(t)
+		a, b := k.guard(s.node(t)), k.guard(s.node(t))
+		name := s.name(t)
+		for i := range 3 {
+			lk := tryAcquire(t, a, name)
+			if err := lk.Err(); err != nil {
+				t.Fatalf("Err of a held lock: %v", err)
+			}
+			s.h.Lose(t, lk.Lease())
+			if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
+				t.Fatalf("round %d: Release right after the lock was revoked: %v, want an error matching dlock.ErrLockLost", i, err)
+			}
+			if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
+				t.Fatalf("round %d: Err after a loss learned at release: %v, want dlock.ErrLockLost", i, err)
+			}
+			select {
+			case <-lk.Lost():
+			default:
+				t.Fatalf("round %d: Lost() open after Release", i)
+			}
+			free(t, b, name, s.h.LossWithin+10*time.Second)
+		}
+	})
+}
