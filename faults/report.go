@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,7 +24,10 @@ type Result struct {
 	Shadow ResourceState `json:"shadow"`
 	// Revokes says the scenario's fault can revoke a lock before its holder
 	// can know (on this backend).
-	Revokes bool    `json:"revokes"`
+	Revokes bool `json:"revokes"`
+	// NoToken says the workload had no fencing token (the CLI on a backend
+	// whose -fencing-env gives none): its fenced counter fenced nothing.
+	NoToken bool    `json:"noToken,omitempty"`
 	Seconds float64 `json:"seconds"`
 	// WorkerErrors counts worker processes that exited with an error (or
 	// never became ready, or had to be killed at the end).
@@ -122,7 +126,9 @@ func (r *Results) Totals() Totals {
 		t.Violations += x.violations()
 		t.WorkerErrors += x.WorkerErrors
 		t.Writes += x.Resource.Writes
-		t.LostUpdates += x.Resource.Lost
+		if !x.NoToken {
+			t.LostUpdates += x.Resource.Lost
+		}
 		t.ShadowLost += x.Shadow.Lost
 		t.Refused += x.Resource.Refused
 	}
@@ -198,9 +204,13 @@ func (r *Results) Markdown(command string) map[string]string {
 					x.Backend, x.Prim, x.Fault, x.Faults, verdict, Protection(x.Backend, x.Fault, x.Revokes))
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %d | %s | %s | %s |\n",
+			fenced := strconv.FormatInt(x.Resource.Lost, 10)
+			if x.NoToken {
+				fenced = "no token"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d | %d | %s | %d | %d | %s | %s | %s |\n",
 				x.Backend, x.Prim, x.Fault, x.Faults, x.Sections, x.Killed, x.Told, x.Untold, x.Excused,
-				x.Resource.Lost, x.Shadow.Lost, x.Resource.Refused, fmtWindows(x.Windows), verdict,
+				fenced, x.Shadow.Lost, x.Resource.Refused, fmtWindows(x.Windows), verdict,
 				Protection(x.Backend, x.Fault, x.Revokes))
 		}
 		b.WriteString("\n")

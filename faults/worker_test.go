@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if raw := os.Getenv(workerEnv); raw != "" {
 		os.Exit(workerMain(raw))
 	}
+	if os.Getenv(rmwEnv) == "1" {
+		os.Exit(rmwMain(os.Args[1:]))
+	}
 	code := m.Run()
 	stopPrivateServers()
 	os.Exit(code)
