@@ -219,10 +219,10 @@ func (r *Results) Markdown(command string) map[string]string {
 	// Exposure windows and updates lost without fencing, per backend and
 	// per revoking fault.
 	type agg struct {
-		windows       []int64
-		lost, writes  int64
-		untold, told  int
-		rows, violate int
+		windows      []int64
+		lost, writes int64
+		untold, told int
+		rows         int
 	}
 	byBackend, byFault := map[string]*agg{}, map[string]*agg{}
 	var keysB, keysF []string
