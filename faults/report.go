@@ -83,6 +83,9 @@ type Results struct {
 	Run    RunInfo   `json:"run"`
 	Rows   []*Result `json:"rows"`
 	Margin *Margin   `json:"margin,omitempty"`
+	// Rerun lists the rows merged in from later runs (cmd/report with
+	// several -in files).
+	Rerun []RerunInfo `json:"rerun,omitempty"`
 }
 
 // ReadResults reads a results file.
@@ -96,6 +99,36 @@ func ReadResults(path string) (*Results, error) {
 		return nil, fmt.Errorf("faults: %s: %w", path, err)
 	}
 	return &r, nil
+}
+
+// Merge adds o's rows to r, replacing r's rows of the same backend,
+// primitive and fault (a scenario re-run on its own, e.g. TestCLI after a
+// fix), and o's margin if it has one. r's run description is kept; the
+// replaced rows are listed in Rerun.
+func (r *Results) Merge(o *Results) {
+	key := func(x *Result) string { return x.Backend + "/" + x.Prim + "/" + x.Fault }
+	idx := map[string]int{}
+	for i, x := range r.Rows {
+		idx[key(x)] = i
+	}
+	for _, x := range o.Rows {
+		if i, ok := idx[key(x)]; ok {
+			r.Rows[i] = x
+		} else {
+			idx[key(x)] = len(r.Rows)
+			r.Rows = append(r.Rows, x)
+		}
+		r.Rerun = append(r.Rerun, RerunInfo{Row: key(x), Date: o.Run.Date})
+	}
+	if o.Margin != nil {
+		r.Margin = o.Margin
+	}
+}
+
+// RerunInfo names a row taken from a later run (Merge).
+type RerunInfo struct {
+	Row  string    `json:"row"`
+	Date time.Time `json:"date"`
 }
 
 // Totals sums the rows of a run.
@@ -165,6 +198,20 @@ func (r *Results) Markdown(command string) map[string]string {
 		time.Duration(ri.LossMs)*time.Millisecond, ri.Parallel, fmtSeconds(ri.Seconds))
 	if command != "" {
 		fmt.Fprintf(&b, "- Command: `%s`\n", command)
+	}
+	if len(r.Rerun) > 0 {
+		byDate := map[string][]string{}
+		var dates []string
+		for _, x := range r.Rerun {
+			d := x.Date.UTC().Format("2006-01-02 15:04")
+			if byDate[d] == nil {
+				dates = append(dates, d)
+			}
+			byDate[d] = append(byDate[d], x.Row)
+		}
+		for _, d := range dates {
+			fmt.Fprintf(&b, "- Rows from a later run (%s UTC, same settings): %s.\n", d, strings.Join(byDate[d], ", "))
+		}
 	}
 	out["run"] = b.String()
 

@@ -68,3 +68,20 @@ func TestReportMarkdown(t *testing.T) {
 		t.Fatal("a missing block was not reported")
 	}
 }
+
+func TestResultsMerge(t *testing.T) {
+	a := &Results{Run: RunInfo{Date: time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)}, Rows: []*Result{
+		{Backend: "cli-fs", Prim: "run", Fault: "kill-dlock", Checked: true, Report: Report{Untold: 3}},
+		{Backend: "pg", Prim: "mutex", Fault: "none", Checked: true},
+	}}
+	b := &Results{Run: RunInfo{Date: time.Date(2026, 12, 2, 17, 0, 0, 0, time.UTC)}, Rows: []*Result{
+		{Backend: "cli-fs", Prim: "run", Fault: "kill-dlock", Checked: true},
+	}}
+	a.Merge(b)
+	if len(a.Rows) != 2 || a.Rows[0].Untold != 0 || len(a.Rerun) != 1 {
+		t.Fatalf("merged: %+v", a)
+	}
+	if run := a.Markdown("")["run"]; !strings.Contains(run, "Rows from a later run (2026-12-02 17:00 UTC, same settings): cli-fs/run/kill-dlock.") {
+		t.Fatalf("run block: %s", run)
+	}
+}
