@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Errors returned by dlock and its backends. Match them with errors.Is; the
@@ -220,8 +220,9 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 // error with the result, for the error that reports a ctx-ended wait.
 func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, err error) {
 	var (
-		b *backoff.ExponentialBackOff
-		t *time.Timer
+		p    pace.Pacer
+		t    *time.Timer
+		used bool
 	)
 	defer func() {
 		if t != nil {
@@ -247,16 +248,10 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 			last = err
 			g.log(ctx, slog.LevelWarn, "dlock: wait: backend error; retrying", name, err)
 		}
-		if b == nil {
-			b = backoff.NewExponentialBackOff(
-				backoff.WithInitialInterval(g.opts.minWait),
-				backoff.WithMaxInterval(g.opts.maxWait),
-				backoff.WithRandomizationFactor(0.5),
-				backoff.WithMultiplier(2),
-				backoff.WithMaxElapsedTime(0),
-			)
+		if !used {
+			p, used = pace.New(g.opts.minWait, g.opts.maxWait), true
 		}
-		d := b.NextBackOff()
+		d := p.Next()
 		if t == nil {
 			t = time.NewTimer(d)
 		} else {
@@ -299,7 +294,7 @@ func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, 
 	if !g.opts.logger.Enabled(ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", shortName(name))}
+	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", logName(name))}
 	if err != nil {
 		attrs = append(attrs, slog.Any("err", err))
 	}
@@ -481,12 +476,22 @@ func isClosed(c <-chan struct{}) bool {
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {
-	const max = 64
-	if len(name) <= max {
-		return fmt.Sprintf("%q", name)
+	if len(name) <= maxShownName {
+		return strconv.Quote(name)
 	}
-	return fmt.Sprintf("%q…(%d bytes)", name[:max], len(name))
+	return fmt.Sprintf("%q…(%d bytes)", name[:maxShownName], len(name))
 }
+
+// logName is name for a log attribute: unquoted, cut to 64 bytes.
+func logName(name string) string {
+	if len(name) <= maxShownName {
+		return name
+	}
+	return fmt.Sprintf("%s…(%d bytes)", name[:maxShownName], len(name))
+}
+
+// maxShownName is how much of a lock name messages and logs show.
+const maxShownName = 64
 
 // errNilBackend is the configuration error of a Guard made over a nil
 // backend.

@@ -48,8 +48,7 @@ func newOptions(opts []Option) options {
 // min is raised to min.
 func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) {
-		o.minWait = atLeast(min, time.Microsecond)
-		o.maxWait = atLeast(max, o.minWait)
+		o.minWait, o.maxWait = min, max // pace.New raises them as documented
 	}
 }
 
@@ -77,11 +76,4 @@ func WithLogger(l *slog.Logger) Option {
 			o.logger = l
 		}
 	}
-}
-
-func atLeast(d, min time.Duration) time.Duration {
-	if d < min {
-		return min
-	}
-	return d
 }

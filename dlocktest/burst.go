@@ -33,41 +33,39 @@ const (
 // names on the same instance and burstN on another instance (all must fail
 // at once); then everything is released.
 func (s *suite[L]) testBurst(t *testing.T, k kind[L]) {
-	s.test(t, "Burst", func(t *testing.T) {
-		g, other := k.guard(s.node(t)), k.guard(s.node(t))
-		base := s.name(t)
-		names := func(prefix string) []string {
-			n := make([]string, burstN)
-			for i := range n {
-				n[i] = fmt.Sprintf("%s/%s%d", base, prefix, i)
-			}
-			return n
+	g, other := k.guard(s.node(t)), k.guard(s.node(t))
+	base := s.name(t)
+	names := func(prefix string) []string {
+		n := make([]string, burstN)
+		for i := range n {
+			n[i] = fmt.Sprintf("%s/%s%d", base, prefix, i)
 		}
-		tried := burstCall(t, "TryAcquire of a free name", names("try"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
-			return g.TryAcquire(ctx, name)
-		})
-		waited := burstCall(t, "Acquire of a free name", names("wait"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
-			return g.Acquire(ctx, name)
-		})
-		for _, on := range []struct {
-			who string
-			g   *dlock.Guard[L]
-		}{{"the same instance", g}, {"another instance", other}} {
-			burstRefused(t, "TryAcquire of a held name on "+on.who, names("try"), func(ctx context.Context, name string) error {
-				lk, err := on.g.TryAcquire(ctx, name)
-				if err == nil {
-					_ = lk.Release(context.Background())
-				}
-				return err
-			})
-		}
-		for _, lk := range append(tried, waited...) {
-			release(t, lk)
-		}
-		for _, name := range names("try")[:4] {
-			free(t, other, name, 10*time.Second)
-		}
+		return n
+	}
+	tried := burstCall(t, "TryAcquire of a free name", names("try"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
+		return g.TryAcquire(ctx, name)
 	})
+	waited := burstCall(t, "Acquire of a free name", names("wait"), func(ctx context.Context, name string) (*dlock.Lock[L], error) {
+		return g.Acquire(ctx, name)
+	})
+	for _, on := range []struct {
+		who string
+		g   *dlock.Guard[L]
+	}{{"the same instance", g}, {"another instance", other}} {
+		burstRefused(t, "TryAcquire of a held name on "+on.who, names("try"), func(ctx context.Context, name string) error {
+			lk, err := on.g.TryAcquire(ctx, name)
+			if err == nil {
+				_ = lk.Release(context.Background())
+			}
+			return err
+		})
+	}
+	for _, lk := range append(tried, waited...) {
+		release(t, lk)
+	}
+	for _, name := range names("try")[:4] {
+		free(t, other, name, 10*time.Second)
+	}
 }
 
 // burstCall calls take for every name at once and returns the locks; each
@@ -146,28 +144,26 @@ func burstRefused(t *testing.T, what string, names []string, try func(context.Co
 // Err must say so afterwards, so that a caller (dlock run) that learns of
 // the loss only at release reports it.
 func (s *suite[L]) testReleaseAfterLoss(t *testing.T, k kind[L]) {
-	s.test(t, "ReleaseAfterLoss", func(t *testing.T) {
-		s.loses(t)
-		a, b := k.guard(s.node(t)), k.guard(s.node(t))
-		name := s.name(t)
-		for i := range 3 {
-			lk := tryAcquire(t, a, name)
-			if err := lk.Err(); err != nil {
-				t.Fatalf("Err of a held lock: %v", err)
-			}
-			s.h.Lose(t, lk.Lease())
-			if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
-				t.Fatalf("round %d: Release right after the lock was revoked: %v, want an error matching dlock.ErrLockLost", i, err)
-			}
-			if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
-				t.Fatalf("round %d: Err after a loss learned at release: %v, want dlock.ErrLockLost", i, err)
-			}
-			select {
-			case <-lk.Lost():
-			default:
-				t.Fatalf("round %d: Lost() open after Release", i)
-			}
-			free(t, b, name, s.h.LossWithin+10*time.Second)
+	s.loses(t)
+	a, b := k.guard(s.node(t)), k.guard(s.node(t))
+	name := s.name(t)
+	for i := range 3 {
+		lk := tryAcquire(t, a, name)
+		if err := lk.Err(); err != nil {
+			t.Fatalf("Err of a held lock: %v", err)
 		}
-	})
+		s.h.Lose(t, lk.Lease())
+		if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("round %d: Release right after the lock was revoked: %v, want an error matching dlock.ErrLockLost", i, err)
+		}
+		if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("round %d: Err after a loss learned at release: %v, want dlock.ErrLockLost", i, err)
+		}
+		select {
+		case <-lk.Lost():
+		default:
+			t.Fatalf("round %d: Lost() open after Release", i)
+		}
+		free(t, b, name, s.h.LossWithin+10*time.Second)
+	}
 }
