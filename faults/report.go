@@ -297,7 +297,7 @@ func (r *Results) Markdown(command string) map[string]string {
 	}
 	sort.Strings(keysB)
 	sort.Strings(keysF)
-	b.WriteString("Exposure window per backend (revoking faults; from the moment the server freed the lock, at the latest, to the moment the holder was told — by `Lost()` or by `Release`'s `ErrLockLost`):\n\n")
+	b.WriteString("Exposure window per backend (revoking faults; from the fault's start — for a holder paused past its lease, the latest moment its lease can have expired — to the moment the holder was told, by `Lost()` or by `Release`'s `ErrLockLost`; the server freed the lock at or after the fault's start, so this bounds the window from above):\n\n")
 	b.WriteString("| backend | revocations told | p50 | p99 | max |\n|---|--:|--:|--:|--:|\n")
 	for _, k := range keysB {
 		a := byBackend[k]
