@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
@@ -87,11 +87,12 @@ var (
 // calls with different names are independent. L is the backend's lease
 // type; code that should not name it uses the Locker and Handle interfaces.
 type Guard[L backend.Lease] struct {
-	kind string
-	try  func(ctx context.Context, name string) (L, bool, error)
-	wait func(ctx context.Context, name string) (L, error) // nil: poll try
-	err  error                                             // a configuration error every call returns
-	opts options
+	kind    string
+	backend string // the backend's package name, for observers
+	try     func(ctx context.Context, name string) (L, bool, error)
+	wait    func(ctx context.Context, name string) (L, error) // nil: poll try
+	err     error                                             // a configuration error every call returns
+	opts    options
 }
 
 // Mutex is a distributed mutex, made by NewMutex: at most one holder of
@@ -103,7 +104,7 @@ type Mutex[L backend.Lease] = Guard[L]
 type Semaphore[L backend.Lease] = Guard[L]
 
 func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
-	return &Guard[L]{kind: kind, try: try, wait: wait, opts: newOptions(opts)}
+	return &Guard[L]{kind: kind, backend: backendName[L](), try: try, wait: wait, opts: newOptions(opts)}
 }
 
 // Do takes the lock name, waiting until it is free or ctx is done, runs fn,
@@ -114,8 +115,9 @@ func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L
 // nothing. fn's ctx is derived from ctx and is also cancelled, with cause
 // an error matching ErrLockLost (see context.Cause), if the lock is lost
 // while fn runs; Do then returns an error matching ErrLockLost (and fn's
-// own error, if it returned one). Otherwise Do returns fn's error, or, when
-// fn succeeded, the release's.
+// own error, if it returned one). So it does when the loss is learned only
+// by the release after fn returned. Otherwise Do returns fn's error, or,
+// when fn succeeded, the release's.
 func (g *Guard[L]) Do(ctx context.Context, name string, fn func(ctx context.Context) error) error {
 	return g.do(ctx, name, fn, true)
 }
@@ -130,11 +132,11 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if fn == nil {
 		return g.errorf(name, ErrNilFunc)
 	}
-	lk, err := g.acquire(ctx, name, wait)
+	lk, err := g.acquire(ctx, name, wait, true)
 	if err != nil {
 		return err
 	}
-	return lk.run(ctx, fn)
+	return run(ctx, lk, fn)
 }
 
 // Acquire takes the lock name, waiting until it is free or ctx is done, and
@@ -142,19 +144,19 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 // returns an error matching both ErrNotAcquired and ctx.Err(), and holds
 // nothing. ctx bounds only the acquisition, not the holding.
 func (g *Guard[L]) Acquire(ctx context.Context, name string) (*Lock[L], error) {
-	return g.acquire(ctx, name, true)
+	return g.acquire(ctx, name, true, false)
 }
 
 // TryAcquire is Acquire with a single attempt: when the lock is held
 // elsewhere it returns at once an error matching ErrNotAcquired.
 func (g *Guard[L]) TryAcquire(ctx context.Context, name string) (*Lock[L], error) {
-	return g.acquire(ctx, name, false)
+	return g.acquire(ctx, name, false, false)
 }
 
 // Hold is Acquire returning the held lock as a Handle, so that the caller
 // names no backend (see Locker).
 func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
-	lk, err := g.acquire(ctx, name, true)
+	lk, err := g.acquire(ctx, name, true, false)
 	if err != nil {
 		return nil, err
 	}
@@ -163,54 +165,71 @@ func (g *Guard[L]) Hold(ctx context.Context, name string) (Handle, error) {
 
 // TryHold is TryAcquire returning the held lock as a Handle (see Locker).
 func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
-	lk, err := g.acquire(ctx, name, false)
+	lk, err := g.acquire(ctx, name, false, false)
 	if err != nil {
 		return nil, err
 	}
 	return lk, nil
 }
 
-func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L], error) {
+// acquire takes name, waiting if wait, and tells the observers; do says
+// that Do will run a function under the lock (and watch for its loss).
+func (g *Guard[L]) acquire(ctx context.Context, name string, wait, do bool) (*Lock[L], error) {
+	o := g.observeStart(ctx, name, !wait)
+	lk, attempts, retried, err := g.take(ctx, name, wait)
+	if o == nil {
+		return lk, err
+	}
+	octx := o.end(attempts, retried, err)
+	if lk != nil {
+		lk.obsCtx, lk.acquired = octx, time.Now()
+		if !do { // Do watches for loss itself
+			lk.unwatch = lk.watch(func() { lk.observeLost(false) })
+		}
+	}
+	return lk, err
+}
+
+// take takes name, waiting if wait; it reports how many backend calls it
+// made and how many server errors it rode out.
+func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L], attempts, retried int, err error) {
 	if g.err != nil {
-		return nil, g.errorf(name, g.err)
+		return nil, 0, 0, g.errorf(name, g.err)
 	}
 	if name == "" {
-		return nil, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
+		return nil, 0, 0, g.errorf(name, fmt.Errorf("%w: empty", ErrInvalidName))
 	}
 	if ctx.Err() != nil {
-		return nil, g.notAcquired(ctx, name, nil)
+		return nil, 0, 0, g.notAcquired(ctx, name, nil)
 	}
 	var (
 		lease L
-		err   error
 		last  error // the last error a wait rode out
 	)
 	if wait {
-		lease, last, err = g.waitLoop(ctx, name)
+		lease, attempts, retried, last, err = g.waitLoop(ctx, name)
 	} else {
 		var ok bool
+		attempts = 1
 		lease, ok, err = g.try(ctx, name)
 		if err == nil && !ok {
-			return nil, g.errorf(name, ErrNotAcquired)
+			return nil, attempts, 0, g.errorf(name, ErrNotAcquired)
 		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, g.notAcquired(ctx, name, last)
+			return nil, attempts, retried, g.notAcquired(ctx, name, last)
 		}
-		return nil, g.errorf(name, err)
+		return nil, attempts, retried, g.errorf(name, err)
 	}
-	lk := &Lock[L]{g: g, name: name, lease: lease}
+	lk = &Lock[L]{g: g, name: name, lease: lease}
 	if ctx.Err() != nil {
 		// The backend granted the lock as ctx ended: the caller has gone, so
 		// give it back rather than leak it.
-		if err := lk.Release(ctx); err != nil {
-			g.log(ctx, slog.LevelWarn, "dlock: releasing a lock acquired as its ctx ended", name, err)
-		}
-		return nil, g.notAcquired(ctx, name, last)
+		_ = lk.Release(ctx)
+		return nil, attempts, retried, g.notAcquired(ctx, name, last)
 	}
-	g.log(ctx, slog.LevelDebug, "dlock: acquired", name, nil)
-	return lk, nil
+	return lk, attempts, retried, nil
 }
 
 // waitLoop waits for the lock: the backend's native wait if it has one,
@@ -218,7 +237,7 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait bool) (*Lock[L
 // that is not permanent (see isPermanent) is ridden out: the loop pauses
 // as between two tries and goes on until ctx ends. It returns the last such
 // error with the result, for the error that reports a ctx-ended wait.
-func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, err error) {
+func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, attempts, retried int, last, err error) {
 	var (
 		p    pace.Pacer
 		t    *time.Timer
@@ -231,6 +250,7 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 	}()
 	for {
 		ok := false
+		attempts++
 		if g.wait != nil {
 			lease, err = g.wait(ctx, name)
 			ok = err == nil
@@ -239,14 +259,14 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 		}
 		switch {
 		case ok && err == nil:
-			return lease, last, nil
+			return lease, attempts, retried, last, nil
 		case err != nil && ctx.Err() != nil:
-			return lease, last, err
+			return lease, attempts, retried, last, err
 		case err != nil && isPermanent(err):
-			return lease, last, err
+			return lease, attempts, retried, last, err
 		case err != nil:
 			last = err
-			g.log(ctx, slog.LevelWarn, "dlock: wait: backend error; retrying", name, err)
+			retried++
 		}
 		if !used {
 			p, used = pace.New(g.opts.minWait, g.opts.maxWait), true
@@ -260,7 +280,7 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, last, er
 		select {
 		case <-ctx.Done():
 			var zero L
-			return zero, last, ctx.Err()
+			return zero, attempts, retried, last, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -288,19 +308,6 @@ func (g *Guard[L]) notAcquired(ctx context.Context, name string, last error) err
 	return fmt.Errorf(msg, args...)
 }
 
-// log logs an event about the lock name, formatting nothing when the
-// logger would drop it.
-func (g *Guard[L]) log(ctx context.Context, level slog.Level, msg, name string, err error) {
-	if !g.opts.logger.Enabled(ctx, level) {
-		return
-	}
-	attrs := []slog.Attr{slog.String("kind", g.kind), slog.String("name", logName(name))}
-	if err != nil {
-		attrs = append(attrs, slog.Any("err", err))
-	}
-	g.opts.logger.LogAttrs(ctx, level, msg, attrs...)
-}
-
 func (g *Guard[L]) errorf(name string, err error) error {
 	return fmt.Errorf("dlock: %s %s: %w", g.kind, shortName(name), err)
 }
@@ -314,6 +321,12 @@ type Lock[L backend.Lease] struct {
 
 	mu    sync.Mutex
 	state lockState
+
+	// Set only when the Guard has observers:
+	obsCtx   []context.Context // per observer, from AcquireEnd
+	acquired time.Time
+	unwatch  func() // stops watching an Acquire'd lock for loss
+	lostTold atomic.Bool
 }
 
 // lockState is where a Lock is in its life.
@@ -388,6 +401,9 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 		l.mu.Unlock()
 		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
+	if l.unwatch != nil {
+		l.unwatch()
+	}
 	wasLost := isClosed(l.lease.Lost())
 	l.state = releasing
 	if wasLost {
@@ -409,8 +425,6 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 		} else {
 			err = ErrLockLost
 		}
-	case err != nil && !errors.Is(err, ErrLockLost):
-		g.log(ctx, slog.LevelWarn, "dlock: release failed", l.name, err)
 	}
 	l.mu.Lock()
 	if errors.Is(err, ErrLockLost) {
@@ -420,49 +434,92 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	}
 	l.mu.Unlock()
 	if err != nil {
-		return g.errorf(l.name, err)
+		err = g.errorf(l.name, err)
 	}
-	g.log(ctx, slog.LevelDebug, "dlock: released", l.name, nil)
-	return nil
+	if l.obsCtx != nil {
+		if errors.Is(err, ErrLockLost) {
+			l.observeLost(true)
+		}
+		l.observeReleased(err)
+	}
+	return err
 }
 
-// run runs fn under the held lock l, then releases it (also on panic).
-func (l *Lock[L]) run(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+// holder is a lock that a function can run under: a *Lock or a *LockSet.
+type holder interface {
+	// watchLoss calls onLost, once, with an error matching ErrLockLost if
+	// the lock is lost before unwatch is called; unwatch returns when
+	// onLost has finished or can no longer run.
+	watchLoss(onLost func(lostErr error)) (unwatch func())
+	Release(ctx context.Context) error
+}
+
+// run runs fn under h, then releases h (also on panic). fn's ctx is
+// cancelled, with cause an error matching ErrLockLost, if h is lost.
+func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	var (
-		lostErr error // set by the watcher before it exits
-		stop    = make(chan struct{})
-		exited  = make(chan struct{})
-	)
-	go func() {
-		defer close(exited)
-		select {
-		case <-l.lease.Lost():
-			l.g.log(ctx, slog.LevelWarn, "dlock: lock lost while held", l.name, nil)
-			lostErr = l.g.errorf(l.name, ErrLockLost)
-			cancel(lostErr)
-		case <-stop:
-		}
-	}()
+	var lostErr error // set by onLost, read after unwatch
+	unwatch := h.watchLoss(func(e error) {
+		lostErr = e
+		cancel(e)
+	})
 	defer func() {
-		close(stop)
-		<-exited
+		unwatch()
 		cancel(nil)
-		rerr := l.Release(ctx)
+		rerr := h.Release(ctx)
 		switch {
 		case lostErr != nil && err != nil:
 			err = fmt.Errorf("%w: %w", lostErr, err)
 		case lostErr != nil:
 			err = lostErr
-		case err == nil && errors.Is(rerr, ErrLockLost):
-			err = l.g.errorf(l.name, ErrLockLost)
+		case errors.Is(rerr, ErrLockLost) && err != nil: // lost, learned at release
+			err = fmt.Errorf("%w: %w", rerr, err)
 		case err == nil:
 			err = rerr
-		case rerr != nil:
-			l.g.log(ctx, slog.LevelWarn, "dlock: release failed after fn returned an error", l.name, rerr)
 		}
+		// Any other release failure after fn's own error cannot be returned
+		// too; observers (WithLogger) are told of it.
 	}()
 	return fn(fctx)
+}
+
+func (l *Lock[L]) watchLoss(onLost func(error)) (unwatch func()) {
+	return l.watch(func() {
+		onLost(l.g.errorf(l.name, ErrLockLost))
+		l.observeLost(false)
+	})
+}
+
+// watch runs onLost once if the lease is lost before unwatch is called;
+// unwatch returns when onLost has finished or can no longer run. It uses
+// the lease's AfterLost when it has one (no goroutine), else a goroutine
+// that watches Lost.
+func (l *Lock[L]) watch(onLost func()) (unwatch func()) {
+	if n, ok := any(l.lease).(backend.LossNotifier); ok {
+		done := make(chan struct{})
+		stop := n.AfterLost(func() {
+			defer close(done)
+			onLost()
+		})
+		return func() {
+			if !stop() {
+				<-done
+			}
+		}
+	}
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-l.lease.Lost():
+			onLost()
+		case <-stop:
+		}
+	}()
+	return func() {
+		close(stop)
+		<-exited
+	}
 }
 
 func isClosed(c <-chan struct{}) bool {

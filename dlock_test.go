@@ -425,3 +425,30 @@ func TestLockErr(t *testing.T) {
 		t.Fatalf("Err after a loss learned at release: %v, want ErrLockLost", lr.Err())
 	}
 }
+
+// Composite acquisition refuses an empty set, an empty name and a nil fn.
+func TestAllBadInput(t *testing.T) {
+	mu := dlock.NewMutex(dlocktest.NewMemory())
+	ctx := context.Background()
+	for _, names := range [][]string{nil, {}, {"a", ""}} {
+		if _, err := mu.AcquireAll(ctx, names); !errors.Is(err, dlock.ErrInvalidName) {
+			t.Errorf("AcquireAll(%q): %v, want ErrInvalidName", names, err)
+		}
+		if _, err := mu.TryAcquireAll(ctx, names); !errors.Is(err, dlock.ErrInvalidName) {
+			t.Errorf("TryAcquireAll(%q): %v, want ErrInvalidName", names, err)
+		}
+	}
+	if err := mu.DoAll(ctx, []string{"a"}, nil); !errors.Is(err, dlock.ErrNilFunc) {
+		t.Errorf("DoAll(nil fn): %v, want ErrNilFunc", err)
+	}
+	set, err := mu.AcquireAll(ctx, []string{"b", "a", "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Release(ctx); !errors.Is(err, dlock.ErrNotHeld) {
+		t.Errorf("second Release of a set: %v, want ErrNotHeld", err)
+	}
+}

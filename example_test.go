@@ -138,3 +138,18 @@ func ExampleLocker() {
 	// leading: reports-leader true
 	// after release: true
 }
+
+// DoAll takes several names at once, all or none, in one canonical order,
+// so that callers whose sets overlap never deadlock.
+func ExampleGuard_DoAll() {
+	mu := dlock.NewMutex(dlocktest.NewMemory())
+	ctx := context.Background()
+	err := mu.DoAll(ctx, []string{"account:42", "account:7"}, func(ctx context.Context) error {
+		fmt.Println("moving money between two accounts, both locked")
+		return nil
+	})
+	fmt.Println("err:", err)
+	// Output:
+	// moving money between two accounts, both locked
+	// err: <nil>
+}

@@ -12,7 +12,7 @@ type Option func(*options)
 type options struct {
 	minWait, maxWait time.Duration
 	releaseTimeout   time.Duration
-	logger           *slog.Logger
+	observers        []Observer
 }
 
 // Defaults for the options.
@@ -30,7 +30,6 @@ func newOptions(opts []Option) options {
 		minWait:        DefaultMinWait,
 		maxWait:        DefaultMaxWait,
 		releaseTimeout: DefaultReleaseTimeout,
-		logger:         slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
 		if opt != nil {
@@ -67,13 +66,16 @@ func WithReleaseTimeout(d time.Duration) Option {
 	}
 }
 
-// WithLogger sets the logger for acquisitions, releases, losses and errors
-// that cannot be returned (a release failing after fn already returned an
-// error). dlock is silent by default; a nil logger keeps it so.
+// WithLogger adds an Observer that logs with l: acquisitions and releases
+// at Debug level; losses, failed releases (also one that failed after fn
+// had returned its own error, so could not be returned) and waits that
+// failed or rode out server errors at Warn. Attributes: kind, name
+// (unquoted, cut to 64 bytes), err, and wait, attempts, retried or held.
+// dlock is silent by default; a nil logger adds nothing.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
 		if l != nil {
-			o.logger = l
+			o.observers = append(o.observers, logObserver{l})
 		}
 	}
 }

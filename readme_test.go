@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	valkeygo "github.com/valkey-io/valkey-go"
 
+	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/fs"
 )
 
@@ -35,6 +36,9 @@ func build(context.Context) error  { return nil }
 func read(context.Context) error   { return nil }
 func write(context.Context) error  { return nil }
 func encode(context.Context) error { return nil }
+func transfer(context.Context) error { return nil }
+
+var mu = dlock.NewMutex(fsBackend)
 `
 
 // readmeImports are the packages a block may use without importing them.

@@ -105,6 +105,17 @@ type SemaphoreWaiter[L Lease] interface {
 	Acquire(ctx context.Context, name string, limit int) (L, error)
 }
 
+// LossNotifier is implemented by a Lease that can call a function when it
+// is lost, the way context.AfterFunc does for a context, so that the
+// engine needs no goroutine watching Lost while Do's function runs.
+type LossNotifier interface {
+	// AfterLost arranges for f to run, in its own goroutine, once Lost is
+	// closed (at once if it already is). Calling stop unregisters f: it
+	// returns true if that kept f from running, false if f has already
+	// been started (or stop was called before).
+	AfterLost(f func()) (stop func() bool)
+}
+
 // Fencer is implemented by a Lease that carries a fencing token.
 type Fencer interface {
 	// Token returns the lease's fencing token: for each name (and kind of

@@ -40,6 +40,9 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"Fencing", s.testFencing},
 		{"Burst", s.testBurst},
 		{"ReleaseAfterLoss", s.testReleaseAfterLoss},
+		{"AllOrNone", s.testAllOrNone},
+		{"AllNoDeadlock", s.testAllNoDeadlock},
+		{"AllLoss", s.testAllLoss},
 	} {
 		s.test(t, c.name, func(t *testing.T) { c.f(t, k) })
 	}

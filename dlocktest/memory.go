@@ -3,6 +3,7 @@ package dlocktest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/dlock-go/dlock"
@@ -43,7 +44,8 @@ type MemoryLease struct {
 	key   memKey
 	token uint64
 	lost  chan struct{}
-	state int // guarded by m.mu: 0 held, 1 lost, 2 released
+	state int       // guarded by m.mu: 0 held, 1 lost, 2 released
+	after []*func() // guarded by m.mu: AfterLost's functions
 }
 
 var (
@@ -54,6 +56,7 @@ var (
 	_ backend.Semaphore[*MemoryLease]       = (*Memory)(nil)
 	_ backend.SemaphoreWaiter[*MemoryLease] = (*Memory)(nil)
 	_ backend.Fencer                        = (*MemoryLease)(nil)
+	_ backend.LossNotifier                  = (*MemoryLease)(nil)
 )
 
 // NewMemory returns an empty in-process lock space.
@@ -117,7 +120,7 @@ func (m *Memory) Lose(lease *MemoryLease) {
 	defer m.mu.Unlock()
 	if lease.state == 0 {
 		lease.state = 1
-		close(lease.lost)
+		lease.closeLost()
 		m.drop(lease)
 	}
 }
@@ -229,7 +232,7 @@ func (l *MemoryLease) Release(ctx context.Context) error {
 		return dlock.ErrNotHeld
 	}
 	l.state = 2
-	close(l.lost)
+	l.closeLost()
 	m.drop(l)
 	return nil
 }
@@ -240,3 +243,32 @@ func (l *MemoryLease) Lost() <-chan struct{} { return l.lost }
 // Token implements backend.Fencer: tokens count the acquisitions of each
 // name and kind, from 1.
 func (l *MemoryLease) Token() uint64 { return l.token }
+
+// AfterLost implements backend.LossNotifier.
+func (l *MemoryLease) AfterLost(f func()) (stop func() bool) {
+	m := l.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l.state != 0 {
+		go f()
+		return func() bool { return false }
+	}
+	p := &f
+	l.after = append(l.after, p)
+	return func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		n := len(l.after)
+		l.after = slices.DeleteFunc(l.after, func(q *func()) bool { return q == p })
+		return len(l.after) < n
+	}
+}
+
+// closeLost closes Lost and starts AfterLost's functions; m.mu is held.
+func (l *MemoryLease) closeLost() {
+	close(l.lost)
+	for _, f := range l.after {
+		go (*f)()
+	}
+	l.after = nil
+}

@@ -78,6 +78,7 @@ func Run[L backend.Lease](t *testing.T, h Harness[L]) {
 			k := kind[L]{child: "mutex", guard: func(n any) *dlock.Guard[L] { return dlock.NewMutex(n.(backend.Locker[L])) }}
 			s.exclusive(t, k)
 			s.lossInDo(t)
+			s.test(t, "AllLossInDo", s.testAllLossInDo)
 		})
 	}
 	if isRW {

@@ -1,0 +1,218 @@
+package dlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/dlock-go/dlock/backend"
+)
+
+// DoAll takes every lock of names, all or none, waiting until it has them
+// all or ctx is done; runs fn; and releases them all when fn returns or
+// panics. fn's ctx is cancelled, with cause an error matching ErrLockLost,
+// if any of them is lost.
+//
+// The names are deduplicated and taken in one canonical order (byte
+// order), whatever order the caller gives, so two callers whose sets
+// overlap never deadlock. The acquisition shares ctx's one deadline; when a
+// name cannot be had before it ends, every name already taken is released
+// before DoAll returns, and the error — matching ErrNotAcquired and
+// ctx.Err() — names the lock that could not be had.
+//
+// A backend takes the names one after another (it offers no atomic path
+// yet), so another client may see some of them held before DoAll has the
+// rest: all-or-none is about what DoAll holds when it returns or runs fn.
+func (g *Guard[L]) DoAll(ctx context.Context, names []string, fn func(ctx context.Context) error) error {
+	return g.doAll(ctx, names, fn, true)
+}
+
+// TryDoAll is DoAll with a single attempt at each name: when one is held
+// elsewhere it releases those it took and returns at once an error
+// matching ErrNotAcquired that names it, without running fn.
+func (g *Guard[L]) TryDoAll(ctx context.Context, names []string, fn func(ctx context.Context) error) error {
+	return g.doAll(ctx, names, fn, false)
+}
+
+// AcquireAll is DoAll's acquisition: it returns every lock of names held,
+// as one LockSet, which the caller must Release.
+func (g *Guard[L]) AcquireAll(ctx context.Context, names []string) (*LockSet[L], error) {
+	return g.acquireAll(ctx, names, true)
+}
+
+// TryAcquireAll is TryDoAll's acquisition (see AcquireAll).
+func (g *Guard[L]) TryAcquireAll(ctx context.Context, names []string) (*LockSet[L], error) {
+	return g.acquireAll(ctx, names, false)
+}
+
+func (g *Guard[L]) doAll(ctx context.Context, names []string, fn func(ctx context.Context) error, wait bool) error {
+	if fn == nil {
+		return g.errorf(fmt.Sprint(names), ErrNilFunc)
+	}
+	set, err := g.acquireAll(ctx, names, wait)
+	if err != nil {
+		return err
+	}
+	return run(ctx, set, fn)
+}
+
+// canonical returns names sorted and without duplicates, or an error if
+// there are none or one is empty.
+func canonical(names []string) ([]string, error) {
+	if len(names) == 0 {
+		return nil, fmt.Errorf("%w: no names", ErrInvalidName)
+	}
+	sorted := slices.Clone(names)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	if sorted[0] == "" {
+		return nil, fmt.Errorf("%w: empty", ErrInvalidName)
+	}
+	return sorted, nil
+}
+
+func (g *Guard[L]) acquireAll(ctx context.Context, names []string, wait bool) (*LockSet[L], error) {
+	sorted, err := canonical(names)
+	if err != nil {
+		return nil, g.errorf(fmt.Sprint(names), err)
+	}
+	set := &LockSet[L]{lost: make(chan struct{})}
+	for _, name := range sorted {
+		lk, err := g.acquire(ctx, name, wait, true)
+		if err != nil {
+			for _, taken := range slices.Backward(set.locks) {
+				_ = taken.Release(ctx)
+			}
+			return nil, err
+		}
+		set.locks = append(set.locks, lk)
+	}
+	set.unwatch = make([]func(), len(set.locks))
+	for i, lk := range set.locks {
+		set.unwatch[i] = lk.watch(func() { set.markLost(lk) })
+	}
+	return set, nil
+}
+
+// LockSet is a set of held locks, one per name, returned by AcquireAll and
+// TryAcquireAll. It is lost when any of them is. Its methods are safe for
+// concurrent use.
+type LockSet[L backend.Lease] struct {
+	locks   []*Lock[L] // in canonical order
+	unwatch []func()
+
+	mu       sync.Mutex
+	lost     chan struct{} // closed by the first loss, or by Release
+	closed   bool          // lost is closed
+	lostLock *Lock[L]      // the first lock lost
+	state    lockState
+}
+
+// Names returns the set's names in canonical order (sorted, deduplicated).
+func (s *LockSet[L]) Names() []string {
+	names := make([]string, len(s.locks))
+	for i, lk := range s.locks {
+		names[i] = lk.Name()
+	}
+	return names
+}
+
+// Locks returns the set's locks in canonical order.
+func (s *LockSet[L]) Locks() []*Lock[L] { return slices.Clone(s.locks) }
+
+// Lost returns a channel that is closed when any lock of the set is lost,
+// and once the set is released; Err tells which.
+func (s *LockSet[L]) Lost() <-chan struct{} { return s.lost }
+
+// Err is nil while every lock is held; it matches ErrLockLost, naming the
+// lock, once any was lost (also when a loss was first learned by Release);
+// and ErrNotHeld after any other Release.
+func (s *LockSet[L]) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.lostLock != nil:
+		return s.lostLock.g.errorf(s.lostLock.name, ErrLockLost)
+	case s.state == released:
+		return s.locks[0].g.errorf(fmt.Sprint(s.Names()), ErrNotHeld)
+	}
+	return nil
+}
+
+// Token returns the fencing token of the lock name, if the set has it and
+// the backend offers tokens.
+func (s *LockSet[L]) Token(name string) (uint64, bool) {
+	for _, lk := range s.locks {
+		if lk.name == name {
+			return lk.Token()
+		}
+	}
+	return 0, false
+}
+
+// Release releases every lock of the set, in reverse order, even when ctx
+// is cancelled (each bounded by the release timeout). It returns an error
+// matching ErrLockLost if any lock had been lost, and one matching
+// ErrNotHeld if the set was already released; the errors of every lock
+// are joined.
+func (s *LockSet[L]) Release(ctx context.Context) error {
+	s.mu.Lock()
+	if s.state != held {
+		s.mu.Unlock()
+		return s.locks[0].g.errorf(fmt.Sprint(s.Names()), fmt.Errorf("release: %w", ErrNotHeld))
+	}
+	s.state = releasing
+	s.mu.Unlock()
+	for _, u := range s.unwatch {
+		u()
+	}
+	var errs []error
+	for _, lk := range slices.Backward(s.locks) {
+		if err := lk.Release(ctx); err != nil {
+			errs = append(errs, err)
+			if errors.Is(err, ErrLockLost) {
+				s.markLost(lk)
+			}
+		}
+	}
+	s.mu.Lock()
+	s.state = released
+	if !s.closed {
+		s.closed = true
+		close(s.lost)
+	}
+	s.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// markLost records the first lost lock and closes Lost.
+func (s *LockSet[L]) markLost(lk *Lock[L]) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lostLock == nil {
+		s.lostLock = lk
+	}
+	if !s.closed {
+		s.closed = true
+		close(s.lost)
+	}
+	lk.observeLost(false)
+}
+
+func (s *LockSet[L]) watchLoss(onLost func(error)) (unwatch func()) {
+	stop, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-s.lost:
+			onLost(s.Err())
+		case <-stop:
+		}
+	}()
+	return func() {
+		close(stop)
+		<-exited
+	}
+}

@@ -1,0 +1,161 @@
+package dlocktest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// testAllOrNone checks composite acquisition: a set whose one name is held
+// elsewhere is not taken, nothing of it stays held, the error names the
+// held lock; once free, the whole set is taken whatever the order given,
+// duplicates included, and Release frees all of it.
+func (s *suite[L]) testAllOrNone(t *testing.T, k kind[L]) {
+	a, b, c := k.guard(s.node(t)), k.guard(s.node(t)), k.guard(s.node(t))
+	base := s.name(t)
+	names := []string{base + "/c", base + "/a", base + "/b", base + "/a"}
+	blocker := tryAcquire(t, a, base+"/b")
+	_, err := b.TryAcquireAll(context.Background(), names)
+	if !errors.Is(err, dlock.ErrNotAcquired) || !strings.Contains(err.Error(), "/b") {
+		t.Fatalf("TryAcquireAll with one name held elsewhere: %v, want ErrNotAcquired naming %s/b", err, trunc(base))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err = b.AcquireAll(ctx, names)
+	cancel()
+	notAcquired(t, err, context.DeadlineExceeded)
+	for _, n := range []string{base + "/a", base + "/c"} {
+		release(t, tryAcquire(t, c, n)) // the failed attempts hold nothing
+	}
+	release(t, blocker)
+	set, err := b.AcquireAll(s.ctx(t), names)
+	if err != nil {
+		t.Fatalf("AcquireAll of a free set: %v", err)
+	}
+	if got := set.Names(); len(got) != 3 || got[0] != base+"/a" || got[2] != base+"/c" {
+		t.Fatalf("Names() = %q, want the three names sorted", got)
+	}
+	for _, n := range set.Names() {
+		held(t, c, n)
+	}
+	if err := set.Release(context.Background()); err != nil {
+		t.Fatalf("Release of the set: %v", err)
+	}
+	if err := set.Err(); !errors.Is(err, dlock.ErrNotHeld) {
+		t.Fatalf("Err after Release: %v, want ErrNotHeld", err)
+	}
+	ran := false
+	if err := c.DoAll(s.ctx(t), names, func(context.Context) error { ran = true; return nil }); err != nil || !ran {
+		t.Fatalf("DoAll of the freed set: %v (ran %v)", err, ran)
+	}
+}
+
+// testAllNoDeadlock checks that clients taking overlapping sets in
+// opposite orders never deadlock: they all finish within the ctx.
+func (s *suite[L]) testAllNoDeadlock(t *testing.T, k kind[L]) {
+	base := s.name(t)
+	sets := [][]string{
+		{base + "/x", base + "/y", base + "/z"},
+		{base + "/z", base + "/y", base + "/x"},
+		{base + "/y", base + "/z"},
+	}
+	ctx := s.ctx(t)
+	var wg sync.WaitGroup
+	var inside sync.Map
+	errs := make(chan error, 6)
+	for i := range 6 {
+		g, names := k.guard(s.node(t)), sets[i%len(sets)]
+		wg.Go(func() {
+			for round := range 8 {
+				err := g.DoAll(ctx, names, func(context.Context) error {
+					for _, n := range names {
+						if _, dup := inside.LoadOrStore(n, i); dup {
+							return fmt.Errorf("%s held twice", n)
+						}
+					}
+					time.Sleep(time.Millisecond)
+					for _, n := range names {
+						inside.Delete(n)
+					}
+					return nil
+				})
+				if err != nil {
+					errs <- fmt.Errorf("client %d round %d: %w", i, round, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// testAllLoss checks that the loss of one lock of a set is reported by the
+// set (Lost, Err, Release) and cancels DoAll's ctx.
+func (s *suite[L]) testAllLoss(t *testing.T, k kind[L]) {
+	s.loses(t)
+	a, b := k.guard(s.node(t)), k.guard(s.node(t))
+	base := s.name(t)
+	names := []string{base + "/1", base + "/2", base + "/3"}
+	set, err := a.AcquireAll(s.ctx(t), names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.h.Lose(t, set.Locks()[1].Lease())
+	select {
+	case <-set.Lost():
+	case <-time.After(s.h.LossWithin):
+		t.Fatalf("the set's Lost() not closed within %v of one lock's loss", s.h.LossWithin)
+	}
+	if err := set.Err(); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("set Err after a loss: %v, want ErrLockLost", err)
+	}
+	if err := set.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release of a set with a lost lock: %v, want ErrLockLost", err)
+	}
+	for _, n := range names {
+		free(t, b, n, s.h.LossWithin+10*time.Second)
+	}
+
+}
+
+// testAllLossInDo checks that the loss of one lock of DoAll's set cancels
+// fn's ctx with cause ErrLockLost and makes DoAll return ErrLockLost.
+func (s *suite[L]) testAllLossInDo(t *testing.T) {
+	s.loses(t)
+	n := s.node(t).(backend.Locker[L])
+	spy := &spyLocker[L]{Locker: n, got: make(chan L, 3)}
+	var g *dlock.Guard[L]
+	if w, ok := n.(backend.LockWaiter[L]); ok {
+		g = dlock.NewMutex[L](&spyWaiter[L]{spyLocker: spy, w: w})
+	} else {
+		g = dlock.NewMutex[L](spy)
+	}
+	base := s.name(t)
+	err := g.DoAll(s.ctx(t), []string{base + "/1", base + "/2", base + "/3"}, func(ctx context.Context) error {
+		<-spy.got
+		s.h.Lose(t, <-spy.got)
+		<-spy.got
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.h.LossWithin):
+			return errors.New("fn's ctx not cancelled after the loss of one lock of the set")
+		}
+		if cause := context.Cause(ctx); !errors.Is(cause, dlock.ErrLockLost) {
+			return fmt.Errorf("fn's ctx cause is %v, want dlock.ErrLockLost", cause)
+		}
+		return nil
+	})
+	if !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("DoAll with a lock lost while fn ran: %v, want dlock.ErrLockLost", err)
+	}
+}
