@@ -146,6 +146,23 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if len(ss) != 2 || ss[0].Done || !ss[1].Done || ss[1].Leave != 20 || ss[1].Token != 4 || !ss[1].Wrote {
 		t.Fatalf("records: %+v", ss)
 	}
+	// A leave record (written before Release) without its exit: the
+	// section was killed after it called (or was about to call) Release.
+	p2 := filepath.Join(t.TempDir(), "h")
+	w, err = NewRecorder(p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Record{enter, {Ev: "leave", Proc: 1, G: 2, Seq: 3, Kind: KindExclusive, Leave: 19}} {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	ss, err = ReadRecords(p2)
+	if err != nil || len(ss) != 1 || ss[0].Done || ss[0].Leave != 19 || ss[0].Enter != 11 || ss[0].Token != 4 {
+		t.Fatalf("records with a leave: %+v %v", ss, err)
+	}
 }
 
 func TestResourceCountsLostUpdates(t *testing.T) {
