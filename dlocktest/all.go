@@ -19,7 +19,7 @@ import (
 // duplicates included, and Release frees all of it.
 func (s *suite[L]) testAllOrNone(t *testing.T, k kind[L]) {
 	a, b, c := k.guard(s.node(t)), k.guard(s.node(t)), k.guard(s.node(t))
-	base := s.name(t)
+	base := s.run + ":" + k.child + ":all" // short: errors cut names at 64 bytes
 	names := []string{base + "/c", base + "/a", base + "/b", base + "/a"}
 	blocker := tryAcquire(t, a, base+"/b")
 	_, err := b.TryAcquireAll(context.Background(), names)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Backend keeps locks as files in one directory. It implements
@@ -27,6 +28,7 @@ type Backend struct {
 	dir    string // absolute, clean
 	prefix string // dir + "/"
 	cfg    config
+	trust  trust // whose lock files are accepted
 
 	stopc chan struct{} // closed by Close
 	wg    sync.WaitGroup
@@ -47,13 +49,15 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // New returns a backend keeping its lock files in dir, which it creates
 // (mode 0700 unless WithDirMode; missing parents likewise, never group- or
 // world-writable) if needed. It refuses a dir that is a symbolic link or not
-// a directory, that is owned by another user or world-writable (anyone could
-// plant or replace lock files), or that lives on a network file system (NFS,
+// a directory, that is owned by another user, group-writable (unless
+// WithSharedGroup) or world-writable (others could plant or replace lock
+// files), or that lives on a network file system (NFS,
 // SMB/CIFS), where flock locks are emulated with per-process locks and
 // inotify sees no remote change. It also refuses a dir that another user
 // could replace: every directory on its path, up to "/", must be owned by
@@ -69,6 +73,9 @@ func New(dir string, opts ...Option) (*Backend, error) {
 			o(&cfg)
 		}
 	}
+	if cfg.sharedGroup && !cfg.fileModeSet {
+		cfg.fileMode = 0o660
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -83,16 +90,18 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = checkDir(fd, path)
+	tr, err := checkDir(fd, path, cfg.sharedGroup)
 	unix.Close(fd)
 	if err != nil {
 		return nil, err
 	}
+	tr.mode = uint32(cfg.fileMode.Perm())
 	abs = path
 	b := &Backend{
 		dir:     abs,
 		prefix:  abs + "/",
 		cfg:     cfg,
+		trust:   tr,
 		stopc:   make(chan struct{}),
 		leases:  make(map[*Lease]struct{}),
 		waiters: make(map[string]map[*waiter]struct{}),
@@ -103,27 +112,62 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	return b, nil
 }
 
-// checkDir verifies that dir, open as fd, is a safe lock directory.
-func checkDir(fd int, dir string) error {
+// checkDir verifies that dir, open as fd, is a safe lock directory, and
+// returns whose lock files it may hold (see WithSharedGroup).
+func checkDir(fd int, dir string, shared bool) (trust, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
+		return trust{}, fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
 	}
-	if euid := os.Geteuid(); st.Uid != uint32(euid) {
-		return fmt.Errorf("fs: lock directory %q is owned by uid %d, not by this process's uid %d: refused", dir, st.Uid, euid)
-	}
+	euid := uint32(os.Geteuid())
+	tr := trust{euid: euid}
 	if st.Mode&0o002 != 0 {
-		return fmt.Errorf("fs: lock directory %q is world-writable (mode %#o): refused", dir, st.Mode&0o7777)
+		return trust{}, fmt.Errorf("fs: lock directory %q is world-writable (mode %#o): refused", dir, st.Mode&0o7777)
+	}
+	if shared {
+		member, err := inGroup(st.Gid)
+		if err != nil {
+			return trust{}, fmt.Errorf("fs: lock directory %q: %w", dir, err)
+		}
+		if st.Uid != euid && !member {
+			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d and group %d; this process (uid %d) is in neither: refused", dir, st.Uid, st.Gid, euid)
+		}
+		tr.shared, tr.gid = true, st.Gid
+	} else {
+		if st.Uid != euid {
+			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d, not by this process's uid %d: refused (see WithSharedGroup)", dir, st.Uid, euid)
+		}
+		if st.Mode&0o020 != 0 {
+			return trust{}, fmt.Errorf("fs: lock directory %q is group-writable (mode %#o): any member of group %d could remove or replace its lock files: refused unless WithSharedGroup", dir, st.Mode&0o7777, st.Gid)
+		}
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
-		return fmt.Errorf("fs: statfs lock directory %q: %w", dir, err)
+		return trust{}, fmt.Errorf("fs: statfs lock directory %q: %w", dir, err)
 	}
 	switch uint32(sfs.Type) {
 	case unix.NFS_SUPER_MAGIC, unix.SMB_SUPER_MAGIC, unix.SMB2_SUPER_MAGIC, unix.CIFS_SUPER_MAGIC:
-		return fmt.Errorf("fs: lock directory %q is on a network file system (type %#x): flock there is not per open file description: refused", dir, sfs.Type)
+		return trust{}, fmt.Errorf("fs: lock directory %q is on a network file system (type %#x): flock there is not per open file description: refused", dir, sfs.Type)
 	}
-	return nil
+	return tr, nil
+}
+
+// inGroup reports whether gid is this process's effective or a
+// supplementary group.
+func inGroup(gid uint32) (bool, error) {
+	if uint32(os.Getegid()) == gid {
+		return true, nil
+	}
+	groups, err := os.Getgroups()
+	if err != nil {
+		return false, fmt.Errorf("getgroups: %w", err)
+	}
+	for _, g := range groups {
+		if uint32(g) == gid {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Dir returns the absolute path of the lock directory, with every symbolic
@@ -168,7 +212,7 @@ func (b *Backend) Close() error {
 // begin checks the arguments common to every acquisition.
 func (b *Backend) begin(ctx context.Context, what, name string) error {
 	if name == "" {
-		return fmt.Errorf("fs: %s: empty name: %w", what, dlock.ErrInvalidName)
+		return backend.Permanent(fmt.Errorf("fs: %s: empty name: %w", what, dlock.ErrInvalidName))
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("fs: %s %s: %w: %w", what, quoteName(name), dlock.ErrNotAcquired, err)
@@ -177,7 +221,7 @@ func (b *Backend) begin(ctx context.Context, what, name string) error {
 	closed := b.closed
 	b.mu.Unlock()
 	if closed {
-		return fmt.Errorf("fs: %s %s: %w", what, quoteName(name), ErrClosed)
+		return backend.Permanent(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), ErrClosed))
 	}
 	return nil
 }
@@ -269,6 +313,11 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 	defer b.removeWaiter(w)
 	const shortest = 2 * time.Millisecond
 	longest := b.cfg.waitFallback
+	// Until a close is announced, wait the whole fallback; after one, the
+	// pauses start again from shortest (see below) and grow back, jittered
+	// (never beyond the fallback).
+	pauses := pace.New(min(shortest, longest), longest)
+	woken := false
 	timeout := longest
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -283,9 +332,13 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 			// Someone closed a lock file we wait for. If our attempt still
 			// fails, retry soon anyway: a dying process's close is announced
 			// a moment before the kernel drops its locks.
-			timeout = min(shortest, longest)
+			pauses.Reset()
+			woken = true
+			timeout = min(pauses.Next(), longest)
 		case <-t.C:
-			timeout = min(2*timeout, longest)
+			if woken {
+				timeout = min(pauses.Next(), longest)
+			}
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
 		case <-b.stopc:

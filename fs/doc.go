@@ -47,11 +47,17 @@
 // Loss). Fencing tokens keep increasing across such a cleanup (see Fencing).
 //
 // Every file is opened with O_NOFOLLOW|O_CLOEXEC: a symbolic link planted at
-// a lock path is refused with a clear error, never followed, and a lock file
-// that is not a regular file is refused too. New creates the directory
-// (mode 0700, see WithDirMode) and refuses one that is a symbolic link, is
-// owned by another user or is world-writable, or is on NFS or SMB/CIFS
-// (where flock is emulated with per-process locks). It also refuses a
+// a lock path is refused with a clear error, never followed. A lock file
+// that is not a regular file, that has more than one hard link (another
+// name for some other file, planted under a lock file's name), or that is
+// not owned by the process's effective uid is refused too, before anything
+// is written to it. New creates the directory (mode 0700, see WithDirMode)
+// and refuses one that is a symbolic link, is owned by another user, is
+// group- or world-writable, or is on NFS or SMB/CIFS (where flock is
+// emulated with per-process locks). WithSharedGroup lets the users of one
+// group share a directory (group-writable, files of the group accepted); it
+// trusts every member of the group as much as yourself (see its
+// documentation). It also refuses a
 // directory that another user could replace: New resolves the path one
 // component at a time from "/" (never following the lock directory itself
 // if it is a symbolic link), and every directory on the way must be owned
@@ -114,11 +120,22 @@
 // release unlocks before it closes (the kernel announces a close a moment
 // before it drops the closed file's locks); for a dead holder, whose locks
 // drop just after the announcement, a waiter that woke and found the lock
-// still taken retries after 2 ms, 4 ms, ... In any case a waiter retries
-// after at most the wait fallback (1 s, see WithWaitFallback), which only
-// matters if a notification cannot arrive. Waiters keep their lock files
+// still taken retries after about 2 ms, 4 ms, ... (jittered). In any case
+// a waiter retries after at most the wait fallback (1 s, see
+// WithWaitFallback), which only matters if a notification cannot arrive. Waiters keep their lock files
 // open across attempts, so waiters do not wake each other. Measured in
 // BenchmarkHandoff.
+//
+// A local file system has no outages, so nearly every error is one that a
+// retry would meet again — a refused permission, a refused lock file
+// (symbolic link, hard link, owner, not a regular file), a bad directory, a
+// corrupt fencing counter, a closed Backend — and is marked
+// backend.Permanent: a wait (the dlock package's Do and Acquire) ends with
+// it at once. Only errors that may heal by themselves are left unmarked,
+// and a wait rides them out until its ctx ends: out of file descriptors
+// (EMFILE, ENFILE), of memory or kernel lock records (ENOMEM, ENOBUFS,
+// ENOLCK), of disk space or quota for a new lock file (ENOSPC, EDQUOT), an
+// interrupted call, a lock file that keeps being replaced.
 //
 // # Loss
 //
@@ -133,7 +150,10 @@
 // lease returns an error wrapping dlock.ErrLockLost and, since the lease's
 // lock is on a file nobody else locks any more, disturbs no new holder.
 // Nothing else takes a lock away from a living process. Close frees every
-// lease still held (they report loss).
+// lease still held (they report loss). Release is local and never blocks
+// (an lstat, an unlock, a close), so it always ends well within its ctx's
+// deadline (the dlock package's release timeout, WithReleaseTimeout), and
+// it runs in full even when ctx is already cancelled.
 //
 // # Fencing
 //

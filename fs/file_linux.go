@@ -16,6 +16,7 @@ import (
 // process holds on it through fd, if any.
 type lockFile struct {
 	path     string
+	tr       *trust // whose files are accepted
 	fd       int    // -1 when not open
 	dev, ino uint64 // the open file's identity, once known
 	known    bool   // dev and ino are known (see identify)
@@ -32,9 +33,39 @@ const (
 // replaced under it before it gives up with an error.
 const maxReplaced = 8
 
-var errReplaced = errors.New("fs: lock file keeps being replaced")
+var errReplaced = errors.New("lock file keeps being replaced")
 
-func newLockFile(path string) lockFile { return lockFile{path: path, fd: -1} }
+func newLockFile(path string, tr *trust) lockFile { return lockFile{path: path, tr: tr, fd: -1} }
+
+// trust says whose lock files a Backend accepts: its own user's, and with
+// WithSharedGroup also those of the lock directory's group.
+type trust struct {
+	euid   uint32
+	shared bool   // WithSharedGroup
+	gid    uint32 // with shared: the lock directory's group
+	mode   uint32 // with shared: the lock files' mode (WithFileMode)
+}
+
+// check refuses a lock file that is not a regular file, that has more than
+// one name (a hard link planted under a lock file's name would make dlock
+// lock, and write its fencing counter into, a file that is not its own), or
+// whose owner is not trusted. A file with no name left (removed since it
+// was opened) is left to the caller's check that the path still names it.
+func (tr *trust) check(path string, st *unix.Stat_t) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("lock file %s is not a regular file (mode %#o): refused", path, st.Mode)
+	}
+	if st.Nlink > 1 {
+		return fmt.Errorf("lock file %s has %d hard links (another name points at the same file, which is not a lock file of this backend's): refused, nothing written", path, st.Nlink)
+	}
+	if st.Uid != tr.euid && !(tr.shared && st.Gid == tr.gid) {
+		if tr.shared {
+			return fmt.Errorf("lock file %s is owned by uid %d and group %d, neither this process's uid %d nor the lock directory's group %d: refused, nothing written", path, st.Uid, st.Gid, tr.euid, tr.gid)
+		}
+		return fmt.Errorf("lock file %s is owned by uid %d, not by this process's uid %d: refused, nothing written (see WithSharedGroup)", path, st.Uid, tr.euid)
+	}
+	return nil
+}
 
 // open opens (creating if needed) the lock file. The final path element is
 // never followed if it is a symbolic link. That it is a regular file is
@@ -44,26 +75,34 @@ func (f *lockFile) open(mode uint32) error {
 	fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) {
-			return fmt.Errorf("fs: lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+			return fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
 		}
-		return fmt.Errorf("fs: open lock file %s: %w", f.path, err)
+		return fmt.Errorf("open lock file %s: %w", f.path, err)
 	}
 	f.fd, f.known, f.held = fd, false, heldNone
 	return nil
 }
 
-// identify learns the identity of the open file, and checks that it is a
-// regular file, if not done yet.
+// identify learns the identity of the open file, and checks it (see
+// trust.check), if not done yet. It runs before anything is written to the
+// file.
 func (f *lockFile) identify() error {
 	if f.known {
 		return nil
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(f.fd, &st); err != nil {
-		return fmt.Errorf("fs: stat lock file %s: %w", f.path, err)
+		return fmt.Errorf("stat lock file %s: %w", f.path, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("fs: lock file %s is not a regular file (mode %#o): refused", f.path, st.Mode)
+	if err := f.tr.check(f.path, &st); err != nil {
+		return err
+	}
+	if f.tr.shared && st.Uid == f.tr.euid && st.Mode&f.tr.mode != f.tr.mode {
+		// The umask took bits the other members of the group need to open
+		// the file (a file of ours: only its mode changes).
+		if err := unix.Fchmod(f.fd, (st.Mode|f.tr.mode)&0o777); err != nil {
+			return fmt.Errorf("chmod lock file %s for the shared group: %w", f.path, err)
+		}
 	}
 	f.dev, f.ino, f.known = uint64(st.Dev), uint64(st.Ino), true
 	return nil
@@ -134,7 +173,7 @@ func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return false, nil
 			}
-			return false, fmt.Errorf("fs: flock %s: %w", f.path, err)
+			return false, fmt.Errorf("flock %s: %w", f.path, err)
 		}
 		return true, nil
 	})
@@ -145,7 +184,7 @@ func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
 func (f *lockFile) lockFlock(mode uint32) error {
 	_, err := f.lockNamed(mode, heldFlock, func(fd int) (bool, error) {
 		if err := flockRetry(fd, unix.LOCK_EX); err != nil {
-			return false, fmt.Errorf("fs: flock %s: %w", f.path, err)
+			return false, fmt.Errorf("flock %s: %w", f.path, err)
 		}
 		return true, nil
 	})
@@ -160,7 +199,7 @@ func (f *lockFile) tryOFDWrite(mode uint32) (bool, error) {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
 				return false, nil
 			}
-			return false, fmt.Errorf("fs: lock %s: %w", f.path, err)
+			return false, fmt.Errorf("lock %s: %w", f.path, err)
 		}
 		return true, nil
 	})
@@ -177,7 +216,7 @@ func (f *lockFile) ofdFree(mode uint32) (bool, error) {
 		}
 		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
 		if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
-			return false, fmt.Errorf("fs: test lock %s: %w", f.path, err)
+			return false, fmt.Errorf("test lock %s: %w", f.path, err)
 		}
 		same, err := f.named()
 		if err != nil {
@@ -206,7 +245,7 @@ func stillNamed(path string, dev, ino uint64) (bool, error) {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			return false, nil
 		}
-		return false, fmt.Errorf("fs: stat %s: %w", path, err)
+		return false, fmt.Errorf("stat %s: %w", path, err)
 	}
 }
 
@@ -255,18 +294,18 @@ func bumpCounter(fd int, path string, sync bool) (uint64, error) {
 	var buf [counterLen + 8]byte
 	n, err := preadRetry(fd, buf[:], 0)
 	if err != nil {
-		return 0, fmt.Errorf("fs: read fencing counter %s: %w", path, err)
+		return 0, fmt.Errorf("read fencing counter %s: %w", path, err)
 	}
 	var stored uint64
 	if n > 0 {
 		v, ok := parseCounter(buf[:n])
 		if !ok {
-			return 0, fmt.Errorf("fs: corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
+			return 0, fmt.Errorf("corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
 		}
 		stored = v
 	}
 	if stored == ^uint64(0) {
-		return 0, fmt.Errorf("fs: fencing counter in %s is exhausted", path)
+		return 0, fmt.Errorf("fencing counter in %s is exhausted", path)
 	}
 	token := stored + 1
 	if now := time.Now().UnixNano(); now > 0 && uint64(now) > token {
@@ -277,11 +316,11 @@ func bumpCounter(fd int, path string, sync bool) (uint64, error) {
 		if err == nil {
 			err = io.ErrShortWrite
 		}
-		return 0, fmt.Errorf("fs: write fencing counter %s: %w", path, err)
+		return 0, fmt.Errorf("write fencing counter %s: %w", path, err)
 	}
 	if sync {
 		if err := unix.Fdatasync(fd); err != nil {
-			return 0, fmt.Errorf("fs: sync fencing counter %s: %w", path, err)
+			return 0, fmt.Errorf("sync fencing counter %s: %w", path, err)
 		}
 	}
 	return token, nil

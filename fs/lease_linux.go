@@ -24,9 +24,11 @@ type Lease struct {
 	token    uint64
 	lost     chan struct{}
 
-	mu    sync.Mutex
-	f     lockFile // closed (fd -1) once released or dropped
-	state uint8
+	mu       sync.Mutex
+	f        lockFile // closed (fd -1) once released or dropped
+	state    uint8
+	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
+	lossStop context.CancelFunc // its cancel
 }
 
 const (
@@ -59,14 +61,14 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		}
 		if err != nil {
 			f.close()
-			return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+			return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
 		}
 	}
 	l.f = *f
 	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
 	if err := b.register(l); err != nil {
 		l.f.close()
-		return nil, fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+		return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
 	}
 	return l, nil
 }
@@ -83,12 +85,12 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
 	if err := fcntlRetry(f.fd, unix.F_OFD_SETLKW, &lk); err != nil {
-		return 0, fmt.Errorf("fs: lock fencing counter %s: %w", f.path, err)
+		return 0, fmt.Errorf("lock fencing counter %s: %w", f.path, err)
 	}
 	token, err := bumpCounter(f.fd, f.path, sync)
 	lk.Type = unix.F_UNLCK
 	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
-		err = fmt.Errorf("fs: unlock fencing counter %s: %w", f.path, uerr)
+		err = fmt.Errorf("unlock fencing counter %s: %w", f.path, uerr)
 	}
 	return token, err
 }
@@ -96,7 +98,7 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive flock of that file.
 func (b *Backend) bumpCounterFile(path string) (uint64, error) {
-	c := newLockFile(path)
+	c := newLockFile(path, &b.trust)
 	defer c.close()
 	if err := c.lockFlock(uint32(b.cfg.fileMode)); err != nil {
 		return 0, err
@@ -109,8 +111,11 @@ func (b *Backend) bumpCounterFile(path string) (uint64, error) {
 // then; for a lease that was lost (its file removed or replaced, or the
 // backend closed) it returns an error wrapping dlock.ErrLockLost, and for a
 // second Release one wrapping dlock.ErrNotHeld. It frees the lease's
-// descriptor in every case, never touches the lock of another holder, and
-// does not depend on ctx.
+// descriptor in every case and never touches the lock of another holder.
+// It runs even when ctx is already cancelled; it is local and never blocks
+// (a stat, an unlock, a close), so it ends well within any release timeout
+// (ctx's deadline, set by dlock.WithReleaseTimeout) and needs no bound of
+// its own.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -126,7 +131,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.state = leaseReleased
 	same, err := l.f.named()
 	l.f.close()
-	close(l.lost)
+	l.closeLostLocked()
 	l.b.unregister(l)
 	if err != nil {
 		return fmt.Errorf("fs: release %s %s: cannot verify ownership: %w: %w", l.what, quoteName(l.name), dlock.ErrLockLost, err)
@@ -135,6 +140,31 @@ func (l *Lease) Release(ctx context.Context) error {
 		return fmt.Errorf("fs: release %s %s: lock file %s was removed or replaced: %w", l.what, quoteName(l.name), l.path, dlock.ErrLockLost)
 	}
 	return nil
+}
+
+// AfterLost implements backend.LossNotifier: f runs, in its own
+// goroutine, once Lost is closed (on loss, Release or Close; at once if it
+// already is), unless stop is called first.
+func (l *Lease) AfterLost(f func()) (stop func() bool) {
+	l.mu.Lock()
+	if l.lossCtx == nil {
+		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
+		if l.state != leaseHeld {
+			l.lossStop()
+		}
+	}
+	ctx := l.lossCtx
+	l.mu.Unlock()
+	return context.AfterFunc(ctx, f)
+}
+
+// closeLostLocked closes Lost and starts AfterLost's functions; l.mu is
+// held.
+func (l *Lease) closeLostLocked() {
+	close(l.lost)
+	if l.lossStop != nil {
+		l.lossStop()
+	}
 }
 
 // Lost returns a channel closed when the lease can no longer guarantee its
@@ -159,7 +189,7 @@ func (l *Lease) markLost() {
 	defer l.mu.Unlock()
 	if l.state == leaseHeld {
 		l.state = leaseLost
-		close(l.lost)
+		l.closeLostLocked()
 	}
 }
 
@@ -169,7 +199,7 @@ func (l *Lease) drop() {
 	defer l.mu.Unlock()
 	if l.state == leaseHeld {
 		l.state = leaseLost
-		close(l.lost)
+		l.closeLostLocked()
 	}
 	l.f.close()
 }

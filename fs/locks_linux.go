@@ -4,12 +4,14 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 const (
@@ -20,7 +22,31 @@ const (
 )
 
 func wrapErr(what, name string, err error) error {
-	return fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err)
+	return classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+}
+
+// transient are the errors of a local file system that may heal by
+// themselves: out of descriptors (EMFILE, ENFILE), memory or kernel lock
+// records (ENOMEM, ENOBUFS, ENOLCK), disk space or quota for a new lock
+// file (ENOSPC, EDQUOT), an interrupted call.
+var transient = []error{unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.ENOBUFS, unix.ENOLCK, unix.ENOSPC, unix.EDQUOT, unix.EINTR, unix.EAGAIN}
+
+// classify marks err backend.Permanent unless it may heal by itself (see
+// transient; a lock file that keeps being replaced) or is a wait's ctx
+// ending: a local file system does not have outages, so a refused
+// permission, a refused lock file (symbolic link, hard link, owner, not a
+// regular file), a corrupt counter or a closed backend would fail every
+// retry of a wait the same way.
+func classify(err error) error {
+	if err == nil || errors.Is(err, dlock.ErrNotAcquired) || errors.Is(err, errReplaced) {
+		return err
+	}
+	for _, t := range transient {
+		if errors.Is(err, t) {
+			return err
+		}
+	}
+	return backend.Permanent(err)
 }
 
 func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
@@ -31,7 +57,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, false, err
 	}
-	f := newLockFile(b.prefix + kindPrefix[kindMutex] + encode(name))
+	f := newLockFile(b.prefix+kindPrefix[kindMutex]+encode(name), &b.trust)
 	ok, err := f.tryFlock(unix.LOCK_EX, b.mode())
 	if err != nil || !ok {
 		f.close()
@@ -54,7 +80,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 		return nil, err
 	}
 	file := fileName(kindMutex, name)
-	f := newLockFile(b.prefix + file)
+	f := newLockFile(b.prefix+file, &b.trust)
 	err := b.waitLoop(ctx, func() (bool, error) { return f.tryFlock(unix.LOCK_EX, b.mode()) }, file)
 	if err != nil {
 		f.close()
@@ -67,8 +93,8 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 // file itself (which keeps the fencing counter).
 func (b *Backend) rwFiles(name string) (gate, rw lockFile) {
 	e := encode(name)
-	return newLockFile(b.prefix + kindPrefix[kindRWGate] + e),
-		newLockFile(b.prefix + kindPrefix[kindRW] + e)
+	return newLockFile(b.prefix+kindPrefix[kindRWGate]+e, &b.trust),
+		newLockFile(b.prefix+kindPrefix[kindRW]+e, &b.trust)
 }
 
 // tryRead is one attempt at a read lock: it fails while a writer holds or
@@ -191,7 +217,7 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep bool) (int, error) {
 	for i := 0; i < limit; i++ {
 		if i == len(*slots) {
-			*slots = append(*slots, newLockFile(b.prefix+slotName(prefix, i)))
+			*slots = append(*slots, newLockFile(b.prefix+slotName(prefix, i), &b.trust))
 		}
 		s := &(*slots)[i]
 		ok, err := s.tryFlock(unix.LOCK_EX, b.mode())
@@ -213,7 +239,7 @@ func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
 		return err
 	}
 	if limit < 1 {
-		return fmt.Errorf("fs: semaphore %s: limit %d: %w", quoteName(name), limit, dlock.ErrInvalidLimit)
+		return backend.Permanent(fmt.Errorf("fs: semaphore %s: limit %d: %w", quoteName(name), limit, dlock.ErrInvalidLimit))
 	}
 	return nil
 }

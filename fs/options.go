@@ -20,6 +20,8 @@ type config struct {
 	waitFallback time.Duration
 	fencing      bool
 	sync         bool
+	sharedGroup  bool
+	fileModeSet  bool // WithFileMode was given
 }
 
 func defaultConfig() config {
@@ -42,6 +44,9 @@ func (c *config) validate() error {
 	if c.dirMode&0o002 != 0 {
 		return fmt.Errorf("fs: directory mode %v: a world-writable lock directory is refused", c.dirMode)
 	}
+	if c.dirMode&0o020 != 0 && !c.sharedGroup {
+		return fmt.Errorf("fs: directory mode %v: a group-writable lock directory is refused unless WithSharedGroup", c.dirMode)
+	}
 	if c.lossInterval <= 0 {
 		return fmt.Errorf("fs: loss interval %v: must be positive", c.lossInterval)
 	}
@@ -55,7 +60,35 @@ func (c *config) validate() error {
 // (default 0600; the process umask applies, as for os.OpenFile). The mode
 // must include owner read and write. Existing files keep their mode.
 func WithFileMode(mode os.FileMode) Option {
-	return func(c *config) { c.fileMode = mode }
+	return func(c *config) { c.fileMode, c.fileModeSet = mode, true }
+}
+
+// WithSharedGroup lets the users of one group share a lock directory. By
+// default New refuses a group-writable lock directory (a member of its
+// group could remove or replace lock files), one owned by another user,
+// and every lock file not owned by this process's effective uid. With
+// WithSharedGroup:
+//
+//   - the lock directory may be group-writable (make it mode 2770:
+//     set-group-ID, so that lock files get its group) and may be owned by
+//     another user, if this process is a member of its group (effective or
+//     supplementary gid); it must still not be world-writable, and its
+//     ancestors are checked as always;
+//   - a lock file is accepted if this process's uid or the directory's
+//     group owns it (still never a file with more than one hard link);
+//   - lock files are created with mode 0660 unless WithFileMode says
+//     otherwise, so that the other members can open them; a lock file of
+//     this user whose mode lacks bits of it (the umask took them) is given
+//     them (fchmod) when it is first locked.
+//
+// Who is then trusted: the directory's owner and every member of its group,
+// as much as this process's own user. Any of them can remove or replace a
+// lock file, which makes its holder lose the lock (reported through Lost),
+// and can plant a file of the group under a lock file's name, which is then
+// locked and its fencing counter written. Use it only for a group whose
+// members all run cooperating dlock users.
+func WithSharedGroup() Option {
+	return func(c *config) { c.sharedGroup = true }
 }
 
 // WithDirMode sets the permission bits of the lock directory (and missing

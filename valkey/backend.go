@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Backend is a lock backend over one valkey-go client: a standalone
@@ -34,6 +34,7 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // New returns a Backend over client, configured by opts. It returns an
@@ -207,7 +208,7 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 	}()
 	ch := channel(base, k)
 	subscribed := false
-	poll := minPoll
+	poll := pace.New(minPoll, maxPoll)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -224,12 +225,10 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 				continue // try again now that a release cannot be missed
 			}
 		}
-		d := poll
+		d := min(poll.Next(), maxPoll) // jittered, never beyond maxPoll
 		if a.hint > 0 && a.hint+time.Millisecond < d {
 			d = a.hint + time.Millisecond
 		}
-		d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-		poll = min(2*poll, maxPoll)
 		timer.Reset(d)
 		select {
 		case <-wake:

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,32 +16,25 @@ import (
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
-// releaseTimeout bounds a release (and the clean-up of a failed
-// acquisition), which runs even when the caller's ctx is done.
+// releaseTimeout bounds the clean-up of a failed acquisition (which runs
+// even when the caller's ctx is done), and a Release called with a ctx that
+// has no deadline.
 const releaseTimeout = 5 * time.Second
-
-// detached returns a context for a release: not cancelled with
-// ctx (it must run even when ctx is done), bounded by releaseTimeout, and
-// by ctx's deadline when that is still ahead and sooner (so a caller's
-// shorter release timeout is honoured).
-func detached(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := releaseTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		if left := time.Until(dl); left > 0 && left < d {
-			d = left
-		}
-	}
-	return context.WithTimeout(context.WithoutCancel(ctx), d)
-}
 
 var errClosed = errors.New("dlock/valkey: backend closed")
 
 // node is one independent server (or cluster) and its release notifier.
 type node struct {
 	client valkeygo.Client
+	addr   string // for messages: the address(es) the client talks to
 	notif  *notifier
+	// authFailing is set while the node refuses this client's credentials
+	// (logged once per episode).
+	authFailing atomic.Bool
 }
 
 // core is what a Backend (one node) and a RedLock (several) share: the
@@ -57,7 +52,7 @@ type core struct {
 func newCore(cfg config, clients []valkeygo.Client) *core {
 	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1}
 	for _, cl := range clients {
-		c.nodes = append(c.nodes, &node{client: cl, notif: newNotifier(cl, cfg.logger)})
+		c.nodes = append(c.nodes, &node{client: cl, addr: strings.Join(clientAddrs(cl), ","), notif: newNotifier(cl, cfg.logger)})
 	}
 	c.ext = newExtender(c)
 	return c
@@ -84,6 +79,7 @@ func (c *core) evalAll(ctx context.Context, s *script, keys, args []string) []re
 	out := make([]reply, len(c.nodes))
 	one := func(i int) {
 		out[i].n, out[i].err = s.exec(ctx, c.nodes[i].client, keys, args).AsInt64()
+		c.noteAuth(c.nodes[i], out[i].err)
 	}
 	if len(c.nodes) == 1 {
 		one(0)
@@ -114,7 +110,7 @@ type attempt struct {
 // acquire script's arguments after the token and lease.
 func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []string, base string, extra ...string) (attempt, error) {
 	if c.closed.Load() {
-		return attempt{}, fmt.Errorf("%w (taking %s %s)", errClosed, k, shortName(name))
+		return attempt{}, backend.Permanent(fmt.Errorf("%w (taking %s %s)", errClosed, k, shortName(name)))
 	}
 	token := newToken()
 	args := append([]string{token, c.leaseMs}, extra...)
@@ -166,23 +162,27 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 			return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w", k, shortName(name), err)
 		}
 	}
+	late := false
 	if got >= c.quorum {
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {
 				c.cleanup(ctx, l)
-				return attempt{}, fmt.Errorf("%w (taking %s %s)", err, k, shortName(name))
+				return attempt{}, backend.Permanent(fmt.Errorf("%w (taking %s %s)", err, k, shortName(name)))
 			}
 			return attempt{lease: l}, nil
 		}
-		firstErr = fmt.Errorf("acquired too late: the lease's validity had passed")
+		late = true
 	}
 	if got > 0 || firstErr != nil {
 		// Release what was taken (and what may have been taken by a
 		// request whose answer was lost).
 		c.cleanup(ctx, l)
 	}
-	if refused > len(c.nodes)-c.quorum {
+	// Held elsewhere: too many nodes refused for a majority, or a majority
+	// answered and the lock was not free on enough of them (RedLock with a
+	// node down, racing a release). Otherwise the errors decided it.
+	if refused > len(c.nodes)-c.quorum || refused > 0 && got+refused >= c.quorum {
 		return attempt{hint: time.Duration(hint) * time.Millisecond}, nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -192,10 +192,128 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		// valkey-go may see ctx's deadline pass before ctx reports it.
 		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, firstErr)
 	}
-	if len(c.nodes) > 1 {
-		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %d of %d nodes agreed, %d needed: %w", k, shortName(name), got, len(c.nodes), c.quorum, firstErr)
+	what := fmt.Sprintf("dlock/valkey: taking %s %s", k, shortName(name))
+	if late {
+		return attempt{}, fmt.Errorf("%s: acquired too late: the lease's validity had passed", what)
 	}
-	return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w", k, shortName(name), firstErr)
+	return attempt{}, c.nodesError(what, got, rs)
+}
+
+// nodesError is the error of an attempt that neither took the lock nor
+// found it held: every node's error, named by the node's address, and how
+// many nodes agreed. It is marked backend.Permanent when so many nodes
+// failed with errors that retrying cannot heal (authentication refused, a
+// closed client) that a majority can never be reached; a wait then ends at
+// once instead of retrying until its ctx ends.
+func (c *core) nodesError(what string, got int, rs []reply) error {
+	var errs nodeErrors
+	perm := 0
+	for i, r := range rs {
+		if r.err == nil {
+			continue
+		}
+		if permanentErr(r.err) {
+			perm++
+		}
+		errs = append(errs, fmt.Errorf("node %s: %w", c.nodes[i].addr, r.err))
+	}
+	var err error
+	switch {
+	case len(errs) == 0:
+		err = fmt.Errorf("%s: %d of %d nodes agreed, %d needed", what, got, len(c.nodes), c.quorum)
+	case len(c.nodes) == 1:
+		err = fmt.Errorf("%s: %w", what, errs[0])
+	default:
+		err = fmt.Errorf("%s: %d of %d nodes agreed, %d needed: %w", what, got, len(c.nodes), c.quorum, errs)
+	}
+	if perm > len(c.nodes)-c.quorum {
+		err = backend.Permanent(err)
+	}
+	return err
+}
+
+// nodeErrors is the errors of several nodes, each naming its node.
+type nodeErrors []error
+
+func (e nodeErrors) Error() string {
+	var b strings.Builder
+	for i, err := range e {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+func (e nodeErrors) Unwrap() []error { return e }
+
+// permanentErr reports whether a node's error is one that retrying cannot
+// heal: the backend was closed, or the server refuses the client's
+// credentials or permissions. valkey-go's ErrClosing is not among them:
+// it says "closing or unable to connect", and valkey-go also reports it
+// for a connection that could not be made, which an outage's end heals.
+func permanentErr(err error) bool {
+	return errors.Is(err, errClosed) || isAuthErr(err)
+}
+
+// connErr reports whether err (non-nil) is a broken or refused
+// connection: not an answer of the server, not a ctx ending.
+func connErr(err error) bool {
+	var ve *valkeygo.ValkeyError
+	return !errors.As(err, &ve) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// sleepCtx sleeps for d, or less if ctx ends first; it reports whether
+// ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// isAuthErr reports whether err is the server refusing the client's
+// credentials (WRONGPASS, NOAUTH) or the user's permissions (NOPERM).
+func isAuthErr(err error) bool {
+	var ve *valkeygo.ValkeyError
+	if !errors.As(err, &ve) || ve.IsNil() {
+		return false
+	}
+	msg := ve.Error()
+	return strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM")
+}
+
+// noteAuth logs, with the backend's logger, when node n starts refusing
+// the client's credentials (once per episode) and when it accepts them
+// again.
+func (c *core) noteAuth(n *node, err error) {
+	switch {
+	case err != nil && isAuthErr(err):
+		if !n.authFailing.Swap(true) {
+			c.cfg.logger.Error("dlock/valkey: node refuses authentication; it counts as down until it accepts it", "node", n.addr, "err", err)
+		}
+	case err == nil && n.authFailing.Load():
+		if n.authFailing.Swap(false) {
+			c.cfg.logger.Info("dlock/valkey: node accepts authentication again", "node", n.addr)
+		}
+	}
+}
+
+// clientAddrs returns the addresses client talks to (valkey-go's Nodes),
+// sorted.
+func clientAddrs(client valkeygo.Client) []string {
+	nodes := client.Nodes()
+	out := make([]string, 0, len(nodes))
+	for a := range nodes {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // raiseFence is RedLock's second phase when the nodes answered different
@@ -259,9 +377,11 @@ type Lease struct {
 
 	// Guarded by c.ext.mu.
 	state    leaseState
-	deadline time.Time // validity: Lost closes when it passes unconfirmed
-	due      time.Time // next extension
-	idx      int       // index in the extender's heap; -1 when not in it
+	lossCtx  context.Context    // made by AfterLost; cancelled when lost closes
+	lossStop context.CancelFunc // its cancel
+	deadline time.Time          // validity: Lost closes when it passes unconfirmed
+	due      time.Time          // next extension
+	idx      int                // index in the extender's heap; -1 when not in it
 }
 
 type leaseState uint8
@@ -277,6 +397,32 @@ const (
 // was confirmed before the validity deadline), and on Release.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
+// AfterLost implements backend.LossNotifier: f runs, in its own
+// goroutine, once Lost is closed (on loss or Release; at once if it
+// already is), unless stop is called first.
+func (l *Lease) AfterLost(f func()) (stop func() bool) {
+	e := l.c.ext
+	e.mu.Lock()
+	if l.lossCtx == nil {
+		l.lossCtx, l.lossStop = context.WithCancel(context.Background())
+		if l.state != held {
+			l.lossStop()
+		}
+	}
+	ctx := l.lossCtx
+	e.mu.Unlock()
+	return context.AfterFunc(ctx, f)
+}
+
+// closeLostLocked closes Lost and starts AfterLost's functions; c.ext.mu
+// is held.
+func (l *Lease) closeLostLocked() {
+	close(l.lost)
+	if l.lossStop != nil {
+		l.lossStop()
+	}
+}
+
 // Token implements backend.Fencer: a fencing token, strictly increasing per
 // name and kind of lock across all acquisitions.
 func (l *Lease) Token() uint64 { return l.fence }
@@ -287,16 +433,18 @@ func (l *Lease) Name() string { return l.name }
 // Release implements backend.Lease. It deletes the lease's key if this
 // lease still owns it and wakes the waiters. It returns an error wrapping
 // dlock.ErrLockLost if the lease had been lost (even if its key was still
-// there), dlock.ErrNotHeld if it was released before, or the server's
-// error (the lock then frees when its lease runs out). It runs even when
-// ctx is done, bounded by a timeout of its own (5s) or by ctx's deadline
-// if that is still ahead and sooner.
+// there) or if the release finds its key gone or owned by another,
+// dlock.ErrNotHeld if it was released before, or the server's error (the
+// lock then frees when its lease runs out). It runs even when ctx is
+// already cancelled, and ends by ctx's deadline, whatever it is (the
+// dlock package's Lock.Release sets it from dlock.WithReleaseTimeout); a
+// ctx without a deadline is bounded by 5s.
 func (l *Lease) Release(ctx context.Context) error {
 	wasLost, err := l.c.ext.finish(l)
 	if err != nil {
 		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), err)
 	}
-	rctx, cancel := detached(ctx)
+	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
 	owned, refused, rerr := l.releaseOnNodes(rctx)
 	switch {
@@ -321,7 +469,45 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	default:
 		s = releaseMember
 	}
-	for _, r := range l.c.evalAll(ctx, s, []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}) {
+	keys, args := []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}
+	rs := l.c.evalAll(ctx, s, keys, args)
+	// Try again, within ctx's deadline, the nodes that did not answer:
+	//   - a connection that broke since it was last used (the server
+	//     restarted, say) fails its next command, and valkey-go replaces it
+	//     soon after: up to three more tries over some 70ms, so that the
+	//     release learns whether it still owned the lock rather than
+	//     reporting the broken connection (a server that is down is not
+	//     waited for);
+	//   - a timeout of valkey-go's own (its dial timeout, 5s, when it had
+	//     to open a connection) while ctx is still live: again, until ctx's
+	//     deadline, which is the release's only bound.
+	// (Pauses: 10ms doubling to 500ms, jittered.) If a failed try did run and only its answer was lost, the next finds
+	// the key gone and the release reports a loss that was not one: a false
+	// alarm, never a loss hidden.
+	pauses := pace.New(10*time.Millisecond, 500*time.Millisecond)
+	for tries := 0; ; tries++ {
+		var again []int
+		for i, r := range rs {
+			switch {
+			case r.err == nil:
+			case errors.Is(r.err, context.DeadlineExceeded) && ctx.Err() == nil:
+				again = append(again, i)
+			case connErr(r.err) && tries < 3:
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 || !sleepCtx(ctx, pauses.Next()) {
+			break
+		}
+		var wg sync.WaitGroup
+		for _, i := range again {
+			wg.Go(func() {
+				rs[i].n, rs[i].err = s.exec(ctx, l.c.nodes[i].client, keys, args).AsInt64()
+			})
+		}
+		wg.Wait()
+	}
+	for _, r := range rs {
 		switch {
 		case r.err != nil:
 			err = r.err

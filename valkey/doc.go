@@ -107,9 +107,49 @@
 // turns, and a waiter is also woken when the holder's lease is due to
 // expire.
 //
+// # Errors, outages and waits
+//
+// An attempt that meets a server error — connection refused or reset, EOF,
+// a server restarting, a Sentinel failover — returns it, and a wait (the
+// dlock package's Do and Acquire) rides it out: the dlock engine tries
+// again with jittered, capped backoff until the lock is taken or its ctx
+// ends, and then returns an error matching dlock.ErrNotAcquired and
+// ctx.Err() that wraps the last server error. A try (TryDo, TryAcquire)
+// reports the error at once. Errors that retrying cannot heal are marked
+// backend.Permanent and end a wait at once: the server refusing the
+// client's credentials or permissions (WRONGPASS, NOAUTH, NOPERM), a closed
+// Backend. (A closed valkey-go client is not recognised: its error,
+// ErrClosing, also stands for a connection that could not be made.)
+// Errors name the node (its address) they came from.
+// Held leases are unaffected: a lease rides out an outage shorter than its
+// validity and is reported lost otherwise (see Leases).
+//
+// # Releasing
+//
+// Release deletes the lease's key by compare-and-delete. It runs even when
+// its ctx is already cancelled, and its ctx's deadline is its only bound:
+// the dlock package's Lock.Release passes the Guard's release timeout
+// (dlock.WithReleaseTimeout, 10s by default), shorter or longer; a Release
+// called directly with a ctx without a deadline is bounded by 5s. A release
+// that finds the key gone or owned by another holder returns an error
+// wrapping dlock.ErrLockLost, as does the release of a lease past its
+// validity deadline. A node whose connection broke (a restarted server) is
+// tried again a few times over some 70ms, and one that timed out on
+// valkey-go's own timeouts (its 5s dial timeout) until the deadline, so
+// that a release learns a loss rather than reporting a broken connection.
+// A release the server did not confirm by the deadline returns its error;
+// the key then expires with its lease.
+//
 // # RedLock
 //
 // NewRedLock runs the mutex over several independent nodes by majority;
 // see RedLock for the algorithm, its fencing tokens, and why it offers no
-// semaphore or reader-writer lock.
+// semaphore or reader-writer lock. It refuses a client given twice and two
+// clients that talk to the same address: one server counted as several
+// nodes would break the majority. A node that refuses authentication counts
+// as down; it is logged (WithLogger) and named in the error of an
+// acquisition that misses its majority, and when a majority of the nodes
+// refuse it the error is permanent. A wait rides out a minority of nodes
+// down (it acquires on the others) and a majority down (it retries until
+// enough nodes are back or its ctx ends).
 package valkey

@@ -81,7 +81,7 @@ func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
-	close(l.lost)
+	l.closeLostLocked()
 	return wasLost, nil
 }
 
@@ -94,7 +94,7 @@ func (e *extender) loseLocked(l *Lease, why string) {
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
-	close(l.lost)
+	l.closeLostLocked()
 	e.c.cfg.logger.Warn("dlock/valkey: lease lost", "kind", l.kind.String(), "name", shortName(l.name), "reason", why)
 }
 
@@ -188,6 +188,10 @@ func (e *extender) extend(batch []*Lease) {
 	for _, n := range c.nodes {
 		wg.Go(func() {
 			res := execBatch(ctx, n.client, calls)
+			if len(res) > 0 {
+				_, err := res[0].AsInt64()
+				c.noteAuth(n, err)
+			}
 			wmu.Lock()
 			defer wmu.Unlock()
 			for i, r := range res {

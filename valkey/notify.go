@@ -281,7 +281,9 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan
 		s.e = e
 		n.subs[ch] = e
 		n.mu.Unlock()
-		sctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
+		// Bounded by the waiter's ctx too: a server that stopped answering
+		// must not hold a wait past its ctx.
+		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 		err = sc.dc.Do(sctx, sc.dc.B().Subscribe().Channel(ch).Build()).Error()
 		cancel()
 		n.mu.Lock()

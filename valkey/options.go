@@ -88,7 +88,8 @@ func WithDriftAllowance(d time.Duration) Option {
 }
 
 // WithLogger sets a logger for background events (extension failures,
-// lost leases, lost pub/sub connections). The default discards them.
+// lost leases, lost pub/sub connections, a node that starts or stops
+// refusing the client's credentials). The default discards them.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l != nil {

@@ -3,6 +3,8 @@ package valkey
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
@@ -53,13 +55,39 @@ var (
 
 // NewRedLock returns a RedLock over clients, one per independent node (use
 // 3 or 5). Options are as for New; a client must not be nil.
+//
+// NewRedLock refuses the same client given twice, and two clients that talk
+// to the same address (as valkey-go's Client.Nodes reports it: the address
+// given to the client, so "localhost:6379" and "127.0.0.1:6379" are not
+// recognised as one server): one server counted as several nodes would let
+// a lock be taken with fewer real nodes than a majority — or, as the
+// same token cannot be set twice on one server, never be taken at all.
+//
+// A node that refuses the client's credentials (WRONGPASS, NOAUTH, NOPERM)
+// counts as down; it is logged with the logger of WithLogger when it starts
+// refusing them and when it accepts them again, and the error of an
+// acquisition that misses its majority names each failing node by address.
+// When so many nodes refuse the credentials that no majority is possible,
+// the error is marked backend.Permanent, so a wait ends at once.
 func NewRedLock(clients []valkeygo.Client, opts ...Option) (*RedLock, error) {
 	if len(clients) == 0 {
 		return nil, errors.New("dlock/valkey: RedLock needs at least one client")
 	}
-	for _, c := range clients {
+	owner := make(map[string]int) // address -> index of the client using it
+	for i, c := range clients {
 		if c == nil {
-			return nil, errors.New("dlock/valkey: nil client")
+			return nil, fmt.Errorf("dlock/valkey: RedLock: client %d is nil", i)
+		}
+		for j := range i {
+			if sameClient(clients[j], c) {
+				return nil, fmt.Errorf("dlock/valkey: RedLock: clients %d and %d are the same client: RedLock needs one client per independent node", j, i)
+			}
+		}
+		for _, a := range clientAddrs(c) {
+			if j, dup := owner[a]; dup && j != i {
+				return nil, fmt.Errorf("dlock/valkey: RedLock: clients %d and %d both talk to %s: RedLock needs one client per independent node", j, i, a)
+			}
+			owner[a] = i
 		}
 	}
 	cfg, err := newConfig(opts)
@@ -67,6 +95,13 @@ func NewRedLock(clients []valkeygo.Client, opts ...Option) (*RedLock, error) {
 		return nil, err
 	}
 	return &RedLock{c: newCore(cfg, clients)}, nil
+}
+
+// sameClient reports whether a and b are the same client (without
+// panicking on a client type that cannot be compared).
+func sameClient(a, b valkeygo.Client) bool {
+	t := reflect.TypeOf(a)
+	return t == reflect.TypeOf(b) && t.Comparable() && a == b
 }
 
 // Close stops extending leases and closes the pub/sub connections; leases
