@@ -136,6 +136,9 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if err != nil {
 		return err
 	}
+	if lk.obsCtx != nil {
+		ctx = lk.obsCtx // fn's work nests under the observers' hold (a span)
+	}
 	return run(ctx, lk, fn)
 }
 
@@ -175,8 +178,8 @@ func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
 // acquire takes name, waiting if wait, and tells the observers; do says
 // that Do will run a function under the lock (and watch for its loss).
 func (g *Guard[L]) acquire(ctx context.Context, name string, wait, do bool) (*Lock[L], error) {
-	o := g.observeStart(ctx, name, !wait)
-	lk, attempts, retried, err := g.take(ctx, name, wait)
+	o, actx := g.observeStart(ctx, name, !wait)
+	lk, attempts, retried, err := g.take(actx, name, wait)
 	if o == nil {
 		return lk, err
 	}
@@ -323,7 +326,7 @@ type Lock[L backend.Lease] struct {
 	state lockState
 
 	// Set only when the Guard has observers:
-	obsCtx   []context.Context // per observer, from AcquireEnd
+	obsCtx   context.Context // from the observers' AcquireEnd
 	acquired time.Time
 	unwatch  func() // stops watching an Acquire'd lock for loss
 	lostTold atomic.Bool

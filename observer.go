@@ -18,10 +18,19 @@ import (
 // event, except Lost, which may come from the goroutine that learned of the
 // loss. Its methods must be quick, must not block, and must not call the
 // Guard. With no Observer set, dlock does no observing work at all.
+//
+// Contexts flow through the observers in the order they were added: each
+// AcquireStart gets the ctx the previous one returned, and the last one's
+// is the ctx of the backend's calls (so a pgx or valkey-go tracer's spans
+// nest under an acquisition span); likewise AcquireEnd, whose last ctx is
+// kept with the held lock, passed to Released and Lost, and is the parent
+// of Do's fn ctx. An observer must return a ctx derived from the one it is
+// given, so that cancellation still flows from the caller.
 type Observer interface {
 	// AcquireStart is called when an acquisition (Do, TryDo, Acquire,
-	// TryAcquire, Hold, TryHold) begins. The ctx it returns is passed to
-	// AcquireEnd: a tracer keeps its span there.
+	// TryAcquire, Hold, TryHold) begins. The ctx it returns (derived from
+	// ctx) is used for the acquisition and passed to AcquireEnd: a tracer
+	// keeps its span there.
 	AcquireStart(ctx context.Context, e AcquireEvent) context.Context
 	// AcquireEnd is called when the acquisition ends, with e's Wait,
 	// Attempts and Retried set; err is nil when the lock was taken. When it
@@ -84,33 +93,34 @@ func backendName[L any]() string {
 // Guard has none.
 type observed struct {
 	obs []Observer
-	ctx []context.Context // per observer
+	ctx context.Context // through the observers
 	e   AcquireEvent
 }
 
-func (g *Guard[L]) observeStart(ctx context.Context, name string, try bool) *observed {
+// observeStart tells the observers that an acquisition begins, and returns
+// it with the ctx to acquire with; nil and ctx when there are none.
+func (g *Guard[L]) observeStart(ctx context.Context, name string, try bool) (*observed, context.Context) {
 	if len(g.opts.observers) == 0 {
-		return nil
+		return nil, ctx
 	}
-	o := &observed{obs: g.opts.observers, ctx: make([]context.Context, len(g.opts.observers)),
+	o := &observed{obs: g.opts.observers,
 		e: AcquireEvent{Kind: g.kind, Backend: g.backend, Name: name, Try: try, Start: time.Now()}}
-	for i, ob := range o.obs {
-		o.ctx[i] = ob.AcquireStart(ctx, o.e)
+	for _, ob := range o.obs {
+		ctx = ob.AcquireStart(ctx, o.e)
 	}
-	return o
+	o.ctx = ctx
+	return o, ctx
 }
 
-// end tells the observers how the acquisition ended and returns, for a
-// taken lock, the observers' contexts to keep with it.
-func (o *observed) end(attempts, retried int, err error) []context.Context {
-	if o == nil {
-		return nil
-	}
+// end tells the observers how the acquisition ended and returns the ctx
+// to keep with a taken lock.
+func (o *observed) end(attempts, retried int, err error) context.Context {
 	o.e.Wait, o.e.Attempts, o.e.Retried = time.Since(o.e.Start), attempts, retried
-	for i, ob := range o.obs {
-		o.ctx[i] = ob.AcquireEnd(o.ctx[i], o.e, err)
+	ctx := o.ctx
+	for _, ob := range o.obs {
+		ctx = ob.AcquireEnd(ctx, o.e, err)
 	}
-	return o.ctx
+	return ctx
 }
 
 // holdEvent describes l now.
@@ -126,8 +136,8 @@ func (l *Lock[L]) observeLost(atRelease bool) {
 	}
 	e := l.holdEvent()
 	e.AtRelease = atRelease
-	for i, ob := range l.g.opts.observers {
-		ob.Lost(l.obsCtx[i], e)
+	for _, ob := range l.g.opts.observers {
+		ob.Lost(l.obsCtx, e)
 	}
 }
 
@@ -137,8 +147,8 @@ func (l *Lock[L]) observeReleased(err error) {
 		return
 	}
 	e := l.holdEvent()
-	for i, ob := range l.g.opts.observers {
-		ob.Released(l.obsCtx[i], e, err)
+	for _, ob := range l.g.opts.observers {
+		ob.Released(l.obsCtx, e, err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // TryLock makes one attempt at the mutex name (pg_try_advisory_lock of
@@ -74,7 +75,7 @@ func (b *Backend) begin(ctx context.Context, r req) error {
 		return r.notAcquired(ctx)
 	}
 	if b.pool == nil {
-		return r.errorf("nil pool")
+		return r.errorf("%w", errNilPool)
 	}
 	if err := b.ensureFencing(ctx); err != nil {
 		return r.errorf("%w", err)
@@ -82,84 +83,222 @@ func (b *Backend) begin(ctx context.Context, r req) error {
 	return nil
 }
 
+// maxAttempts bounds the attempts of one try whose connection turned out
+// gone or dead before the try could take anything (a pooled connection
+// whose session the server ended while it was idle).
+func (b *Backend) maxAttempts() int { return int(b.pool.Stat().MaxConns()) + 2 }
+
 // try takes r on a lock connection with a non-blocking try.
 func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {
+	l, ok, err := b.try1(ctx, r)
+	return l, ok, permanent(err)
+}
+
+func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 	if err := b.begin(ctx, r); err != nil {
 		return nil, false, err
 	}
-	for attempt := 0; ; attempt++ {
+	var last error
+	for range b.maxAttempts() {
 		b.mu.Lock()
 		if b.closed {
 			b.mu.Unlock()
 			return nil, false, r.errorf("%w", errClosed)
 		}
-		if b.conflictsLocked(r.key, r.mode) {
+		if b.conflictsLocked(r.key, r.mode) || (r.mode == shared && b.writers[r.key] > 0) {
 			b.mu.Unlock()
-			return nil, false, nil // held by a lease of this backend
+			return nil, false, nil // held (or awaited by a writer) here
 		}
-		lc := b.pickLocked(r.key, true)
-		if lc != nil {
-			lc.pending++
-			lc.keys[r.key] = struct{}{}
-		}
+		lc, fresh := b.pickLocked(r.key, true)
+		lc.pending++
+		lc.keys[r.key] = struct{}{}
 		b.mu.Unlock()
-		if lc == nil {
-			var err error
-			if lc, err = b.newConn(ctx, r); err != nil {
-				return nil, false, err
+		if err := b.take(ctx, lc, r.key, true, fresh); err != nil {
+			if errors.Is(err, errRetry) {
+				last = err
+				continue
 			}
-			lc.pending++
-			lc.keys[r.key] = struct{}{}
-			b.addConnLocked(lc)
-			b.mu.Unlock()
+			return nil, false, r.errorf("%w", err)
 		}
 		l, ok, err, retry := b.tryOn(ctx, lc, r)
-		if retry && attempt < 3 {
+		if !retry {
+			return l, ok, err
+		}
+		last = err
+	}
+	return nil, false, r.errorf("try: %w", last)
+}
+
+// errRetry reports that a lock connection picked for a try was gone (or
+// its session dead) before the try was sent: the try may run elsewhere.
+var errRetry = errors.New("lock connection gone")
+
+// pickLocked chooses a lock connection for a try of k (byKey; else any
+// key): the least busy one whose session does not hold k, or a new one
+// (fresh) when there is none or tries should spread and the pool can give
+// one at once. A new one is added to the lock connections at once, still
+// being acquired (its acquirer calls connect, see take), so that other
+// tries share it instead of taking more. With no lock connection to use,
+// it always picks a new one: if the pool has no connection to give, its
+// acquisition fails with an error matching ErrNoConnection within about
+// 20ms (see acquireNoWait).
+func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
+	var best *lockConn
+	n := 0
+	for c := range b.conns {
+		if c.gone {
 			continue
 		}
-		return l, ok, err
-	}
-}
-
-// newConn takes a pool connection for a new lock connection and returns
-// with b.mu held, the backend open.
-func (b *Backend) newConn(ctx context.Context, r req) (*lockConn, error) {
-	pc, err := b.pool.Acquire(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, r.notAcquired(ctx)
+		n++
+		if _, has := c.keys[k]; byKey && has {
+			continue
 		}
-		return nil, r.errorf("acquire a connection: %w", err)
+		if best == nil || c.pending < best.pending || (c.pending == best.pending && len(c.leases) < len(best.leases)) {
+			best = c
+		}
 	}
-	lc := newLockConn(pc)
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		pc.Release()
-		return nil, r.errorf("%w", errClosed)
+	free := b.freeLocked()
+	var grow bool
+	switch {
+	case best == nil:
+		// Nothing to share: take one if the pool gives it within a
+		// moment. (Even a full pool may: pgx's pool counts a connection
+		// it is destroying as acquired until its close completes.)
+		grow = true
+	case best.pending > 0 && n < b.cfg.maxLockConns:
+		// Spread concurrent tries, but leave a connection for a wait.
+		grow = free > 1
+	case len(best.leases) >= b.cfg.maxLeases:
+		// PostgreSQL walks all of a session's locks at the end of every
+		// transaction, so each statement on a session holding n locks
+		// costs O(n): spread large numbers of leases.
+		grow = free > 0
 	}
-	return lc, nil
+	if !grow {
+		return best, false
+	}
+	lc = newLockConn(nil)
+	b.conns[lc] = struct{}{}
+	b.acquiring++
+	return lc, true
 }
 
-// tryOn runs the try of r on lc, on which r.key is reserved. retry reports
-// that lc was gone before the try was sent.
-func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok bool, err error, retry bool) {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
+// connect acquires the pool connection of lc, a lock connection picked
+// fresh by pickLocked, and makes it ready (or failed) for every try that
+// waits for it.
+func (b *Backend) connect(ctx context.Context, lc *lockConn) {
+	pc, err := b.acquireNoWait(ctx)
 	b.mu.Lock()
-	if lc.gone {
-		lc.pending--
+	defer b.mu.Unlock()
+	b.acquiring--
+	if err == nil && lc.gone { // Close came first
+		pc.Release()
+		pc, err = nil, errClosed
+	}
+	if err != nil {
+		lc.connErr = err
+		if !lc.gone {
+			lc.gone = true
+			delete(b.conns, lc)
+		}
+		close(lc.ready)
+		return
+	}
+	lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
+	b.addConnLocked(lc)
+	close(lc.ready)
+}
+
+// take makes lc, on which the caller scheduled an operation (pending, and
+// k reserved when byKey), ready for it: it acquires lc's connection if
+// the caller picked it fresh, else waits for it to be ready, then takes
+// lc's lock and pauses its watcher. All bounded by ctx. On error the
+// reservation is undone; errRetry says the operation may run elsewhere.
+func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bool) error {
+	if fresh {
+		b.connect(ctx, lc)
+	}
+	var err error
+	select {
+	case <-lc.ready:
+	case <-ctx.Done():
+	}
+	select {
+	case <-lc.ready:
+		if lc.connErr != nil {
+			err = lc.connErr
+			if !fresh && !errors.Is(err, ErrNoConnection) && !errors.Is(err, errClosed) && ctx.Err() == nil &&
+				(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+				err = errRetry // its acquirer gave up; this try need not
+			}
+		} else if !lc.lock(ctx) {
+			err = ctx.Err()
+		}
+	default: // ctx ended first
+		err = fmt.Errorf("connection to %s still being acquired: %w", b.addr, ctx.Err())
+	}
+	if err == nil {
+		b.mu.Lock()
+		gone := lc.gone
 		b.mu.Unlock()
-		return nil, false, r.errorf("lock connection closed"), true
+		if !gone {
+			if perr := b.pause(lc); perr != nil {
+				b.fail(lc, perr)
+				gone = true
+			}
+		}
+		if gone {
+			err = errRetry
+			lc.unlock()
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	b.mu.Lock()
+	lc.pending--
+	if byKey && !lc.gone {
+		delete(lc.keys, k)
 	}
 	b.mu.Unlock()
+	if ctx.Err() != nil && !errors.Is(err, errRetry) {
+		if err == ctx.Err() {
+			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, err)
+		}
+		return fmt.Errorf("%w: %w (%w)", dlock.ErrNotAcquired, ctx.Err(), err)
+	}
+	return err
+}
+
+// done ends an operation on lc (the caller holds its lock, pending
+// already decremented): lc goes back to the pool if nothing else uses it,
+// else its watcher resumes; then lc's lock is released.
+func (b *Backend) done(lc *lockConn) {
+	b.mu.Lock()
+	retire := b.retireIfIdleLocked(lc)
+	gone := lc.gone
+	b.mu.Unlock()
+	if retire {
+		lc.pc.Release()
+	} else if !gone {
+		b.resume(lc)
+	}
+	lc.unlock()
+}
+
+// tryOn runs the try of r on lc, which the caller took (take) with r.key
+// reserved. retry reports that the try took nothing because lc's session
+// had ended: it may run on another connection.
+func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok bool, err error, retry bool) {
+	defer b.done(lc)
 	fn := "pg_try_advisory_lock"
 	if r.mode == shared {
 		fn = "pg_try_advisory_lock_shared"
 	}
 	sql := b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence)
+	pgc := lc.pc.Conn().PgConn()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
-	row, qerr := query(qctx, lc.pc.Conn().PgConn(), sql)
+	row, qerr := query(qctx, pgc, sql)
 	cancel()
 	if qerr == nil {
 		ok = len(row) > 0 && string(row[0]) == "t"
@@ -168,18 +307,15 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 	if qerr != nil {
 		// The try may have taken the lock (a fencing failure): undo it, or
 		// end the session.
+		ended := sessionEnded(pgc, qerr)
 		b.undoOrFail(lc, r.key, r.mode, qerr)
 		b.mu.Lock()
 		lc.pending--
 		if !lc.gone {
 			delete(lc.keys, r.key)
 		}
-		retire := b.retireIfIdleLocked(lc)
 		b.mu.Unlock()
-		if retire {
-			lc.pc.Release()
-		}
-		return nil, false, r.errorf("try: %w", qerr), false
+		return nil, false, r.errorf("try: %w", qerr), ended && ctx.Err() == nil
 	}
 	b.mu.Lock()
 	lc.pending--
@@ -188,11 +324,7 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 	} else {
 		delete(lc.keys, r.key)
 	}
-	retire := b.retireIfIdleLocked(lc)
 	b.mu.Unlock()
-	if retire {
-		lc.pc.Release()
-	}
 	return l, ok, nil, false
 }
 
@@ -202,7 +334,8 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 	if !ok {
 		return nil, nil
 	}
-	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode, lostCh: make(chan struct{})}
+	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode}
+	l.lostCtx, l.closeLost = context.WithCancel(context.Background())
 	if r.kind == "semaphore" {
 		l.topic = r.fence.String() // a decimal: safe in an SQL literal
 	}
@@ -249,62 +382,144 @@ func (b *Backend) undoOrFail(lc *lockConn, k Key, m mode, cause error) {
 	}
 }
 
+// Polling of a wait that cannot have a connection of its own: from
+// waitPollMin, doubling to waitPollMax, jittered.
+const (
+	waitPollMin = 5 * time.Millisecond
+	waitPollMax = 200 * time.Millisecond
+)
+
 // wait takes r, queueing on the server if it is held.
 func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
+	l, err := b.wait1(ctx, r)
+	return l, permanent(err)
+}
+
+func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 	if err := b.begin(ctx, r); err != nil {
 		return nil, err
 	}
-	// First a try (one short statement, on a lock connection, or on a
-	// pool connection that becomes one): most locks are free, and a lease
-	// there needs no connection of its own. Only a lock held elsewhere
-	// costs the blocking statement, on a connection of its own.
-	b.mu.Lock()
-	tryFirst := !b.conflictsLocked(r.key, r.mode)
-	b.mu.Unlock()
-	if tryFirst {
-		l, ok, err := b.try(ctx, r)
-		if err != nil || ok {
-			return l, err
+	if r.kind != "mutex" && r.mode == exclusive {
+		// A writer waits: this backend's readers of the key fail their
+		// tries and wait behind it, also while it polls.
+		b.mu.Lock()
+		b.writers[r.key]++
+		b.mu.Unlock()
+		defer func() {
+			b.mu.Lock()
+			if b.writers[r.key]--; b.writers[r.key] <= 0 {
+				delete(b.writers, r.key)
+			}
+			b.mu.Unlock()
+		}()
+	}
+	poll := pace.New(waitPollMin, waitPollMax)
+	var last error // the last error that kept the wait from the server's queue
+	for {
+		noConn := false
+		// First a try (one short statement, on a lock connection, or on
+		// a pool connection that becomes one): most locks are free, and a
+		// lease there needs no connection of its own. Only a lock held
+		// elsewhere costs the blocking statement, on a connection of its
+		// own.
+		b.mu.Lock()
+		tryFirst := !b.conflictsLocked(r.key, r.mode) && !(r.mode == shared && b.writers[r.key] > 0)
+		b.mu.Unlock()
+		if tryFirst {
+			l, ok, err := b.try1(ctx, r)
+			switch {
+			case ok:
+				return l, nil
+			case err != nil && ctx.Err() != nil && last != nil:
+				return nil, b.ended(ctx, r, last)
+			case err != nil && !errors.Is(err, ErrNoConnection):
+				return nil, err
+			case err != nil:
+				last, noConn = err, true
+			}
+		}
+		if !noConn {
+			pc, err := b.acquire(ctx)
+			if err == nil {
+				l, err := b.waitBlocking(ctx, r, pc)
+				if !errors.Is(err, errEarly) {
+					return l, err
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil, b.ended(ctx, r, last)
+			}
+			if !errors.Is(err, ErrNoConnection) {
+				return nil, r.errorf("wait: %w", err)
+			}
+			last = err
+		}
+		// No connection for a server-side wait: poll.
+		t := time.NewTimer(poll.Next())
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, b.ended(ctx, r, last)
 		}
 	}
-	return b.waitBlocking(ctx, r)
 }
 
-// waitBlocking takes r with a blocking wait on a connection of its own,
-// which never holds r already (it is not a lock connection), so the
+// ended is the error of a wait that ctx ended, wrapping the last error
+// that kept it from the server's queue, if any.
+func (b *Backend) ended(ctx context.Context, r req, last error) error {
+	if last == nil {
+		return r.notAcquired(ctx)
+	}
+	return r.errorf("%w: %w (last: %w)", dlock.ErrNotAcquired, ctx.Err(), last)
+}
+
+// errEarly reports that lock_timeout fired just before ctx's deadline:
+// the wait goes on.
+var errEarly = errors.New("lock_timeout before the deadline")
+
+// waitBlocking takes r with a blocking wait on pc, a connection of its
+// own, which never holds r already (it is not a lock connection), so the
 // server's queue decides; after the grant that connection becomes a lock
 // connection holding the lease.
-func (b *Backend) waitBlocking(ctx context.Context, r req) (*Lease, error) {
-	pc, err := b.pool.Acquire(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, r.notAcquired(ctx)
-		}
-		return nil, r.errorf("acquire a connection: %w", err)
-	}
+func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*Lease, error) {
 	fn := "pg_advisory_lock"
 	if r.mode == shared {
 		fn = "pg_advisory_lock_shared"
 	}
 	sql := b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
+	b.mu.Lock()
+	b.waiting++
+	b.mu.Unlock()
 	row, err := b.block(ctx, pc, sql, r.key, r.mode)
+	b.mu.Lock()
+	b.waiting--
+	b.mu.Unlock()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, r.notAcquired(ctx)
+		}
+		if errors.Is(err, errEarly) {
+			return nil, err
 		}
 		return nil, r.errorf("wait: %w", err)
 	}
 	l, err := b.leaseFrom(r, row, true)
 	lc := newLockConn(pc)
 	if err == nil {
+		lc.lockWait()
 		b.mu.Lock()
 		if !b.closed {
 			b.addConnLocked(lc)
 			b.attachLocked(lc, l)
 			b.mu.Unlock()
+			b.resume(lc)
+			lc.unlock()
 			return l, nil
 		}
 		b.mu.Unlock()
+		lc.unlock()
 		err = errClosed
 	}
 	release(pc, r.key, r.mode, b.cfg.opTimeout)
@@ -331,49 +546,43 @@ func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 // to the pool (or destroyed).
 func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode) ([][]byte, error) {
 	pgc := pc.Conn().PgConn()
-	for {
-		var ms int64 // lock_timeout; 0: none
-		if dl, ok := ctx.Deadline(); ok {
-			// Just after the deadline: the cancel request on ctx's end
-			// usually comes first, and either way the result is the same.
-			ms = max(time.Until(dl).Milliseconds()+2, 1)
-		}
-		timeout := strconv.FormatInt(ms, 10)
-		full := "SET LOCAL lock_timeout = " + timeout + "; SET LOCAL statement_timeout = 0; " + sql
-		row, cancelled, err := runCancellable(ctx, pgc, full, b.cfg.opTimeout)
-		switch {
-		case err == nil && !cancelled:
-			return row, nil
-		case err == nil:
-			// Granted just as ctx ended: the caller has gone, give it back.
-			release(pc, k, m, b.cfg.opTimeout)
-			return nil, ctx.Err()
-		case pgc.IsClosed():
-			pc.Release() // destroyed by the pool
-			return nil, err
-		}
-		// The statement failed, but not always before the lock: a cancel
-		// or a timeout can strike after the grant, within the statement
-		// (and a fencing failure comes after it), and a session lock
-		// outlives its statement. So unlock in every case (a harmless
-		// warning when not held) before the connection goes back.
+	var ms int64 // lock_timeout; 0: none
+	if dl, ok := ctx.Deadline(); ok {
+		// Just after the deadline: the cancel request on ctx's end
+		// usually comes first, and either way the result is the same.
+		ms = max(time.Until(dl).Milliseconds()+2, 1)
+	}
+	timeout := strconv.FormatInt(ms, 10)
+	full := "SET LOCAL lock_timeout = " + timeout + "; SET LOCAL statement_timeout = 0; " + sql
+	row, cancelled, err := runCancellable(ctx, pgc, full, b.cfg.opTimeout)
+	switch {
+	case err == nil && !cancelled:
+		return row, nil
+	case err == nil:
+		// Granted just as ctx ended: the caller has gone, give it back.
 		release(pc, k, m, b.cfg.opTimeout)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && (pgErr.Code == "57014" || pgErr.Code == "55P03") {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if pgErr.Code == "55P03" {
-				// lock_timeout fired a moment before ctx's deadline.
-				if pc, err = b.pool.Acquire(ctx); err != nil {
-					return nil, err
-				}
-				pgc = pc.Conn().PgConn()
-				continue
-			}
-		}
+		return nil, ctx.Err()
+	case pgc.IsClosed():
+		pc.Release() // destroyed by the pool
 		return nil, err
 	}
+	// The statement failed, but not always before the lock: a cancel or a
+	// timeout can strike after the grant, within the statement (and a
+	// fencing failure comes after it), and a session lock outlives its
+	// statement. So unlock in every case (a harmless warning when not
+	// held) before the connection goes back.
+	release(pc, k, m, b.cfg.opTimeout)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "57014" || pgErr.Code == "55P03") {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if pgErr.Code == "55P03" {
+			// lock_timeout fired a moment before ctx's deadline.
+			return nil, errEarly
+		}
+	}
+	return nil, err
 }
 
 // runCancellable runs sql on pgc; when ctx ends first it sends the server a
@@ -492,22 +701,32 @@ func (b *Backend) lockSQL(expr, cond string, fence Key) string {
 	return s.String()
 }
 
-// ensureFencing creates the fencing table once, when fencing is on.
+// ensureFencing creates the fencing table once, when fencing is on, on a
+// connection taken like any other (never waiting for one), bounded by ctx.
 func (b *Backend) ensureFencing(ctx context.Context) error {
-	if b.cfg.fenceTable == "" {
+	if b.cfg.fenceTable == "" || b.fenceReady.Load() {
 		return nil
 	}
-	b.fenceMu.Lock()
-	defer b.fenceMu.Unlock()
-	if b.fenceReady {
+	select {
+	case b.fenceMu <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+	}
+	defer func() { <-b.fenceMu }()
+	if b.fenceReady.Load() {
 		return nil
 	}
-	_, err := b.pool.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
+	pc, err := b.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+	}
+	_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
 		" (space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key))")
+	pc.Release()
 	var pgErr *pgconn.PgError
 	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
 		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
 	}
-	b.fenceReady = true
+	b.fenceReady.Store(true)
 	return nil
 }

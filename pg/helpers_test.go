@@ -62,10 +62,11 @@ func admin(t testing.TB, url, sql string, args ...any) {
 	}
 }
 
-// terminate kills the session with process ID pid.
+// terminate kills the session with process ID pid and waits (up to 10s)
+// until it has ended: its locks are free when terminate returns.
 func terminate(t testing.TB, url string, pid uint32) {
 	t.Helper()
-	admin(t, url, "SELECT pg_terminate_backend($1)", int64(pid))
+	admin(t, url, "SELECT pg_terminate_backend($1, 10000)", int64(pid))
 }
 
 // scalar runs a one-value query on a connection of its own.

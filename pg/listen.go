@@ -229,7 +229,7 @@ func (b *Backend) listener(ctx context.Context) {
 func (b *Backend) subscribe(ctx context.Context) (*pgxpool.Conn, error) {
 	actx, cancel := context.WithTimeout(ctx, b.cfg.opTimeout)
 	defer cancel()
-	pc, err := b.pool.Acquire(actx)
+	pc, err := b.acquire(actx) // never waits for a connection
 	if err != nil {
 		return nil, err
 	}

@@ -57,10 +57,12 @@ func newConfig(opts []Option) config {
 	return c
 }
 
-// WithLossInterval sets the bound on loss detection: every lock connection
-// is pinged every d/2, each ping bounded by d/2, so a lease whose session
-// was killed, whose server restarted or whose network went silent reports
-// the loss (Lost closes) within about d. The pings also keep lock
+// WithLossInterval sets the bound on loss detection for connections that
+// die silently: every lock connection is pinged every d/2, each ping
+// bounded by d/2, so a lease whose network went silent reports the loss
+// (Lost closes) within about d. (A session that the server ends —
+// terminated, restarted — is noticed within milliseconds, by reading the
+// idle connection.) The pings also keep lock
 // connections from being idle, so a server's idle_session_timeout larger
 // than d/2 never ends a session that holds locks. Values below 20ms are
 // raised to 20ms. The default is DefaultLossInterval (1s).
@@ -69,17 +71,21 @@ func WithLossInterval(d time.Duration) Option {
 }
 
 // WithOpTimeout bounds each short query the backend runs on a lock
-// connection (a try, a release). A query that does not finish in time is
-// taken as the death of its connection: the connection is closed, which
-// releases every lock on it, and its leases report loss. Values below 100ms
+// connection (a try, a ping; a release whose ctx has no deadline — dlock's
+// Lock.Release always gives one, its release timeout). A query that does
+// not finish in time is taken as the death of its connection: the
+// connection is closed, which releases every lock on it, and its leases
+// report loss. Values below 100ms
 // are raised to 100ms. The default is DefaultOpTimeout (5s).
 func WithOpTimeout(d time.Duration) Option {
 	return func(c *config) { c.opTimeout = max(d, 100*time.Millisecond) }
 }
 
 // WithMaxLockConns sets how many lock connections tries spread over before
-// they queue on busy ones. It is not a cap on connections: a wait that had
-// to queue on the server brings its own connection, which then holds its
+// they queue on busy ones; they spread only while the pool has at least
+// two connections to give at once, so one is left for a wait. It is not a
+// cap on connections: a wait that had to queue on the server brings its
+// own connection (when the pool has one to give), which then holds its
 // lease (and others) until they are released. Values below 1 are raised
 // to 1. The default is DefaultMaxLockConns (4).
 func WithMaxLockConns(n int) Option {

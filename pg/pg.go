@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,16 +24,21 @@ import (
 type Backend struct {
 	pool *pgxpool.Pool
 	cfg  config
+	addr string // the server's host:port, for errors
 
-	mu      sync.Mutex
-	conns   map[*lockConn]struct{} // lock connections: hold leases or run tries
-	held    map[Key]*hold          // locks held by this backend's leases
-	closed  bool
-	monStop chan struct{} // closes to stop the running monitor; nil if none
-	monWG   sync.WaitGroup
+	mu        sync.Mutex
+	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
+	held      map[Key]*hold          // locks held by this backend's leases
+	writers   map[Key]int            // RW write waits in progress, by key
+	acquiring int                    // pool connections being acquired
+	waiting   int                    // pool connections held by queued waits
+	closed    bool
+	monStop   chan struct{} // closes to stop the running monitor; nil if none
+	monWG     sync.WaitGroup
+	watchWG   sync.WaitGroup // lock connections' watchers
 
-	fenceMu    sync.Mutex
-	fenceReady bool
+	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
+	fenceReady atomic.Bool
 
 	lnMu sync.Mutex // taken before mu
 	ln   listenState
@@ -47,6 +53,7 @@ var (
 	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
 )
 
 // hold counts the leases of this backend on one key.
@@ -60,17 +67,23 @@ const (
 )
 
 // errClosed reports a call on a closed Backend.
-var errClosed = errors.New("pg: backend is closed")
+var errClosed = fmt.Errorf("pg: %w", backend.ErrClosed)
+
+// errNilPool reports a Backend made with a nil pool.
+var errNilPool = errors.New("pg: nil pool")
 
 // New returns a backend that takes its lock connections from pool. pool
 // must outlive the backend; a nil pool gives a backend whose every call
 // fails.
 func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 	return &Backend{
-		pool:  pool,
-		cfg:   newConfig(opts),
-		conns: make(map[*lockConn]struct{}),
-		held:  make(map[Key]*hold),
+		pool:    pool,
+		cfg:     newConfig(opts),
+		addr:    serverAddr(pool),
+		conns:   make(map[*lockConn]struct{}),
+		held:    make(map[Key]*hold),
+		writers: make(map[Key]int),
+		fenceMu: make(chan struct{}, 1),
 	}
 }
 
@@ -92,14 +105,15 @@ func (b *Backend) Close() {
 	conns := slices.Collect(maps.Keys(b.conns))
 	b.mu.Unlock()
 	for _, lc := range conns {
-		lc.mu.Lock()
+		lc.lockWait()
 		b.fail(lc, errClosed)
-		lc.mu.Unlock()
+		lc.unlock()
 	}
 	b.mu.Lock()
 	b.stopMonitorIfIdleLocked()
 	b.mu.Unlock()
 	b.monWG.Wait()
+	b.watchWG.Wait()
 	b.stopListener()
 }
 
@@ -116,21 +130,32 @@ type Stats struct {
 func (b *Backend) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Stats{LockConns: len(b.conns)}
+	var s Stats
 	for lc := range b.conns {
+		if lc.pc != nil {
+			s.LockConns++
+		}
 		s.Leases += len(lc.leases)
 	}
 	return s
 }
 
 // lockConn is a pool connection the backend holds: its session holds the
-// locks of its leases. Queries on it are serialized by mu and are always
-// short (tries, releases, pings): a blocking wait never runs on it.
+// locks of its leases. Queries on it are serialized by its lock (sem) and
+// are always short (tries, releases, pings): a blocking wait never runs
+// on it. While no query runs, its watcher reads it (see conn.go).
 type lockConn struct {
-	pc  *pgxpool.Conn
-	pid uint32
+	// Set, under Backend.mu, before ready closes; then fixed.
+	pc      *pgxpool.Conn
+	pid     uint32
+	nc      net.Conn      // pc's network connection
+	connErr error         // the acquisition failed: no pc
+	ready   chan struct{} // closed once pc or connErr is set
 
-	mu sync.Mutex // held while pc is in use; taken before Backend.mu
+	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
+	w     *watch        // the running watcher; guarded by sem
+	timer *time.Timer   // starts the watcher (see resume); guarded by sem
+	gen   uint64        // counts resumes and pauses; guarded by sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
@@ -140,13 +165,20 @@ type lockConn struct {
 	cause   error            // why it failed, once gone by fail
 }
 
+// newLockConn returns a lock connection on pc, or, with pc nil, one
+// whose connection is still being acquired (see connect).
 func newLockConn(pc *pgxpool.Conn) *lockConn {
-	return &lockConn{
-		pc:     pc,
-		pid:    pc.Conn().PgConn().PID(),
+	lc := &lockConn{
+		ready:  make(chan struct{}),
+		sem:    make(chan struct{}, 1),
 		leases: make(map[*Lease]struct{}),
 		keys:   make(map[Key]struct{}),
 	}
+	if pc != nil {
+		lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
+		close(lc.ready)
+	}
+	return lc
 }
 
 // addConnLocked makes lc a lock connection.
@@ -160,42 +192,9 @@ func (b *Backend) addConnLocked(lc *lockConn) {
 	}
 }
 
-// pickLocked chooses a lock connection for a try of k (any key if !byKey):
-// the least busy one whose session does not hold k. It returns nil when a
-// new connection should be taken.
-func (b *Backend) pickLocked(k Key, byKey bool) *lockConn {
-	var best *lockConn
-	for lc := range b.conns {
-		if _, has := lc.keys[k]; byKey && has {
-			continue
-		}
-		if best == nil || lc.pending < best.pending || (lc.pending == best.pending && len(lc.leases) < len(best.leases)) {
-			best = lc
-		}
-	}
-	switch {
-	case best == nil:
-		return nil
-	case best.pending > 0 && len(b.conns) < b.cfg.maxLockConns:
-		return nil // spread concurrent tries
-	case len(best.leases) >= b.cfg.maxLeases && b.poolHasRoom():
-		// PostgreSQL walks all of a session's locks at the end of every
-		// transaction, so each statement on a session holding n locks
-		// costs O(n): spread large numbers of leases.
-		return nil
-	}
-	return best
-}
-
-// poolHasRoom reports whether the pool can give a connection without
-// waiting for another to be released.
-func (b *Backend) poolHasRoom() bool {
-	st := b.pool.Stat()
-	return st.IdleConns() > 0 || st.TotalConns() < st.MaxConns()
-}
-
 // retireIfIdleLocked takes lc out of the lock connections if nothing uses
-// it; the caller then returns lc.pc to the pool, holding lc.mu.
+// it; the caller then returns lc.pc to the pool, holding lc's lock with
+// its watcher paused.
 func (b *Backend) retireIfIdleLocked(lc *lockConn) bool {
 	if lc.gone || len(lc.leases) > 0 || len(lc.keys) > 0 || lc.pending > 0 {
 		return false
@@ -208,13 +207,14 @@ func (b *Backend) retireIfIdleLocked(lc *lockConn) bool {
 
 // fail ends lc after a failure (or Close): its leases report loss, then
 // the connection is closed, which makes the server free every lock of the
-// session. The caller holds lc.mu.
+// session. The caller holds lc's lock.
 func (b *Backend) fail(lc *lockConn, cause error) {
 	b.mu.Lock()
 	if lc.gone {
 		b.mu.Unlock()
 		return
 	}
+	pc := lc.pc
 	lc.gone = true
 	lc.cause = cause
 	delete(b.conns, lc)
@@ -232,7 +232,10 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 	if len(leases) > 0 && !errors.Is(cause, errClosed) {
 		b.cfg.logger.Warn("pg: lock connection failed; its leases are lost", "pid", lc.pid, "leases", len(leases), "err", cause)
 	}
-	destroy(lc.pc)
+	if pc != nil { // else still being acquired: connect gives it back
+		_ = b.pause(lc)
+		destroy(pc)
+	}
 }
 
 // destroy closes a pool connection and gives it back to the pool, which
@@ -307,27 +310,37 @@ func (b *Backend) monitor(stop chan struct{}) {
 		case <-t.C:
 		}
 		b.mu.Lock()
-		conns := slices.Collect(maps.Keys(b.conns))
+		var conns []*lockConn
+		for lc := range b.conns {
+			if lc.pc != nil {
+				conns = append(conns, lc)
+			}
+		}
 		b.mu.Unlock()
 		var wg sync.WaitGroup
 		for _, lc := range conns {
-			if !lc.mu.TryLock() {
+			if !lc.tryLock() {
 				continue // in use: the query in flight finds a failure itself
 			}
 			wg.Go(func() {
-				defer lc.mu.Unlock()
+				defer lc.unlock()
 				b.mu.Lock()
 				gone := lc.gone
 				b.mu.Unlock()
 				if gone {
 					return
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), half)
-				err := lc.pc.Conn().PgConn().Ping(ctx)
-				cancel()
+				err := b.pause(lc)
+				if err == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), half)
+					err = lc.pc.Conn().PgConn().Ping(ctx)
+					cancel()
+				}
 				if err != nil {
 					b.fail(lc, fmt.Errorf("ping: %w", err))
+					return
 				}
+				b.resume(lc)
 			})
 		}
 		wg.Wait()
@@ -345,15 +358,21 @@ type Lease struct {
 	token uint64
 	topic string // a semaphore's: its release notifies waiters of topic
 
-	lostCh   chan struct{}
-	lostOnce sync.Once
-	lost     bool // guarded by b.mu: the connection failed
-	released atomic.Bool
+	lostCtx   context.Context    // done once lost or released
+	closeLost context.CancelFunc // ends lostCtx; idempotent
+	lost      bool               // guarded by b.mu: the connection failed
+	released  atomic.Bool
 }
 
 // Lost returns a channel closed when the lease's connection dies (then the
 // server has freed, or is about to free, the lock) and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lostCh }
+func (l *Lease) Lost() <-chan struct{} { return l.lostCtx.Done() }
+
+// AfterLost runs f in its own goroutine once Lost is closed (at once if it
+// is); stop unregisters f, reporting whether that kept it from running. It
+// implements backend.LossNotifier, so dlock's Do needs no goroutine to
+// watch the lease.
+func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFunc(l.lostCtx, f) }
 
 // Token returns the lease's fencing token, or 0 when fencing is off (see
 // WithFencing).
@@ -367,15 +386,15 @@ func (l *Lease) Key() Key { return l.key }
 // as pg_locks.pid and pg_stat_activity.pid show it.
 func (l *Lease) PID() uint32 { return l.lc.pid }
 
-func (l *Lease) closeLost() { l.lostOnce.Do(func() { close(l.lostCh) }) }
-
 func (l *Lease) errorf(format string, args ...any) error {
 	return fmt.Errorf("pg: %s %s: "+format, append([]any{l.kind, shortName(l.name)}, args...)...)
 }
 
 // Release releases the lock with pg_advisory_unlock on its session; the
 // connection goes back to the pool when it holds no other lease. The
-// unlock runs even when ctx is done (bounded by WithOpTimeout). Release
+// unlock runs even when ctx is cancelled, bounded by ctx's deadline (by
+// WithOpTimeout when ctx has none; dlock's Lock.Release passes the
+// WithReleaseTimeout deadline). Release
 // returns nil only when the session confirmed the unlock, so the lease held
 // the lock until then. Otherwise (the connection died — its session was
 // terminated, reset, or the server restarted — the unlock timed out, or
@@ -389,8 +408,24 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	defer l.closeLost()
 	b, lc := l.b, l.lc
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
+	rctx, cancel := backend.ReleaseContext(ctx, b.cfg.opTimeout)
+	defer cancel()
+	if !lc.lock(rctx) {
+		// A statement in flight on the connection (bounded by
+		// WithOpTimeout) outlasts the release's deadline: the unlock
+		// cannot be confirmed in time. Close the socket, which ends that
+		// statement and the session (freeing its locks), and report the
+		// loss.
+		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
+		lc.lockWait()
+		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
+		lc.unlock()
+		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", dlock.ErrLockLost, rctx.Err())
+	}
+	defer lc.unlock()
+	if err := b.pause(lc); err != nil {
+		b.fail(lc, err)
+	}
 	b.mu.Lock()
 	lost, cause := l.lost, lc.cause
 	b.mu.Unlock()
@@ -400,9 +435,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		}
 		return l.errorf("release: %w: its connection failed: %w", dlock.ErrLockLost, cause)
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
 	ok, err := unlockNotify(rctx, lc.pc.Conn().PgConn(), l.key, l.mode, l.topic)
-	cancel()
 	if err != nil || !ok {
 		// The unlock was not confirmed: the session may have ended (killed,
 		// reset, restarted), and the server freed the lock at that moment,
@@ -425,6 +458,8 @@ func (l *Lease) Release(ctx context.Context) error {
 	b.mu.Unlock()
 	if retire {
 		lc.pc.Release()
+	} else {
+		b.resume(lc)
 	}
 	return nil
 }

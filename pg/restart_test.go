@@ -1,6 +1,7 @@
 package pg_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,10 +10,12 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/pg"
 )
 
@@ -181,4 +184,178 @@ func TestServerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func (s *privateServer) opts() string {
+	return fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, s.dir)
+}
+
+func (s *privateServer) ctl(t *testing.T, args ...string) {
+	t.Helper()
+	args = append([]string{"-D", s.data(), "-w", "-l", filepath.Join(s.dir, "log"), "-o", s.opts()}, args...)
+	if out, err := s.run("pg_ctl", args...); err != nil {
+		t.Fatalf("pg_ctl %v: %v\n%s", args, err, out)
+	}
+}
+
+// needPrivateServer returns a private server, skipping the test where none
+// can be started (failing under DLOCK_REQUIRE_SERVERS=1).
+func needPrivateServer(t *testing.T) *privateServer {
+	t.Helper()
+	testURL(t)
+	srv := startPrivateServer(t)
+	if srv == nil {
+		if os.Getenv("DLOCK_REQUIRE_SERVERS") == "1" {
+			t.Fatal("no private PostgreSQL server could be started, and DLOCK_REQUIRE_SERVERS=1")
+		}
+		t.Skip("no private PostgreSQL server could be started here")
+	}
+	return srv
+}
+
+// Waits ride out a server restart (pg_ctl restart -m immediate): a waiter
+// whose lock is held elsewhere keeps waiting through the outage and takes
+// the lock once the server is back (the restart freed it), for every kind
+// of wait (issue 10, item 2).
+func TestWaitRidesOutRestart(t *testing.T) {
+	srv := needPrivateServer(t)
+	holder, _ := newBackend(t, srv.url)
+	waiter := pg.New(newPool(t, srv.url, 2))
+	t.Cleanup(waiter.Close)
+	ctx := ctxT(t, time.Minute)
+	name := uniq(t)
+	type wait struct {
+		kind string
+		take func(ctx context.Context) error
+		hold func() error
+	}
+	waits := []wait{
+		{"mutex", func(ctx context.Context) error {
+			lk, err := dlock.NewMutex(waiter).Acquire(ctx, name)
+			if err == nil {
+				err = lk.Release(ctx)
+			}
+			return err
+		}, func() error { _, ok, err := holder.TryLock(ctx, name); return try(ok, err) }},
+		{"write", func(ctx context.Context) error {
+			lk, err := dlock.NewRWMutex(waiter).Write().Acquire(ctx, name)
+			if err == nil {
+				err = lk.Release(ctx)
+			}
+			return err
+		}, func() error { _, ok, err := holder.TryRLock(ctx, name); return try(ok, err) }},
+		{"semaphore", func(ctx context.Context) error {
+			lk, err := dlock.NewSemaphore(waiter, 1).Acquire(ctx, name)
+			if err == nil {
+				err = lk.Release(ctx)
+			}
+			return err
+		}, func() error { _, ok, err := holder.TryAcquire(ctx, name, 1); return try(ok, err) }},
+	}
+	for _, w := range waits {
+		if err := w.hold(); err != nil {
+			t.Fatalf("%s: hold: %v", w.kind, err)
+		}
+	}
+	done := make(chan error, len(waits))
+	start := time.Now()
+	for _, w := range waits {
+		go func() {
+			err := w.take(ctxT(t, 45*time.Second))
+			if err != nil {
+				err = fmt.Errorf("%s: %w", w.kind, err)
+			}
+			done <- err
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // all wait
+	srv.ctl(t, "-m", "immediate", "restart")
+	t.Logf("server restarted after %v", time.Since(start))
+	for range waits {
+		if err := <-done; err != nil {
+			t.Fatalf("a wait through a restart: %v", err)
+		}
+	}
+	t.Logf("every wait acquired and released %v after it began", time.Since(start))
+}
+
+// A wait that starts while the server is down takes its lock once the
+// server is up; a wait whose deadline ends before the server is up returns
+// ErrNotAcquired and the deadline, wrapping the server's error.
+func TestWaitWhileServerDown(t *testing.T) {
+	srv := needPrivateServer(t)
+	b := pg.New(newPool(t, srv.url, 2))
+	t.Cleanup(b.Close)
+	ctx := ctxT(t, time.Minute)
+	name := uniq(t)
+	l, ok, err := b.TryLock(ctx, name+"warm") // the pool has a connection
+	mustTry(t, ok, err)
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv.ctl(t, "-m", "immediate", "stop")
+	up := false
+	t.Cleanup(func() {
+		if !up {
+			srv.ctl(t, "start")
+		}
+	})
+	// A try reports the outage at once.
+	start := time.Now()
+	_, _, err = b.TryLock(ctx, name)
+	t.Logf("try while down: %v (%v)", err, time.Since(start))
+	if err == nil || errors.Is(err, dlock.ErrNotAcquired) || backend.IsPermanent(err) {
+		t.Fatalf("try while the server is down: %v, want a (transient) server error", err)
+	}
+	// A wait shorter than the outage.
+	for _, sem := range []bool{false, true} {
+		wctx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+		var err error
+		if sem {
+			_, err = dlock.NewSemaphore(b, 2).Acquire(wctx, name)
+		} else {
+			_, err = dlock.NewMutex(b).Acquire(wctx, name)
+		}
+		cancel()
+		t.Logf("wait shorter than the outage: %v", err)
+		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("wait shorter than the outage: %v, want ErrNotAcquired, DeadlineExceeded and the server error (connection refused)", err)
+		}
+	}
+	// A wait longer than the outage.
+	done := make(chan error, 2)
+	for _, sem := range []bool{false, true} {
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+			defer cancel()
+			var lk *dlock.Lock[*pg.Lease]
+			var err error
+			if sem {
+				lk, err = dlock.NewSemaphore(b, 2).Acquire(wctx, name)
+			} else {
+				lk, err = dlock.NewMutex(b).Acquire(wctx, name)
+			}
+			if err == nil {
+				err = lk.Release(ctx)
+			}
+			done <- err
+		}()
+	}
+	time.Sleep(time.Second)
+	srv.ctl(t, "start")
+	up = true
+	back := time.Now()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("a wait that began while the server was down: %v", err)
+		}
+	}
+	t.Logf("the waits acquired %v after the server was up", time.Since(back))
+}
+
+func try(ok bool, err error) error {
+	if err == nil && !ok {
+		err = errors.New("not acquired")
+	}
+	return err
 }

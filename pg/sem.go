@@ -2,13 +2,15 @@ package pg
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // A semaphore of limit n over name is n exclusive advisory locks, its slots
@@ -35,7 +37,8 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 	if err := checkLimit(r, limit); err != nil {
 		return nil, false, err
 	}
-	return b.trySem(ctx, r, semSlots(name, limit))
+	l, ok, err := b.trySem(ctx, r, semSlots(name, limit))
+	return l, ok, permanent(err)
 }
 
 // Acquire takes one of the limit slots of the semaphore name, waiting
@@ -43,6 +46,11 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 // not in the server's queue, so it holds no connection of its own while it
 // waits.
 func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
+	l, err := b.acquireSem(ctx, name, limit)
+	return l, permanent(err)
+}
+
+func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Lease, error) {
 	r := req{kind: "semaphore", name: name, fence: semKey(name)}
 	if err := checkLimit(r, limit); err != nil {
 		return nil, err
@@ -54,11 +62,21 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 			b.unlisten(w)
 		}
 	}()
-	poll := pollMin
+	poll := pace.New(pollMin, pollMax)
+	var last error
 	for {
 		l, ok, err := b.trySem(ctx, r, slots)
-		if err != nil || ok {
-			return l, err
+		switch {
+		case ok:
+			return l, nil
+		case err != nil && ctx.Err() != nil && last != nil:
+			return nil, b.ended(ctx, r, last)
+		case err != nil && !errors.Is(err, ErrNoConnection):
+			return nil, err
+		case err != nil:
+			// No connection for the try: poll until one is free.
+			last = err
+			poll.Reset()
 		}
 		if w == nil {
 			// Register, then try again: a release committed after this
@@ -69,14 +87,13 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 				continue
 			}
 		}
-		t := time.NewTimer(poll/2 + rand.N(poll))
+		t := time.NewTimer(poll.Next())
 		select {
 		case <-w.wake:
 		case <-t.C:
-			poll = min(2*poll, pollMax)
 		case <-ctx.Done():
 			t.Stop()
-			return nil, r.notAcquired(ctx)
+			return nil, b.ended(ctx, r, last)
 		}
 		t.Stop()
 	}
@@ -84,7 +101,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 
 func checkLimit(r req, limit int) error {
 	if limit < 1 || limit > MaxSemaphoreLimit {
-		return r.errorf("%w: %d (must be 1 to %d)", dlock.ErrInvalidLimit, limit, MaxSemaphoreLimit)
+		return backend.Permanent(r.errorf("%w: %d (must be 1 to %d)", dlock.ErrInvalidLimit, limit, MaxSemaphoreLimit))
 	}
 	return nil
 }
@@ -102,45 +119,38 @@ func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool,
 	if err := b.begin(ctx, r); err != nil {
 		return nil, false, err
 	}
-	for attempt := 0; ; attempt++ {
+	var last error
+	for range b.maxAttempts() {
 		b.mu.Lock()
 		if b.closed {
 			b.mu.Unlock()
 			return nil, false, r.errorf("%w", errClosed)
 		}
-		lc := b.pickLocked(Key{}, false)
-		if lc != nil {
-			lc.pending++
-		}
+		lc, fresh := b.pickLocked(Key{}, false)
+		lc.pending++
 		b.mu.Unlock()
-		if lc == nil {
-			var err error
-			if lc, err = b.newConn(ctx, r); err != nil {
-				return nil, false, err
+		if err := b.take(ctx, lc, Key{}, false, fresh); err != nil {
+			if errors.Is(err, errRetry) {
+				last = err
+				continue
 			}
-			lc.pending++
-			b.addConnLocked(lc)
-			b.mu.Unlock()
+			return nil, false, r.errorf("%w", err)
 		}
 		l, ok, err, retry := b.trySemOn(ctx, lc, r, slots)
-		if retry && attempt < 3 {
-			continue
+		if !retry {
+			return l, ok, err
 		}
-		return l, ok, err
+		last = err
 	}
+	return nil, false, r.errorf("try: %w", last)
 }
 
+// trySemOn runs the try of r on lc, which the caller took (take).
 func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key) (l *Lease, ok bool, err error, retry bool) {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	// Under lc.mu the registry is exact for lc's session: slots held by
-	// this backend (on any connection) are left out, so none is stacked.
+	defer b.done(lc)
+	// Under lc's lock the registry is exact for lc's session: slots held
+	// by this backend (on any connection) are left out, so none is stacked.
 	b.mu.Lock()
-	if lc.gone {
-		lc.pending--
-		b.mu.Unlock()
-		return nil, false, r.errorf("lock connection closed"), true
-	}
 	var expr strings.Builder
 	expr.WriteString("CASE")
 	var idx []int
@@ -157,11 +167,7 @@ func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key
 	expr.WriteString(" ELSE -1 END")
 	if len(idx) == 0 {
 		lc.pending--
-		retire := b.retireIfIdleLocked(lc)
 		b.mu.Unlock()
-		if retire {
-			lc.pc.Release()
-		}
 		return nil, false, nil, false
 	}
 	for _, i := range idx {
@@ -170,9 +176,11 @@ func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key
 	b.mu.Unlock()
 
 	sql := b.lockSQL(expr.String(), "v >= 0", r.fence)
+	pgc := lc.pc.Conn().PgConn()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
-	row, qerr := query(qctx, lc.pc.Conn().PgConn(), sql)
+	row, qerr := query(qctx, pgc, sql)
 	cancel()
+	ended := qerr != nil && sessionEnded(pgc, qerr)
 	got := -1
 	if qerr == nil {
 		if len(row) == 0 {
@@ -206,13 +214,9 @@ func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key
 			b.attachLocked(lc, l)
 		}
 	}
-	retire := b.retireIfIdleLocked(lc)
 	b.mu.Unlock()
-	if retire {
-		lc.pc.Release()
-	}
 	if qerr != nil {
-		return nil, false, r.errorf("try: %w", qerr), false
+		return nil, false, r.errorf("try: %w", qerr), ended && ctx.Err() == nil
 	}
 	if got < 0 {
 		return nil, false, nil, false

@@ -42,7 +42,7 @@ func (b *Backend) Keys() *Keys { return &Keys{b: b} }
 func keyReq(name string, m mode) (req, error) {
 	k, err := ParseKey(name)
 	if err != nil {
-		return req{}, fmt.Errorf("pg: key: %w", err)
+		return req{}, backend.Permanent(fmt.Errorf("pg: key: %w", err))
 	}
 	return req{kind: "key", name: name, key: k, mode: m, fence: k}, nil
 }

@@ -1,0 +1,327 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Connections: how the backend takes them from the pool without ever
+// waiting for one, and how an idle lock connection notices at once that
+// its session ended.
+//
+// The pool is the user's, shared with the user's own work. The backend
+// never waits in the pool for a connection to be released: a connection
+// it waited for could be one its own leases hold, and a try must not wait
+// at all. Before it takes a connection it checks that the pool can give one
+// at once (acquired + being constructed + being acquired by this backend <
+// MaxConns); when it cannot, a try runs on an existing lock connection
+// (queued behind the statements in flight there: multiplexing), a wait
+// polls with tries, and when there is no lock connection to use either, a
+// try fails within about 20ms (acquireNoWait) with an error matching
+// ErrNoConnection. A connection this backend is already acquiring is
+// shared: tries that find one wait for it, bounded by their ctx, rather
+// than take another.
+
+// ErrNoConnection reports that the pool had no connection to give at once
+// and the backend had no lock connection a try could run on: the pool's
+// connections are all in use (by the application, or by this backend's
+// queued waits and leases). A try returns it at once (within about 20ms);
+// a wait (Lock, RLock, WLock, Acquire) keeps trying until its ctx ends. It
+// is not permanent.
+var ErrNoConnection = errors.New("pg: no free connection in the pool")
+
+// freeLocked returns how many connections the pool can give at once,
+// counting those this backend is acquiring as taken.
+func (b *Backend) freeLocked() int {
+	st := b.pool.Stat()
+	return int(st.MaxConns()) - int(st.AcquiredConns()) - int(st.ConstructingConns()) - b.acquiring
+}
+
+// noConnErrLocked describes the pool's exhaustion.
+func (b *Backend) noConnErrLocked() error {
+	st := b.pool.Stat()
+	mine := 0
+	for lc := range b.conns {
+		if !lc.gone {
+			mine++
+		}
+	}
+	return fmt.Errorf("%w for %s (MaxConns %d: %d acquired, %d connecting; this backend: %d lock connections, %d queued waits, %d being acquired)",
+		ErrNoConnection, b.addr, st.MaxConns(), st.AcquiredConns(), st.ConstructingConns(), mine, b.waiting, b.acquiring)
+}
+
+// acquire takes a pool connection without waiting for another to be
+// released: it returns an error matching ErrNoConnection when the pool has
+// none to give. Constructing a new connection is bounded by ctx. Errors
+// name the server's host:port.
+func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	b.mu.Lock()
+	if b.freeLocked() <= 0 {
+		err := b.noConnErrLocked()
+		b.mu.Unlock()
+		return nil, err
+	}
+	b.acquiring++
+	b.mu.Unlock()
+	pc, err := b.acquireNoWait(ctx)
+	b.mu.Lock()
+	b.acquiring--
+	b.mu.Unlock()
+	return pc, err
+}
+
+// acquireNoWait runs pool.Acquire, giving it up when it waits for a
+// connection to be released: the pool had room when the caller checked,
+// but other work may have taken it since. A pool that is full with nothing
+// under construction while the Acquire has not returned is waiting for a
+// release; seen in four checks 5ms apart, the Acquire is cancelled.
+func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// A timer, not a goroutine: most acquisitions return before it fires.
+	var (
+		mu      sync.Mutex
+		t       *time.Timer
+		stopped bool
+		blocked int
+	)
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		st := b.pool.Stat()
+		if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
+			if blocked++; blocked >= 4 {
+				cancel(ErrNoConnection)
+				return
+			}
+		} else {
+			blocked = 0
+		}
+		t = time.AfterFunc(5*time.Millisecond, check)
+	}
+	mu.Lock()
+	t = time.AfterFunc(5*time.Millisecond, check)
+	mu.Unlock()
+	pc, err := b.pool.Acquire(actx)
+	mu.Lock()
+	stopped = true
+	t.Stop()
+	mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrNoConnection) {
+			b.mu.Lock()
+			err = b.noConnErrLocked()
+			b.mu.Unlock()
+			return nil, err
+		}
+		return nil, fmt.Errorf("connect to %s: %w", b.addr, err)
+	}
+	return pc, nil
+}
+
+// serverAddr names the pool's first server as host:port.
+func serverAddr(pool *pgxpool.Pool) string {
+	if pool == nil {
+		return ""
+	}
+	cc := pool.Config().ConnConfig
+	return net.JoinHostPort(cc.Host, fmt.Sprint(cc.Port))
+}
+
+// lock takes lc for a statement, waiting at most until ctx ends.
+func (lc *lockConn) lock(ctx context.Context) bool {
+	select {
+	case lc.sem <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case lc.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (lc *lockConn) lockWait() { lc.sem <- struct{}{} }
+
+func (lc *lockConn) tryLock() bool {
+	select {
+	case lc.sem <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (lc *lockConn) unlock() { <-lc.sem }
+
+// An idle lock connection is read all the time by a watcher goroutine
+// (WaitForNotification on the bare connection, with no ctx), so that the
+// server's closing of its socket — pg_terminate_backend, a server shutting
+// down or crashing — is noticed in about a millisecond, and its leases
+// report the loss at once, with no statement and no round trip. A
+// statement on the connection first pauses the watcher (a read deadline
+// in the past ends its read, which leaves the connection usable) and
+// resumes it afterwards. A session that dies silently (a network cut, a
+// frozen server) sends nothing: the monitor's pings find it.
+
+// watch is one run of a lock connection's watcher.
+type watch struct {
+	done chan struct{}
+	err  error // set before done closes
+}
+
+// watchDelay is how long a lock connection is idle before its watcher
+// starts: a lease released at once (Do with short work) never pays for it,
+// and the revocation window grows by at most this much.
+const watchDelay = time.Millisecond
+
+// resume arranges for lc's watcher to start once lc has been idle for
+// watchDelay. The caller holds lc's lock and lc is a live lock connection.
+func (b *Backend) resume(lc *lockConn) {
+	if lc.w != nil || lc.timer != nil {
+		return
+	}
+	lc.gen++
+	gen := lc.gen
+	b.watchWG.Add(1)
+	lc.timer = time.AfterFunc(watchDelay, func() {
+		defer b.watchWG.Done()
+		lc.lockWait() // never skipped: a busy lc's user holds it briefly
+		defer lc.unlock()
+		if lc.gen != gen { // paused since (and perhaps resumed)
+			return
+		}
+		lc.timer = nil
+		b.mu.Lock()
+		gone := lc.gone
+		b.mu.Unlock()
+		if !gone {
+			b.watch(lc)
+		}
+	})
+}
+
+// watch starts lc's watcher now. The caller holds lc's lock.
+func (b *Backend) watch(lc *lockConn) {
+	if lc.w != nil {
+		return
+	}
+	w := &watch{done: make(chan struct{})}
+	lc.w = w
+	pgc := lc.pc.Conn().PgConn()
+	b.watchWG.Add(1)
+	go func() {
+		defer b.watchWG.Done()
+		var err error
+		for err == nil {
+			err = pgc.WaitForNotification(context.Background())
+		}
+		w.err = err
+		dead := pgc.IsClosed()
+		close(w.done)
+		if !dead {
+			return // paused
+		}
+		// End lc now. Its lock may be held by a user, who pauses the
+		// watcher first (done is closed: no wait) and finds the
+		// connection dead itself, or by anything else for a moment: wait
+		// for it (fail does nothing to an lc already ended).
+		lc.lockWait()
+		b.fail(lc, fmt.Errorf("connection closed: %w", err))
+		lc.unlock()
+	}()
+}
+
+// pause stops lc's watcher, if it runs (or is about to start), and
+// returns an error when the watcher found the connection dead. The caller
+// holds lc's lock.
+func (b *Backend) pause(lc *lockConn) error {
+	if lc.timer != nil {
+		lc.gen++
+		if lc.timer.Stop() {
+			b.watchWG.Done() // its function will never run
+		}
+		lc.timer = nil
+	}
+	w := lc.w
+	if w == nil {
+		return nil
+	}
+	lc.w = nil
+	nc := lc.pc.Conn().PgConn().Conn()
+	_ = nc.SetReadDeadline(time.Now())
+	<-w.done
+	_ = nc.SetReadDeadline(time.Time{})
+	if lc.pc.Conn().PgConn().IsClosed() {
+		return fmt.Errorf("connection closed: %w", w.err)
+	}
+	return nil
+}
+
+// sessionEnded reports that err, from a statement on pgc, shows that the
+// server ended the session (or the connection broke) rather than that the
+// statement timed out: then the session holds nothing any more.
+func sessionEnded(pgc *pgconn.PgConn, err error) bool {
+	if !pgc.IsClosed() || pgconn.Timeout(err) {
+		return false
+	}
+	if pgconn.SafeToRetry(err) || errors.Is(err, pgconn.ErrConnClosed) {
+		return true // not sent, or the driver had closed the connection
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}
+
+// permanent marks err with backend.Permanent when retrying cannot heal
+// it: authentication failed, the database or a schema does not exist, the
+// role lacks a privilege, bad configuration, a closed backend.
+func permanent(err error) error {
+	if err == nil || backend.IsPermanent(err) {
+		return err
+	}
+	if errors.Is(err, errClosed) || errors.Is(err, errNilPool) {
+		return backend.Permanent(err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28000", // invalid_authorization_specification (pg_hba.conf)
+			"28P01", // invalid_password
+			"3D000", // invalid_catalog_name: no such database
+			"3F000", // invalid_schema_name (the fencing table's schema)
+			"42501", // insufficient_privilege
+			"42602": // invalid_name
+			return backend.Permanent(err)
+		}
+	}
+	var pce *pgconn.ParseConfigError
+	if errors.As(err, &pce) {
+		return backend.Permanent(err)
+	}
+	return err
+}
