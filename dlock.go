@@ -221,6 +221,9 @@ func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L
 	}
 	if err != nil {
 		if ctx.Err() != nil {
+			if last == nil && !errors.Is(err, ErrNotAcquired) && err != ctx.Err() {
+				last = err // the backend says more than that ctx ended (connecting to host:port, say)
+			}
 			return nil, attempts, retried, g.notAcquired(ctx, name, last)
 		}
 		return nil, attempts, retried, g.errorf(name, err)

@@ -452,3 +452,25 @@ func TestAllBadInput(t *testing.T) {
 		t.Errorf("second Release of a set: %v, want ErrNotHeld", err)
 	}
 }
+
+// connectingLocker's wait is stuck connecting until ctx ends, and says so.
+type connectingLocker struct{}
+
+func (connectingLocker) TryLock(ctx context.Context, _ string) (*dlocktest.MemoryLease, bool, error) {
+	<-ctx.Done()
+	return nil, false, fmt.Errorf("connect 127.0.0.1:5432: %w", ctx.Err())
+}
+
+// A wait or try that ctx ended while the backend was still connecting
+// says where it was connecting to, not only that ctx ended.
+func TestCtxEndedErrorKeepsBackendCause(t *testing.T) {
+	mu := dlock.NewMutex(connectingLocker{})
+	for _, take := range []func(context.Context, string) (*dlock.Lock[*dlocktest.MemoryLease], error){mu.Acquire, mu.TryAcquire} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := take(ctx, "x")
+		cancel()
+		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "127.0.0.1:5432") {
+			t.Errorf("%v: want ErrNotAcquired, DeadlineExceeded and the address being connected to", err)
+		}
+	}
+}

@@ -81,6 +81,16 @@ type Semaphore[L Lease] interface {
 
 // LockWaiter is implemented by a Locker that can wait for a lock natively:
 // block server-side, or be told of a release instead of polling.
+//
+// Native waits (LockWaiter, RWWaiter, SemaphoreWaiter) serve their waiters
+// first come, first served across clients and processes — a waiter that
+// began waiting before another is granted before it — unless the backend
+// documents that it does not (the conformance suite checks it for a
+// Harness marked Fair);
+// a waiter that gives up leaves the queue at once, and a try fails while
+// others wait (it does not jump the queue). Every native wait must keep
+// any client from starving. The engine's polling, for a backend without a
+// native wait, promises neither.
 type LockWaiter[L Lease] interface {
 	// Lock waits until it takes name or ctx is done. When ctx ends first it
 	// returns an error wrapping ctx.Err() and holds nothing.

@@ -246,7 +246,7 @@ func newPool(tb testing.TB) *pgxpool.Pool {
 func openDlockPG(tb testing.TB, _ string) locker {
 	p := newPool(tb)
 	b := pg.New(p)
-	tb.Cleanup(b.Close) // registered after the pool's: runs before it
+	tb.Cleanup(func() { _ = b.Close() }) // registered after the pool's: runs before it
 	return dlockPG{dlockLocker[*pg.Lease]{dlock.NewMutex(b)}, b}
 }
 

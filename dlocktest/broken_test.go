@@ -31,6 +31,7 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"fairreads": "new readers still got in",
 		"hoarding":  "of a free name",
 		"hiding":    "Release right after the lock was revoked",
+		"unordered": "waiters must be served in arrival order",
 	}
 	for mode, want := range cases {
 		t.Run(mode, func(t *testing.T) {
@@ -74,6 +75,9 @@ func TestBrokenBackend(t *testing.T) {
 		h.New = func(testing.TB, string) any { return leakyLocker{mem} }
 	case "fairreads":
 		h.New = func(testing.TB, string) any { return pollingRW{mem} }
+	case "unordered":
+		h.New = func(testing.TB, string) any { return pollingLocker{mem} }
+		h.Fair = true
 	case "hoarding":
 		h.New = func(testing.TB, string) any { return &hoardingLocker{m: mem, conns: make(chan struct{}, 4)} }
 	case "hiding":
@@ -195,4 +199,12 @@ func (h hidingLocker) TryLock(ctx context.Context, name string) (*hidingLease, b
 		return nil, ok, err
 	}
 	return &hidingLease{MemoryLease: l, lost: make(chan struct{})}, true, nil
+}
+
+// pollingLocker is a mutex without a native wait: waiters poll, and
+// whoever tries first after a release gets the lock.
+type pollingLocker struct{ m *dlocktest.Memory }
+
+func (p pollingLocker) TryLock(ctx context.Context, name string) (*dlocktest.MemoryLease, bool, error) {
+	return p.m.TryLock(ctx, name)
 }

@@ -43,6 +43,8 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"AllOrNone", s.testAllOrNone},
 		{"AllNoDeadlock", s.testAllNoDeadlock},
 		{"AllLoss", s.testAllLoss},
+		{"FIFO", s.testFIFO},
+		{"NoStarvation", s.testNoStarvation},
 	} {
 		s.test(t, c.name, func(t *testing.T) { c.f(t, k) })
 	}

@@ -47,6 +47,14 @@ type Harness[L backend.Lease] struct {
 	// InProcess marks a backend whose locks live inside one process (such
 	// as Memory); the subtests across processes are skipped.
 	InProcess bool
+
+	// Fair marks a backend whose native waits promise first come, first
+	// served across clients and processes, and that no client starves: the
+	// suite then checks both (subtests FIFO, NoStarvation, RWMutex/Order).
+	// Today it is opt-in, because dlock's own fs and valkey backends do not
+	// yet keep the promise (issue 14); it is meant to become the default,
+	// with a flag for backends that document that they cannot.
+	Fair bool
 }
 
 // RequireEnv returns the value of the environment variable key, which names

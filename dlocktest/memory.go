@@ -10,9 +10,11 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-// Memory is an in-process backend: every primitive, native waits with
-// writer preference, and fencing tokens, over maps guarded by a mutex. It
-// is the reference implementation of the backend interfaces, and a
+// Memory is an in-process backend: every primitive, native waits served
+// in arrival order (first come, first served, with writer preference for
+// RW locks), and fencing tokens, over maps guarded by a mutex. A try fails
+// while anyone waits for the lock: it does not jump the queue. It is the
+// reference implementation of the backend interfaces, and a
 // stand-in for a real backend in unit tests of code that uses dlock:
 //
 //	mem := dlocktest.NewMemory()
@@ -32,10 +34,16 @@ type memKey struct {
 }
 
 type memLock struct {
-	holders        map[*MemoryLease]struct{}
-	writer         *MemoryLease // the exclusive holder of a mutex or RW lock
-	waitingWriters int
-	changed        chan struct{} // closed and replaced when the lock frees up
+	holders map[*MemoryLease]struct{}
+	writer  *MemoryLease // the exclusive holder of a mutex or RW lock
+	queue   []*memWaiter // in arrival order; the head is served first
+}
+
+// memWaiter is a wait in a lock's queue.
+type memWaiter struct {
+	can       func(*memLock) bool
+	exclusive bool
+	granted   chan *MemoryLease // receives the lease when served
 }
 
 // MemoryLease is a lock held in a Memory.
@@ -90,7 +98,7 @@ func (m *Memory) RLock(ctx context.Context, name string) (*MemoryLease, error) {
 }
 
 // WLock implements backend.RWWaiter. While it waits, new readers of name
-// wait too.
+// wait too (behind it in the queue); readers that came first go first.
 func (m *Memory) WLock(ctx context.Context, name string) (*MemoryLease, error) {
 	return m.wait(ctx, memKey{'r', name}, m.canWrite, true)
 }
@@ -125,7 +133,7 @@ func (m *Memory) Lose(lease *MemoryLease) {
 	}
 }
 
-func (m *Memory) canRead(l *memLock) bool  { return l.writer == nil && l.waitingWriters == 0 }
+func (m *Memory) canRead(l *memLock) bool  { return l.writer == nil }
 func (m *Memory) canWrite(l *memLock) bool { return len(l.holders) == 0 }
 func (m *Memory) canTicket(limit int) func(*memLock) bool {
 	return func(l *memLock) bool { return len(l.holders) < limit }
@@ -134,7 +142,7 @@ func (m *Memory) canTicket(limit int) func(*memLock) bool {
 func (m *Memory) lock(k memKey) *memLock {
 	l := m.locks[k]
 	if l == nil {
-		l = &memLock{holders: make(map[*MemoryLease]struct{}), changed: make(chan struct{})}
+		l = &memLock{holders: make(map[*MemoryLease]struct{})}
 		m.locks[k] = l
 	}
 	return l
@@ -155,9 +163,14 @@ func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool) (*Memo
 	return lease, true
 }
 
+// try grants k at once, unless it is held in the way or anyone waits for
+// it (a try does not jump the queue).
 func (m *Memory) try(k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if l := m.locks[k]; l != nil && len(l.queue) > 0 {
+		return nil, false, nil
+	}
 	lease, ok := m.grant(k, can, exclusive)
 	if !ok {
 		m.tidy(k)
@@ -165,56 +178,68 @@ func (m *Memory) try(k memKey, can func(*memLock) bool, exclusive bool) (*Memory
 	return lease, ok, nil
 }
 
+// wait queues behind the waiters of k, if any, and is served in order.
 func (m *Memory) wait(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, error) {
-	writer := exclusive && k.kind == 'r'
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if writer {
-		m.lock(k).waitingWriters++
-		defer func() {
-			l := m.lock(k)
-			l.waitingWriters--
-			m.wake(l)
-			m.tidy(k)
-		}()
-	}
-	for {
-		lease, ok := m.grant(k, can, exclusive)
-		if ok {
+	l := m.lock(k)
+	if len(l.queue) == 0 {
+		if lease, ok := m.grant(k, can, exclusive); ok {
+			m.mu.Unlock()
 			return lease, nil
 		}
-		changed := m.locks[k].changed
-		m.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			m.mu.Lock()
-			return nil, ctx.Err()
-		case <-changed:
+	}
+	w := &memWaiter{can: can, exclusive: exclusive, granted: make(chan *MemoryLease, 1)}
+	l.queue = append(l.queue, w)
+	m.mu.Unlock()
+	select {
+	case lease := <-w.granted:
+		return lease, nil
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case lease := <-w.granted: // served as ctx ended: give it back
+		lease.state = 2
+		lease.closeLost()
+		m.drop(lease)
+	default:
+		l.queue = slices.DeleteFunc(l.queue, func(q *memWaiter) bool { return q == w })
+		m.serve(k) // a writer that gives up may let readers behind it in
+		m.tidy(k)
+	}
+	return nil, ctx.Err()
+}
+
+// serve grants k to the waiters at the head of its queue, in order, while
+// they can have it; m.mu is held.
+func (m *Memory) serve(k memKey) {
+	l := m.locks[k]
+	for l != nil && len(l.queue) > 0 {
+		w := l.queue[0]
+		lease, ok := m.grant(k, w.can, w.exclusive)
+		if !ok {
+			return
 		}
-		m.mu.Lock()
+		l.queue = l.queue[1:]
+		w.granted <- lease
 	}
 }
 
-// drop removes a lease from its lock and wakes the waiters; m.mu is held.
+// drop removes a lease from its lock and serves the waiters; m.mu is held.
 func (m *Memory) drop(lease *MemoryLease) {
 	l := m.locks[lease.key]
 	delete(l.holders, lease)
 	if l.writer == lease {
 		l.writer = nil
 	}
-	m.wake(l)
+	m.serve(lease.key)
 	m.tidy(lease.key)
 }
 
-func (m *Memory) wake(l *memLock) {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-// tidy forgets a lock nobody holds or waits for; m.mu is held. Waiters
-// blocked on its old changed channel were woken when it last changed.
+// tidy forgets a lock nobody holds or waits for; m.mu is held.
 func (m *Memory) tidy(k memKey) {
-	if l := m.locks[k]; l != nil && len(l.holders) == 0 && l.waitingWriters == 0 {
+	if l := m.locks[k]; l != nil && len(l.holders) == 0 && len(l.queue) == 0 {
 		delete(m.locks, k)
 	}
 }

@@ -13,5 +13,6 @@ func TestMemory(t *testing.T) {
 		Lose:      func(_ testing.TB, l *dlocktest.MemoryLease) { mem.Lose(l) },
 		Fencing:   true,
 		InProcess: true,
+		Fair:      true,
 	})
 }

@@ -31,6 +31,7 @@ type childSpec struct {
 	Limit int
 	Name  string // hex, so any bytes survive the environment
 	Space string
+	Wait  bool // say "waiting" before the acquisition starts
 }
 
 // child is a helper process holding (or about to hold) a lock.
@@ -46,7 +47,29 @@ type child struct {
 // lock's fencing token (0 if none).
 func startChild(t *testing.T, top, space, kind, name string, limit int) (*child, uint64) {
 	t.Helper()
-	spec, err := json.Marshal(childSpec{Kind: kind, Limit: limit, Name: hex.EncodeToString([]byte(name)), Space: space})
+	c := spawnChild(t, top, childSpec{Kind: kind, Limit: limit, Name: hex.EncodeToString([]byte(name)), Space: space})
+	line := c.expect(t, "acquired")
+	var token uint64
+	if _, err := fmt.Sscanf(line, "acquired %d", &token); err != nil {
+		t.Fatalf("helper process said %q", line)
+	}
+	return c, token
+}
+
+// startWaiter re-executes the test binary to wait for a lock of kind on
+// name, and returns once the helper is about to start its wait; its
+// "acquired" line comes later.
+func startWaiter(t *testing.T, top, space, kind, name string) *child {
+	t.Helper()
+	c := spawnChild(t, top, childSpec{Kind: kind, Name: hex.EncodeToString([]byte(name)), Space: space, Wait: true})
+	c.expect(t, "waiting")
+	return c
+}
+
+// spawnChild starts a helper process with spec.
+func spawnChild(t *testing.T, top string, spec childSpec) *child {
+	t.Helper()
+	raw, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +78,7 @@ func startChild(t *testing.T, top, space, kind, name string, limit int) (*child,
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run="+runPattern(top), "-test.count=1", "-test.v=false", "-test.timeout=2m")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -79,12 +102,7 @@ func startChild(t *testing.T, top, space, kind, name string, limit int) (*child,
 		}
 	})
 	t.Cleanup(c.kill)
-	line := c.expect(t, "acquired")
-	var token uint64
-	if _, err := fmt.Sscanf(line, "acquired %d", &token); err != nil {
-		t.Fatalf("helper process said %q", line)
-	}
-	return c, token
+	return c
 }
 
 // expect waits for the helper's next line, which must start with word.
@@ -160,6 +178,9 @@ func runChild[L backend.Lease](t *testing.T, h Harness[L], raw string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if spec.Wait {
+		fmt.Printf("DLOCKTEST waiting\n")
+	}
 	lk, err := g.Acquire(ctx, string(nameBytes))
 	if err != nil {
 		t.Fatalf("helper process: %v", err)

@@ -28,6 +28,29 @@ func (s *suite[L]) rw(t *testing.T) {
 		s.test(t, c.name, c.f)
 	}
 	s.test(t, "Fencing", func(t *testing.T) { s.testFencing(t, readKind[L]()) })
+	s.test(t, "Order", s.testRWOrder)
+}
+
+// testRWOrder checks the order in which an RW lock serves its waiters
+// (guarantee 12 and writer preference): while a writer holds, a reader, a
+// writer and a reader queue in that order; the first reader goes in alone
+// (the second reader came after a waiting writer), then the writer, then
+// the second reader.
+func (s *suite[L]) testRWOrder(t *testing.T) {
+	if !s.h.Fair {
+		t.Skip("Harness.Fair is not set: the backend does not promise arrival order")
+	}
+	a, b, c := s.rwOf(t), s.rwOf(t), s.rwOf(t)
+	name := s.name(t)
+	holder := tryAcquire(t, a.Write(), name)
+	acquired := make(chan int, 4)
+	var wg sync.WaitGroup
+	var waiters []orderedWaiter
+	for i, g := range []*dlock.Guard[L]{b.Read(), c.Write(), b.Read()} {
+		waiters = append(waiters, waitInOrder(t, &wg, g, name, i, acquired))
+		time.Sleep(arrivalGap)
+	}
+	expectOrder(t, holder, waiters, acquired, &wg)
 }
 
 func (s *suite[L]) rwOf(t *testing.T) *dlock.RWMutex[L] {

@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
 )
@@ -176,8 +175,8 @@ func (b *Backend) Dir() string { return b.dir }
 
 // Close stops the backend's background work and frees every lease still
 // held: each one's lock is dropped and its Lost channel closed (a callback
-// running under it sees its ctx cancelled with cause dlock.ErrLockLost; its
-// Release returns an error wrapping dlock.ErrLockLost). Waits in progress
+// running under it sees its ctx cancelled with cause backend.ErrLockLost; its
+// Release returns an error wrapping backend.ErrLockLost). Waits in progress
 // return ErrClosed, and so does every later call. Lock files stay in the
 // directory. Close is idempotent.
 func (b *Backend) Close() error {
@@ -212,16 +211,16 @@ func (b *Backend) Close() error {
 // begin checks the arguments common to every acquisition.
 func (b *Backend) begin(ctx context.Context, what, name string) error {
 	if name == "" {
-		return backend.Permanent(fmt.Errorf("fs: %s: empty name: %w", what, dlock.ErrInvalidName))
+		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("fs: %s %s: %w: %w", what, quoteName(name), dlock.ErrNotAcquired, err)
+		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
 	if closed {
-		return backend.Permanent(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), ErrClosed))
+		return backend.Permanent(ErrClosed)
 	}
 	return nil
 }
@@ -340,7 +339,7 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 				timeout = min(pauses.Next(), longest)
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 		case <-b.stopc:
 			return ErrClosed
 		}

@@ -8,9 +8,9 @@ import (
 	"io"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/dlock-go/dlock/backend"
 
-	"github.com/dlock-go/dlock"
+	"golang.org/x/sys/unix"
 )
 
 // Lease is one lock held by a Backend: an open lock file and the flock on it.
@@ -61,14 +61,14 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		}
 		if err != nil {
 			f.close()
-			return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+			return nil, classify(err)
 		}
 	}
 	l.f = *f
 	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
 	if err := b.register(l); err != nil {
 		l.f.close()
-		return nil, classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+		return nil, classify(err)
 	}
 	return l, nil
 }
@@ -109,8 +109,8 @@ func (b *Backend) bumpCounterFile(path string) (uint64, error) {
 // Release gives the lock up: it drops the lock and closes the lock file (the
 // file itself stays). It returns nil only if the lease held its lock until
 // then; for a lease that was lost (its file removed or replaced, or the
-// backend closed) it returns an error wrapping dlock.ErrLockLost, and for a
-// second Release one wrapping dlock.ErrNotHeld. It frees the lease's
+// backend closed) it returns an error wrapping backend.ErrLockLost, and for a
+// second Release one wrapping backend.ErrNotHeld. It frees the lease's
 // descriptor in every case and never touches the lock of another holder.
 // It runs even when ctx is already cancelled; it is local and never blocks
 // (a stat, an unlock, a close), so it ends well within any release timeout
@@ -121,12 +121,12 @@ func (l *Lease) Release(ctx context.Context) error {
 	defer l.mu.Unlock()
 	switch l.state {
 	case leaseReleased:
-		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), dlock.ErrNotHeld)
+		return backend.ErrNotHeld
 	case leaseLost:
 		l.state = leaseReleased
 		l.f.close()
 		l.b.unregister(l)
-		return fmt.Errorf("fs: release %s %s: %w", l.what, quoteName(l.name), dlock.ErrLockLost)
+		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
 	same, err := l.f.named()
@@ -134,10 +134,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.closeLostLocked()
 	l.b.unregister(l)
 	if err != nil {
-		return fmt.Errorf("fs: release %s %s: cannot verify ownership: %w: %w", l.what, quoteName(l.name), dlock.ErrLockLost, err)
+		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
 	}
 	if !same {
-		return fmt.Errorf("fs: release %s %s: lock file %s was removed or replaced: %w", l.what, quoteName(l.name), l.path, dlock.ErrLockLost)
+		return fmt.Errorf("lock file %s was removed or replaced: %w", l.path, backend.ErrLockLost)
 	}
 	return nil
 }

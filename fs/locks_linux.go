@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 )
 
@@ -22,7 +21,7 @@ const (
 )
 
 func wrapErr(what, name string, err error) error {
-	return classify(fmt.Errorf("fs: %s %s: %w", what, quoteName(name), err))
+	return classify(err)
 }
 
 // transient are the errors of a local file system that may heal by
@@ -38,7 +37,7 @@ var transient = []error{unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.ENOBUFS, uni
 // regular file), a corrupt counter or a closed backend would fail every
 // retry of a wait the same way.
 func classify(err error) error {
-	if err == nil || errors.Is(err, dlock.ErrNotAcquired) || errors.Is(err, errReplaced) {
+	if err == nil || errors.Is(err, backend.ErrNotAcquired) || errors.Is(err, errReplaced) {
 		return err
 	}
 	for _, t := range transient {
@@ -239,7 +238,7 @@ func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
 		return err
 	}
 	if limit < 1 {
-		return backend.Permanent(fmt.Errorf("fs: semaphore %s: limit %d: %w", quoteName(name), limit, dlock.ErrInvalidLimit))
+		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
 	}
 	return nil
 }

@@ -1,14 +1,16 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/dlock-go/dlock/backend"
 )
 
-// ErrClosed is returned by the methods of a Backend after Close.
-var ErrClosed = errors.New("fs: backend closed")
+// ErrClosed is returned by the methods of a Backend after Close. It is
+// backend.ErrClosed (and dlock.ErrClosed), which every backend returns.
+var ErrClosed = backend.ErrClosed
 
 // Option configures a Backend made by New.
 type Option func(*config)

@@ -9,10 +9,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dlock-go/dlock/backend"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/internal/pace"
 )
 
@@ -61,11 +62,11 @@ type req struct {
 }
 
 func (r req) errorf(format string, args ...any) error {
-	return fmt.Errorf("pg: %s %s: "+format, append([]any{r.kind, shortName(r.name)}, args...)...)
+	return fmt.Errorf(format, args...)
 }
 
 func (r req) notAcquired(ctx context.Context) error {
-	return r.errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+	return r.errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 }
 
 // begin checks what every acquisition needs before it takes a connection:
@@ -263,9 +264,9 @@ func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bo
 	b.mu.Unlock()
 	if ctx.Err() != nil && !errors.Is(err, errRetry) {
 		if err == ctx.Err() {
-			return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, err)
+			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 		}
-		return fmt.Errorf("%w: %w (%w)", dlock.ErrNotAcquired, ctx.Err(), err)
+		return fmt.Errorf("%w: %w (%w)", backend.ErrNotAcquired, ctx.Err(), err)
 	}
 	return err
 }
@@ -472,7 +473,7 @@ func (b *Backend) ended(ctx context.Context, r req, last error) error {
 	if last == nil {
 		return r.notAcquired(ctx)
 	}
-	return r.errorf("%w: %w (last: %w)", dlock.ErrNotAcquired, ctx.Err(), last)
+	return r.errorf("%w: %w (last: %w)", backend.ErrNotAcquired, ctx.Err(), last)
 }
 
 // errEarly reports that lock_timeout fired just before ctx's deadline:
@@ -710,7 +711,7 @@ func (b *Backend) ensureFencing(ctx context.Context) error {
 	select {
 	case b.fenceMu <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", dlock.ErrNotAcquired, ctx.Err())
+		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 	}
 	defer func() { <-b.fenceMu }()
 	if b.fenceReady.Load() {

@@ -16,7 +16,7 @@ func harness(url string, opts ...pg.Option) dlocktest.Harness[*pg.Lease] {
 		New: func(t testing.TB, _ string) any {
 			pool := newPool(t, url, 2)
 			b := pg.New(pool, opts...)
-			t.Cleanup(b.Close) // runs before pool.Close
+			t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
 			return b
 		},
 		Lose: func(t testing.TB, l *pg.Lease) {

@@ -57,7 +57,7 @@ func TestBurst(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/MaxConns%d", mode, tc.maxConns), func(t *testing.T) {
 			pool := newPool(t, url, tc.maxConns)
 			b := pg.New(pool)
-			t.Cleanup(b.Close)
+			t.Cleanup(func() { _ = b.Close() })
 			ctx := ctxT(t, time.Minute)
 			base := uniq(t)
 			const n = 64
@@ -129,7 +129,7 @@ func TestUserExhaustsPool(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 2)
 	b := pg.New(pool)
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	c1, err := pool.Acquire(ctx)
@@ -189,7 +189,7 @@ func TestWaitsNeverWaitForOwnConnections(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 2)
 	b := pg.New(pool)
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	other, _ := newBackend(t, url)
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
@@ -252,7 +252,7 @@ func TestTryAfterIdleSessionsTerminated(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 4)
 	b := pg.New(pool)
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
 	for round := range 5 {
@@ -327,7 +327,7 @@ func TestConnectHonoursContext(t *testing.T) {
 	url := "postgres://postgres@" + addr + "/postgres?sslmode=disable"
 	pool := newPool(t, url, 2)
 	b := pg.New(pool)
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	mu := dlock.NewMutex(b)
 	for _, c := range []struct {
 		name string
@@ -477,7 +477,7 @@ func TestReleaseTimeout(t *testing.T) {
 			px := newProxy(t, base)
 			pool := newPool(t, px.url, 2)
 			b := pg.New(pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
-			t.Cleanup(b.Close)
+			t.Cleanup(func() { _ = b.Close() })
 			t.Cleanup(px.close) // first: nothing may wait on the black hole
 			ctx := ctxT(t, time.Minute)
 			mu := dlock.NewMutex(b, dlock.WithReleaseTimeout(d))
@@ -518,7 +518,7 @@ func TestReleaseTimeoutBusyConnection(t *testing.T) {
 	px := newProxy(t, base)
 	pool := newPool(t, px.url, 2)
 	b := pg.New(pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	t.Cleanup(px.close)
 	ctx := ctxT(t, time.Minute)
 	const d = 200 * time.Millisecond
@@ -618,7 +618,7 @@ func TestPermanentErrors(t *testing.T) {
 		t.Skip("cannot derive a URL of a missing database from " + url)
 	}
 	bad := pg.New(newPool(t, u, 2))
-	t.Cleanup(bad.Close)
+	t.Cleanup(func() { _ = bad.Close() })
 	start := time.Now()
 	_, err = dlock.NewMutex(bad).Acquire(ctxT(t, 20*time.Second), "x")
 	missingDB.Store(err)
@@ -643,7 +643,7 @@ func TestFencingTableNeverWaits(t *testing.T) {
 	t.Cleanup(func() { admin(t, url, "DROP TABLE IF EXISTS "+table) })
 	pool := newPool(t, url, 2)
 	b := pg.New(pool, pg.WithFencing(table))
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
 	c1, err := pool.Acquire(ctx)

@@ -43,7 +43,7 @@ func newBackend(t testing.TB, url string, opts ...pg.Option) (*pg.Backend, *pgxp
 	t.Helper()
 	pool := newPool(t, url, 0)
 	b := pg.New(pool, opts...)
-	t.Cleanup(b.Close) // runs before pool.Close
+	t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
 	return b, pool
 }
 

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // Key is a PostgreSQL advisory lock key. PostgreSQL has two separate key
@@ -57,7 +57,7 @@ func (k Key) String() string {
 
 // ParseKey parses the canonical form that Key.String returns. Any other
 // spelling ("+1", "01", " 1", "1, 2") is refused with an error wrapping
-// dlock.ErrInvalidName, so that distinct names never share a key.
+// backend.ErrInvalidName, so that distinct names never share a key.
 func ParseKey(s string) (Key, error) {
 	var k Key
 	if a, b, ok := strings.Cut(s, ","); ok {
@@ -70,7 +70,7 @@ func ParseKey(s string) (Key, error) {
 		k = Int64Key(x)
 	}
 	if k.String() != s {
-		return Key{}, fmt.Errorf("%w: %s is not an advisory key (want \"<int64>\" or \"<int32>,<int32>\")", dlock.ErrInvalidName, shortName(s))
+		return Key{}, fmt.Errorf("%w: %s is not an advisory key (want \"<int64>\" or \"<int32>,<int32>\")", backend.ErrInvalidName, shortName(s))
 	}
 	return k, nil
 }

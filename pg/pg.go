@@ -13,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 )
 
@@ -90,16 +89,16 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 // Close releases every lock still held, by closing the lock connections
 // (their sessions end, and PostgreSQL frees their locks); their leases
 // report loss, and their Release returns an error matching
-// dlock.ErrLockLost. It stops the backend's monitor goroutine and waits for
+// backend.ErrLockLost. It stops the backend's monitor goroutine and waits for
 // it. Acquisitions that wait at the time of Close fail when their wait ends.
 // Close the backend before the pool. Release leases first to return their
 // connections to the pool rather than close them. Calling Close twice is
-// harmless.
-func (b *Backend) Close() {
+// harmless. It returns nil: it is an io.Closer like every dlock backend.
+func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return
+		return nil
 	}
 	b.closed = true
 	conns := slices.Collect(maps.Keys(b.conns))
@@ -115,6 +114,7 @@ func (b *Backend) Close() {
 	b.monWG.Wait()
 	b.watchWG.Wait()
 	b.stopListener()
+	return nil
 }
 
 // Stats describes a backend's use of connections at one moment.
@@ -387,7 +387,7 @@ func (l *Lease) Key() Key { return l.key }
 func (l *Lease) PID() uint32 { return l.lc.pid }
 
 func (l *Lease) errorf(format string, args ...any) error {
-	return fmt.Errorf("pg: %s %s: "+format, append([]any{l.kind, shortName(l.name)}, args...)...)
+	return fmt.Errorf(format, args...)
 }
 
 // Release releases the lock with pg_advisory_unlock on its session; the
@@ -401,10 +401,10 @@ func (l *Lease) errorf(format string, args ...any) error {
 // the session no longer held the lock) the lock may have been freed
 // earlier: the connection is closed, which frees every lock of its session,
 // every lease on it reports the loss at once, and Release returns an error
-// matching dlock.ErrLockLost that also wraps the cause.
+// matching backend.ErrLockLost that also wraps the cause.
 func (l *Lease) Release(ctx context.Context) error {
 	if !l.released.CompareAndSwap(false, true) {
-		return l.errorf("release: %w", dlock.ErrNotHeld)
+		return l.errorf("release: %w", backend.ErrNotHeld)
 	}
 	defer l.closeLost()
 	b, lc := l.b, l.lc
@@ -420,7 +420,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		lc.lockWait()
 		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
 		lc.unlock()
-		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", dlock.ErrLockLost, rctx.Err())
+		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
 	}
 	defer lc.unlock()
 	if err := b.pause(lc); err != nil {
@@ -433,7 +433,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		if cause == nil {
 			cause = errors.New("unknown cause")
 		}
-		return l.errorf("release: %w: its connection failed: %w", dlock.ErrLockLost, cause)
+		return l.errorf("release: %w: its connection failed: %w", backend.ErrLockLost, cause)
 	}
 	ok, err := unlockNotify(rctx, lc.pc.Conn().PgConn(), l.key, l.mode, l.topic)
 	if err != nil || !ok {
@@ -448,7 +448,7 @@ func (l *Lease) Release(ctx context.Context) error {
 			err = errors.New("the session no longer held it")
 		}
 		b.fail(lc, fmt.Errorf("unlock: %w", err))
-		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", dlock.ErrLockLost, err)
+		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", backend.ErrLockLost, err)
 	}
 	b.mu.Lock()
 	delete(lc.leases, l)

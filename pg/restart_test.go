@@ -221,7 +221,7 @@ func TestWaitRidesOutRestart(t *testing.T) {
 	srv := needPrivateServer(t)
 	holder, _ := newBackend(t, srv.url)
 	waiter := pg.New(newPool(t, srv.url, 2))
-	t.Cleanup(waiter.Close)
+	t.Cleanup(func() { _ = waiter.Close() })
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	type wait struct {
@@ -285,7 +285,7 @@ func TestWaitRidesOutRestart(t *testing.T) {
 func TestWaitWhileServerDown(t *testing.T) {
 	srv := needPrivateServer(t)
 	b := pg.New(newPool(t, srv.url, 2))
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	l, ok, err := b.TryLock(ctx, name+"warm") // the pool has a connection

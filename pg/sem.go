@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
 )
@@ -101,7 +100,7 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 
 func checkLimit(r req, limit int) error {
 	if limit < 1 || limit > MaxSemaphoreLimit {
-		return backend.Permanent(r.errorf("%w: %d (must be 1 to %d)", dlock.ErrInvalidLimit, limit, MaxSemaphoreLimit))
+		return backend.Permanent(r.errorf("%w: %d (must be 1 to %d)", backend.ErrInvalidLimit, limit, MaxSemaphoreLimit))
 	}
 	return nil
 }

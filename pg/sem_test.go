@@ -32,7 +32,7 @@ func TestSemaphoreWaitersShareOneListener(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 4)
 	b := pg.New(pool, pg.WithLossInterval(100*time.Millisecond))
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { _ = b.Close() })
 	other, _ := newBackend(t, url)
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)

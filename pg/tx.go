@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 )
 
@@ -24,7 +23,7 @@ import (
 // Unlike named locks, the kinds share the key: a Mutex of "42" and the
 // write side of an RWMutex of "42" are the same lock (pg_advisory_lock(42)),
 // and the read side is pg_advisory_lock_shared(42). A name that is not a
-// canonical key gets an error matching dlock.ErrInvalidName. Keys has no
+// canonical key gets an error matching backend.ErrInvalidName. Keys has no
 // semaphore: a semaphore needs several keys. Leases are the Backend's, with
 // its connections, registry and monitor.
 type Keys struct{ b *Backend }
@@ -124,7 +123,7 @@ func TryRLockTx(ctx context.Context, tx pgx.Tx, key Key) (bool, error) {
 
 // LockTx takes key exclusively in tx (pg_advisory_xact_lock), waiting until
 // it is free or ctx is done. When ctx ends first it returns an error
-// matching dlock.ErrNotAcquired and ctx.Err().
+// matching backend.ErrNotAcquired and ctx.Err().
 func LockTx(ctx context.Context, tx pgx.Tx, key Key) error { return lockTx(ctx, tx, key, exclusive) }
 
 // RLockTx takes key shared in tx (pg_advisory_xact_lock_shared), waiting
@@ -136,7 +135,7 @@ func tryTx(ctx context.Context, tx pgx.Tx, key Key, m mode) (bool, error) {
 		return false, errors.New("pg: nil transaction")
 	}
 	if ctx.Err() != nil {
-		return false, fmt.Errorf("pg: key %s: %w: %w", key, dlock.ErrNotAcquired, ctx.Err())
+		return false, fmt.Errorf("pg: key %s: %w: %w", key, backend.ErrNotAcquired, ctx.Err())
 	}
 	fn := "pg_try_advisory_xact_lock"
 	if m == shared {
@@ -176,7 +175,7 @@ func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
 		err = errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
 	}
 	if cancelled && ctx.Err() != nil {
-		return fmt.Errorf("pg: key %s: %w: %w", key, dlock.ErrNotAcquired, ctx.Err())
+		return fmt.Errorf("pg: key %s: %w: %w", key, backend.ErrNotAcquired, ctx.Err())
 	}
 	return fmt.Errorf("pg: key %s: lock in transaction: %w", key, err)
 }

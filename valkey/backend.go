@@ -9,7 +9,6 @@ import (
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
 )
@@ -41,7 +40,7 @@ var (
 // error for a nil client or an invalid option.
 func New(client valkeygo.Client, opts ...Option) (*Backend, error) {
 	if client == nil {
-		return nil, errors.New("dlock/valkey: nil client")
+		return nil, errors.New("valkey: nil client")
 	}
 	cfg, err := newConfig(opts)
 	if err != nil {
@@ -165,7 +164,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 
 func (b *Backend) semBase(name string, limit int) (string, error) {
 	if limit < 1 {
-		return "", fmt.Errorf("dlock/valkey: semaphore %s: %w: %d", shortName(name), dlock.ErrInvalidLimit, limit)
+		return "", fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
 	}
 	return keyBase(b.c.cfg.prefix, name)
 }
@@ -234,7 +233,7 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dlock/valkey: waiting for %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, ctx.Err())
+			return nil, fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 		}
 		if !timer.Stop() {
 			select {

@@ -15,7 +15,6 @@ import (
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
-	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
 )
@@ -25,7 +24,7 @@ import (
 // has no deadline.
 const releaseTimeout = 5 * time.Second
 
-var errClosed = errors.New("dlock/valkey: backend closed")
+var errClosed = backend.ErrClosed
 
 // node is one independent server (or cluster) and its release notifier.
 type node struct {
@@ -110,7 +109,7 @@ type attempt struct {
 // acquire script's arguments after the token and lease.
 func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []string, base string, extra ...string) (attempt, error) {
 	if c.closed.Load() {
-		return attempt{}, backend.Permanent(fmt.Errorf("%w (taking %s %s)", errClosed, k, shortName(name)))
+		return attempt{}, backend.Permanent(errClosed)
 	}
 	token := newToken()
 	args := append([]string{token, c.leaseMs}, extra...)
@@ -157,9 +156,9 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		if err := c.raiseFence(ctx, l, rs); err != nil {
 			c.cleanup(ctx, l)
 			if cerr := ctx.Err(); cerr != nil {
-				return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, cerr)
+				return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, cerr)
 			}
-			return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w", k, shortName(name), err)
+			return attempt{}, err
 		}
 	}
 	late := false
@@ -168,7 +167,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {
 				c.cleanup(ctx, l)
-				return attempt{}, backend.Permanent(fmt.Errorf("%w (taking %s %s)", err, k, shortName(name)))
+				return attempt{}, backend.Permanent(err)
 			}
 			return attempt{lease: l}, nil
 		}
@@ -186,17 +185,16 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		return attempt{hint: time.Duration(hint) * time.Millisecond}, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, err)
+		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
 	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, context.Canceled) {
 		// valkey-go may see ctx's deadline pass before ctx reports it.
-		return attempt{}, fmt.Errorf("dlock/valkey: taking %s %s: %w: %w", k, shortName(name), dlock.ErrNotAcquired, firstErr)
+		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, firstErr)
 	}
-	what := fmt.Sprintf("dlock/valkey: taking %s %s", k, shortName(name))
 	if late {
-		return attempt{}, fmt.Errorf("%s: acquired too late: the lease's validity had passed", what)
+		return attempt{}, errors.New("acquired too late: the lease's validity had passed")
 	}
-	return attempt{}, c.nodesError(what, got, rs)
+	return attempt{}, c.nodesError(got, rs)
 }
 
 // nodesError is the error of an attempt that neither took the lock nor
@@ -205,7 +203,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 // failed with errors that retrying cannot heal (authentication refused, a
 // closed client) that a majority can never be reached; a wait then ends at
 // once instead of retrying until its ctx ends.
-func (c *core) nodesError(what string, got int, rs []reply) error {
+func (c *core) nodesError(got int, rs []reply) error {
 	var errs nodeErrors
 	perm := 0
 	for i, r := range rs {
@@ -220,11 +218,11 @@ func (c *core) nodesError(what string, got int, rs []reply) error {
 	var err error
 	switch {
 	case len(errs) == 0:
-		err = fmt.Errorf("%s: %d of %d nodes agreed, %d needed", what, got, len(c.nodes), c.quorum)
+		err = fmt.Errorf("%d of %d nodes agreed, %d needed", got, len(c.nodes), c.quorum)
 	case len(c.nodes) == 1:
-		err = fmt.Errorf("%s: %w", what, errs[0])
+		err = errs[0]
 	default:
-		err = fmt.Errorf("%s: %d of %d nodes agreed, %d needed: %w", what, got, len(c.nodes), c.quorum, errs)
+		err = fmt.Errorf("%d of %d nodes agreed, %d needed: %w", got, len(c.nodes), c.quorum, errs)
 	}
 	if perm > len(c.nodes)-c.quorum {
 		err = backend.Permanent(err)
@@ -432,9 +430,9 @@ func (l *Lease) Name() string { return l.name }
 
 // Release implements backend.Lease. It deletes the lease's key if this
 // lease still owns it and wakes the waiters. It returns an error wrapping
-// dlock.ErrLockLost if the lease had been lost (even if its key was still
+// backend.ErrLockLost if the lease had been lost (even if its key was still
 // there) or if the release finds its key gone or owned by another,
-// dlock.ErrNotHeld if it was released before, or the server's error (the
+// backend.ErrNotHeld if it was released before, or the server's error (the
 // lock then frees when its lease runs out). It runs even when ctx is
 // already cancelled, and ends by ctx's deadline, whatever it is (the
 // dlock package's Lock.Release sets it from dlock.WithReleaseTimeout); a
@@ -442,20 +440,20 @@ func (l *Lease) Name() string { return l.name }
 func (l *Lease) Release(ctx context.Context) error {
 	wasLost, err := l.c.ext.finish(l)
 	if err != nil {
-		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), err)
+		return fmt.Errorf("release: %w", err)
 	}
 	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
 	owned, refused, rerr := l.releaseOnNodes(rctx)
 	switch {
 	case wasLost:
-		return fmt.Errorf("dlock/valkey: releasing %s %s: %w", l.kind, shortName(l.name), dlock.ErrLockLost)
+		return backend.ErrLockLost
 	case owned >= l.c.quorum:
 		return nil
 	case refused > len(l.c.nodes)-l.c.quorum:
-		return fmt.Errorf("dlock/valkey: releasing %s %s: %w (it had been deleted or taken over)", l.kind, shortName(l.name), dlock.ErrLockLost)
+		return fmt.Errorf("%w (its key had been deleted or taken over)", backend.ErrLockLost)
 	default:
-		return fmt.Errorf("dlock/valkey: releasing %s %s (it will expire): %w", l.kind, shortName(l.name), rerr)
+		return fmt.Errorf("release failed (the key will expire): %w", rerr)
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // extender keeps the leases of one Backend or RedLock alive: a single
@@ -68,7 +68,7 @@ func (e *extender) finish(l *Lease) (wasLost bool, err error) {
 	defer e.mu.Unlock()
 	switch l.state {
 	case released:
-		return false, dlock.ErrNotHeld
+		return false, backend.ErrNotHeld
 	case lost:
 		l.state = released
 		return true, nil
@@ -95,7 +95,7 @@ func (e *extender) loseLocked(l *Lease, why string) {
 		heap.Remove(&e.h, l.idx)
 	}
 	l.closeLostLocked()
-	e.c.cfg.logger.Warn("dlock/valkey: lease lost", "kind", l.kind.String(), "name", shortName(l.name), "reason", why)
+	e.c.cfg.logger.Warn("dlock/valkey: lease lost", "kind", l.kind.String(), "name", l.name, "reason", why)
 }
 
 // close stops the extender; the leases still held are lost (nobody extends
@@ -229,7 +229,7 @@ func (e *extender) extend(batch []*Lease) {
 				e.loseLocked(l, "no extension confirmed before the validity deadline")
 				continue
 			}
-			c.cfg.logger.Debug("dlock/valkey: extension failed, retrying", "kind", l.kind.String(), "name", shortName(l.name), "err", why)
+			c.cfg.logger.Debug("dlock/valkey: extension failed, retrying", "kind", l.kind.String(), "name", l.name, "err", why)
 			l.due = now.Add(retry)
 			if l.due.After(l.deadline) {
 				l.due = l.deadline

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // Key layout. Every key and channel of one lock is
@@ -47,7 +47,7 @@ const (
 // keyBase returns prefix + "{" + enc(name) + "}:".
 func keyBase(prefix, name string) (string, error) {
 	if name == "" {
-		return "", fmt.Errorf("dlock/valkey: %w: empty name", dlock.ErrInvalidName)
+		return "", fmt.Errorf("%w: empty name", backend.ErrInvalidName)
 	}
 	var b strings.Builder
 	b.Grow(len(prefix) + 3 + min(len(name), maxPlainName)*3 + 1 + 2*sha256.Size)
@@ -77,14 +77,6 @@ func escapeTo(b *strings.Builder, s string) {
 		b.WriteByte(hexdig[c>>4])
 		b.WriteByte(hexdig[c&15])
 	}
-}
-
-// shortName is a lock name fit for an error message.
-func shortName(name string) string {
-	if len(name) > 64 {
-		return fmt.Sprintf("%q...(%d bytes)", name[:64], len(name))
-	}
-	return fmt.Sprintf("%q", name)
 }
 
 // kind is the kind of a lease; it picks the keys and scripts.

@@ -18,7 +18,7 @@ const (
 )
 
 // errBadOption is wrapped by every option error.
-var errBadOption = errors.New("dlock/valkey: invalid option")
+var errBadOption = errors.New("valkey: invalid option")
 
 // Option configures a Backend or a RedLock.
 type Option func(*config)

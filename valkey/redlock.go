@@ -71,21 +71,21 @@ var (
 // the error is marked backend.Permanent, so a wait ends at once.
 func NewRedLock(clients []valkeygo.Client, opts ...Option) (*RedLock, error) {
 	if len(clients) == 0 {
-		return nil, errors.New("dlock/valkey: RedLock needs at least one client")
+		return nil, errors.New("valkey: NewRedLock needs at least one client")
 	}
 	owner := make(map[string]int) // address -> index of the client using it
 	for i, c := range clients {
 		if c == nil {
-			return nil, fmt.Errorf("dlock/valkey: RedLock: client %d is nil", i)
+			return nil, fmt.Errorf("valkey: NewRedLock: client %d is nil", i)
 		}
 		for j := range i {
 			if sameClient(clients[j], c) {
-				return nil, fmt.Errorf("dlock/valkey: RedLock: clients %d and %d are the same client: RedLock needs one client per independent node", j, i)
+				return nil, fmt.Errorf("valkey: NewRedLock: clients %d and %d are the same client: RedLock needs one client per independent node", j, i)
 			}
 		}
 		for _, a := range clientAddrs(c) {
 			if j, dup := owner[a]; dup && j != i {
-				return nil, fmt.Errorf("dlock/valkey: RedLock: clients %d and %d both talk to %s: RedLock needs one client per independent node", j, i, a)
+				return nil, fmt.Errorf("valkey: NewRedLock: clients %d and %d both talk to %s: RedLock needs one client per independent node", j, i, a)
 			}
 			owner[a] = i
 		}

@@ -223,10 +223,12 @@ func TestRedLockNodesDown(t *testing.T) {
 }
 
 // TestLeaseOutlivesExtensions holds leases across many extension periods
-// while other goroutines hammer the same server.
+// (100ms each) while other goroutines hammer the same server. The lease
+// (1s) leaves room for a loaded machine's stalls: with a 300ms lease a
+// stall of some 200ms under -race lost a lease now and then.
 func TestLeaseOutlivesExtensions(t *testing.T) {
 	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	b, err := New(testClient(t, addr), WithKeyPrefix(testPrefix(t.TempDir())), WithLease(300*time.Millisecond))
+	b, err := New(testClient(t, addr), WithKeyPrefix(testPrefix(t.TempDir())), WithLease(time.Second), WithExtendEvery(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
 package main
 
 import (
@@ -362,8 +364,12 @@ func TestSharedAndSemaphore(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, tg target) {
 		if strings.HasPrefix(tg.url, "redlock") {
 			code, _, stderr := runDlock(t, tg, "run", "-shared", lockName(t), "--", "true")
-			if code != exitUnavailable || !strings.Contains(stderr, "no reader-writer lock") {
+			if code != exitUsage || !strings.Contains(stderr, "no reader-writer lock") {
 				t.Fatalf("-shared over RedLock: exit %d, %s", code, stderr)
+			}
+			code, _, stderr = runDlock(t, tg, "run", "-semaphore", "2", lockName(t), "--", "true")
+			if code != exitUsage || !strings.Contains(stderr, "no semaphore") {
+				t.Fatalf("-semaphore over RedLock: exit %d, %s", code, stderr)
 			}
 			return
 		}

@@ -1,22 +1,61 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
 package main
 
 import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
+// parsed is what a test checks of a backendSpec.
+type parsed struct {
+	kind, dir     string
+	hosts         string // comma-separated
+	user, pass    string
+	db            int
+	tls           bool
+	fencing       string
+	lease         time.Duration
+	master, cname string
+	unixSocket    bool
+}
+
+func summary(s backendSpec) parsed {
+	p := parsed{kind: s.kind, dir: s.dir, hosts: strings.Join(s.hosts, ","), fencing: s.fencing, lease: s.lease}
+	if s.pg != nil {
+		p.user, p.pass = s.pg.ConnConfig.User, s.pg.ConnConfig.Password
+	}
+	if len(s.valkey) > 0 {
+		o := s.valkey[0]
+		p.user, p.pass, p.db, p.tls = o.Username, o.Password, o.SelectDB, o.TLSConfig != nil
+		p.master, p.cname, p.unixSocket = o.Sentinel.MasterSet, o.ClientName, o.DialCtxFn != nil
+	}
+	return p
+}
+
 func TestParseBackend(t *testing.T) {
-	good := map[string]backendSpec{
-		"file:///var/lock/app":                      {kind: "file", dir: "/var/lock/app"},
-		"file://localhost/tmp/x":                    {kind: "file", dir: "/tmp/x"},
-		"valkey://127.0.0.1:6379":                   {kind: "valkey", addrs: []string{"127.0.0.1:6379"}},
-		"redis://h":                                 {kind: "valkey", addrs: []string{"h:6379"}},
-		"rediss://u:p%40ss@h:1/2":                   {kind: "valkey", addrs: []string{"h:1"}, username: "u", password: "p@ss", db: 2, tls: true},
-		"valkey://a:1,b:2,[::1]:3":                  {kind: "valkey", addrs: []string{"a:1", "b:2", "[::1]:3"}},
-		"redlock://a:1,b:2,c:3":                     {kind: "redlock", addrs: []string{"a:1", "b:2", "c:3"}},
-		"postgres://u@localhost:5432/db":            {kind: "postgres", url: "postgres://u@localhost:5432/db"},
-		"postgresql://localhost/db?sslmode=disable": {kind: "postgres", url: "postgresql://localhost/db?sslmode=disable"},
+	good := map[string]parsed{
+		"file:///var/lock/app":                           {kind: "file", dir: "/var/lock/app"},
+		"file://localhost/tmp/x":                         {kind: "file", dir: "/tmp/x"},
+		"valkey://127.0.0.1:6379":                        {kind: "valkey", hosts: "127.0.0.1:6379"},
+		"redis://h":                                      {kind: "valkey", hosts: "h:6379"},
+		"rediss://u:p%40ss@h:1/2":                        {kind: "valkey", hosts: "h:1", user: "u", pass: "p@ss", db: 2, tls: true},
+		"valkey://a:1,b:2,[::1]:3":                       {kind: "valkey", hosts: "a:1,b:2,[::1]:3"},
+		"valkey://s1:26379,s2:26379?master_set=mymain":   {kind: "valkey", hosts: "s1:26379,s2:26379", master: "mymain"},
+		"valkey://h:1?client_name=app&dial_timeout=1s":   {kind: "valkey", hosts: "h:1", cname: "app"},
+		"valkey://h:1?dlock_lease=2s":                    {kind: "valkey", hosts: "h:1", lease: 2 * time.Second},
+		"valkey://h:1?dlock_lease=5":                     {kind: "valkey", hosts: "h:1", lease: 5 * time.Second},
+		"unix:///run/valkey.sock?db=3":                   {kind: "valkey", hosts: "/run/valkey.sock", db: 3, unixSocket: true},
+		"redlock://a:1,b:2,c:3":                          {kind: "redlock", hosts: "a:1,b:2,c:3"},
+		"redlock://:pw@a:1,b:2,c:3/4?dlock_lease=1500ms": {kind: "redlock", hosts: "a:1,b:2,c:3", pass: "pw", db: 4, lease: 1500 * time.Millisecond},
+		"postgres://u@localhost:5432/db":                 {kind: "postgres", hosts: "localhost:5432", user: "u"},
+		"postgresql://localhost/db?sslmode=disable":      {kind: "postgres", hosts: "localhost:5432"},
+		"postgres://u:pw@h/db?dlock_fencing=on":          {kind: "postgres", hosts: "h:5432", user: "u", pass: "pw", fencing: "dlock_fencing"},
+		"postgres://h/db?dlock_fencing=app.fence":        {kind: "postgres", hosts: "h:5432", fencing: "app.fence"},
+		"pg:host=h port=6 user=u password=pw dbname=d":   {kind: "postgres", hosts: "h:6", user: "u", pass: "pw"},
+		"pg:host=h dlock_fencing=t":                      {kind: "postgres", hosts: "h:5432", fencing: "t"},
 	}
 	for raw, want := range good {
 		got, err := parseBackend(raw)
@@ -24,25 +63,39 @@ func TestParseBackend(t *testing.T) {
 			t.Errorf("%s: %v", raw, err)
 			continue
 		}
-		if got.kind != want.kind || got.dir != want.dir || got.url != want.url || strings.Join(got.addrs, ",") != strings.Join(want.addrs, ",") ||
-			got.username != want.username || got.password != want.password || got.db != want.db || got.tls != want.tls {
-			t.Errorf("%s: got %+v, want %+v", raw, got, want)
+		s := summary(got)
+		if want.user == "" && got.pg != nil {
+			s.user = "" // pgx's default: the OS user
+		}
+		if s != want {
+			t.Errorf("%s: got %+v, want %+v", raw, s, want)
+		}
+		if got.pg != nil {
+			if _, ok := got.pg.ConnConfig.RuntimeParams["dlock_fencing"]; ok {
+				t.Errorf("%s: dlock_fencing would reach the server", raw)
+			}
 		}
 	}
 	bad := map[string]string{
-		"":                       "want a URL",
-		"/var/lock":              "want a URL",
-		"ftp://x":                "unknown scheme",
-		"file://host/x":          "names a local directory",
-		"file:///x?y=1":          "no query",
-		"valkey://":              "no host",
-		"valkey://h:0":           "port",
-		"valkey://h:99999":       "port",
-		"valkey://h:1?x=1":       "no query",
-		"valkey://h:1/db":        "database",
-		"redlock://a:1":          "several independent nodes",
-		"redis://u:secret@:1":    "empty host",
-		"postgres://h:notaport/": "",
+		"":                                 "want a URL",
+		"/var/lock":                        "want a URL",
+		"ftp://x":                          "unknown scheme",
+		"file://host/x":                    "names a local directory",
+		"file:///x?y=1":                    "no query",
+		"file://u:secret@/x":               "no user",
+		"valkey://":                        "no host",
+		"valkey://h:0":                     "port",
+		"valkey://h:99999":                 "port",
+		"valkey://h:1/db":                  "database",
+		"valkey://h:1?dlock_leese=1s":      "unknown parameter dlock_leese",
+		"valkey://h:1?dlock_lease=1ms":     "at least 10ms",
+		"redlock://a:1":                    "several independent nodes",
+		"redlock://a,b,c?master_set=m":     "RedLock takes its nodes",
+		"redis://u:secret@:1":              "empty host",
+		"redis://u:secret@h:x":             "port",
+		"postgres://h:notaport/":           "",
+		"postgres://h/d?dlock_fence=on":    "unknown parameter dlock_fence",
+		"pg:host=h port=x password=secret": "",
 	}
 	for raw, want := range bad {
 		_, err := parseBackend(raw)
@@ -59,16 +112,43 @@ func TestParseBackend(t *testing.T) {
 	}
 }
 
-// FuzzParseBackend: any string gives a backend or an error, never a panic,
-// and a backend it gives is well-formed.
+func TestRedact(t *testing.T) {
+	for raw, secret := range map[string]string{
+		"redlock://:pw0rd@h:1":                           "pw0rd",
+		"redis://u:p%40ss@h:1":                           "p@ss",
+		"postgres://u:hunter2@h/db?sslmode=disable":      "hunter2",
+		"postgres://u@h/db?password=hunter3":             "hunter3",
+		"pg:host=h password=hunter4 dbname=d":            "hunter4",
+		"pg:host=h password='hun ter5' dbname=d":         "hun ter5",
+		"file://u:hunter6@localhost/x":                   "hunter6",
+		"valkeys://user:s3cr%2Ft@h:1,h2:2?client_name=x": "s3cr/t",
+	} {
+		if got := redactURL(raw); strings.Contains(got, secret) || !strings.Contains(got, "xxxxx") {
+			t.Errorf("%s: shown as %s", raw, got)
+		}
+		msg := "failed to connect with " + secret + " and " + raw
+		if got := redact(msg, raw); strings.Contains(got, secret) {
+			t.Errorf("%s: %q redacted to %q", raw, msg, got)
+		}
+	}
+}
+
+// FuzzParseBackend: any string gives a backend or an error, never a panic;
+// a backend it gives is well-formed, and an error never shows a password.
 func FuzzParseBackend(f *testing.F) {
 	for _, s := range []string{"file:///tmp/x", "valkey://a:1,b:2", "redlock://a,b,c", "redis://u:p@h:1/3",
-		"postgres://u:p@h/db?sslmode=disable", "file://", "valkey://@", "valkey://[::1]:1", "redis://%zz@h", "x://"} {
+		"postgres://u:p@h/db?sslmode=disable", "file://", "valkey://@", "valkey://[::1]:1", "redis://%zz@h", "x://",
+		"pg:host=h password=p", "unix:///s", "valkey://h?dlock_lease=1s"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
 		s, err := parseBackend(raw)
 		if err != nil {
+			for _, sec := range secretsOf(raw) {
+				if len(sec) >= 4 && strings.Contains(err.Error(), sec) {
+					t.Fatalf("%q: error %q shows secret %q", raw, err, sec)
+				}
+			}
 			return
 		}
 		switch s.kind {
@@ -77,15 +157,20 @@ func FuzzParseBackend(f *testing.F) {
 				t.Fatalf("%q: relative dir %q", raw, s.dir)
 			}
 		case "valkey", "redlock":
-			if len(s.addrs) == 0 {
+			if len(s.hosts) == 0 || len(s.valkey) == 0 {
 				t.Fatalf("%q: no addresses", raw)
 			}
-			for _, a := range s.addrs {
-				if h, _, err := net.SplitHostPort(a); err != nil || h == "" {
-					t.Fatalf("%q: bad address %q", raw, a)
+			if s.valkey[0].DialCtxFn == nil {
+				for _, a := range s.hosts {
+					if h, _, err := net.SplitHostPort(a); err != nil || h == "" {
+						t.Fatalf("%q: bad address %q", raw, a)
+					}
 				}
 			}
 		case "postgres":
+			if s.pg == nil {
+				t.Fatalf("%q: no config", raw)
+			}
 		default:
 			t.Fatalf("%q: kind %q", raw, s.kind)
 		}

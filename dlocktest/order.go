@@ -1,0 +1,201 @@
+package dlocktest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+// Timing of the arrival-order subtests. A waiter's place in the queue is
+// its arrival; the pauses between arrivals are long enough for a waiter's
+// first attempt to reach the server on a loaded machine. The order of
+// service is then read without timing: each waiter holds until told to
+// release, so exactly one is inside at a time.
+const (
+	arrivalGap      = 100 * time.Millisecond // between two waiters of this process
+	childArrivalGap = 400 * time.Millisecond // after a helper process says it is waiting
+	serveWithin     = 30 * time.Second       // for the next waiter to be served
+)
+
+// orderedWaiter is one waiter of an arrival-order subtest: acquired is
+// sent its index when it holds the lock, and it releases when its release
+// channel closes.
+type orderedWaiter struct {
+	release chan struct{}
+}
+
+// waitInOrder starts a waiter of guard g on name that reports to acquired.
+func waitInOrder[L backend.Lease](t *testing.T, wg *sync.WaitGroup, g *dlock.Guard[L], name string, i int, acquired chan<- int) orderedWaiter {
+	w := orderedWaiter{release: make(chan struct{})}
+	wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		lk, err := g.Acquire(ctx, name)
+		if err != nil {
+			t.Errorf("waiter %d: %v", i, err)
+			acquired <- -1
+			return
+		}
+		acquired <- i
+		<-w.release
+		if err := lk.Release(context.Background()); err != nil {
+			t.Errorf("waiter %d: Release: %v", i, err)
+		}
+	})
+	return w
+}
+
+// childInOrder starts a waiter in a helper process that reports to
+// acquired.
+func childInOrder(t *testing.T, wg *sync.WaitGroup, c *child, i int, acquired chan<- int) orderedWaiter {
+	w := orderedWaiter{release: make(chan struct{})}
+	wg.Go(func() {
+		line, ok := <-c.lines
+		if !ok || len(line) < 8 || line[:8] != "acquired" {
+			t.Errorf("helper waiter %d said %q (open %v), want acquired", i, line, ok)
+			acquired <- -1
+			return
+		}
+		acquired <- i
+		<-w.release
+		if _, err := fmt.Fprintln(c.stdin, "release"); err != nil {
+			t.Errorf("helper waiter %d: %v", i, err)
+		}
+		if line, ok := <-c.lines; !ok || line != "released" {
+			t.Errorf("helper waiter %d said %q, want released", i, line)
+		}
+		c.stdin.Close()
+		_ = c.wait()
+	})
+	return w
+}
+
+// expectOrder releases holder and then checks that the waiters are served
+// in the order of their indexes, releasing each in turn.
+func expectOrder[L backend.Lease](t *testing.T, holder *dlock.Lock[L], waiters []orderedWaiter, acquired <-chan int, wg *sync.WaitGroup) {
+	t.Helper()
+	defer func() {
+		for _, w := range waiters {
+			select {
+			case <-w.release:
+			default:
+				close(w.release)
+			}
+		}
+		wg.Wait()
+	}()
+	release(t, holder)
+	for want := range waiters {
+		select {
+		case got := <-acquired:
+			if got < 0 {
+				t.FailNow()
+			}
+			if got != want {
+				t.Errorf("waiter %d was served before waiter %d, which began waiting earlier: waiters must be served in arrival order (Harness.Fair is set)", got, want)
+			}
+			close(waiters[got].release)
+		case <-time.After(serveWithin):
+			t.Fatalf("waiter %d not served within %v of the previous release", want, serveWithin)
+		}
+	}
+}
+
+// testFIFO checks that waiters on two clients (and, where the harness has
+// them, in helper processes) are served in the order they began to wait,
+// and that a try does not jump the queue (guarantee 12).
+func (s *suite[L]) testFIFO(t *testing.T, k kind[L]) {
+	if !s.h.Fair {
+		t.Skip("Harness.Fair is not set: the backend does not promise arrival order")
+	}
+	clients := []*dlock.Guard[L]{k.guard(s.node(t)), k.guard(s.node(t))}
+	name := s.name(t)
+	holder := tryAcquire(t, k.guard(s.node(t)), name)
+	acquired := make(chan int, 8)
+	var wg sync.WaitGroup
+	var waiters []orderedWaiter
+	for i := range 6 {
+		if i%3 == 2 && !s.h.InProcess && k.limit <= 1 {
+			c := startWaiter(t, s.top, s.space, k.child, name)
+			waiters = append(waiters, childInOrder(t, &wg, c, i, acquired))
+			time.Sleep(childArrivalGap)
+			continue
+		}
+		waiters = append(waiters, waitInOrder(t, &wg, clients[i%2], name, i, acquired))
+		time.Sleep(arrivalGap)
+	}
+	held(t, clients[0], name) // a try fails while others wait, even as the holder leaves
+	expectOrder(t, holder, waiters, acquired, &wg)
+}
+
+// testNoStarvation checks that under saturation by several clients each
+// gets a fair share of the acquisitions (guarantee 12): at least half of
+// the mean, whatever the backend's ordering promise. A backend without a
+// native wait for the kind is polled by the engine, which cannot promise
+// it (a client that takes the lock again at once can starve pollers): the
+// subtest is skipped for it.
+func (s *suite[L]) testNoStarvation(t *testing.T, k kind[L]) {
+	if !s.h.Fair {
+		t.Skip("Harness.Fair is not set: the backend does not promise that no client starves")
+	}
+	if !nativeWait[L](s.node(t), k) {
+		t.Skip("the backend has no native wait for this kind: polled waiters are not protected from starvation")
+	}
+	const (
+		clients, perClient = 4, 2
+		run                = 2 * time.Second
+		hold               = time.Millisecond
+	)
+	name := s.name(t)
+	counts := make([]int, clients)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), run)
+	defer cancel()
+	for c := range clients {
+		g := k.guard(s.node(t))
+		for range perClient {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					err := g.Do(ctx, name, func(context.Context) error { time.Sleep(hold); return nil })
+					if err == nil {
+						mu.Lock()
+						counts[c]++
+						mu.Unlock()
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	mean := float64(total) / clients
+	t.Logf("acquisitions per client in %v: %v", run, counts)
+	for c, n := range counts {
+		if float64(n) < mean/2 {
+			t.Errorf("client %d got %d acquisitions, under half the mean %.1f (all: %v): a client starved", c, n, mean, counts)
+		}
+	}
+}
+
+// nativeWait reports whether node waits natively for locks of kind k.
+func nativeWait[L backend.Lease](node any, k kind[L]) bool {
+	var ok bool
+	switch k.child {
+	case "mutex":
+		_, ok = node.(backend.LockWaiter[L])
+	case "read", "write":
+		_, ok = node.(backend.RWWaiter[L])
+	case "semaphore":
+		_, ok = node.(backend.SemaphoreWaiter[L])
+	}
+	return ok
+}
