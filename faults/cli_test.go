@@ -25,7 +25,8 @@ import (
 // fenced and the shadow counter (through this test binary as a helper,
 // DLOCK_FAULTS_RMW=1), with a marker of who is inside made by `ln -s`
 // (symlink(2) fails if the name exists, as O_EXCL): a command that finds a
-// live other inside records an overlap.
+// live other inside records an overlap (live: its process exists and is
+// not a zombie — a killed command not yet reaped writes nothing).
 
 const rmwEnv = "DLOCK_FAULTS_RMW"
 
@@ -76,7 +77,8 @@ func rmwMain(args []string) int {
 const cliScript = `D=$1; ID=$2; H=$3; me="$ID:$$"
 if ! ln -s "$me" "$D/inside" 2>/dev/null; then
 	other=$(readlink "$D/inside" 2>/dev/null)
-	if [ -n "$other" ] && kill -0 "${other#*:}" 2>/dev/null; then
+	state=$(cut -d' ' -f3 "/proc/${other#*:}/stat" 2>/dev/null)
+	if [ -n "$other" ] && [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]; then
 		echo "$ID $other" >>"$D/overlaps"
 	fi
 	ln -sfn "$me" "$D/inside"
