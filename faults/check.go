@@ -3,7 +3,10 @@ package faults
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -23,7 +26,23 @@ type Fault struct {
 	// tokens are the answer. For every other fault the holder must be told
 	// before anyone else can take the lock.
 	Revokes bool `json:"revokes"`
+	// Frees is, for a revoking fault, the latest moment the server can have
+	// freed a lock the fault revoked (0: Start). A paused holder's lease
+	// expires at the latest a lease after the pause began. It is where the
+	// exposure window of a revocation starts.
+	Frees int64 `json:"frees,omitempty"`
 }
+
+// frees returns the moment from which f's revocations are measured.
+func (f Fault) frees() int64 {
+	if f.Frees != 0 {
+		return f.Frees
+	}
+	return f.Start
+}
+
+// reaches says f can act on a holder in worker proc.
+func (f Fault) reaches(proc int) bool { return f.Proc < 0 || f.Proc == proc }
 
 // Death records a worker killed with SIGKILL.
 type Death struct {
@@ -39,6 +58,12 @@ type Spec struct {
 	Limit int
 	// CheckTimeout bounds porcupine's search (default 2 minutes).
 	CheckTimeout time.Duration
+	// LossSlack is how long after a fault healed a holder may still be told
+	// of a loss the fault caused (the backend's loss-detection interval,
+	// with room for a loaded machine). A holder told of a loss that no
+	// fault reaching it, slackened by this, can explain was robbed of its
+	// lock by the lock itself: a violation.
+	LossSlack time.Duration
 }
 
 // Report is what Check found.
@@ -63,6 +88,19 @@ type Report struct {
 	// Release failed with an error that did not say the lock was lost.
 	UntoldRelErr int `json:"untoldRelErr"`
 
+	// Unexplained counts holders told of a loss that no fault reaching
+	// them can explain (violations: the lock was taken from a holder that
+	// nothing had cut off, however politely it was told).
+	Unexplained int `json:"unexplained"`
+	// Unfinished counts sections with no exit record whose worker was not
+	// killed (violations: the history cannot say when they released).
+	Unfinished int `json:"unfinished"`
+	// Windows are the exposure windows of the revocations, in ns: for each
+	// holder told of a loss a revoking fault caused, the time from the
+	// moment the server freed its lock (at the latest) to the moment it
+	// was told. Another holder may be inside during that window.
+	Windows []int64 `json:"windows,omitempty"`
+
 	TokenViolations int      `json:"tokenViolations"` // pairs whose tokens disagree with the order of entry
 	Tokenless       int      `json:"tokenless"`       // sections without a fencing token
 	MaxConcurrent   int      `json:"maxConcurrent"`   // largest number of holders at once (raw intervals)
@@ -74,8 +112,8 @@ type Report struct {
 
 // Violations returns the number of safety violations in r.
 func (r Report) Violations() int {
-	n := r.Untold + r.TokenViolations + r.OverLimit + r.Torn
-	if r.Linearizable != string(porcupine.Ok) {
+	n := r.Untold + r.TokenViolations + r.OverLimit + r.Torn + r.Unexplained + r.Unfinished
+	if r.Linearizable != "" && r.Linearizable != string(porcupine.Ok) { // "": not checked (the CLI rows)
 		n++
 	}
 	return n
@@ -89,6 +127,9 @@ func (r *Report) problem(format string, args ...any) {
 
 type window struct{ call, ret int64 }
 
+// forever is a time after every history.
+const forever = math.MaxInt64 / 2
+
 // releaseWindow returns the interval in which the section's lock was given
 // up:
 //
@@ -101,14 +142,17 @@ type window struct{ call, ret int64 }
 //     guarantee of Lost;
 //   - a section whose worker was killed inside it (no exit record): its
 //     release is an operation of unknown outcome, as in Jepsen; it took
-//     effect between entry (the worker may have released and died before
-//     recording it) and the moment the process was reaped (a dead process
-//     knows of no lock);
-//   - a section with no exit whose worker was not killed: unbounded.
-func releaseWindow(s Section, faults []Fault, deaths map[int]Death) (window, bool) {
+//     effect between the moment the worker called Release (its "leave"
+//     record, written before the call) or, without that record, the kill
+//     (a live worker that has not called Release holds its lock: it writes
+//     before it releases), and the moment the process was reaped (a dead
+//     process knows of no lock);
+//   - a section with no exit whose worker was not killed: never (a
+//     violation of its own).
+func releaseWindow(s Section, faults []Fault, deaths map[int]Death) window {
 	switch {
 	case s.Done && !s.Lost:
-		return window{s.Leave, s.Rel}, true
+		return window{s.Leave, s.Rel}
 	case s.Done:
 		// Its Release began at Leave: a release the server applied but
 		// whose answer was lost (then reported as a loss) took effect after
@@ -117,18 +161,20 @@ func releaseWindow(s Section, faults []Fault, deaths map[int]Death) (window, boo
 		for _, f := range faults {
 			// A fault that ended after the acquisition began may have
 			// revoked a lock the server granted before the holder saw it.
-			if f.Revokes && (f.Proc < 0 || f.Proc == s.Proc) && f.Start <= s.Told && f.End >= s.Call {
+			if f.Revokes && f.reaches(s.Proc) && f.Start <= s.Told && f.End >= s.Call {
 				x = min(x, max(f.Start, s.Call))
 			}
 		}
-		return window{x, s.Told}, true
+		return window{x, s.Told}
 	default:
 		if d, ok := deaths[s.Proc]; ok {
-			// The worker may have released (and died before writing its
-			// exit record) any time after it entered.
-			return window{s.Enter, d.Reap}, true
+			from := d.Kill
+			if s.Leave != 0 {
+				from = min(from, s.Leave)
+			}
+			return window{max(from, s.Enter), max(d.Reap, s.Enter)}
 		}
-		return window{s.Enter, math.MaxInt64 / 2}, false
+		return window{forever, forever}
 	}
 }
 
@@ -152,20 +198,22 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	rel := make([]window, len(ss))
 	rawEnd := make([]int64, len(ss))
 	for i, s := range ss {
-		w, ok := releaseWindow(s, faults, dm)
-		if !ok {
-			rep.problem("section %d/%d/%d has no exit and its worker was not killed", s.Proc, s.G, s.Seq)
-		}
-		rel[i] = w
+		rel[i] = releaseWindow(s, faults, dm)
 		switch {
 		case s.Done:
 			rawEnd[i] = s.Leave
 		default:
-			rep.Killed++
-			rawEnd[i] = w.ret
+			rawEnd[i] = rel[i].ret
+			if _, killed := dm[s.Proc]; killed {
+				rep.Killed++
+			} else {
+				rep.Unfinished++
+				rep.problem("section %d/%d/%d (entered %d) has no exit and its worker was not killed", s.Proc, s.G, s.Seq, s.Enter)
+			}
 		}
 		if s.Lost {
 			rep.Told++
+			rep.explainLoss(s, faults, spec)
 		}
 		if s.Token == 0 {
 			rep.Tokenless++
@@ -175,47 +223,51 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	// revokedBeforeEntry: the section was told of a loss that a revoking
 	// fault may have caused before it even entered (the server granted the
 	// lock, the fault took it, another acquired it, and only then did this
-	// holder record its entry). Its lock is not known to have been held at
-	// any moment of the section.
+	// holder record its entry).
 	revokedBeforeEntry := func(i int) bool {
 		return ss[i].Done && ss[i].Lost && rel[i].call <= ss[i].Enter
 	}
 
 	// Overlaps of conflicting sections (readers and semaphore tickets do
-	// not conflict among themselves; semaphores are counted below). An
-	// overlap is excused when one of the two held a lock already revoked
-	// and was told: the earlier one, revoked (or killed) before the later
-	// one entered; or the later one, revoked before it entered.
-	underRevoked := make([]bool, len(ss)) // entered beside a revoked, excused holder
+	// not conflict among themselves; semaphores are counted below). A
+	// section surely holds its lock from its entry to the earliest moment
+	// it may have given it up (rel.call: its Release, or for a holder told
+	// of a loss the revoking fault or the telling, or for a killed holder
+	// its Release or its kill). Two conflicting sections may overlap only
+	// where one of them no longer surely held: the later one entered after
+	// the earlier one's lock was gone (revoked and told, or dead), or the
+	// later one's lock was revoked (and it told) before the earlier one
+	// even entered. Anything else is two holders at once, untold.
+	underRevoked := make([]bool, len(ss)) // entered beside a holder whose lock was gone
 	for i := range ss {
 		for j := i + 1; j < len(ss) && ss[j].Enter < rawEnd[i]; j++ {
 			if !conflict(ss[i].Kind, ss[j].Kind) {
 				continue
 			}
 			rep.Overlaps++
-			if (ss[i].Lost || !ss[i].Done) && ss[j].Enter >= rel[i].call {
+			switch {
+			case ss[j].Enter >= rel[i].call:
 				rep.Excused++
 				underRevoked[j] = true
-				continue
-			}
-			if revokedBeforeEntry(j) {
+			case ss[i].Enter >= rel[j].call:
 				rep.Excused++
 				underRevoked[i] = true
-				continue
+			default:
+				rep.Untold++
+				if ss[i].RelErr != "" {
+					rep.UntoldRelErr++
+				}
+				rep.problem("%s %d/%d/%d (call %d, entered %d, left %d, lost %v told %d) entered while %s %d/%d/%d held the lock untold (call %d, entered %d, left %d, lost %v told %d, release error %q)",
+					ss[j].Kind, ss[j].Proc, ss[j].G, ss[j].Seq, ss[j].Call, ss[j].Enter, ss[j].Leave, ss[j].Lost, ss[j].Told,
+					ss[i].Kind, ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Call, ss[i].Enter, ss[i].Leave, ss[i].Lost, ss[i].Told, ss[i].RelErr)
 			}
-			rep.Untold++
-			if ss[i].RelErr != "" {
-				rep.UntoldRelErr++
-			}
-			rep.problem("%s %d/%d/%d entered at %d while %s %d/%d/%d held the lock untold (entered %d, left %d, lost %v told %d, release error %q)",
-				ss[j].Kind, ss[j].Proc, ss[j].G, ss[j].Seq, ss[j].Enter,
-				ss[i].Kind, ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Enter, ss[i].Leave, ss[i].Lost, ss[i].Told, ss[i].RelErr)
 		}
 	}
 
 	// Torn reads: a reader that saw a write under it is a violation, unless
-	// its own lock was lost (and it was told), or the writer was a revoked
-	// holder it was excused to overlap (the stale write fencing answers).
+	// its own lock was lost (and it was told), or it entered beside a
+	// writer whose lock was gone by then (revoked and told: the stale write
+	// fencing answers; or dead).
 	for i, s := range ss {
 		switch {
 		case !s.Torn:
@@ -228,30 +280,45 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	}
 
 	// Holders at once: raw intervals for the record, and intervals cut at
-	// the earliest moment a lost lock may have gone for the limit.
+	// the earliest moment a lock may have gone for the limit.
+	enter := func(i int) int64 { return ss[i].Enter }
+	rep.MaxConcurrent = maxAtOnce(len(ss), enter, func(i int) int64 { return rawEnd[i] })
 	if len(ss) > 0 && ss[0].Kind == KindTicket {
-		rep.MaxConcurrent = maxAtOnce(ss, func(i int) int64 { return rawEnd[i] })
-		eff := func(i int) int64 {
-			if ss[i].Lost || !ss[i].Done {
-				// A lock revoked before its entry holds no ticket at all
-				// (not a negative one before the entry).
+		// A ticket surely holds from its entry to the earliest moment it may
+		// have been given up. A ticket revoked before its entry surely held
+		// only at its grant, some moment between its call and its entry (and
+		// its telling): it is over the limit if every moment there had
+		// limit sure holders already.
+		end := func(i int) int64 {
+			if revokedBeforeEntry(i) {
+				return ss[i].Enter // no time
+			}
+			if !ss[i].Done || ss[i].Lost {
 				return max(rel[i].call, ss[i].Enter)
 			}
 			return rawEnd[i]
 		}
-		if m, when := maxAtOnceWhen(ss, eff); m > spec.Limit {
+		if m, when := maxAtOnceWhen(len(ss), enter, end); m > spec.Limit {
 			rep.OverLimit = m - spec.Limit
 			rep.problem("%d holders at once, limit %d, at %d:", m, spec.Limit, when)
 			for i := range ss {
-				if ss[i].Enter <= when && eff(i) > when {
-					rep.problem("  holder %d/%d/%d token %d: call %d, entered %d, left %d, released %d, lost %v told %d, release error %q",
-						ss[i].Proc, ss[i].G, ss[i].Seq, ss[i].Token, ss[i].Call, ss[i].Enter, ss[i].Leave, ss[i].Rel,
-						ss[i].Lost, ss[i].Told, ss[i].RelErr)
+				if ss[i].Enter <= when && end(i) > when {
+					rep.holder(ss[i])
 				}
 			}
 		}
-	} else {
-		rep.MaxConcurrent = maxAtOnce(ss, func(i int) int64 { return rawEnd[i] })
+		for j := range ss {
+			if !revokedBeforeEntry(j) {
+				continue
+			}
+			from, to := ss[j].Call, min(ss[j].Enter, ss[j].Told)
+			if least := minAtOnce(len(ss), enter, end, from, to); least >= spec.Limit {
+				rep.OverLimit++
+				rep.problem("ticket %d/%d/%d, revoked before its entry, was granted between %d and %d, when %d others held at every moment:",
+					ss[j].Proc, ss[j].G, ss[j].Seq, from, to, least)
+				rep.holder(ss[j])
+			}
+		}
 	}
 
 	// Fencing tokens: strictly increasing in the order the acquisitions took
@@ -295,21 +362,93 @@ func Check(sections []Section, faults []Fault, deaths []Death, spec Spec) Report
 	return rep
 }
 
-func maxAtOnce(ss []Section, end func(int) int64) int {
-	m, _ := maxAtOnceWhen(ss, end)
-	return m
+// explainLoss checks that a holder told of a loss was reached by a fault
+// that can explain it (any fault: a black hole or a broken connection may
+// rightly make a holder give up a lock the server still holds), and
+// records the exposure window when the fault revokes. The promise of Lost
+// is that the holder is told before anyone else can acquire; a lock that
+// tells its holder and then hands itself to another, with nothing cutting
+// the holder off, keeps the letter of it and breaks exclusion all the same.
+func (r *Report) explainLoss(s Section, faults []Fault, spec Spec) {
+	explained := false
+	var rev *Fault
+	for k := range faults {
+		f := &faults[k]
+		if !f.reaches(s.Proc) || f.Start > s.Told || f.End+int64(spec.LossSlack) < s.Call {
+			continue
+		}
+		explained = true
+		if f.Revokes && f.End >= s.Call && (rev == nil || f.Start > rev.Start) {
+			rev = f
+		}
+	}
+	if !explained {
+		r.Unexplained++
+		r.problem("%s %d/%d/%d (call %d, entered %d, left %d) was told at %d of a loss no fault can explain (release error %q)",
+			s.Kind, s.Proc, s.G, s.Seq, s.Call, s.Enter, s.Leave, s.Told, s.RelErr)
+	}
+	if rev != nil {
+		r.Windows = append(r.Windows, max(0, s.Told-max(rev.frees(), s.Call)))
+	}
 }
 
-// maxAtOnceWhen returns the largest number of sections open at once (each
-// from its entry to end) and the first moment it was reached.
-func maxAtOnceWhen(ss []Section, end func(int) int64) (int, int64) {
+func (r *Report) holder(s Section) {
+	r.problem("  holder %d/%d/%d token %d: call %d, entered %d, left %d, released %d, lost %v told %d, done %v, release error %q",
+		s.Proc, s.G, s.Seq, s.Token, s.Call, s.Enter, s.Leave, s.Rel, s.Lost, s.Told, s.Done, s.RelErr)
+}
+
+// minAtOnce returns the least number of the n intervals [start(i), end(i))
+// open at any moment of [from, to].
+func minAtOnce(n int, start, end func(int) int64, from, to int64) int {
 	type ev struct {
 		t int64
 		d int
 	}
-	evs := make([]ev, 0, 2*len(ss))
-	for i := range ss {
-		evs = append(evs, ev{ss[i].Enter, 1}, ev{end(i), -1})
+	var evs []ev
+	c := 0
+	for i := range n {
+		s, e := start(i), end(i)
+		if s >= e || e <= from || s > to {
+			continue
+		}
+		if s <= from {
+			c++ // open at from
+		} else {
+			evs = append(evs, ev{s, 1})
+		}
+		if e <= to {
+			evs = append(evs, ev{e, -1})
+		}
+	}
+	sort.Slice(evs, func(i, j int) bool {
+		if evs[i].t != evs[j].t {
+			return evs[i].t < evs[j].t
+		}
+		return evs[i].d < evs[j].d // leave before enter: the gap counts
+	})
+	least := c
+	for _, e := range evs {
+		c += e.d
+		least = min(least, c)
+	}
+	return least
+}
+
+func maxAtOnce(n int, start, end func(int) int64) int {
+	m, _ := maxAtOnceWhen(n, start, end)
+	return m
+}
+
+// maxAtOnceWhen returns the largest number of the n intervals [start(i),
+// end(i)) open at once and the first moment it was reached.
+func maxAtOnceWhen(n int, start, end func(int) int64) (int, int64) {
+	type ev struct {
+		t int64
+		d int
+	}
+	evs := make([]ev, 0, 2*n)
+	for i := range n {
+		evs = append(evs, ev{start(i), 1}, ev{end(i), -1})
 	}
 	sort.Slice(evs, func(i, j int) bool {
 		if evs[i].t != evs[j].t {
@@ -317,54 +456,85 @@ func maxAtOnceWhen(ss []Section, end func(int) int64) (int, int64) {
 		}
 		return evs[i].d < evs[j].d // leave before enter at the same instant
 	})
-	n, m := 0, 0
+	c, m := 0, 0
 	var when int64
 	for _, e := range evs {
-		n += e.d
-		if n > m {
-			m, when = n, e.t
+		c += e.d
+		if c > m {
+			m, when = c, e.t
 		}
 	}
 	return m, when
 }
 
-// lockInput is a porcupine operation on the lock.
+// lockInput is a porcupine operation on the lock by one holder (a critical
+// section, numbered from 1).
 type lockInput struct {
 	Acquire bool
 	Kind    string
+	Holder  int
 }
 
-// lockState is the model's state: exclusive holders and shared holders.
-type lockState struct{ X, S int }
+// lockState is the model's state: who holds the lock. X is the exclusive
+// holder (0: none); S the shared holders (readers or ticket holders), as a
+// sorted set encoded in a string so that states compare with ==.
+type lockState struct {
+	X int
+	S string
+}
+
+func (s lockState) holders() []int {
+	if s.S == "" {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Split(s.S, ",") {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+func encodeHolders(hs []int) string {
+	sort.Ints(hs)
+	parts := make([]string, len(hs))
+	for i, h := range hs {
+		parts[i] = strconv.Itoa(h)
+	}
+	return strings.Join(parts, ",")
+}
 
 // LockModel returns the porcupine model of a lock: a mutex (every section
 // KindExclusive), an RW mutex (KindExclusive and KindShared), or a
-// semaphore of limit (KindTicket).
+// semaphore of limit (KindTicket). The model knows its holders: a holder
+// can release only a lock it holds, so only after its own acquisition, and
+// never frees another's.
 func LockModel(limit int) porcupine.Model {
 	return porcupine.Model{
 		Init: func() any { return lockState{} },
 		Step: func(state, input, _ any) (bool, any) {
 			s, in := state.(lockState), input.(lockInput)
+			hs := s.holders()
 			switch {
 			case in.Acquire && in.Kind == KindExclusive:
-				if s.X == 0 && s.S == 0 {
-					return true, lockState{X: 1}
+				if s.X == 0 && len(hs) == 0 {
+					return true, lockState{X: in.Holder}
 				}
 			case in.Acquire && in.Kind == KindShared:
-				if s.X == 0 {
-					return true, lockState{S: s.S + 1}
+				if s.X == 0 && !slices.Contains(hs, in.Holder) {
+					return true, lockState{S: encodeHolders(append(hs, in.Holder))}
 				}
 			case in.Acquire: // ticket
-				if s.S < limit {
-					return true, lockState{S: s.S + 1}
+				if len(hs) < limit && !slices.Contains(hs, in.Holder) {
+					return true, lockState{S: encodeHolders(append(hs, in.Holder))}
 				}
 			case in.Kind == KindExclusive:
-				if s.X == 1 {
+				if s.X == in.Holder {
 					return true, lockState{S: s.S}
 				}
 			default:
-				if s.S > 0 {
-					return true, lockState{X: s.X, S: s.S - 1}
+				if k := slices.Index(hs, in.Holder); k >= 0 {
+					return true, lockState{X: s.X, S: encodeHolders(slices.Delete(hs, k, k+1))}
 				}
 			}
 			return false, s
@@ -373,9 +543,9 @@ func LockModel(limit int) porcupine.Model {
 		DescribeOperation: func(input, _ any) string {
 			in := input.(lockInput)
 			if in.Acquire {
-				return "acquire " + in.Kind
+				return fmt.Sprintf("%d acquires %s", in.Holder, in.Kind)
 			}
-			return "release " + in.Kind
+			return fmt.Sprintf("%d releases %s", in.Holder, in.Kind)
 		},
 	}
 }
@@ -383,7 +553,9 @@ func LockModel(limit int) porcupine.Model {
 // linearizable checks the acquire and release operations against the lock
 // model. The history is cut where no section is open (every section before
 // the cut has released before any after it began): the model is empty
-// there, so the pieces are checked on their own.
+// there, so the pieces are checked on their own. A section that never
+// released (no exit, worker not killed: a violation of its own) has no
+// release operation and is forgotten at the next cut.
 func linearizable(ss []Section, rel []window, spec Spec) porcupine.CheckResult {
 	if len(ss) == 0 {
 		return porcupine.Ok
@@ -417,11 +589,12 @@ func linearizable(ss []Section, rel []window, spec Spec) porcupine.CheckResult {
 			}
 		}
 		client := s.Proc*1000 + s.G
-		part = append(part,
-			porcupine.Operation{ClientId: client, Input: lockInput{true, s.Kind}, Call: s.Call, Return: s.Enter},
-			porcupine.Operation{ClientId: client, Input: lockInput{false, s.Kind}, Call: rel[i].call, Return: rel[i].ret},
-		)
-		reach = max(reach, rel[i].ret)
+		part = append(part, porcupine.Operation{ClientId: client, Input: lockInput{true, s.Kind, i + 1}, Call: s.Call, Return: s.Enter})
+		reach = max(reach, s.Enter)
+		if rel[i].call < forever {
+			part = append(part, porcupine.Operation{ClientId: client, Input: lockInput{false, s.Kind, i + 1}, Call: rel[i].call, Return: rel[i].ret})
+			reach = max(reach, rel[i].ret)
+		}
 	}
 	return check()
 }

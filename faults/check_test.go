@@ -2,6 +2,8 @@ package faults
 
 import (
 	"path/filepath"
+
+	"github.com/anishathalye/porcupine"
 	"sync"
 	"testing"
 )
@@ -82,17 +84,19 @@ func TestCheckFindsViolations(t *testing.T) {
 }
 
 func TestCheckLostLocks(t *testing.T) {
-	// Holder 1 is told at 8 that its lease ran out; 2 enters at 9: fine.
+	// Holder 1, black-holed from 2 to 7, is told at 8 that its lease ran
+	// out; 2 enters at 9: fine.
+	hole := []Fault{{Kind: "timeout", Proc: 1, Start: 2, End: 7}}
 	a := sec(1, KindExclusive, 0, 1, 10, 1)
 	a.Lost, a.Told = true, 8
 	b := sec(2, KindExclusive, 0, 9, 20, 2)
-	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
+	if r := Check([]Section{a, b}, hole, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
 		t.Fatalf("told-then-taken rejected: %+v", r)
 	}
 	// 2 enters at 7, before 1 was told, and no fault could revoke: a lease
 	// was lost after someone else took it.
 	b.Enter = 7
-	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() == 0 {
+	if r := Check([]Section{a, b}, hole, nil, Spec{}); r.Violations() == 0 {
 		t.Fatalf("entry before the holder was told not caught: %+v", r)
 	}
 	// ...unless a revoking fault (a key deleted at 5) explains it.
@@ -112,12 +116,11 @@ func TestCheckLostLocks(t *testing.T) {
 	if r := Check([]Section{k, c}, nil, deaths, Spec{}); r.Violations() != 0 || r.Killed != 1 {
 		t.Fatalf("killed holder's successor rejected: %+v", r)
 	}
-	// Entry before the kill is allowed too: the killed worker may have
-	// released and died before it could record its exit (its release is of
-	// unknown outcome from its entry on).
-	c.Enter = 3
+	// Entry after the kill, before the reaping: the release is of unknown
+	// outcome from the kill on.
+	c.Enter = 4
 	if r := Check([]Section{k, c}, nil, deaths, Spec{}); r.Violations() != 0 {
-		t.Fatalf("entry after a possible unrecorded release rejected: %+v", r)
+		t.Fatalf("entry between kill and reaping rejected: %+v", r)
 	}
 }
 
@@ -142,6 +145,23 @@ func TestRecordsRoundTrip(t *testing.T) {
 	}
 	if len(ss) != 2 || ss[0].Done || !ss[1].Done || ss[1].Leave != 20 || ss[1].Token != 4 || !ss[1].Wrote {
 		t.Fatalf("records: %+v", ss)
+	}
+	// A leave record (written before Release) without its exit: the
+	// section was killed after it called (or was about to call) Release.
+	p2 := filepath.Join(t.TempDir(), "h")
+	w, err = NewRecorder(p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Record{enter, {Ev: "leave", Proc: 1, G: 2, Seq: 3, Kind: KindExclusive, Leave: 19}} {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	ss, err = ReadRecords(p2)
+	if err != nil || len(ss) != 1 || ss[0].Done || ss[0].Leave != 19 || ss[0].Enter != 11 || ss[0].Token != 4 {
+		t.Fatalf("records with a leave: %+v %v", ss, err)
 	}
 }
 
@@ -194,14 +214,15 @@ func TestResourceCountsLostUpdates(t *testing.T) {
 // A holder whose Release began, then was reported lost (its answer lost in
 // a black hole), may have been released from the moment it left.
 func TestCheckReleaseReportedLost(t *testing.T) {
+	hole := []Fault{{Kind: "timeout", Proc: 1, Start: 9, End: 29}}
 	a := sec(1, KindExclusive, 0, 1, 10, 1)
 	a.Lost, a.Told, a.Rel = true, 30, 30
 	b := sec(2, KindExclusive, 0, 15, 20, 2)
-	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() != 0 {
+	if r := Check([]Section{a, b}, hole, nil, Spec{}); r.Violations() != 0 {
 		t.Fatalf("entry after a release that was reported lost rejected: %+v", r)
 	}
 	b.Enter = 5 // before the holder left: a violation
-	if r := Check([]Section{a, b}, nil, nil, Spec{}); r.Violations() == 0 {
+	if r := Check([]Section{a, b}, hole, nil, Spec{}); r.Violations() == 0 {
 		t.Fatalf("entry before the holder left not caught: %+v", r)
 	}
 }
@@ -254,5 +275,227 @@ func TestCheckRevokedBeforeEntry(t *testing.T) {
 	late.Call = 113 // acquired after the next had entered: ordered, so its smaller token is a violation
 	if r := Check([]Section{late, next}, del, nil, Spec{}); r.TokenViolations != 1 {
 		t.Fatalf("a token regression across ordered acquisitions not caught: %+v", r)
+	}
+}
+
+// Hole 1 of issue 12: a holder j whose lock a revoking fault may have taken
+// before j entered is no excuse for an overlap with a holder i that entered
+// before the revocation and was never told: i held its lock all along, so
+// j's grant (before the revocation) came while i held.
+func hole1(fault string, proc int) ([]Section, []Fault) {
+	i := sec(1, KindExclusive, 40, 50, 300, 0)
+	j := sec(2, KindExclusive, 99, 102, 150, 0)
+	j.Lost, j.Told = true, 151 // told only by its Release
+	return []Section{i, j}, []Fault{{Kind: fault, Proc: proc, Start: 100, End: 101, Revokes: true}}
+}
+
+func TestCheckRevokedBeforeEntryNeedsLaterEntry(t *testing.T) {
+	for _, f := range []struct {
+		kind string
+		proc int
+	}{{"terminate", -1}, {"keydel", -1}, {"restart", -1}, {"pause", 2}} {
+		ss, faults := hole1(f.kind, f.proc)
+		if r := Check(ss, faults, nil, Spec{}); r.Violations() == 0 {
+			t.Errorf("%s: an untold holder beside one revoked before its entry excused: %+v", f.kind, r)
+		}
+	}
+	// The same with tickets of a semaphore of limit 2: three holders at
+	// once when j was granted; j does not count for no time.
+	a := sec(1, KindTicket, 40, 50, 300, 0)
+	b := sec(3, KindTicket, 41, 51, 300, 0)
+	j := sec(2, KindTicket, 99, 102, 150, 0)
+	j.Lost, j.Told = true, 151
+	del := []Fault{{Kind: "keydel", Proc: -1, Start: 100, End: 101, Revokes: true}}
+	if r := Check([]Section{a, b, j}, del, nil, Spec{Limit: 2}); r.Violations() == 0 {
+		t.Errorf("three holders of a two-ticket semaphore excused by a revocation before entry: %+v", r)
+	}
+	// Still excused where the other holder entered after the revocation.
+	ss, faults := hole1("keydel", -1)
+	ss[0].Call, ss[0].Enter = 100, 101
+	if r := Check(ss, faults, nil, Spec{}); r.Violations() != 0 || r.Excused != 1 {
+		t.Errorf("a holder entering after another's revocation rejected: %+v", r)
+	}
+}
+
+// Hole 2: the model knows who holds the lock, so j's release cannot free
+// i's hold; the history of hole 1 is illegal on its own.
+func TestCheckModelKnowsHolders(t *testing.T) {
+	ss, faults := hole1("terminate", -1)
+	if r := Check(ss, faults, nil, Spec{}); r.Linearizable != "Illegal" {
+		t.Errorf("hole 1's history linearizable: %+v", r)
+	}
+	// A release by one who does not hold, then that one's acquisition
+	// while the first still holds: illegal for the mutex, RW and semaphore
+	// models.
+	for _, c := range []struct {
+		kind  string
+		limit int
+	}{{KindExclusive, 1}, {KindShared, 1}, {KindTicket, 1}} {
+		x := KindExclusive
+		if c.kind == KindTicket {
+			x = KindTicket
+		}
+		ops := []porcupine.Operation{
+			{ClientId: 1, Input: lockInput{true, x, 1}, Call: 0, Return: 1},
+			{ClientId: 2, Input: lockInput{false, c.kind, 2}, Call: 2, Return: 3},
+			{ClientId: 2, Input: lockInput{true, c.kind, 2}, Call: 4, Return: 5},
+			{ClientId: 1, Input: lockInput{false, x, 1}, Call: 6, Return: 7},
+		}
+		if r := porcupine.CheckOperations(LockModel(c.limit), ops); r {
+			t.Errorf("%s: a release by a non-holder freed the holder's lock", c.kind)
+		}
+		good := []porcupine.Operation{ops[0], ops[3],
+			{ClientId: 2, Input: lockInput{true, c.kind, 2}, Call: 8, Return: 9},
+			{ClientId: 2, Input: lockInput{false, c.kind, 2}, Call: 10, Return: 11}}
+		if !porcupine.CheckOperations(LockModel(c.limit), good) {
+			t.Errorf("%s: a good history rejected", c.kind)
+		}
+	}
+	// Readers: each releases its own read hold only.
+	rd := []porcupine.Operation{
+		{ClientId: 1, Input: lockInput{true, KindShared, 1}, Call: 0, Return: 1},
+		{ClientId: 2, Input: lockInput{true, KindShared, 2}, Call: 0, Return: 1},
+		{ClientId: 1, Input: lockInput{false, KindShared, 1}, Call: 2, Return: 3},
+		{ClientId: 1, Input: lockInput{false, KindShared, 1}, Call: 4, Return: 5}, // twice
+		{ClientId: 3, Input: lockInput{true, KindExclusive, 3}, Call: 6, Return: 7},
+	}
+	if porcupine.CheckOperations(LockModel(1), rd) {
+		t.Error("a reader releasing twice freed another reader's hold")
+	}
+}
+
+// Hole 3: a lock that tells its holder, then hands itself to another, with
+// no fault to cut the holder off, breaks exclusion however politely: a loss
+// must be explained by a fault reaching the holder.
+func TestCheckLossNeedsAFault(t *testing.T) {
+	var ss []Section
+	for k := range 49 { // 49 thefts
+		base := int64(k) * 100
+		i := sec(1, KindExclusive, base, base+1, base+20, uint64(2*k+1))
+		i.Seq, i.Lost, i.Told = 2*k, true, base+10
+		j := sec(2, KindExclusive, base+5, base+11, base+30, uint64(2*k+2))
+		j.Seq = 2*k + 1
+		ss = append(ss, i, j)
+	}
+	if r := Check(ss, nil, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("49 thefts without a fault passed: %+v", r)
+	}
+	// A fault on another worker explains nothing.
+	other := []Fault{{Kind: "timeout", Proc: 3, Start: 0, End: 10000}}
+	if r := Check(ss, other, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("thefts beside a fault on another worker passed: %+v", r)
+	}
+	// A black hole on the holder explains its giving up; the next holder
+	// entered after it was told.
+	hole := []Fault{{Kind: "timeout", Proc: 1, Start: 0, End: 10000}}
+	if r := Check(ss, hole, nil, Spec{}); r.Violations() != 0 {
+		t.Errorf("losses under a black hole rejected: %+v", r)
+	}
+	// ... but told after the next holder's acquisition returned is not.
+	late := append([]Section(nil), ss[:2]...)
+	late[0].Told = 12
+	if r := Check(late, hole, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("told after the next holder's acquisition returned passed: %+v", r)
+	}
+	// A loss told a little after the fault healed is within LossSlack.
+	short := []Fault{{Kind: "reset_peer", Proc: 1, Start: 95, End: 98}}
+	if r := Check(ss[2:4], short, nil, Spec{LossSlack: 10}); r.Violations() != 0 {
+		t.Errorf("a loss told within the slack rejected: %+v", r)
+	}
+	if r := Check(ss[2:4], short, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("a loss told after the slack passed: %+v", r)
+	}
+}
+
+// Hole 4: a killed holder held its lock until it was killed (it writes
+// before it releases, and records leaving before its Release); its release
+// is of unknown outcome only from the kill (or its leave record) to the
+// reaping.
+func TestCheckKilledHolders(t *testing.T) {
+	k := Section{Record: Record{Proc: 3, Seq: 1, Kind: KindExclusive, Call: 0, Enter: 1}}
+	deaths := []Death{{Proc: 3, Kill: 10, Reap: 11}}
+	c := sec(4, KindExclusive, 0, 5, 12, 0)
+	if r := Check([]Section{k, c}, nil, deaths, Spec{}); r.Violations() == 0 {
+		t.Errorf("entry beside a killed holder before its kill passed: %+v", r)
+	}
+	left := k
+	left.Leave = 4 // it had called Release at 4
+	if r := Check([]Section{left, c}, nil, deaths, Spec{}); r.Violations() != 0 {
+		t.Errorf("entry after a killed holder's leave record rejected: %+v", r)
+	}
+	// A torn read beside a killed writer before the kill is no stale write
+	// of a dead holder: the writer held its lock then.
+	rd := sec(5, KindShared, 0, 5, 8, 0)
+	rd.Torn = true
+	if r := Check([]Section{k, rd}, nil, deaths, Spec{}); r.Violations() == 0 || r.TornExcused != 0 {
+		t.Errorf("a torn read beside a live killed writer excused: %+v", r)
+	}
+	// Killed ticket holders count until their kill.
+	kt := Section{Record: Record{Proc: 3, Seq: 1, Kind: KindTicket, Call: 0, Enter: 1}}
+	a := sec(1, KindTicket, 0, 2, 20, 0)
+	b := sec(2, KindTicket, 0, 3, 20, 0)
+	if r := Check([]Section{kt, a, b}, nil, deaths, Spec{Limit: 2}); r.Violations() == 0 || r.OverLimit == 0 {
+		t.Errorf("three holders of a two-ticket semaphore beside a killed holder passed: %+v", r)
+	}
+	a.Enter, b.Enter = 10, 11
+	if r := Check([]Section{kt, a, b}, nil, deaths, Spec{Limit: 2}); r.Violations() != 0 {
+		t.Errorf("tickets taken after a holder's kill rejected: %+v", r)
+	}
+}
+
+// Hole 5: a section with no exit record whose worker was not killed never
+// released, as far as the history says: a violation.
+func TestCheckUnfinishedSection(t *testing.T) {
+	open := Section{Record: Record{Proc: 3, Seq: 1, Kind: KindExclusive, Call: 0, Enter: 1}}
+	after := sec(4, KindExclusive, 50, 100, 110, 0)
+	if r := Check([]Section{open}, nil, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("a section without exit passed: %+v", r)
+	}
+	if r := Check([]Section{open, after}, nil, nil, Spec{}); r.Violations() == 0 {
+		t.Errorf("a section without exit, then another holder, passed: %+v", r)
+	}
+}
+
+// Hole 6: the fenced counter loses nothing by construction, which says
+// nothing about exclusion; the shadow counter beside it, enforcing nothing,
+// counts what a user without fencing loses.
+func TestStoreShadowCountsWhatFencingSaves(t *testing.T) {
+	dir := t.TempDir()
+	st := NewStore(filepath.Join(dir, "fenced"), filepath.Join(dir, "shadow"))
+	// Holder 1 (token 1) reads; its lock is revoked; holder 2 (token 2)
+	// reads and writes; holder 1, untold, writes last.
+	a, err := st.Read(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Read(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := b.Write(); err != nil || !wrote {
+		t.Fatalf("holder 2's write: %v %v", wrote, err)
+	}
+	if wrote, err := a.Write(); err != nil || wrote || !a.Refused {
+		t.Fatalf("holder 1's stale write: wrote %v refused %v err %v", wrote, a.Refused, err)
+	}
+	f, _ := st.Fenced.State()
+	s, _ := st.Shadow.State()
+	if f.Lost != 0 || f.Refused != 1 || f.Value != 1 {
+		t.Errorf("fenced counter: %+v", f)
+	}
+	if s.Lost != 1 || s.Stale != 1 || s.Value != 1 || s.Writes != 2 {
+		t.Errorf("shadow counter: %+v", s)
+	}
+	// A stale read refused by the fenced counter still goes through to the
+	// shadow.
+	c, err := st.Read(1)
+	if err != nil || !c.Refused {
+		t.Fatalf("stale read: %+v %v", c, err)
+	}
+	if _, err := c.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := st.Shadow.State(); s.Writes != 3 || s.Value != 2 {
+		t.Errorf("shadow counter after a refused read: %+v", s)
 	}
 }

@@ -19,11 +19,12 @@ const (
 )
 
 // Record is one line of a worker's history file. A critical section writes
-// an "enter" record as soon as it is entered and an "exit" record when it
-// is over, so a worker killed in between leaves a section with an unknown
-// end, which the checker bounds by the worker's death.
+// an "enter" record as soon as it is entered, a "leave" record just before
+// it calls Release, and an "exit" record when it is over, so a worker
+// killed in between leaves a section with an unknown end, which the
+// checker bounds by the worker's kill (or its leave record) and death.
 type Record struct {
-	Ev    string `json:"ev"`   // "enter" or "exit"
+	Ev    string `json:"ev"`   // "enter", "leave" or "exit"
 	Proc  int    `json:"proc"` // worker process (a respawned worker gets a new number)
 	G     int    `json:"g"`    // goroutine in the process
 	Seq   int    `json:"seq"`  // section number in the goroutine
@@ -32,8 +33,10 @@ type Record struct {
 	Enter int64  `json:"enter"`
 	Token uint64 `json:"token,omitempty"`
 
+	// leave and exit
+	Leave int64 `json:"leave,omitempty"` // section's work done, Release about to be called
+
 	// exit only
-	Leave    int64  `json:"leave,omitempty"`    // section's work done, Release called
 	Rel      int64  `json:"rel,omitempty"`      // Release returned
 	Told     int64  `json:"told,omitempty"`     // holder learnt of the loss (Lost closed, or Release said ErrLockLost)
 	Lost     bool   `json:"lost,omitempty"`     // the holder was told its lock was lost
@@ -126,6 +129,12 @@ func ReadRecords(paths ...string) ([]Section, error) {
 				s.Record = rec
 				if done { // exit seen first: keep its fields
 					mergeExit(&s.Record, exit)
+				}
+			case "leave":
+				if s.Ev == "" {
+					s.Record = rec
+				} else if !s.Done {
+					s.Leave = rec.Leave
 				}
 			case "exit":
 				if s.Ev == "" { // no enter yet

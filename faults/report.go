@@ -3,8 +3,10 @@ package faults
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -16,8 +18,17 @@ type Result struct {
 	Fault   string `json:"fault"`
 	Faults  int    `json:"faults"` // faults injected
 	Report
-	Resource ResourceState `json:"resource"`
-	Seconds  float64       `json:"seconds"`
+	Resource ResourceState `json:"resource"` // the fenced counter
+	// Shadow is the counter beside it that enforces nothing: its lost
+	// updates are what a user without fencing would lose.
+	Shadow ResourceState `json:"shadow"`
+	// Revokes says the scenario's fault can revoke a lock before its holder
+	// can know (on this backend).
+	Revokes bool `json:"revokes"`
+	// NoToken says the workload had no fencing token (the CLI on a backend
+	// whose -fencing-env gives none): its fenced counter fenced nothing.
+	NoToken bool    `json:"noToken,omitempty"`
+	Seconds float64 `json:"seconds"`
 	// WorkerErrors counts worker processes that exited with an error (or
 	// never became ready, or had to be killed at the end).
 	WorkerErrors int `json:"workerErrors"`
@@ -72,6 +83,9 @@ type Results struct {
 	Run    RunInfo   `json:"run"`
 	Rows   []*Result `json:"rows"`
 	Margin *Margin   `json:"margin,omitempty"`
+	// Rerun lists the rows merged in from later runs (cmd/report with
+	// several -in files).
+	Rerun []RerunInfo `json:"rerun,omitempty"`
 }
 
 // ReadResults reads a results file.
@@ -87,11 +101,41 @@ func ReadResults(path string) (*Results, error) {
 	return &r, nil
 }
 
+// Merge adds o's rows to r, replacing r's rows of the same backend,
+// primitive and fault (a scenario re-run on its own, e.g. TestCLI after a
+// fix), and o's margin if it has one. r's run description is kept; the
+// replaced rows are listed in Rerun.
+func (r *Results) Merge(o *Results) {
+	key := func(x *Result) string { return x.Backend + "/" + x.Prim + "/" + x.Fault }
+	idx := map[string]int{}
+	for i, x := range r.Rows {
+		idx[key(x)] = i
+	}
+	for _, x := range o.Rows {
+		if i, ok := idx[key(x)]; ok {
+			r.Rows[i] = x
+		} else {
+			idx[key(x)] = len(r.Rows)
+			r.Rows = append(r.Rows, x)
+		}
+		r.Rerun = append(r.Rerun, RerunInfo{Row: key(x), Date: o.Run.Date})
+	}
+	if o.Margin != nil {
+		r.Margin = o.Margin
+	}
+}
+
+// RerunInfo names a row taken from a later run (Merge).
+type RerunInfo struct {
+	Row  string    `json:"row"`
+	Date time.Time `json:"date"`
+}
+
 // Totals sums the rows of a run.
 type Totals struct {
 	Scenarios, Failed, Unchecked, Faults, Sections, Killed, Told int
-	Overlaps, Excused, Violations, WorkerErrors                  int
-	Writes, LostUpdates, Refused                                 int64
+	Overlaps, Excused, Untold, Violations, WorkerErrors          int
+	Writes, LostUpdates, ShadowLost, Refused                     int64
 }
 
 // Totals returns the sums over r's rows.
@@ -111,10 +155,14 @@ func (r *Results) Totals() Totals {
 		t.Told += x.Told
 		t.Overlaps += x.Overlaps
 		t.Excused += x.Excused
+		t.Untold += x.Untold
 		t.Violations += x.violations()
 		t.WorkerErrors += x.WorkerErrors
 		t.Writes += x.Resource.Writes
-		t.LostUpdates += x.Resource.Lost
+		if !x.NoToken {
+			t.LostUpdates += x.Resource.Lost
+		}
+		t.ShadowLost += x.Shadow.Lost
 		t.Refused += x.Resource.Refused
 	}
 	return t
@@ -151,6 +199,20 @@ func (r *Results) Markdown(command string) map[string]string {
 	if command != "" {
 		fmt.Fprintf(&b, "- Command: `%s`\n", command)
 	}
+	if len(r.Rerun) > 0 {
+		byDate := map[string][]string{}
+		var dates []string
+		for _, x := range r.Rerun {
+			d := x.Date.UTC().Format("2006-01-02 15:04")
+			if byDate[d] == nil {
+				dates = append(dates, d)
+			}
+			byDate[d] = append(byDate[d], x.Row)
+		}
+		for _, d := range dates {
+			fmt.Fprintf(&b, "- Rows from a later run (%s UTC, same settings): %s.\n", d, strings.Join(byDate[d], ", "))
+		}
+	}
 	out["run"] = b.String()
 
 	b.Reset()
@@ -165,34 +227,98 @@ func (r *Results) Markdown(command string) map[string]string {
 		}
 		return a.Fault < c.Fault
 	})
-	b.WriteString("| backend | primitive | fault | faults injected | sections | killed inside | told lost | overlaps (excused) | token violations | max at once | porcupine | writes | lost updates | stale writes refused | worker errors | violations | verdict |\n")
-	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|\n")
-	for _, x := range rows {
-		verdict := "pass"
-		if x.Failed {
-			verdict = "**FAIL**"
-			if len(x.Reasons) > 0 {
-				verdict += ": " + cell(strings.Join(x.Reasons, "; "), 300)
-			}
+	for _, revoking := range []bool{true, false} {
+		if revoking {
+			b.WriteString("**Faults that can revoke a lock before its holder can know** (the server frees it at once, or the holder is frozen past its lease). An overlap here is told: the old holder learns of the loss within the exposure window, and only a fencing token keeps its late write out.\n\n")
+		} else {
+			b.WriteString("**Faults that cannot** (the holder is told before anyone else can acquire, or its death frees the lock). Every overlap and every lost update here, with or without fencing, is a violation.\n\n")
 		}
-		if !x.Checked {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | not checked | | | | | | | | | | %d | | %s |\n",
-				x.Backend, x.Prim, x.Fault, x.Faults, x.WorkerErrors, verdict)
+		b.WriteString("| backend | primitive | fault | faults | sections | killed inside | told lost | untold overlaps | told overlaps | lost updates, fencing | lost updates, no fencing | stale writes refused | exposure p50 / p99 / max (n) | verdict | what protects a user |\n")
+		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|\n")
+		for _, x := range rows {
+			if x.Revokes != revoking {
+				continue
+			}
+			verdict := "pass"
+			if x.Failed {
+				verdict = "**FAIL**"
+				if len(x.Reasons) > 0 {
+					verdict += ": " + cell(strings.Join(x.Reasons, "; "), 300)
+				}
+			}
+			if !x.Checked {
+				fmt.Fprintf(&b, "| %s | %s | %s | %d | not checked | | | | | | | | | %s | %s |\n",
+					x.Backend, x.Prim, x.Fault, x.Faults, verdict, Protection(x.Backend, x.Fault, x.Revokes))
+				continue
+			}
+			fenced := strconv.FormatInt(x.Resource.Lost, 10)
+			if x.NoToken {
+				fenced = "no token"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d | %d | %s | %d | %d | %s | %s | %s |\n",
+				x.Backend, x.Prim, x.Fault, x.Faults, x.Sections, x.Killed, x.Told, x.Untold, x.Excused,
+				fenced, x.Shadow.Lost, x.Resource.Refused, fmtWindows(x.Windows), verdict,
+				Protection(x.Backend, x.Fault, x.Revokes))
+		}
+		b.WriteString("\n")
+	}
+
+	// Exposure windows and updates lost without fencing, per backend and
+	// per revoking fault.
+	type agg struct {
+		windows      []int64
+		lost, writes int64
+		untold, told int
+		rows         int
+	}
+	byBackend, byFault := map[string]*agg{}, map[string]*agg{}
+	var keysB, keysF []string
+	for _, x := range rows {
+		if !x.Revokes || !x.Checked {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %d | %d (%d) | %d | %d | %s | %d | %d | %d | %d | %d | %s |\n",
-			x.Backend, x.Prim, x.Fault, x.Faults, x.Sections, x.Killed, x.Told, x.Overlaps, x.Excused,
-			x.TokenViolations, x.MaxConcurrent, x.Linearizable, x.Resource.Writes, x.Resource.Lost,
-			x.Resource.Refused, x.WorkerErrors, x.Violations(), verdict)
+		kb, kf := x.Backend, x.Backend+" / "+x.Fault
+		if byBackend[kb] == nil {
+			byBackend[kb] = &agg{}
+			keysB = append(keysB, kb)
+		}
+		if byFault[kf] == nil {
+			byFault[kf] = &agg{}
+			keysF = append(keysF, kf)
+		}
+		for _, a := range []*agg{byBackend[kb], byFault[kf]} {
+			a.windows = append(a.windows, x.Windows...)
+			a.lost += x.Shadow.Lost
+			a.writes += x.Shadow.Writes
+			a.untold += x.Untold
+			a.told += x.Excused
+			a.rows++
+		}
 	}
+	sort.Strings(keysB)
+	sort.Strings(keysF)
+	b.WriteString("Exposure window per backend (revoking faults; from the fault's start — for a holder paused past its lease, the latest moment its lease can have expired — to the moment the holder was told, by `Lost()` or by `Release`'s `ErrLockLost`; the server freed the lock at or after the fault's start, so this bounds the window from above):\n\n")
+	b.WriteString("| backend | revocations told | p50 | p99 | max |\n|---|--:|--:|--:|--:|\n")
+	for _, k := range keysB {
+		a := byBackend[k]
+		p50, p99, mx := percentiles(a.windows)
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s |\n", k, len(a.windows), p50, p99, mx)
+	}
+	b.WriteString("\nPer revoking fault (all primitives): what a user without fencing lost.\n\n")
+	b.WriteString("| backend / fault | scenarios | told overlaps | untold overlaps | writes | lost updates, no fencing | exposure p50 / p99 / max (n) |\n|---|--:|--:|--:|--:|--:|---|\n")
+	for _, k := range keysF {
+		a := byFault[k]
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %s |\n", k, a.rows, a.told, a.untold, a.writes, a.lost, fmtWindows(a.windows))
+	}
+
 	t := r.Totals()
 	unchecked := ""
 	if t.Unchecked > 0 {
 		unchecked = fmt.Sprintf(", %d not checked", t.Unchecked)
 	}
-	fmt.Fprintf(&b, "\nTotals: %d scenarios (%d failed%s), %d faults injected, %d critical sections (%d killed inside, %d told lost), %d overlaps (%d excused), **%d violations**, %d worker errors; %d writes, %d lost updates, %d stale writes refused by fencing.\n",
-		t.Scenarios, t.Failed, unchecked, t.Faults, t.Sections, t.Killed, t.Told, t.Overlaps, t.Excused, t.Violations,
-		t.WorkerErrors, t.Writes, t.LostUpdates, t.Refused)
+	fmt.Fprintf(&b, "\nTotals: %d scenarios (%d failed%s), %d faults injected, %d critical sections (%d killed inside, %d told lost), %d overlaps (%d told, %d untold), **%d violations**, %d worker errors; %d writes, %d lost updates with fencing, %d without (%d stale writes refused by fencing).\n",
+		t.Scenarios, t.Failed, unchecked, t.Faults, t.Sections, t.Killed, t.Told, t.Overlaps, t.Excused, t.Untold, t.Violations,
+		t.WorkerErrors, t.Writes, t.LostUpdates, t.ShadowLost, t.Refused)
 	out["results"] = b.String()
 
 	b.Reset()
@@ -246,4 +372,73 @@ func UpdateDoc(doc string, blocks map[string]string) (string, error) {
 		doc = doc[:i] + "\n\n" + blocks[n] + "\n" + doc[j:]
 	}
 	return doc, nil
+}
+
+// percentiles returns the p50, p99 and maximum of windows (ns), formatted,
+// nearest rank.
+func percentiles(windows []int64) (p50, p99, max string) {
+	if len(windows) == 0 {
+		return "–", "–", "–"
+	}
+	w := append([]int64(nil), windows...)
+	sort.Slice(w, func(i, j int) bool { return w[i] < w[j] })
+	rank := func(p float64) int64 {
+		k := int(math.Ceil(p*float64(len(w)))) - 1
+		return w[min(max0(k), len(w)-1)]
+	}
+	return fmtMs(rank(0.50)), fmtMs(rank(0.99)), fmtMs(w[len(w)-1])
+}
+
+func max0(k int) int {
+	if k < 0 {
+		return 0
+	}
+	return k
+}
+
+func fmtMs(ns int64) string {
+	return fmt.Sprintf("%.1f ms", float64(ns)/1e6)
+}
+
+func fmtWindows(windows []int64) string {
+	if len(windows) == 0 {
+		return "–"
+	}
+	p50, p99, mx := percentiles(windows)
+	return fmt.Sprintf("%s / %s / %s (%d)", p50, p99, mx, len(windows))
+}
+
+// Protection says in one line what protects a user from the fault on the
+// backend.
+func Protection(backend, fault string, revokes bool) string {
+	lease := backend == "valkey" || backend == "redlock" || backend == "cluster"
+	switch {
+	case strings.HasPrefix(backend, "cli"):
+		switch {
+		case fault == "kill-dlock":
+			return "none unless COMMAND dies with dlock (or holds the lock itself); fencing (-fencing-env) refuses a survivor's late write"
+		case revokes:
+			return "fencing (-fencing-env) at the store; dlock stops COMMAND and exits 76 only once told"
+		default:
+			return "the lock: COMMAND dies with dlock"
+		}
+	case fault == "none":
+		return "the lock itself"
+	case fault == "kill":
+		return "the lock: a dead holder's lock is freed" + map[bool]string{true: " when its lease runs out", false: " at once"}[lease] + "; it writes no more"
+	case revokes && fault == "pause":
+		return "only fencing: the lease ran out while the holder was stopped; it learns on waking"
+	case revokes && (fault == "keydel" || fault == "restart") && lease:
+		return "only fencing: the key is gone at once; the holder learns at its next extension or release"
+	case revokes && backend == "pg":
+		return "fencing; Lost() as soon as the lock connection sees the session end (or Release says ErrLockLost)"
+	case revokes && backend == "fs":
+		return "fencing; Lost() within the loss interval"
+	case revokes:
+		return "fencing"
+	case fault == "pause":
+		return "the lock: a stopped holder keeps its session or file lock"
+	default:
+		return "the lock: the holder is told (or keeps it) before anyone else can acquire"
+	}
 }

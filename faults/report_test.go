@@ -19,6 +19,9 @@ func TestReportMarkdown(t *testing.T) {
 		Margin: &Margin{Backend: "valkey", Lease: 600 * time.Millisecond, Trials: 5, Min: 6 * time.Millisecond,
 			Median: 7 * time.Millisecond, Max: 9 * time.Millisecond},
 	}
+	r.Rows = append(r.Rows, &Result{Backend: "pg", Prim: "mutex", Fault: "terminate", Faults: 4, Checked: true, Revokes: true,
+		Report: Report{Sections: 9, Told: 3, Overlaps: 2, Excused: 2, Linearizable: "Ok",
+			Windows: []int64{1e6, 2e6, 30e6}}, Shadow: ResourceState{Writes: 9, Lost: 2}, Resource: ResourceState{Writes: 7, Refused: 2}})
 	r.Rows = append(r.Rows, &Result{Backend: "valkey", Prim: "sem", Fault: "none", Failed: true, WorkerErrors: 1,
 		Reasons: []string{"worker 0 was not ready"}})
 	blocks := r.Markdown("go test ./...")
@@ -30,7 +33,11 @@ func TestReportMarkdown(t *testing.T) {
 	}
 	for _, want := range []string{
 		"**FAIL**: worker 2 exited 1: a \\| b",
-		"Totals: 4 scenarios (2 failed, 1 not checked), 5 faults injected, 22 critical sections",
+		"Totals: 5 scenarios (2 failed, 1 not checked), 9 faults injected, 31 critical sections",
+		"| pg | mutex | terminate | 4 | 9 | 0 | 3 | 0 | 2 | 0 | 2 | 2 | 2.0 ms / 30.0 ms / 30.0 ms (3) | pass | fencing;",
+		"| pg | 3 | 2.0 ms | 30.0 ms | 30.0 ms |",
+		"| pg / terminate | 1 | 2 | 0 | 9 | 2 |",
+		"0 lost updates with fencing, 2 without",
 		"| valkey | sem | none | 0 | not checked |",
 		"**2 violations**, 2 worker errors",
 	} {
@@ -59,5 +66,22 @@ func TestReportMarkdown(t *testing.T) {
 	}
 	if _, err := UpdateDoc(doc, map[string]string{"margin": "x"}); err == nil {
 		t.Fatal("a missing block was not reported")
+	}
+}
+
+func TestResultsMerge(t *testing.T) {
+	a := &Results{Run: RunInfo{Date: time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)}, Rows: []*Result{
+		{Backend: "cli-fs", Prim: "run", Fault: "kill-dlock", Checked: true, Report: Report{Untold: 3}},
+		{Backend: "pg", Prim: "mutex", Fault: "none", Checked: true},
+	}}
+	b := &Results{Run: RunInfo{Date: time.Date(2026, 12, 2, 17, 0, 0, 0, time.UTC)}, Rows: []*Result{
+		{Backend: "cli-fs", Prim: "run", Fault: "kill-dlock", Checked: true},
+	}}
+	a.Merge(b)
+	if len(a.Rows) != 2 || a.Rows[0].Untold != 0 || len(a.Rerun) != 1 {
+		t.Fatalf("merged: %+v", a)
+	}
+	if run := a.Markdown("")["run"]; !strings.Contains(run, "Rows from a later run (2026-12-02 17:00 UTC, same settings): cli-fs/run/kill-dlock.") {
+		t.Fatalf("run block: %s", run)
 	}
 }

@@ -156,3 +156,59 @@ func parseState(text string, s *ResourceState) error {
 	s.Writes, s.Lost, s.Stale, s.Refused = num(2), num(3), num(4), num(5)
 	return err
 }
+
+// Store is what a writer updates: the fenced counter, and beside it a
+// shadow counter that enforces nothing. The same read-modify-writes go to
+// both, so the shadow's lost updates are what a user without fencing
+// would have lost, and the fenced counter's (which must be none) what a
+// user with fencing loses.
+type Store struct {
+	Fenced, Shadow *Resource
+}
+
+// NewStore returns the store kept in the files fenced and shadow.
+func NewStore(fenced, shadow string) Store {
+	return Store{Fenced: NewResource(fenced, true), Shadow: NewResource(shadow, false)}
+}
+
+// Update is a read-modify-write of a Store in progress: both counters
+// read, the writes still to come.
+type Update struct {
+	st      Store
+	token   uint64
+	fv, sv  int64
+	Refused bool // the fenced counter refused the read: its write will not be tried
+}
+
+// Read begins an update with token: it reads both counters.
+func (st Store) Read(token uint64) (*Update, error) {
+	u := &Update{st: st, token: token}
+	var err error
+	if u.sv, err = st.Shadow.Read(token); err != nil {
+		return nil, err
+	}
+	switch u.fv, err = st.Fenced.Read(token); {
+	case errors.Is(err, ErrStale):
+		u.Refused = true
+	case err != nil:
+		return nil, err
+	}
+	return u, nil
+}
+
+// Write ends the update: it writes the value read plus one to both
+// counters (to the fenced one only if its read was not refused). wrote says
+// the fenced counter took the write.
+func (u *Update) Write() (wrote bool, err error) {
+	if !u.Refused {
+		switch err := u.st.Fenced.Write(u.token, u.fv+1); {
+		case errors.Is(err, ErrStale):
+			u.Refused = true
+		case err != nil:
+			return false, err
+		default:
+			wrote = true
+		}
+	}
+	return wrote, u.st.Shadow.Write(u.token, u.sv+1)
+}

@@ -293,6 +293,11 @@ func (e *env) outage() time.Duration {
 
 func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	started := time.Now()
+	if sz.short && !lease(backend) {
+		// fs and pg faults last at most 1.4 s: 3 s leave a quiet tail
+		// (a lease backend's last 2.3–2.5 s, and needs the fourth second).
+		sz.dur = 3 * time.Second
+	}
 	e := &env{t: t, backend: backend, prim: prim, fk: fk, sz: sz, dir: t.TempDir(),
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
 	res := &Result{Backend: backend, Prim: prim, Fault: fk.name}
@@ -380,15 +385,23 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	if prim == "sem" {
 		limit = semCap
 	}
-	rep := Check(sections, e.faults, e.deaths, Spec{Limit: limit})
+	// A holder may learn of a loss a fault caused a little after it healed
+	// (the next loss check, or the Release that finds it); with room for a
+	// loaded machine running -race workers.
+	slack := 2*time.Second + max(leaseMs, 3*lossMs)*time.Millisecond
+	rep := Check(sections, e.faults, e.deaths, Spec{Limit: limit, LossSlack: slack})
 	st, err := NewResource(filepath.Join(e.dir, "resource"), true).State()
 	if err != nil {
 		e.fatalf("reading the resource: %v", err)
 	}
-	res.Report, res.Resource, res.Checked = rep, st, true
-	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused",
+	sh, err := NewResource(filepath.Join(e.dir, "shadow"), false).State()
+	if err != nil {
+		e.fatalf("reading the shadow counter: %v", err)
+	}
+	res.Report, res.Resource, res.Shadow, res.Checked = rep, st, sh, true
+	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused; without fencing %d lost updates",
 		len(e.faults), rep.Sections, rep.Killed, rep.Told, rep.Overlaps, rep.Excused, rep.TokenViolations,
-		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused)
+		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused, sh.Lost)
 
 	if n := rep.Violations(); n != 0 {
 		first := ""
@@ -406,6 +419,10 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		e.failf("%d lost updates", st.Lost)
 	}
 	revokes := fk.revokes != nil && fk.revokes(backend)
+	res.Revokes = revokes
+	if !revokes && sh.Lost != 0 {
+		e.failf("%d updates lost without fencing though no fault could revoke a lock", sh.Lost)
+	}
 	if !revokes && st.Refused != 0 {
 		e.failf("%d stale writes reached the store though no fault could revoke a lock", st.Refused)
 	}
@@ -520,7 +537,7 @@ func (e *env) spawn(slot int) {
 		AppName: fmt.Sprintf("%s-%d", e.app, slot), Prim: e.prim, Limit: semCap, Name: e.name,
 		Goroutines: e.sz.goroutines, ReadyFile: e.readyPath(id), StartFile: e.startPath(),
 		LeaseMs: leaseMs, LossMs: lossMs, HoldMs: [2]int{2, 12}, Records: e.recordsPath(id),
-		Resource: filepath.Join(e.dir, "resource")}
+		Resource: filepath.Join(e.dir, "resource"), Shadow: filepath.Join(e.dir, "shadow")}
 	switch e.backend {
 	case "pg":
 		u, _ := url.Parse(e.pgURL)
@@ -808,6 +825,11 @@ func (e *env) pause(p *proc) Fault {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGSTOP)
 	f := Fault{Kind: "pause", Proc: p.id, Start: Now()}
+	if lease(e.backend) {
+		// The lease was extended at the latest when the holder stopped: the
+		// server frees it at the latest a lease later.
+		f.Frees = f.Start + int64(leaseMs*time.Millisecond)
+	}
 	time.Sleep(e.outage() + time.Duration(e.rng.IntN(200))*time.Millisecond)
 	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	f.End = Now()
@@ -872,7 +894,6 @@ func (e *env) restart() Fault {
 // terminate ends, with pg_terminate_backend, every session of the scenario
 // that holds an advisory lock.
 func (e *env) terminate() Fault {
-	f := Fault{Kind: "terminate", Proc: -1, Start: Now()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := pgx.Connect(ctx, e.pgURL)
@@ -880,6 +901,9 @@ func (e *env) terminate() Fault {
 		e.fatalf("terminate: connecting to PostgreSQL: %v", err)
 	}
 	defer c.Close(context.Background())
+	// Connected first, so that the fault starts at the termination (it is
+	// where the exposure windows are measured from).
+	f := Fault{Kind: "terminate", Proc: -1, Start: Now()}
 	_, err = c.Exec(ctx, `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
 		WHERE a.application_name LIKE $1 AND EXISTS (SELECT 1 FROM pg_locks l
 		WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)`, e.app+"-%")
@@ -931,9 +955,10 @@ func (e *env) clientKill(p *proc) Fault {
 // keyDel deletes the lock keys of the scenario's name (not its fencing
 // counters) on every node.
 func (e *env) keyDel() Fault {
-	f := Fault{Kind: "keydel", Proc: -1, Start: Now()}
 	ctx := context.Background()
-	for _, c := range e.adminClients() {
+	clients := e.adminClients() // connected first: the fault starts at the deletion
+	f := Fault{Kind: "keydel", Proc: -1, Start: Now()}
+	for _, c := range clients {
 		keys, err := c.Do(ctx, c.B().Keys().Pattern(e.prefix+"*").Build()).AsStrSlice()
 		if err != nil {
 			e.failf("KEYS: %v", err)

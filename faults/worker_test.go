@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if raw := os.Getenv(workerEnv); raw != "" {
 		os.Exit(workerMain(raw))
 	}
+	if os.Getenv(rmwEnv) == "1" {
+		os.Exit(rmwMain(os.Args[1:]))
+	}
 	code := m.Run()
 	stopPrivateServers()
 	os.Exit(code)
@@ -54,7 +57,8 @@ type workerConfig struct {
 	LossMs     int      `json:"lossMs"`    // pg/fs loss interval
 	HoldMs     [2]int   `json:"holdMs"`    // the pause inside a section, min and max
 	Records    string   `json:"records"`
-	Resource   string   `json:"resource"`
+	Resource   string   `json:"resource"` // the fenced counter
+	Shadow     string   `json:"shadow"`   // the shadow counter, which enforces nothing
 }
 
 func workerMain(raw string) int {
@@ -76,7 +80,7 @@ func runWorker(cfg workerConfig) error {
 		return err
 	}
 	defer rec.Close()
-	res := NewResource(cfg.Resource, true)
+	res := NewStore(cfg.Resource, cfg.Shadow)
 	ctx := context.Background()
 	lease := time.Duration(cfg.LeaseMs) * time.Millisecond
 	loss := time.Duration(cfg.LossMs) * time.Millisecond
@@ -193,7 +197,7 @@ func waitStart(cfg workerConfig) (int64, error) {
 }
 
 // work runs cfg.Goroutines contending goroutines until the deadline.
-func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource) error {
+func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) error {
 	opt := dlock.WithReleaseTimeout(3 * time.Second)
 	var excl, shared, ticket *dlock.Guard[L]
 	switch cfg.Prim {
@@ -244,7 +248,7 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res *Resource
 
 // section runs one critical section and records it. Only a failure to
 // record is returned: lock errors are part of the workload.
-func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rng *rand.Rand, g *dlock.Guard[L], kind string, gid, seq int) error {
+func section[L backend.Lease](cfg workerConfig, rec *Recorder, res Store, rng *rand.Rand, g *dlock.Guard[L], kind string, gid, seq int) error {
 	call := Now()
 	actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	lk, err := g.Acquire(actx, cfg.Name)
@@ -273,12 +277,9 @@ func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rn
 	hold := time.Duration(cfg.HoldMs[0]+rng.IntN(cfg.HoldMs[1]-cfg.HoldMs[0]+1)) * time.Millisecond
 	lost := lk.Lost()
 	switch kind {
-	case KindExclusive: // a slow read-modify-write
-		v, err := res.Read(r.Token)
-		if errors.Is(err, ErrStale) {
-			r.Rejected = true
-			break
-		} else if err != nil {
+	case KindExclusive: // a slow read-modify-write, of the fenced and the shadow counter
+		u, err := res.Read(r.Token)
+		if err != nil {
 			return err
 		}
 		time.Sleep(hold)
@@ -286,21 +287,17 @@ func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rn
 			r.Skipped = true // a careful holder stops when told
 			break
 		}
-		switch err := res.Write(r.Token, v+1); {
-		case errors.Is(err, ErrStale):
-			r.Rejected = true
-		case err != nil:
+		if r.Wrote, err = u.Write(); err != nil {
 			return err
-		default:
-			r.Wrote = true
 		}
+		r.Rejected = u.Refused
 	case KindShared: // a slow read: the value must not change under it
-		v1, err := res.Read(0)
+		v1, err := res.Fenced.Read(0)
 		if err != nil {
 			return err
 		}
 		time.Sleep(hold)
-		v2, err := res.Read(0)
+		v2, err := res.Fenced.Read(0)
 		if err != nil {
 			return err
 		}
@@ -309,6 +306,12 @@ func section[L backend.Lease](cfg workerConfig, rec *Recorder, res *Resource, rn
 		time.Sleep(hold)
 	}
 	r.Leave = Now()
+	// Say so before calling Release: a worker killed after this record may
+	// have released; one killed before it had not (the checker bounds a
+	// killed section's release by this record, else by the kill).
+	if err := rec.Write(Record{Ev: "leave", Proc: cfg.Proc, G: gid, Seq: seq, Kind: kind, Leave: r.Leave}); err != nil {
+		return err
+	}
 	close(stop)
 	<-watched
 	if t := told.Load(); t != 0 {

@@ -6,18 +6,22 @@
 //
 //	(cd faults && DLOCK_FAULTS_RESULTS=/tmp/faults.json go test -count=1 -timeout 120m ./...)
 //	(cd faults && go run ./cmd/report -in /tmp/faults.json -doc ../RELIABILITY.md -command '...')
+//
+// With -in a.json,b.json the rows of b (say, TestCLI re-run after a fix)
+// replace the same scenarios of a, and the report says so.
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/dlock-go/dlock/faults"
 )
 
 func main() {
-	in := flag.String("in", "", "results file written by the fault checker (DLOCK_FAULTS_RESULTS)")
+	in := flag.String("in", "", "results files written by the fault checker (DLOCK_FAULTS_RESULTS), comma-separated; rows of later files replace the same scenarios of earlier ones")
 	doc := flag.String("doc", "../RELIABILITY.md", "Markdown file to update in place")
 	command := flag.String("command", "", "the command that produced the run, shown in the report")
 	flag.Parse()
@@ -31,9 +35,17 @@ func run(in, doc, command string) error {
 	if in == "" {
 		return fmt.Errorf("-in is required")
 	}
-	res, err := faults.ReadResults(in)
-	if err != nil {
-		return err
+	var res *faults.Results
+	for _, path := range strings.Split(in, ",") {
+		r, err := faults.ReadResults(path)
+		if err != nil {
+			return err
+		}
+		if res == nil {
+			res = r
+		} else {
+			res.Merge(r)
+		}
 	}
 	if len(res.Rows) == 0 {
 		return fmt.Errorf("%s has no scenario rows", in)
