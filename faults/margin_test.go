@@ -66,9 +66,16 @@ func TestLeaseMargin(t *testing.T) {
 		}
 		// Poll the key's remaining time until it is gone; the last reading
 		// gives the expiry on the test's monotonic clock.
-		var expiry, told int64
+		// stall is the longest the poll loop itself was kept from running
+		// (beyond its 1ms sleep): on a starved machine the moment the test
+		// sees Lost closed is late by up to that much, so a margin is only
+		// judged beyond it.
+		var expiry, told, last, stall int64
 		for deadline := time.Now().Add(3 * lease); time.Now().Before(deadline); {
 			t0 := Now()
+			if last != 0 {
+				stall = max(stall, t0-last-int64(time.Millisecond))
+			}
 			ms, err := admin.Do(context.Background(), admin.B().Pttl().Key(key).Build()).AsInt64()
 			t1 := Now()
 			if told == 0 && isClosed(lk.Lost()) {
@@ -78,6 +85,7 @@ func TestLeaseMargin(t *testing.T) {
 				break
 			}
 			expiry = (t0+t1)/2 + ms*int64(time.Millisecond)
+			last = Now()
 			time.Sleep(time.Millisecond)
 		}
 		if told == 0 {
@@ -90,8 +98,11 @@ func TestLeaseMargin(t *testing.T) {
 		}
 		m := time.Duration(expiry - told)
 		margins = append(margins, m)
-		if m <= 0 {
-			t.Errorf("trial %d: told %v after the server-side expiry", i, -m)
+		switch {
+		case m <= 0 && -m > time.Duration(stall):
+			t.Errorf("trial %d: told %v after the server-side expiry (the test's own poll was stalled at most %v)", i, -m, time.Duration(stall))
+		case m <= 0:
+			t.Logf("trial %d: seen told %v after the expiry, within the test's own stall of %v: not judged", i, -m, time.Duration(stall))
 		}
 		px.Toxics.ResetToxics(context.Background())
 		_ = lk.Release(context.Background())
