@@ -417,11 +417,7 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	}
 	l.mu.Unlock()
 
-	detached := ctx
-	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
-		detached = context.WithoutCancel(ctx)
-	}
-	rctx, cancel := context.WithTimeout(detached, g.opts.releaseTimeout)
+	rctx, cancel := backend.DetachedContext(ctx, g.opts.releaseTimeout)
 	defer cancel()
 	err := l.lease.Release(rctx)
 	switch {

@@ -171,8 +171,27 @@ func (p permanentError) Unwrap() error { return p.err }
 // the one bound on a release; fallback bounds a Release called directly
 // with a ctx that has no deadline. The caller must call cancel.
 func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.Context, cancel context.CancelFunc) {
+	if _, ok := ctx.(releaseCtx); ok {
+		return ctx, func() {} // already detached and bounded: no second context
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		return context.WithDeadline(context.WithoutCancel(ctx), dl)
 	}
 	return context.WithTimeout(context.WithoutCancel(ctx), fallback)
 }
+
+// DetachedContext returns ctx without its cancellation, bounded by timeout:
+// the ctx the dlock package's Lock.Release passes to a Lease's Release.
+// ReleaseContext hands such a ctx back as it is, so a release makes one
+// context, not two. The caller must call cancel.
+func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
+	detached := ctx
+	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
+		detached = context.WithoutCancel(ctx)
+	}
+	c, cancel := context.WithTimeout(detached, timeout)
+	return releaseCtx{c}, cancel
+}
+
+// releaseCtx marks a ctx made by DetachedContext.
+type releaseCtx struct{ context.Context }
