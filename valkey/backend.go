@@ -191,6 +191,10 @@ const (
 // Backend (see notifier): a waiter that stops without the lock passes its
 // turn on, and a semaphore waiter that takes a ticket passes one on too.
 func (c *core) wait(ctx context.Context, k kind, name, base string, try func(context.Context) (attempt, error)) (l *Lease, err error) {
+	a, err := try(ctx) // the uncontended path builds nothing to wait with
+	if err != nil || a.lease != nil {
+		return a.lease, err
+	}
 	wake := make(chan struct{}, 1)
 	subs := make([]*subscription, len(c.nodes))
 	one := k == kindMutex || k == kindSem
@@ -210,13 +214,14 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 	poll := pace.New(minPoll, maxPoll)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	for {
-		a, err := try(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if a.lease != nil {
-			return a.lease, nil
+	for first := true; ; first = false {
+		if !first {
+			if a, err = try(ctx); err != nil {
+				return nil, err
+			}
+			if a.lease != nil {
+				return a.lease, nil
+			}
 		}
 		if !subscribed || c.dropDead(subs) {
 			subscribed = true
