@@ -87,7 +87,7 @@ func (b *Backend) begin(ctx context.Context, r req) error {
 // maxAttempts bounds the attempts of one try whose connection turned out
 // gone or dead before the try could take anything (a pooled connection
 // whose session the server ended while it was idle).
-func (b *Backend) maxAttempts() int { return int(b.pool.Stat().MaxConns()) + 2 }
+func (b *Backend) maxAttempts() int { return b.maxConns + 2 }
 
 // try takes r on a lock connection with a non-blocking try.
 func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {

@@ -21,9 +21,10 @@ import (
 // NewSemaphore; Keys gives a view addressed by numeric advisory keys. It is
 // safe for concurrent use. Close it when done (see Close).
 type Backend struct {
-	pool *pgxpool.Pool
-	cfg  config
-	addr string // the server's host:port, for errors
+	maxConns int // the pool's MaxConns, fixed when the pool was made
+	pool     *pgxpool.Pool
+	cfg      config
+	addr     string // the server's host:port, for errors
 
 	mu        sync.Mutex
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
@@ -75,14 +76,19 @@ var errNilPool = errors.New("pg: nil pool")
 // must outlive the backend; a nil pool gives a backend whose every call
 // fails.
 func New(pool *pgxpool.Pool, opts ...Option) *Backend {
+	maxConns := 0
+	if pool != nil {
+		maxConns = int(pool.Config().MaxConns)
+	}
 	return &Backend{
-		pool:    pool,
-		cfg:     newConfig(opts),
-		addr:    serverAddr(pool),
-		conns:   make(map[*lockConn]struct{}),
-		held:    make(map[Key]*hold),
-		writers: make(map[Key]int),
-		fenceMu: make(chan struct{}, 1),
+		pool:     pool,
+		maxConns: maxConns,
+		cfg:      newConfig(opts),
+		addr:     serverAddr(pool),
+		conns:    make(map[*lockConn]struct{}),
+		held:     make(map[Key]*hold),
+		writers:  make(map[Key]int),
+		fenceMu:  make(chan struct{}, 1),
 	}
 }
 
