@@ -162,10 +162,11 @@ func TestCLI(t *testing.T) {
 				}
 				slots <- struct{}{}
 				defer func() { <-slots }()
-				if sz.short {
-					sz.dur = 3 * time.Second
+				size := sz // each subtest its own copy: they run in parallel
+				if size.short {
+					size.dur = 3 * time.Second
 				}
-				runCLIScenario(t, bin, m.backend, f, sz)
+				runCLIScenario(t, bin, m.backend, f, size)
 			})
 		}
 	}
