@@ -11,7 +11,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -949,12 +948,12 @@ func TestCrossVet(t *testing.T) {
 			t.Errorf("GOOS=%s go vet: %v\n%s", goos, err, out)
 		}
 	}
-	cmd := exec.Command("go", "build", "-o", os.DevNull, ".")
+	// On Windows the command builds (so does the whole module) and says
+	// at run time that it needs a Unix system.
+	cmd := exec.Command("go", "vet", ".")
 	cmd.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || !strings.Contains(string(out), "needs_a_Unix_system") {
-		t.Errorf("GOOS=windows go build: %v\n%s", err, out)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("GOOS=windows go vet: %v\n%s", err, out)
 	}
 }
 
