@@ -35,6 +35,9 @@ var (
 	// ErrClosed reports a call on a backend that was closed; a wait ends at
 	// once on it.
 	ErrClosed = backend.ErrClosed
+	// ErrInvalidOption reports an invalid argument to a backend's
+	// constructor (an option value out of range, a nil client or pool).
+	ErrInvalidOption = backend.ErrInvalidOption
 	// ErrNilFunc reports a nil callback passed to Do or TryDo.
 	ErrNilFunc = errors.New("nil function")
 )

@@ -25,4 +25,9 @@ var (
 	// ErrClosed reports a call on a backend that was closed. It is
 	// permanent: a wait ends at once on it.
 	ErrClosed = errors.New("backend closed")
+	// ErrInvalidOption reports a backend constructor's invalid argument: an
+	// option value out of range, a nil client or pool. Every backend's New
+	// returns it (wrapped, naming the option and the value) rather than
+	// clamping or ignoring the value.
+	ErrInvalidOption = errors.New("invalid option")
 )

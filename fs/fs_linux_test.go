@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 )
 
 // newBackend returns a backend over a fresh directory, closed at cleanup.
@@ -476,6 +477,20 @@ func TestFileModeOption(t *testing.T) {
 	defer l.Release(bg())
 	if st, err := os.Stat(l.Path()); err != nil || st.Mode().Perm() != 0o640 {
 		t.Fatalf("lock file mode %v, %v; want 0640", st.Mode(), err)
+	}
+}
+
+// TestInvalidOptions checks that New refuses every out-of-range option
+// value with an error matching backend.ErrInvalidOption.
+func TestInvalidOptions(t *testing.T) {
+	for _, o := range []Option{WithFileMode(0o400), WithFileMode(os.ModeDir | 0o600), WithDirMode(0o600), WithDirMode(0o777),
+		WithDirMode(0o770), WithLossInterval(0), WithWaitFallback(-time.Second)} {
+		if b, err := New(t.TempDir(), o); !errors.Is(err, backend.ErrInvalidOption) {
+			t.Errorf("New with a bad option: %v, want backend.ErrInvalidOption", err)
+			if b != nil {
+				b.Close()
+			}
+		}
 	}
 }
 

@@ -38,22 +38,22 @@ func defaultConfig() config {
 
 func (c *config) validate() error {
 	if c.fileMode&^os.ModePerm != 0 || c.fileMode&0o600 != 0o600 {
-		return fmt.Errorf("fs: file mode %v: want permission bits only, including owner read and write (0600)", c.fileMode)
+		return fmt.Errorf("fs: %w: file mode %v: want permission bits only, including owner read and write (0600)", backend.ErrInvalidOption, c.fileMode)
 	}
 	if c.dirMode&^os.ModePerm != 0 || c.dirMode&0o700 != 0o700 {
-		return fmt.Errorf("fs: directory mode %v: want permission bits only, including owner rwx (0700)", c.dirMode)
+		return fmt.Errorf("fs: %w: directory mode %v: want permission bits only, including owner rwx (0700)", backend.ErrInvalidOption, c.dirMode)
 	}
 	if c.dirMode&0o002 != 0 {
-		return fmt.Errorf("fs: directory mode %v: a world-writable lock directory is refused", c.dirMode)
+		return fmt.Errorf("fs: %w: directory mode %v: a world-writable lock directory is refused", backend.ErrInvalidOption, c.dirMode)
 	}
 	if c.dirMode&0o020 != 0 && !c.sharedGroup {
-		return fmt.Errorf("fs: directory mode %v: a group-writable lock directory is refused unless WithSharedGroup", c.dirMode)
+		return fmt.Errorf("fs: %w: directory mode %v: a group-writable lock directory is refused unless WithSharedGroup", backend.ErrInvalidOption, c.dirMode)
 	}
 	if c.lossInterval <= 0 {
-		return fmt.Errorf("fs: loss interval %v: must be positive", c.lossInterval)
+		return fmt.Errorf("fs: %w: loss interval %v: must be positive", backend.ErrInvalidOption, c.lossInterval)
 	}
 	if c.waitFallback <= 0 {
-		return fmt.Errorf("fs: wait fallback %v: must be positive", c.waitFallback)
+		return fmt.Errorf("fs: %w: wait fallback %v: must be positive", backend.ErrInvalidOption, c.waitFallback)
 	}
 	return nil
 }

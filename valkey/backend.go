@@ -2,7 +2,6 @@ package valkey
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -40,7 +39,7 @@ var (
 // error for a nil client or an invalid option.
 func New(client valkeygo.Client, opts ...Option) (*Backend, error) {
 	if client == nil {
-		return nil, errors.New("valkey: nil client")
+		return nil, fmt.Errorf("%w: nil client", errBadOption)
 	}
 	cfg, err := newConfig(opts)
 	if err != nil {

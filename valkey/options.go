@@ -1,11 +1,12 @@
 package valkey
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/dlock-go/dlock/backend"
 )
 
 // Defaults of the options.
@@ -17,8 +18,9 @@ const (
 	DefaultLease = 30 * time.Second
 )
 
-// errBadOption is wrapped by every option error.
-var errBadOption = errors.New("valkey: invalid option")
+// errBadOption is wrapped by every option error: backend.ErrInvalidOption
+// (dlock.ErrInvalidOption).
+var errBadOption = fmt.Errorf("valkey: %w", backend.ErrInvalidOption)
 
 // Option configures a Backend or a RedLock.
 type Option func(*config)

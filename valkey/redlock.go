@@ -2,7 +2,6 @@ package valkey
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 
@@ -71,21 +70,21 @@ var (
 // the error is marked backend.Permanent, so a wait ends at once.
 func NewRedLock(clients []valkeygo.Client, opts ...Option) (*RedLock, error) {
 	if len(clients) == 0 {
-		return nil, errors.New("valkey: NewRedLock needs at least one client")
+		return nil, fmt.Errorf("%w: NewRedLock needs at least one client", errBadOption)
 	}
 	owner := make(map[string]int) // address -> index of the client using it
 	for i, c := range clients {
 		if c == nil {
-			return nil, fmt.Errorf("valkey: NewRedLock: client %d is nil", i)
+			return nil, fmt.Errorf("%w: NewRedLock: client %d is nil", errBadOption, i)
 		}
 		for j := range i {
 			if sameClient(clients[j], c) {
-				return nil, fmt.Errorf("valkey: NewRedLock: clients %d and %d are the same client: RedLock needs one client per independent node", j, i)
+				return nil, fmt.Errorf("%w: NewRedLock: clients %d and %d are the same client: RedLock needs one client per independent node", errBadOption, j, i)
 			}
 		}
 		for _, a := range clientAddrs(c) {
 			if j, dup := owner[a]; dup && j != i {
-				return nil, fmt.Errorf("valkey: NewRedLock: clients %d and %d both talk to %s: RedLock needs one client per independent node", j, i, a)
+				return nil, fmt.Errorf("%w: NewRedLock: clients %d and %d both talk to %s: RedLock needs one client per independent node", errBadOption, j, i, a)
 			}
 			owner[a] = i
 		}

@@ -11,6 +11,7 @@ import (
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/dlocktest"
 )
 
@@ -79,15 +80,15 @@ func TestOptions(t *testing.T) {
 	}
 	for _, o := range []Option{WithKeyPrefix("a{b"), WithLease(time.Millisecond), WithExtendEvery(0), WithDriftAllowance(-1),
 		WithExtendEvery(time.Minute), WithDriftAllowance(time.Hour)} {
-		if _, err := newConfig([]Option{o}); err == nil {
-			t.Errorf("option accepted, want an error")
+		if _, err := newConfig([]Option{o}); !errors.Is(err, backend.ErrInvalidOption) {
+			t.Errorf("option accepted or wrong error: %v, want backend.ErrInvalidOption", err)
 		}
 	}
-	if _, err := New(nil); err == nil {
-		t.Error("New(nil) succeeded")
+	if _, err := New(nil); !errors.Is(err, backend.ErrInvalidOption) {
+		t.Errorf("New(nil): %v, want backend.ErrInvalidOption", err)
 	}
-	if _, err := NewRedLock(nil); err == nil {
-		t.Error("NewRedLock(nil) succeeded")
+	if _, err := NewRedLock(nil); !errors.Is(err, backend.ErrInvalidOption) {
+		t.Errorf("NewRedLock(nil): %v, want backend.ErrInvalidOption", err)
 	}
 }
 
