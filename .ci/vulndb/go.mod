@@ -1,0 +1,3 @@
+module dlock.ci/vulndb
+
+go 1.25.0
