@@ -15,11 +15,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/internal/testserver"
 )
 
 // procGroup lists the live (not zombie) processes of process group pgid.
@@ -258,7 +257,7 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 // ptyRun runs dlock args as the session leader of a new pty (the way a
 // terminal runs a shell's foreground job) and returns the master side, the
 // command, and a buffer collecting the terminal's output.
-func ptyRun(t *testing.T, tg target, args ...string) (*os.File, *exec.Cmd, *syncBuffer) {
+func ptyRun(t *testing.T, tg target, args ...string) (*os.File, *exec.Cmd, *testserver.SyncBuffer) {
 	m, s := openPTY(t)
 	cmd := exec.Command(dlockBinary(t), args...)
 	cmd.Env = append(os.Environ(), "DLOCK_BACKEND="+tg.url)
@@ -274,7 +273,7 @@ func ptyRun(t *testing.T, tg target, args ...string) (*os.File, *exec.Cmd, *sync
 			_ = cmd.Wait()
 		}
 	})
-	out := &syncBuffer{}
+	out := &testserver.SyncBuffer{}
 	go func() {
 		buf := make([]byte, 4096)
 		for {
@@ -288,7 +287,7 @@ func ptyRun(t *testing.T, tg target, args ...string) (*os.File, *exec.Cmd, *sync
 	return m, cmd, out
 }
 
-func waitOutput(t *testing.T, out *syncBuffer, want string) {
+func waitOutput(t *testing.T, out *testserver.SyncBuffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(out.String(), want) {
@@ -366,7 +365,7 @@ func TestJobControl(t *testing.T) {
 	}
 	s.Close()
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	out := &syncBuffer{}
+	out := &testserver.SyncBuffer{}
 	go func() {
 		buf := make([]byte, 4096)
 		for {
@@ -395,142 +394,7 @@ func TestJobControl(t *testing.T) {
 	waitOutput(t, out, "status=0")
 }
 
-// privatePG is a throwaway PostgreSQL server the test owns (it stops and
-// restarts it), or nil where that is impractical.
-type privatePG struct {
-	bin, dir, url string
-	port          int
-	asPostgres    bool
-}
-
-func startPrivatePG(t *testing.T) *privatePG {
-	t.Helper()
-	initdb, err := exec.LookPath("initdb")
-	if err != nil {
-		for _, v := range []string{"17", "16", "15"} {
-			if p := "/usr/lib/postgresql/" + v + "/bin/initdb"; fileExists(p) {
-				initdb = p
-				break
-			}
-		}
-	}
-	if initdb == "" {
-		return nil
-	}
-	s := &privatePG{bin: filepath.Dir(initdb)}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil
-		}
-		s.asPostgres = true
-		if s.dir, err = os.MkdirTemp("", "dlock-cli-pg-"); err != nil {
-			t.Fatal(err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(s.dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(s.dir) })
-	} else {
-		s.dir = t.TempDir()
-	}
-	s.port = freePort(t)
-	if out, err := s.run("initdb", "-D", s.data(), "-A", "trust", "-U", "postgres", "--no-sync"); err != nil {
-		t.Logf("initdb: %v\n%s", err, out)
-		return nil
-	}
-	s.start(t)
-	t.Cleanup(func() { _, _ = s.run("pg_ctl", "-D", s.data(), "-m", "immediate", "-w", "stop") })
-	s.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
-	return s
-}
-
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func (s *privatePG) data() string { return filepath.Join(s.dir, "data") }
-
-func (s *privatePG) start(t *testing.T) {
-	t.Helper()
-	if out, err := s.run("pg_ctl", "-D", s.data(), "-w", "-l", filepath.Join(s.dir, "log"), "-o",
-		fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, s.dir), "start"); err != nil {
-		t.Fatalf("pg_ctl start: %v\n%s", err, out)
-	}
-}
-
-func (s *privatePG) stop(t *testing.T) {
-	t.Helper()
-	if out, err := s.run("pg_ctl", "-D", s.data(), "-m", "immediate", "-w", "stop"); err != nil {
-		t.Fatalf("pg_ctl stop: %v\n%s", err, out)
-	}
-}
-
-func (s *privatePG) run(tool string, args ...string) ([]byte, error) {
-	path := filepath.Join(s.bin, tool)
-	cmd := exec.Command(path, args...)
-	if s.asPostgres {
-		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", path}, args...)...)
-	}
-	cmd.Dir = s.dir
-	return cmd.CombinedOutput()
-}
-
-// privateValkey is a throwaway redis-server the test owns.
-type privateValkey struct {
-	port int
-	cmd  *exec.Cmd
-}
-
-func newPrivateValkey(t *testing.T) *privateValkey {
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("DLOCK_REQUIRE_SERVERS") == "1" {
-			t.Fatal("redis-server not found")
-		}
-		t.Skip("redis-server not found")
-	}
-	v := &privateValkey{port: freePort(t)}
-	t.Cleanup(v.stop)
-	return v
-}
-
-func (v *privateValkey) start(t *testing.T) {
-	t.Helper()
-	v.cmd = exec.Command("redis-server", "--port", strconv.Itoa(v.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := v.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.Dial("tcp", v.addr())
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %d did not start", v.port)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (v *privateValkey) stop() {
-	if v.cmd != nil && v.cmd.ProcessState == nil {
-		_ = v.cmd.Process.Kill()
-		_ = v.cmd.Wait()
-	}
-}
-
-func (v *privateValkey) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(v.port)) }
 
 // startDlock starts dlock args in the background; its result comes on the
 // returned channel.
@@ -546,7 +410,7 @@ func startDlock(t *testing.T, tg target, args ...string) (<-chan result, string)
 	cmd := exec.Command(dlockBinary(t), args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "DLOCK_BACKEND="+tg.url)
-	var stderr syncBuffer
+	var stderr testserver.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -583,19 +447,19 @@ func TestWaitRidesOutOutage(t *testing.T) {
 	t.Run("valkey", func(t *testing.T) {
 		t.Parallel()
 		dlockBinary(t) // built before anything is timed
-		v := newPrivateValkey(t)
-		tg := target{url: "valkey://" + v.addr() + "?dlock_lease=2s"}
+		v := testserver.NewRedis(t)
+		tg := target{url: "valkey://" + v.Addr() + "?dlock_lease=2s"}
 		// Down at start, never up within the wait: 75 naming the error.
 		start := time.Now()
 		code, _, stderr := runDlock(t, tg, "run", "-wait", "1.5", lockName(t), "--", "true")
-		if code != exitNotAcquired || !strings.Contains(stderr, v.addr()) || !strings.Contains(stderr, "connection refused") {
+		if code != exitNotAcquired || !strings.Contains(stderr, v.Addr()) || !strings.Contains(stderr, "connection refused") {
 			t.Fatalf("server down through the wait: exit %d after %v: %s", code, time.Since(start), stderr)
 		}
 		t.Logf("server down through -wait 1.5: exit 75 after %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(stderr))
 		// Down at start, up after 1s.
 		ch, dir := startDlock(t, tg, "run", "-wait", "30s", lockName(t), "--", "sh", "-c", "touch ran")
 		time.Sleep(time.Second)
-		v.start(t)
+		v.Start()
 		up := time.Now()
 		r := await(t, ch, 40*time.Second)
 		if r.code != 0 || !fileExists(filepath.Join(dir, "ran")) {
@@ -607,9 +471,9 @@ func TestWaitRidesOutOutage(t *testing.T) {
 		h := startHolder(t, tg, name, "")
 		ch, dir = startDlock(t, tg, "run", "-wait", "30s", name, "--", "sh", "-c", "touch ran")
 		time.Sleep(500 * time.Millisecond)
-		v.stop()
+		v.Stop()
 		time.Sleep(500 * time.Millisecond)
-		v.start(t)
+		v.Start()
 		up = time.Now()
 		r = await(t, ch, 40*time.Second)
 		if r.code != 0 || !fileExists(filepath.Join(dir, "ran")) {
@@ -624,12 +488,9 @@ func TestWaitRidesOutOutage(t *testing.T) {
 		t.Parallel()
 		dlocktest.RequireEnv(t, "DLOCK_TEST_PG_URL")
 		dlockBinary(t)
-		s := startPrivatePG(t)
-		if s == nil {
-			t.Skip("no private PostgreSQL server can be started here")
-		}
-		tg := target{url: s.url}
-		s.stop(t)
+		s := testserver.StartPG(t)
+		tg := target{url: s.URL}
+		s.Stop(t)
 		start := time.Now()
 		code, _, stderr := runDlock(t, tg, "run", "-wait", "1.5", lockName(t), "--", "true")
 		if code != exitNotAcquired || !strings.Contains(stderr, "127.0.0.1") || !strings.Contains(stderr, "connection refused") {
@@ -638,7 +499,7 @@ func TestWaitRidesOutOutage(t *testing.T) {
 		t.Logf("server down through -wait 1.5: exit 75 after %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(stderr))
 		ch, dir := startDlock(t, tg, "run", "-wait", "60s", lockName(t), "--", "sh", "-c", "touch ran")
 		time.Sleep(time.Second)
-		s.start(t)
+		s.Start(t)
 		up := time.Now()
 		r := await(t, ch, 70*time.Second)
 		if r.code != 0 || !fileExists(filepath.Join(dir, "ran")) {
@@ -649,9 +510,9 @@ func TestWaitRidesOutOutage(t *testing.T) {
 		h := startHolder(t, tg, name, "")
 		ch, dir = startDlock(t, tg, "run", "-wait", "60s", name, "--", "sh", "-c", "touch ran")
 		time.Sleep(500 * time.Millisecond)
-		s.stop(t)
+		s.Stop(t)
 		time.Sleep(500 * time.Millisecond)
-		s.start(t)
+		s.Start(t)
 		up = time.Now()
 		r = await(t, ch, 70*time.Second)
 		if r.code != 0 || !fileExists(filepath.Join(dir, "ran")) {
@@ -869,7 +730,7 @@ func TestURLForms(t *testing.T) {
 // shows the password, whatever form the backend string takes.
 func TestNoSecretPrinted(t *testing.T) {
 	const pw = "Sup3rS3cretPW"
-	down := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	down := "127.0.0.1:" + strconv.Itoa(testserver.FreePort(t))
 	backends := []string{
 		"redlock://:" + pw + "@" + down,
 		"redlock://u:" + pw + "@" + down + "," + down + "," + down,
@@ -955,24 +816,6 @@ func TestCrossVet(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("GOOS=windows go vet: %v\n%s", err, out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestFencingIdiom (item 3): the shell idiom of dlock help, run as shown
