@@ -121,7 +121,7 @@ func (s *suite[L]) testFIFO(t *testing.T, k kind[L]) {
 	var waiters []orderedWaiter
 	for i := range 6 {
 		if i%3 == 2 && !s.h.InProcess && k.limit <= 1 {
-			c := startWaiter(t, s.top, s.space, k.child, name)
+			c := startWaiter(t, s.top, s.space, k.child, name, k.limit)
 			waiters = append(waiters, childInOrder(t, &wg, c, i, acquired))
 			time.Sleep(childArrivalGap)
 			continue

@@ -57,11 +57,11 @@ func startChild(t *testing.T, top, space, kind, name string, limit int) (*child,
 }
 
 // startWaiter re-executes the test binary to wait for a lock of kind on
-// name, and returns once the helper is about to start its wait; its
+// name (a semaphore of limit limit), and returns once the helper is about to start its wait; its
 // "acquired" line comes later.
-func startWaiter(t *testing.T, top, space, kind, name string) *child {
+func startWaiter(t *testing.T, top, space, kind, name string, limit int) *child {
 	t.Helper()
-	c := spawnChild(t, top, childSpec{Kind: kind, Name: hex.EncodeToString([]byte(name)), Space: space, Wait: true})
+	c := spawnChild(t, top, childSpec{Kind: kind, Limit: limit, Name: hex.EncodeToString([]byte(name)), Space: space, Wait: true})
 	c.expect(t, "waiting")
 	return c
 }
