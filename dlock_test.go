@@ -39,6 +39,7 @@ func TestPollingEngine(t *testing.T) {
 		Lose:      func(_ testing.TB, l *dlocktest.MemoryLease) { mem.Lose(l) },
 		Fencing:   true,
 		InProcess: true,
+		Unordered: true, // polled: no arrival order
 	})
 }
 

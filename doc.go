@@ -69,12 +69,12 @@
 //     PostgreSQL, within the lease time for Valkey.
 //   - Readers share, a writer excludes everyone, and once a writer waits,
 //     new readers wait too, so writers do not starve.
-//   - Waiters are served in arrival order across clients and processes
-//     where the backend promises it (dlocktest checks it for a Harness
-//     marked Fair; today dlocktest.Memory), and a try does not jump that
-//     queue. The fs and valkey backends do not promise it yet. A custom
-//     backend without a native wait is polled with backoff, which promises
-//     no order.
+//   - Waiters are served in arrival order across clients and processes,
+//     and a try does not jump that queue: on files, PostgreSQL, a Valkey
+//     node and a Valkey Cluster (dlocktest checks it for every backend
+//     whose Harness is not marked Unordered). RedLock promises only that no
+//     client starves. A custom backend without a native wait is polled
+//     with backoff, which promises no order.
 //   - Fencing tokens, where offered, strictly increase per name across all
 //     acquisitions, so a store can refuse a stale holder's writes.
 //

@@ -85,8 +85,8 @@ type Semaphore[L Lease] interface {
 // Native waits (LockWaiter, RWWaiter, SemaphoreWaiter) serve their waiters
 // first come, first served across clients and processes — a waiter that
 // began waiting before another is granted before it — unless the backend
-// documents that it does not (the conformance suite checks it for a
-// Harness marked Fair);
+// documents that it does not (the conformance suite checks it unless the
+// Harness is marked Unordered);
 // a waiter that gives up leaves the queue at once, and a try fails while
 // others wait (it does not jump the queue). Every native wait must keep
 // any client from starving. The engine's polling, for a backend without a

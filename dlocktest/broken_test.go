@@ -77,7 +77,6 @@ func TestBrokenBackend(t *testing.T) {
 		h.New = func(testing.TB, string) any { return pollingRW{mem} }
 	case "unordered":
 		h.New = func(testing.TB, string) any { return pollingLocker{mem} }
-		h.Fair = true
 	case "hoarding":
 		h.New = func(testing.TB, string) any { return &hoardingLocker{m: mem, conns: make(chan struct{}, 4)} }
 	case "hiding":

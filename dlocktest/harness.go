@@ -48,13 +48,12 @@ type Harness[L backend.Lease] struct {
 	// as Memory); the subtests across processes are skipped.
 	InProcess bool
 
-	// Fair marks a backend whose native waits promise first come, first
-	// served across clients and processes, and that no client starves: the
-	// suite then checks both (subtests FIFO, NoStarvation, RWMutex/Order).
-	// Today it is opt-in, because dlock's own fs and valkey backends do not
-	// yet keep the promise (issue 14); it is meant to become the default,
-	// with a flag for backends that document that they cannot.
-	Fair bool
+	// Unordered marks a backend whose waits do not promise first come,
+	// first served across clients and processes (such as RedLock, whose
+	// nodes may see waiters in different orders): the suite then skips the
+	// arrival-order subtests (FIFO, RWMutex/Order) and checks only that no
+	// client starves (NoStarvation). By default the suite checks both.
+	Unordered bool
 }
 
 // RequireEnv returns the value of the environment variable key, which names

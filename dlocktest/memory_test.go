@@ -13,6 +13,5 @@ func TestMemory(t *testing.T) {
 		Lose:      func(_ testing.TB, l *dlocktest.MemoryLease) { mem.Lose(l) },
 		Fencing:   true,
 		InProcess: true,
-		Fair:      true,
 	})
 }
