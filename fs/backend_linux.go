@@ -298,8 +298,11 @@ func (b *Backend) removeWaiter(w *waiter) {
 
 // waitLoop runs try until it succeeds, fails, or ctx ends, sleeping between
 // attempts until a file in keys is closed. The first attempt is made before
-// any waiter is armed (the uncontended path costs nothing extra).
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys ...string) error {
+// any waiter is armed (the uncontended path costs nothing extra); if it
+// fails, the waiter is armed and then joins the waiters' queue (join), so
+// that no release between the two is missed and every later attempt keeps
+// its place.
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() error, keys ...string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
@@ -309,6 +312,9 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 		return err
 	}
 	defer b.removeWaiter(w)
+	if err := join(); err != nil {
+		return err
+	}
 	const shortest = 2 * time.Millisecond
 	longest := b.cfg.waitFallback
 	// Until a close is announced, wait the whole fallback; after one, the
