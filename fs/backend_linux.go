@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -299,8 +298,11 @@ func (b *Backend) removeWaiter(w *waiter) {
 
 // waitLoop runs try until it succeeds, fails, or ctx ends, sleeping between
 // attempts until a file in keys is closed. The first attempt is made before
-// any waiter is armed (the uncontended path costs nothing extra).
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys ...string) error {
+// any waiter is armed (the uncontended path costs nothing extra); if it
+// fails, the waiter is armed and then joins the waiters' queue (join), so
+// that no release between the two is missed and every later attempt keeps
+// its place.
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() error, keys ...string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
@@ -310,6 +312,9 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 		return err
 	}
 	defer b.removeWaiter(w)
+	if err := join(); err != nil {
+		return err
+	}
 	const shortest = 2 * time.Millisecond
 	longest := b.cfg.waitFallback
 	// Until a close is announced, wait the whole fallback; after one, the
@@ -342,242 +347,6 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), keys .
 			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 		case <-b.stopc:
 			return ErrClosed
-		}
-	}
-}
-
-// monitor is the backend's one background goroutine: it watches the lock
-// directory through inotify, wakes waiters when a file they wait for is
-// closed, and checks held leases for loss (at once when a lock file is
-// removed or renamed, and every lossInterval in any case). It runs while
-// leases are held or waits are in progress, and exits after a quiet
-// interval or at Close.
-type monitor struct {
-	b       *Backend
-	f       *os.File        // the inotify instance; nil if unavailable
-	raw     syscall.RawConn // f's raw connection, for updating the watch
-	closeOn bool            // the watch includes close events
-}
-
-const (
-	lossMask  = unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR | unix.IN_DONT_FOLLOW
-	closeMask = unix.IN_CLOSE_WRITE | unix.IN_CLOSE_NOWRITE
-)
-
-// ensureMonitorLocked starts the monitor if none runs and, when waiting is
-// set, makes sure its watch reports close events before returning. b.mu is
-// held.
-func (b *Backend) ensureMonitorLocked(waiting bool) {
-	m := b.mon
-	if m == nil {
-		m = &monitor{b: b}
-		m.open()
-		b.mon = m
-		b.wg.Add(1)
-		go m.run()
-	}
-	if waiting && !m.closeOn && m.f != nil {
-		if m.setMask(lossMask | closeMask) {
-			m.closeOn = true
-		}
-	}
-}
-
-// open creates the inotify instance. Failure (say, the per-user limit of
-// instances is reached) leaves f nil: leases are then checked every
-// interval and waiters rely on their fallback timer.
-func (m *monitor) open() {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		return
-	}
-	if _, err := unix.InotifyAddWatch(fd, m.b.dir, lossMask); err != nil {
-		unix.Close(fd)
-		return
-	}
-	f := os.NewFile(uintptr(fd), "inotify:"+m.b.dir)
-	raw, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return
-	}
-	m.f, m.raw = f, raw
-}
-
-// setMask replaces the watch's event mask. b.mu is held.
-func (m *monitor) setMask(mask uint32) bool {
-	var werr error
-	err := m.raw.Control(func(fd uintptr) {
-		_, werr = unix.InotifyAddWatch(int(fd), m.b.dir, mask)
-	})
-	return err == nil && werr == nil
-}
-
-func (m *monitor) run() {
-	b := m.b
-	defer b.wg.Done()
-	defer func() {
-		// Closing an inotify instance takes milliseconds (the kernel waits
-		// for a grace period): never do it under b.mu.
-		if m.f != nil {
-			m.f.Close()
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	next := time.Now().Add(b.cfg.lossInterval)
-	var t *time.Timer
-	defer func() {
-		if t != nil {
-			t.Stop()
-		}
-	}()
-	if m.f == nil {
-		t = time.NewTimer(b.cfg.lossInterval)
-	}
-	idle := false
-	for {
-		if m.f != nil {
-			_ = m.f.SetReadDeadline(next)
-			n, err := m.f.Read(buf)
-			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-				select {
-				case <-b.stopc:
-					return
-				default:
-				}
-				// The instance broke: carry on with the timer alone.
-				b.mu.Lock()
-				f := m.f
-				m.f = nil
-				b.mu.Unlock()
-				f.Close()
-				t = time.NewTimer(time.Until(next))
-			}
-			if n > 0 {
-				m.dispatch(buf[:n])
-			}
-		} else {
-			t.Reset(time.Until(next))
-			select {
-			case <-b.stopc:
-				return
-			case <-t.C:
-			}
-		}
-		select {
-		case <-b.stopc:
-			return
-		default:
-		}
-		if now := time.Now(); !now.Before(next) {
-			next = now.Add(b.cfg.lossInterval)
-			b.checkLeases(nil)
-			if m.tick(&idle) {
-				return
-			}
-		}
-	}
-}
-
-// tick runs once per interval: it turns close events off when nobody waits,
-// and ends the monitor after an interval with neither leases nor waiters.
-func (m *monitor) tick(idle *bool) (exit bool) {
-	b := m.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return true
-	}
-	if b.nwait == 0 && m.closeOn && m.f != nil {
-		if m.setMask(lossMask) {
-			m.closeOn = false
-		}
-	}
-	if len(b.leases) > 0 || b.nwait > 0 {
-		*idle = false
-		return false
-	}
-	if !*idle {
-		*idle = true
-		return false
-	}
-	b.mon = nil // run closes the instance on its way out
-	return true
-}
-
-// dispatch handles a batch of inotify events.
-func (m *monitor) dispatch(buf []byte) {
-	b := m.b
-	var gone []string // names removed or renamed
-	all := false
-	var wake []*waiter
-	b.mu.Lock()
-	for len(buf) >= unix.SizeofInotifyEvent {
-		mask := hostUint32(buf[4:8])
-		nlen := int(hostUint32(buf[12:16]))
-		end := unix.SizeofInotifyEvent + nlen
-		if end > len(buf) {
-			break
-		}
-		name := cString(buf[unix.SizeofInotifyEvent:end])
-		buf = buf[end:]
-		switch {
-		case mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
-			all = true
-		case mask&closeMask != 0:
-			for w := range b.waiters[name] {
-				wake = append(wake, w)
-			}
-			if k := slotKey(name); k != "" {
-				for w := range b.waiters[k] {
-					wake = append(wake, w)
-				}
-			}
-		case mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO) != 0:
-			gone = append(gone, name)
-		}
-	}
-	if all {
-		for _, m := range b.waiters {
-			for w := range m {
-				wake = append(wake, w)
-			}
-		}
-	}
-	b.mu.Unlock()
-	for _, w := range wake {
-		w.signal()
-	}
-	if all {
-		b.checkLeases(nil)
-	} else if len(gone) > 0 {
-		b.checkLeases(gone)
-	}
-}
-
-// checkLeases verifies that the path of each held lease (of those whose file
-// name is in only, or of all when only is nil) still names its locked file,
-// and reports loss for those whose does not.
-func (b *Backend) checkLeases(only []string) {
-	b.mu.Lock()
-	var check []*Lease
-	for l := range b.leases {
-		if only == nil {
-			check = append(check, l)
-			continue
-		}
-		for _, n := range only {
-			if l.file == n {
-				check = append(check, l)
-				break
-			}
-		}
-	}
-	b.mu.Unlock()
-	for _, l := range check {
-		if same, _ := stillNamed(l.path, l.dev, l.ino); !same {
-			b.unregister(l)
-			l.markLost()
 		}
 	}
 }

@@ -24,11 +24,11 @@
 // collides. A prefix keeps the kinds of lock apart, so a mutex, a
 // reader-writer lock and a semaphore of one name never meet:
 //
-//	m-NAME       mutex; its fencing counter is kept inside
-//	r-NAME       reader-writer lock; its fencing counter is kept inside
-//	rg-NAME      the writers' gate of a reader-writer lock
+//	m-NAME       mutex; its fencing counter and waiters' queue are kept inside
+//	r-NAME       reader-writer lock; its fencing counter and waiters' queue are kept inside
+//	rg-NAME      reserved (the writers' gate of r-NAME in earlier versions)
 //	rc-NAME      reserved (held the counter of r-NAME in earlier versions)
-//	s-NAME+N     slot N (0, 1, ...) of a semaphore
+//	s-NAME+N     slot N (0, 1, ...) of a semaphore; slot 0 keeps its waiters' queue
 //	sc-NAME      fencing counter of a semaphore
 //
 // The directory must be case-sensitive (as Linux file systems are unless a
@@ -91,13 +91,9 @@
 // # Reader-writer locks
 //
 // Readers share a flock of r-NAME, a writer holds it exclusively. Writers
-// are preferred: a writer that has to wait takes an exclusive OFD lock
-// (fcntl F_OFD_SETLK, also per open file description) on the gate rg-NAME
-// and keeps it while it waits; a reader first tests the gate (F_OFD_GETLK,
-// taking nothing) and stays out while a writer holds it. So once a writer
-// waits, new readers wait too. Waiting writers hold nothing a reader or the
-// holder needs, so two waiting writers cannot deadlock: the first holds the
-// gate, the second waits for it. TryWLock does not use the gate.
+// are preferred: once a writer waits, readers that come after it wait too
+// (see Order of service), so writers never starve behind a stream of
+// readers; readers that began to wait before it go in before it.
 //
 // # Semaphores
 //
@@ -109,22 +105,78 @@
 // first slots are taken. A waiting Acquire keeps every slot file open while
 // it waits (n descriptors).
 //
+// # Order of service
+//
+// Waiters are served in the order they began to wait, across goroutines,
+// Backends and processes: a Lock, WLock, RLock or Acquire that began to
+// wait before another is granted before it (readers excepted, see below).
+// Each waiter takes a ticket when its first attempt fails: a lock of one
+// byte, through its own open file description (an OFD lock, fcntl
+// F_OFD_SETLK), in the lock file (slot 0 for a semaphore), at an offset
+// far past the file's data given by the machine's monotonic clock at that
+// moment. It attempts the lock only while no older ticket is left (one
+// F_OFD_GETLK over the bytes before its own). Nothing is written and no
+// file is made.
+//
+//   - A waiter whose ctx ends (or whose Backend closes) unlocks its ticket
+//     as its wait returns, before its close of the lock file wakes the
+//     others: it never blocks the next one.
+//   - A waiter that dies, even by SIGKILL, loses its ticket with its
+//     descriptors, as a holder loses its lock: it blocks nobody, at any
+//     moment.
+//   - A try (TryLock, TryRLock, TryWLock, TryAcquire) never waits and
+//     never jumps the queue: it fails (not acquired) while anyone waits for
+//     the lock, also in the moment between a release and the next waiter's
+//     taking it. Checking the queue is one F_OFD_GETLK, and the only cost
+//     the queue adds to an uncontended acquisition.
+//   - Reader-writer locks: a reader's ticket is a shared lock, a writer's
+//     an exclusive one. A writer waits for every older ticket; a reader
+//     waits only for older writers' tickets (and for a writer holding the
+//     lock). So a reader that began to wait before a waiting writer goes in
+//     before it, readers waiting together go in together, and readers that
+//     come after a waiting writer wait behind it: writers keep their
+//     preference and are served among themselves in arrival order.
+//   - Semaphores: waiters for a ticket are served in arrival order, one
+//     free slot each.
+//
+// Tickets of the same nanosecond are ordered by who placed theirs first.
+// A waiter whose lock file is removed or replaced takes its ticket along to
+// the new file, keeping its place as far as the others can see it.
+// Processes in different time namespaces (containers with their own
+// CLOCK_MONOTONIC) are ordered by their own clocks: still one queue, and
+// never two holders, but arrival order holds only within one clock. The
+// promise needs inotify to be prompt (otherwise waiters learn of their
+// turn within the wait fallback) and /proc for a semaphore waiter to wake
+// the next one when it takes a slot while others remain free.
+//
+// A lock in the queue's range that is no waiter's ticket — a classic fcntl
+// record lock (lockf, F_SETLK) of any process over the lock file, or an
+// OFD lock of a whole range — would block every waiter and try forever;
+// it is refused instead, at once, with an error that names it (marked
+// backend.Permanent). A stray one-byte OFD lock there looks like a waiter
+// that never gives up, and holds waiters and tries back like a holder that
+// never releases. Processes of the same directory must all run a version
+// of this package with the queue: an earlier one neither takes tickets nor
+// respects them (it still never lets two holders in).
+//
 // # Waiting
 //
 // Waits do not poll. A waiter learns of a release at once through inotify:
 // the backend watches its directory (one inotify instance per Backend, one
 // goroutine that runs only while leases are held or waits are in progress)
-// and wakes every waiter of a file when the file is closed — by a release
-// or by the death of a holder process. The waiter arms before its last
-// attempt, so a release between the attempt and the sleep is not missed. A
-// release unlocks before it closes (the kernel announces a close a moment
-// before it drops the closed file's locks); for a dead holder, whose locks
-// drop just after the announcement, a waiter that woke and found the lock
-// still taken retries after about 2 ms, 4 ms, ... (jittered). In any case
-// a waiter retries after at most the wait fallback (1 s, see
-// WithWaitFallback), which only matters if a notification cannot arrive. Waiters keep their lock files
-// open across attempts, so waiters do not wake each other. Measured in
-// BenchmarkHandoff.
+// and wakes every waiter of a file when the file is closed — by a release,
+// by a waiter that gives up, or by the death of a holder or waiter
+// process; the waiter whose turn it is takes the lock, the others sleep
+// again. The waiter arms before it joins the queue, so a release between
+// its attempt and its sleep is not missed. A release unlocks before it
+// closes (the kernel announces a close a moment before it drops the closed
+// file's locks); for a dead holder or waiter, whose locks drop just after
+// the announcement, a waiter that woke and found the lock still taken
+// retries after about 2 ms, 4 ms, ... (jittered). In any case a waiter
+// retries after at most the wait fallback (1 s, see WithWaitFallback),
+// which only matters if a notification cannot arrive. Waiters keep their
+// lock files open across attempts, so waiters do not wake each other.
+// Measured in BenchmarkHandoff.
 //
 // A local file system has no outages, so nearly every error is one that a
 // retry would meet again — a refused permission, a refused lock file
@@ -171,21 +223,25 @@
 // counter is fdatasync'ed only with WithSync. Readers of one name get
 // distinct tokens, ordered as they took the counter. WithFencing(false)
 // turns tokens off (token 0) and saves the counter's read and write.
+// Holders keep a counter's lock only for a read and a write; one held for
+// 10 s (a lock that is not a holder's, or a holder process stopped in that
+// moment) is refused with an error rather than waited for without end.
 //
 // # Performance
 //
-// An uncontended TryLock and Release costs nine system calls where the
+// An uncontended TryLock and Release costs ten system calls where the
 // least flock-based lock costs four (open, flock, unlock, close). Each of
-// the five others keeps a guarantee: fstat and lstat after flock (the
+// the six others keeps a guarantee: an F_OFD_GETLK of the waiters' queue
+// before flock (a try does not jump the queue, see Order of service);
+// fstat and lstat after flock (the
 // identity of the file locked, that it is a regular file, and that the path
 // still names it: an unlink or rename between open and flock cannot let two
 // holders in; an attempt that finds the lock busy skips both); pread and pwrite of the fencing counter, in
 // the already-open lock file (WithFencing(false) saves them); lstat at
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds
-// the lock free. A writer costs the same; a reader five more (the gate's
-// open, fstat, test, lstat and close) plus two (the counter's OFD lock and
-// unlock). BenchmarkDo reports the ratio to the floor (x-floor),
+// the lock free. A writer costs the same; a reader two more (the
+// counter's OFD lock and unlock). BenchmarkDo reports the ratio to the floor (x-floor),
 // BenchmarkTryLockRelease and BenchmarkTryRWRelease the backend alone, and
 // BenchmarkHandoff the hand-off latency (p50-ns, p99-ns):
 //

@@ -20,14 +20,13 @@ type lockFile struct {
 	fd       int    // -1 when not open
 	dev, ino uint64 // the open file's identity, once known
 	known    bool   // dev and ino are known (see identify)
-	held     uint8  // heldNone, heldFlock or heldOFD
-}
+	held     bool   // fd holds a flock
 
-const (
-	heldNone uint8 = iota
-	heldFlock
-	heldOFD
-)
+	// The waiters' queue (see queue_linux.go).
+	ticket     int64 // this waiter's place; 0: not waiting (a try, or not yet)
+	ticketType int16 // F_RDLCK for a reader, else F_WRLCK
+	behind     bool  // the last attempt found others to let go first
+}
 
 // maxReplaced bounds how many times one attempt follows a lock file that is
 // replaced under it before it gives up with an error.
@@ -79,7 +78,14 @@ func (f *lockFile) open(mode uint32) error {
 		}
 		return fmt.Errorf("open lock file %s: %w", f.path, err)
 	}
-	f.fd, f.known, f.held = fd, false, heldNone
+	f.fd, f.known, f.held = fd, false, false
+	if f.ticket != 0 {
+		// A waiter keeps its place across a replaced lock file.
+		if err := f.placeTicket(); err != nil {
+			f.close()
+			return err
+		}
+	}
 	return nil
 }
 
@@ -108,22 +114,23 @@ func (f *lockFile) identify() error {
 	return nil
 }
 
-// close drops the lock held through the file, if any, and closes it. The
-// explicit unlock comes first: the kernel announces a close (inotify) before
-// it drops the locks of the closed file, and a waiter woken by the
-// announcement must find the lock free.
+// close drops the lock held through the file and the waiter's ticket, if
+// any, and closes it (a waiter that reopens the file keeps its place; see
+// leave). The explicit unlocks come first: the kernel announces a close
+// (inotify) before it drops the locks of the closed file, and a waiter
+// woken by the announcement must find the lock free and the ticket gone.
 func (f *lockFile) close() {
 	if f.fd < 0 {
 		return
 	}
-	switch f.held {
-	case heldFlock:
+	if f.held {
 		_ = flockRetry(f.fd, unix.LOCK_UN)
-	case heldOFD:
-		_ = ofdLock(f.fd, unix.F_OFD_SETLK, unix.F_UNLCK)
+	}
+	if f.ticket != 0 {
+		f.dropTicket()
 	}
 	unix.Close(f.fd)
-	f.fd, f.held = -1, heldNone
+	f.fd, f.held = -1, false
 }
 
 // named reports whether f's path still names the file f has open (which
@@ -140,7 +147,7 @@ func (f *lockFile) named() (bool, error) {
 // the path still names the locked file; if the file was removed or replaced
 // meanwhile, it locks the file that now has the name instead. When the lock
 // is busy the file stays open (for a waiter's next attempt).
-func (f *lockFile) lockNamed(mode uint32, held uint8, lock func(fd int) (bool, error)) (bool, error) {
+func (f *lockFile) lockNamed(mode uint32, lock func(fd int) (bool, error)) (bool, error) {
 	for range maxReplaced {
 		if f.fd < 0 {
 			if err := f.open(mode); err != nil {
@@ -151,7 +158,7 @@ func (f *lockFile) lockNamed(mode uint32, held uint8, lock func(fd int) (bool, e
 		if err != nil || !ok {
 			return false, err
 		}
-		f.held = held
+		f.held = true
 		same, err := f.named()
 		if err != nil {
 			f.close()
@@ -166,9 +173,16 @@ func (f *lockFile) lockNamed(mode uint32, held uint8, lock func(fd int) (bool, e
 }
 
 // tryFlock makes one non-blocking flock attempt (how is LOCK_EX or LOCK_SH)
-// on the lock file, as lockNamed describes.
-func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
-	return f.lockNamed(mode, heldFlock, func(fd int) (bool, error) {
+// on the lock file, as lockNamed describes. With queued, the attempt is
+// made only if the waiters' queue lets it (see queueBusy): a try fails
+// while anyone waits, a waiter while an older one it must not pass waits.
+func (f *lockFile) tryFlock(how int, mode uint32, queued bool) (bool, error) {
+	return f.lockNamed(mode, func(fd int) (bool, error) {
+		if queued {
+			if busy, err := f.queueBusy(); busy || err != nil {
+				return false, err
+			}
+		}
 		if err := flockRetry(fd, how|unix.LOCK_NB); err != nil {
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return false, nil
@@ -177,57 +191,6 @@ func (f *lockFile) tryFlock(how int, mode uint32) (bool, error) {
 		}
 		return true, nil
 	})
-}
-
-// lockFlock takes the lock blocking (used only for the brief lock of a
-// fencing counter file), following a replaced file as tryFlock does.
-func (f *lockFile) lockFlock(mode uint32) error {
-	_, err := f.lockNamed(mode, heldFlock, func(fd int) (bool, error) {
-		if err := flockRetry(fd, unix.LOCK_EX); err != nil {
-			return false, fmt.Errorf("flock %s: %w", f.path, err)
-		}
-		return true, nil
-	})
-	return err
-}
-
-// tryOFDWrite makes one non-blocking attempt at an exclusive OFD lock on the
-// whole file (the writers' gate of an RW lock), as lockNamed describes.
-func (f *lockFile) tryOFDWrite(mode uint32) (bool, error) {
-	return f.lockNamed(mode, heldOFD, func(fd int) (bool, error) {
-		if err := ofdLock(fd, unix.F_OFD_SETLK, unix.F_WRLCK); err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-				return false, nil
-			}
-			return false, fmt.Errorf("lock %s: %w", f.path, err)
-		}
-		return true, nil
-	})
-}
-
-// ofdFree reports whether a shared OFD lock could be taken on the file now,
-// that is whether no writer holds the gate, without taking it.
-func (f *lockFile) ofdFree(mode uint32) (bool, error) {
-	for range maxReplaced {
-		if f.fd < 0 {
-			if err := f.open(mode); err != nil {
-				return false, err
-			}
-		}
-		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
-		if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
-			return false, fmt.Errorf("test lock %s: %w", f.path, err)
-		}
-		same, err := f.named()
-		if err != nil {
-			return false, err
-		}
-		if same {
-			return lk.Type == unix.F_UNLCK, nil
-		}
-		f.close()
-	}
-	return false, fmt.Errorf("%w: %s", errReplaced, f.path)
 }
 
 // stillNamed reports whether path names the file (dev, ino) without
@@ -274,11 +237,6 @@ func fcntlRetry(fd, cmd int, lk *unix.Flock_t) error {
 			return err
 		}
 	}
-}
-
-func ofdLock(fd, cmd int, typ int16) error {
-	lk := unix.Flock_t{Type: typ, Whence: io.SeekStart}
-	return fcntlRetry(fd, cmd, &lk)
 }
 
 // The fencing counter: 20 decimal digits and a newline at the start of the

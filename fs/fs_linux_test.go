@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -605,6 +606,9 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if spec.Kind == "posix" {
+		return runPosixLocker(spec.Name)
+	}
 	b, err := New(spec.Dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -638,6 +642,25 @@ func runChild() int {
 	return 0
 }
 
+// runPosixLocker holds a classic fcntl read lock over the whole file path
+// (not a lock of this backend's) until stdin ends.
+func runPosixLocker(path string) int {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(uintptr(fd), unix.F_SETLK, &lk); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("locked 0")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	fmt.Println("released")
+	return 0
+}
+
 type helper struct {
 	cmd  *exec.Cmd
 	in   interface{ Close() error }
@@ -646,6 +669,14 @@ type helper struct {
 }
 
 func startHelper(t *testing.T, dir, kind, name string) (*helper, uint64) {
+	t.Helper()
+	h := spawnHelper(t, dir, kind, name)
+	return h, h.locked(t)
+}
+
+// spawnHelper starts a helper process that takes (waiting if need be) the
+// lock of kind on name; its "locked" line comes later (see locked).
+func spawnHelper(t *testing.T, dir, kind, name string) *helper {
 	t.Helper()
 	spec, _ := json.Marshal(childSpec{Dir: dir, Kind: kind, Name: name})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -664,6 +695,13 @@ func startHelper(t *testing.T, dir, kind, name string) (*helper, uint64) {
 	}
 	h := &helper{cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	t.Cleanup(h.kill)
+	return h
+}
+
+// locked waits until the helper says it holds its lock and returns its
+// fencing token.
+func (h *helper) locked(t *testing.T) uint64 {
+	t.Helper()
 	if !h.out.Scan() {
 		t.Fatal("helper ended before locking")
 	}
@@ -671,7 +709,7 @@ func startHelper(t *testing.T, dir, kind, name string) (*helper, uint64) {
 	if _, err := fmt.Sscanf(h.out.Text(), "locked %d", &token); err != nil {
 		t.Fatalf("helper said %q", h.out.Text())
 	}
-	return h, token
+	return token
 }
 
 func (h *helper) kill() {

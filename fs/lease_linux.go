@@ -4,9 +4,11 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/loss"
@@ -37,11 +39,12 @@ const (
 	leaseReleased
 )
 
-// newLease wraps a locked file into a registered lease. counter is the path
-// of the fencing counter file, or "" to keep the counter in the lock file
-// itself (a mutex, a reader-writer lock). On error the file is closed (its
-// lock dropped).
+// newLease wraps a locked file into a registered lease; a waiter leaves the
+// queue (see leave). counter is the path of the fencing counter file, or ""
+// to keep the counter in the lock file itself (a mutex, a reader-writer
+// lock). On error the file is closed (its lock dropped).
 func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lease, error) {
+	f.leave()
 	l := &Lease{
 		b:    b,
 		what: what,
@@ -65,7 +68,7 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		}
 	}
 	l.f = *f
-	f.fd, f.held = -1, heldNone // the lease owns the descriptor now
+	f.fd, f.held = -1, false // the lease owns the descriptor now
 	if err := b.register(l); err != nil {
 		l.f.close()
 		return nil, classify(err)
@@ -84,8 +87,27 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 		return bumpCounter(f.fd, f.path, sync)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
-	if err := fcntlRetry(f.fd, unix.F_OFD_SETLKW, &lk); err != nil {
-		return 0, fmt.Errorf("lock fencing counter %s: %w", f.path, err)
+	err := briefly(f.path, func() (bool, error) {
+		lk.Type = unix.F_WRLCK
+		err := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			// Another reader's, or a lock that is none?
+			probe := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
+			if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &probe); err != nil {
+				return false, fmt.Errorf("test fencing counter lock %s: %w", f.path, err)
+			}
+			if probe.Type != unix.F_UNLCK && (probe.Pid != -1 || probe.Start != 0 || probe.Len != counterLen) {
+				return false, fmt.Errorf("fencing counter of %s: bytes %d.. are locked by a lock that is not a reader's of this backend (pid %d, length %d): refused", f.path, probe.Start, probe.Pid, probe.Len)
+			}
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("lock fencing counter %s: %w", f.path, err)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	token, err := bumpCounter(f.fd, f.path, sync)
 	lk.Type = unix.F_UNLCK
@@ -95,12 +117,37 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 	return token, err
 }
 
+// counterPatience bounds how long a holder waits for a fencing counter
+// that others hold only for a read and a write: past it, the counter is
+// held by something else, and waiting on would hang.
+const counterPatience = 10 * time.Second
+
+// briefly runs try, which takes a lock that others hold only for a moment,
+// until it succeeds or fails, pausing between attempts (50 µs growing to
+// 1 ms), for at most counterPatience.
+func briefly(path string, try func() (bool, error)) error {
+	pause := 50 * time.Microsecond
+	deadline := time.Now().Add(counterPatience)
+	for {
+		ok, err := try()
+		if ok || err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fencing counter of %s stayed locked for %v (a moment is the most any holder keeps it): refused", path, counterPatience)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, time.Millisecond)
+	}
+}
+
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive flock of that file.
 func (b *Backend) bumpCounterFile(path string) (uint64, error) {
 	c := newLockFile(path, &b.trust)
 	defer c.close()
-	if err := c.lockFlock(uint32(b.cfg.fileMode)); err != nil {
+	err := briefly(path, func() (bool, error) { return c.tryFlock(unix.LOCK_EX, uint32(b.cfg.fileMode), false) })
+	if err != nil {
 		return 0, err
 	}
 	return bumpCounter(c.fd, path, b.cfg.sync)

@@ -50,13 +50,14 @@ func classify(err error) error {
 func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
 
 // TryLock makes one attempt to take the mutex name: an exclusive flock of
-// its lock file. It never waits.
+// its lock file. It never waits, and it fails while anyone waits for name
+// in Lock (it does not jump the queue).
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, false, err
 	}
 	f := newLockFile(b.prefix+kindPrefix[kindMutex]+encode(name), &b.trust)
-	ok, err := f.tryFlock(unix.LOCK_EX, b.mode())
+	ok, err := f.tryFlock(unix.LOCK_EX, b.mode(), true)
 	if err != nil || !ok {
 		f.close()
 		if err != nil {
@@ -71,15 +72,20 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	return l, true, nil
 }
 
-// Lock waits until it takes the mutex name or ctx is done. It learns of a
-// release at once through inotify; it does not poll.
+// Lock waits until it takes the mutex name or ctx is done. Waiters of all
+// processes are served in the order they began to wait (see the package
+// documentation). It learns of a release at once through inotify; it does
+// not poll.
 func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, err
 	}
 	file := fileName(kindMutex, name)
 	f := newLockFile(b.prefix+file, &b.trust)
-	err := b.waitLoop(ctx, func() (bool, error) { return f.tryFlock(unix.LOCK_EX, b.mode()) }, file)
+	err := b.waitLoop(ctx,
+		func() (bool, error) { return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
+		func() error { return f.join(unix.F_WRLCK) },
+		file)
 	if err != nil {
 		f.close()
 		return nil, wrapErr(whatMutex, name, err)
@@ -87,138 +93,89 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	return b.newLease(whatMutex, name, &f, "")
 }
 
-// rwFiles returns the files of the RW lock name: its gate and the lock
-// file itself (which keeps the fencing counter).
-func (b *Backend) rwFiles(name string) (gate, rw lockFile) {
-	e := encode(name)
-	return newLockFile(b.prefix+kindPrefix[kindRWGate]+e, &b.trust),
-		newLockFile(b.prefix+kindPrefix[kindRW]+e, &b.trust)
+// rwFile returns the lock file of the RW lock name (which also keeps its
+// fencing counter and its waiters' queue).
+func (b *Backend) rwFile(name string) lockFile {
+	return newLockFile(b.prefix+kindPrefix[kindRW]+encode(name), &b.trust)
 }
 
-// tryRead is one attempt at a read lock: it fails while a writer holds or
-// waits at the gate, and otherwise takes a shared flock of the lock file.
-func (b *Backend) tryRead(gate, rw *lockFile) (bool, error) {
-	free, err := gate.ofdFree(b.mode())
-	if err != nil || !free {
-		return false, err
-	}
-	return rw.tryFlock(unix.LOCK_SH, b.mode())
-}
-
-// TryRLock makes one attempt to take name for reading. It fails while a
-// writer holds name or waits for it in WLock.
+// TryRLock makes one attempt to take name for reading: a shared flock of
+// its lock file. It fails while a writer holds name and while anyone waits
+// for it (it does not jump the queue; once a writer waits, new readers wait
+// too).
 func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	if err := b.begin(ctx, whatRead, name); err != nil {
-		return nil, false, err
-	}
-	gate, rw := b.rwFiles(name)
-	defer gate.close()
-	ok, err := b.tryRead(&gate, &rw)
-	if err != nil || !ok {
-		rw.close()
-		if err != nil {
-			err = wrapErr(whatRead, name, err)
-		}
-		return nil, false, err
-	}
-	l, err := b.newLease(whatRead, name, &rw, "")
-	if err != nil {
-		return nil, false, err
-	}
-	return l, true, nil
-}
-
-// RLock waits until it takes name for reading or ctx is done.
-func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
-	if err := b.begin(ctx, whatRead, name); err != nil {
-		return nil, err
-	}
-	gate, rw := b.rwFiles(name)
-	defer gate.close()
-	err := b.waitLoop(ctx, func() (bool, error) { return b.tryRead(&gate, &rw) },
-		gate.path[len(b.prefix):], rw.path[len(b.prefix):])
-	if err != nil {
-		rw.close()
-		return nil, wrapErr(whatRead, name, err)
-	}
-	return b.newLease(whatRead, name, &rw, "")
+	return b.tryRW(ctx, whatRead, name, unix.LOCK_SH)
 }
 
 // TryWLock makes one attempt to take name for writing: an exclusive flock
-// of its lock file. It fails while anyone holds name.
+// of its lock file. It fails while anyone holds name or waits for it.
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	if err := b.begin(ctx, whatWrite, name); err != nil {
+	return b.tryRW(ctx, whatWrite, name, unix.LOCK_EX)
+}
+
+func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease, bool, error) {
+	if err := b.begin(ctx, what, name); err != nil {
 		return nil, false, err
 	}
-	_, rw := b.rwFiles(name)
-	ok, err := rw.tryFlock(unix.LOCK_EX, b.mode())
+	rw := b.rwFile(name)
+	ok, err := rw.tryFlock(how, b.mode(), true)
 	if err != nil || !ok {
 		rw.close()
 		if err != nil {
-			err = wrapErr(whatWrite, name, err)
+			err = wrapErr(what, name, err)
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatWrite, name, &rw, "")
+	l, err := b.newLease(what, name, &rw, "")
 	if err != nil {
 		return nil, false, err
 	}
 	return l, true, nil
 }
 
-// WLock waits until it takes name for writing or ctx is done. While it
-// waits it holds the gate of name (an exclusive OFD lock), so that new
-// readers wait too; the gate is let go once the write lock is taken or the
-// wait ends.
+// RLock waits until it takes name for reading or ctx is done. It waits
+// while a writer holds name or a writer that began to wait before it still
+// waits; readers waiting together go in together.
+func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
+	return b.waitRW(ctx, whatRead, name, unix.LOCK_SH, unix.F_RDLCK)
+}
+
+// WLock waits until it takes name for writing or ctx is done. Writers are
+// preferred: while a writer waits, readers that come after it wait too.
+// Writers, and readers that began to wait before a writer, are served in
+// the order they began to wait.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	if err := b.begin(ctx, whatWrite, name); err != nil {
+	return b.waitRW(ctx, whatWrite, name, unix.LOCK_EX, unix.F_WRLCK)
+}
+
+func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket int16) (*Lease, error) {
+	if err := b.begin(ctx, what, name); err != nil {
 		return nil, err
 	}
-	gate, rw := b.rwFiles(name)
-	defer gate.close()
-	haveGate := false
-	try := func() (bool, error) {
-		ok, err := rw.tryFlock(unix.LOCK_EX, b.mode())
-		if ok || err != nil {
-			return ok, err
-		}
-		if haveGate {
-			// Still the gate readers see?
-			same, err := gate.named()
-			if err != nil {
-				return false, err
-			}
-			if same {
-				return false, nil
-			}
-			gate.close()
-			haveGate = false
-		}
-		ok, err = gate.tryOFDWrite(b.mode())
-		if !ok || err != nil {
-			return false, err
-		}
-		haveGate = true
-		return rw.tryFlock(unix.LOCK_EX, b.mode())
-	}
-	err := b.waitLoop(ctx, try, gate.path[len(b.prefix):], rw.path[len(b.prefix):])
+	rw := b.rwFile(name)
+	err := b.waitLoop(ctx,
+		func() (bool, error) { return rw.tryFlock(how, b.mode(), true) },
+		func() error { return rw.join(ticket) },
+		rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
-		return nil, wrapErr(whatWrite, name, err)
+		return nil, wrapErr(what, name, err)
 	}
-	return b.newLease(whatWrite, name, &rw, "")
+	return b.newLease(what, name, &rw, "")
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order, growing slots
-// as needed; it returns the index of the slot taken, or -1. With keep, the
-// files of busy slots stay open for the next attempt.
+// as needed; it returns the index of the slot taken, or -1. Slot 0 keeps
+// the waiters' queue: nothing is attempted while the queue says to let
+// others go first. With keep, the files of busy slots stay open for the
+// next attempt.
 func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep bool) (int, error) {
 	for i := 0; i < limit; i++ {
 		if i == len(*slots) {
 			*slots = append(*slots, newLockFile(b.prefix+slotName(prefix, i), &b.trust))
 		}
 		s := &(*slots)[i]
-		ok, err := s.tryFlock(unix.LOCK_EX, b.mode())
+		ok, err := s.tryFlock(unix.LOCK_EX, b.mode(), i == 0)
 		if err != nil {
 			return -1, err
 		}
@@ -227,6 +184,9 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 		}
 		if !keep {
 			s.close()
+		}
+		if i == 0 && s.behind {
+			return -1, nil
 		}
 	}
 	return -1, nil
@@ -243,7 +203,17 @@ func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
 }
 
 // semLease turns slot won of slots into a lease and closes the other slots.
-func (b *Backend) semLease(name string, slots []lockFile, won int) (*Lease, error) {
+// A waiter leaves the queue (kept on slot 0) first; if others still wait
+// and tickets may be left, it wakes them.
+func (b *Backend) semLease(name string, slots []lockFile, won, limit int) (*Lease, error) {
+	if q := &slots[0]; q.ticket != 0 {
+		q.leave()
+		if limit > 1 {
+			if busy, err := q.queueBusy(); busy || err != nil {
+				q.wake()
+			}
+		}
+	}
 	for i := range slots {
 		if i != won {
 			slots[i].close()
@@ -254,7 +224,8 @@ func (b *Backend) semLease(name string, slots []lockFile, won int) (*Lease, erro
 
 // TryAcquire makes one attempt to take one of the limit tickets of the
 // semaphore name: an exclusive flock of the first free slot file among
-// slots 0..limit-1.
+// slots 0..limit-1. It fails while anyone waits for a ticket in Acquire (it
+// does not jump the queue).
 func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Lease, bool, error) {
 	if err := b.semBegin(ctx, name, limit); err != nil {
 		return nil, false, err
@@ -270,7 +241,7 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 		}
 		return nil, false, err
 	}
-	l, err := b.semLease(name, slots, won)
+	l, err := b.semLease(name, slots, won, limit)
 	if err != nil {
 		return nil, false, err
 	}
@@ -278,7 +249,8 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 }
 
 // Acquire waits until it takes a ticket of the semaphore name or ctx is
-// done. While it waits it keeps every slot file open (limit descriptors).
+// done. Waiters of all processes are served in the order they began to
+// wait. While it waits it keeps every slot file open (limit descriptors).
 func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
 	if err := b.semBegin(ctx, name, limit); err != nil {
 		return nil, err
@@ -291,11 +263,12 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		won, err = b.trySlots(&slots, prefix, limit, true)
 		return won >= 0, err
 	}
-	if err := b.waitLoop(ctx, try, prefix); err != nil {
+	join := func() error { return slots[0].join(unix.F_WRLCK) }
+	if err := b.waitLoop(ctx, try, join, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()
 		}
 		return nil, wrapErr(whatSem, name, err)
 	}
-	return b.semLease(name, slots, won)
+	return b.semLease(name, slots, won, limit)
 }

@@ -15,7 +15,7 @@ type kind uint8
 const (
 	kindMutex      kind = iota // "m-" + E: a mutex; holds its fencing counter
 	kindRW                     // "r-" + E: a reader-writer lock; holds its fencing counter
-	kindRWGate                 // "rg-" + E: writers waiting for an RW lock
+	kindRWGate                 // "rg-" + E: reserved (the writers' gate of an RW lock in earlier versions)
 	kindRWCounter              // "rc-" + E: reserved (the RW counter lives in "r-" + E now)
 	kindSemSlot                // "s-" + E + "+" + slot: one semaphore ticket
 	kindSemCounter             // "sc-" + E: fencing counter of a semaphore
