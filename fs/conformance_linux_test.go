@@ -34,7 +34,6 @@ func harness() dlocktest.Harness[*Lease] {
 		LossWithin:  3 * time.Second,
 		FreedWithin: 100 * time.Millisecond,
 		Fencing:     true,
-		Fair:        true,
 	}
 }
 
