@@ -15,9 +15,7 @@ func harness(url string, opts ...pg.Option) dlocktest.Harness[*pg.Lease] {
 		// many acquisitions run at once on one node (issue 10).
 		New: func(t testing.TB, _ string) any {
 			pool := newPool(t, url, 2)
-			b := pg.New(pool, opts...)
-			t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
-			return b
+			return newOn(t, pool, opts...)
 		},
 		Lose: func(t testing.TB, l *pg.Lease) {
 			terminate(t, url, l.PID())

@@ -3,7 +3,10 @@
 // taken from the caller's pgx pool.
 //
 //	pool, _ := pgxpool.New(ctx, url)
-//	b := pg.New(pool)
+//	b, err := pg.New(pool) // an error only for a nil pool or a bad option
+//	if err != nil {
+//		return err
+//	}
 //	defer b.Close()
 //	mu := dlock.NewMutex(b)
 //	err := mu.Do(ctx, "nightly-report", func(ctx context.Context) error {
@@ -155,10 +158,12 @@
 // already closed) runs again on another connection: an ended session
 // holds nothing, so that is safe. Errors that cannot heal are marked
 // backend.Permanent and end a wait at once: a closed Backend
-// (backend.ErrClosed), a nil pool, an invalid key name, a semaphore limit
-// out of range, failed authentication (SQLSTATE 28000, 28P01), an unknown
-// database (3D000) or schema (3F000), a missing privilege (42501), an
-// invalid name (42602) and a pool configuration that does not parse.
+// (backend.ErrClosed), a zero Backend (not made by New), an invalid key
+// name, a semaphore limit out of range, failed authentication (SQLSTATE
+// 28000, 28P01), an unknown database (3D000) or schema (3F000), a missing
+// privilege (42501), an invalid name (42602) and a pool configuration that
+// does not parse. New's own invalid arguments (a nil pool, an option out
+// of range) are errors of New, wrapping dlock.ErrInvalidOption.
 // ErrNoConnection is not permanent.
 //
 // # Release

@@ -69,27 +69,32 @@ const (
 // errClosed reports a call on a closed Backend.
 var errClosed = backend.ErrClosed
 
-// errNilPool reports a Backend made with a nil pool.
-var errNilPool = errors.New("pg: nil pool")
+// errNilPool reports a call on a Backend that New did not make (a zero
+// Backend).
+var errNilPool = errors.New("pg: Backend not made by New")
 
 // New returns a backend that takes its lock connections from pool. pool
-// must outlive the backend; a nil pool gives a backend whose every call
-// fails.
-func New(pool *pgxpool.Pool, opts ...Option) *Backend {
-	maxConns := 0
-	if pool != nil {
-		maxConns = int(pool.Config().MaxConns)
+// must outlive the backend. A nil pool or an option value out of range
+// gives an error wrapping backend.ErrInvalidOption (dlock.ErrInvalidOption)
+// that names it.
+func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: nil pool", errBadOption)
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	return &Backend{
 		pool:     pool,
-		maxConns: maxConns,
-		cfg:      newConfig(opts),
+		maxConns: int(pool.Config().MaxConns),
+		cfg:      cfg,
 		addr:     serverAddr(pool),
 		conns:    make(map[*lockConn]struct{}),
 		held:     make(map[Key]*hold),
 		writers:  make(map[Key]int),
 		fenceMu:  make(chan struct{}, 1),
-	}
+	}, nil
 }
 
 // Close releases every lock still held, by closing the lock connections
