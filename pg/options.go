@@ -11,25 +11,29 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-// Defaults of the options.
+// Defaults of the options that a user may need to know by name.
 const (
 	// DefaultLossInterval bounds how long after its connection dies a lease
 	// reports the loss (WithLossInterval).
 	DefaultLossInterval = time.Second
-	// DefaultOpTimeout bounds one query on a lock connection: a try, a
-	// release, an undo (WithOpTimeout).
-	DefaultOpTimeout = 5 * time.Second
-	// DefaultMaxLockConns is the number of lock connections that tries
-	// spread over before they share busy ones (WithMaxLockConns).
-	DefaultMaxLockConns = 4
-	// DefaultMaxLeasesPerConn is the number of leases a lock connection
-	// takes before tries move to another one (WithMaxLeasesPerConn).
-	DefaultMaxLeasesPerConn = 512
 	// DefaultFencingTable is the table WithFencing creates when given "".
 	DefaultFencingTable = "dlock_fencing"
 	// MaxSemaphoreLimit is the largest semaphore limit the backend accepts:
 	// a try tests the limit's slot keys in one statement.
 	MaxSemaphoreLimit = 1024
+)
+
+// Defaults of the tuning options.
+const (
+	// defaultOpTimeout bounds one query on a lock connection: a try, a
+	// release, an undo (WithOpTimeout).
+	defaultOpTimeout = 5 * time.Second
+	// defaultMaxLockConns is the number of lock connections that tries
+	// spread over before they share busy ones (WithMaxLockConns).
+	defaultMaxLockConns = 4
+	// defaultMaxLeasesPerConn is the number of leases a lock connection
+	// takes before tries move to another one (WithMaxLeasesPerConn).
+	defaultMaxLeasesPerConn = 512
 )
 
 // Smallest values of the options that have one.
@@ -71,9 +75,9 @@ func (c *config) fail(format string, args ...any) {
 func newConfig(opts []Option) (config, error) {
 	c := config{
 		lossInterval: DefaultLossInterval,
-		opTimeout:    DefaultOpTimeout,
-		maxLockConns: DefaultMaxLockConns,
-		maxLeases:    DefaultMaxLeasesPerConn,
+		opTimeout:    defaultOpTimeout,
+		maxLockConns: defaultMaxLockConns,
+		maxLeases:    defaultMaxLeasesPerConn,
 		logger:       slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
@@ -108,8 +112,7 @@ func WithLossInterval(d time.Duration) Option {
 // Lock.Release always gives one, its release timeout). A query that does
 // not finish in time is taken as the death of its connection: the
 // connection is closed, which releases every lock on it, and its leases
-// report loss. d must be at least 100ms. The default is DefaultOpTimeout
-// (5s).
+// report loss. d must be at least 100ms. The default is 5s.
 func WithOpTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d < minOpTimeout {
@@ -126,7 +129,7 @@ func WithOpTimeout(d time.Duration) Option {
 // cap on connections: a wait that had to queue on the server brings its
 // own connection (when the pool has one to give), which then holds its
 // lease (and others) until they are released. n must be at least 1. The
-// default is DefaultMaxLockConns (4).
+// default is 4.
 func WithMaxLockConns(n int) Option {
 	return func(c *config) {
 		if n < 1 {
@@ -142,8 +145,8 @@ func WithMaxLockConns(n int) Option {
 // to give without waiting; otherwise they share the existing ones).
 // PostgreSQL walks every lock of a session at the end of each transaction,
 // so each query on a session holding n locks costs O(n) on the server: at
-// the default, DefaultMaxLeasesPerConn (512), 5,000 held locks use about 10
-// connections. n must be at least 1.
+// the default, 512, 5,000 held locks use about 10 connections. n must be at
+// least 1.
 func WithMaxLeasesPerConn(n int) Option {
 	return func(c *config) {
 		if n < 1 {

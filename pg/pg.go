@@ -389,10 +389,6 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFun
 // WithFencing).
 func (l *Lease) Token() uint64 { return l.token }
 
-// Key returns the advisory key the lease holds (a semaphore's slot key for
-// a semaphore).
-func (l *Lease) Key() Key { return l.key }
-
 // PID returns the process ID of the PostgreSQL session that holds the lock,
 // as pg_locks.pid and pg_stat_activity.pid show it.
 func (l *Lease) PID() uint32 { return l.lc.pid }

@@ -415,7 +415,30 @@ func TestTransactionLocks(t *testing.T) {
 	mustTry(t, ok, err)
 	w, ok, err := b.TryWLock(ctx, name)
 	mustFail(t, w, ok, err)
+	// A second transaction's shared try succeeds beside them; a shared try
+	// against a writer's lease fails.
+	tx2, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(ctx)
+	if ok, err := pg.TryRLockTx(ctx, tx2, pg.RWKey(name)); err != nil || !ok {
+		t.Fatalf("TryRLockTx beside readers: %v %v", ok, err)
+	}
 	_ = r.Release(ctx)
+	_ = tx.Rollback(ctx)
+	_ = tx2.Rollback(ctx)
+	w, ok, err = b.TryWLock(ctx, name)
+	mustTry(t, ok, err)
+	defer w.Release(ctx)
+	tx3, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx3.Rollback(ctx)
+	if ok, err := pg.TryRLockTx(ctx, tx3, pg.RWKey(name)); err != nil || ok {
+		t.Fatalf("TryRLockTx against a writer: %v %v", ok, err)
+	}
 }
 
 func TestFencingTokens(t *testing.T) {
