@@ -164,6 +164,7 @@ func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return 
 //	reader-writer:    SHA-256("dlock:rw:" + name)
 //	semaphore slot i: SHA-256("dlock:sem:" + decimal(i) + ":" + name)
 //	semaphore (its fencing row only): SHA-256("dlock:sem:" + name)
+//	semaphore's waiter queue: SHA-256("dlock:semq:" + name)
 //
 // This mapping is part of the package's compatibility promise: it never
 // changes, so processes running different versions of dlock exclude each
@@ -172,6 +173,7 @@ const (
 	tagMutex = "dlock:mutex:"
 	tagRW    = "dlock:rw:"
 	tagSem   = "dlock:sem:"
+	tagSemQ  = "dlock:semq:"
 )
 
 func hashKey(parts ...string) int64 {
@@ -199,6 +201,10 @@ func semSlotKey(name string, i int) Key {
 
 // semKey is the key of semaphore name's fencing row (never locked).
 func semKey(name string) Key { return Int64Key(hashKey(tagSem, name)) }
+
+// semQueueKey is the key that semaphore name's waiters queue on: the head
+// of the queue holds it exclusively while it waits for a slot.
+func semQueueKey(name string) Key { return Int64Key(hashKey(tagSemQ, name)) }
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {

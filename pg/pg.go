@@ -30,6 +30,7 @@ type Backend struct {
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
 	held      map[Key]*hold          // locks held by this backend's leases
 	writers   map[Key]int            // RW write waits in progress, by key
+	queued    map[Key]int            // waits in (or entering) the server's queue, by key
 	acquiring int                    // pool connections being acquired
 	waiting   int                    // pool connections held by queued waits
 	closed    bool
@@ -39,10 +40,6 @@ type Backend struct {
 
 	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
 	fenceReady atomic.Bool
-
-	lnMu sync.Mutex // taken before mu
-	ln   listenState
-	lnWG sync.WaitGroup
 }
 
 var (
@@ -93,6 +90,7 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
 		conns:    make(map[*lockConn]struct{}),
 		held:     make(map[Key]*hold),
 		writers:  make(map[Key]int),
+		queued:   make(map[Key]int),
 		fenceMu:  make(chan struct{}, 1),
 	}, nil
 }
@@ -124,7 +122,6 @@ func (b *Backend) Close() error {
 	b.mu.Unlock()
 	b.monWG.Wait()
 	b.watchWG.Wait()
-	b.stopListener()
 	return nil
 }
 

@@ -44,6 +44,12 @@ func assertPoolClean(t *testing.T, pool *pgxpool.Pool) {
 		if n != 0 {
 			t.Fatalf("a pooled connection (pid %d) holds %d advisory locks", c.Conn().PgConn().PID(), n)
 		}
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
+			t.Fatalf("pooled connection unusable: %v", err)
+		}
+		if n != 0 {
+			t.Fatalf("a pooled connection (pid %d) listens on %d channels", c.Conn().PgConn().PID(), n)
+		}
 	}
 }
 
