@@ -323,7 +323,10 @@ func newPoolWith(tb testing.TB, afterConnect func(context.Context, *pgx.Conn) er
 
 func openDlockPG(tb testing.TB, _ string) locker {
 	p := newPool(tb)
-	b := pg.New(p)
+	b, err := pg.New(p)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() { _ = b.Close() }) // registered after the pool's: runs before it
 	return dlockPG{dlockLocker[*pg.Lease]{dlock.NewMutex(b)}, b}
 }

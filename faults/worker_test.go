@@ -112,7 +112,10 @@ func runWorker(cfg workerConfig) error {
 		}); err != nil {
 			return fmt.Errorf("connecting to PostgreSQL: %w", err)
 		}
-		b := pg.New(pool, pg.WithFencing(""), pg.WithLossInterval(loss), pg.WithOpTimeout(2*time.Second))
+		b, err := pg.New(pool, pg.WithFencing(""), pg.WithLossInterval(loss), pg.WithOpTimeout(2*time.Second))
+		if err != nil {
+			return err
+		}
 		defer b.Close()
 		return work[*pg.Lease](cfg, b, rec, res)
 	case "valkey", "cluster", "redlock":

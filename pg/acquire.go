@@ -18,13 +18,14 @@ import (
 )
 
 // TryLock makes one attempt at the mutex name (pg_try_advisory_lock of
-// MutexKey(name)) on a lock connection whose session does not hold it.
+// MutexKey(name)) on a lock connection whose session does not hold it. It
+// fails while others wait for name: it does not jump their queue.
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
 	return b.try(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
 }
 
-// Lock takes the mutex name, waiting in the server's lock queue until it is
-// free or ctx is done.
+// Lock takes the mutex name, waiting in the server's lock queue (first
+// come, first served) until it is granted or ctx is done.
 func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	return b.wait(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
 }
@@ -59,6 +60,7 @@ type req struct {
 	key        Key
 	mode       mode
 	fence      Key // the row of the fencing table
+	queue      Key // a semaphore's waiter queue (semQueueKey)
 }
 
 func (r req) errorf(format string, args ...any) error {
@@ -106,9 +108,9 @@ func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 			b.mu.Unlock()
 			return nil, false, r.errorf("%w", errClosed)
 		}
-		if b.conflictsLocked(r.key, r.mode) || (r.mode == shared && b.writers[r.key] > 0) {
+		if b.conflictsLocked(r.key, r.mode) || (r.mode == shared && b.writers[r.key] > 0) || b.queued[r.key] > 0 {
 			b.mu.Unlock()
-			return nil, false, nil // held (or awaited by a writer) here
+			return nil, false, nil // held here, or awaited by a wait of this backend
 		}
 		lc, fresh := b.pickLocked(r.key, true)
 		lc.pending++
@@ -424,7 +426,7 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 		// elsewhere costs the blocking statement, on a connection of its
 		// own.
 		b.mu.Lock()
-		tryFirst := !b.conflictsLocked(r.key, r.mode) && !(r.mode == shared && b.writers[r.key] > 0)
+		tryFirst := !b.conflictsLocked(r.key, r.mode) && !(r.mode == shared && b.writers[r.key] > 0) && b.queued[r.key] == 0
 		b.mu.Unlock()
 		if tryFirst {
 			l, ok, err := b.try1(ctx, r)
@@ -490,13 +492,8 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*L
 		fn = "pg_advisory_lock_shared"
 	}
 	sql := b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
-	b.mu.Lock()
-	b.waiting++
-	b.mu.Unlock()
+	defer b.enqueue(r.key)()
 	row, err := b.block(ctx, pc, sql, r.key, r.mode)
-	b.mu.Lock()
-	b.waiting--
-	b.mu.Unlock()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, r.notAcquired(ctx)
@@ -507,24 +504,31 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*L
 		return nil, r.errorf("wait: %w", err)
 	}
 	l, err := b.leaseFrom(r, row, true)
-	lc := newLockConn(pc)
-	if err == nil {
-		lc.lockWait()
+	if err != nil {
+		release(pc, r.key, r.mode, b.cfg.opTimeout)
+		return nil, r.errorf("wait: %w", err)
+	}
+	return b.adopt(r, pc, l)
+}
+
+// enqueue counts a wait that enters the server's queue of k on a
+// connection of its own, until the returned function is called: while it
+// waits, this backend's tries of k fail at once (a try must not jump the
+// queue, and the server would refuse it anyway), with no round trip and
+// no connection.
+func (b *Backend) enqueue(k Key) (leave func()) {
+	b.mu.Lock()
+	b.waiting++
+	b.queued[k]++
+	b.mu.Unlock()
+	return func() {
 		b.mu.Lock()
-		if !b.closed {
-			b.addConnLocked(lc)
-			b.attachLocked(lc, l)
-			b.mu.Unlock()
-			b.resume(lc)
-			lc.unlock()
-			return l, nil
+		b.waiting--
+		if b.queued[k]--; b.queued[k] <= 0 {
+			delete(b.queued, k)
 		}
 		b.mu.Unlock()
-		lc.unlock()
-		err = errClosed
 	}
-	release(pc, r.key, r.mode, b.cfg.opTimeout)
-	return nil, r.errorf("wait: %w", err)
 }
 
 // release unlocks k on pc, a connection that is not a lock connection, and

@@ -15,14 +15,23 @@ func harness(url string, opts ...pg.Option) dlocktest.Harness[*pg.Lease] {
 		// many acquisitions run at once on one node (issue 10).
 		New: func(t testing.TB, _ string) any {
 			pool := newPool(t, url, 2)
-			b := pg.New(pool, opts...)
-			t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
-			return b
+			// Both connections made now: a waiter reaches the server's
+			// queue in the order the ordering subtests start waiters
+			// (100ms apart), not after a connection setup of its own,
+			// which can take longer on a loaded machine under -race.
+			warm(t, pool, 2)
+			return newOn(t, pool, opts...)
 		},
 		Lose: func(t testing.TB, l *pg.Lease) {
 			terminate(t, url, l.PID())
 		},
 		LossWithin: 3 * time.Second,
+		// Fair stays off for now: pg keeps the ordering promise (doc.go,
+		// Ordering; TestSemaphoreQueueOrder), and the suite's FIFO,
+		// NoStarvation and RWMutex/Order subtests pass with it on, but
+		// the suite's helper-process waiter takes no semaphore limit
+		// (startWaiter), and Mutex/NoStarvation starved three clients once
+		// in a full parallel run under load, not yet understood.
 	}
 }
 

@@ -56,8 +56,7 @@ func TestBurst(t *testing.T) {
 		mode := tc.mode
 		t.Run(fmt.Sprintf("%s/MaxConns%d", mode, tc.maxConns), func(t *testing.T) {
 			pool := newPool(t, url, tc.maxConns)
-			b := pg.New(pool)
-			t.Cleanup(func() { _ = b.Close() })
+			b := newOn(t, pool)
 			ctx := ctxT(t, time.Minute)
 			base := uniq(t)
 			const n = 64
@@ -128,8 +127,7 @@ func TestBurst(t *testing.T) {
 func TestUserExhaustsPool(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 2)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	c1, err := pool.Acquire(ctx)
@@ -188,8 +186,7 @@ func TestUserExhaustsPool(t *testing.T) {
 func TestWaitsNeverWaitForOwnConnections(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 2)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	other, _ := newBackend(t, url)
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
@@ -251,8 +248,7 @@ func TestWaitsNeverWaitForOwnConnections(t *testing.T) {
 func TestTryAfterIdleSessionsTerminated(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 4)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
 	for round := range 5 {
@@ -326,8 +322,7 @@ func TestConnectHonoursContext(t *testing.T) {
 	addr := ln.Addr().String()
 	url := "postgres://postgres@" + addr + "/postgres?sslmode=disable"
 	pool := newPool(t, url, 2)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	mu := dlock.NewMutex(b)
 	for _, c := range []struct {
 		name string
@@ -476,8 +471,7 @@ func TestReleaseTimeout(t *testing.T) {
 		t.Run(d.String(), func(t *testing.T) {
 			px := newProxy(t, base)
 			pool := newPool(t, px.url, 2)
-			b := pg.New(pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
-			t.Cleanup(func() { _ = b.Close() })
+			b := newOn(t, pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
 			t.Cleanup(px.close) // first: nothing may wait on the black hole
 			ctx := ctxT(t, time.Minute)
 			mu := dlock.NewMutex(b, dlock.WithReleaseTimeout(d))
@@ -517,8 +511,7 @@ func TestReleaseTimeoutBusyConnection(t *testing.T) {
 	base := testURL(t)
 	px := newProxy(t, base)
 	pool := newPool(t, px.url, 2)
-	b := pg.New(pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(time.Minute))
 	t.Cleanup(px.close)
 	ctx := ctxT(t, time.Minute)
 	const d = 200 * time.Millisecond
@@ -605,8 +598,9 @@ func TestPermanentErrors(t *testing.T) {
 	if !backend.IsPermanent(err) {
 		t.Errorf("closed backend: %v not permanent", err)
 	}
-	if _, _, err := pg.New(nil).TryLock(ctx, "x"); !backend.IsPermanent(err) {
-		t.Errorf("nil pool: %v not permanent", err)
+	var zero pg.Backend // not made by New: no pool
+	if _, _, err := zero.TryLock(ctx, "x"); !backend.IsPermanent(err) {
+		t.Errorf("zero Backend: %v not permanent", err)
 	}
 	b2, _ := newBackend(t, url)
 	if _, err := b2.Keys().Lock(ctx, "not a key"); !backend.IsPermanent(err) || !errors.Is(err, dlock.ErrInvalidName) {
@@ -617,8 +611,7 @@ func TestPermanentErrors(t *testing.T) {
 	if u == url {
 		t.Skip("cannot derive a URL of a missing database from " + url)
 	}
-	bad := pg.New(newPool(t, u, 2))
-	t.Cleanup(func() { _ = bad.Close() })
+	bad := newOn(t, newPool(t, u, 2))
 	start := time.Now()
 	_, err = dlock.NewMutex(bad).Acquire(ctxT(t, 20*time.Second), "x")
 	missingDB.Store(err)
@@ -642,8 +635,7 @@ func TestFencingTableNeverWaits(t *testing.T) {
 	table := fmt.Sprintf("dlock_test_fence_%d", time.Now().UnixNano())
 	t.Cleanup(func() { admin(t, url, "DROP TABLE IF EXISTS "+table) })
 	pool := newPool(t, url, 2)
-	b := pg.New(pool, pg.WithFencing(table))
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool, pg.WithFencing(table))
 	ctx := ctxT(t, time.Minute)
 	base := uniq(t)
 	c1, err := pool.Acquire(ctx)

@@ -3,7 +3,10 @@
 // taken from the caller's pgx pool.
 //
 //	pool, _ := pgxpool.New(ctx, url)
-//	b := pg.New(pool)
+//	b, err := pg.New(pool) // an error only for a nil pool or a bad option
+//	if err != nil {
+//		return err
+//	}
 //	defer b.Close()
 //	mu := dlock.NewMutex(b)
 //	err := mu.Do(ctx, "nightly-report", func(ctx context.Context) error {
@@ -97,8 +100,8 @@
 // # Waiting
 //
 // Waits queue in the server's lock queue, so a waiter gets the lock within
-// about one round trip of its release (unless the pool had no connection
-// for the wait: see Connections). The blocking pg_advisory_lock runs
+// about one round trip of its release, in arrival order (see Ordering;
+// unless the pool had no connection for the wait: see Connections). The blocking pg_advisory_lock runs
 // with SET LOCAL lock_timeout (from ctx's deadline) and statement_timeout =
 // 0 inside its statement's own implicit transaction, so no setting reaches
 // the session. When ctx ends, the backend sends the server a cancel
@@ -115,25 +118,47 @@
 //
 // # Semaphores
 //
-// A semaphore of limit n is n slot keys derived from its name, and needs no
-// table. A try takes the first free slot in one statement (a CASE that
-// stops at the first pg_try_advisory_lock that succeeds); limit may be 1 to
-// MaxSemaphoreLimit. A release runs pg_notify('dlock_sem', <the
-// semaphore's key>) in the statement of its unlock, so in the same round
-// trip. Acquire, while every slot is busy, waits for such a notification:
-// a Backend with waiting acquisitions keeps one listener connection
-// (LISTEN dlock_sem) whatever their number, wakes one waiter of the
-// semaphore per notification, and the waiter tries again — a hand-off of
-// about one round trip after the release, with no connection held per
-// waiter. Slots freed without a notification (a holder whose session died,
-// a release by other code) are found by a fallback poll (50ms growing to
-// 500ms). The listener connection is closed, not returned to the pool,
-// when no acquisition has waited for a loss interval. Holders with
-// different limits: a holder
-// with limit n only uses slots 0..n-1, so at most the largest limit in use
-// hold the name at once, and a smaller limit is never exceeded by its own
-// users, though holders with a larger limit may take its slots. Use one
-// limit per name.
+// A semaphore of limit n is n slot keys derived from its name, plus a
+// queue key, and needs no table. A try takes the first free slot in one
+// statement (a CASE that stops at the first pg_try_advisory_lock that
+// succeeds); limit may be 1 to MaxSemaphoreLimit. Acquire, when no slot
+// is free, queues on the server: a blocking pg_advisory_lock of the queue
+// key, on a pool connection of its own. The waiter that holds the queue
+// key (the head) alone waits for a slot: it runs LISTEN dlock_sem on its
+// connection, and a release runs pg_notify('dlock_sem', <the semaphore's
+// key>) in the statement of its unlock, so the head tries again about one
+// round trip after a release. Slots freed without a notification (a holder
+// whose session died, a release by other code) are found by a fallback
+// poll (50ms growing to 500ms). The statement that takes a slot also
+// unlocks the queue key, which the server hands to the next waiter at
+// once, and the connection stops listening before it becomes a lock
+// connection. So a semaphore waiter holds a pool connection while it
+// waits, as a mutex waiter does. Holders with different limits: a holder
+// with limit n only uses slots 0..n-1, so at most the largest limit in
+// use hold the name at once, and a smaller limit is never exceeded by its
+// own users, though holders with a larger limit may take its slots. Use
+// one limit per name.
+//
+// # Ordering
+//
+// Waits are served in the order they reach the server, across clients and
+// processes: a mutex, RW or Keys wait queues in PostgreSQL's lock queue of
+// its key, a semaphore wait in the lock queue of the semaphore's queue
+// key, and PostgreSQL grants a lock to its waiters first come, first
+// served (with writer preference for RW locks: readers that queued before
+// a waiting writer go first, readers that come after it wait behind it). A
+// try never jumps the queue: a try of a lock that has waiters fails, even
+// when the lock is free at that instant — PostgreSQL refuses a conditional
+// lock request that conflicts with a queued one, and a semaphore try
+// takes the queue key shared and lets it go in the statement of its slot
+// tries, which fails while anyone queues; a try of a key that a wait of
+// the same Backend queues for fails at once, with no round trip. A waiter
+// whose ctx ends leaves the queue at once (the server cancels its
+// request), and one whose process dies leaves it with its session, so
+// neither holds back the waiters behind it. The promise needs a connection
+// per waiter: a wait for which the pool has no connection to give polls
+// with tries (see Connections), which win only while nobody queues, and
+// is served in no particular order.
 //
 // # Transactions
 //
@@ -155,10 +180,12 @@
 // already closed) runs again on another connection: an ended session
 // holds nothing, so that is safe. Errors that cannot heal are marked
 // backend.Permanent and end a wait at once: a closed Backend
-// (backend.ErrClosed), a nil pool, an invalid key name, a semaphore limit
-// out of range, failed authentication (SQLSTATE 28000, 28P01), an unknown
-// database (3D000) or schema (3F000), a missing privilege (42501), an
-// invalid name (42602) and a pool configuration that does not parse.
+// (backend.ErrClosed), a zero Backend (not made by New), an invalid key
+// name, a semaphore limit out of range, failed authentication (SQLSTATE
+// 28000, 28P01), an unknown database (3D000) or schema (3F000), a missing
+// privilege (42501), an invalid name (42602) and a pool configuration that
+// does not parse. New's own invalid arguments (a nil pool, an option out
+// of range) are errors of New, wrapping dlock.ErrInvalidOption.
 // ErrNoConnection is not permanent.
 //
 // # Release

@@ -3,8 +3,11 @@ package pg_test
 import (
 	"context"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/internal/golden"
@@ -33,6 +36,7 @@ func TestErrorMessages(t *testing.T) {
 	ctx := context.Background()
 	b, _ := newBackend(t, url)
 	mu := dlock.NewMutex(b)
+	pool := newPool(t, url, 2)
 	golden.Check(t, "testdata/errors.golden", []golden.Case{
 		golden.C("a try of a held lock", func(t *testing.T) error {
 			lk, err := mu.TryAcquire(ctx, "job")
@@ -87,10 +91,30 @@ func TestErrorMessages(t *testing.T) {
 		}),
 		golden.C("a try with the server down", func(t *testing.T) error {
 			pool := newPool(t, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2", 2)
-			down := pg.New(pool)
-			t.Cleanup(func() { _ = down.Close() })
+			down := newOn(t, pool)
 			_, err := dlock.NewMutex(down).TryAcquire(ctx, "job")
 			return hide(err)
 		}),
+		// New's invalid arguments: the option and the value.
+		golden.C("New with a nil pool", newErr(nil)),
+		golden.C("New with a loss interval below 20ms", newErr(pool, pg.WithLossInterval(10*time.Millisecond))),
+		golden.C("New with an op timeout below 100ms", newErr(pool, pg.WithOpTimeout(0))),
+		golden.C("New with no lock connections", newErr(pool, pg.WithMaxLockConns(0))),
+		golden.C("New with no leases per connection", newErr(pool, pg.WithMaxLeasesPerConn(-1))),
+		golden.C("New with a fencing table of three parts", newErr(pool, pg.WithFencing("db.locks.fencing"))),
+		golden.C("New with a fencing table with an empty part", newErr(pool, pg.WithFencing("locks."))),
+		golden.C("New with a fencing table with a NUL byte", newErr(pool, pg.WithFencing("fen\x00cing"))),
+		golden.C("New with a fencing table name too long", newErr(pool, pg.WithFencing(strings.Repeat("t", 64)))),
 	})
+}
+
+// newErr returns New's error for pool and opts.
+func newErr(pool *pgxpool.Pool, opts ...pg.Option) func(*testing.T) error {
+	return func(*testing.T) error {
+		b, err := pg.New(pool, opts...)
+		if b != nil {
+			_ = b.Close()
+		}
+		return err
+	}
 }

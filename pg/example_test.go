@@ -18,7 +18,10 @@ func Example() {
 		panic(err)
 	}
 	defer pool.Close()
-	b := pg.New(pool)
+	b, err := pg.New(pool)
+	if err != nil {
+		panic(err)
+	}
 	defer b.Close()
 
 	mu := dlock.NewMutex(b)
@@ -39,7 +42,10 @@ func ExampleBackend_Keys() {
 		panic(err)
 	}
 	defer pool.Close()
-	b := pg.New(pool)
+	b, err := pg.New(pool)
+	if err != nil {
+		panic(err)
+	}
 	defer b.Close()
 
 	mu := dlock.NewMutex(b.Keys())
@@ -79,7 +85,10 @@ func ExampleWithFencing() {
 		panic(err)
 	}
 	defer pool.Close()
-	b := pg.New(pool, pg.WithFencing(""))
+	b, err := pg.New(pool, pg.WithFencing(""))
+	if err != nil {
+		panic(err)
+	}
 	defer b.Close()
 
 	lk, err := dlock.NewMutex(b).Acquire(ctx, "leader")

@@ -37,13 +37,24 @@ func newPool(t testing.TB, url string, maxConns int32) *pgxpool.Pool {
 	return pool
 }
 
+// newOn returns a backend over pool, closed at cleanup (before the pool,
+// whose Close was registered first).
+func newOn(t testing.TB, pool *pgxpool.Pool, opts ...pg.Option) *pg.Backend {
+	t.Helper()
+	b, err := pg.New(pool, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
 // newBackend returns a backend over a pool of its own, both closed at
 // cleanup.
 func newBackend(t testing.TB, url string, opts ...pg.Option) (*pg.Backend, *pgxpool.Pool) {
 	t.Helper()
 	pool := newPool(t, url, 0)
-	b := pg.New(pool, opts...)
-	t.Cleanup(func() { _ = b.Close() }) // runs before pool.Close
+	b := newOn(t, pool, opts...)
 	return b, pool
 }
 

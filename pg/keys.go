@@ -1,6 +1,7 @@
 package pg
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -55,10 +56,10 @@ func (k Key) String() string {
 	return strconv.FormatInt(k.v, 10)
 }
 
-// ParseKey parses the canonical form that Key.String returns. Any other
+// parseKey parses the canonical form that Key.String returns. Any other
 // spelling ("+1", "01", " 1", "1, 2") is refused with an error wrapping
 // backend.ErrInvalidName, so that distinct names never share a key.
-func ParseKey(s string) (Key, error) {
+func parseKey(s string) (Key, error) {
 	var k Key
 	if a, b, ok := strings.Cut(s, ","); ok {
 		x, err1 := strconv.ParseInt(a, 10, 32)
@@ -75,6 +76,85 @@ func ParseKey(s string) (Key, error) {
 	return k, nil
 }
 
+// Keys is a view of a Backend whose lock names are advisory keys, written
+// as Key.String writes them: "42" for Int64Key(42), "1,2" for PairKey(1, 2).
+// It takes exactly the locks that pg_advisory_lock(42) and
+// pg_advisory_lock(1, 2) take, so it excludes (and is excluded by) existing
+// SQL that uses advisory locks by number:
+//
+//	mu := dlock.NewMutex(b.Keys())
+//	err := mu.Do(ctx, pg.Int64Key(42).String(), fn)
+//
+// Unlike named locks, the kinds share the key: a Mutex of "42" and the
+// write side of an RWMutex of "42" are the same lock (pg_advisory_lock(42)),
+// and the read side is pg_advisory_lock_shared(42). A name that is not a
+// canonical key gets an error matching backend.ErrInvalidName. Keys has no
+// semaphore: a semaphore needs several keys. Leases are the Backend's, with
+// its connections, registry and monitor.
+type Keys struct{ b *Backend }
+
+var (
+	_ backend.Locker[*Lease]     = (*Keys)(nil)
+	_ backend.LockWaiter[*Lease] = (*Keys)(nil)
+	_ backend.RWLocker[*Lease]   = (*Keys)(nil)
+	_ backend.RWWaiter[*Lease]   = (*Keys)(nil)
+)
+
+// Keys returns the view of b addressed by advisory keys.
+func (b *Backend) Keys() *Keys { return &Keys{b: b} }
+
+func keyReq(name string, m mode) (req, error) {
+	k, err := parseKey(name)
+	if err != nil {
+		return req{}, backend.Permanent(fmt.Errorf("pg: key: %w", err))
+	}
+	return req{kind: "key", name: name, key: k, mode: m, fence: k}, nil
+}
+
+// TryLock makes one attempt at pg_advisory_lock of the key name.
+func (v *Keys) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
+	r, err := keyReq(name, exclusive)
+	if err != nil {
+		return nil, false, err
+	}
+	return v.b.try(ctx, r)
+}
+
+// Lock takes the key name exclusively, waiting in the server's queue.
+func (v *Keys) Lock(ctx context.Context, name string) (*Lease, error) {
+	r, err := keyReq(name, exclusive)
+	if err != nil {
+		return nil, err
+	}
+	return v.b.wait(ctx, r)
+}
+
+// TryRLock makes one attempt at pg_advisory_lock_shared of the key name.
+func (v *Keys) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
+	r, err := keyReq(name, shared)
+	if err != nil {
+		return nil, false, err
+	}
+	return v.b.try(ctx, r)
+}
+
+// TryWLock is TryLock.
+func (v *Keys) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
+	return v.TryLock(ctx, name)
+}
+
+// RLock takes the key name shared, waiting in the server's queue.
+func (v *Keys) RLock(ctx context.Context, name string) (*Lease, error) {
+	r, err := keyReq(name, shared)
+	if err != nil {
+		return nil, err
+	}
+	return v.b.wait(ctx, r)
+}
+
+// WLock is Lock.
+func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return v.Lock(ctx, name) }
+
 // Key derivation for named locks.
 //
 // The key of a named lock is the first 8 bytes, read as a big-endian two's
@@ -84,6 +164,7 @@ func ParseKey(s string) (Key, error) {
 //	reader-writer:    SHA-256("dlock:rw:" + name)
 //	semaphore slot i: SHA-256("dlock:sem:" + decimal(i) + ":" + name)
 //	semaphore (its fencing row only): SHA-256("dlock:sem:" + name)
+//	semaphore's waiter queue: SHA-256("dlock:semq:" + name)
 //
 // This mapping is part of the package's compatibility promise: it never
 // changes, so processes running different versions of dlock exclude each
@@ -92,6 +173,7 @@ const (
 	tagMutex = "dlock:mutex:"
 	tagRW    = "dlock:rw:"
 	tagSem   = "dlock:sem:"
+	tagSemQ  = "dlock:semq:"
 )
 
 func hashKey(parts ...string) int64 {
@@ -119,6 +201,10 @@ func semSlotKey(name string, i int) Key {
 
 // semKey is the key of semaphore name's fencing row (never locked).
 func semKey(name string) Key { return Int64Key(hashKey(tagSem, name)) }
+
+// semQueueKey is the key that semaphore name's waiters queue on: the head
+// of the queue holds it exclusively while it waits for a slot.
+func semQueueKey(name string) Key { return Int64Key(hashKey(tagSemQ, name)) }
 
 // shortName quotes name for an error message, cut to 64 bytes.
 func shortName(name string) string {

@@ -14,8 +14,8 @@ import (
 // (go test -run '^$' -fuzz FuzzKeys ./pg/):
 //
 //   - nothing panics, whatever the bytes;
-//   - ParseKey(k.String()) == k for every key of both spaces;
-//   - ParseKey accepts exactly the canonical spelling: anything it accepts
+//   - parseKey(k.String()) == k for every key of both spaces;
+//   - parseKey accepts exactly the canonical spelling: anything it accepts
 //     prints back as itself, anything else is refused with an error
 //     matching dlock.ErrInvalidName, and the usual non-canonical variants
 //     of a canonical key ("+1", "01", " 1", "1, 2", "-0") are refused;
@@ -89,43 +89,43 @@ func FuzzKeys(f *testing.F) {
 		for _, k := range []Key{ik, pk} {
 			c := k.String()
 			for _, bad := range nonCanonical(c) {
-				if got, err := ParseKey(bad); err == nil {
-					t.Fatalf("ParseKey(%q) = %v, want ErrInvalidName (canonical: %q)", bad, got, c)
+				if got, err := parseKey(bad); err == nil {
+					t.Fatalf("parseKey(%q) = %v, want ErrInvalidName (canonical: %q)", bad, got, c)
 				} else if !errors.Is(err, dlock.ErrInvalidName) {
-					t.Fatalf("ParseKey(%q): %v, want ErrInvalidName", bad, err)
+					t.Fatalf("parseKey(%q): %v, want ErrInvalidName", bad, err)
 				}
 			}
 		}
 
 		// Arbitrary spellings: accepted only when canonical.
-		k, err := ParseKey(s)
+		k, err := parseKey(s)
 		switch {
 		case err == nil && k.String() != s:
-			t.Fatalf("ParseKey(%q) accepted a non-canonical spelling of %q", s, k.String())
+			t.Fatalf("parseKey(%q) accepted a non-canonical spelling of %q", s, k.String())
 		case err == nil:
 			roundTrip(t, k)
 		case !errors.Is(err, dlock.ErrInvalidName):
-			t.Fatalf("ParseKey(%q): %v, want ErrInvalidName", s, err)
+			t.Fatalf("parseKey(%q): %v, want ErrInvalidName", s, err)
 		case k != Key{}:
-			t.Fatalf("ParseKey(%q) failed but returned %v", s, k)
+			t.Fatalf("parseKey(%q) failed but returned %v", s, k)
 		}
 		if _, err := keyReq(s, exclusive); (err == nil) != (parseKeyErr(s) == nil) {
-			t.Fatalf("keyReq(%q) and ParseKey disagree: %v", s, err)
+			t.Fatalf("keyReq(%q) and parseKey disagree: %v", s, err)
 		}
 		_ = shortName(name)
 		_ = shortName(s)
 	})
 }
 
-// parseKeyErr returns ParseKey's error alone.
-func parseKeyErr(s string) error { _, err := ParseKey(s); return err }
+// parseKeyErr returns parseKey's error alone.
+func parseKeyErr(s string) error { _, err := parseKey(s); return err }
 
 func roundTrip(t *testing.T, k Key) {
 	t.Helper()
 	s := k.String()
-	back, err := ParseKey(s)
+	back, err := parseKey(s)
 	if err != nil || back != k {
-		t.Fatalf("ParseKey(%q) = %v, %v; want %v", s, back, err, k)
+		t.Fatalf("parseKey(%q) = %v, %v; want %v", s, back, err, k)
 	}
 }
 

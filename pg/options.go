@@ -1,27 +1,21 @@
 package pg
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dlock-go/dlock/backend"
 )
 
-// Defaults of the options.
+// Defaults of the options that a user may need to know by name.
 const (
 	// DefaultLossInterval bounds how long after its connection dies a lease
 	// reports the loss (WithLossInterval).
 	DefaultLossInterval = time.Second
-	// DefaultOpTimeout bounds one query on a lock connection: a try, a
-	// release, an undo (WithOpTimeout).
-	DefaultOpTimeout = 5 * time.Second
-	// DefaultMaxLockConns is the number of lock connections that tries
-	// spread over before they share busy ones (WithMaxLockConns).
-	DefaultMaxLockConns = 4
-	// DefaultMaxLeasesPerConn is the number of leases a lock connection
-	// takes before tries move to another one (WithMaxLeasesPerConn).
-	DefaultMaxLeasesPerConn = 512
 	// DefaultFencingTable is the table WithFencing creates when given "".
 	DefaultFencingTable = "dlock_fencing"
 	// MaxSemaphoreLimit is the largest semaphore limit the backend accepts:
@@ -29,7 +23,36 @@ const (
 	MaxSemaphoreLimit = 1024
 )
 
-// Option configures a Backend.
+// Defaults of the tuning options.
+const (
+	// defaultOpTimeout bounds one query on a lock connection: a try, a
+	// release, an undo (WithOpTimeout).
+	defaultOpTimeout = 5 * time.Second
+	// defaultMaxLockConns is the number of lock connections that tries
+	// spread over before they share busy ones (WithMaxLockConns).
+	defaultMaxLockConns = 4
+	// defaultMaxLeasesPerConn is the number of leases a lock connection
+	// takes before tries move to another one (WithMaxLeasesPerConn).
+	defaultMaxLeasesPerConn = 512
+)
+
+// Smallest values of the options that have one.
+const (
+	minLossInterval = 20 * time.Millisecond
+	minOpTimeout    = 100 * time.Millisecond
+	// maxIdentLen is PostgreSQL's longest identifier (NAMEDATALEN - 1):
+	// the server cuts longer ones silently, so two names could meet.
+	maxIdentLen = 63
+)
+
+// errBadOption is wrapped by every error of New about its arguments:
+// backend.ErrInvalidOption (dlock.ErrInvalidOption).
+var errBadOption = fmt.Errorf("pg: %w", backend.ErrInvalidOption)
+
+// Option configures a Backend. An option given a value out of its range
+// makes New return an error wrapping backend.ErrInvalidOption (also
+// dlock.ErrInvalidOption) that names the option and the value; no value is
+// clamped or ignored.
 type Option func(*config)
 
 type config struct {
@@ -39,14 +62,22 @@ type config struct {
 	maxLeases    int
 	fenceTable   string // "" = fencing off; else the sanitized identifier
 	logger       *slog.Logger
+	err          error // the first invalid option
 }
 
-func newConfig(opts []Option) config {
+// fail records the first invalid option.
+func (c *config) fail(format string, args ...any) {
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: "+format, append([]any{errBadOption}, args...)...)
+	}
+}
+
+func newConfig(opts []Option) (config, error) {
 	c := config{
 		lossInterval: DefaultLossInterval,
-		opTimeout:    DefaultOpTimeout,
-		maxLockConns: DefaultMaxLockConns,
-		maxLeases:    DefaultMaxLeasesPerConn,
+		opTimeout:    defaultOpTimeout,
+		maxLockConns: defaultMaxLockConns,
+		maxLeases:    defaultMaxLeasesPerConn,
 		logger:       slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
@@ -54,7 +85,7 @@ func newConfig(opts []Option) config {
 			o(&c)
 		}
 	}
-	return c
+	return c, c.err
 }
 
 // WithLossInterval sets the bound on loss detection for connections that
@@ -64,10 +95,16 @@ func newConfig(opts []Option) config {
 // terminated, restarted — is noticed within milliseconds, by reading the
 // idle connection.) The pings also keep lock
 // connections from being idle, so a server's idle_session_timeout larger
-// than d/2 never ends a session that holds locks. Values below 20ms are
-// raised to 20ms. The default is DefaultLossInterval (1s).
+// than d/2 never ends a session that holds locks. d must be at least
+// 20ms. The default is DefaultLossInterval (1s).
 func WithLossInterval(d time.Duration) Option {
-	return func(c *config) { c.lossInterval = max(d, 20*time.Millisecond) }
+	return func(c *config) {
+		if d < minLossInterval {
+			c.fail("WithLossInterval(%v): below %v", d, minLossInterval)
+			return
+		}
+		c.lossInterval = d
+	}
 }
 
 // WithOpTimeout bounds each short query the backend runs on a lock
@@ -75,10 +112,15 @@ func WithLossInterval(d time.Duration) Option {
 // Lock.Release always gives one, its release timeout). A query that does
 // not finish in time is taken as the death of its connection: the
 // connection is closed, which releases every lock on it, and its leases
-// report loss. Values below 100ms
-// are raised to 100ms. The default is DefaultOpTimeout (5s).
+// report loss. d must be at least 100ms. The default is 5s.
 func WithOpTimeout(d time.Duration) Option {
-	return func(c *config) { c.opTimeout = max(d, 100*time.Millisecond) }
+	return func(c *config) {
+		if d < minOpTimeout {
+			c.fail("WithOpTimeout(%v): below %v", d, minOpTimeout)
+			return
+		}
+		c.opTimeout = d
+	}
 }
 
 // WithMaxLockConns sets how many lock connections tries spread over before
@@ -86,10 +128,16 @@ func WithOpTimeout(d time.Duration) Option {
 // two connections to give at once, so one is left for a wait. It is not a
 // cap on connections: a wait that had to queue on the server brings its
 // own connection (when the pool has one to give), which then holds its
-// lease (and others) until they are released. Values below 1 are raised
-// to 1. The default is DefaultMaxLockConns (4).
+// lease (and others) until they are released. n must be at least 1. The
+// default is 4.
 func WithMaxLockConns(n int) Option {
-	return func(c *config) { c.maxLockConns = max(n, 1) }
+	return func(c *config) {
+		if n < 1 {
+			c.fail("WithMaxLockConns(%d): below 1", n)
+			return
+		}
+		c.maxLockConns = n
+	}
 }
 
 // WithMaxLeasesPerConn sets how many leases a lock connection holds before
@@ -97,10 +145,16 @@ func WithMaxLockConns(n int) Option {
 // to give without waiting; otherwise they share the existing ones).
 // PostgreSQL walks every lock of a session at the end of each transaction,
 // so each query on a session holding n locks costs O(n) on the server: at
-// the default, DefaultMaxLeasesPerConn (512), 5,000 held locks use about 10
-// connections. Values below 1 are raised to 1.
+// the default, 512, 5,000 held locks use about 10 connections. n must be at
+// least 1.
 func WithMaxLeasesPerConn(n int) Option {
-	return func(c *config) { c.maxLeases = max(n, 1) }
+	return func(c *config) {
+		if n < 1 {
+			c.fail("WithMaxLeasesPerConn(%d): below 1", n)
+			return
+		}
+		c.maxLeases = n
+	}
 }
 
 // WithFencing turns fencing tokens on: every lease carries a token
@@ -110,20 +164,41 @@ func WithMaxLeasesPerConn(n int) Option {
 // bigint)) at its first fenced acquisition, so the pool's role needs the
 // right to create it once, and to insert and update it. table may be
 // schema-qualified ("locks.fencing"); "" means DefaultFencingTable in the
-// search path. The token is taken in the same statement, hence the same
-// round trip, as the lock; it costs a row update (a small write with its
-// commit) per acquisition.
+// search path. Each part is used as written, quoted (so case matters); a
+// name with more than two parts, an empty part, a NUL byte or a part
+// longer than PostgreSQL's 63-byte identifiers is invalid. The token is
+// taken in the same statement, hence the same round trip, as the lock; it
+// costs a row update (a small write with its commit) per acquisition.
 func WithFencing(table string) Option {
 	return func(c *config) {
 		if table == "" {
 			table = DefaultFencingTable
 		}
-		c.fenceTable = pgx.Identifier(strings.Split(table, ".")).Sanitize()
+		parts := strings.Split(table, ".")
+		if len(parts) > 2 {
+			c.fail("WithFencing(%q): more than two dot-separated parts (want \"table\" or \"schema.table\")", table)
+			return
+		}
+		for _, p := range parts {
+			switch {
+			case p == "":
+				c.fail("WithFencing(%q): an empty part", table)
+				return
+			case strings.IndexByte(p, 0) >= 0:
+				c.fail("WithFencing(%q): a NUL byte", table)
+				return
+			case len(p) > maxIdentLen:
+				c.fail("WithFencing(%q): a part of %d bytes (PostgreSQL identifiers have at most %d)", table, len(p), maxIdentLen)
+				return
+			}
+		}
+		c.fenceTable = pgx.Identifier(parts).Sanitize()
 	}
 }
 
 // WithLogger sets the logger for rare events (a connection found dead, a
-// release that failed). The default discards everything.
+// release that failed). The default, also given by a nil l, discards
+// everything.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l != nil {

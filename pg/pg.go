@@ -30,6 +30,7 @@ type Backend struct {
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
 	held      map[Key]*hold          // locks held by this backend's leases
 	writers   map[Key]int            // RW write waits in progress, by key
+	queued    map[Key]int            // waits in (or entering) the server's queue, by key
 	acquiring int                    // pool connections being acquired
 	waiting   int                    // pool connections held by queued waits
 	closed    bool
@@ -39,10 +40,6 @@ type Backend struct {
 
 	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
 	fenceReady atomic.Bool
-
-	lnMu sync.Mutex // taken before mu
-	ln   listenState
-	lnWG sync.WaitGroup
 }
 
 var (
@@ -69,27 +66,33 @@ const (
 // errClosed reports a call on a closed Backend.
 var errClosed = backend.ErrClosed
 
-// errNilPool reports a Backend made with a nil pool.
-var errNilPool = errors.New("pg: nil pool")
+// errNilPool reports a call on a Backend that New did not make (a zero
+// Backend).
+var errNilPool = errors.New("pg: Backend not made by New")
 
 // New returns a backend that takes its lock connections from pool. pool
-// must outlive the backend; a nil pool gives a backend whose every call
-// fails.
-func New(pool *pgxpool.Pool, opts ...Option) *Backend {
-	maxConns := 0
-	if pool != nil {
-		maxConns = int(pool.Config().MaxConns)
+// must outlive the backend. A nil pool or an option value out of range
+// gives an error wrapping backend.ErrInvalidOption (dlock.ErrInvalidOption)
+// that names it.
+func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: nil pool", errBadOption)
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	return &Backend{
 		pool:     pool,
-		maxConns: maxConns,
-		cfg:      newConfig(opts),
+		maxConns: int(pool.Config().MaxConns),
+		cfg:      cfg,
 		addr:     serverAddr(pool),
 		conns:    make(map[*lockConn]struct{}),
 		held:     make(map[Key]*hold),
 		writers:  make(map[Key]int),
+		queued:   make(map[Key]int),
 		fenceMu:  make(chan struct{}, 1),
-	}
+	}, nil
 }
 
 // Close releases every lock still held, by closing the lock connections
@@ -119,7 +122,6 @@ func (b *Backend) Close() error {
 	b.mu.Unlock()
 	b.monWG.Wait()
 	b.watchWG.Wait()
-	b.stopListener()
 	return nil
 }
 
@@ -383,10 +385,6 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFun
 // Token returns the lease's fencing token, or 0 when fencing is off (see
 // WithFencing).
 func (l *Lease) Token() uint64 { return l.token }
-
-// Key returns the advisory key the lease holds (a semaphore's slot key for
-// a semaphore).
-func (l *Lease) Key() Key { return l.key }
 
 // PID returns the process ID of the PostgreSQL session that holds the lock,
 // as pg_locks.pid and pg_stat_activity.pid show it.

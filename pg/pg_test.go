@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/pg"
 )
 
@@ -41,6 +43,12 @@ func assertPoolClean(t *testing.T, pool *pgxpool.Pool) {
 		}
 		if n != 0 {
 			t.Fatalf("a pooled connection (pid %d) holds %d advisory locks", c.Conn().PgConn().PID(), n)
+		}
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_listening_channels()").Scan(&n); err != nil {
+			t.Fatalf("pooled connection unusable: %v", err)
+		}
+		if n != 0 {
+			t.Fatalf("a pooled connection (pid %d) listens on %d channels", c.Conn().PgConn().PID(), n)
 		}
 	}
 }
@@ -117,8 +125,7 @@ func TestLossAfterTerminate(t *testing.T) {
 func TestManyLocksFewConnections(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 10)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	ctx := ctxT(t, 2*time.Minute)
 	const n = 5000
 	base := uniq(t)
@@ -197,8 +204,7 @@ func TestCancelMidWait(t *testing.T) {
 	url := testURL(t)
 	a, _ := newBackend(t, url)
 	pool := newPool(t, url, 2)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	key, _ := pg.MutexKey(name).Int64()
@@ -244,8 +250,7 @@ func TestCancelMidWait(t *testing.T) {
 func TestNoLockReturnsToPool(t *testing.T) {
 	url := testURL(t)
 	pool := newPool(t, url, 3)
-	b := pg.New(pool)
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, pool)
 	other, _ := newBackend(t, url)
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
@@ -416,7 +421,30 @@ func TestTransactionLocks(t *testing.T) {
 	mustTry(t, ok, err)
 	w, ok, err := b.TryWLock(ctx, name)
 	mustFail(t, w, ok, err)
+	// A second transaction's shared try succeeds beside them; a shared try
+	// against a writer's lease fails.
+	tx2, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(ctx)
+	if ok, err := pg.TryRLockTx(ctx, tx2, pg.RWKey(name)); err != nil || !ok {
+		t.Fatalf("TryRLockTx beside readers: %v %v", ok, err)
+	}
 	_ = r.Release(ctx)
+	_ = tx.Rollback(ctx)
+	_ = tx2.Rollback(ctx)
+	w, ok, err = b.TryWLock(ctx, name)
+	mustTry(t, ok, err)
+	defer w.Release(ctx)
+	tx3, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx3.Rollback(ctx)
+	if ok, err := pg.TryRLockTx(ctx, tx3, pg.RWKey(name)); err != nil || ok {
+		t.Fatalf("TryRLockTx against a writer: %v %v", ok, err)
+	}
 }
 
 func TestFencingTokens(t *testing.T) {
@@ -466,6 +494,53 @@ func TestFencingTokens(t *testing.T) {
 	_ = l.Release(ctx)
 }
 
+// Every invalid argument of New is an error wrapping ErrInvalidOption,
+// never a value clamped or ignored; the limits themselves are accepted.
+func TestNewInvalid(t *testing.T) {
+	pool := newPool(t, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable", 2) // never dialled
+	long := strings.Repeat("t", 64)
+	for _, c := range []struct {
+		name string
+		pool *pgxpool.Pool
+		opts []pg.Option
+	}{
+		{"nil pool", nil, nil},
+		{"loss interval below 20ms", pool, []pg.Option{pg.WithLossInterval(19 * time.Millisecond)}},
+		{"loss interval 0", pool, []pg.Option{pg.WithLossInterval(0)}},
+		{"loss interval negative", pool, []pg.Option{pg.WithLossInterval(-time.Second)}},
+		{"op timeout below 100ms", pool, []pg.Option{pg.WithOpTimeout(99 * time.Millisecond)}},
+		{"op timeout 0", pool, []pg.Option{pg.WithOpTimeout(0)}},
+		{"max lock conns 0", pool, []pg.Option{pg.WithMaxLockConns(0)}},
+		{"max lock conns negative", pool, []pg.Option{pg.WithMaxLockConns(-1)}},
+		{"max leases per conn 0", pool, []pg.Option{pg.WithMaxLeasesPerConn(0)}},
+		{"max leases per conn negative", pool, []pg.Option{pg.WithMaxLeasesPerConn(-5)}},
+		{"fencing table with three parts", pool, []pg.Option{pg.WithFencing("a.b.c")}},
+		{"fencing table with an empty part", pool, []pg.Option{pg.WithFencing("locks.")}},
+		{"fencing table with a leading dot", pool, []pg.Option{pg.WithFencing(".fencing")}},
+		{"fencing table with a NUL byte", pool, []pg.Option{pg.WithFencing("fen\x00cing")}},
+		{"fencing table name too long", pool, []pg.Option{pg.WithFencing(long)}},
+		{"fencing schema name too long", pool, []pg.Option{pg.WithFencing(long + ".t")}},
+		{"a bad option after a good one", pool, []pg.Option{pg.WithOpTimeout(time.Second), pg.WithMaxLockConns(0)}},
+	} {
+		b, err := pg.New(c.pool, c.opts...)
+		if !errors.Is(err, dlock.ErrInvalidOption) || !errors.Is(err, backend.ErrInvalidOption) || b != nil {
+			t.Errorf("%s: New = %v, %v; want nil, an error matching ErrInvalidOption", c.name, b, err)
+		}
+	}
+	for _, o := range []pg.Option{
+		pg.WithLossInterval(20 * time.Millisecond), pg.WithOpTimeout(100 * time.Millisecond),
+		pg.WithMaxLockConns(1), pg.WithMaxLeasesPerConn(1), pg.WithFencing(""),
+		pg.WithFencing("s.t"), pg.WithFencing(long[:63]), pg.WithLogger(nil), nil,
+	} {
+		b, err := pg.New(pool, o)
+		if err != nil {
+			t.Errorf("a valid option: %v", err)
+			continue
+		}
+		_ = b.Close()
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	url := testURL(t)
 	b, _ := newBackend(t, url)
@@ -475,9 +550,9 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("limit %d: %v", limit, err)
 		}
 	}
-	nilb := pg.New(nil)
-	if _, _, err := nilb.TryLock(ctx, "x"); err == nil {
-		t.Error("nil pool: no error")
+	var zero pg.Backend // not made by New
+	if _, _, err := zero.TryLock(ctx, "x"); err == nil {
+		t.Error("zero Backend: no error")
 	}
 	b.Close()
 	if _, _, err := b.TryLock(ctx, "x"); err == nil {

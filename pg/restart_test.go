@@ -220,8 +220,7 @@ func needPrivateServer(t *testing.T) *privateServer {
 func TestWaitRidesOutRestart(t *testing.T) {
 	srv := needPrivateServer(t)
 	holder, _ := newBackend(t, srv.url)
-	waiter := pg.New(newPool(t, srv.url, 2))
-	t.Cleanup(func() { _ = waiter.Close() })
+	waiter := newOn(t, newPool(t, srv.url, 2))
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	type wait struct {
@@ -284,8 +283,7 @@ func TestWaitRidesOutRestart(t *testing.T) {
 // ErrNotAcquired and the deadline, wrapping the server's error.
 func TestWaitWhileServerDown(t *testing.T) {
 	srv := needPrivateServer(t)
-	b := pg.New(newPool(t, srv.url, 2))
-	t.Cleanup(func() { _ = b.Close() })
+	b := newOn(t, newPool(t, srv.url, 2))
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	l, ok, err := b.TryLock(ctx, name+"warm") // the pool has a connection

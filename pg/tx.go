@@ -11,85 +11,6 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-// Keys is a view of a Backend whose lock names are advisory keys, written
-// as Key.String writes them: "42" for Int64Key(42), "1,2" for PairKey(1, 2).
-// It takes exactly the locks that pg_advisory_lock(42) and
-// pg_advisory_lock(1, 2) take, so it excludes (and is excluded by) existing
-// SQL that uses advisory locks by number:
-//
-//	mu := dlock.NewMutex(b.Keys())
-//	err := mu.Do(ctx, pg.Int64Key(42).String(), fn)
-//
-// Unlike named locks, the kinds share the key: a Mutex of "42" and the
-// write side of an RWMutex of "42" are the same lock (pg_advisory_lock(42)),
-// and the read side is pg_advisory_lock_shared(42). A name that is not a
-// canonical key gets an error matching backend.ErrInvalidName. Keys has no
-// semaphore: a semaphore needs several keys. Leases are the Backend's, with
-// its connections, registry and monitor.
-type Keys struct{ b *Backend }
-
-var (
-	_ backend.Locker[*Lease]     = (*Keys)(nil)
-	_ backend.LockWaiter[*Lease] = (*Keys)(nil)
-	_ backend.RWLocker[*Lease]   = (*Keys)(nil)
-	_ backend.RWWaiter[*Lease]   = (*Keys)(nil)
-)
-
-// Keys returns the view of b addressed by advisory keys.
-func (b *Backend) Keys() *Keys { return &Keys{b: b} }
-
-func keyReq(name string, m mode) (req, error) {
-	k, err := ParseKey(name)
-	if err != nil {
-		return req{}, backend.Permanent(fmt.Errorf("pg: key: %w", err))
-	}
-	return req{kind: "key", name: name, key: k, mode: m, fence: k}, nil
-}
-
-// TryLock makes one attempt at pg_advisory_lock of the key name.
-func (v *Keys) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
-	r, err := keyReq(name, exclusive)
-	if err != nil {
-		return nil, false, err
-	}
-	return v.b.try(ctx, r)
-}
-
-// Lock takes the key name exclusively, waiting in the server's queue.
-func (v *Keys) Lock(ctx context.Context, name string) (*Lease, error) {
-	r, err := keyReq(name, exclusive)
-	if err != nil {
-		return nil, err
-	}
-	return v.b.wait(ctx, r)
-}
-
-// TryRLock makes one attempt at pg_advisory_lock_shared of the key name.
-func (v *Keys) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	r, err := keyReq(name, shared)
-	if err != nil {
-		return nil, false, err
-	}
-	return v.b.try(ctx, r)
-}
-
-// TryWLock is TryLock.
-func (v *Keys) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return v.TryLock(ctx, name)
-}
-
-// RLock takes the key name shared, waiting in the server's queue.
-func (v *Keys) RLock(ctx context.Context, name string) (*Lease, error) {
-	r, err := keyReq(name, shared)
-	if err != nil {
-		return nil, err
-	}
-	return v.b.wait(ctx, r)
-}
-
-// WLock is Lock.
-func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return v.Lock(ctx, name) }
-
 // Transaction-scoped locks.
 //
 // LockTx and its relatives take an advisory lock inside the caller's own
@@ -161,7 +82,7 @@ func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
 	if m == shared {
 		fn = "pg_advisory_xact_lock_shared"
 	}
-	_, _, err = runCancellable(ctx, tx.Conn().PgConn(), "SELECT "+fn+"("+key.String()+")", DefaultOpTimeout)
+	_, _, err = runCancellable(ctx, tx.Conn().PgConn(), "SELECT "+fn+"("+key.String()+")", defaultOpTimeout)
 	uctx := context.WithoutCancel(ctx)
 	if err == nil {
 		if err := sp.Commit(uctx); err != nil {

@@ -386,6 +386,13 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 		if err != nil {
 			return nil, nil, fmt.Errorf("postgres %s: %w", strings.Join(s.hosts, ","), err)
 		}
+		// Before connecting: a bad option (--fencing table name) is
+		// reported at once, not after a wait for the server.
+		b, err := pg.New(pool, opts...)
+		if err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
 		// Connect now, so that a server that is down or silent is named
 		// (and, with retry, ridden out) before the lock is tried.
 		if err := retrying(ctx, retry, note, func() error {
@@ -394,10 +401,10 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 			}
 			return nil
 		}); err != nil {
+			b.Close()
 			pool.Close()
 			return nil, nil, err
 		}
-		b := pg.New(pool, opts...)
 		acq, err := acquirerFor[*pg.Lease](b, cfg)
 		return acq, func() { b.Close(); pool.Close() }, err
 	case "valkey":
