@@ -26,12 +26,6 @@ func harness(url string, opts ...pg.Option) dlocktest.Harness[*pg.Lease] {
 			terminate(t, url, l.PID())
 		},
 		LossWithin: 3 * time.Second,
-		// Fair stays off for now: pg keeps the ordering promise (doc.go,
-		// Ordering; TestSemaphoreQueueOrder), and the suite's FIFO,
-		// NoStarvation and RWMutex/Order subtests pass with it on, but
-		// the suite's helper-process waiter takes no semaphore limit
-		// (startWaiter), and Mutex/NoStarvation starved three clients once
-		// in a full parallel run under load, not yet understood.
 	}
 }
 
