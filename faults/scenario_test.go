@@ -129,10 +129,11 @@ var matrix = []struct {
 }
 
 var results struct {
-	mu     sync.Mutex
-	run    RunInfo
-	rows   []*Result
-	margin *Margin
+	mu         sync.Mutex
+	run        RunInfo
+	rows       []*Result
+	margin     *Margin
+	revocation *Revocation
 }
 
 // privatePGScenario serializes the scenarios that crash the private
@@ -209,7 +210,7 @@ func writeResults() {
 		a, b := rows[i], rows[j]
 		return a.Backend+"/"+a.Prim+"/"+a.Fault < b.Backend+"/"+b.Prim+"/"+b.Fault
 	})
-	b, err := json.MarshalIndent(Results{Run: results.run, Rows: rows, Margin: results.margin}, "", " ")
+	b, err := json.MarshalIndent(Results{Run: results.run, Rows: rows, Margin: results.margin, Revocation: results.revocation}, "", " ")
 	if err == nil {
 		err = os.WriteFile(path, b, 0o644)
 	}
