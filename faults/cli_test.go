@@ -278,7 +278,7 @@ func runCLIScenario(t *testing.T, bin, backend, fault string, sz sizing) {
 				}
 				args = append(args, name, "--", "sh", "-c", cliScript, "sh", work, strconv.Itoa(id), helper)
 				cmd := exec.Command(bin, args...)
-				cmd.Env = append(os.Environ(), rmwEnv+"=1")
+				cmd.Env = childEnv(rmwEnv + "=1")
 				cmd.Stdout, cmd.Stderr = logf, logf
 				inv := &invocation{id: id, cmd: cmd, done: make(chan struct{}), start: Now()}
 				if err := cmd.Start(); err != nil {

@@ -553,7 +553,7 @@ func (e *env) spawn(slot int) {
 	}
 	raw, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), workerEnv+"="+string(raw))
+	cmd.Env = childEnv(workerEnv + "=" + string(raw))
 	logPath := filepath.Join(e.dir, fmt.Sprintf("worker-%d.log", id))
 	logf, err := os.Create(logPath)
 	if err != nil {

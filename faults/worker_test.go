@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +38,24 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	stopPrivateServers()
 	os.Exit(code)
+}
+
+// childEnv is the environment of a process that re-executes this test
+// binary (a worker, or the CLI rows' read-modify-write helper): ours plus
+// extra, with GORACE's atexit_sleep_ms=0 unless it is set. A binary built
+// with -race otherwise sleeps a second when it exits (so that goroutines
+// still running can report their races): every worker's exit and every
+// helper call of a CLI section would take a second longer. Workers wait
+// for their goroutines before they exit, and the helper runs none, so no
+// race report is cut short.
+func childEnv(extra ...string) []string {
+	env := os.Environ()
+	gorace := os.Getenv("GORACE")
+	if !strings.Contains(gorace, "atexit_sleep_ms") {
+		gorace = strings.TrimSpace(gorace + " atexit_sleep_ms=0")
+		env = append(env, "GORACE="+gorace) // the last one wins
+	}
+	return append(env, extra...)
 }
 
 // workerConfig configures one worker process.
