@@ -30,10 +30,12 @@ import (
 )
 
 // Scenario sizes. The short mode (go test -short, or DLOCK_FAULTS_SHORT=1)
-// runs every scenario briefly; the long mode produces the published
-// numbers (DLOCK_FAULTS_SCALE multiplies the duration, default 1).
-// DLOCK_FAULTS_PARALLEL sets how many scenarios run at once (default 2,
-// and never more than go test's -parallel).
+// runs every scenario briefly (shortDur); the long mode produces the
+// published numbers (DLOCK_FAULTS_SCALE multiplies the duration, default
+// 1). DLOCK_FAULTS_PARALLEL sets how many scenarios run their workload at
+// once (default 2 in the long mode, 3 in the short mode, whose scenarios
+// are mostly waiting; never more than an explicit -parallel); one more
+// may be preparing meanwhile.
 type sizing struct {
 	short      bool
 	scale      float64
@@ -45,13 +47,17 @@ type sizing struct {
 
 func size() sizing {
 	sz := sizing{parallel: 2, goroutines: 2, scale: 1}
+	short := testing.Short() || os.Getenv("DLOCK_FAULTS_SHORT") == "1"
+	if short {
+		sz.parallel = 3
+	}
 	if p := os.Getenv("DLOCK_FAULTS_PARALLEL"); p != "" {
 		if n, err := strconv.Atoi(p); err == nil && n >= 1 {
 			sz.parallel = n
 		}
 	}
-	if testing.Short() || os.Getenv("DLOCK_FAULTS_SHORT") == "1" {
-		sz.short, sz.dur, sz.procs = true, 4*time.Second, 3
+	if short {
+		sz.short, sz.dur, sz.procs = true, 4*time.Second, 3 // dur: the longest (shortDur)
 		return sz
 	}
 	if s := os.Getenv("DLOCK_FAULTS_SCALE"); s != "" {
@@ -153,7 +159,10 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	results.mu.Unlock()
-	slots := make(chan struct{}, sz.parallel)
+	// A scenario prepares (servers, proxies, workers started and connected)
+	// while others run: at most parallel run their workload at once, and
+	// one more may be preparing or ready to go.
+	prep, slots := make(chan struct{}, sz.parallel+1), make(chan struct{}, sz.parallel)
 	t.Cleanup(func() {
 		results.mu.Lock()
 		results.run.Seconds = time.Since(started).Seconds()
@@ -172,9 +181,9 @@ func TestFaults(t *testing.T) {
 							privatePGScenario.Lock()
 							defer privatePGScenario.Unlock()
 						}
-						slots <- struct{}{}
-						defer func() { <-slots }()
-						runScenario(t, m.backend, prim, fk, sz)
+						prep <- struct{}{}
+						defer func() { <-prep }()
+						runScenario(t, m.backend, prim, fk, sz, slots)
 					})
 				}
 			}
@@ -292,12 +301,28 @@ func (e *env) outage() time.Duration {
 	return 3 * lossMs * time.Millisecond
 }
 
-func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
+// shortDur is a scenario's workload in the short mode: room for the
+// first fault and the quiet tail of 1.2 s after it (see runScenario).
+func shortDur(backend string, fk faultKind) time.Duration {
+	switch fk.name {
+	case "none":
+		return 1500 * time.Millisecond
+	case "pause", "blackhole", "partition":
+		if lease(backend) {
+			return 4 * time.Second // the fault lasts a lease + 0.8–1 s
+		}
+		return 3 * time.Second // 3 loss intervals (a pause up to 1.4 s)
+	default:
+		return 2500 * time.Millisecond // the fault lasts at most 0.8 s (latency), or 0.2 s + a server start (restart)
+	}
+}
+
+// runScenario runs one scenario. Its workload (and its faults) begin once
+// it has a place in slots, when its workers are ready.
+func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing, slots chan struct{}) {
 	started := time.Now()
-	if sz.short && !lease(backend) {
-		// fs and pg faults last at most 1.4 s: 3 s leave a quiet tail
-		// (a lease backend's last 2.3–2.5 s, and needs the fourth second).
-		sz.dur = 3 * time.Second
+	if sz.short {
+		sz.dur = shortDur(backend, fk)
 	}
 	e := &env{t: t, backend: backend, prim: prim, fk: fk, sz: sz, dir: t.TempDir(),
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
@@ -353,6 +378,11 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	for slot := range sz.procs {
 		e.spawn(slot)
 	}
+	e.waitReady()
+	tPrepared := time.Now()
+	slots <- struct{}{}
+	defer func() { <-slots }()
+	tReady := time.Now()
 	e.start()
 	// Faults: one after another, with gaps, at least one; the next only if
 	// it can be over (as long as the longest so far, plus the search for a
@@ -363,7 +393,7 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		var longest time.Duration
 		for first := true; first || Now()+int64(longest+500*time.Millisecond) < e.deadline-int64(quiet); first = false {
 			target := e.pickHolder()
-			f := fk.inject(e, target)
+			f := e.inject(fk, target, quiet)
 			f.Revokes = fk.revokes(backend)
 			longest = max(longest, time.Duration(f.End-f.Start))
 			e.mu.Lock()
@@ -372,7 +402,9 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 			time.Sleep(time.Duration(200+e.rng.IntN(300)) * time.Millisecond)
 		}
 	}
+	tFaults := time.Now()
 	e.waitWorkers()
+	tDone := time.Now()
 
 	var paths []string
 	for id := range e.nextID {
@@ -400,6 +432,10 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		e.fatalf("reading the shadow counter: %v", err)
 	}
 	res.Report, res.Resource, res.Shadow, res.Checked = rep, st, sh, true
+	t.Logf("phases: set up and workers ready %v, then a slot %v; workload %v, faults for %v, workers done %v later; check %v",
+		tPrepared.Sub(started).Round(time.Millisecond), tReady.Sub(tPrepared).Round(time.Millisecond),
+		e.sz.dur, tFaults.Sub(tReady).Round(time.Millisecond),
+		tDone.Sub(tFaults).Round(time.Millisecond), time.Since(tDone).Round(time.Millisecond))
 	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused; without fencing %d lost updates",
 		len(e.faults), rep.Sections, rep.Killed, rep.Told, rep.Overlaps, rep.Excused, rep.TokenViolations,
 		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused, sh.Lost)
@@ -578,10 +614,10 @@ func (e *env) spawn(slot int) {
 	e.mu.Unlock()
 }
 
-// start waits until every worker is ready (connected to its servers), then
-// sets the deadline and lets them begin. A worker that exits or is not
-// ready within readyTimeout fails the scenario, with its log.
-func (e *env) start() {
+// waitReady waits until every worker is ready (connected to its
+// servers). A worker that exits or is not ready within readyTimeout fails
+// the scenario, with its log.
+func (e *env) waitReady() {
 	e.mu.Lock()
 	procs := append([]*proc(nil), e.procs...)
 	e.mu.Unlock()
@@ -603,14 +639,58 @@ func (e *env) start() {
 			}
 		}
 	}
+}
+
+// start sets the deadline and lets the workers begin.
+func (e *env) start() {
 	e.deadline = Now() + int64(e.sz.dur)
+	if err := e.writeDeadline(e.deadline); err != nil {
+		e.fatalf("start file: %v", err)
+	}
+}
+
+// writeDeadline (re)writes the start file, which holds the deadline;
+// workers read it when they start and every 50 ms after.
+func (e *env) writeDeadline(d int64) error {
 	tmp := e.startPath() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(e.deadline, 10)), 0o600); err != nil {
-		e.fatalf("start file: %v", err)
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(d, 10)), 0o600); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, e.startPath()); err != nil {
-		e.fatalf("start file: %v", err)
+	return os.Rename(tmp, e.startPath())
+}
+
+// inject runs a fault and keeps the workload's deadline at least quiet
+// ahead of it, while it runs and after it ends: a fault may take longer
+// than planned (a server restart on a loaded machine can take seconds),
+// and the workload must go on after every fault.
+func (e *env) inject(fk faultKind, target *proc, quiet time.Duration) Fault {
+	stop, extended := make(chan struct{}), make(chan int64)
+	go func(d int64) {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				extended <- d
+				return
+			case <-t.C:
+			}
+			if want := Now() + int64(quiet); want > d && e.writeDeadline(want) == nil {
+				d = want
+			}
+		}
+	}(e.deadline)
+	f := fk.inject(e, target)
+	close(stop)
+	e.deadline = <-extended
+	if want := f.End + int64(quiet); want > e.deadline {
+		if err := e.writeDeadline(want); err != nil {
+			e.failf("start file: %v", err)
+		} else {
+			e.deadline = want
+		}
 	}
+	return f
 }
 
 // workerFailed records a worker error: its reason with the last line of

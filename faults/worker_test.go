@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -34,6 +35,16 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv(rmwEnv) == "1" {
 		os.Exit(rmwMain(os.Args[1:]))
+	}
+	// The scenarios' concurrency is DLOCK_FAULTS_PARALLEL's (TestFaults,
+	// TestCLI), not go test's -parallel, which defaults to the number of
+	// CPUs and would keep a scenario from preparing while others run on a
+	// two-core machine. An explicit -parallel still caps it.
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		_ = flag.Set("test.parallel", "64")
 	}
 	code := m.Run()
 	stopPrivateServers()
@@ -230,10 +241,36 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) er
 	default:
 		return fmt.Errorf("unknown primitive %q", cfg.Prim)
 	}
-	deadline, err := waitStart(cfg)
+	first, err := waitStart(cfg)
 	if err != nil {
 		return err
 	}
+	// The harness may push the deadline back while a fault runs (see
+	// env.inject): re-read it every 50 ms until the workload ends.
+	var deadline atomic.Int64
+	deadline.Store(first)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if b, err := os.ReadFile(cfg.StartFile); err == nil {
+				if d, err := strconv.ParseInt(string(b), 10, 64); err == nil && d > deadline.Load() {
+					deadline.Store(d)
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-stopped
+	}()
 	var (
 		wg       sync.WaitGroup
 		firstErr atomic.Value
@@ -243,7 +280,7 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) er
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(cfg.Proc), uint64(g)))
-			for seq := 1; Now() < deadline; seq++ {
+			for seq := 1; Now() < deadline.Load(); seq++ {
 				kind, guard := KindExclusive, excl
 				switch {
 				case ticket != nil:
