@@ -983,15 +983,40 @@ func (e *env) terminate() Fault {
 	}
 	defer c.Close(context.Background())
 	// Connected first, so that the fault starts at the termination (it is
-	// where the exposure windows are measured from).
+	// where the exposure windows are measured from): at the moment the
+	// server signalled the first backend (clock_timestamp() just before
+	// each pg_terminate_backend, the server's CLOCK_REALTIME converted to
+	// CLOCK_MONOTONIC), which no lock can be freed before. The moment the
+	// query was sent would add its trip and the scan of pg_stat_activity.
+	offset := time.Now().UnixNano() - Now()
 	f := Fault{Kind: "terminate", Proc: -1, Start: Now()}
-	_, err = c.Exec(ctx, `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+	rows, err := c.Query(ctx, `SELECT clock_timestamp(), pg_terminate_backend(a.pid) FROM pg_stat_activity a
 		WHERE a.application_name LIKE $1 AND EXISTS (SELECT 1 FROM pg_locks l
 		WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)`, e.app+"-%")
+	var first int64
+	if err == nil {
+		for rows.Next() {
+			var at time.Time
+			var ok bool
+			if err = rows.Scan(&at, &ok); err != nil {
+				break
+			}
+			if k := at.UnixNano() - offset; first == 0 || k < first {
+				first = k
+			}
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
 	if err != nil {
 		e.failf("pg_terminate_backend: %v", err)
 	}
 	f.End = Now()
+	if first > f.Start && first < f.End { // else the clocks disagree: keep the bound from the client
+		f.Start = first
+	}
 	return f
 }
 
