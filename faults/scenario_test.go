@@ -146,7 +146,27 @@ var results struct {
 // PostgreSQL server, which they share.
 var privatePGScenario sync.Mutex
 
+// scenarioSlots bound the scenarios of TestFaults and the rows of TestCLI,
+// which run together (both are parallel tests: they start once the
+// timing measurements, TestLeaseMargin and TestPGRevocationWindow, are
+// over). A scenario holds prep while it sets up and runs, and a slot while
+// its workload runs: at most sizing.parallel workloads at once, and one
+// more scenario preparing.
+var scenarioSlots struct {
+	once        sync.Once
+	prep, slots chan struct{}
+}
+
+func slotsFor(sz sizing) (prep, slots chan struct{}) {
+	scenarioSlots.once.Do(func() {
+		scenarioSlots.prep = make(chan struct{}, sz.parallel+1)
+		scenarioSlots.slots = make(chan struct{}, sz.parallel)
+	})
+	return scenarioSlots.prep, scenarioSlots.slots
+}
+
 func TestFaults(t *testing.T) {
+	t.Parallel()
 	sz := size()
 	started := time.Now()
 	results.mu.Lock()
@@ -159,10 +179,7 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	results.mu.Unlock()
-	// A scenario prepares (servers, proxies, workers started and connected)
-	// while others run: at most parallel run their workload at once, and
-	// one more may be preparing or ready to go.
-	prep, slots := make(chan struct{}, sz.parallel+1), make(chan struct{}, sz.parallel)
+	prep, slots := slotsFor(sz)
 	t.Cleanup(func() {
 		results.mu.Lock()
 		results.run.Seconds = time.Since(started).Seconds()
