@@ -445,7 +445,7 @@ func (r *Results) revocationBlock(rows []*Result) string {
 		}
 	}
 	if len(lost)+len(rel) > 0 {
-		fmt.Fprintf(&b, "\nIn this run's pg `terminate` scenarios (%d, from the terminate sent, holders inside short sections under load): told by `Lost()` while inside the section %s; told only by `Release` (the termination met the release on its way, or was not seen before it) %s.\n",
+		fmt.Fprintf(&b, "\nIn this run's pg `terminate` scenarios (%d; from the server's signal of the first terminated backend; holders inside short sections, beside busy neighbours): told by `Lost()` while inside the section %s; told only by `Release` (the termination met the release on its way, or was not seen before it) %s.\n",
 			n, fmtWindows(lost), fmtWindows(rel))
 	}
 	return b.String()

@@ -51,7 +51,7 @@ func TestReportMarkdown(t *testing.T) {
 
 	wantAll(t, "revocation", blocks["revocation"],
 		"(not measured in this run)",
-		"In this run's pg `terminate` scenarios (1, ",
+		"In this run's pg `terminate` scenarios (1; from the server's signal",
 		"told by `Lost()` while inside the section 1.0 ms / 2.0 ms / 2.0 ms (2); told only by `Release`",
 		"30.0 ms / 30.0 ms / 30.0 ms (1)",
 	)
