@@ -100,6 +100,12 @@ type Report struct {
 	// moment the server freed its lock (at the latest) to the moment it
 	// was told. Another holder may be inside during that window.
 	Windows []int64 `json:"windows,omitempty"`
+	// WindowsLost and WindowsRelease split Windows by how the holder was
+	// told: by Lost() closing while it was inside its section (its lock
+	// connection, if any, idle), or only by its Release (the loss met
+	// the release on its way, or was not seen before it).
+	WindowsLost    []int64 `json:"windowsLost,omitempty"`
+	WindowsRelease []int64 `json:"windowsRelease,omitempty"`
 
 	TokenViolations int      `json:"tokenViolations"` // pairs whose tokens disagree with the order of entry
 	Tokenless       int      `json:"tokenless"`       // sections without a fencing token
@@ -388,7 +394,13 @@ func (r *Report) explainLoss(s Section, faults []Fault, spec Spec) {
 			s.Kind, s.Proc, s.G, s.Seq, s.Call, s.Enter, s.Leave, s.Told, s.RelErr)
 	}
 	if rev != nil {
-		r.Windows = append(r.Windows, max(0, s.Told-max(rev.frees(), s.Call)))
+		w := max(0, s.Told-max(rev.frees(), s.Call))
+		r.Windows = append(r.Windows, w)
+		if s.Done && s.Told == s.Rel { // the worker records Release's ErrLockLost so
+			r.WindowsRelease = append(r.WindowsRelease, w)
+		} else {
+			r.WindowsLost = append(r.WindowsLost, w)
+		}
 	}
 }
 

@@ -499,3 +499,22 @@ func TestStoreShadowCountsWhatFencingSaves(t *testing.T) {
 		t.Errorf("shadow counter after a refused read: %+v", s)
 	}
 }
+
+// The exposure windows are split by how the holder was told: by Lost()
+// inside its section, or only by its Release (the worker then records the
+// telling at the Release's return).
+func TestCheckWindowsByTelling(t *testing.T) {
+	term := []Fault{{Kind: "terminate", Proc: -1, Start: 100, End: 101, Revokes: true}}
+	inside := sec(1, KindTicket, 0, 50, 200, 1)
+	inside.Lost, inside.Told = true, 103 // Lost() closed inside
+	byRelease := sec(2, KindTicket, 0, 60, 130, 2)
+	byRelease.Lost, byRelease.Told = true, byRelease.Rel // Release said ErrLockLost
+	r := Check([]Section{inside, byRelease}, term, nil, Spec{Limit: 2, LossSlack: 1000})
+	if r.Violations() != 0 {
+		t.Fatalf("two told ticket holders rejected: %+v", r)
+	}
+	if len(r.Windows) != 2 || len(r.WindowsLost) != 1 || len(r.WindowsRelease) != 1 ||
+		r.WindowsLost[0] != 3 || r.WindowsRelease[0] != byRelease.Rel-100 {
+		t.Fatalf("windows %v, by Lost() %v, by Release %v; want 3 and %d", r.Windows, r.WindowsLost, r.WindowsRelease, byRelease.Rel-100)
+	}
+}

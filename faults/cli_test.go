@@ -136,6 +136,7 @@ func buildCLI(t *testing.T) string {
 }
 
 func TestCLI(t *testing.T) {
+	t.Parallel() // beside TestFaults, in its slots
 	sz := size()
 	results.mu.Lock()
 	if results.run.Date.IsZero() { // run on its own: date its rows for cmd/report
@@ -147,7 +148,7 @@ func TestCLI(t *testing.T) {
 		os.RemoveAll(filepath.Dir(bin))
 		writeResults()
 	})
-	slots := make(chan struct{}, sz.parallel)
+	_, slots := slotsFor(sz)
 	for _, m := range cliMatrix {
 		for _, f := range m.faults {
 			t.Run(m.backend+"/"+f, func(t *testing.T) {
@@ -278,7 +279,7 @@ func runCLIScenario(t *testing.T, bin, backend, fault string, sz sizing) {
 				}
 				args = append(args, name, "--", "sh", "-c", cliScript, "sh", work, strconv.Itoa(id), helper)
 				cmd := exec.Command(bin, args...)
-				cmd.Env = append(os.Environ(), rmwEnv+"=1")
+				cmd.Env = childEnv(rmwEnv + "=1")
 				cmd.Stdout, cmd.Stderr = logf, logf
 				inv := &invocation{id: id, cmd: cmd, done: make(chan struct{}), start: Now()}
 				if err := cmd.Start(); err != nil {

@@ -28,7 +28,8 @@
 //
 // Environment: DLOCK_FAULTS_SHORT=1 (or go test -short) for the short mode,
 // DLOCK_FAULTS_SCALE to stretch the long mode's 20 s per scenario,
-// DLOCK_FAULTS_PARALLEL for the number of scenarios at once (default 2),
+// DLOCK_FAULTS_PARALLEL for the number of scenarios whose workload runs at
+// once (default 2; 3 in the short mode; one more prepares meanwhile),
 // DLOCK_FAULTS_RESULTS for the results file, DLOCK_FAULTS_KEEP=dir to keep
 // the histories and worker logs of failing scenarios (of every scenario
 // with DLOCK_FAULTS_KEEP_ALL=1).

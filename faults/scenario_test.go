@@ -30,10 +30,12 @@ import (
 )
 
 // Scenario sizes. The short mode (go test -short, or DLOCK_FAULTS_SHORT=1)
-// runs every scenario briefly; the long mode produces the published
-// numbers (DLOCK_FAULTS_SCALE multiplies the duration, default 1).
-// DLOCK_FAULTS_PARALLEL sets how many scenarios run at once (default 2,
-// and never more than go test's -parallel).
+// runs every scenario briefly (shortDur); the long mode produces the
+// published numbers (DLOCK_FAULTS_SCALE multiplies the duration, default
+// 1). DLOCK_FAULTS_PARALLEL sets how many scenarios run their workload at
+// once (default 2 in the long mode, 3 in the short mode, whose scenarios
+// are mostly waiting; never more than an explicit -parallel); one more
+// may be preparing meanwhile.
 type sizing struct {
 	short      bool
 	scale      float64
@@ -45,13 +47,17 @@ type sizing struct {
 
 func size() sizing {
 	sz := sizing{parallel: 2, goroutines: 2, scale: 1}
+	short := testing.Short() || os.Getenv("DLOCK_FAULTS_SHORT") == "1"
+	if short {
+		sz.parallel = 3
+	}
 	if p := os.Getenv("DLOCK_FAULTS_PARALLEL"); p != "" {
 		if n, err := strconv.Atoi(p); err == nil && n >= 1 {
 			sz.parallel = n
 		}
 	}
-	if testing.Short() || os.Getenv("DLOCK_FAULTS_SHORT") == "1" {
-		sz.short, sz.dur, sz.procs = true, 4*time.Second, 3
+	if short {
+		sz.short, sz.dur, sz.procs = true, 4*time.Second, 3 // dur: the longest (shortDur)
 		return sz
 	}
 	if s := os.Getenv("DLOCK_FAULTS_SCALE"); s != "" {
@@ -129,17 +135,38 @@ var matrix = []struct {
 }
 
 var results struct {
-	mu     sync.Mutex
-	run    RunInfo
-	rows   []*Result
-	margin *Margin
+	mu         sync.Mutex
+	run        RunInfo
+	rows       []*Result
+	margin     *Margin
+	revocation *Revocation
 }
 
 // privatePGScenario serializes the scenarios that crash the private
 // PostgreSQL server, which they share.
 var privatePGScenario sync.Mutex
 
+// scenarioSlots bound the scenarios of TestFaults and the rows of TestCLI,
+// which run together (both are parallel tests: they start once the
+// timing measurements, TestLeaseMargin and TestPGRevocationWindow, are
+// over). A scenario holds prep while it sets up and runs, and a slot while
+// its workload runs: at most sizing.parallel workloads at once, and one
+// more scenario preparing.
+var scenarioSlots struct {
+	once        sync.Once
+	prep, slots chan struct{}
+}
+
+func slotsFor(sz sizing) (prep, slots chan struct{}) {
+	scenarioSlots.once.Do(func() {
+		scenarioSlots.prep = make(chan struct{}, sz.parallel+1)
+		scenarioSlots.slots = make(chan struct{}, sz.parallel)
+	})
+	return scenarioSlots.prep, scenarioSlots.slots
+}
+
 func TestFaults(t *testing.T) {
+	t.Parallel()
 	sz := size()
 	started := time.Now()
 	results.mu.Lock()
@@ -152,7 +179,7 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	results.mu.Unlock()
-	slots := make(chan struct{}, sz.parallel)
+	prep, slots := slotsFor(sz)
 	t.Cleanup(func() {
 		results.mu.Lock()
 		results.run.Seconds = time.Since(started).Seconds()
@@ -171,9 +198,9 @@ func TestFaults(t *testing.T) {
 							privatePGScenario.Lock()
 							defer privatePGScenario.Unlock()
 						}
-						slots <- struct{}{}
-						defer func() { <-slots }()
-						runScenario(t, m.backend, prim, fk, sz)
+						prep <- struct{}{}
+						defer func() { <-prep }()
+						runScenario(t, m.backend, prim, fk, sz, slots)
 					})
 				}
 			}
@@ -209,7 +236,7 @@ func writeResults() {
 		a, b := rows[i], rows[j]
 		return a.Backend+"/"+a.Prim+"/"+a.Fault < b.Backend+"/"+b.Prim+"/"+b.Fault
 	})
-	b, err := json.MarshalIndent(Results{Run: results.run, Rows: rows, Margin: results.margin}, "", " ")
+	b, err := json.MarshalIndent(Results{Run: results.run, Rows: rows, Margin: results.margin, Revocation: results.revocation}, "", " ")
 	if err == nil {
 		err = os.WriteFile(path, b, 0o644)
 	}
@@ -291,12 +318,28 @@ func (e *env) outage() time.Duration {
 	return 3 * lossMs * time.Millisecond
 }
 
-func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
+// shortDur is a scenario's workload in the short mode: room for the
+// first fault and the quiet tail of 1.2 s after it (see runScenario).
+func shortDur(backend string, fk faultKind) time.Duration {
+	switch fk.name {
+	case "none":
+		return 1500 * time.Millisecond
+	case "pause", "blackhole", "partition":
+		if lease(backend) {
+			return 4 * time.Second // the fault lasts a lease + 0.8–1 s
+		}
+		return 3 * time.Second // 3 loss intervals (a pause up to 1.4 s)
+	default:
+		return 2500 * time.Millisecond // the fault lasts at most 0.8 s (latency), or 0.2 s + a server start (restart)
+	}
+}
+
+// runScenario runs one scenario. Its workload (and its faults) begin once
+// it has a place in slots, when its workers are ready.
+func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing, slots chan struct{}) {
 	started := time.Now()
-	if sz.short && !lease(backend) {
-		// fs and pg faults last at most 1.4 s: 3 s leave a quiet tail
-		// (a lease backend's last 2.3–2.5 s, and needs the fourth second).
-		sz.dur = 3 * time.Second
+	if sz.short {
+		sz.dur = shortDur(backend, fk)
 	}
 	e := &env{t: t, backend: backend, prim: prim, fk: fk, sz: sz, dir: t.TempDir(),
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
@@ -352,6 +395,11 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 	for slot := range sz.procs {
 		e.spawn(slot)
 	}
+	e.waitReady()
+	tPrepared := time.Now()
+	slots <- struct{}{}
+	defer func() { <-slots }()
+	tReady := time.Now()
 	e.start()
 	// Faults: one after another, with gaps, at least one; the next only if
 	// it can be over (as long as the longest so far, plus the search for a
@@ -362,7 +410,7 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		var longest time.Duration
 		for first := true; first || Now()+int64(longest+500*time.Millisecond) < e.deadline-int64(quiet); first = false {
 			target := e.pickHolder()
-			f := fk.inject(e, target)
+			f := e.inject(fk, target, quiet)
 			f.Revokes = fk.revokes(backend)
 			longest = max(longest, time.Duration(f.End-f.Start))
 			e.mu.Lock()
@@ -371,7 +419,9 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 			time.Sleep(time.Duration(200+e.rng.IntN(300)) * time.Millisecond)
 		}
 	}
+	tFaults := time.Now()
 	e.waitWorkers()
+	tDone := time.Now()
 
 	var paths []string
 	for id := range e.nextID {
@@ -399,6 +449,10 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing) {
 		e.fatalf("reading the shadow counter: %v", err)
 	}
 	res.Report, res.Resource, res.Shadow, res.Checked = rep, st, sh, true
+	t.Logf("phases: set up and workers ready %v, then a slot %v; workload %v, faults for %v, workers done %v later; check %v",
+		tPrepared.Sub(started).Round(time.Millisecond), tReady.Sub(tPrepared).Round(time.Millisecond),
+		e.sz.dur, tFaults.Sub(tReady).Round(time.Millisecond),
+		tDone.Sub(tFaults).Round(time.Millisecond), time.Since(tDone).Round(time.Millisecond))
 	t.Logf("%d faults, %d sections (%d killed, %d told lost), overlaps %d (excused %d), tokens bad %d, max at once %d, linearizable %s; resource: %d writes, %d lost updates, %d stale refused; without fencing %d lost updates",
 		len(e.faults), rep.Sections, rep.Killed, rep.Told, rep.Overlaps, rep.Excused, rep.TokenViolations,
 		rep.MaxConcurrent, rep.Linearizable, st.Writes, st.Lost, st.Refused, sh.Lost)
@@ -552,7 +606,7 @@ func (e *env) spawn(slot int) {
 	}
 	raw, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), workerEnv+"="+string(raw))
+	cmd.Env = childEnv(workerEnv + "=" + string(raw))
 	logPath := filepath.Join(e.dir, fmt.Sprintf("worker-%d.log", id))
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -577,10 +631,10 @@ func (e *env) spawn(slot int) {
 	e.mu.Unlock()
 }
 
-// start waits until every worker is ready (connected to its servers), then
-// sets the deadline and lets them begin. A worker that exits or is not
-// ready within readyTimeout fails the scenario, with its log.
-func (e *env) start() {
+// waitReady waits until every worker is ready (connected to its
+// servers). A worker that exits or is not ready within readyTimeout fails
+// the scenario, with its log.
+func (e *env) waitReady() {
 	e.mu.Lock()
 	procs := append([]*proc(nil), e.procs...)
 	e.mu.Unlock()
@@ -602,14 +656,58 @@ func (e *env) start() {
 			}
 		}
 	}
+}
+
+// start sets the deadline and lets the workers begin.
+func (e *env) start() {
 	e.deadline = Now() + int64(e.sz.dur)
+	if err := e.writeDeadline(e.deadline); err != nil {
+		e.fatalf("start file: %v", err)
+	}
+}
+
+// writeDeadline (re)writes the start file, which holds the deadline;
+// workers read it when they start and every 50 ms after.
+func (e *env) writeDeadline(d int64) error {
 	tmp := e.startPath() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(e.deadline, 10)), 0o600); err != nil {
-		e.fatalf("start file: %v", err)
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(d, 10)), 0o600); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, e.startPath()); err != nil {
-		e.fatalf("start file: %v", err)
+	return os.Rename(tmp, e.startPath())
+}
+
+// inject runs a fault and keeps the workload's deadline at least quiet
+// ahead of it, while it runs and after it ends: a fault may take longer
+// than planned (a server restart on a loaded machine can take seconds),
+// and the workload must go on after every fault.
+func (e *env) inject(fk faultKind, target *proc, quiet time.Duration) Fault {
+	stop, extended := make(chan struct{}), make(chan int64)
+	go func(d int64) {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				extended <- d
+				return
+			case <-t.C:
+			}
+			if want := Now() + int64(quiet); want > d && e.writeDeadline(want) == nil {
+				d = want
+			}
+		}
+	}(e.deadline)
+	f := fk.inject(e, target)
+	close(stop)
+	e.deadline = <-extended
+	if want := f.End + int64(quiet); want > e.deadline {
+		if err := e.writeDeadline(want); err != nil {
+			e.failf("start file: %v", err)
+		} else {
+			e.deadline = want
+		}
 	}
+	return f
 }
 
 // workerFailed records a worker error: its reason with the last line of
@@ -902,15 +1000,40 @@ func (e *env) terminate() Fault {
 	}
 	defer c.Close(context.Background())
 	// Connected first, so that the fault starts at the termination (it is
-	// where the exposure windows are measured from).
+	// where the exposure windows are measured from): at the moment the
+	// server signalled the first backend (clock_timestamp() just before
+	// each pg_terminate_backend, the server's CLOCK_REALTIME converted to
+	// CLOCK_MONOTONIC), which no lock can be freed before. The moment the
+	// query was sent would add its trip and the scan of pg_stat_activity.
+	offset := time.Now().UnixNano() - Now()
 	f := Fault{Kind: "terminate", Proc: -1, Start: Now()}
-	_, err = c.Exec(ctx, `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+	rows, err := c.Query(ctx, `SELECT clock_timestamp(), pg_terminate_backend(a.pid) FROM pg_stat_activity a
 		WHERE a.application_name LIKE $1 AND EXISTS (SELECT 1 FROM pg_locks l
 		WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)`, e.app+"-%")
+	var first int64
+	if err == nil {
+		for rows.Next() {
+			var at time.Time
+			var ok bool
+			if err = rows.Scan(&at, &ok); err != nil {
+				break
+			}
+			if k := at.UnixNano() - offset; first == 0 || k < first {
+				first = k
+			}
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
 	if err != nil {
 		e.failf("pg_terminate_backend: %v", err)
 	}
 	f.End = Now()
+	if first > f.Start && first < f.End { // else the clocks disagree: keep the bound from the client
+		f.Start = first
+	}
 	return f
 }
 

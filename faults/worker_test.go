@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,9 +36,37 @@ func TestMain(m *testing.M) {
 	if os.Getenv(rmwEnv) == "1" {
 		os.Exit(rmwMain(os.Args[1:]))
 	}
+	// The scenarios' concurrency is DLOCK_FAULTS_PARALLEL's (TestFaults,
+	// TestCLI), not go test's -parallel, which defaults to the number of
+	// CPUs and would keep a scenario from preparing while others run on a
+	// two-core machine. An explicit -parallel still caps it.
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		_ = flag.Set("test.parallel", "64")
+	}
 	code := m.Run()
 	stopPrivateServers()
 	os.Exit(code)
+}
+
+// childEnv is the environment of a process that re-executes this test
+// binary (a worker, or the CLI rows' read-modify-write helper): ours plus
+// extra, with GORACE's atexit_sleep_ms=0 unless it is set. A binary built
+// with -race otherwise sleeps a second when it exits (so that goroutines
+// still running can report their races): every worker's exit and every
+// helper call of a CLI section would take a second longer. Workers wait
+// for their goroutines before they exit, and the helper runs none, so no
+// race report is cut short.
+func childEnv(extra ...string) []string {
+	env := os.Environ()
+	gorace := os.Getenv("GORACE")
+	if !strings.Contains(gorace, "atexit_sleep_ms") {
+		gorace = strings.TrimSpace(gorace + " atexit_sleep_ms=0")
+		env = append(env, "GORACE="+gorace) // the last one wins
+	}
+	return append(env, extra...)
 }
 
 // workerConfig configures one worker process.
@@ -214,10 +244,36 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) er
 	default:
 		return fmt.Errorf("unknown primitive %q", cfg.Prim)
 	}
-	deadline, err := waitStart(cfg)
+	first, err := waitStart(cfg)
 	if err != nil {
 		return err
 	}
+	// The harness may push the deadline back while a fault runs (see
+	// env.inject): re-read it every 50 ms until the workload ends.
+	var deadline atomic.Int64
+	deadline.Store(first)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if b, err := os.ReadFile(cfg.StartFile); err == nil {
+				if d, err := strconv.ParseInt(string(b), 10, 64); err == nil && d > deadline.Load() {
+					deadline.Store(d)
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-stopped
+	}()
 	var (
 		wg       sync.WaitGroup
 		firstErr atomic.Value
@@ -227,7 +283,7 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) er
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(cfg.Proc), uint64(g)))
-			for seq := 1; Now() < deadline; seq++ {
+			for seq := 1; Now() < deadline.Load(); seq++ {
 				kind, guard := KindExclusive, excl
 				switch {
 				case ticket != nil:

@@ -8,7 +8,12 @@
 //	(cd faults && go run ./cmd/report -in /tmp/faults.json -doc ../RELIABILITY.md -command '...')
 //
 // With -in a.json,b.json the rows of b (say, TestCLI re-run after a fix)
-// replace the same scenarios of a, and the report says so.
+// replace the same scenarios of a, and the report says so. With -only
+// NAME[,NAME] only those blocks are rewritten, e.g. the revocation block
+// from a run of TestPGRevocationWindow alone:
+//
+//	(cd faults && DLOCK_FAULTS_RESULTS=/tmp/rev.json go test -count=1 -run TestPGRevocationWindow -v .)
+//	(cd faults && go run ./cmd/report -in /tmp/rev.json -doc ../RELIABILITY.md -only revocation)
 package main
 
 import (
@@ -24,14 +29,15 @@ func main() {
 	in := flag.String("in", "", "results files written by the fault checker (DLOCK_FAULTS_RESULTS), comma-separated; rows of later files replace the same scenarios of earlier ones")
 	doc := flag.String("doc", "../RELIABILITY.md", "Markdown file to update in place")
 	command := flag.String("command", "", "the command that produced the run, shown in the report")
+	only := flag.String("only", "", "rewrite only these blocks (comma-separated: run, results, margin, revocation)")
 	flag.Parse()
-	if err := run(*in, *doc, *command); err != nil {
+	if err := run(*in, *doc, *command, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in, doc, command string) error {
+func run(in, doc, command, only string) error {
 	if in == "" {
 		return fmt.Errorf("-in is required")
 	}
@@ -47,14 +53,28 @@ func run(in, doc, command string) error {
 			res.Merge(r)
 		}
 	}
-	if len(res.Rows) == 0 {
+	blocks := res.Markdown(command)
+	if only != "" {
+		picked := map[string]string{}
+		for _, name := range strings.Split(only, ",") {
+			b, ok := blocks[name]
+			if !ok {
+				return fmt.Errorf("-only: no block %q", name)
+			}
+			picked[name] = b
+		}
+		blocks = picked
+	}
+	_, withRun := blocks["run"]
+	_, withResults := blocks["results"]
+	if len(res.Rows) == 0 && (withRun || withResults) {
 		return fmt.Errorf("%s has no scenario rows", in)
 	}
 	old, err := os.ReadFile(doc)
 	if err != nil {
 		return err
 	}
-	text, err := faults.UpdateDoc(string(old), res.Markdown(command))
+	text, err := faults.UpdateDoc(string(old), blocks)
 	if err != nil {
 		return fmt.Errorf("%s: %w", doc, err)
 	}
