@@ -47,7 +47,10 @@ func TestPGRevocationWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	b := pg.New(pool)
+	b, err := pg.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer b.Close()
 	admin, err := pgx.Connect(ctx, url) // sends the terminates
 	if err != nil {
