@@ -4,102 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/testserver"
 	"github.com/dlock-go/dlock/pg"
 )
-
-// privateServer is a throwaway PostgreSQL server that the test owns, so it
-// may restart it.
-type privateServer struct {
-	bin, dir, url string
-	port          int
-	asPostgres    bool
-}
-
-// startPrivateServer starts a PostgreSQL server of the test's own, or
-// returns nil when that is impractical here (no binaries; root without a
-// postgres user).
-func startPrivateServer(t *testing.T) *privateServer {
-	t.Helper()
-	initdb, err := exec.LookPath("initdb")
-	if err != nil {
-		for _, p := range []string{"/usr/lib/postgresql/17/bin/initdb", "/usr/lib/postgresql/16/bin/initdb", "/usr/lib/postgresql/15/bin/initdb"} {
-			if _, err := os.Stat(p); err == nil {
-				initdb = p
-				break
-			}
-		}
-	}
-	if initdb == "" {
-		return nil
-	}
-	s := &privateServer{bin: filepath.Dir(initdb)}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil
-		}
-		if _, err := exec.LookPath("runuser"); err != nil {
-			return nil
-		}
-		s.asPostgres = true
-		s.dir, err = os.MkdirTemp("", "dlock-pg-restart-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(s.dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(s.dir) })
-	} else {
-		s.dir = t.TempDir()
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	if out, err := s.run("initdb", "-D", s.data(), "-A", "trust", "-U", "postgres", "--no-sync"); err != nil {
-		t.Logf("initdb: %v\n%s", err, out)
-		return nil
-	}
-	if out, err := s.run("pg_ctl", "-D", s.data(), "-w", "-l", filepath.Join(s.dir, "log"), "-o",
-		fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, s.dir), "start"); err != nil {
-		t.Logf("pg_ctl start: %v\n%s", err, out)
-		return nil
-	}
-	t.Cleanup(func() { _, _ = s.run("pg_ctl", "-D", s.data(), "-m", "immediate", "-w", "stop") })
-	s.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
-	return s
-}
-
-func (s *privateServer) data() string { return filepath.Join(s.dir, "data") }
-
-func (s *privateServer) run(tool string, args ...string) ([]byte, error) {
-	path := filepath.Join(s.bin, tool)
-	var cmd *exec.Cmd
-	if s.asPostgres {
-		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", path}, args...)...)
-	} else {
-		cmd = exec.Command(path, args...)
-	}
-	cmd.Dir = s.dir
-	return cmd.CombinedOutput()
-}
 
 // TestServerRestart restarts a private server while locks are held: every
 // lease reports loss within the loss interval, the locks are free after the
@@ -111,11 +24,11 @@ func (s *privateServer) run(tool string, args ...string) ([]byte, error) {
 // and says so.
 func TestServerRestart(t *testing.T) {
 	url := testURL(t)
-	srv := startPrivateServer(t)
+	srv, why := testserver.TryPG(t)
 	if srv != nil {
-		url = srv.url
+		url = srv.URL
 	} else {
-		t.Log("no private server could be started: simulating the restart with pg_terminate_backend of every lock session")
+		t.Logf("no private server could be started (%s): simulating the restart with pg_terminate_backend of every lock session", why)
 	}
 	b, _ := newBackend(t, url, pg.WithLossInterval(500*time.Millisecond))
 	holder, _ := newBackend(t, url)
@@ -152,10 +65,7 @@ func TestServerRestart(t *testing.T) {
 
 	start := time.Now()
 	if srv != nil {
-		if out, err := srv.run("pg_ctl", "-D", srv.data(), "-m", "fast", "-w", "restart", "-l", filepath.Join(srv.dir, "log"), "-o",
-			fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", srv.port, srv.dir)); err != nil {
-			t.Fatalf("restart: %v\n%s", err, out)
-		}
+		srv.Ctl(t, "-m", "fast", "restart")
 	} else {
 		pids := map[uint32]bool{}
 		for _, l := range ls {
@@ -186,31 +96,12 @@ func TestServerRestart(t *testing.T) {
 	}
 }
 
-func (s *privateServer) opts() string {
-	return fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, s.dir)
-}
-
-func (s *privateServer) ctl(t *testing.T, args ...string) {
-	t.Helper()
-	args = append([]string{"-D", s.data(), "-w", "-l", filepath.Join(s.dir, "log"), "-o", s.opts()}, args...)
-	if out, err := s.run("pg_ctl", args...); err != nil {
-		t.Fatalf("pg_ctl %v: %v\n%s", args, err, out)
-	}
-}
-
-// needPrivateServer returns a private server, skipping the test where none
-// can be started (failing under DLOCK_REQUIRE_SERVERS=1).
-func needPrivateServer(t *testing.T) *privateServer {
+// needPrivateServer returns a private server (see testserver.StartPG),
+// after checking that the shared one is configured.
+func needPrivateServer(t *testing.T) *testserver.PG {
 	t.Helper()
 	testURL(t)
-	srv := startPrivateServer(t)
-	if srv == nil {
-		if os.Getenv("DLOCK_REQUIRE_SERVERS") == "1" {
-			t.Fatal("no private PostgreSQL server could be started, and DLOCK_REQUIRE_SERVERS=1")
-		}
-		t.Skip("no private PostgreSQL server could be started here")
-	}
-	return srv
+	return testserver.StartPG(t)
 }
 
 // Waits ride out a server restart (pg_ctl restart -m immediate): a waiter
@@ -219,8 +110,8 @@ func needPrivateServer(t *testing.T) *privateServer {
 // of wait (issue 10, item 2).
 func TestWaitRidesOutRestart(t *testing.T) {
 	srv := needPrivateServer(t)
-	holder, _ := newBackend(t, srv.url)
-	waiter := newOn(t, newPool(t, srv.url, 2))
+	holder, _ := newBackend(t, srv.URL)
+	waiter := newOn(t, newPool(t, srv.URL, 2))
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	type wait struct {
@@ -268,7 +159,7 @@ func TestWaitRidesOutRestart(t *testing.T) {
 		}()
 	}
 	time.Sleep(300 * time.Millisecond) // all wait
-	srv.ctl(t, "-m", "immediate", "restart")
+	srv.Ctl(t, "-m", "immediate", "restart")
 	t.Logf("server restarted after %v", time.Since(start))
 	for range waits {
 		if err := <-done; err != nil {
@@ -283,7 +174,7 @@ func TestWaitRidesOutRestart(t *testing.T) {
 // ErrNotAcquired and the deadline, wrapping the server's error.
 func TestWaitWhileServerDown(t *testing.T) {
 	srv := needPrivateServer(t)
-	b := newOn(t, newPool(t, srv.url, 2))
+	b := newOn(t, newPool(t, srv.URL, 2))
 	ctx := ctxT(t, time.Minute)
 	name := uniq(t)
 	l, ok, err := b.TryLock(ctx, name+"warm") // the pool has a connection
@@ -291,11 +182,11 @@ func TestWaitWhileServerDown(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv.ctl(t, "-m", "immediate", "stop")
+	srv.Stop(t)
 	up := false
 	t.Cleanup(func() {
 		if !up {
-			srv.ctl(t, "start")
+			srv.Start(t)
 		}
 	})
 	// A try reports the outage at once.
@@ -340,7 +231,7 @@ func TestWaitWhileServerDown(t *testing.T) {
 		}()
 	}
 	time.Sleep(time.Second)
-	srv.ctl(t, "start")
+	srv.Start(t)
 	up = true
 	back := time.Now()
 	for range 2 {
