@@ -123,36 +123,50 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		defer cancel()
 	}
 	rs := c.evalAll(actx, s, keys, args)
-	var got, refused int
-	var fence uint64
-	var hint int64
-	var firstErr error
+	l := &Lease{c: c, kind: k, name: name, base: base, token: token, lost: make(chan struct{}), idx: -1}
+	return c.decide(ctx, l, t0, rs, tally(rs))
+}
+
+// votes is the tally of the nodes' answers to an acquire script.
+type votes struct {
+	got, refused int    // nodes that granted, that refused
+	atMax        int    // granting nodes whose token is fence
+	fence        uint64 // the largest token granted
+	hint         int64  // the longest hint of the refusing nodes, ms
+	firstErr     error  // the first node's error
+}
+
+// tally counts the nodes' answers to an acquire script.
+func tally(rs []reply) votes {
+	var v votes
 	for _, r := range rs {
 		switch {
 		case r.err != nil:
-			if firstErr == nil {
-				firstErr = r.err
+			if v.firstErr == nil {
+				v.firstErr = r.err
 			}
 		case r.n > 0:
-			got++
-			if f := uint64(r.n); f > fence {
-				fence = f
-			}
+			v.got++
+			v.fence = max(v.fence, uint64(r.n))
 		default:
-			refused++
-			if h := -1 - r.n; h > hint {
-				hint = h
-			}
+			v.refused++
+			v.hint = max(v.hint, -1-r.n)
 		}
 	}
-	l := &Lease{c: c, kind: k, name: name, base: base, token: token, fence: fence, lost: make(chan struct{}), idx: -1}
-	atMax := 0
 	for _, r := range rs {
-		if r.err == nil && r.n > 0 && uint64(r.n) == fence {
-			atMax++
+		if r.err == nil && r.n > 0 && uint64(r.n) == v.fence {
+			v.atMax++
 		}
 	}
-	if got >= c.quorum && atMax < c.quorum {
+	return v
+}
+
+// decide settles an attempt by its tally v (rs are the answers, t0 the
+// moment before it was sent): l, the lease the attempt would be, is held
+// (and extended from now on), or what it took is released.
+func (c *core) decide(ctx context.Context, l *Lease, t0 time.Time, rs []reply, v votes) (attempt, error) {
+	l.fence = v.fence
+	if v.got >= c.quorum && v.atMax < c.quorum {
 		// RedLock: make the token stick on a majority (see RedLock).
 		if err := c.raiseFence(ctx, l, rs); err != nil {
 			c.cleanup(ctx, l)
@@ -163,7 +177,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		}
 	}
 	late := false
-	if got >= c.quorum {
+	if v.got >= c.quorum {
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {
@@ -174,7 +188,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		}
 		late = true
 	}
-	if got > 0 || firstErr != nil {
+	if v.got > 0 || v.firstErr != nil {
 		// Release what was taken (and what may have been taken by a
 		// request whose answer was lost).
 		c.cleanup(ctx, l)
@@ -182,20 +196,20 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 	// Held elsewhere: too many nodes refused for a majority, or a majority
 	// answered and the lock was not free on enough of them (RedLock with a
 	// node down, racing a release). Otherwise the errors decided it.
-	if refused > len(c.nodes)-c.quorum || refused > 0 && got+refused >= c.quorum {
-		return attempt{hint: time.Duration(hint) * time.Millisecond}, nil
+	if v.refused > len(c.nodes)-c.quorum || v.refused > 0 && v.got+v.refused >= c.quorum {
+		return attempt{hint: time.Duration(v.hint) * time.Millisecond}, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
-	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, context.Canceled) {
+	if errors.Is(v.firstErr, context.DeadlineExceeded) || errors.Is(v.firstErr, context.Canceled) {
 		// valkey-go may see ctx's deadline pass before ctx reports it.
-		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, firstErr)
+		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, v.firstErr)
 	}
 	if late {
 		return attempt{}, errors.New("acquired too late: the lease's validity had passed")
 	}
-	return attempt{}, c.nodesError(got, rs)
+	return attempt{}, c.nodesError(v.got, rs)
 }
 
 // nodesError is the error of an attempt that neither took the lock nor
