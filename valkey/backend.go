@@ -54,109 +54,125 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// TryLock implements backend.Locker.
+// TryLock implements backend.Locker. It fails while others wait for the
+// lock (on one node; see the package documentation): a try never jumps the
+// queue.
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
 	a, err := b.tryLock(ctx, name)
 	return a.lease, a.lease != nil, err
 }
 
 func (b *Backend) tryLock(ctx context.Context, name string) (attempt, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.mutex(name)
 	if err != nil {
 		return attempt{}, err
 	}
-	return b.c.try(ctx, kindMutex, name, acquireMutex, mutexKeys(base), base)
+	return b.c.try(ctx, r, "")
 }
 
-// Lock implements backend.LockWaiter: it waits for a release notification
-// (or, as a fallback, polls with a bounded backoff).
-func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
+func (b *Backend) mutex(name string) (*request, error) {
 	base, err := keyBase(b.c.cfg.prefix, name)
 	if err != nil {
 		return nil, err
 	}
-	return b.c.wait(ctx, kindMutex, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindMutex, name, acquireMutex, mutexKeys(base), base)
-	})
+	return &request{k: kindMutex, name: name, base: base, s: acquireMutex, keys: mutexKeys(base)}, nil
+}
+
+// Lock implements backend.LockWaiter: it queues for the lock and waits for
+// a release notification (or, as a fallback, polls with a bounded
+// backoff).
+func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
+	r, err := b.mutex(name)
+	if err != nil {
+		return nil, err
+	}
+	return b.c.wait(ctx, r)
+}
+
+func (b *Backend) rw(k kind, name string) (*request, error) {
+	base, err := keyBase(b.c.cfg.prefix, name)
+	if err != nil {
+		return nil, err
+	}
+	s := acquireRead
+	if k == kindWrite {
+		s = acquireWrite
+	}
+	return &request{k: k, name: name, base: base, s: s, keys: rwKeys(base)}, nil
 }
 
 // TryRLock implements backend.RWLocker. It fails while a writer holds the
-// lock or waits for it in WLock.
+// lock or waits for it.
 func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindRead, name)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindRead, name, acquireRead, rwKeys(base), base)
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// TryWLock implements backend.RWLocker.
+// TryWLock implements backend.RWLocker. It fails while anyone holds the
+// lock or waits for it.
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindWrite, name)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindWrite, name, acquireWrite, rwKeys(base), base, "", "0")
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// RLock implements backend.RWWaiter.
+// RLock implements backend.RWWaiter. A reader queues like a writer, and
+// enters when no writer holds the lock and no writer queued before it.
 func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindRead, name)
 	if err != nil {
 		return nil, err
 	}
-	return b.c.wait(ctx, kindRead, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindRead, name, acquireRead, rwKeys(base), base)
-	})
+	return b.c.wait(ctx, r)
 }
 
-// WLock implements backend.RWWaiter. While it waits it keeps a mark in the
-// lock's set of waiting writers (expiring after writerMark unless renewed,
-// so a crashed waiter does not hold readers off for long), and new readers
-// are refused.
+// WLock implements backend.RWWaiter. While a writer waits, readers that
+// come after it wait too (writer preference); readers that came before it
+// go first.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindWrite, name)
 	if err != nil {
 		return nil, err
 	}
-	waiter := newToken()
-	mark := strconv.FormatInt(writerMark.Milliseconds(), 10)
-	l, err := b.c.wait(ctx, kindWrite, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindWrite, name, acquireWrite, rwKeys(base), base, waiter, mark)
-	})
+	return b.c.wait(ctx, r)
+}
+
+func (b *Backend) sem(name string, limit int) (*request, error) {
+	base, err := b.semBase(name, limit)
 	if err != nil {
-		// Stop holding readers off, and wake them.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-		defer cancel()
-		b.c.evalAll(uctx, unmarkWriter, []string{rwKeys(base)[2]}, []string{waiter, channel(base, kindWrite)})
+		return nil, err
 	}
-	return l, err
+	return &request{k: kindSem, name: name, base: base, s: acquireSem, keys: semKeys(base), extra: []string{strconv.Itoa(limit)}}, nil
 }
 
 // TryAcquire implements backend.Semaphore. Each attempt is judged by its
 // own limit: a holder that asks with a larger limit may enter beside
-// holders that asked with a smaller one.
+// holders that asked with a smaller one. It fails while others wait for a
+// ticket.
 func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Lease, bool, error) {
-	base, err := b.semBase(name, limit)
+	r, err := b.sem(name, limit)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindSem, name, acquireSem, semKeys(base), base, strconv.Itoa(limit))
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// Acquire implements backend.SemaphoreWaiter.
+// Acquire implements backend.SemaphoreWaiter: waiters get tickets in the
+// order they began waiting.
 func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
-	base, err := b.semBase(name, limit)
+	r, err := b.sem(name, limit)
 	if err != nil {
 		return nil, err
 	}
-	lim := strconv.Itoa(limit)
-	return b.c.wait(ctx, kindSem, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindSem, name, acquireSem, semKeys(base), base, lim)
-	})
+	return b.c.wait(ctx, r)
 }
 
 func (b *Backend) semBase(name string, limit int) (string, error) {

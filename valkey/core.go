@@ -45,12 +45,19 @@ type core struct {
 	nodes   []*node
 	quorum  int
 	ext     *extender
-	closed  atomic.Bool
-	once    sync.Once
+	// fair is the acquire scripts' fair argument: "1" on one node, where
+	// the waiter queue decides who is next; "0" for a RedLock, whose
+	// nodes' queues could disagree (see the package documentation).
+	fair   string
+	closed atomic.Bool
+	once   sync.Once
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
-	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1}
+	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1"}
+	if len(clients) > 1 {
+		c.fair = "0"
+	}
 	for _, cl := range clients {
 		c.nodes = append(c.nodes, &node{client: cl, addr: strings.Join(clientAddrs(cl), ","), notif: newNotifier(cl, cfg.logger)})
 	}
@@ -106,14 +113,31 @@ type attempt struct {
 	hint  time.Duration // when not acquired: how long the lock stays taken, if known (0: unknown)
 }
 
-// try makes one attempt to take a lock of kind k on name. args are the
-// acquire script's arguments after the token and lease.
-func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []string, base string, extra ...string) (attempt, error) {
+// request is what attempts to take one lock send: the lock, its acquire
+// script and keys, and the script's arguments after the common ones (see
+// the acquire scripts).
+type request struct {
+	k     kind
+	name  string
+	base  string
+	s     *script
+	keys  []string
+	extra []string
+}
+
+// try makes one attempt to take the lock of r with a new token. waiter is
+// the id the attempt queues under if it fails ("" for a try, which never
+// queues and fails while others wait).
+func (c *core) try(ctx context.Context, r *request, waiter string) (attempt, error) {
+	return c.tryAs(ctx, r, newToken(), waiter)
+}
+
+// tryAs is try with the lease's token given.
+func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (attempt, error) {
 	if c.closed.Load() {
 		return attempt{}, backend.Permanent(errClosed)
 	}
-	token := newToken()
-	args := append([]string{token, c.leaseMs}, extra...)
+	args := append([]string{token, c.leaseMs, waiter, c.fair, channel(r.base, r.k)}, r.extra...)
 	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
@@ -122,8 +146,8 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		actx, cancel = context.WithTimeout(ctx, c.cfg.lease-c.cfg.drift)
 		defer cancel()
 	}
-	rs := c.evalAll(actx, s, keys, args)
-	l := &Lease{c: c, kind: k, name: name, base: base, token: token, lost: make(chan struct{}), idx: -1}
+	rs := c.evalAll(actx, r.s, r.keys, args)
+	l := &Lease{c: c, kind: r.k, name: r.name, base: r.base, token: token, lost: make(chan struct{}), idx: -1}
 	return c.decide(ctx, l, t0, rs, tally(rs))
 }
 
@@ -228,6 +252,10 @@ func (c *core) nodesError(got int, rs []reply) error {
 		if permanentErr(r.err) {
 			perm++
 		}
+		if wrongType(r.err) {
+			errs = append(errs, fmt.Errorf("node %s: a key of the lock has the wrong type (a value dlock did not write): %w", c.nodes[i].addr, r.err))
+			continue
+		}
 		errs = append(errs, fmt.Errorf("node %s: %w", c.nodes[i].addr, r.err))
 	}
 	var err error
@@ -290,6 +318,13 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// wrongType reports whether err is the server's WRONGTYPE: a key holds a
+// value of another type than the script expects.
+func wrongType(err error) bool {
+	var ve *valkeygo.ValkeyError
+	return errors.As(err, &ve) && strings.Contains(ve.Error(), "WRONGTYPE")
+}
+
 // isAuthErr reports whether err is the server refusing the client's
 // credentials (WRONGPASS, NOAUTH) or the user's permissions (NOPERM).
 func isAuthErr(err error) bool {
@@ -335,7 +370,7 @@ func clientAddrs(client valkeygo.Client) []string {
 // acquisition, which needs a majority too, meets a node whose counter is at
 // least this token and gets a larger one.
 func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
-	keys := mutexKeys(l.base)
+	keys := mutexKeys(l.base)[:2]
 	floor := strconv.FormatUint(l.fence, 10)
 	ok := make([]bool, len(c.nodes))
 	errs := make([]error, len(c.nodes))
@@ -473,7 +508,8 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	default:
 		s = releaseMember
 	}
-	keys, args := []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}
+	q, d := queueKeys(l.base, l.kind)
+	keys, args := []string{heldKey(l.base, l.kind), q, d}, []string{l.token, channel(l.base, l.kind)}
 	rs := l.c.evalAll(ctx, s, keys, args)
 	// Try again, within ctx's deadline, the nodes that did not answer:
 	//   - a connection that broke since it was last used (the server

@@ -19,14 +19,16 @@ const subscribeTimeout = 5 * time.Second
 // pub/sub connection per node, subscribes to the channels of the locks
 // waited for in this process (counted, so each is subscribed once) and
 // signals the waiters of a channel when a message arrives: all of them for
-// a reader-writer lock (a writer's release may let every reader in), and
-// only the first not yet signalled, in the order they began waiting, for
-// a mutex or a semaphore (one release frees room for one), so that a
-// release under contention costs one attempt per process, not one per
-// waiter. A signalled waiter that stops waiting without the lock passes
-// its turn to the next (wait does that), and a semaphore waiter that gets
-// a ticket wakes the next too, in case there is more room; every waiter
-// also polls, so none is stranded by a lost turn.
+// a reader-writer lock (a writer's release may let every reader in). For a
+// mutex or a semaphore on one node, a message is the id of the lock's
+// first queued waiter, and wakes only that waiter, in whichever process it
+// is: a release under contention costs one attempt in all. On a RedLock
+// (whose waiters have no id here) a message wakes only the first waiter
+// not yet signalled, in the order they began waiting (one release frees
+// room for one), so that a release costs one attempt per process, not one
+// per waiter; a signalled waiter that stops waiting without the lock
+// passes its turn to the next (wait does that). Every waiter also polls,
+// so none is stranded by a lost message.
 //
 // On a cluster the connection goes to one of the nodes: a PUBLISH reaches
 // every node of a cluster. When the connection breaks, every waiter is
@@ -67,6 +69,7 @@ type subscription struct {
 	ch         string
 	e          *subEntry
 	c          chan struct{} // receives a value when the channel gets a message
+	id         string        // the waiter's id in the lock's queue; "" for any
 	prev, next *subscription // in e.waiters; guarded by n.mu
 	queued     bool
 }
@@ -114,23 +117,39 @@ func (q *waitQueue) signalAll() {
 	}
 }
 
-// signalOne signals the first waiter other than skip that has no signal
-// pending (one it has not yet taken), if any.
+// signalOne signals the first waiter without an id other than skip that
+// has no signal pending (one it has not yet taken), if any.
 func (q *waitQueue) signalOne(skip *subscription) {
 	for s := q.head; s != nil; s = s.next {
-		if s != skip && len(s.c) == 0 {
+		if s != skip && s.id == "" && len(s.c) == 0 {
 			s.signal()
 			return
 		}
 	}
 }
 
-// wake signals the waiters of e for one message.
-func (e *subEntry) wake() {
-	if e.one {
-		e.waiters.signalOne(nil)
-	} else {
+// signalID signals the waiter with id, if any, and reports whether there
+// was one.
+func (q *waitQueue) signalID(id string) bool {
+	for s := q.head; s != nil; s = s.next {
+		if s.id == id {
+			s.signal()
+			return true
+		}
+	}
+	return false
+}
+
+// wake signals the waiters of e for one message, msg: the waiter whose id
+// it is, else the first waiter without an id (mutex, semaphore), or every
+// waiter (reader-writer lock).
+func (e *subEntry) wake(msg string) {
+	switch {
+	case !e.one:
 		e.waiters.signalAll()
+	case msg != "" && e.waiters.signalID(msg):
+	default:
+		e.waiters.signalOne(nil)
 	}
 }
 
@@ -199,7 +218,7 @@ func (n *notifier) watch(sc *subConn, errs <-chan error) {
 func (n *notifier) onMessage(m valkeygo.PubSubMessage) {
 	n.mu.Lock()
 	if e := n.subs[m.Channel]; e != nil {
-		e.wake()
+		e.wake(m.Message)
 	}
 	n.mu.Unlock()
 }
@@ -234,9 +253,11 @@ func (s *subscription) dead() bool {
 // subscribe subscribes to ch and returns once the server has confirmed the
 // subscription, so that a release published afterwards is not missed. one
 // says a message wakes one waiter, not all (see notifier); every
-// subscriber of a channel passes the same.
-func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan struct{}) (*subscription, error) {
-	s := &subscription{n: n, ch: ch, c: wake}
+// subscriber of a channel passes the same. id is the waiter's id in the
+// lock's queue, which a release names to wake just that waiter ("" for a
+// waiter woken in turn with the others without an id).
+func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string, wake chan struct{}) (*subscription, error) {
+	s := &subscription{n: n, ch: ch, c: wake, id: id}
 	n.mu.Lock()
 	for {
 		if n.shut {

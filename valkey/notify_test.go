@@ -47,7 +47,7 @@ func TestNotifierWakesOne(t *testing.T) {
 		ws := []chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)}
 		var subs []*subscription
 		for _, w := range ws {
-			s, err := n.subscribe(ctx, ch, one, w)
+			s, err := n.subscribe(ctx, ch, one, "", w)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,6 +99,7 @@ func TestWaitPassesTurnOn(t *testing.T) {
 	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
 	b := newTestBackend(t, t.TempDir(), addr)
 	c := b.c
+	c.fair = "0" // as a RedLock's: turns are passed on
 	n := c.nodes[0].notif
 	cl := c.nodes[0].client
 	errGaveUp := errors.New("gave up")
@@ -124,7 +125,7 @@ func TestWaitPassesTurnOn(t *testing.T) {
 			var calls atomic.Int32
 			subscribed := make(chan struct{})
 			woke := make(chan struct{})
-			try := func(context.Context) (attempt, error) {
+			try := func(context.Context, *request, string, string) (attempt, error) {
 				switch calls.Add(1) {
 				case 1:
 					return attempt{hint: time.Hour}, nil // fails, then subscribes
@@ -138,12 +139,12 @@ func TestWaitPassesTurnOn(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			go func() {
-				_, err := c.wait(ctx, tc.k, tc.name, base, try)
+				_, err := c.waitWith(ctx, &request{k: tc.k, name: tc.name, base: base}, try)
 				done <- err
 			}()
 			<-subscribed
 			w := make(chan struct{}, 1)
-			s, err := n.subscribe(testCtx(t), ch, true, w) // B, behind A
+			s, err := n.subscribe(testCtx(t), ch, true, "", w) // B, behind A
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,50 +13,76 @@ import (
 const (
 	minPoll = 10 * time.Millisecond
 	// maxPoll bounds the fallback poll of a waiter (for lost
-	// notifications); a lock expected to expire sooner is retried then.
+	// notifications); a lock expected to expire sooner is retried then. A
+	// waiter also polls at least three times per lease, as every attempt
+	// renews its place in the queue.
 	maxPoll = 500 * time.Millisecond
-	// writerMark is how long a waiting writer's mark holds readers off
-	// without being renewed; a waiting writer renews it at least every
-	// maxPoll.
-	writerMark = 2 * time.Second
 )
 
-// wait takes a lock by repeated attempts: after a failed one it subscribes
-// to the lock's release channel (on every node) and tries again, so a
-// release in between is not missed; then it tries again whenever a release
-// is announced, when the lock's holder is due to expire, and, in case a
-// notification was lost, at a bounded backoff.
+// wait takes the lock of r by repeated attempts. The first failed attempt
+// puts the waiter in the lock's queue (under the first attempt's token as
+// its id), and every later one renews its place there (see luaQueue);
+// after it the waiter subscribes to the lock's release channel (on every
+// node) and tries again, so a release in between is not missed; then it
+// tries again whenever it is woken, when the lock's holder is due to
+// expire, and, in case a notification was lost, at a bounded backoff.
+// A waiter that ends without the lock leaves the queue at once (bounded by
+// releaseTimeout, even when ctx is done); if that fails, its place expires
+// after the lease.
 //
-// A mutex's or semaphore's release notification wakes one waiter of this
-// Backend (see notifier): a waiter that stops without the lock passes its
-// turn on, and a semaphore waiter that takes a ticket passes one on too.
-func (c *core) wait(ctx context.Context, k kind, name, base string, try func(context.Context) (attempt, error)) (l *Lease, err error) {
-	a, err := try(ctx) // the uncontended path builds nothing to wait with
-	if err != nil || a.lease != nil {
+// On one node a release is announced only when someone waits, with the id
+// of the queue's first waiter, and wakes only that waiter (a reader-writer
+// lock's wakes every waiter of the lock in this process: several readers
+// may enter together). On a RedLock a release wakes one waiter of this
+// RedLock (see notifier): a waiter that stops without the lock passes its
+// turn on.
+func (c *core) wait(ctx context.Context, r *request) (*Lease, error) {
+	return c.waitWith(ctx, r, c.tryAs)
+}
+
+// waitWith is wait with its attempts made by try (a test's stand-in).
+func (c *core) waitWith(ctx context.Context, r *request, try func(ctx context.Context, r *request, token, waiter string) (attempt, error)) (l *Lease, err error) {
+	token := newToken()
+	a, err := try(ctx, r, token, token) // the uncontended path builds nothing to wait with
+	if a.lease != nil {
 		return a.lease, err
+	}
+	waiter := token
+	defer func() {
+		if l == nil {
+			c.leave(ctx, r, waiter)
+		}
+	}()
+	if err != nil {
+		return nil, err
 	}
 	wake := make(chan struct{}, 1)
 	subs := make([]*subscription, len(c.nodes))
-	one := k == kindMutex || k == kindSem
+	one := r.k == kindMutex || r.k == kindSem
+	id := ""
+	if one && c.fair == "1" {
+		id = queueMember(r.k, waiter)
+	}
 	defer func() {
 		for _, s := range subs {
 			if s == nil {
 				continue
 			}
-			if one && (l == nil || k == kindSem) {
+			if one && id == "" && (l == nil || r.k == kindSem) {
 				s.passOn()
 			}
 			s.close()
 		}
 	}()
-	ch := channel(base, k)
+	ch := channel(r.base, r.k)
 	subscribed := false
 	poll := pace.New(minPoll, maxPoll)
+	most := min(maxPoll, c.cfg.lease/3)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for first := true; ; first = false {
 		if !first {
-			if a, err = try(ctx); err != nil {
+			if a, err = try(ctx, r, newToken(), waiter); err != nil {
 				return nil, err
 			}
 			if a.lease != nil {
@@ -65,11 +91,11 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 		}
 		if !subscribed || c.dropDead(subs) {
 			subscribed = true
-			if c.subscribe(ctx, subs, ch, one, wake) > 0 && ctx.Err() == nil {
+			if c.subscribe(ctx, subs, ch, one, id, wake) > 0 && ctx.Err() == nil {
 				continue // try again now that a release cannot be missed
 			}
 		}
-		d := min(poll.Next(), maxPoll) // jittered, never beyond maxPoll
+		d := min(poll.Next(), most) // jittered, never beyond most
 		if a.hint > 0 && a.hint+time.Millisecond < d {
 			d = a.hint + time.Millisecond
 		}
@@ -89,16 +115,33 @@ func (c *core) wait(ctx context.Context, k kind, name, base string, try func(con
 	}
 }
 
+// leave takes waiter out of the queue of r's lock (waking the next waiter
+// if it was first), detached from ctx and bounded by releaseTimeout; a
+// failure is left to the queue's expiry of waiters that stop renewing.
+func (c *core) leave(ctx context.Context, r *request, waiter string) {
+	if c.closed.Load() {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	q, d := queueKeys(r.base, r.k)
+	for _, rep := range c.evalAll(lctx, leaveQueue, []string{q, d}, []string{queueMember(r.k, waiter), channel(r.base, r.k)}) {
+		if rep.err != nil {
+			c.cfg.logger.Debug("dlock/valkey: leaving the waiter queue failed; the place expires after the lease", "kind", r.k.String(), "name", r.name, "err", rep.err)
+		}
+	}
+}
+
 // subscribe subscribes to ch on every node where subs has no
-// subscription, and returns how many it made; failures leave the waiter
-// polling.
-func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, wake chan struct{}) int {
+// subscription (as the waiter id, "" for any), and returns how many it
+// made; failures leave the waiter polling.
+func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, id string, wake chan struct{}) int {
 	made := 0
 	for i, n := range c.nodes {
 		if subs[i] != nil {
 			continue
 		}
-		s, err := n.notif.subscribe(ctx, ch, one, wake)
+		s, err := n.notif.subscribe(ctx, ch, one, id, wake)
 		if err != nil {
 			c.cfg.logger.Debug("dlock/valkey: subscribe failed; polling", "err", err)
 			continue
