@@ -75,7 +75,7 @@ func (b *Backend) mutex(name string) (*request, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &request{k: kindMutex, name: name, base: base, s: acquireMutex, keys: mutexKeys(base)}, nil
+	return newRequest(kindMutex, name, base, acquireMutex), nil
 }
 
 // Lock implements backend.LockWaiter: it queues for the lock and waits for
@@ -98,7 +98,7 @@ func (b *Backend) rw(k kind, name string) (*request, error) {
 	if k == kindWrite {
 		s = acquireWrite
 	}
-	return &request{k: k, name: name, base: base, s: s, keys: rwKeys(base)}, nil
+	return newRequest(k, name, base, s), nil
 }
 
 // TryRLock implements backend.RWLocker. It fails while a writer holds the
@@ -149,7 +149,9 @@ func (b *Backend) sem(name string, limit int) (*request, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &request{k: kindSem, name: name, base: base, s: acquireSem, keys: semKeys(base), extra: []string{strconv.Itoa(limit)}}, nil
+	r := newRequest(kindSem, name, base, acquireSem)
+	r.extra = []string{strconv.Itoa(limit)}
+	return r, nil
 }
 
 // TryAcquire implements backend.Semaphore. Each attempt is judged by its

@@ -121,8 +121,23 @@ type request struct {
 	name  string
 	base  string
 	s     *script
-	keys  []string
+	keys  []string // see lockKeys
+	ch    string
 	extra []string
+}
+
+func newRequest(k kind, name, base string, s *script) *request {
+	keys, ch := lockKeys(base, k)
+	return &request{k: k, name: name, base: base, s: s, keys: keys, ch: ch}
+}
+
+// heldKey is the key a lease of the request's kind is recorded in (the
+// one extended and released).
+func (r *request) heldKey() string {
+	if r.k == kindWrite {
+		return r.keys[1]
+	}
+	return r.keys[0]
 }
 
 // try makes one attempt to take the lock of r with a new token. waiter is
@@ -137,7 +152,7 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 	if c.closed.Load() {
 		return attempt{}, backend.Permanent(errClosed)
 	}
-	args := append([]string{token, c.leaseMs, waiter, c.fair, channel(r.base, r.k)}, r.extra...)
+	args := append([]string{token, c.leaseMs, waiter, c.fair, r.ch}, r.extra...)
 	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
@@ -147,7 +162,7 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 		defer cancel()
 	}
 	rs := c.evalAll(actx, r.s, r.keys, args)
-	l := &Lease{c: c, kind: r.k, name: r.name, base: r.base, token: token, lost: make(chan struct{}), idx: -1}
+	l := &Lease{c: c, kind: r.k, name: r.name, base: r.base, held: r.heldKey(), queue: r.keys[2], dls: r.keys[3], ch: r.ch, token: token, lost: make(chan struct{}), idx: -1}
 	return c.decide(ctx, l, t0, rs, tally(rs))
 }
 
@@ -419,6 +434,10 @@ type Lease struct {
 	kind  kind
 	name  string
 	base  string
+	held  string // the key the lease is recorded in
+	queue string // the lock's waiter queue and its deadlines
+	dls   string
+	ch    string // the lock's channel
 	token string
 	fence uint64
 	lost  chan struct{}
@@ -508,8 +527,7 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	default:
 		s = releaseMember
 	}
-	q, d := queueKeys(l.base, l.kind)
-	keys, args := []string{heldKey(l.base, l.kind), q, d}, []string{l.token, channel(l.base, l.kind)}
+	keys, args := []string{l.held, l.queue, l.dls}, []string{l.token, l.ch}
 	rs := l.c.evalAll(ctx, s, keys, args)
 	// Try again, within ctx's deadline, the nodes that did not answer:
 	//   - a connection that broke since it was last used (the server
@@ -566,5 +584,5 @@ func (l *Lease) extendCall() call {
 	if l.kind == kindRead || l.kind == kindSem {
 		s = extendMember
 	}
-	return call{s: s, keys: []string{heldKey(l.base, l.kind)}, args: []string{l.token, l.c.leaseMs}}
+	return call{s: s, keys: []string{l.held}, args: []string{l.token, l.c.leaseMs}}
 }

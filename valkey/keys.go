@@ -109,15 +109,52 @@ func (k kind) String() string {
 	}
 }
 
-// Keys of each kind, from a key base: what the acquire scripts take.
-func mutexKeys(base string) []string {
-	return []string{base + "m", base + "m:f", base + "m:q", base + "m:d"}
-}
-func rwKeys(base string) []string {
-	return []string{base + "rw:r", base + "rw:w", base + "rw:a", base + "rw:d", base + "rw:f"}
-}
-func semKeys(base string) []string {
-	return []string{base + "s", base + "s:f", base + "s:q", base + "s:d"}
+// Keys of each kind, from a key base: what the acquire scripts take. The
+// lock's held key comes first (an RW lock's writer second), its queue and
+// deadlines third and fourth.
+func mutexKeys(base string) []string { k, _ := lockKeys(base, kindMutex); return k }
+func rwKeys(base string) []string    { k, _ := lockKeys(base, kindRead); return k }
+func semKeys(base string) []string   { k, _ := lockKeys(base, kindSem); return k }
+
+var (
+	mutexSuffixes = []string{"m", "m:f", "m:q", "m:d", "m:n"}
+	rwSuffixes    = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:n"}
+	semSuffixes   = []string{"s", "s:f", "s:q", "s:d", "s:n"}
+)
+
+// lockKeys returns the keys the acquire script of a lock of kind k takes,
+// and the lock's channel, all cut from one string (one allocation).
+func lockKeys(base string, k kind) (keys []string, ch string) {
+	suf := mutexSuffixes
+	switch k {
+	case kindRead, kindWrite:
+		suf = rwSuffixes
+	case kindSem:
+		suf = semSuffixes
+	}
+	n := 0
+	for _, x := range suf {
+		n += len(base) + len(x)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, x := range suf {
+		b.WriteString(base)
+		b.WriteString(x)
+	}
+	all := b.String()
+	keys = make([]string, len(suf)-1)
+	at := 0
+	for i, x := range suf {
+		s := all[at : at+len(base)+len(x)]
+		at += len(s)
+		if i < len(keys) {
+			keys[i] = s
+		} else {
+			ch = s
+		}
+	}
+	return keys, ch
 }
 
 // queueKeys are the waiter queue of a lock of kind k and its deadlines.

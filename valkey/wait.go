@@ -37,13 +37,16 @@ const (
 // RedLock (see notifier): a waiter that stops without the lock passes its
 // turn on.
 func (c *core) wait(ctx context.Context, r *request) (*Lease, error) {
-	return c.waitWith(ctx, r, c.tryAs)
+	return c.waitWith(ctx, r, nil)
 }
 
-// waitWith is wait with its attempts made by try (a test's stand-in).
-func (c *core) waitWith(ctx context.Context, r *request, try func(ctx context.Context, r *request, token, waiter string) (attempt, error)) (l *Lease, err error) {
+// tryFunc makes an attempt (core.tryAs, or a test's stand-in).
+type tryFunc func(ctx context.Context, r *request, token, waiter string) (attempt, error)
+
+// waitWith is wait with its attempts made by try (nil: core.tryAs).
+func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease, err error) {
 	token := newToken()
-	a, err := try(ctx, r, token, token) // the uncontended path builds nothing to wait with
+	a, err := c.attempt(ctx, try, r, token, token) // the uncontended path builds nothing to wait with
 	if a.lease != nil {
 		return a.lease, err
 	}
@@ -74,7 +77,7 @@ func (c *core) waitWith(ctx context.Context, r *request, try func(ctx context.Co
 			s.close()
 		}
 	}()
-	ch := channel(r.base, r.k)
+	ch := r.ch
 	subscribed := false
 	poll := pace.New(minPoll, maxPoll)
 	most := min(maxPoll, c.cfg.lease/3)
@@ -82,7 +85,7 @@ func (c *core) waitWith(ctx context.Context, r *request, try func(ctx context.Co
 	defer timer.Stop()
 	for first := true; ; first = false {
 		if !first {
-			if a, err = try(ctx, r, newToken(), waiter); err != nil {
+			if a, err = c.attempt(ctx, try, r, newToken(), waiter); err != nil {
 				return nil, err
 			}
 			if a.lease != nil {
@@ -115,6 +118,14 @@ func (c *core) waitWith(ctx context.Context, r *request, try func(ctx context.Co
 	}
 }
 
+// attempt makes an attempt by try, or by c.tryAs when try is nil.
+func (c *core) attempt(ctx context.Context, try tryFunc, r *request, token, waiter string) (attempt, error) {
+	if try == nil {
+		return c.tryAs(ctx, r, token, waiter)
+	}
+	return try(ctx, r, token, waiter)
+}
+
 // leave takes waiter out of the queue of r's lock (waking the next waiter
 // if it was first), detached from ctx and bounded by releaseTimeout; a
 // failure is left to the queue's expiry of waiters that stop renewing.
@@ -124,8 +135,7 @@ func (c *core) leave(ctx context.Context, r *request, waiter string) {
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	q, d := queueKeys(r.base, r.k)
-	for _, rep := range c.evalAll(lctx, leaveQueue, []string{q, d}, []string{queueMember(r.k, waiter), channel(r.base, r.k)}) {
+	for _, rep := range c.evalAll(lctx, leaveQueue, r.keys[2:4], []string{queueMember(r.k, waiter), r.ch}) {
 		if rep.err != nil {
 			c.cfg.logger.Debug("dlock/valkey: leaving the waiter queue failed; the place expires after the lease", "kind", r.k.String(), "name", r.name, "err", rep.err)
 		}
