@@ -87,8 +87,12 @@
 // acquisitions of one name per millisecond, sustained. (On a failover the
 // new primary's clock counts: clocks of the nodes must agree to within the
 // failover time.) Tokens are therefore large numbers (about 1.8e15:
-// milliseconds since 1970 × 1000), not counts. The counters are never
-// deleted: one small key per lock name and kind ever used. A failover can
+// milliseconds since 1970 × 1000), not counts. A counter expires a day
+// after the last acquisition of its lock (later if it had run ahead of the
+// clock floor, by as much), so unused names leave no keys behind; the next
+// token then comes from the floor, which by then is past every earlier
+// token, unless the server's clock was stepped back by more than the
+// counter stayed idle. A failover can
 // still lose the lock itself; fencing is what catches a holder that was not
 // told.
 //

@@ -86,17 +86,32 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // asked at nearly the same moment, mostly agree on a token, which spares
 // the extra round trip that raises their counters (see RedLock). The
 // counter is stored as a decimal integer; the floor stays exact in Lua's
-// doubles (below 2^53) until the year 2255.
+// doubles (below 2^53) until the year 2255. The counter expires a day
+// after its last use (fenceIdleMs), later if it ran ahead of the floor.
 const luaNextFence = `
+local function fenceTTL(c, f)
+  local ahead = math.ceil((c - f) / 1000)
+  if ahead < 0 then ahead = 0 end
+  return ` + fenceIdleMs + ` + ahead
+end
 local function nextFence(key)
   local t = redis.call('TIME')
   local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
   local c = tonumber(redis.call('GET', key) or '0') or 0
+  local floor = f
   if c + 1 > f then f = c + 1 end
-  redis.call('SET', key, string.format('%.0f', f))
+  redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
   return f
 end
 `
+
+// fenceIdleMs is how long (ms) a fencing counter outlives the last
+// acquisition of its lock: a day. The counter then expires, and the next
+// token comes from the clock floor (see luaNextFence). A counter that ran
+// ahead of the floor lives that much longer, so that at its expiry the
+// floor has passed it: an expiry never makes a token go back (unless the
+// server's clock is stepped back by more than the counter stayed idle).
+const fenceIdleMs = "86400000"
 
 // luaQueue defines the waiter queue of a lock: two sorted sets, KEYS[q]
 // (each waiter scored by its arrival, server time in µs) and KEYS[d] (each
@@ -382,10 +397,15 @@ return 1
 // KEYS: lock, fence. ARGV: token, floor. RedLock's second phase: raise a
 // node's fencing counter to the token the acquisition settled on, on a node
 // where the acquisition holds the lock.
-var raiseFence = newScript(`
+var raiseFence = newScript(luaNextFence + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   local c = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+  local n = tonumber(ARGV[2])
+  if c < n then
+    local t = redis.call('TIME')
+    local floor = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', fenceTTL(n, floor))
+  end
   return 1
 end
 return 0
