@@ -103,10 +103,11 @@
 // in the lock's slot: arrival order in server time, and each waiter's
 // deadline), subscribes to the lock's channel (SUBSCRIBE, on one dedicated
 // connection per Backend; on a cluster PUBLISH reaches every node), tries
-// again, and then tries whenever it is woken — so a hand-off takes about
-// one round trip after the release. Every attempt renews the waiter's
-// deadline (now + the lease); a waiter polls at least every 500ms (and
-// three times per lease), so a live waiter never expires.
+// again (unless the channel was already subscribed in this process when
+// its first attempt was sent), and then tries whenever it is woken — so a
+// hand-off takes about one round trip after the release. Every attempt
+// renews the waiter's deadline (now + the lease); a waiter polls at least
+// every 500ms (and three times per lease), so a live waiter never expires.
 //
 // The ordering promise, on a single node, a cluster and a Sentinel-managed
 // primary (every Backend made by New):

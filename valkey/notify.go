@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	valkeygo "github.com/valkey-io/valkey-go"
@@ -43,7 +44,9 @@ type notifier struct {
 	subs   map[string]*subEntry
 	shut   bool
 	rotate int // which cluster node to use next
-	wg     sync.WaitGroup
+	// gen counts the SUBSCRIBEs answered (written under mu).
+	gen atomic.Uint64
+	wg  sync.WaitGroup
 }
 
 // subConn is one dedicated pub/sub connection.
@@ -61,6 +64,16 @@ type subEntry struct {
 	err     error         // its error
 	closing chan struct{} // non-nil while unsubscribing; closed when done
 	dead    bool          // its connection broke
+	// targeted: the waiters have ids, which messages name (every waiter
+	// of a channel of one Backend waits the same way).
+	targeted bool
+	// readyGen is the notifier's gen when the SUBSCRIBE was answered.
+	readyGen uint64
+	// unclaimed are the latest waiter ids that messages named while no
+	// waiter of this process had that id: a waiter that joins the entry
+	// just after the message arrived takes its wake-up from here.
+	unclaimed [8]string
+	nextSlot  int
 }
 
 // subscription is one waiter's interest in a channel.
@@ -148,10 +161,32 @@ func (e *subEntry) wake(msg string) {
 	case !e.one:
 		e.waiters.signalAll()
 	case msg != "" && e.waiters.signalID(msg):
+	case msg != "" && e.targeted:
+		e.unclaimed[e.nextSlot] = msg
+		e.nextSlot = (e.nextSlot + 1) % len(e.unclaimed)
 	default:
 		e.waiters.signalOne(nil)
 	}
 }
+
+// claim signals s if a message named it before it joined e.
+func (e *subEntry) claim(s *subscription) {
+	if s.id == "" {
+		return
+	}
+	for i, id := range e.unclaimed {
+		if id == s.id {
+			e.unclaimed[i] = ""
+			s.signal()
+			return
+		}
+	}
+}
+
+// Gen returns the count of SUBSCRIBEs answered so far: a subscription
+// whose entry was answered at or before a Gen read before an attempt was
+// sent was live when the attempt ran (see subscribe's live).
+func (n *notifier) Gen() uint64 { return n.gen.Load() }
 
 func newNotifier(c valkeygo.Client, log *slog.Logger) *notifier {
 	return &notifier{client: c, log: log, subs: make(map[string]*subEntry)}
@@ -257,12 +292,21 @@ func (s *subscription) dead() bool {
 // lock's queue, which a release names to wake just that waiter ("" for a
 // waiter woken in turn with the others without an id).
 func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string, wake chan struct{}) (*subscription, error) {
+	s, _, err := n.subscribeSince(ctx, ch, one, id, wake, 0)
+	return s, err
+}
+
+// subscribeSince is subscribe, and also reports whether the channel was
+// subscribed (answered) at or before gen (0: never), that is, whether
+// every message published after an attempt that was sent after gen was
+// read reaches the subscription: then a waiter need not try again.
+func (n *notifier) subscribeSince(ctx context.Context, ch string, one bool, id string, wake chan struct{}, gen uint64) (*subscription, bool, error) {
 	s := &subscription{n: n, ch: ch, c: wake, id: id}
 	n.mu.Lock()
 	for {
 		if n.shut {
 			n.mu.Unlock()
-			return nil, errClosed
+			return nil, false, errClosed
 		}
 		e := n.subs[ch]
 		if e != nil && e.closing != nil {
@@ -271,7 +315,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string
 			select {
 			case <-done:
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 			n.mu.Lock()
 			continue
@@ -279,25 +323,26 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string
 		if e != nil {
 			s.e = e
 			e.waiters.push(s)
+			e.claim(s)
 			n.mu.Unlock()
 			select {
 			case <-e.ready:
 			case <-ctx.Done():
 				s.close()
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 			if e.err != nil {
 				s.close()
-				return nil, e.err
+				return nil, false, e.err
 			}
-			return s, nil
+			return s, gen > 0 && e.readyGen <= gen, nil
 		}
 		sc, err := n.connLocked()
 		if err != nil {
 			n.mu.Unlock()
-			return nil, err
+			return nil, false, err
 		}
-		e = &subEntry{conn: sc, one: one, ready: make(chan struct{})}
+		e = &subEntry{conn: sc, one: one, targeted: id != "", ready: make(chan struct{})}
 		e.waiters.push(s)
 		s.e = e
 		n.subs[ch] = e
@@ -309,6 +354,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string
 		cancel()
 		n.mu.Lock()
 		e.err = err
+		e.readyGen = n.gen.Add(1)
 		close(e.ready)
 		if err != nil && n.subs[ch] == e {
 			delete(n.subs, ch)
@@ -316,9 +362,9 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string
 		n.mu.Unlock()
 		if err != nil {
 			s.close()
-			return nil, err
+			return nil, false, err
 		}
-		return s, nil
+		return s, false, nil
 	}
 }
 

@@ -17,6 +17,9 @@ const (
 	// waiter also polls at least three times per lease, as every attempt
 	// renews its place in the queue.
 	maxPoll = 500 * time.Millisecond
+	// targetedPoll is the first poll of a waiter that releases wake by
+	// name (see wait).
+	targetedPoll = 100 * time.Millisecond
 )
 
 // wait takes the lock of r by repeated attempts. The first failed attempt
@@ -46,6 +49,10 @@ type tryFunc func(ctx context.Context, r *request, token, waiter string) (attemp
 // waitWith is wait with its attempts made by try (nil: core.tryAs).
 func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease, err error) {
 	token := newToken()
+	var gen uint64 // see subscribeSince
+	if len(c.nodes) == 1 {
+		gen = c.nodes[0].notif.Gen()
+	}
 	a, err := c.attempt(ctx, try, r, token, token) // the uncontended path builds nothing to wait with
 	if a.lease != nil {
 		return a.lease, err
@@ -80,6 +87,12 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	ch := r.ch
 	subscribed := false
 	poll := pace.New(minPoll, maxPoll)
+	if id != "" {
+		// A release names the waiter it wakes: polling only renews the
+		// waiter's place and covers a lost message, and a queue of many
+		// waiters must not flood the server with attempts.
+		poll = pace.New(targetedPoll, maxPoll)
+	}
 	most := min(maxPoll, c.cfg.lease/3)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -94,7 +107,9 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 		}
 		if !subscribed || c.dropDead(subs) {
 			subscribed = true
-			if c.subscribe(ctx, subs, ch, one, id, wake) > 0 && ctx.Err() == nil {
+			made, live := c.subscribe(ctx, subs, ch, one, id, wake, gen)
+			gen = 0
+			if made > 0 && !live && ctx.Err() == nil {
 				continue // try again now that a release cannot be missed
 			}
 		}
@@ -144,22 +159,28 @@ func (c *core) leave(ctx context.Context, r *request, waiter string) {
 
 // subscribe subscribes to ch on every node where subs has no
 // subscription (as the waiter id, "" for any), and returns how many it
-// made; failures leave the waiter polling.
-func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, id string, wake chan struct{}) int {
-	made := 0
+// made; failures leave the waiter polling. live reports that, on one node
+// with a waiter id, the channel was already subscribed when the attempt
+// that queued the waiter was sent (gen, see subscribeSince): a release
+// announced since then reaches the waiter, which need not try again.
+func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, id string, wake chan struct{}, gen uint64) (made int, live bool) {
+	if id == "" || len(c.nodes) > 1 {
+		gen = 0
+	}
 	for i, n := range c.nodes {
 		if subs[i] != nil {
 			continue
 		}
-		s, err := n.notif.subscribe(ctx, ch, one, id, wake)
+		s, l, err := n.notif.subscribeSince(ctx, ch, one, id, wake, gen)
 		if err != nil {
 			c.cfg.logger.Debug("dlock/valkey: subscribe failed; polling", "err", err)
 			continue
 		}
 		subs[i] = s
 		made++
+		live = l
 	}
-	return made
+	return made, live
 }
 
 // dropDead drops the subscriptions whose connection broke and reports
