@@ -127,6 +127,10 @@ const fenceIdleMs = "86400000"
 //	                     and renews its deadline
 //	dequeue(q, d, m)     removes m
 //	wakeHead(q, d, ch)   publishes the first live waiter's id on ch
+//	refuse(...)          an exclusive attempt's refusal: queues me (if
+//	                     not nil); if the lock is free (free) but first is
+//	                     h, wakes h when dead waiters were evicted (evicted)
+//	                     and hints when h's place expires; else hints hint
 const luaQueue = `
 local function clock()
   local t = redis.call('TIME')
@@ -163,6 +167,16 @@ end
 local function wakeHead(q, d, ch)
   local h = head(q, d)
   if h then redis.call('PUBLISH', ch, h) end
+end
+local function refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
+  if me then enqueue(q, d, me, lease) end
+  if free then
+    if evicted > 0 and h then redis.call('PUBLISH', ch, h) end
+    hint = 0
+    if h then hint = tonumber(redis.call('ZSCORE', d, h)) - now end
+  end
+  if hint < 0 then hint = 0 end
+  return -1 - hint
 end
 `
 
@@ -202,14 +216,9 @@ if free and (ARGV[4] ~= '1' or not h or h == waiter) then
   if waiter ~= '' and h then dequeue(q, d, waiter) end
   return nextFence(KEYS[2])
 end
-if waiter ~= '' then enqueue(q, d, waiter, lease) end
-if free then
-  if evicted > 0 and h then redis.call('PUBLISH', ARGV[5], h) end
-  hint = 0
-  if h then hint = tonumber(redis.call('ZSCORE', d, h)) - now end
-end
-if hint < 0 then hint = 0 end
-return -1 - hint
+local me = nil
+if waiter ~= '' then me = waiter end
+return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 `)
 
 // KEYS: readers, writer, queue, deadlines, fence. ARGV: token, lease ms,
@@ -280,14 +289,7 @@ if free and (not h or h == me) then
   if me and h then dequeue(q, d, me) end
   return nextFence(KEYS[5])
 end
-if me then enqueue(q, d, me, lease) end
-if free then
-  if evicted > 0 and h then redis.call('PUBLISH', ARGV[5], h) end
-  hint = 0
-  if h then hint = tonumber(redis.call('ZSCORE', d, h)) - now end
-end
-if hint < 0 then hint = 0 end
-return -1 - hint
+return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 `)
 
 // KEYS: holders, fence, queue, deadlines. ARGV: token, lease ms, waiter,
