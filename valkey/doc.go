@@ -135,7 +135,9 @@
 //     first, the next waiter is woken. If that removal fails, or the
 //     waiter's process dies (SIGKILL), its place expires a lease after its
 //     last attempt: a dead waiter holds the queue up for at most the lease
-//     (plus the next waiter's poll, at most 500ms).
+//     (plus the next waiter's poll, at most 500ms: a release still names a
+//     dead first waiter, and the next attempt after its place expired
+//     evicts it).
 //   - A queue entry the scripts did not write (a member without a deadline)
 //     counts as dead; a queue key of the wrong type fails every attempt on
 //     that lock with an error saying so, and changes nothing.

@@ -206,6 +206,13 @@ if redis.call('EXISTS', q) == 0 then
   if pttl < 0 then pttl = 0 end
   return -1 - pttl
 end
+if waiter ~= '' and redis.call('ZRANGE', q, 0, 0)[1] == waiter then
+  -- First in the queue (a woken waiter): nothing else to look at.
+  if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    dequeue(q, d, waiter)
+    return nextFence(KEYS[2])
+  end
+end
 local now = clock()
 local evicted = evict(q, d, now)
 local h = head(q, d)
@@ -357,16 +364,15 @@ return 1
 
 // Release scripts return 1 when the lease was owned until released, 0 when
 // not. They announce the release on the lock's channel only when someone
-// waits: the message is the id of the queue's first live waiter.
+// waits: the message is the id of the queue's first waiter. (Not evicting
+// dead waiters first keeps a hand-off short; a dead first waiter is
+// evicted by the next waiter's poll.)
 
 // KEYS: lock, queue, deadlines. ARGV: token, channel.
 var releaseString = newScript(luaQueue + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    evict(KEYS[2], KEYS[3], clock())
-    wakeHead(KEYS[2], KEYS[3], ARGV[2])
-  end
+  wakeHead(KEYS[2], KEYS[3], ARGV[2])
   return 1
 end
 return 0
@@ -378,10 +384,7 @@ local now = clock()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  evict(KEYS[2], KEYS[3], now)
-  wakeHead(KEYS[2], KEYS[3], ARGV[2])
-end
+wakeHead(KEYS[2], KEYS[3], ARGV[2])
 if tonumber(s) <= now then return 0 end
 return 1
 `)
