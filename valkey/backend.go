@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"time"
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/dlock-go/dlock/backend"
-	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // Backend is a lock backend over one valkey-go client: a standalone
@@ -56,109 +54,127 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// TryLock implements backend.Locker.
+// TryLock implements backend.Locker. It fails while others wait for the
+// lock (on one node; see the package documentation): a try never jumps the
+// queue.
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
 	a, err := b.tryLock(ctx, name)
 	return a.lease, a.lease != nil, err
 }
 
 func (b *Backend) tryLock(ctx context.Context, name string) (attempt, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.mutex(name)
 	if err != nil {
 		return attempt{}, err
 	}
-	return b.c.try(ctx, kindMutex, name, acquireMutex, mutexKeys(base), base)
+	return b.c.try(ctx, r, "")
 }
 
-// Lock implements backend.LockWaiter: it waits for a release notification
-// (or, as a fallback, polls with a bounded backoff).
-func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
+func (b *Backend) mutex(name string) (*request, error) {
 	base, err := keyBase(b.c.cfg.prefix, name)
 	if err != nil {
 		return nil, err
 	}
-	return b.c.wait(ctx, kindMutex, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindMutex, name, acquireMutex, mutexKeys(base), base)
-	})
+	return newRequest(kindMutex, name, base, acquireMutex), nil
+}
+
+// Lock implements backend.LockWaiter: it queues for the lock and waits for
+// a release notification (or, as a fallback, polls with a bounded
+// backoff).
+func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
+	r, err := b.mutex(name)
+	if err != nil {
+		return nil, err
+	}
+	return b.c.wait(ctx, r)
+}
+
+func (b *Backend) rw(k kind, name string) (*request, error) {
+	base, err := keyBase(b.c.cfg.prefix, name)
+	if err != nil {
+		return nil, err
+	}
+	s := acquireRead
+	if k == kindWrite {
+		s = acquireWrite
+	}
+	return newRequest(k, name, base, s), nil
 }
 
 // TryRLock implements backend.RWLocker. It fails while a writer holds the
-// lock or waits for it in WLock.
+// lock or waits for it.
 func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindRead, name)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindRead, name, acquireRead, rwKeys(base), base)
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// TryWLock implements backend.RWLocker.
+// TryWLock implements backend.RWLocker. It fails while anyone holds the
+// lock or waits for it.
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindWrite, name)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindWrite, name, acquireWrite, rwKeys(base), base, "", "0")
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// RLock implements backend.RWWaiter.
+// RLock implements backend.RWWaiter. A reader queues like a writer, and
+// enters when no writer holds the lock and no writer queued before it.
 func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindRead, name)
 	if err != nil {
 		return nil, err
 	}
-	return b.c.wait(ctx, kindRead, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindRead, name, acquireRead, rwKeys(base), base)
-	})
+	return b.c.wait(ctx, r)
 }
 
-// WLock implements backend.RWWaiter. While it waits it keeps a mark in the
-// lock's set of waiting writers (expiring after writerMark unless renewed,
-// so a crashed waiter does not hold readers off for long), and new readers
-// are refused.
+// WLock implements backend.RWWaiter. While a writer waits, readers that
+// come after it wait too (writer preference); readers that came before it
+// go first.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
+	r, err := b.rw(kindWrite, name)
 	if err != nil {
 		return nil, err
 	}
-	waiter := newToken()
-	mark := strconv.FormatInt(writerMark.Milliseconds(), 10)
-	l, err := b.c.wait(ctx, kindWrite, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindWrite, name, acquireWrite, rwKeys(base), base, waiter, mark)
-	})
+	return b.c.wait(ctx, r)
+}
+
+func (b *Backend) sem(name string, limit int) (*request, error) {
+	base, err := b.semBase(name, limit)
 	if err != nil {
-		// Stop holding readers off, and wake them.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-		defer cancel()
-		b.c.evalAll(uctx, unmarkWriter, []string{rwKeys(base)[2]}, []string{waiter, channel(base, kindWrite)})
+		return nil, err
 	}
-	return l, err
+	r := newRequest(kindSem, name, base, acquireSem)
+	r.extra = []string{strconv.Itoa(limit)}
+	return r, nil
 }
 
 // TryAcquire implements backend.Semaphore. Each attempt is judged by its
 // own limit: a holder that asks with a larger limit may enter beside
-// holders that asked with a smaller one.
+// holders that asked with a smaller one. It fails while others wait for a
+// ticket.
 func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Lease, bool, error) {
-	base, err := b.semBase(name, limit)
+	r, err := b.sem(name, limit)
 	if err != nil {
 		return nil, false, err
 	}
-	a, err := b.c.try(ctx, kindSem, name, acquireSem, semKeys(base), base, strconv.Itoa(limit))
+	a, err := b.c.try(ctx, r, "")
 	return a.lease, a.lease != nil, err
 }
 
-// Acquire implements backend.SemaphoreWaiter.
+// Acquire implements backend.SemaphoreWaiter: waiters get tickets in the
+// order they began waiting.
 func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
-	base, err := b.semBase(name, limit)
+	r, err := b.sem(name, limit)
 	if err != nil {
 		return nil, err
 	}
-	lim := strconv.Itoa(limit)
-	return b.c.wait(ctx, kindSem, name, base, func(ctx context.Context) (attempt, error) {
-		return b.c.try(ctx, kindSem, name, acquireSem, semKeys(base), base, lim)
-	})
+	return b.c.wait(ctx, r)
 }
 
 func (b *Backend) semBase(name string, limit int) (string, error) {
@@ -166,118 +182,4 @@ func (b *Backend) semBase(name string, limit int) (string, error) {
 		return "", fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
 	}
 	return keyBase(b.c.cfg.prefix, name)
-}
-
-// Waiting.
-const (
-	minPoll = 10 * time.Millisecond
-	// maxPoll bounds the fallback poll of a waiter (for lost
-	// notifications); a lock expected to expire sooner is retried then.
-	maxPoll = 500 * time.Millisecond
-	// writerMark is how long a waiting writer's mark holds readers off
-	// without being renewed; a waiting writer renews it at least every
-	// maxPoll.
-	writerMark = 2 * time.Second
-)
-
-// wait takes a lock by repeated attempts: after a failed one it subscribes
-// to the lock's release channel (on every node) and tries again, so a
-// release in between is not missed; then it tries again whenever a release
-// is announced, when the lock's holder is due to expire, and, in case a
-// notification was lost, at a bounded backoff.
-//
-// A mutex's or semaphore's release notification wakes one waiter of this
-// Backend (see notifier): a waiter that stops without the lock passes its
-// turn on, and a semaphore waiter that takes a ticket passes one on too.
-func (c *core) wait(ctx context.Context, k kind, name, base string, try func(context.Context) (attempt, error)) (l *Lease, err error) {
-	a, err := try(ctx) // the uncontended path builds nothing to wait with
-	if err != nil || a.lease != nil {
-		return a.lease, err
-	}
-	wake := make(chan struct{}, 1)
-	subs := make([]*subscription, len(c.nodes))
-	one := k == kindMutex || k == kindSem
-	defer func() {
-		for _, s := range subs {
-			if s == nil {
-				continue
-			}
-			if one && (l == nil || k == kindSem) {
-				s.passOn()
-			}
-			s.close()
-		}
-	}()
-	ch := channel(base, k)
-	subscribed := false
-	poll := pace.New(minPoll, maxPoll)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for first := true; ; first = false {
-		if !first {
-			if a, err = try(ctx); err != nil {
-				return nil, err
-			}
-			if a.lease != nil {
-				return a.lease, nil
-			}
-		}
-		if !subscribed || c.dropDead(subs) {
-			subscribed = true
-			if c.subscribe(ctx, subs, ch, one, wake) > 0 && ctx.Err() == nil {
-				continue // try again now that a release cannot be missed
-			}
-		}
-		d := min(poll.Next(), maxPoll) // jittered, never beyond maxPoll
-		if a.hint > 0 && a.hint+time.Millisecond < d {
-			d = a.hint + time.Millisecond
-		}
-		timer.Reset(d)
-		select {
-		case <-wake:
-		case <-timer.C:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
-		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-	}
-}
-
-// subscribe subscribes to ch on every node where subs has no
-// subscription, and returns how many it made; failures leave the waiter
-// polling.
-func (c *core) subscribe(ctx context.Context, subs []*subscription, ch string, one bool, wake chan struct{}) int {
-	made := 0
-	for i, n := range c.nodes {
-		if subs[i] != nil {
-			continue
-		}
-		s, err := n.notif.subscribe(ctx, ch, one, wake)
-		if err != nil {
-			c.cfg.logger.Debug("dlock/valkey: subscribe failed; polling", "err", err)
-			continue
-		}
-		subs[i] = s
-		made++
-	}
-	return made
-}
-
-// dropDead drops the subscriptions whose connection broke and reports
-// whether there were any.
-func (c *core) dropDead(subs []*subscription) bool {
-	found := false
-	for i, s := range subs {
-		if s != nil && s.dead() {
-			s.close()
-			subs[i] = nil
-			found = true
-		}
-	}
-	return found
 }

@@ -45,12 +45,19 @@ type core struct {
 	nodes   []*node
 	quorum  int
 	ext     *extender
-	closed  atomic.Bool
-	once    sync.Once
+	// fair is the acquire scripts' fair argument: "1" on one node, where
+	// the waiter queue decides who is next; "0" for a RedLock, whose
+	// nodes' queues could disagree (see the package documentation).
+	fair   string
+	closed atomic.Bool
+	once   sync.Once
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
-	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1}
+	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1"}
+	if len(clients) > 1 {
+		c.fair = "0"
+	}
 	for _, cl := range clients {
 		c.nodes = append(c.nodes, &node{client: cl, addr: strings.Join(clientAddrs(cl), ","), notif: newNotifier(cl, cfg.logger)})
 	}
@@ -106,14 +113,46 @@ type attempt struct {
 	hint  time.Duration // when not acquired: how long the lock stays taken, if known (0: unknown)
 }
 
-// try makes one attempt to take a lock of kind k on name. args are the
-// acquire script's arguments after the token and lease.
-func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []string, base string, extra ...string) (attempt, error) {
+// request is what attempts to take one lock send: the lock, its acquire
+// script and keys, and the script's arguments after the common ones (see
+// the acquire scripts).
+type request struct {
+	k     kind
+	name  string
+	base  string
+	s     *script
+	keys  []string // see lockKeys
+	ch    string
+	extra []string
+}
+
+func newRequest(k kind, name, base string, s *script) *request {
+	keys, ch := lockKeys(base, k)
+	return &request{k: k, name: name, base: base, s: s, keys: keys, ch: ch}
+}
+
+// heldKey is the key a lease of the request's kind is recorded in (the
+// one extended and released).
+func (r *request) heldKey() string {
+	if r.k == kindWrite {
+		return r.keys[1]
+	}
+	return r.keys[0]
+}
+
+// try makes one attempt to take the lock of r with a new token. waiter is
+// the id the attempt queues under if it fails ("" for a try, which never
+// queues and fails while others wait).
+func (c *core) try(ctx context.Context, r *request, waiter string) (attempt, error) {
+	return c.tryAs(ctx, r, newToken(), waiter)
+}
+
+// tryAs is try with the lease's token given.
+func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (attempt, error) {
 	if c.closed.Load() {
 		return attempt{}, backend.Permanent(errClosed)
 	}
-	token := newToken()
-	args := append([]string{token, c.leaseMs}, extra...)
+	args := append([]string{token, c.leaseMs, waiter, c.fair, r.ch}, r.extra...)
 	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
@@ -122,37 +161,51 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		actx, cancel = context.WithTimeout(ctx, c.cfg.lease-c.cfg.drift)
 		defer cancel()
 	}
-	rs := c.evalAll(actx, s, keys, args)
-	var got, refused int
-	var fence uint64
-	var hint int64
-	var firstErr error
+	rs := c.evalAll(actx, r.s, r.keys, args)
+	l := &Lease{c: c, kind: r.k, name: r.name, base: r.base, held: r.heldKey(), queue: r.keys[2], dls: r.keys[3], ch: r.ch, token: token, lost: make(chan struct{}), idx: -1}
+	return c.decide(ctx, l, t0, rs, tally(rs))
+}
+
+// votes is the tally of the nodes' answers to an acquire script.
+type votes struct {
+	got, refused int    // nodes that granted, that refused
+	atMax        int    // granting nodes whose token is fence
+	fence        uint64 // the largest token granted
+	hint         int64  // the longest hint of the refusing nodes, ms
+	firstErr     error  // the first node's error
+}
+
+// tally counts the nodes' answers to an acquire script.
+func tally(rs []reply) votes {
+	var v votes
 	for _, r := range rs {
 		switch {
 		case r.err != nil:
-			if firstErr == nil {
-				firstErr = r.err
+			if v.firstErr == nil {
+				v.firstErr = r.err
 			}
 		case r.n > 0:
-			got++
-			if f := uint64(r.n); f > fence {
-				fence = f
-			}
+			v.got++
+			v.fence = max(v.fence, uint64(r.n))
 		default:
-			refused++
-			if h := -1 - r.n; h > hint {
-				hint = h
-			}
+			v.refused++
+			v.hint = max(v.hint, -1-r.n)
 		}
 	}
-	l := &Lease{c: c, kind: k, name: name, base: base, token: token, fence: fence, lost: make(chan struct{}), idx: -1}
-	atMax := 0
 	for _, r := range rs {
-		if r.err == nil && r.n > 0 && uint64(r.n) == fence {
-			atMax++
+		if r.err == nil && r.n > 0 && uint64(r.n) == v.fence {
+			v.atMax++
 		}
 	}
-	if got >= c.quorum && atMax < c.quorum {
+	return v
+}
+
+// decide settles an attempt by its tally v (rs are the answers, t0 the
+// moment before it was sent): l, the lease the attempt would be, is held
+// (and extended from now on), or what it took is released.
+func (c *core) decide(ctx context.Context, l *Lease, t0 time.Time, rs []reply, v votes) (attempt, error) {
+	l.fence = v.fence
+	if v.got >= c.quorum && v.atMax < c.quorum {
 		// RedLock: make the token stick on a majority (see RedLock).
 		if err := c.raiseFence(ctx, l, rs); err != nil {
 			c.cleanup(ctx, l)
@@ -163,7 +216,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		}
 	}
 	late := false
-	if got >= c.quorum {
+	if v.got >= c.quorum {
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {
@@ -174,7 +227,7 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 		}
 		late = true
 	}
-	if got > 0 || firstErr != nil {
+	if v.got > 0 || v.firstErr != nil {
 		// Release what was taken (and what may have been taken by a
 		// request whose answer was lost).
 		c.cleanup(ctx, l)
@@ -182,20 +235,20 @@ func (c *core) try(ctx context.Context, k kind, name string, s *script, keys []s
 	// Held elsewhere: too many nodes refused for a majority, or a majority
 	// answered and the lock was not free on enough of them (RedLock with a
 	// node down, racing a release). Otherwise the errors decided it.
-	if refused > len(c.nodes)-c.quorum || refused > 0 && got+refused >= c.quorum {
-		return attempt{hint: time.Duration(hint) * time.Millisecond}, nil
+	if v.refused > len(c.nodes)-c.quorum || v.refused > 0 && v.got+v.refused >= c.quorum {
+		return attempt{hint: time.Duration(v.hint) * time.Millisecond}, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
-	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, context.Canceled) {
+	if errors.Is(v.firstErr, context.DeadlineExceeded) || errors.Is(v.firstErr, context.Canceled) {
 		// valkey-go may see ctx's deadline pass before ctx reports it.
-		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, firstErr)
+		return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, v.firstErr)
 	}
 	if late {
 		return attempt{}, errors.New("acquired too late: the lease's validity had passed")
 	}
-	return attempt{}, c.nodesError(got, rs)
+	return attempt{}, c.nodesError(v.got, rs)
 }
 
 // nodesError is the error of an attempt that neither took the lock nor
@@ -213,6 +266,10 @@ func (c *core) nodesError(got int, rs []reply) error {
 		}
 		if permanentErr(r.err) {
 			perm++
+		}
+		if wrongType(r.err) {
+			errs = append(errs, fmt.Errorf("node %s: a key of the lock has the wrong type (a value dlock did not write): %w", c.nodes[i].addr, r.err))
+			continue
 		}
 		errs = append(errs, fmt.Errorf("node %s: %w", c.nodes[i].addr, r.err))
 	}
@@ -276,6 +333,13 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// wrongType reports whether err is the server's WRONGTYPE: a key holds a
+// value of another type than the script expects.
+func wrongType(err error) bool {
+	var ve *valkeygo.ValkeyError
+	return errors.As(err, &ve) && strings.Contains(ve.Error(), "WRONGTYPE")
+}
+
 // isAuthErr reports whether err is the server refusing the client's
 // credentials (WRONGPASS, NOAUTH) or the user's permissions (NOPERM).
 func isAuthErr(err error) bool {
@@ -321,7 +385,7 @@ func clientAddrs(client valkeygo.Client) []string {
 // acquisition, which needs a majority too, meets a node whose counter is at
 // least this token and gets a larger one.
 func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
-	keys := mutexKeys(l.base)
+	keys := mutexKeys(l.base)[:2]
 	floor := strconv.FormatUint(l.fence, 10)
 	ok := make([]bool, len(c.nodes))
 	errs := make([]error, len(c.nodes))
@@ -370,6 +434,10 @@ type Lease struct {
 	kind  kind
 	name  string
 	base  string
+	held  string // the key the lease is recorded in
+	queue string // the lock's waiter queue and its deadlines
+	dls   string
+	ch    string // the lock's channel
 	token string
 	fence uint64
 	lost  chan struct{}
@@ -459,7 +527,7 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	default:
 		s = releaseMember
 	}
-	keys, args := []string{heldKey(l.base, l.kind)}, []string{l.token, channel(l.base, l.kind)}
+	keys, args := []string{l.held, l.queue, l.dls}, []string{l.token, l.ch}
 	rs := l.c.evalAll(ctx, s, keys, args)
 	// Try again, within ctx's deadline, the nodes that did not answer:
 	//   - a connection that broke since it was last used (the server
@@ -516,5 +584,5 @@ func (l *Lease) extendCall() call {
 	if l.kind == kindRead || l.kind == kindSem {
 		s = extendMember
 	}
-	return call{s: s, keys: []string{heldKey(l.base, l.kind)}, args: []string{l.token, l.c.leaseMs}}
+	return call{s: s, keys: []string{l.held}, args: []string{l.token, l.c.leaseMs}}
 }

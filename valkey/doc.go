@@ -62,8 +62,9 @@
 // Readers are members of a sorted set scored by their own expiry in server
 // time (TIME inside the scripts), so a crashed reader expires on its own
 // even while other readers keep extending theirs. The writer is a string
-// key. A writer waiting in WLock puts a mark (in a sorted set, expiring
-// unless renewed) that makes new readers wait: writers are preferred.
+// key. A waiting writer makes the readers that come after it wait (they
+// queue behind it, see Waiting and order): writers are preferred, and the
+// readers that came before it go first.
 //
 // A semaphore is a sorted set of holders scored by expiry (server time);
 // each acquisition is judged by its own limit (holders asking with a larger
@@ -86,26 +87,77 @@
 // acquisitions of one name per millisecond, sustained. (On a failover the
 // new primary's clock counts: clocks of the nodes must agree to within the
 // failover time.) Tokens are therefore large numbers (about 1.8e15:
-// milliseconds since 1970 × 1000), not counts. The counters are never
-// deleted: one small key per lock name and kind ever used. A failover can
+// milliseconds since 1970 × 1000), not counts. A counter expires a day
+// after the last acquisition of its lock (later if it had run ahead of the
+// clock floor, by as much), so unused names leave no keys behind; the next
+// token then comes from the floor, which by then is past every earlier
+// token, unless the server's clock was stepped back by more than the
+// counter stayed idle. A failover can
 // still lose the lock itself; fencing is what catches a holder that was not
 // told.
 //
-// # Waiting
+// # Waiting and order
 //
-// Lock, RLock, WLock and Acquire wait without polling: after a failed
-// attempt the waiter subscribes to the lock's channel (SUBSCRIBE, on one
-// dedicated connection per Backend; on a cluster PUBLISH reaches every
-// node), tries again, and then tries whenever a release script PUBLISHes —
-// so a hand-off takes about one round trip after the release. Within one
-// Backend a mutex's or semaphore's release wakes only the waiter that has
-// waited longest (a waiter that gives up passes its turn on; a semaphore
-// waiter that gets a ticket wakes the next, in case there is more room),
-// so a hot lock costs one attempt per release per process rather than one
-// per waiter; a reader-writer lock's release wakes all its waiters. A
-// bounded backoff poll (up to 500ms) covers lost notifications and lost
-// turns, and a waiter is also woken when the holder's lease is due to
-// expire.
+// Lock, RLock, WLock and Acquire queue and wait without polling. A waiter
+// whose first attempt fails joins the lock's waiter queue (two sorted sets
+// in the lock's slot: arrival order in server time, and each waiter's
+// deadline), subscribes to the lock's channel (SUBSCRIBE, on one dedicated
+// connection per Backend; on a cluster PUBLISH reaches every node), tries
+// again (unless the channel was already subscribed in this process when
+// its first attempt was sent), and then tries whenever it is woken — so a
+// hand-off takes about one round trip after the release. Every attempt
+// renews the waiter's deadline (now + the lease); a waiter polls at least
+// every 500ms (and three times per lease), so a live waiter never expires.
+//
+// The ordering promise, on a single node, a cluster and a Sentinel-managed
+// primary (every Backend made by New):
+//
+//   - First come, first served, across goroutines, Backends and processes:
+//     a waiter that began waiting (its first attempt reached the server)
+//     before another is granted before it. A mutex or semaphore release is
+//     announced, only when someone waits, with the id of the queue's first
+//     waiter and wakes only that one, wherever it is. Semaphore waiters get
+//     tickets in arrival order (a waiter that takes a ticket and leaves
+//     room behind it wakes the next).
+//   - Reader-writer locks: a writer enters when the lock is free and it is
+//     first in the queue; a reader enters when no writer holds the lock
+//     and no writer queued before it. So readers that came before a
+//     waiting writer go first, the writer next, and the readers that came
+//     after it wait (writer preference); writers are served in arrival
+//     order. A release wakes all the lock's waiters in each process, and
+//     the scripts let in only those allowed.
+//   - Tries never wait and never jump the queue: TryLock, TryWLock and
+//     TryAcquire fail while a live waiter is queued, even if the lock is
+//     free at that moment; TryRLock fails while a writer holds or waits.
+//     The check is in the try's own script: no extra round trip.
+//   - A waiter whose ctx ends (or whose wait fails) leaves the queue before
+//     Lock returns — detached from its ctx, bounded by 5s — and if it was
+//     first, the next waiter is woken. If that removal fails, or the
+//     waiter's process dies (SIGKILL), its place expires a lease after its
+//     last attempt: a dead waiter holds the queue up for at most the lease
+//     (plus the next waiter's poll, at most 500ms: a release still names a
+//     dead first waiter, and the next attempt after its place expired
+//     evicts it).
+//   - A queue entry the scripts did not write (a member without a deadline)
+//     counts as dead; a queue key of the wrong type fails every attempt on
+//     that lock with an error saying so, and changes nothing.
+//
+// The order is the server's: a failover to a replica that had not received
+// the last queue changes (Sentinel) may forget places in the queue for a
+// moment — waiters queue again at their next attempt — but never lets two
+// holders in. All clients of one lock must run this version: an earlier
+// one ignores the queue (it neither queues nor yields to it).
+//
+// RedLock gives no ordering promise: its nodes' queues could disagree, and
+// a waiter first on one node but not on a majority would block everyone.
+// Its waiters queue on every node only so that a release is announced when
+// someone waits; the queue never decides who is next, and a try does not
+// yield to waiters. Within one RedLock a release wakes only the waiter
+// that has waited longest (a waiter that gives up passes its turn on), so
+// a hot lock costs one attempt per release per process; across processes
+// the first to retry wins. A bounded backoff poll (up to 500ms) covers
+// lost notifications, and a waiter is also woken when the holder's lease
+// is due to expire.
 //
 // # Errors, outages and waits
 //

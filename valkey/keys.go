@@ -30,15 +30,22 @@ import (
 //
 //	m      mutex: the lock (a string holding the owner's token, PX lease)
 //	m:f    mutex: the fencing counter
+//	m:q    mutex: the waiter queue (sorted set: waiter scored by arrival, server µs)
+//	m:d    mutex: the waiters' deadlines (sorted set: waiter scored by expiry, server ms)
 //	m:n    mutex: the pub/sub channel its releases are announced on
 //	rw:r   RW: readers (sorted set: token scored by expiry, server ms)
 //	rw:w   RW: the writer (string, PX lease)
-//	rw:q   RW: waiting writers (sorted set: waiter scored by expiry)
+//	rw:a   RW: the waiter queue ("r" or "w" and the waiter's id, by arrival)
+//	rw:d   RW: the waiters' deadlines
 //	rw:f   RW: the fencing counter
 //	rw:n   RW: the channel
 //	s      semaphore: holders (sorted set: token scored by expiry)
 //	s:f    semaphore: the fencing counter
+//	s:q    semaphore: the waiter queue
+//	s:d    semaphore: the waiters' deadlines
 //	s:n    semaphore: the channel
+//
+// (rw:q, the waiting writers of earlier versions, is no longer used.)
 const (
 	maxPlainName = 200
 	longNameHead = 48
@@ -102,12 +109,77 @@ func (k kind) String() string {
 	}
 }
 
-// Keys of each kind, from a key base.
-func mutexKeys(base string) []string { return []string{base + "m", base + "m:f"} }
-func rwKeys(base string) []string {
-	return []string{base + "rw:r", base + "rw:w", base + "rw:q", base + "rw:f"}
+// Keys of each kind, from a key base: what the acquire scripts take. The
+// lock's held key comes first (an RW lock's writer second), its queue and
+// deadlines third and fourth.
+func mutexKeys(base string) []string { k, _ := lockKeys(base, kindMutex); return k }
+func rwKeys(base string) []string    { k, _ := lockKeys(base, kindRead); return k }
+func semKeys(base string) []string   { k, _ := lockKeys(base, kindSem); return k }
+
+var (
+	mutexSuffixes = []string{"m", "m:f", "m:q", "m:d", "m:n"}
+	rwSuffixes    = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:n"}
+	semSuffixes   = []string{"s", "s:f", "s:q", "s:d", "s:n"}
+)
+
+// lockKeys returns the keys the acquire script of a lock of kind k takes,
+// and the lock's channel, all cut from one string (one allocation).
+func lockKeys(base string, k kind) (keys []string, ch string) {
+	suf := mutexSuffixes
+	switch k {
+	case kindRead, kindWrite:
+		suf = rwSuffixes
+	case kindSem:
+		suf = semSuffixes
+	}
+	n := 0
+	for _, x := range suf {
+		n += len(base) + len(x)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, x := range suf {
+		b.WriteString(base)
+		b.WriteString(x)
+	}
+	all := b.String()
+	keys = make([]string, len(suf)-1)
+	at := 0
+	for i, x := range suf {
+		s := all[at : at+len(base)+len(x)]
+		at += len(s)
+		if i < len(keys) {
+			keys[i] = s
+		} else {
+			ch = s
+		}
+	}
+	return keys, ch
 }
-func semKeys(base string) []string { return []string{base + "s", base + "s:f"} }
+
+// queueKeys are the waiter queue of a lock of kind k and its deadlines.
+func queueKeys(base string, k kind) (q, d string) {
+	switch k {
+	case kindMutex:
+		return base + "m:q", base + "m:d"
+	case kindRead, kindWrite:
+		return base + "rw:a", base + "rw:d"
+	default:
+		return base + "s:q", base + "s:d"
+	}
+}
+
+// queueMember is a waiter's member of the queue of a lock of kind k.
+func queueMember(k kind, waiter string) string {
+	switch k {
+	case kindRead:
+		return "r" + waiter
+	case kindWrite:
+		return "w" + waiter
+	default:
+		return waiter
+	}
+}
 
 // channel is where releases of a lock of kind k are announced.
 func channel(base string, k kind) string {

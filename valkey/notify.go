@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	valkeygo "github.com/valkey-io/valkey-go"
@@ -19,14 +20,16 @@ const subscribeTimeout = 5 * time.Second
 // pub/sub connection per node, subscribes to the channels of the locks
 // waited for in this process (counted, so each is subscribed once) and
 // signals the waiters of a channel when a message arrives: all of them for
-// a reader-writer lock (a writer's release may let every reader in), and
-// only the first not yet signalled, in the order they began waiting, for
-// a mutex or a semaphore (one release frees room for one), so that a
-// release under contention costs one attempt per process, not one per
-// waiter. A signalled waiter that stops waiting without the lock passes
-// its turn to the next (wait does that), and a semaphore waiter that gets
-// a ticket wakes the next too, in case there is more room; every waiter
-// also polls, so none is stranded by a lost turn.
+// a reader-writer lock (a writer's release may let every reader in). For a
+// mutex or a semaphore on one node, a message is the id of the lock's
+// first queued waiter, and wakes only that waiter, in whichever process it
+// is: a release under contention costs one attempt in all. On a RedLock
+// (whose waiters have no id here) a message wakes only the first waiter
+// not yet signalled, in the order they began waiting (one release frees
+// room for one), so that a release costs one attempt per process, not one
+// per waiter; a signalled waiter that stops waiting without the lock
+// passes its turn to the next (wait does that). Every waiter also polls,
+// so none is stranded by a lost message.
 //
 // On a cluster the connection goes to one of the nodes: a PUBLISH reaches
 // every node of a cluster. When the connection breaks, every waiter is
@@ -41,7 +44,9 @@ type notifier struct {
 	subs   map[string]*subEntry
 	shut   bool
 	rotate int // which cluster node to use next
-	wg     sync.WaitGroup
+	// gen counts the SUBSCRIBEs answered (written under mu).
+	gen atomic.Uint64
+	wg  sync.WaitGroup
 }
 
 // subConn is one dedicated pub/sub connection.
@@ -59,6 +64,16 @@ type subEntry struct {
 	err     error         // its error
 	closing chan struct{} // non-nil while unsubscribing; closed when done
 	dead    bool          // its connection broke
+	// targeted: the waiters have ids, which messages name (every waiter
+	// of a channel of one Backend waits the same way).
+	targeted bool
+	// readyGen is the notifier's gen when the SUBSCRIBE was answered.
+	readyGen uint64
+	// unclaimed are the latest waiter ids that messages named while no
+	// waiter of this process had that id: a waiter that joins the entry
+	// just after the message arrived takes its wake-up from here.
+	unclaimed [8]string
+	nextSlot  int
 }
 
 // subscription is one waiter's interest in a channel.
@@ -67,6 +82,7 @@ type subscription struct {
 	ch         string
 	e          *subEntry
 	c          chan struct{} // receives a value when the channel gets a message
+	id         string        // the waiter's id in the lock's queue; "" for any
 	prev, next *subscription // in e.waiters; guarded by n.mu
 	queued     bool
 }
@@ -114,25 +130,63 @@ func (q *waitQueue) signalAll() {
 	}
 }
 
-// signalOne signals the first waiter other than skip that has no signal
-// pending (one it has not yet taken), if any.
+// signalOne signals the first waiter without an id other than skip that
+// has no signal pending (one it has not yet taken), if any.
 func (q *waitQueue) signalOne(skip *subscription) {
 	for s := q.head; s != nil; s = s.next {
-		if s != skip && len(s.c) == 0 {
+		if s != skip && s.id == "" && len(s.c) == 0 {
 			s.signal()
 			return
 		}
 	}
 }
 
-// wake signals the waiters of e for one message.
-func (e *subEntry) wake() {
-	if e.one {
-		e.waiters.signalOne(nil)
-	} else {
+// signalID signals the waiter with id, if any, and reports whether there
+// was one.
+func (q *waitQueue) signalID(id string) bool {
+	for s := q.head; s != nil; s = s.next {
+		if s.id == id {
+			s.signal()
+			return true
+		}
+	}
+	return false
+}
+
+// wake signals the waiters of e for one message, msg: the waiter whose id
+// it is, else the first waiter without an id (mutex, semaphore), or every
+// waiter (reader-writer lock).
+func (e *subEntry) wake(msg string) {
+	switch {
+	case !e.one:
 		e.waiters.signalAll()
+	case msg != "" && e.waiters.signalID(msg):
+	case msg != "" && e.targeted:
+		e.unclaimed[e.nextSlot] = msg
+		e.nextSlot = (e.nextSlot + 1) % len(e.unclaimed)
+	default:
+		e.waiters.signalOne(nil)
 	}
 }
+
+// claim signals s if a message named it before it joined e.
+func (e *subEntry) claim(s *subscription) {
+	if s.id == "" {
+		return
+	}
+	for i, id := range e.unclaimed {
+		if id == s.id {
+			e.unclaimed[i] = ""
+			s.signal()
+			return
+		}
+	}
+}
+
+// Gen returns the count of SUBSCRIBEs answered so far: a subscription
+// whose entry was answered at or before a Gen read before an attempt was
+// sent was live when the attempt ran (see subscribe's live).
+func (n *notifier) Gen() uint64 { return n.gen.Load() }
 
 func newNotifier(c valkeygo.Client, log *slog.Logger) *notifier {
 	return &notifier{client: c, log: log, subs: make(map[string]*subEntry)}
@@ -199,7 +253,7 @@ func (n *notifier) watch(sc *subConn, errs <-chan error) {
 func (n *notifier) onMessage(m valkeygo.PubSubMessage) {
 	n.mu.Lock()
 	if e := n.subs[m.Channel]; e != nil {
-		e.wake()
+		e.wake(m.Message)
 	}
 	n.mu.Unlock()
 }
@@ -234,14 +288,25 @@ func (s *subscription) dead() bool {
 // subscribe subscribes to ch and returns once the server has confirmed the
 // subscription, so that a release published afterwards is not missed. one
 // says a message wakes one waiter, not all (see notifier); every
-// subscriber of a channel passes the same.
-func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan struct{}) (*subscription, error) {
-	s := &subscription{n: n, ch: ch, c: wake}
+// subscriber of a channel passes the same. id is the waiter's id in the
+// lock's queue, which a release names to wake just that waiter ("" for a
+// waiter woken in turn with the others without an id).
+func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string, wake chan struct{}) (*subscription, error) {
+	s, _, err := n.subscribeSince(ctx, ch, one, id, wake, 0)
+	return s, err
+}
+
+// subscribeSince is subscribe, and also reports whether the channel was
+// subscribed (answered) at or before gen (0: never), that is, whether
+// every message published after an attempt that was sent after gen was
+// read reaches the subscription: then a waiter need not try again.
+func (n *notifier) subscribeSince(ctx context.Context, ch string, one bool, id string, wake chan struct{}, gen uint64) (*subscription, bool, error) {
+	s := &subscription{n: n, ch: ch, c: wake, id: id}
 	n.mu.Lock()
 	for {
 		if n.shut {
 			n.mu.Unlock()
-			return nil, errClosed
+			return nil, false, errClosed
 		}
 		e := n.subs[ch]
 		if e != nil && e.closing != nil {
@@ -250,7 +315,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan
 			select {
 			case <-done:
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 			n.mu.Lock()
 			continue
@@ -258,25 +323,26 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan
 		if e != nil {
 			s.e = e
 			e.waiters.push(s)
+			e.claim(s)
 			n.mu.Unlock()
 			select {
 			case <-e.ready:
 			case <-ctx.Done():
 				s.close()
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 			if e.err != nil {
 				s.close()
-				return nil, e.err
+				return nil, false, e.err
 			}
-			return s, nil
+			return s, gen > 0 && e.readyGen <= gen, nil
 		}
 		sc, err := n.connLocked()
 		if err != nil {
 			n.mu.Unlock()
-			return nil, err
+			return nil, false, err
 		}
-		e = &subEntry{conn: sc, one: one, ready: make(chan struct{})}
+		e = &subEntry{conn: sc, one: one, targeted: id != "", ready: make(chan struct{})}
 		e.waiters.push(s)
 		s.e = e
 		n.subs[ch] = e
@@ -288,6 +354,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan
 		cancel()
 		n.mu.Lock()
 		e.err = err
+		e.readyGen = n.gen.Add(1)
 		close(e.ready)
 		if err != nil && n.subs[ch] == e {
 			delete(n.subs, ch)
@@ -295,9 +362,9 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, wake chan
 		n.mu.Unlock()
 		if err != nil {
 			s.close()
-			return nil, err
+			return nil, false, err
 		}
-		return s, nil
+		return s, false, nil
 	}
 }
 

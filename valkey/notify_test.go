@@ -47,7 +47,7 @@ func TestNotifierWakesOne(t *testing.T) {
 		ws := []chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)}
 		var subs []*subscription
 		for _, w := range ws {
-			s, err := n.subscribe(ctx, ch, one, w)
+			s, err := n.subscribe(ctx, ch, one, "", w)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,6 +99,7 @@ func TestWaitPassesTurnOn(t *testing.T) {
 	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
 	b := newTestBackend(t, t.TempDir(), addr)
 	c := b.c
+	c.fair = "0" // as a RedLock's: turns are passed on
 	n := c.nodes[0].notif
 	cl := c.nodes[0].client
 	errGaveUp := errors.New("gave up")
@@ -124,7 +125,7 @@ func TestWaitPassesTurnOn(t *testing.T) {
 			var calls atomic.Int32
 			subscribed := make(chan struct{})
 			woke := make(chan struct{})
-			try := func(context.Context) (attempt, error) {
+			try := func(context.Context, *request, string, string) (attempt, error) {
 				switch calls.Add(1) {
 				case 1:
 					return attempt{hint: time.Hour}, nil // fails, then subscribes
@@ -138,12 +139,12 @@ func TestWaitPassesTurnOn(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			go func() {
-				_, err := c.wait(ctx, tc.k, tc.name, base, try)
+				_, err := c.waitWith(ctx, newRequest(tc.k, tc.name, base, nil), try)
 				done <- err
 			}()
 			<-subscribed
 			w := make(chan struct{}, 1)
-			s, err := n.subscribe(testCtx(t), ch, true, w) // B, behind A
+			s, err := n.subscribe(testCtx(t), ch, true, "", w) // B, behind A
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -171,5 +172,74 @@ func TestWaitPassesTurnOn(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNotifierWakesByID: a message naming a waiter wakes that waiter
+// only; one naming a waiter that has not yet joined the channel's
+// subscription wakes it when it joins; a subscription that was answered
+// before a given generation is reported live since then.
+func TestNotifierWakesByID(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, t.TempDir(), addr)
+	n := b.c.nodes[0].notif
+	c := b.c.nodes[0].client
+	ctx := testCtx(t)
+	ch := testPrefix(t.TempDir()) + "chan"
+	publish := func(msg string) {
+		t.Helper()
+		if err := c.Do(ctx, c.B().Publish().Channel(ch).Message(msg).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wa, wb, wc := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
+	gen0 := n.Gen()
+	a, live, err := n.subscribeSince(ctx, ch, true, "a", wa, gen0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	if live {
+		t.Fatal("a new subscription reported live before it was made")
+	}
+	gen1 := n.Gen()
+	bs, live, err := n.subscribeSince(ctx, ch, true, "b", wb, gen1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.close()
+	if !live {
+		t.Fatal("joining a subscription answered before gen1 is not reported live")
+	}
+	publish("b")
+	select {
+	case <-wb:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the named waiter was not woken")
+	}
+	if len(wa) != 0 {
+		t.Fatal("a waiter not named was woken")
+	}
+	publish("c") // c has not joined yet
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n.mu.Lock()
+		seen := a.e.unclaimed[0] == "c" || a.e.unclaimed[1] == "c"
+		n.mu.Unlock()
+		if seen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the message naming c was not kept")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cs, _, err := n.subscribeSince(ctx, ch, true, "c", wc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.close()
+	if len(wc) != 1 || len(wa) != 0 {
+		t.Fatalf("after joining: c woken %v, a woken %v; want c only", len(wc) == 1, len(wa) == 1)
 	}
 }

@@ -86,88 +86,254 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // asked at nearly the same moment, mostly agree on a token, which spares
 // the extra round trip that raises their counters (see RedLock). The
 // counter is stored as a decimal integer; the floor stays exact in Lua's
-// doubles (below 2^53) until the year 2255.
+// doubles (below 2^53) until the year 2255. The counter expires a day
+// after its last use (fenceIdleMs), later if it ran ahead of the floor.
 const luaNextFence = `
+local function fenceTTL(c, f)
+  local ahead = math.ceil((c - f) / 1000)
+  if ahead < 0 then ahead = 0 end
+  return ` + fenceIdleMs + ` + ahead
+end
 local function nextFence(key)
   local t = redis.call('TIME')
   local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
   local c = tonumber(redis.call('GET', key) or '0') or 0
+  local floor = f
   if c + 1 > f then f = c + 1 end
-  redis.call('SET', key, string.format('%.0f', f))
+  redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
   return f
+end
+`
+
+// fenceIdleMs is how long (ms) a fencing counter outlives the last
+// acquisition of its lock: a day. The counter then expires, and the next
+// token comes from the clock floor (see luaNextFence). A counter that ran
+// ahead of the floor lives that much longer, so that at its expiry the
+// floor has passed it: an expiry never makes a token go back (unless the
+// server's clock is stepped back by more than the counter stayed idle).
+const fenceIdleMs = "86400000"
+
+// luaQueue defines the waiter queue of a lock: two sorted sets, KEYS[q]
+// (each waiter scored by its arrival, server time in µs) and KEYS[d] (each
+// waiter scored by its deadline, server time in ms). A waiter renews its
+// deadline (now + lease) at every attempt; one past it is dead and
+// evicted by the next script that looks. A member of q without a deadline
+// in d (not written by this package) counts as dead too.
+//
+//	clock()              now (ms) and the arrival stamp (µs), from TIME
+//	evict(q, d, now)     drops dead waiters, returns how many
+//	head(q, d)           the first live waiter, or nil
+//	enqueue(q, d, m, lease)  adds m at the end (keeping its place if queued)
+//	                     and renews its deadline
+//	dequeue(q, d, m)     removes m
+//	wakeHead(q, d, ch)   publishes the first live waiter's id on ch
+//	refuse(...)          an exclusive attempt's refusal: queues me (if
+//	                     not nil); if the lock is free (free) but first is
+//	                     h, wakes h when dead waiters were evicted (evicted)
+//	                     and hints when h's place expires; else hints hint
+const luaQueue = `
+local function clock()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+local function evict(q, d, now)
+  local dead = redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, 100)
+  if #dead > 0 then
+    redis.call('ZREM', q, unpack(dead))
+    redis.call('ZREM', d, unpack(dead))
+  end
+  return #dead
+end
+local function head(q, d)
+  for _ = 1, 100 do
+    local h = redis.call('ZRANGE', q, 0, 0)[1]
+    if not h or redis.call('ZSCORE', d, h) then return h end
+    redis.call('ZREM', q, h)
+  end
+  return nil
+end
+local function enqueue(q, d, m, lease)
+  local now, stamp = clock()
+  redis.call('ZADD', q, 'NX', stamp, m)
+  redis.call('ZADD', d, now + lease, m)
+  redis.call('PEXPIRE', q, lease)
+  redis.call('PEXPIRE', d, lease)
+end
+local function dequeue(q, d, m)
+  redis.call('ZREM', q, m)
+  redis.call('ZREM', d, m)
+end
+local function wakeHead(q, d, ch)
+  local h = head(q, d)
+  if h then redis.call('PUBLISH', ch, h) end
+end
+local function refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
+  if me then enqueue(q, d, me, lease) end
+  if free then
+    if evicted > 0 and h then redis.call('PUBLISH', ch, h) end
+    hint = 0
+    if h then hint = tonumber(redis.call('ZSCORE', d, h)) - now end
+  end
+  if hint < 0 then hint = 0 end
+  return -1 - hint
 end
 `
 
 // Acquire scripts return the new fencing token (> 0) when they acquire, or
 // -(1 + ms) when they do not, ms being a hint of how long the lock stays
 // taken unless released (0 when unknown).
+//
+// Their first ARGV are the same: token, lease ms, waiter id ("" for a
+// try, which never queues), fair ("1": only the queue's first waiter — or
+// anyone when none waits — may take the lock; "0", RedLock: waiters queue
+// only so that releases know someone waits), and the channel. A waiter
+// that does not acquire queues (or renews its place); one that acquires
+// leaves the queue. Every check comes before the first write, so a key of
+// the wrong type fails the script before it changed anything.
 
-// KEYS: lock, fence. ARGV: token, lease ms.
-var acquireMutex = newScript(luaNextFence + `
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+// KEYS: lock, fence, queue, deadlines. ARGV: token, lease ms, waiter, fair,
+// channel.
+var acquireMutex = newScript(luaNextFence + luaQueue + `
+local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
+local lease = tonumber(ARGV[2])
+if redis.call('EXISTS', q) == 0 then
+  if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return nextFence(KEYS[2])
+  end
+  local pttl = redis.call('PTTL', lock)
+  if waiter ~= '' then enqueue(q, d, waiter, lease) end
+  if pttl < 0 then pttl = 0 end
+  return -1 - pttl
+end
+if waiter ~= '' and redis.call('ZRANGE', q, 0, 0)[1] == waiter then
+  -- First in the queue (a woken waiter): nothing else to look at.
+  if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    dequeue(q, d, waiter)
+    return nextFence(KEYS[2])
+  end
+end
+local now = clock()
+local evicted = evict(q, d, now)
+local h = head(q, d)
+local hint = redis.call('PTTL', lock)
+local free = hint == -2
+if free and (ARGV[4] ~= '1' or not h or h == waiter) then
+  redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
+  if waiter ~= '' and h then dequeue(q, d, waiter) end
   return nextFence(KEYS[2])
 end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 then pttl = 0 end
-return -1 - pttl
+local me = nil
+if waiter ~= '' then me = waiter end
+return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 `)
 
-// KEYS: readers, writer, waiting writers, fence. ARGV: token, lease ms.
-var acquireRead = newScript(luaNextFence + luaNow + `
-local wttl = redis.call('PTTL', KEYS[2])
-if wttl ~= -2 then
-  if wttl < 0 then wttl = 0 end
-  return -1 - wttl
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-if #first > 0 then
-  return -1 - (tonumber(first[2]) - now)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+// KEYS: readers, writer, queue, deadlines, fence. ARGV: token, lease ms,
+// waiter, fair, channel. Members of the queue are "r" or "w" and the
+// waiter's id. A reader enters unless a writer holds the lock or a live
+// writer queued before it (a try: any live writer queued).
+var acquireRead = newScript(luaNextFence + luaQueue + `
+local rs, q, d = KEYS[1], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
-` + luaKeepTTL + `
-return nextFence(KEYS[4])
-`)
-
-// KEYS: readers, writer, waiting writers, fence. ARGV: token, lease ms,
-// waiter id ("" for none), waiter mark ms. A waiter that does not acquire
-// marks itself waiting, which holds new readers off.
-var acquireWrite = newScript(luaNextFence + luaNow + `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local me = nil
+if ARGV[3] ~= '' then me = 'r' .. ARGV[3] end
+local now = clock()
 local hint = redis.call('PTTL', KEYS[2])
-if hint == -2 then
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if #last == 0 then
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-    if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
-    return nextFence(KEYS[4])
+local blocked = hint ~= -2
+if not blocked and redis.call('EXISTS', q) == 1 then
+  local evicted = evict(q, d, now)
+  local rank = nil
+  if me then rank = redis.call('ZRANK', q, me) end
+  local ahead = {}
+  if rank == nil then ahead = redis.call('ZRANGE', q, 0, -1)
+  elseif rank > 0 then ahead = redis.call('ZRANGE', q, 0, rank - 1) end
+  for _, m in ipairs(ahead) do
+    if string.sub(m, 1, 1) == 'w' then
+      local dl = redis.call('ZSCORE', d, m)
+      if dl then
+        blocked = true
+        hint = tonumber(dl) - now
+        break
+      end
+    end
   end
-  hint = tonumber(last[2]) - now
 end
-if ARGV[3] ~= '' then
-  local mark = tonumber(ARGV[4])
-  redis.call('ZADD', KEYS[3], now + mark, ARGV[3])
-  if redis.call('PTTL', KEYS[3]) < mark then redis.call('PEXPIRE', KEYS[3], mark) end
+if not blocked then
+  redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
+  redis.call('ZADD', rs, now + lease, ARGV[1])
+  if redis.call('PTTL', rs) < lease then redis.call('PEXPIRE', rs, lease) end
+  if me then dequeue(q, d, me) end
+  return nextFence(KEYS[5])
 end
+if me then enqueue(q, d, me, lease) end
 if hint < 0 then hint = 0 end
 return -1 - hint
 `)
 
-// KEYS: holders, fence. ARGV: token, lease ms, limit.
-var acquireSem = newScript(luaNextFence + luaNow + `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local hint = 0
-  if #first > 0 then hint = tonumber(first[2]) - now end
-  return -1 - hint
-end
+// KEYS: readers, writer, queue, deadlines, fence. ARGV: token, lease ms,
+// waiter, fair, channel. A writer enters when nobody holds the lock and it
+// is the queue's first live waiter (a try: when nobody waits).
+var acquireWrite = newScript(luaNextFence + luaQueue + `
+local rs, q, d = KEYS[1], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
-` + luaKeepTTL + `
-return nextFence(KEYS[2])
+local me = nil
+if ARGV[3] ~= '' then me = 'w' .. ARGV[3] end
+local now = clock()
+redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
+local hint = redis.call('PTTL', KEYS[2])
+local free = false
+if hint == -2 then
+  local last = redis.call('ZRANGE', rs, -1, -1, 'WITHSCORES')
+  if #last == 0 then free = true else hint = tonumber(last[2]) - now end
+end
+local h, evicted = nil, 0
+if redis.call('EXISTS', q) == 1 then
+  evicted = evict(q, d, now)
+  h = head(q, d)
+end
+if free and (not h or h == me) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  if me and h then dequeue(q, d, me) end
+  return nextFence(KEYS[5])
+end
+return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
+`)
+
+// KEYS: holders, fence, queue, deadlines. ARGV: token, lease ms, waiter,
+// fair, channel, limit. A waiter takes a ticket when there is room and it
+// is the queue's first live waiter (a try: when nobody waits); one that
+// leaves room behind it wakes the next.
+var acquireSem = newScript(luaNextFence + luaQueue + `
+local hs, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
+local lease, limit = tonumber(ARGV[2]), tonumber(ARGV[6])
+local now = clock()
+redis.call('ZREMRANGEBYSCORE', hs, '-inf', now)
+local h, evicted = nil, 0
+if redis.call('EXISTS', q) == 1 then
+  evicted = evict(q, d, now)
+  h = head(q, d)
+end
+local room = redis.call('ZCARD', hs) < limit
+if room and (ARGV[4] ~= '1' or not h or h == waiter) then
+  redis.call('ZADD', hs, now + lease, ARGV[1])
+  if redis.call('PTTL', hs) < lease then redis.call('PEXPIRE', hs, lease) end
+  if waiter ~= '' and h then
+    dequeue(q, d, waiter)
+    if redis.call('ZCARD', hs) < limit then wakeHead(q, d, ARGV[5]) end
+  end
+  return nextFence(KEYS[2])
+end
+if waiter ~= '' then enqueue(q, d, waiter, lease) end
+local hint = 0
+if room then
+  if evicted > 0 and h then redis.call('PUBLISH', ARGV[5], h) end
+  if h then hint = tonumber(redis.call('ZSCORE', d, h)) - now end
+else
+  local first = redis.call('ZRANGE', hs, 0, 0, 'WITHSCORES')
+  if #first > 0 then hint = tonumber(first[2]) - now end
+end
+if hint < 0 then hint = 0 end
+return -1 - hint
 `)
 
 // Extension scripts return 1 when the lease is still owned and extended, 0
@@ -197,44 +363,54 @@ return 1
 `)
 
 // Release scripts return 1 when the lease was owned until released, 0 when
-// not; they announce the release on the lock's channel.
+// not. They announce the release on the lock's channel only when someone
+// waits: the message is the id of the queue's first waiter. (Not evicting
+// dead waiters first keeps a hand-off short; a dead first waiter is
+// evicted by the next waiter's poll.)
 
-// KEYS: lock. ARGV: token, channel.
-var releaseString = newScript(`
+// KEYS: lock, queue, deadlines. ARGV: token, channel.
+var releaseString = newScript(luaQueue + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  wakeHead(KEYS[2], KEYS[3], ARGV[2])
   return 1
 end
 return 0
 `)
 
-// KEYS: sorted set. ARGV: token, channel.
-var releaseMember = newScript(luaNow + `
+// KEYS: sorted set, queue, deadlines. ARGV: token, channel.
+var releaseMember = newScript(luaQueue + `
+local now = clock()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], '')
+wakeHead(KEYS[2], KEYS[3], ARGV[2])
 if tonumber(s) <= now then return 0 end
 return 1
 `)
 
-// KEYS: waiting writers. ARGV: waiter id, channel. A writer that stops
-// waiting unmarks itself and wakes the readers it held off.
-var unmarkWriter = newScript(`
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('PUBLISH', ARGV[2], '')
-end
+// KEYS: queue, deadlines. ARGV: member, channel. A waiter that stops
+// waiting leaves the queue; if it was first, it wakes the next.
+var leaveQueue = newScript(luaQueue + `
+local h = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if h == ARGV[1] then wakeHead(KEYS[1], KEYS[2], ARGV[2]) end
 return 1
 `)
 
 // KEYS: lock, fence. ARGV: token, floor. RedLock's second phase: raise a
 // node's fencing counter to the token the acquisition settled on, on a node
 // where the acquisition holds the lock.
-var raiseFence = newScript(`
+var raiseFence = newScript(luaNextFence + `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   local c = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+  local n = tonumber(ARGV[2])
+  if c < n then
+    local t = redis.call('TIME')
+    local floor = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', fenceTTL(n, floor))
+  end
   return 1
 end
 return 0
