@@ -111,8 +111,8 @@ func TestErrorMessages(t *testing.T) {
 		}),
 		golden.C("RedLock: a try with a majority down", func(t *testing.T) error {
 			r := newRedLock(t)
-			srvs[1].stop()
-			srvs[2].stop()
+			srvs[1].Stop()
+			srvs[2].Stop()
 			return refused(t, func() error { _, _, err := r.TryLock(ctx, "job"); return err })
 		}),
 		golden.C("RedLock: through dlock, a wait that outlasts the outage", func(t *testing.T) error {
@@ -123,7 +123,7 @@ func TestErrorMessages(t *testing.T) {
 		}),
 		golden.C("a try with the server down", func(t *testing.T) error {
 			b := single(t)
-			srvs[0].stop()
+			srvs[0].Stop()
 			return refused(t, func() error { _, _, err := b.TryLock(ctx, "job"); return err })
 		}),
 	})

@@ -2,8 +2,6 @@ package valkey
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -152,84 +150,6 @@ func TestConformanceRedLock(t *testing.T) {
 	h := harness(func(t testing.TB, space string) any { return newTestRedLock(t, space, nodes) })
 	h.Unordered = true
 	dlocktest.Run(t, h)
-}
-
-// server is a private redis-server a test started on a loopback port.
-type server struct {
-	t    testing.TB
-	bin  string
-	dir  string
-	port int
-	cmd  *exec.Cmd
-}
-
-// startServer starts a private redis-server, stopped at the end of t. When
-// redis-server is not on PATH the test is skipped, or fails under
-// DLOCK_REQUIRE_SERVERS=1.
-func startServer(t testing.TB) *server {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("DLOCK_REQUIRE_SERVERS") == "1" {
-			t.Fatalf("redis-server is not on PATH and DLOCK_REQUIRE_SERVERS=1")
-		}
-		t.Skip("redis-server is not on PATH")
-	}
-	s := &server{t: t, bin: bin, dir: t.TempDir()}
-	for range 20 {
-		s.port = freePort(t)
-		if s.start() == nil {
-			t.Cleanup(s.stop)
-			return s
-		}
-	}
-	t.Fatal("could not start redis-server")
-	return nil
-}
-
-func (s *server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
-
-// start runs the server on its port and waits until it answers.
-func (s *server) start() error {
-	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir, "--protected-mode", "no")
-	if err := s.cmd.Start(); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: []string{s.addr()}, DisableCache: true, DisableRetry: true})
-		if err == nil {
-			err = c.Do(context.Background(), c.B().Ping().Build()).Error()
-			c.Close()
-			if err == nil {
-				return nil
-			}
-		}
-		if s.cmd.ProcessState != nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.stop()
-	return os.ErrDeadlineExceeded
-}
-
-// stop kills the server.
-func (s *server) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-		s.cmd = nil
-	}
-}
-
-// restart kills the server and starts it again, empty, on the same port.
-func (s *server) restart() {
-	s.t.Helper()
-	s.stop()
-	if err := s.start(); err != nil {
-		s.t.Fatalf("restarting redis-server: %v", err)
-	}
 }
 
 // warmUp makes c open every connection it will use (valkey-go opens them

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/internal/testserver"
 )
 
 // lossLease is the lease of the key-deletion tests: extensions run every
@@ -173,8 +174,8 @@ func TestLossAfterMemberExpired(t *testing.T) {
 // larger than every token before the restart (the counters start again
 // from the server's clock).
 func TestFencingSurvivesRestart(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
 	ctx := testCtx(t)
 	kinds := []kind{kindMutex, kindRead, kindWrite, kindSem}
 	last := map[kind]uint64{}
@@ -190,7 +191,7 @@ func TestFencingSurvivesRestart(t *testing.T) {
 			}
 		}
 	}
-	srv.restart()
+	srv.Restart()
 	for _, k := range kinds {
 		var l *Lease
 		// The client reconnects to the restarted server.
@@ -230,8 +231,8 @@ func TestFencingSurvivesRestart(t *testing.T) {
 // nodes restart without persistence — here a majority of them, so that no
 // node of the next majority remembers the last token.
 func TestRedLockFencingSurvivesRestart(t *testing.T) {
-	srvs := []*server{startServer(t), startServer(t), startServer(t)}
-	r := newTestRedLock(t, t.TempDir(), []string{srvs[0].addr(), srvs[1].addr(), srvs[2].addr()})
+	srvs := []*testserver.Redis{testserver.StartRedis(t), testserver.StartRedis(t), testserver.StartRedis(t)}
+	r := newTestRedLock(t, t.TempDir(), []string{srvs[0].Addr(), srvs[1].Addr(), srvs[2].Addr()})
 	ctx := testCtx(t)
 	var last uint64
 	for range 3 {
@@ -244,9 +245,9 @@ func TestRedLockFencingSurvivesRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srvs[0].restart()
-	srvs[1].restart()
-	srvs[2].stop() // the only node that remembers is gone
+	srvs[0].Restart()
+	srvs[1].Restart()
+	srvs[2].Stop() // the only node that remembers is gone
 	var l *Lease
 	for end := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var ok bool
@@ -270,13 +271,13 @@ func TestRedLockFencingSurvivesRestart(t *testing.T) {
 // answer (stopped with SIGSTOP) returns by the caller's deadline when that
 // is sooner than its own timeout, with an error.
 func TestReleaseHonoursDeadline(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
 	l := mustLock(t, b, "release-deadline")
-	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := srv.Process().Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = srv.cmd.Process.Signal(syscall.SIGCONT) }()
+	defer func() { _ = srv.Process().Signal(syscall.SIGCONT) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()

@@ -3,12 +3,10 @@
 package valkey
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/testserver"
 )
 
 // Waits ride out server outages (issue 10, item 2): a backend's attempt
@@ -68,16 +67,14 @@ func mustAcquire(t *testing.T, ch <-chan acquired) {
 
 // down stops srvs for d (in this goroutine), then starts them again on
 // their ports, empty.
-func down(t *testing.T, d time.Duration, srvs ...*server) {
+func down(t *testing.T, d time.Duration, srvs ...*testserver.Redis) {
 	t.Helper()
 	for _, s := range srvs {
-		s.stop()
+		s.Stop()
 	}
 	time.Sleep(d)
 	for _, s := range srvs {
-		if err := s.start(); err != nil {
-			t.Fatalf("restarting redis-server on %s: %v", s.addr(), err)
-		}
+		s.Start()
 	}
 }
 
@@ -99,10 +96,10 @@ func checkOutageError(t *testing.T, err error, took, deadline time.Duration) {
 }
 
 func TestWaitRidesOutRestart(t *testing.T) {
-	srv := startServer(t)
+	srv := testserver.StartRedis(t)
 	space := t.TempDir()
-	holder := newTestBackend(t, space, srv.addr())
-	waiter := newTestBackend(t, space, srv.addr())
+	holder := newTestBackend(t, space, srv.Addr())
+	waiter := newTestBackend(t, space, srv.Addr())
 	mustLock(t, holder, "restart-wait")
 	ch := acquireAsync(dlock.NewMutex(waiter), "restart-wait")
 	time.Sleep(200 * time.Millisecond) // the waiter waits
@@ -111,21 +108,19 @@ func TestWaitRidesOutRestart(t *testing.T) {
 }
 
 func TestWaitServerDownAtStart(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
-	srv.stop()
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
+	srv.Stop()
 	ch := acquireAsync(dlock.NewMutex(b), "down-at-start")
 	time.Sleep(outage)
-	if err := srv.start(); err != nil {
-		t.Fatal(err)
-	}
+	srv.Start()
 	mustAcquire(t, ch)
 }
 
 func TestWaitOutageOutlastsDeadline(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
-	srv.stop()
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
+	srv.Stop()
 	const deadline = 700 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
@@ -140,13 +135,13 @@ func TestWaitOutageOutlastsDeadline(t *testing.T) {
 	}
 }
 
-func startServers(t *testing.T, n int) ([]*server, []string) {
-	var srvs []*server
+func startServers(t *testing.T, n int) ([]*testserver.Redis, []string) {
+	var srvs []*testserver.Redis
 	var addrs []string
 	for range n {
-		s := startServer(t)
+		s := testserver.StartRedis(t)
 		srvs = append(srvs, s)
-		addrs = append(addrs, s.addr())
+		addrs = append(addrs, s.Addr())
 	}
 	return srvs, addrs
 }
@@ -159,15 +154,13 @@ func TestRedLockWaitOneNodeDown(t *testing.T) {
 	l := mustLock(t, holder, "one-down-wait")
 	ch := acquireAsync(dlock.NewMutex(waiter), "one-down-wait")
 	time.Sleep(200 * time.Millisecond)
-	srvs[0].stop()
+	srvs[0].Stop()
 	time.Sleep(300 * time.Millisecond)
 	if err := l.Release(testCtx(t)); err != nil {
 		t.Fatalf("release with one node down: %v", err)
 	}
 	mustAcquire(t, ch) // on the two nodes left
-	if err := srvs[0].start(); err != nil {
-		t.Fatal(err)
-	}
+	srvs[0].Start()
 }
 
 func TestRedLockWaitMajorityDown(t *testing.T) {
@@ -183,8 +176,8 @@ func TestRedLockWaitMajorityDown(t *testing.T) {
 	mustAcquire(t, ch)
 
 	// A majority down for longer than the wait's deadline.
-	srvs[0].stop()
-	srvs[1].stop()
+	srvs[0].Stop()
+	srvs[1].Stop()
 	const deadline = 700 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
@@ -218,8 +211,8 @@ func TestReleaseTimeoutBound(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			srv := startServer(t)
-			b := newTestBackend(t, t.TempDir(), srv.addr())
+			srv := testserver.StartRedis(t)
+			b := newTestBackend(t, t.TempDir(), srv.Addr())
 			m := dlock.NewMutex(b, dlock.WithReleaseTimeout(d))
 			// A 100ms bound is tight for a loaded machine: a scheduling
 			// delay may push one release past it, but a release that
@@ -235,16 +228,16 @@ func TestReleaseTimeoutBound(t *testing.T) {
 					t.Fatal(err)
 				}
 				if tc.redial {
-					admin := testClient(t, srv.addr())
+					admin := testClient(t, srv.Addr())
 					_ = admin.Do(testCtx(t), admin.B().ClientKill().TypeNormal().Build()).Error()
 				}
-				if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+				if err := srv.Process().Signal(syscall.SIGSTOP); err != nil {
 					t.Fatal(err)
 				}
 				t0 := time.Now()
 				err = lk.Release(context.Background())
 				took = time.Since(t0)
-				_ = srv.cmd.Process.Signal(syscall.SIGCONT)
+				_ = srv.Process().Signal(syscall.SIGCONT)
 				if err == nil {
 					t.Fatal("Release against a stopped server succeeded")
 				}
@@ -266,9 +259,9 @@ func TestReleaseTimeoutBound(t *testing.T) {
 
 // requirePass makes srv require a password and drops its clients, which
 // reconnect without one.
-func requirePass(t *testing.T, srv *server) {
+func requirePass(t *testing.T, srv *testserver.Redis) {
 	t.Helper()
-	c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: []string{srv.addr()}, DisableCache: true})
+	c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,27 +273,9 @@ func requirePass(t *testing.T, srv *server) {
 	_ = c.Do(ctx, c.B().ClientKill().TypeNormal().Build()).Error()
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuthFailureIsPermanent(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
 	requirePass(t, srv)
 	// The first attempt may meet the killed connection (EOF, transient).
 	var (
@@ -335,7 +310,7 @@ func TestRedLockAuthFailure(t *testing.T) {
 	for _, a := range addrs {
 		clients = append(clients, testClient(t, a))
 	}
-	var logs syncBuffer
+	var logs testserver.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r, err := NewRedLock(clients, append(testOpts(t.TempDir()), WithLogger(logger))...)
 	if err != nil {
@@ -353,7 +328,7 @@ func TestRedLockAuthFailure(t *testing.T) {
 
 	// And one node down too: no majority; the error names both nodes, and
 	// it is not permanent (the node that is down may come back).
-	srvs[1].stop()
+	srvs[1].Stop()
 	var ok bool
 	for range 20 { // a connection in use when it broke says EOF first
 		if _, ok, err = r.TryLock(ctx, "auth-two"); ok || isAuthErr(err) {
@@ -373,9 +348,7 @@ func TestRedLockAuthFailure(t *testing.T) {
 	}
 
 	// Two nodes refuse authentication: no majority is possible any more.
-	if err := srvs[1].start(); err != nil {
-		t.Fatal(err)
-	}
+	srvs[1].Start()
 	requirePass(t, srvs[1])
 	for range 20 { // the first attempt may meet the killed connection (EOF)
 		if _, ok, err = r.TryLock(ctx, "auth-three"); ok || backend.IsPermanent(err) {
@@ -427,9 +400,9 @@ func TestNewRedLockRefusesSharedNodes(t *testing.T) {
 // by another token and says ErrLockLost, and so does Err (issue 10, item
 // 3).
 func TestReleaseAfterRestartSaysLost(t *testing.T) {
-	srv := startServer(t)
+	srv := testserver.StartRedis(t)
 	space := t.TempDir()
-	a, b := newTestBackend(t, space, srv.addr()), newTestBackend(t, space, srv.addr())
+	a, b := newTestBackend(t, space, srv.Addr()), newTestBackend(t, space, srv.Addr())
 	// Extensions every 10 minutes: only the release can find out.
 	ma, err := New(a.c.nodes[0].client, WithKeyPrefix(testPrefix(space)), WithLease(time.Hour), WithExtendEvery(10*time.Minute))
 	if err != nil {
@@ -441,7 +414,7 @@ func TestReleaseAfterRestartSaysLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.restart()
+	srv.Restart()
 	var other *Lease
 	for range 50 { // the first attempt may meet the broken connection
 		var ok bool

@@ -13,6 +13,7 @@ import (
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/internal/testserver"
 )
 
 func testCtx(t testing.TB) context.Context {
@@ -130,10 +131,10 @@ func TestLossAfterDelete(t *testing.T) {
 // connection is not a loss: valkey-go reconnects, extensions go on and the
 // lease stays owned.
 func TestClientKill(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
 	l := mustLock(t, b, "kill")
-	admin := testClient(t, srv.addr())
+	admin := testClient(t, srv.Addr())
 	ctx := testCtx(t)
 	for range 3 {
 		_ = admin.Do(ctx, admin.B().ClientKill().TypeNormal().Build()).Error()
@@ -149,10 +150,10 @@ func TestClientKill(t *testing.T) {
 // TestServerRestart: a restarted (empty) server has forgotten the lease,
 // and the next extension reports the loss.
 func TestServerRestart(t *testing.T) {
-	srv := startServer(t)
-	b := newTestBackend(t, t.TempDir(), srv.addr())
+	srv := testserver.StartRedis(t)
+	b := newTestBackend(t, t.TempDir(), srv.Addr())
 	l := mustLock(t, b, "restart")
-	srv.restart()
+	srv.Restart()
 	waitLost(t, l, 5*time.Second)
 	if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Release after restart: %v", err)
@@ -167,15 +168,15 @@ func TestServerRestart(t *testing.T) {
 // scheduling delay does not fail the test while the order it checks stays
 // exact.
 func TestServerDown(t *testing.T) {
-	srv := startServer(t)
-	b, err := New(testClient(t, srv.addr()), append(testOpts(t.TempDir()), WithDriftAllowance(300*time.Millisecond))...)
+	srv := testserver.StartRedis(t)
+	b, err := New(testClient(t, srv.Addr()), append(testOpts(t.TempDir()), WithDriftAllowance(300*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	t0 := time.Now()
 	l := mustLock(t, b, "down")
-	srv.stop()
+	srv.Stop()
 	waitLost(t, l, 5*time.Second)
 	if d := time.Since(t0); d > testLease {
 		t.Fatalf("loss reported %v after the acquisition, after the lease %v", d, testLease)
@@ -183,12 +184,12 @@ func TestServerDown(t *testing.T) {
 }
 
 func TestRedLockNodesDown(t *testing.T) {
-	srvs := []*server{startServer(t), startServer(t), startServer(t)}
-	addrs := []string{srvs[0].addr(), srvs[1].addr(), srvs[2].addr()}
+	srvs := []*testserver.Redis{testserver.StartRedis(t), testserver.StartRedis(t), testserver.StartRedis(t)}
+	addrs := []string{srvs[0].Addr(), srvs[1].Addr(), srvs[2].Addr()}
 	r := newTestRedLock(t, t.TempDir(), addrs)
 	ctx := testCtx(t)
 	l := mustLock(t, r, "one-down")
-	srvs[0].stop()
+	srvs[0].Stop()
 	time.Sleep(testLease) // extensions go on with two of three
 	notLost(t, l)
 	if _, ok, err := r.TryLock(ctx, "one-down"); ok || err != nil {
@@ -202,7 +203,7 @@ func TestRedLockNodesDown(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srvs[1].stop()
+	srvs[1].Stop()
 	if _, ok, err := r.TryLock(ctx, "two-down"); ok || err == nil {
 		t.Fatalf("TryLock with two of three nodes down: %v, %v; want an error", ok, err)
 	}
