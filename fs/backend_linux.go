@@ -249,6 +249,10 @@ func (b *Backend) unregister(l *Lease) {
 type waiter struct {
 	keys []string
 	c    chan struct{}
+	// ticket is the waiter's place in the queue of a mutex (0 for other
+	// kinds, and before it joins), under b.mu: of a mutex's waiters with a
+	// ticket, a close wakes only the oldest, the only one that can be next.
+	ticket int64
 }
 
 func (w *waiter) signal() {
@@ -302,7 +306,7 @@ func (b *Backend) removeWaiter(w *waiter) {
 // fails, the waiter is armed and then joins the waiters' queue (join), so
 // that no release between the two is missed and every later attempt keeps
 // its place.
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() error, keys ...string) error {
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), keys ...string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
@@ -312,8 +316,14 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join f
 		return err
 	}
 	defer b.removeWaiter(w)
-	if err := join(); err != nil {
+	ticket, err := join()
+	if err != nil {
 		return err
+	}
+	if ticket != 0 {
+		b.mu.Lock()
+		w.ticket = ticket
+		b.mu.Unlock()
 	}
 	const shortest = 2 * time.Millisecond
 	longest := b.cfg.waitFallback

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -180,6 +181,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.f.close()
 	l.closeLostLocked()
 	l.b.unregister(l)
+	l.b.wakeAfterRelease(filepath.Base(l.path))
 	if err != nil {
 		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
 	}

@@ -84,7 +84,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	f := newLockFile(b.prefix+file, &b.trust)
 	err := b.waitLoop(ctx,
 		func() (bool, error) { return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
-		func() error { return f.join(unix.F_WRLCK) },
+		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
 		file)
 	if err != nil {
 		f.close()
@@ -155,7 +155,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	rw := b.rwFile(name)
 	err := b.waitLoop(ctx,
 		func() (bool, error) { return rw.tryFlock(how, b.mode(), true) },
-		func() error { return rw.join(ticket) },
+		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
 		rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
@@ -263,7 +263,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		won, err = b.trySlots(&slots, prefix, limit, true)
 		return won >= 0, err
 	}
-	join := func() error { return slots[0].join(unix.F_WRLCK) }
+	join := func() (int64, error) { return 0, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
 	if err := b.waitLoop(ctx, try, join, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()

@@ -190,14 +190,7 @@ func (m *monitor) dispatch(buf []byte) {
 		case mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
 			all = true
 		case mask&closeMask != 0:
-			for w := range b.waiters[name] {
-				wake = append(wake, w)
-			}
-			if k := slotKey(name); k != "" {
-				for w := range b.waiters[k] {
-					wake = append(wake, w)
-				}
-			}
+			wake = b.afterCloseLocked(wake, name)
 		case mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO) != 0:
 			gone = append(gone, name)
 		}
@@ -245,4 +238,55 @@ func (b *Backend) checkLeases(only []string) {
 			l.markLost()
 		}
 	}
+}
+
+// afterCloseLocked appends to wake the waiters that a close of the lock
+// file name may let in; b.mu is held.
+func (b *Backend) afterCloseLocked(wake []*waiter, name string) []*waiter {
+	wake = appendNext(wake, b.waiters[name])
+	if k := slotKey(name); k != "" {
+		for w := range b.waiters[k] {
+			wake = append(wake, w)
+		}
+	}
+	return wake
+}
+
+// wakeAfterRelease wakes this backend's waiters that the release of the
+// lock file name may let in, without waiting for inotify to announce the
+// close (it will, and wakes them again: an extra attempt, no harm).
+func (b *Backend) wakeAfterRelease(name string) {
+	b.mu.Lock()
+	if len(b.waiters) == 0 {
+		b.mu.Unlock()
+		return
+	}
+	var buf [4]*waiter
+	wake := b.afterCloseLocked(buf[:0], name)
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+}
+
+// appendNext appends to wake the waiters of m that may take the lock after
+// a close of its file: every waiter without a ticket, and of those with one
+// (a mutex's, all in one queue) only the oldest, as the others cannot be
+// next. Waking one waiter per close, not all, keeps a hot mutex with many
+// waiters in one process from spending its time on attempts that must
+// fail. A waiter that is not woken still retries on its own timer.
+func appendNext(wake []*waiter, m map[*waiter]struct{}) []*waiter {
+	var oldest *waiter
+	for w := range m {
+		switch {
+		case w.ticket == 0:
+			wake = append(wake, w)
+		case oldest == nil || w.ticket < oldest.ticket:
+			oldest = w
+		}
+	}
+	if oldest != nil {
+		wake = append(wake, oldest)
+	}
+	return wake
 }
