@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -470,4 +471,44 @@ func TestWaiterFollowsReplacedLockFile(t *testing.T) {
 	}
 	mustBusy(t)(b.TryLock(bg(), "r"))
 	mustRelease(t, l)
+}
+
+// TestReleaseWakesNextWaiter: a release always wakes the next waiter,
+// whether it waits in this Backend (which wakes only its oldest waiter of a
+// mutex, from the release itself) or in another; nobody relies on the
+// fallback timer, which here is an hour. 16 waiters over two Backends
+// queue behind a holder and must all be served, one after another.
+func TestReleaseWakesNextWaiter(t *testing.T) {
+	dir := t.TempDir()
+	bs := []*Backend{newBackend(t, dir, WithWaitFallback(time.Hour)), newBackend(t, dir, WithWaitFallback(time.Hour))}
+	holder := mustTry(t)(bs[0].TryLock(bg(), "next"))
+	ctx, cancel := context.WithTimeout(bg(), 30*time.Second)
+	defer cancel()
+	const waiters = 16
+	var inside atomic.Int32
+	errs := make(chan error, waiters)
+	for i := range waiters {
+		go func() {
+			l, err := bs[i%2].Lock(ctx, "next")
+			if err != nil {
+				errs <- err
+				return
+			}
+			if inside.Add(1) != 1 {
+				errs <- errors.New("two holders at once")
+			}
+			time.Sleep(time.Millisecond)
+			inside.Add(-1)
+			errs <- l.Release(bg())
+		}()
+		time.Sleep(5 * time.Millisecond) // queue one after another
+	}
+	if err := holder.Release(bg()); err != nil {
+		t.Fatal(err)
+	}
+	for range waiters {
+		if err := <-errs; err != nil {
+			t.Fatalf("a waiter: %v (a missed wake-up waits for the hour-long fallback; ctx ends it after 30s)", err)
+		}
+	}
 }
