@@ -45,6 +45,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"AllLoss", s.testAllLoss},
 		{"FIFO", s.testFIFO},
 		{"NoStarvation", s.testNoStarvation},
+		{"CancelledWaiter", s.testCancelledWaiter},
 	} {
 		s.test(t, c.name, func(t *testing.T) { c.f(t, k) })
 	}

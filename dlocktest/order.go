@@ -196,3 +196,69 @@ func nativeWait[L backend.Lease](node any, k kind[L]) bool {
 	}
 	return ok
 }
+
+// testCancelledWaiter checks that a waiter whose ctx ends leaves at once
+// and holds up nobody (guarantee 12): with a holder and two waiters in
+// line, the first waiter's ctx is cancelled; when the holder releases, the
+// second waiter is served at once — not after a dead waiter's eviction
+// (FreedWithin) or never — and once it has released, a try takes the lock
+// at once (no trace of the cancelled waiter is left to make tries fail).
+func (s *suite[L]) testCancelledWaiter(t *testing.T, k kind[L]) {
+	holderG, first, second := k.guard(s.node(t)), k.guard(s.node(t)), k.guard(s.node(t))
+	name := s.name(t)
+	holder := tryAcquire(t, holderG, name)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	firstErr := make(chan error, 1)
+	go func() {
+		lk, err := first.Acquire(ctx, name)
+		if err == nil {
+			_ = lk.Release(context.Background())
+		}
+		firstErr <- err
+	}()
+	time.Sleep(arrivalGap)
+	secondLock := make(chan *dlock.Lock[L], 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), serveWithin)
+		defer cancel()
+		lk, err := second.Acquire(ctx, name)
+		if err != nil {
+			t.Errorf("second waiter: %v", err)
+		}
+		secondLock <- lk
+	}()
+	time.Sleep(arrivalGap)
+	cancel()
+	select {
+	case err := <-firstErr:
+		notAcquired(t, err, context.Canceled)
+	case <-time.After(serveWithin):
+		t.Fatalf("a cancelled wait did not return within %v", serveWithin)
+	}
+
+	// A hand-off takes milliseconds; a cancelled waiter left in line would
+	// hold the second one up until it is evicted as dead (FreedWithin: the
+	// lease, for a backend with leases) or for ever.
+	bound := 5 * time.Second
+	if s.h.FreedWithin >= 1500*time.Millisecond {
+		bound = s.h.FreedWithin * 2 / 3
+	}
+	start := time.Now()
+	release(t, holder)
+	var lk *dlock.Lock[L]
+	select {
+	case lk = <-secondLock:
+	case <-time.After(serveWithin):
+		t.Fatalf("the second waiter was not served within %v of the release", serveWithin)
+	}
+	if lk == nil {
+		t.FailNow()
+	}
+	if took := time.Since(start); took > bound {
+		t.Errorf("the second waiter was served %v after the release (bound %v): the cancelled waiter held the line up", took, bound)
+	}
+	release(t, lk)
+	release(t, tryAcquire(t, holderG, name))
+}
