@@ -94,6 +94,8 @@ type Guard[L backend.Lease] struct {
 	backend string // the backend's package name, for observers
 	try     func(ctx context.Context, name string) (L, bool, error)
 	wait    func(ctx context.Context, name string) (L, error) // nil: poll try
+	// describe returns the holders of name (nil: the backend records none).
+	describe func(ctx context.Context, name string) ([]Holder, error)
 	err     error                                             // a configuration error every call returns
 	opts    options
 }
@@ -207,6 +209,10 @@ func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L
 	}
 	if ctx.Err() != nil {
 		return nil, 0, 0, g.notAcquired(ctx, name, nil)
+	}
+	ctx, err = g.withOwner(ctx)
+	if err != nil {
+		return nil, 0, 0, g.errorf(name, err)
 	}
 	var (
 		lease L

@@ -18,5 +18,9 @@ func NewMutex[L backend.Lease](b backend.Locker[L], opts ...Option) *Mutex[L] {
 	if w, ok := b.(backend.LockWaiter[L]); ok {
 		wait = w.Lock
 	}
-	return newGuard("mutex", b.TryLock, wait, opts)
+	g := newGuard("mutex", b.TryLock, wait, opts)
+	if d, ok := b.(backend.LockDescriber); ok {
+		g.describe = d.DescribeLock
+	}
+	return g
 }

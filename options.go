@@ -13,6 +13,7 @@ type options struct {
 	minWait, maxWait time.Duration
 	releaseTimeout   time.Duration
 	observers        []Observer
+	owner            string // WithOwner
 }
 
 // Defaults for the options.

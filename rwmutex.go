@@ -24,10 +24,14 @@ func NewRWMutex[L backend.Lease](b backend.RWLocker[L], opts ...Option) *RWMutex
 	if w, ok := b.(backend.RWWaiter[L]); ok {
 		rwait, wwait = w.RLock, w.WLock
 	}
-	return &RWMutex[L]{
+	rw := &RWMutex[L]{
 		read:  newGuard("rwmutex read", b.TryRLock, rwait, opts),
 		write: newGuard("rwmutex write", b.TryWLock, wwait, opts),
 	}
+	if d, ok := b.(backend.RWDescriber); ok {
+		rw.read.describe, rw.write.describe = d.DescribeRW, d.DescribeRW
+	}
+	return rw
 }
 
 // Read returns the read side: its holders share a name with each other.

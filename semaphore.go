@@ -33,5 +33,11 @@ func NewSemaphore[L backend.Lease](b backend.Semaphore[L], limit int, opts ...Op
 			return w.Acquire(ctx, name, limit)
 		}
 	}
-	return newGuard("semaphore", try, wait, opts)
+	g := newGuard("semaphore", try, wait, opts)
+	if d, ok := b.(backend.SemaphoreDescriber); ok {
+		g.describe = func(ctx context.Context, name string) ([]Holder, error) {
+			return d.DescribeSemaphore(ctx, name, limit)
+		}
+	}
+	return g
 }

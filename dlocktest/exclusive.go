@@ -46,6 +46,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"FIFO", s.testFIFO},
 		{"NoStarvation", s.testNoStarvation},
 		{"CancelledWaiter", s.testCancelledWaiter},
+		{"Holders", s.testHolders},
 	} {
 		s.test(t, c.name, func(t *testing.T) { c.f(t, k) })
 	}

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/holder"
 )
 
 // Memory is an in-process backend: every primitive, native waits served
@@ -44,6 +46,7 @@ type memWaiter struct {
 	can       func(*memLock) bool
 	exclusive bool
 	granted   chan *MemoryLease // receives the lease when served
+	holder    backend.Holder    // who waits, for the lease
 }
 
 // MemoryLease is a lock held in a Memory.
@@ -52,7 +55,8 @@ type MemoryLease struct {
 	key   memKey
 	token uint64
 	lost  chan struct{}
-	state int       // guarded by m.mu: 0 held, 1 lost, 2 released
+	state int // guarded by m.mu: 0 held, 1 lost, 2 released
+	who   backend.Holder
 	after []*func() // guarded by m.mu: AfterLost's functions
 }
 
@@ -65,6 +69,9 @@ var (
 	_ backend.SemaphoreWaiter[*MemoryLease] = (*Memory)(nil)
 	_ backend.Fencer                        = (*MemoryLease)(nil)
 	_ backend.LossNotifier                  = (*MemoryLease)(nil)
+	_ backend.LockDescriber                 = (*Memory)(nil)
+	_ backend.RWDescriber                   = (*Memory)(nil)
+	_ backend.SemaphoreDescriber            = (*Memory)(nil)
 )
 
 // NewMemory returns an empty in-process lock space.
@@ -74,7 +81,7 @@ func NewMemory() *Memory {
 
 // TryLock implements backend.Locker.
 func (m *Memory) TryLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(memKey{'m', name}, m.canWrite, true)
+	return m.try(ctx, memKey{'m', name}, m.canWrite, true)
 }
 
 // Lock implements backend.LockWaiter.
@@ -84,12 +91,12 @@ func (m *Memory) Lock(ctx context.Context, name string) (*MemoryLease, error) {
 
 // TryRLock implements backend.RWLocker.
 func (m *Memory) TryRLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(memKey{'r', name}, m.canRead, false)
+	return m.try(ctx, memKey{'r', name}, m.canRead, false)
 }
 
 // TryWLock implements backend.RWLocker.
 func (m *Memory) TryWLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(memKey{'r', name}, m.canWrite, true)
+	return m.try(ctx, memKey{'r', name}, m.canWrite, true)
 }
 
 // RLock implements backend.RWWaiter.
@@ -110,7 +117,7 @@ func (m *Memory) TryAcquire(ctx context.Context, name string, limit int) (*Memor
 	if limit < 1 {
 		return nil, false, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
 	}
-	return m.try(memKey{'s', name}, m.canTicket(limit), false)
+	return m.try(ctx, memKey{'s', name}, m.canTicket(limit), false)
 }
 
 // Acquire implements backend.SemaphoreWaiter.
@@ -149,13 +156,14 @@ func (m *Memory) lock(k memKey) *memLock {
 }
 
 // grant gives k to a new lease if can allows it; m.mu is held.
-func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool) {
+func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool, who backend.Holder) (*MemoryLease, bool) {
 	l := m.lock(k)
 	if !can(l) {
 		return nil, false
 	}
 	m.tokens[k]++
-	lease := &MemoryLease{m: m, key: k, token: m.tokens[k], lost: make(chan struct{})}
+	who.Since = time.Now()
+	lease := &MemoryLease{m: m, key: k, token: m.tokens[k], lost: make(chan struct{}), who: who}
 	l.holders[lease] = struct{}{}
 	if exclusive {
 		l.writer = lease
@@ -165,13 +173,13 @@ func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool) (*Memo
 
 // try grants k at once, unless it is held in the way or anyone waits for
 // it (a try does not jump the queue).
-func (m *Memory) try(k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool, error) {
+func (m *Memory) try(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if l := m.locks[k]; l != nil && len(l.queue) > 0 {
 		return nil, false, nil
 	}
-	lease, ok := m.grant(k, can, exclusive)
+	lease, ok := m.grant(k, can, exclusive, self(ctx))
 	if !ok {
 		m.tidy(k)
 	}
@@ -182,13 +190,14 @@ func (m *Memory) try(k memKey, can func(*memLock) bool, exclusive bool) (*Memory
 func (m *Memory) wait(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, error) {
 	m.mu.Lock()
 	l := m.lock(k)
+	who := self(ctx)
 	if len(l.queue) == 0 {
-		if lease, ok := m.grant(k, can, exclusive); ok {
+		if lease, ok := m.grant(k, can, exclusive, who); ok {
 			m.mu.Unlock()
 			return lease, nil
 		}
 	}
-	w := &memWaiter{can: can, exclusive: exclusive, granted: make(chan *MemoryLease, 1)}
+	w := &memWaiter{can: can, exclusive: exclusive, granted: make(chan *MemoryLease, 1), holder: who}
 	l.queue = append(l.queue, w)
 	m.mu.Unlock()
 	select {
@@ -217,7 +226,7 @@ func (m *Memory) serve(k memKey) {
 	l := m.locks[k]
 	for l != nil && len(l.queue) > 0 {
 		w := l.queue[0]
-		lease, ok := m.grant(k, w.can, w.exclusive)
+		lease, ok := m.grant(k, w.can, w.exclusive, w.holder)
 		if !ok {
 			return
 		}
@@ -296,4 +305,46 @@ func (l *MemoryLease) closeLost() {
 		go (*f)()
 	}
 	l.after = nil
+}
+
+// self is the holder an acquisition with ctx records: this process, with
+// ctx's owner text.
+func self(ctx context.Context) backend.Holder {
+	return holder.Self(backend.OwnerFromContext(ctx), time.Time{})
+}
+
+// DescribeLock implements backend.LockDescriber.
+func (m *Memory) DescribeLock(ctx context.Context, name string) ([]backend.Holder, error) {
+	return m.describe(memKey{'m', name}), nil
+}
+
+// DescribeRW implements backend.RWDescriber.
+func (m *Memory) DescribeRW(ctx context.Context, name string) ([]backend.Holder, error) {
+	return m.describe(memKey{'r', name}), nil
+}
+
+// DescribeSemaphore implements backend.SemaphoreDescriber.
+func (m *Memory) DescribeSemaphore(ctx context.Context, name string, limit int) ([]backend.Holder, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
+	}
+	return m.describe(memKey{'s', name}), nil
+}
+
+// describe lists k's holders, oldest first.
+func (m *Memory) describe(k memKey) []backend.Holder {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := m.locks[k]
+	if l == nil {
+		return nil
+	}
+	hs := make([]backend.Holder, 0, len(l.holders))
+	for lease := range l.holders {
+		h := lease.who
+		h.Shared = k.kind == 'r' && l.writer != lease
+		hs = append(hs, h)
+	}
+	slices.SortFunc(hs, func(a, b backend.Holder) int { return a.Since.Compare(b.Since) })
+	return hs
 }

@@ -31,7 +31,8 @@ type childSpec struct {
 	Limit int
 	Name  string // hex, so any bytes survive the environment
 	Space string
-	Wait  bool // say "waiting" before the acquisition starts
+	Wait  bool   // say "waiting" before the acquisition starts
+	Owner string // the owner text of the acquisition
 }
 
 // child is a helper process holding (or about to hold) a lock.
@@ -47,7 +48,14 @@ type child struct {
 // lock's fencing token (0 if none).
 func startChild(t *testing.T, top, space, kind, name string, limit int) (*child, uint64) {
 	t.Helper()
-	c := spawnChild(t, top, childSpec{Kind: kind, Limit: limit, Name: hex.EncodeToString([]byte(name)), Space: space})
+	return startOwnedChild(t, top, space, kind, name, limit, "")
+}
+
+// startOwnedChild is startChild with the owner text of the helper's
+// acquisition.
+func startOwnedChild(t *testing.T, top, space, kind, name string, limit int, owner string) (*child, uint64) {
+	t.Helper()
+	c := spawnChild(t, top, childSpec{Kind: kind, Limit: limit, Name: hex.EncodeToString([]byte(name)), Space: space, Owner: owner})
 	line := c.expect(t, "acquired")
 	var token uint64
 	if _, err := fmt.Sscanf(line, "acquired %d", &token); err != nil {
@@ -180,6 +188,9 @@ func runChild[L backend.Lease](t *testing.T, h Harness[L], raw string) {
 	defer cancel()
 	if spec.Wait {
 		fmt.Printf("DLOCKTEST waiting\n")
+	}
+	if spec.Owner != "" {
+		ctx = dlock.ContextWithOwner(ctx, spec.Owner)
 	}
 	lk, err := g.Acquire(ctx, string(nameBytes))
 	if err != nil {

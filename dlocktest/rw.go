@@ -24,6 +24,7 @@ func (s *suite[L]) rw(t *testing.T) {
 		{"Stress", s.testRWStress},
 		{"ReaderProcesses", s.testReaderProcesses},
 		{"ReadLoss", s.testReadLoss},
+		{"Holders", s.testReadersHolders},
 	} {
 		s.test(t, c.name, c.f)
 	}

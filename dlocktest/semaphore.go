@@ -22,6 +22,7 @@ func (s *suite[L]) semaphore(t *testing.T) {
 		{"OneWaiterPerRelease", s.testOneWaiterPerRelease},
 		{"BadLimit", s.testBadLimit},
 		{"DeadHolderTicket", s.testDeadHolderTicket},
+		{"Holders", s.testSemaphoreHolders},
 	} {
 		s.test(t, c.name, c.f)
 	}
