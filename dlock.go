@@ -96,8 +96,8 @@ type Guard[L backend.Lease] struct {
 	wait    func(ctx context.Context, name string) (L, error) // nil: poll try
 	// describe returns the holders of name (nil: the backend records none).
 	describe func(ctx context.Context, name string) ([]Holder, error)
-	err     error                                             // a configuration error every call returns
-	opts    options
+	err      error // a configuration error every call returns
+	opts     options
 }
 
 // Mutex is a distributed mutex, made by NewMutex: at most one holder of
