@@ -201,18 +201,10 @@ func (s *LockSet[L]) markLost(lk *Lock[L]) {
 	lk.observeLost(false)
 }
 
-func (s *LockSet[L]) watchLoss(onLost func(error)) (unwatch func()) {
-	stop, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case <-s.lost:
-			onLost(s.Err())
-		case <-stop:
-		}
-	}()
-	return func() {
-		close(stop)
-		<-exited
-	}
+func (s *LockSet[L]) watchLoss(r *doRun) {
+	r.running.Add(1)
+	r.stop = watchChan(s.lost, func() {
+		defer r.running.Done()
+		r.lost(s.Err())
+	}, r.running.Done)
 }

@@ -458,31 +458,52 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 
 // holder is a lock that a function can run under: a *Lock or a *LockSet.
 type holder interface {
-	// watchLoss calls onLost, once, with an error matching ErrLockLost if
-	// the lock is lost before unwatch is called; unwatch returns when
-	// onLost has finished or can no longer run.
-	watchLoss(onLost func(lostErr error)) (unwatch func())
+	// watchLoss arranges for r.lost to be called, once, with an error
+	// matching ErrLockLost if the lock is lost before r.unwatch is called.
+	watchLoss(r *doRun)
 	Release(ctx context.Context) error
+}
+
+// doRun is the state of a function running under a lock: how to cancel its
+// ctx, and whether the lock was lost while it ran. One allocation for all
+// of it keeps Do cheap.
+type doRun struct {
+	cancel  context.CancelCauseFunc
+	lostErr error          // set by lost, read after unwatch
+	running sync.WaitGroup // lost may run until it is done
+	stop    func() bool    // unregisters lost: true if that kept it from running
+}
+
+// lost records err and cancels the function's ctx with it.
+func (r *doRun) lost(err error) {
+	r.lostErr = err
+	r.cancel(err)
+}
+
+// unwatch stops watching for loss; it returns when lost has finished or can
+// no longer run.
+func (r *doRun) unwatch() {
+	if r.stop() {
+		r.running.Done()
+	}
+	r.running.Wait()
 }
 
 // run runs fn under h, then releases h (also on panic). fn's ctx is
 // cancelled, with cause an error matching ErrLockLost, if h is lost.
 func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	var lostErr error // set by onLost, read after unwatch
-	unwatch := h.watchLoss(func(e error) {
-		lostErr = e
-		cancel(e)
-	})
+	r := &doRun{cancel: cancel}
+	h.watchLoss(r)
 	defer func() {
-		unwatch()
+		r.unwatch()
 		cancel(nil)
 		rerr := h.Release(ctx)
 		switch {
-		case lostErr != nil && err != nil:
-			err = fmt.Errorf("%w: %w", lostErr, err)
-		case lostErr != nil:
-			err = lostErr
+		case r.lostErr != nil && err != nil:
+			err = fmt.Errorf("%w: %w", r.lostErr, err)
+		case r.lostErr != nil:
+			err = r.lostErr
 		case errors.Is(rerr, ErrLockLost) && err != nil: // lost, learned at release
 			err = fmt.Errorf("%w: %w", rerr, err)
 		case err == nil:
@@ -494,11 +515,39 @@ func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err
 	return fn(fctx)
 }
 
-func (l *Lock[L]) watchLoss(onLost func(error)) (unwatch func()) {
-	return l.watch(func() {
-		onLost(l.g.errorf(l.name, ErrLockLost))
+func (l *Lock[L]) watchLoss(r *doRun) {
+	r.running.Add(1)
+	onLost := func() {
+		defer r.running.Done()
+		r.lost(l.g.errorf(l.name, ErrLockLost))
 		l.observeLost(false)
-	})
+	}
+	if n, ok := any(l.lease).(backend.LossNotifier); ok {
+		r.stop = n.AfterLost(onLost)
+		return
+	}
+	r.stop = watchChan(l.lease.Lost(), onLost, r.running.Done)
+}
+
+// watchChan runs onLost in a goroutine if lost closes before the returned
+// stop is called, else skipped; stop returns false, after the goroutine
+// has ended, having called onLost or skipped.
+func watchChan(lost <-chan struct{}, onLost, skipped func()) (stop func() bool) {
+	quit, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-lost:
+			onLost()
+		case <-quit:
+			skipped()
+		}
+	}()
+	return func() bool {
+		close(quit)
+		<-exited
+		return false
+	}
 }
 
 // watch runs onLost once if the lease is lost before unwatch is called;
@@ -518,19 +567,8 @@ func (l *Lock[L]) watch(onLost func()) (unwatch func()) {
 			}
 		}
 	}
-	stop, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case <-l.lease.Lost():
-			onLost()
-		case <-stop:
-		}
-	}()
-	return func() {
-		close(stop)
-		<-exited
-	}
+	stop := watchChan(l.lease.Lost(), onLost, func() {})
+	return func() { stop() }
 }
 
 func isClosed(c <-chan struct{}) bool {

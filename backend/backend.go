@@ -26,6 +26,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 )
 
@@ -171,7 +172,7 @@ func (p permanentError) Unwrap() error { return p.err }
 // the one bound on a release; fallback bounds a Release called directly
 // with a ctx that has no deadline. The caller must call cancel.
 func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.Context, cancel context.CancelFunc) {
-	if _, ok := ctx.(releaseCtx); ok {
+	if _, ok := ctx.(*releaseCtx); ok {
 		return ctx, func() {} // already detached and bounded: no second context
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -184,14 +185,79 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // the ctx the dlock package's Lock.Release passes to a Lease's Release.
 // ReleaseContext hands such a ctx back as it is, so a release makes one
 // context, not two. The caller must call cancel.
+//
+// The context is lazy: its deadline is fixed now, but its timer and done
+// channel are made only if a Release asks for Done or Err (a network
+// call does; a release made of local system calls need not), so a release
+// that never looks costs one small allocation.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	detached := ctx
 	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
 		detached = context.WithoutCancel(ctx)
 	}
-	c, cancel := context.WithTimeout(detached, timeout)
-	return releaseCtx{c}, cancel
+	c := &releaseCtx{parent: detached, deadline: time.Now().Add(timeout)}
+	return c, c.cancel
 }
 
-// releaseCtx marks a ctx made by DetachedContext.
-type releaseCtx struct{ context.Context }
+// releaseCtx is the lazy context DetachedContext makes: parent (detached)
+// with a deadline; real, the context.WithDeadline of parent, is made on
+// first need.
+type releaseCtx struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu       sync.Mutex
+	real     context.Context // nil until needed
+	stop     context.CancelFunc
+	canceled bool
+}
+
+// ctx returns the real context, making it on first call.
+func (c *releaseCtx) ctx() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.real == nil {
+		c.real, c.stop = context.WithDeadline(c.parent, c.deadline)
+		if c.canceled {
+			c.stop()
+		}
+	}
+	return c.real
+}
+
+func (c *releaseCtx) cancel() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.canceled = true
+	if c.stop != nil {
+		c.stop()
+	}
+}
+
+// Deadline implements context.Context.
+func (c *releaseCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Done implements context.Context.
+func (c *releaseCtx) Done() <-chan struct{} { return c.ctx().Done() }
+
+// Err implements context.Context.
+func (c *releaseCtx) Err() error { return c.ctx().Err() }
+
+// Value implements context.Context: the values of the caller's ctx (and,
+// once made, of the real context, so that contexts derived from this one
+// attach to it without a goroutine of their own).
+func (c *releaseCtx) Value(key any) any {
+	c.mu.Lock()
+	real := c.real
+	c.mu.Unlock()
+	if real != nil {
+		return real.Value(key)
+	}
+	return c.parent.Value(key)
+}
+
+// AfterFunc lets context.AfterFunc and contexts derived from this one
+// follow its end without a goroutine of their own.
+func (c *releaseCtx) AfterFunc(f func()) (stop func() bool) {
+	return context.AfterFunc(c.ctx(), f)
+}
