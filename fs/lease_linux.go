@@ -196,9 +196,8 @@ func (l *Lease) Release(ctx context.Context) error {
 // already is), unless stop is called first.
 func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	l.mu.Lock()
-	ctx := l.loss.Context(l.state != leaseHeld)
-	l.mu.Unlock()
-	return context.AfterFunc(ctx, f)
+	defer l.mu.Unlock()
+	return l.loss.Add(f, l.state != leaseHeld, &l.mu)
 }
 
 // closeLostLocked closes Lost and starts AfterLost's functions; l.mu is

@@ -469,9 +469,8 @@ func (l *Lease) Lost() <-chan struct{} { return l.lost }
 func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	e := l.c.ext
 	e.mu.Lock()
-	ctx := l.loss.Context(l.state != held)
-	e.mu.Unlock()
-	return context.AfterFunc(ctx, f)
+	defer e.mu.Unlock()
+	return l.loss.Add(f, l.state != held, &e.mu)
 }
 
 // closeLostLocked closes Lost and starts AfterLost's functions; c.ext.mu
