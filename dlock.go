@@ -253,6 +253,32 @@ func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L
 // as between two tries and goes on until ctx ends. It returns the last such
 // error with the result, for the error that reports a ctx-ended wait.
 func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, attempts, retried int, last, err error) {
+	attempts, retried, last, err = g.retry(ctx, func() (ok bool, err error) {
+		if g.wait != nil {
+			lease, err = g.wait(ctx, name)
+			return err == nil, err
+		}
+		return g.tryOnce(ctx, name, &lease)
+	})
+	if err != nil {
+		var zero L
+		lease = zero
+	}
+	return lease, attempts, retried, last, err
+}
+
+// tryOnce is one try, its lease stored in *lease.
+func (g *Guard[L]) tryOnce(ctx context.Context, name string, lease *L) (bool, error) {
+	l, ok, err := g.try(ctx, name)
+	*lease = l
+	return ok, err
+}
+
+// retry calls attempt until it succeeds, ctx ends or it fails with a
+// permanent error, pausing with jittered backoff between attempts that fail
+// or find the lock held. It reports how many attempts it made, how many
+// server errors it rode out and the last of them.
+func (g *Guard[L]) retry(ctx context.Context, attempt func() (ok bool, err error)) (attempts, retried int, last, err error) {
 	var (
 		p    pace.Pacer
 		t    *time.Timer
@@ -264,21 +290,15 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, attempts
 		}
 	}()
 	for {
-		ok := false
 		attempts++
-		if g.wait != nil {
-			lease, err = g.wait(ctx, name)
-			ok = err == nil
-		} else {
-			lease, ok, err = g.try(ctx, name)
-		}
+		ok, err := attempt()
 		switch {
 		case ok && err == nil:
-			return lease, attempts, retried, last, nil
+			return attempts, retried, last, nil
 		case err != nil && ctx.Err() != nil:
-			return lease, attempts, retried, last, err
+			return attempts, retried, last, err
 		case err != nil && isPermanent(err):
-			return lease, attempts, retried, last, err
+			return attempts, retried, last, err
 		case err != nil:
 			last = err
 			retried++
@@ -294,8 +314,7 @@ func (g *Guard[L]) waitLoop(ctx context.Context, name string) (lease L, attempts
 		}
 		select {
 		case <-ctx.Done():
-			var zero L
-			return zero, attempts, retried, last, ctx.Err()
+			return attempts, retried, last, ctx.Err()
 		case <-t.C:
 		}
 	}

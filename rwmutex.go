@@ -10,7 +10,7 @@ import (
 // name together, or one writer alone. Once a writer waits for a name, new
 // readers of it wait too, so readers cannot starve writers.
 type RWMutex[L backend.Lease] struct {
-	read, write *Guard[L]
+	read, write, upgradeable *Guard[L]
 }
 
 // NewRWMutex returns a reader-writer mutex over b. It waits with b's native
@@ -18,18 +18,20 @@ type RWMutex[L backend.Lease] struct {
 // writers preference), else it polls with backoff.
 func NewRWMutex[L backend.Lease](b backend.RWLocker[L], opts ...Option) *RWMutex[L] {
 	if b == nil {
-		return &RWMutex[L]{read: brokenGuard[L]("rwmutex read", opts), write: brokenGuard[L]("rwmutex write", opts)}
+		return &RWMutex[L]{read: brokenGuard[L]("rwmutex read", opts), write: brokenGuard[L]("rwmutex write", opts),
+			upgradeable: brokenGuard[L](upgradeableKind, opts)}
 	}
 	var rwait, wwait func(context.Context, string) (L, error)
 	if w, ok := b.(backend.RWWaiter[L]); ok {
 		rwait, wwait = w.RLock, w.WLock
 	}
 	rw := &RWMutex[L]{
-		read:  newGuard("rwmutex read", b.TryRLock, rwait, opts),
-		write: newGuard("rwmutex write", b.TryWLock, wwait, opts),
+		read:        newGuard("rwmutex read", b.TryRLock, rwait, opts),
+		write:       newGuard("rwmutex write", b.TryWLock, wwait, opts),
+		upgradeable: newUpgradeable(b, opts),
 	}
 	if d, ok := b.(backend.RWDescriber); ok {
-		rw.read.describe, rw.write.describe = d.DescribeRW, d.DescribeRW
+		rw.read.describe, rw.write.describe, rw.upgradeable.describe = d.DescribeRW, d.DescribeRW, d.DescribeRW
 	}
 	return rw
 }

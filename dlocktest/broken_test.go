@@ -33,6 +33,7 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"hiding":    "Release right after the lock was revoked",
 		"unordered": "waiters must be served in arrival order",
 		"ghost":     "the cancelled waiter held the line up",
+		"upgrade":   "new readers still got in 20s after an upgrade began to wait",
 	}
 	for mode, want := range cases {
 		t.Run(mode, func(t *testing.T) {
@@ -42,8 +43,11 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 				t.Fatal(err)
 			}
 			run := "^TestBrokenBackend$"
-			if mode == "ghost" { // its abandoned waits slow every other subtest down
+			switch mode {
+			case "ghost": // its abandoned waits slow every other subtest down
 				run += "/Mutex/CancelledWaiter"
+			case "upgrade":
+				run += "/RWMutex/Upgradeable/WriterPreference"
 			}
 			cmd := exec.Command(exe, "-test.run="+run, "-test.count=1")
 			cmd.Env = append(os.Environ(), "DLOCKTEST_BROKEN="+mode)
@@ -95,6 +99,12 @@ func TestBrokenBackend(t *testing.T) {
 			},
 			LossWithin: time.Second,
 			InProcess:  true,
+		})
+		return
+	case "upgrade":
+		dlocktest.Run(t, dlocktest.Harness[pollingUpgrade]{
+			New:       func(testing.TB, string) any { return pollingUpgrader{mem} },
+			InProcess: true,
 		})
 		return
 	case "stale":
@@ -243,4 +253,39 @@ func (g ghostLocker) Lock(ctx context.Context, name string) (*dlocktest.MemoryLe
 		}()
 		return nil, ctx.Err()
 	}
+}
+
+// pollingUpgrader's upgradeable read locks upgrade by polling, so readers
+// that come while an upgrade waits get in (no writer preference).
+type pollingUpgrader struct{ m *dlocktest.Memory }
+
+type pollingUpgrade struct{ *dlocktest.MemoryLease }
+
+func (p pollingUpgrade) Upgrade(ctx context.Context) error {
+	for {
+		if ok, err := p.TryUpgrade(ctx); ok || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func wrap(l *dlocktest.MemoryLease, ok bool, err error) (pollingUpgrade, bool, error) {
+	return pollingUpgrade{l}, ok, err
+}
+
+func (p pollingUpgrader) TryRLock(ctx context.Context, name string) (pollingUpgrade, bool, error) {
+	return wrap(p.m.TryRLock(ctx, name))
+}
+
+func (p pollingUpgrader) TryWLock(ctx context.Context, name string) (pollingUpgrade, bool, error) {
+	return wrap(p.m.TryWLock(ctx, name))
+}
+
+func (p pollingUpgrader) TryULock(ctx context.Context, name string) (pollingUpgrade, bool, error) {
+	return wrap(p.m.TryULock(ctx, name))
 }

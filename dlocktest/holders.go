@@ -80,7 +80,7 @@ func (s *suite[L]) testHolders(t *testing.T, k kind[L]) {
 	if err != nil {
 		t.Fatalf("TryAcquire: %v", err)
 	}
-	expectHolders(t, b, name, from, time.Now(), backend.Holder{PID: os.Getpid(), Owner: owner})
+	expectHolders(t, b, name, from, time.Now(), backend.Holder{PID: os.Getpid(), Owner: owner, Shared: k.shared})
 	release(t, lk)
 	expectHolders(t, b, name, from, time.Now())
 	if s.h.InProcess {
@@ -88,7 +88,7 @@ func (s *suite[L]) testHolders(t *testing.T, k kind[L]) {
 	}
 	from = time.Now()
 	c, _ := startOwnedChild(t, s.top, s.space, k.child, name, k.limit, "helper process")
-	expectHolders(t, b, name, from, time.Now(), backend.Holder{PID: c.cmd.Process.Pid, Owner: "helper process"})
+	expectHolders(t, b, name, from, time.Now(), backend.Holder{PID: c.cmd.Process.Pid, Owner: "helper process", Shared: k.shared})
 	c.release(t)
 	expectHolders(t, b, name, from, time.Now())
 }

@@ -2,6 +2,7 @@ package dlocktest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -36,18 +37,29 @@ type memKey struct {
 }
 
 type memLock struct {
-	holders map[*MemoryLease]struct{}
-	writer  *MemoryLease // the exclusive holder of a mutex or RW lock
-	queue   []*memWaiter // in arrival order; the head is served first
+	holders  map[*MemoryLease]struct{}
+	writer   *MemoryLease // the exclusive holder of a mutex or RW lock
+	upgrader *MemoryLease // the upgradeable reader of an RW lock
+	queue    []*memWaiter // in arrival order; the head is served first
 }
 
 // memWaiter is a wait in a lock's queue.
 type memWaiter struct {
-	can       func(*memLock) bool
-	exclusive bool
-	granted   chan *MemoryLease // receives the lease when served
-	holder    backend.Holder    // who waits, for the lease
+	can     func(*memLock) bool
+	mode    memMode
+	granted chan *MemoryLease // receives the lease when served
+	holder  backend.Holder    // who waits, for the lease
+	upgrade *MemoryLease      // an Upgrade's lease, to make the writer
 }
+
+// memMode is how a lease holds its lock.
+type memMode uint8
+
+const (
+	shared      memMode = iota // a reader or a semaphore ticket
+	exclusive                  // a mutex or a writer
+	upgradeable                // an RW lock's upgradeable reader
+)
 
 // MemoryLease is a lock held in a Memory.
 type MemoryLease struct {
@@ -61,17 +73,20 @@ type MemoryLease struct {
 }
 
 var (
-	_ backend.Locker[*MemoryLease]          = (*Memory)(nil)
-	_ backend.LockWaiter[*MemoryLease]      = (*Memory)(nil)
-	_ backend.RWLocker[*MemoryLease]        = (*Memory)(nil)
-	_ backend.RWWaiter[*MemoryLease]        = (*Memory)(nil)
-	_ backend.Semaphore[*MemoryLease]       = (*Memory)(nil)
-	_ backend.SemaphoreWaiter[*MemoryLease] = (*Memory)(nil)
-	_ backend.Fencer                        = (*MemoryLease)(nil)
-	_ backend.LossNotifier                  = (*MemoryLease)(nil)
-	_ backend.LockDescriber                 = (*Memory)(nil)
-	_ backend.RWDescriber                   = (*Memory)(nil)
-	_ backend.SemaphoreDescriber            = (*Memory)(nil)
+	_ backend.Locker[*MemoryLease]            = (*Memory)(nil)
+	_ backend.LockWaiter[*MemoryLease]        = (*Memory)(nil)
+	_ backend.RWLocker[*MemoryLease]          = (*Memory)(nil)
+	_ backend.RWWaiter[*MemoryLease]          = (*Memory)(nil)
+	_ backend.Semaphore[*MemoryLease]         = (*Memory)(nil)
+	_ backend.SemaphoreWaiter[*MemoryLease]   = (*Memory)(nil)
+	_ backend.Fencer                          = (*MemoryLease)(nil)
+	_ backend.LossNotifier                    = (*MemoryLease)(nil)
+	_ backend.LockDescriber                   = (*Memory)(nil)
+	_ backend.RWDescriber                     = (*Memory)(nil)
+	_ backend.SemaphoreDescriber              = (*Memory)(nil)
+	_ backend.UpgradeableLocker[*MemoryLease] = (*Memory)(nil)
+	_ backend.UpgradeableWaiter[*MemoryLease] = (*Memory)(nil)
+	_ backend.Upgrader                        = (*MemoryLease)(nil)
 )
 
 // NewMemory returns an empty in-process lock space.
@@ -81,33 +96,33 @@ func NewMemory() *Memory {
 
 // TryLock implements backend.Locker.
 func (m *Memory) TryLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(ctx, memKey{'m', name}, m.canWrite, true)
+	return m.try(ctx, memKey{'m', name}, m.canWrite, exclusive)
 }
 
 // Lock implements backend.LockWaiter.
 func (m *Memory) Lock(ctx context.Context, name string) (*MemoryLease, error) {
-	return m.wait(ctx, memKey{'m', name}, m.canWrite, true)
+	return m.wait(ctx, memKey{'m', name}, m.canWrite, exclusive)
 }
 
 // TryRLock implements backend.RWLocker.
 func (m *Memory) TryRLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(ctx, memKey{'r', name}, m.canRead, false)
+	return m.try(ctx, memKey{'r', name}, m.canRead, shared)
 }
 
 // TryWLock implements backend.RWLocker.
 func (m *Memory) TryWLock(ctx context.Context, name string) (*MemoryLease, bool, error) {
-	return m.try(ctx, memKey{'r', name}, m.canWrite, true)
+	return m.try(ctx, memKey{'r', name}, m.canWrite, exclusive)
 }
 
 // RLock implements backend.RWWaiter.
 func (m *Memory) RLock(ctx context.Context, name string) (*MemoryLease, error) {
-	return m.wait(ctx, memKey{'r', name}, m.canRead, false)
+	return m.wait(ctx, memKey{'r', name}, m.canRead, shared)
 }
 
 // WLock implements backend.RWWaiter. While it waits, new readers of name
 // wait too (behind it in the queue); readers that came first go first.
 func (m *Memory) WLock(ctx context.Context, name string) (*MemoryLease, error) {
-	return m.wait(ctx, memKey{'r', name}, m.canWrite, true)
+	return m.wait(ctx, memKey{'r', name}, m.canWrite, exclusive)
 }
 
 // TryAcquire implements backend.Semaphore. Each attempt is judged by its own
@@ -117,7 +132,7 @@ func (m *Memory) TryAcquire(ctx context.Context, name string, limit int) (*Memor
 	if limit < 1 {
 		return nil, false, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
 	}
-	return m.try(ctx, memKey{'s', name}, m.canTicket(limit), false)
+	return m.try(ctx, memKey{'s', name}, m.canTicket(limit), shared)
 }
 
 // Acquire implements backend.SemaphoreWaiter.
@@ -125,7 +140,7 @@ func (m *Memory) Acquire(ctx context.Context, name string, limit int) (*MemoryLe
 	if limit < 1 {
 		return nil, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
 	}
-	return m.wait(ctx, memKey{'s', name}, m.canTicket(limit), false)
+	return m.wait(ctx, memKey{'s', name}, m.canTicket(limit), shared)
 }
 
 // Lose makes lease lose its lock, as a server restart or an expired key
@@ -156,7 +171,7 @@ func (m *Memory) lock(k memKey) *memLock {
 }
 
 // grant gives k to a new lease if can allows it; m.mu is held.
-func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool, who backend.Holder) (*MemoryLease, bool) {
+func (m *Memory) grant(k memKey, can func(*memLock) bool, mode memMode, who backend.Holder) (*MemoryLease, bool) {
 	l := m.lock(k)
 	if !can(l) {
 		return nil, false
@@ -165,21 +180,24 @@ func (m *Memory) grant(k memKey, can func(*memLock) bool, exclusive bool, who ba
 	who.Since = time.Now()
 	lease := &MemoryLease{m: m, key: k, token: m.tokens[k], lost: make(chan struct{}), who: who}
 	l.holders[lease] = struct{}{}
-	if exclusive {
+	switch mode {
+	case exclusive:
 		l.writer = lease
+	case upgradeable:
+		l.upgrader = lease
 	}
 	return lease, true
 }
 
 // try grants k at once, unless it is held in the way or anyone waits for
 // it (a try does not jump the queue).
-func (m *Memory) try(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, bool, error) {
+func (m *Memory) try(ctx context.Context, k memKey, can func(*memLock) bool, mode memMode) (*MemoryLease, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if l := m.locks[k]; l != nil && len(l.queue) > 0 {
 		return nil, false, nil
 	}
-	lease, ok := m.grant(k, can, exclusive, self(ctx))
+	lease, ok := m.grant(k, can, mode, self(ctx))
 	if !ok {
 		m.tidy(k)
 	}
@@ -187,17 +205,17 @@ func (m *Memory) try(ctx context.Context, k memKey, can func(*memLock) bool, exc
 }
 
 // wait queues behind the waiters of k, if any, and is served in order.
-func (m *Memory) wait(ctx context.Context, k memKey, can func(*memLock) bool, exclusive bool) (*MemoryLease, error) {
+func (m *Memory) wait(ctx context.Context, k memKey, can func(*memLock) bool, mode memMode) (*MemoryLease, error) {
 	m.mu.Lock()
 	l := m.lock(k)
 	who := self(ctx)
 	if len(l.queue) == 0 {
-		if lease, ok := m.grant(k, can, exclusive, who); ok {
+		if lease, ok := m.grant(k, can, mode, who); ok {
 			m.mu.Unlock()
 			return lease, nil
 		}
 	}
-	w := &memWaiter{can: can, exclusive: exclusive, granted: make(chan *MemoryLease, 1), holder: who}
+	w := &memWaiter{can: can, mode: mode, granted: make(chan *MemoryLease, 1), holder: who}
 	l.queue = append(l.queue, w)
 	m.mu.Unlock()
 	select {
@@ -226,7 +244,16 @@ func (m *Memory) serve(k memKey) {
 	l := m.locks[k]
 	for l != nil && len(l.queue) > 0 {
 		w := l.queue[0]
-		lease, ok := m.grant(k, w.can, w.exclusive, w.holder)
+		if w.upgrade != nil {
+			if !w.can(l) {
+				return
+			}
+			l.writer = w.upgrade
+			l.queue = l.queue[1:]
+			w.granted <- w.upgrade
+			continue
+		}
+		lease, ok := m.grant(k, w.can, w.mode, w.holder)
 		if !ok {
 			return
 		}
@@ -238,9 +265,13 @@ func (m *Memory) serve(k memKey) {
 // drop removes a lease from its lock and serves the waiters; m.mu is held.
 func (m *Memory) drop(lease *MemoryLease) {
 	l := m.locks[lease.key]
+	l.queue = slices.DeleteFunc(l.queue, func(q *memWaiter) bool { return q.upgrade == lease })
 	delete(l.holders, lease)
 	if l.writer == lease {
 		l.writer = nil
+	}
+	if l.upgrader == lease {
+		l.upgrader = nil
 	}
 	m.serve(lease.key)
 	m.tidy(lease.key)
@@ -347,4 +378,90 @@ func (m *Memory) describe(k memKey) []backend.Holder {
 	}
 	slices.SortFunc(hs, func(a, b backend.Holder) int { return a.Since.Compare(b.Since) })
 	return hs
+}
+
+// TryULock implements backend.UpgradeableLocker.
+func (m *Memory) TryULock(ctx context.Context, name string) (*MemoryLease, bool, error) {
+	return m.try(ctx, memKey{'r', name}, m.canULock, upgradeable)
+}
+
+// ULock implements backend.UpgradeableWaiter.
+func (m *Memory) ULock(ctx context.Context, name string) (*MemoryLease, error) {
+	return m.wait(ctx, memKey{'r', name}, m.canULock, upgradeable)
+}
+
+func (m *Memory) canULock(l *memLock) bool { return l.writer == nil && l.upgrader == nil }
+
+// TryUpgrade implements backend.Upgrader.
+func (l *MemoryLease) TryUpgrade(ctx context.Context) (bool, error) {
+	m := l.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lk, err := l.upgradable()
+	if err != nil || lk.writer == l {
+		return err == nil, err
+	}
+	if len(lk.holders) != 1 {
+		return false, nil
+	}
+	lk.writer = l
+	return true, nil
+}
+
+// Upgrade implements backend.Upgrader: it waits at the head of the queue,
+// so that readers and writers that come later wait behind it.
+func (l *MemoryLease) Upgrade(ctx context.Context) error {
+	m := l.m
+	m.mu.Lock()
+	lk, err := l.upgradable()
+	if err != nil || lk.writer == l {
+		m.mu.Unlock()
+		return err
+	}
+	if len(lk.holders) == 1 {
+		lk.writer = l
+		m.mu.Unlock()
+		return nil
+	}
+	w := &memWaiter{can: func(x *memLock) bool { return len(x.holders) == 1 }, granted: make(chan *MemoryLease, 1), upgrade: l}
+	lk.queue = append([]*memWaiter{w}, lk.queue...)
+	m.mu.Unlock()
+	var end error
+	select {
+	case <-w.granted:
+		return nil
+	case <-ctx.Done():
+		end = ctx.Err()
+	case <-l.lost:
+		end = dlock.ErrLockLost
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case <-w.granted: // served as it gave up: it holds the write lock
+		if end == dlock.ErrLockLost {
+			return end
+		}
+		return nil
+	default:
+	}
+	lk.queue = slices.DeleteFunc(lk.queue, func(q *memWaiter) bool { return q == w })
+	m.serve(l.key) // readers behind it may go in
+	return end
+}
+
+// upgradable returns l's lock if l is a held upgradeable reader; m.mu is
+// held.
+func (l *MemoryLease) upgradable() (*memLock, error) {
+	switch l.state {
+	case 1:
+		return nil, dlock.ErrLockLost
+	case 2:
+		return nil, dlock.ErrNotHeld
+	}
+	lk := l.m.locks[l.key]
+	if lk == nil || lk.upgrader != l {
+		return nil, backend.Permanent(fmt.Errorf("%w: not an upgradeable read lock", errors.ErrUnsupported))
+	}
+	return lk, nil
 }

@@ -27,7 +27,7 @@ const childEnv = "DLOCKTEST_CHILD"
 
 // childSpec is what a helper process is told to do.
 type childSpec struct {
-	Kind  string // "mutex", "read", "write", "semaphore"
+	Kind  string // "mutex", "read", "write", "upgradeable", "semaphore"
 	Limit int
 	Name  string // hex, so any bytes survive the environment
 	Space string
@@ -179,6 +179,8 @@ func runChild[L backend.Lease](t *testing.T, h Harness[L], raw string) {
 		g = dlock.NewRWMutex(node.(backend.RWLocker[L])).Read()
 	case "write":
 		g = dlock.NewRWMutex(node.(backend.RWLocker[L])).Write()
+	case "upgradeable":
+		g = dlock.NewRWMutex(node.(backend.RWLocker[L])).Upgradeable()
 	case "semaphore":
 		g = dlock.NewSemaphore(node.(backend.Semaphore[L]), spec.Limit)
 	default:

@@ -87,6 +87,14 @@ func Run[L backend.Lease](t *testing.T, h Harness[L]) {
 				s.exclusive(t, kind[L]{child: "write", guard: func(n any) *dlock.Guard[L] { return dlock.NewRWMutex(n.(backend.RWLocker[L])).Write() }})
 			})
 			s.rw(t)
+			if offersUpgradeable[L](s.node(t)) {
+				t.Run("Upgradeable", func(t *testing.T) {
+					s.exclusive(t, kind[L]{child: "upgradeable", shared: true, guard: func(n any) *dlock.Guard[L] {
+						return dlock.NewRWMutex(n.(backend.RWLocker[L])).Upgradeable()
+					}})
+					s.upgrade(t)
+				})
+			}
 		})
 	}
 	if isSem {
@@ -109,9 +117,10 @@ type suite[L backend.Lease] struct {
 
 // kind is a primitive under test whose holders exclude each other.
 type kind[L backend.Lease] struct {
-	child string // the helper process's name for it
-	limit int
-	guard func(node any) *dlock.Guard[L]
+	child  string // the helper process's name for it
+	limit  int
+	shared bool // its holders are readers (an upgradeable reader)
+	guard  func(node any) *dlock.Guard[L]
 }
 
 // test runs f as a subtest that must leak no goroutine.
