@@ -29,8 +29,10 @@ type lockFile struct {
 }
 
 // maxReplaced bounds how many times one attempt follows a lock file that is
-// replaced under it before it gives up with an error.
-const maxReplaced = 8
+// replaced under it before it gives up with an error. Holders remove lock
+// files as they let go, so under heavy churn an attempt may find the file it
+// opened removed a few times in a row before it locks one that stays.
+const maxReplaced = 64
 
 var errReplaced = errors.New("lock file keeps being replaced")
 
@@ -69,24 +71,116 @@ func (tr *trust) check(path string, st *unix.Stat_t) error {
 // open opens (creating if needed) the lock file. The final path element is
 // never followed if it is a symbolic link. That it is a regular file is
 // checked by identify, once the file is locked (an attempt that finds the
-// lock busy saves the fstat).
+// lock busy saves the fstat). A waiter's ticket is placed on the new
+// descriptor; if the file is being removed (see remove), the waiter waits
+// for the removal to end and opens the file that then has the name.
 func (f *lockFile) open(mode uint32) error {
-	fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+	return briefly(f.path, "the lock file stayed gated for removal", func() (bool, error) {
+		fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) {
+				return false, fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+			}
+			return false, fmt.Errorf("open lock file %s: %w", f.path, err)
 		}
-		return fmt.Errorf("open lock file %s: %w", f.path, err)
-	}
-	f.fd, f.known, f.held = fd, false, false
-	if f.ticket != 0 {
+		f.fd, f.known, f.held = fd, false, false
+		if f.ticket == 0 {
+			return true, nil
+		}
 		// A waiter keeps its place across a replaced lock file.
-		if err := f.placeTicket(); err != nil {
-			f.close()
-			return err
+		err = f.placeTicket()
+		if err == nil {
+			return true, nil
+		}
+		f.close()
+		if errors.Is(err, errGated) {
+			return false, nil // removed in a moment: open the next file
+		}
+		return false, err
+	})
+}
+
+// dropIfOrphan closes f if the file it has open has no name left (its
+// holder removed it as it let go, see remove): a waiter's next attempt then
+// opens the file that has the name now, and takes its ticket along, at once
+// rather than after an attempt on a file nobody else will lock.
+func (f *lockFile) dropIfOrphan() {
+	if f.fd < 0 {
+		return
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err == nil && st.Nlink == 0 {
+		f.close()
+	}
+}
+
+// remove removes the lock file as its holder lets go, if nobody needs it:
+// f holds the lock (exclusively, or shared when shared is set: a reader),
+// and its path still names the file (the caller checked). It removes the
+// file only
+//
+//   - while f holds it exclusively: a reader first converts its lock to an
+//     exclusive one, which fails (and, as flock does, drops the reader's
+//     lock) while other readers hold it;
+//   - with queue set (the file keeps a waiters' queue), while no waiter
+//     holds a ticket in it, and it gates the queue (an OFD lock of the whole
+//     queue, taken only if no ticket is there, which makes a waiter that
+//     would join now wait and join the next file) until the file is closed:
+//     no waiter's ticket is ever left in a removed file;
+//   - with counter set (the file keeps a fencing counter), while the wall
+//     clock is past the stored counter, so that the next token, floored on
+//     the clock and taken from a new file, still exceeds every token given
+//     (stored is the counter when known, that is, the holder's own token
+//     under an exclusive lock with fencing on; otherwise it is read).
+//
+// Anyone else who has the old file open and locks it after the removal
+// finds that the path no longer names it (see lockNamed) and opens the new
+// one, so removal never lets two holders in. The caller closes f after.
+func (f *lockFile) remove(shared, queue, counter, storedKnown bool, stored uint64) {
+	if shared {
+		if err := flockRetry(f.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.held = false // the failed conversion dropped the shared lock
+			return
 		}
 	}
-	return nil
+	if counter {
+		if !storedKnown {
+			var buf [counterLen + 8]byte
+			n, err := preadRetry(f.fd, buf[:], 0)
+			if err != nil {
+				return
+			}
+			if n > 0 {
+				v, ok := parseCounter(buf[:n])
+				if !ok {
+					return // corrupt: leave it to the next holder's error
+				}
+				stored = v
+			}
+		}
+		if now := time.Now().UnixNano(); now <= 0 || uint64(now) <= stored {
+			return
+		}
+	}
+	if queue {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: gateStart}
+		if err := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); err != nil {
+			return // a waiter holds a ticket (or the queue cannot be gated)
+		}
+	}
+	for {
+		err := unix.Unlink(f.path)
+		if err == nil {
+			// The file is nobody's now: its close drops the lock (and the
+			// gate), and a waiter that has it open finds it has no name
+			// (see dropIfOrphan) without trying it: no unlock first.
+			f.held = false
+			return
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
 }
 
 // identify learns the identity of the open file, and checks it (see

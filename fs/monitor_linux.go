@@ -193,6 +193,9 @@ func (m *monitor) dispatch(buf []byte) {
 			wake = b.afterCloseLocked(wake, name)
 		case mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO) != 0:
 			gone = append(gone, name)
+			// A holder that lets go removes its lock file when nobody
+			// waits; a waiter about to join must move to the new file.
+			wake = b.afterCloseLocked(wake, name)
 		}
 	}
 	if all {
