@@ -275,7 +275,7 @@ func TestFencingSurvivesRestartAndDeletion(t *testing.T) {
 	if err != nil || string(raw) != fmt.Sprintf("%020d\n", first) {
 		t.Fatalf("counter file holds %q, %v; want token %d", raw, err, first)
 	}
-	a.Close() // frees the lease, leaves the file: tokens go on from the counter
+	a.Close()               // frees the lease, leaves the file: tokens go on from the counter
 	b := newBackend(t, dir) // a "restarted" process
 	l = mustTry(t)(b.TryLock(bg(), "f"))
 	if l.Token() <= first {

@@ -102,6 +102,9 @@ func (f *lockFile) placeTicket() error {
 		if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
 			return fmt.Errorf("test the waiters' queue of %s: %w", f.path, err)
 		}
+		if lk.Type == unix.F_UNLCK {
+			continue // let go in the meantime: try the same byte again
+		}
 		if isGate(&lk) {
 			return errGated
 		}
