@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -50,6 +51,8 @@ func TestNoLockFilesLeft(t *testing.T) {
 		}
 		mustRelease(t, l)
 	}
+	t.Logf("%d files after 10,000 names released, before the sweep", len(lockFiles(t, dir)))
+	b.sweepIdle()
 	if files := lockFiles(t, dir); len(files) != len(held) {
 		t.Fatalf("%d files after 10,000 names with %d held: %v", len(files), len(held), files[:min(len(files), 10)])
 	}
@@ -65,6 +68,7 @@ func TestNoLockFilesLeft(t *testing.T) {
 			r1, r2 = r2, r1
 		}
 		mustRelease(t, r1)
+		b.sweepIdle()
 		if _, err := os.Lstat(r2.Path()); err != nil {
 			t.Fatalf("a reader still holds %s, yet it was removed: %v", r2.Path(), err)
 		}
@@ -100,13 +104,29 @@ func TestNoLockFilesLeft(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
+	b.Close() // sweeps what it noted
 	if files := lockFiles(t, dir); len(files) != 0 {
 		t.Fatalf("%d files left: %v", len(files), files[:min(len(files), 10)])
 	}
+
+	// Without Close: the monitor removes them within two ticks.
+	dir = t.TempDir()
+	b = newBackend(t, dir, WithLossInterval(20*time.Millisecond))
+	for i := range 1000 {
+		mustRelease(t, mustTry(t)(b.TryLock(bg(), strconv.Itoa(i))))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(lockFiles(t, dir)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d files left 10 s after their release", len(lockFiles(t, dir)))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
-// TestWaitersKeepTheFile: a holder that lets go while others wait leaves
-// the file (and their tickets) in place.
+// TestWaitersKeepTheFile: an idle lock file in whose queue a waiter
+// holds a ticket (a waiter process stopped just as the lock came free) is
+// not removed; a held one neither.
 func TestWaitersKeepTheFile(t *testing.T) {
 	for _, k := range queueKinds {
 		t.Run(k.name, func(t *testing.T) {
@@ -114,19 +134,25 @@ func TestWaitersKeepTheFile(t *testing.T) {
 			b := newBackend(t, dir)
 			path := filepath.Join(dir, k.file("w"))
 			h := mustTry(t)(k.hold(b, "w"))
-			ctx, cancel := context.WithTimeout(bg(), time.Minute)
-			defer cancel()
-			got := goWait(ctx, k, b, "w")
+			queue, counter := true, k.name != "semaphore"
+			if removeIdle(path, &b.trust, queue, counter) {
+				t.Fatal("removed a held lock file")
+			}
+			c := spawnHelper(t, dir, k.name, "w")
 			waitTickets(t, path, 1)
+			stop(t, c)
 			mustRelease(t, h)
-			l := served(t, got)
-			if l.Path() != path {
-				t.Fatalf("waiter holds %s, want %s", l.Path(), path)
+			b.sweepIdle()
+			if removeIdle(path, &b.trust, queue, counter) {
+				t.Fatal("removed a lock file with a waiter's ticket")
 			}
-			if same, err := stillNamed(path, l.dev, l.ino); err != nil || !same {
-				t.Fatalf("the waiter's file is not the one named %s: %v", path, err)
+			if n := len(tickets(t, path)); n != 1 {
+				t.Fatalf("%d tickets, want the waiter's", n)
 			}
-			mustRelease(t, l)
+			c.kill()
+			if !removeIdle(path, &b.trust, queue, counter) {
+				t.Fatal("an idle lock file without tickets was not removed")
+			}
 		})
 	}
 }
@@ -153,6 +179,7 @@ func TestTokensIncreaseAcrossRemoval(t *testing.T) {
 			}
 			last = l.Token()
 			mustRelease(t, l)
+			b.sweepIdle()
 			if _, err := os.Lstat(l.Path()); !os.IsNotExist(err) {
 				t.Fatalf("%s: lock file after release: %v", kind, err)
 			}
@@ -186,6 +213,7 @@ func TestTokensIncreaseAcrossRemoval(t *testing.T) {
 				t.Fatalf("%s: token %d, want %d", kind, l.Token(), ahead+1)
 			}
 			mustRelease(t, l)
+			by.sweepIdle()
 			if _, err := os.Lstat(path); err != nil {
 				t.Fatalf("%s: a file whose counter is ahead of the clock was removed: %v", kind, err)
 			}
@@ -212,6 +240,7 @@ func TestOwnRemovalIsNoLoss(t *testing.T) {
 		l := mustTry(t)(a.TryLock(bg(), "n"))
 		held := mustTry(t)(a.TryLock(bg(), "other")) // keeps a's monitor busy
 		mustRelease(t, l)
+		a.sweepIdle()
 		next := mustTry(t)(b.TryLock(bg(), "n"))
 		mine := mustTry(t)(a.TryLock(bg(), "n2"))
 		time.Sleep(5 * time.Millisecond) // the monitors see the removal
@@ -227,6 +256,7 @@ func TestOwnRemovalIsNoLoss(t *testing.T) {
 	// Removed by someone else while held, after removals by releases.
 	for range 3 {
 		mustRelease(t, mustTry(t)(a.TryLock(bg(), "gone")))
+		a.sweepIdle()
 	}
 	l := mustTry(t)(a.TryLock(bg(), "gone"))
 	if err := os.Remove(l.Path()); err != nil {
@@ -256,6 +286,9 @@ const stressEnv = "DLOCK_FS_TEST_STRESS"
 
 var stressNames = []string{"a", "b"}
 
+// stressRemoved counts the files this process's stress workers removed.
+var stressRemoved atomic.Int64
+
 const stressLimit = 2
 
 // runStress is the child's side: it runs the workers and exits 0 if no
@@ -278,7 +311,8 @@ func runStress() int {
 func stress(spec stressSpec, id string) error {
 	var bs [2]*Backend
 	for i := range bs {
-		b, err := New(spec.Dir, WithWaitFallback(200*time.Millisecond))
+		// Ticks every 5 ms: the monitor removes idle files often.
+		b, err := New(spec.Dir, WithWaitFallback(200*time.Millisecond), WithLossInterval(5*time.Millisecond))
 		if err != nil {
 			return err
 		}
@@ -307,7 +341,24 @@ func stressWorker(b *Backend, log, id string, deadline time.Time) error {
 	defer f.Close()
 	for time.Now().Before(deadline) {
 		name := stressNames[rand.IntN(len(stressNames))]
-		op := rand.IntN(7)
+		op := rand.IntN(8)
+		if op == 7 {
+			// Remove an idle file of the name, of any kind.
+			files := []struct {
+				file           string
+				queue, counter bool
+			}{
+				{fileName(kindMutex, name), true, true},
+				{fileName(kindRW, name), true, true},
+				{slotName(fileName(kindSemSlot, name), rand.IntN(stressLimit)), true, false},
+				{fileName(kindSemCounter, name), false, true},
+			}
+			r := files[rand.IntN(len(files))]
+			if removeIdle(b.prefix+r.file, &b.trust, r.queue, r.counter) {
+				stressRemoved.Add(1)
+			}
+			continue
+		}
 		group := [...]string{"m", "m", "rw", "rw", "rw", "s", "s"}[op]
 		// Before the attempt: whoever left before this line, left before
 		// this holder took its token.
@@ -481,7 +532,7 @@ func TestStressRemoval(t *testing.T) {
 		t.Error(local)
 	}
 	n := checkStressLog(t, log)
-	t.Logf("%d acquisitions in %v, checked", n, d)
+	t.Logf("%d acquisitions in %v, checked; this process's workers removed %d idle files (its monitors more)", n, d, stressRemoved.Load())
 	if n < 100 {
 		t.Fatalf("only %d acquisitions", n)
 	}

@@ -114,14 +114,10 @@ func (f *lockFile) dropIfOrphan() {
 	}
 }
 
-// remove removes the lock file as its holder lets go, if nobody needs it:
-// f holds the lock (exclusively, or shared when shared is set: a reader),
-// and its path still names the file (the caller checked). It removes the
+// remove removes the lock file f holds exclusively, whose path still names
+// it (the caller checked both), if nobody else needs it. It removes the
 // file only
 //
-//   - while f holds it exclusively: a reader first converts its lock to an
-//     exclusive one, which fails (and, as flock does, drops the reader's
-//     lock) while other readers hold it;
 //   - with queue set (the file keeps a waiters' queue), while no waiter
 //     holds a ticket in it, and it gates the queue (an OFD lock of the whole
 //     queue, taken only if no ticket is there, which makes a waiter that
@@ -129,43 +125,35 @@ func (f *lockFile) dropIfOrphan() {
 //     no waiter's ticket is ever left in a removed file;
 //   - with counter set (the file keeps a fencing counter), while the wall
 //     clock is past the stored counter, so that the next token, floored on
-//     the clock and taken from a new file, still exceeds every token given
-//     (stored is the counter when known, that is, the holder's own token
-//     under an exclusive lock with fencing on; otherwise it is read).
+//     the clock and taken from a new file, still exceeds every token given.
 //
 // Anyone else who has the old file open and locks it after the removal
 // finds that the path no longer names it (see lockNamed) and opens the new
-// one, so removal never lets two holders in. The caller closes f after.
-func (f *lockFile) remove(shared, queue, counter, storedKnown bool, stored uint64) {
-	if shared {
-		if err := flockRetry(f.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.held = false // the failed conversion dropped the shared lock
-			return
-		}
-	}
+// one, so removal never lets two holders in. It reports whether it removed
+// the file; the caller closes f after.
+func (f *lockFile) remove(queue, counter bool) bool {
 	if counter {
-		if !storedKnown {
-			var buf [counterLen + 8]byte
-			n, err := preadRetry(f.fd, buf[:], 0)
-			if err != nil {
-				return
+		var buf [counterLen + 8]byte
+		n, err := preadRetry(f.fd, buf[:], 0)
+		if err != nil {
+			return false
+		}
+		var stored uint64
+		if n > 0 {
+			v, ok := parseCounter(buf[:n])
+			if !ok {
+				return false // corrupt: left to the next holder's error
 			}
-			if n > 0 {
-				v, ok := parseCounter(buf[:n])
-				if !ok {
-					return // corrupt: leave it to the next holder's error
-				}
-				stored = v
-			}
+			stored = v
 		}
 		if now := time.Now().UnixNano(); now <= 0 || uint64(now) <= stored {
-			return
+			return false
 		}
 	}
 	if queue {
 		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: gateStart}
 		if err := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); err != nil {
-			return // a waiter holds a ticket (or the queue cannot be gated)
+			return false // a waiter holds a ticket (or the queue cannot be gated)
 		}
 	}
 	for {
@@ -175,12 +163,35 @@ func (f *lockFile) remove(shared, queue, counter, storedKnown bool, stored uint6
 			// gate), and a waiter that has it open finds it has no name
 			// (see dropIfOrphan) without trying it: no unlock first.
 			f.held = false
-			return
+			return true
 		}
 		if !errors.Is(err, unix.EINTR) {
-			return
+			return false
 		}
 	}
+}
+
+// removeIdle removes the lock file path if nobody holds it or waits for
+// it: it opens the file (never creating it), locks it exclusively without
+// waiting, checks that the path still names it and that it is a lock file
+// of this backend's (see trust.check), and removes it as remove says. While
+// it holds the lock (a few system calls), a try of the name fails as if
+// another holder held it; a waiter waits for the close.
+func removeIdle(path string, tr *trust, queue, counter bool) bool {
+	fd, err := openRetry(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false // gone already, or not ours to open
+	}
+	f := lockFile{path: path, tr: tr, fd: fd}
+	defer f.close()
+	if flockRetry(fd, unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return false // held: its holder notes it again as it lets go
+	}
+	f.held = true
+	if same, err := f.named(); err != nil || !same {
+		return false
+	}
+	return f.remove(queue, counter)
 }
 
 // identify learns the identity of the open file, and checks it (see

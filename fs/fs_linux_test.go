@@ -283,7 +283,8 @@ func TestFencingSurvivesRestartAndDeletion(t *testing.T) {
 	}
 	second := l.Token()
 	mustRelease(t, l)
-	// The release removed the file: tokens still increase (wall clock).
+	b.sweepIdle()
+	// The file was removed once idle: tokens still increase (wall clock).
 	if _, err := os.Lstat(filepath.Join(dir, fileName(kindMutex, "f"))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("lock file after its last release: %v", err)
 	}

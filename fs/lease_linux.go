@@ -160,13 +160,7 @@ func (b *Backend) bumpCounterFile(path string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	token, err := bumpCounter(c.fd, path, b.cfg.sync)
-	if err == nil {
-		// Its counter is the token just given: the next holder's token,
-		// floored on the clock, exceeds it even from a new file.
-		c.remove(false, false, true, true, token)
-	}
-	return token, err
+	return bumpCounter(c.fd, path, b.cfg.sync)
 }
 
 // Release gives the lock up: it removes the lock file if nobody else holds
@@ -194,19 +188,19 @@ func (l *Lease) Release(ctx context.Context) error {
 		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
-	// Forget the lease before its own removal of the file: the monitor must
-	// not take that for a loss (nor would it report one: the state says
-	// released).
 	l.b.unregister(l)
 	same, err := l.f.named()
-	if err == nil && same {
-		// Only while the path names the locked file: otherwise the name is
-		// someone else's now.
-		l.f.remove(l.what == whatRead, l.queue, l.counter, l.token != 0 && l.what != whatRead, l.token)
-	}
 	l.f.close()
 	l.closeLostLocked()
 	l.b.wakeAfterRelease(l.file)
+	if err == nil && same {
+		// Only a file that was still ours: otherwise the name is someone
+		// else's now.
+		l.b.noteIdle(l.file, l.queue, l.counter)
+		if l.what == whatSem {
+			l.b.noteIdle(fileName(kindSemCounter, l.name), false, true)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
 	}

@@ -158,7 +158,8 @@ func (m *monitor) tick(idle *bool) (exit bool) {
 			m.closeOn = false
 		}
 	}
-	if len(b.leases) > 0 || b.nwait > 0 {
+	b.rotateIdleLocked()
+	if len(b.leases) > 0 || b.nwait > 0 || len(b.idle) > 0 || len(b.idleOld) > 0 || b.sweeping {
 		*idle = false
 		return false
 	}
@@ -220,18 +221,18 @@ func (m *monitor) dispatch(buf []byte) {
 // name is in only, or of all when only is nil) still names its locked file,
 // and reports loss for those whose does not.
 func (b *Backend) checkLeases(only []string) {
+	var names map[string]bool
+	if only != nil {
+		names = make(map[string]bool, len(only))
+		for _, n := range only {
+			names[n] = true
+		}
+	}
 	b.mu.Lock()
 	var check []*Lease
 	for l := range b.leases {
-		if only == nil {
+		if only == nil || names[l.file] {
 			check = append(check, l)
-			continue
-		}
-		for _, n := range only {
-			if l.file == n {
-				check = append(check, l)
-				break
-			}
 		}
 	}
 	b.mu.Unlock()
