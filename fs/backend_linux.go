@@ -189,8 +189,10 @@ func (b *Backend) Dir() string { return b.dir }
 // held: each one's lock is dropped and its Lost channel closed (a callback
 // running under it sees its ctx cancelled with cause backend.ErrLockLost; its
 // Release returns an error wrapping backend.ErrLockLost). Waits in progress
-// return ErrClosed, and so does every later call. Lock files stay in the
-// directory. Close is idempotent.
+// return ErrClosed, and so does every later call. Close then removes the
+// lock files the backend let go of and had not removed yet, those that are
+// idle (see the package documentation, Lock-file lifecycle). Close is
+// idempotent.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {

@@ -542,3 +542,42 @@ func TestStressRemoval(t *testing.T) {
 		t.Fatalf("lock files left after every holder let go: %v", files)
 	}
 }
+
+// TestStillNamedZ: the raw statx check agrees with lstat's, and so does
+// its fallback (statx unavailable).
+func TestStillNamedZ(t *testing.T) {
+	dir := t.TempDir()
+	f := newLockFile(&trust{euid: uint32(os.Geteuid())}, dir, "/", "z")
+	if err := f.open(0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	if err := f.identify(); err != nil {
+		t.Fatal(err)
+	}
+	for _, fallback := range []bool{false, true} {
+		noStatx.Store(fallback)
+		if same, err := f.named(); err != nil || !same {
+			t.Fatalf("fallback %v: the open file: %v, %v", fallback, same, err)
+		}
+		if same, err := stillNamedZ(f.path, f.zpath, f.dev, f.ino+1); err != nil || same {
+			t.Fatalf("fallback %v: another inode: %v, %v", fallback, same, err)
+		}
+		if same, err := stillNamedZ(f.path, f.zpath, f.dev+1<<8, f.ino); err != nil || same {
+			t.Fatalf("fallback %v: another device: %v, %v", fallback, same, err)
+		}
+	}
+	noStatx.Store(false)
+	if err := os.Remove(f.path); err != nil {
+		t.Fatal(err)
+	}
+	if same, err := f.named(); err != nil || same {
+		t.Fatalf("a removed file: %v, %v", same, err)
+	}
+	if err := os.WriteFile(f.path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if same, err := f.named(); err != nil || same {
+		t.Fatalf("a replaced file: %v, %v", same, err)
+	}
+}

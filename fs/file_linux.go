@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +19,7 @@ import (
 // process holds on it through fd, if any.
 type lockFile struct {
 	path     string
+	zpath    *byte  // path's bytes and a NUL (see zpath); nil: use path
 	tr       *trust // whose files are accepted
 	fd       int    // -1 when not open
 	dev, ino uint64 // the open file's identity, once known
@@ -36,7 +40,72 @@ const maxReplaced = 64
 
 var errReplaced = errors.New("lock file keeps being replaced")
 
-func newLockFile(path string, tr *trust) lockFile { return lockFile{path: path, tr: tr, fd: -1} }
+// newLockFile returns the lock file whose path is the concatenation of
+// parts, not open.
+func newLockFile(tr *trust, parts ...string) lockFile {
+	path, z := zpath(parts...)
+	return lockFile{path: path, zpath: z, tr: tr, fd: -1}
+}
+
+// zpath returns the concatenation of parts, and a pointer to the same bytes
+// followed by a NUL for the raw system calls of the hot path (open, lstat):
+// x/sys copies every string argument, one allocation per call; this is one
+// per lock file.
+func zpath(parts ...string) (string, *byte) {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	buf := make([]byte, n+1)
+	i := 0
+	for _, p := range parts {
+		i += copy(buf[i:], p)
+	}
+	return unsafe.String(&buf[0], n), &buf[0]
+}
+
+// atFDCWD is unix.AT_FDCWD as a variable, for converting it to uintptr.
+var atFDCWD = unix.AT_FDCWD
+
+// openZ is openat(AT_FDCWD, path, flags, mode), retried on EINTR.
+func openZ(path *byte, flags int, mode uint32) (int, error) {
+	for {
+		r, _, e := syscall.Syscall6(unix.SYS_OPENAT, uintptr(atFDCWD), uintptr(unsafe.Pointer(path)), uintptr(flags|unix.O_LARGEFILE), uintptr(mode), 0, 0)
+		if e == 0 {
+			return int(r), nil
+		}
+		if e != syscall.EINTR {
+			return -1, e
+		}
+	}
+}
+
+// noStatx is set once statx(2) turns out to be unavailable (ENOSYS: an old
+// kernel or a seccomp filter); stillNamedZ then uses lstat.
+var noStatx atomic.Bool
+
+// stillNamedZ is stillNamed with path also given as zpath.
+func stillNamedZ(path string, z *byte, dev, ino uint64) (bool, error) {
+	if z == nil || noStatx.Load() {
+		return stillNamed(path, dev, ino)
+	}
+	for {
+		var stx unix.Statx_t
+		_, _, e := syscall.Syscall6(unix.SYS_STATX, uintptr(atFDCWD), uintptr(unsafe.Pointer(z)), uintptr(unix.AT_SYMLINK_NOFOLLOW), uintptr(unix.STATX_TYPE|unix.STATX_INO), uintptr(unsafe.Pointer(&stx)), 0)
+		switch e {
+		case 0:
+			return stx.Ino == ino && stx.Dev_major == unix.Major(dev) && stx.Dev_minor == unix.Minor(dev), nil
+		case syscall.EINTR:
+			continue
+		case syscall.ENOENT, syscall.ENOTDIR:
+			return false, nil
+		case syscall.ENOSYS:
+			noStatx.Store(true)
+			return stillNamed(path, dev, ino)
+		}
+		return false, fmt.Errorf("stat %s: %w", path, e)
+	}
+}
 
 // trust says whose lock files a Backend accepts: its own user's, and with
 // WithSharedGroup also those of the lock directory's group.
@@ -76,7 +145,14 @@ func (tr *trust) check(path string, st *unix.Stat_t) error {
 // for the removal to end and opens the file that then has the name.
 func (f *lockFile) open(mode uint32) error {
 	return briefly(f.path, "the lock file stayed gated for removal", func() (bool, error) {
-		fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+		flags := unix.O_RDWR | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		var fd int
+		var err error
+		if f.zpath != nil {
+			fd, err = openZ(f.zpath, flags, mode)
+		} else {
+			fd, err = openRetry(f.path, flags, mode)
+		}
 		if err != nil {
 			if errors.Is(err, unix.ELOOP) {
 				return false, fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
@@ -244,7 +320,7 @@ func (f *lockFile) named() (bool, error) {
 	if err := f.identify(); err != nil {
 		return false, err
 	}
-	return stillNamed(f.path, f.dev, f.ino)
+	return stillNamedZ(f.path, f.zpath, f.dev, f.ino)
 }
 
 // lockNamed opens the lock file if needed and takes a lock on it with
@@ -348,13 +424,15 @@ func fcntlRetry(fd, cmd int, lk *unix.Flock_t) error {
 // file (readable with cat). An empty file counts as 0.
 const counterLen = 21
 
+// counterBuf holds a counter read, and more (to tell a longer file).
+type counterBuf [counterLen + 8]byte
+
 // bumpCounter reads the counter of the file open as fd (which the caller
 // holds exclusively), and stores and returns the next token: one more than
 // the stored value, or the wall clock in nanoseconds since 1970 if that is
 // larger — so tokens keep increasing even when the counter file is deleted
 // or loses its last updates in a crash, unless the clock also went back.
-func bumpCounter(fd int, path string, sync bool) (uint64, error) {
-	var buf [counterLen + 8]byte
+func bumpCounter(fd int, path string, sync bool, buf *counterBuf) (uint64, error) {
 	n, err := preadRetry(fd, buf[:], 0)
 	if err != nil {
 		return 0, fmt.Errorf("read fencing counter %s: %w", path, err)

@@ -29,6 +29,8 @@ type Lease struct {
 	queue    bool // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
 	lost     chan struct{}
 
+	cbuf counterBuf // for reading the fencing counter without an allocation
+
 	mu    sync.Mutex
 	f     lockFile // closed (fd -1) once released or dropped
 	state uint8
@@ -64,9 +66,9 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 	if b.cfg.fencing {
 		var err error
 		if counter == "" {
-			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync)
+			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync, &l.cbuf)
 		} else {
-			l.token, err = b.bumpCounterFile(counter)
+			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
 		if err != nil {
 			f.close()
@@ -88,9 +90,9 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 // under a brief exclusive OFD lock of the counter's bytes, taken through the
 // same descriptor (on Linux, OFD locks and flock locks do not interact);
 // writers need none since no reader holds the file while they do.
-func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
+func bumpOwnCounter(f *lockFile, shared, sync bool, buf *counterBuf) (uint64, error) {
 	if !shared {
-		return bumpCounter(f.fd, f.path, sync)
+		return bumpCounter(f.fd, f.path, sync, buf)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
 	err := briefly(f.path, counterStuck, func() (bool, error) {
@@ -115,7 +117,7 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	token, err := bumpCounter(f.fd, f.path, sync)
+	token, err := bumpCounter(f.fd, f.path, sync, buf)
 	lk.Type = unix.F_UNLCK
 	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
 		err = fmt.Errorf("unlock fencing counter %s: %w", f.path, uerr)
@@ -153,14 +155,14 @@ func briefly(path, stuck string, try func() (bool, error)) error {
 
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive flock of that file.
-func (b *Backend) bumpCounterFile(path string) (uint64, error) {
-	c := newLockFile(path, &b.trust)
+func (b *Backend) bumpCounterFile(path string, buf *counterBuf) (uint64, error) {
+	c := newLockFile(&b.trust, path)
 	defer c.close()
 	err := briefly(path, counterStuck, func() (bool, error) { return c.tryFlock(unix.LOCK_EX, uint32(b.cfg.fileMode), false) })
 	if err != nil {
 		return 0, err
 	}
-	return bumpCounter(c.fd, path, b.cfg.sync)
+	return bumpCounter(c.fd, path, b.cfg.sync, buf)
 }
 
 // Release gives the lock up: it removes the lock file if nobody else holds

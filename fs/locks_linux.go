@@ -56,7 +56,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, false, err
 	}
-	f := newLockFile(b.prefix+kindPrefix[kindMutex]+encode(name), &b.trust)
+	f := newLockFile(&b.trust, b.prefix, kindPrefix[kindMutex], encode(name))
 	ok, err := f.tryFlock(unix.LOCK_EX, b.mode(), true)
 	if err != nil || !ok {
 		f.close()
@@ -81,7 +81,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 		return nil, err
 	}
 	file := fileName(kindMutex, name)
-	f := newLockFile(b.prefix+file, &b.trust)
+	f := newLockFile(&b.trust, b.prefix, file)
 	err := b.waitLoop(ctx,
 		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
@@ -96,7 +96,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 // rwFile returns the lock file of the RW lock name (which also keeps its
 // fencing counter and its waiters' queue).
 func (b *Backend) rwFile(name string) lockFile {
-	return newLockFile(b.prefix+kindPrefix[kindRW]+encode(name), &b.trust)
+	return newLockFile(&b.trust, b.prefix, kindPrefix[kindRW], encode(name))
 }
 
 // TryRLock makes one attempt to take name for reading: a shared flock of
@@ -172,7 +172,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep bool) (int, error) {
 	for i := 0; i < limit; i++ {
 		if i == len(*slots) {
-			*slots = append(*slots, newLockFile(b.prefix+slotName(prefix, i), &b.trust))
+			*slots = append(*slots, newLockFile(&b.trust, b.prefix, slotName(prefix, i)))
 		}
 		s := &(*slots)[i]
 		if keep {
