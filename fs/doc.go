@@ -193,8 +193,9 @@
 //
 // Waits do not poll. A waiter learns of a release at once through inotify:
 // the backend watches its directory (one inotify instance per Backend, one
-// goroutine that runs only while leases are held or waits are in progress)
-// and wakes every waiter of a file when the file is closed — by a release,
+// goroutine that runs only while leases are held, waits are in progress
+// or released lock files wait to be removed)
+// and wakes every waiter of a file when the file is closed or removed — by a release,
 // by a waiter that gives up, or by the death of a holder or waiter
 // process; the waiter whose turn it is takes the lock, the others sleep
 // again. The waiter arms before it joins the queue, so a release between
@@ -268,7 +269,7 @@
 // least flock-based lock costs four (open, flock, unlock, close). Each of
 // the six others keeps a guarantee: an F_OFD_GETLK of the waiters' queue
 // before flock (a try does not jump the queue, see Order of service);
-// fstat and lstat after flock (the
+// fstat and lstat (statx) after flock (the
 // identity of the file locked, that it is a regular file, and that the path
 // still names it: an unlink or rename between open and flock cannot let two
 // holders in; an attempt that finds the lock busy skips both); pread and pwrite of the fencing counter, in
