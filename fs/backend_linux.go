@@ -37,7 +37,19 @@ type Backend struct {
 	waiters map[string]map[*waiter]struct{} // by file name or slot key
 	nwait   int
 	mon     *monitor // nil when no monitor runs
+
+	// Lock files this backend let go of, to remove once idle (see
+	// noteIdle): noted since the monitor's last tick, and before it.
+	idle, idleOld map[string]idleFile
+	sweeping      bool // a sweep of an older generation runs
 }
+
+// idleFile says how to remove a lock file (see lockFile.remove).
+type idleFile struct{ queue, counter bool }
+
+// maxIdle bounds the lock files noted for removal: past it, a release
+// removes its file at once.
+const maxIdle = 1 << 16
 
 var (
 	_ backend.Locker[*Lease]          = (*Backend)(nil)
@@ -103,6 +115,7 @@ func New(dir string, opts ...Option) (*Backend, error) {
 		stopc:   make(chan struct{}),
 		leases:  make(map[*Lease]struct{}),
 		waiters: make(map[string]map[*waiter]struct{}),
+		idle:    make(map[string]idleFile),
 	}
 	if abs == "/" {
 		b.prefix = "/"
@@ -176,8 +189,10 @@ func (b *Backend) Dir() string { return b.dir }
 // held: each one's lock is dropped and its Lost channel closed (a callback
 // running under it sees its ctx cancelled with cause backend.ErrLockLost; its
 // Release returns an error wrapping backend.ErrLockLost). Waits in progress
-// return ErrClosed, and so does every later call. Lock files stay in the
-// directory. Close is idempotent.
+// return ErrClosed, and so does every later call. Close then removes the
+// lock files the backend let go of and had not removed yet, those that are
+// idle (see the package documentation, Lock-file lifecycle). Close is
+// idempotent.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -203,8 +218,71 @@ func (b *Backend) Close() error {
 	b.wg.Wait()
 	for _, l := range held {
 		l.drop()
+		b.idle[l.file] = idleFile{l.queue, l.counter}
+		if l.what == whatSem {
+			b.idle[fileName(kindSemCounter, l.name)] = idleFile{false, true}
+		}
 	}
+	b.sweepIdle()
 	return nil
+}
+
+// noteIdle notes that this backend let go of the lock file file (a base
+// name): the monitor removes it after its next tick, if nobody holds it or
+// waits for it then (see removeIdle), and so does Close. Removing it now
+// would make the next acquisition of the name create the file anew: on
+// ext4 a create and an unlink cost several times a whole acquisition, so
+// a name locked again within a tick keeps its file.
+func (b *Backend) noteIdle(file string, queue, counter bool) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	if len(b.idle) < maxIdle {
+		b.idle[file] = idleFile{queue, counter}
+		b.ensureMonitorLocked(false)
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	removeIdle(b.prefix+file, &b.trust, queue, counter)
+}
+
+// sweepIdle removes every noted lock file that is idle now.
+func (b *Backend) sweepIdle() {
+	b.mu.Lock()
+	files := []map[string]idleFile{b.idleOld, b.idle}
+	b.idleOld, b.idle = nil, make(map[string]idleFile)
+	b.mu.Unlock()
+	for _, m := range files {
+		for file, k := range m {
+			removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
+		}
+	}
+}
+
+// rotateIdleLocked runs at each monitor tick: it starts a sweep of the
+// files noted before the previous tick, and ages those noted since. b.mu
+// is held.
+func (b *Backend) rotateIdleLocked() {
+	if b.sweeping {
+		return // the previous sweep runs: let the generations wait
+	}
+	if old := b.idleOld; len(old) > 0 {
+		b.sweeping = true
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			for file, k := range old {
+				removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
+			}
+			b.mu.Lock()
+			b.sweeping = false
+			b.mu.Unlock()
+		}()
+	}
+	b.idleOld, b.idle = b.idle, make(map[string]idleFile)
 }
 
 // begin checks the arguments common to every acquisition.

@@ -16,6 +16,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
+	if os.Getenv(stressEnv) != "" {
+		os.Exit(runStress())
+	}
 	goleak.VerifyTestMain(m)
 }
 

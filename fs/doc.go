@@ -38,13 +38,43 @@
 // # Lock-file lifecycle
 //
 // A lock file is created (mode 0600 by default, see WithFileMode; the umask
-// applies) the first time its name is locked, and the library never deletes
-// it: releasing a lock unlocks and closes the file and leaves it in place.
-// So no unlink race can let two holders in. The cost is one small file per
-// name ever used (a semaphore: one per slot ever needed at once, since slots
-// are tried from 0 upwards). You may clean a quiet directory (no process
-// using it); removing the file of a held lock makes its holder lose it (see
-// Loss). Fencing tokens keep increasing across such a cleanup (see Fencing).
+// applies) when its name is locked and no file has the name. Lock files do
+// not pile up: a Backend notes every file it lets go of (a release, or
+// Close freeing a lease) and removes it once it is idle — after the
+// monitor's next tick (see WithLossInterval: 1 to 2 intervals after the
+// release), and at Close for the rest. A name locked again within that
+// time keeps its file: on ext4, creating and removing a file costs several
+// times a whole acquisition, so removing at every release would make a
+// name locked over and over several times slower. The directory therefore
+// holds the files of the locks held or waited for, plus those released
+// within the last two intervals; a process that dies (or never calls
+// Close) leaves the files it had not removed yet, and the next Backend to
+// lock and release such a name removes its file.
+//
+// Removal never lets two holders in. The remover opens the file (never
+// creating it), takes its lock exclusively without waiting (so nobody
+// holds it, neither a holder nor a reader), checks that the path still
+// names it, and removes it only
+//
+//   - while no waiter holds a ticket in its queue (see Order of service):
+//     it gates the queue, with an OFD lock over all of it that it can take
+//     only while no ticket is there and that keeps new tickets out until
+//     the file is closed, so no waiter is ever left queued in a removed
+//     file (a waiter about to join waits for the removal and joins the
+//     new file);
+//   - while the wall clock is past the fencing counter kept in the file
+//     (see Fencing), so the next token exceeds every token given.
+//
+// Whoever has the old file open and locks it after the removal finds, by
+// the check every acquisition makes after taking its lock (see
+// Exclusion), that the path no longer names it, and locks the file that
+// has the name then. While the remover holds the lock (a few system
+// calls), a try of that name fails as if another holder held it. A
+// semaphore's slot files and its counter file are removed the same way.
+//
+// You may also clean a directory yourself while no process uses it;
+// removing the file of a held lock makes its holder lose it (see Loss).
+// Fencing tokens keep increasing across removals (see Fencing).
 //
 // Every file is opened with O_NOFOLLOW|O_CLOEXEC: a symbolic link planted at
 // a lock path is refused with a clear error, never followed. A lock file
@@ -163,8 +193,9 @@
 //
 // Waits do not poll. A waiter learns of a release at once through inotify:
 // the backend watches its directory (one inotify instance per Backend, one
-// goroutine that runs only while leases are held or waits are in progress)
-// and wakes every waiter of a file when the file is closed — by a release,
+// goroutine that runs only while leases are held, waits are in progress
+// or released lock files wait to be removed)
+// and wakes every waiter of a file when the file is closed or removed — by a release,
 // by a waiter that gives up, or by the death of a holder or waiter
 // process; the waiter whose turn it is takes the lock, the others sleep
 // again. The waiter arms before it joins the queue, so a release between
@@ -218,9 +249,14 @@
 // held.
 // The next token is one more than the stored value, or the wall clock in
 // nanoseconds since 1970 if that is larger: tokens therefore keep increasing
-// even if the counter file is deleted or, after an operating-system crash,
-// lost its last updates — unless the wall clock also went backwards. The
-// counter is fdatasync'ed only with WithSync. Readers of one name get
+// even if the counter file is deleted (the backend removes idle lock files,
+// see Lock-file lifecycle, but only while the clock is past their counter)
+// or, after an operating-system crash, lost its last updates. The one
+// caveat: a wall clock set back, between the removal of a name's file and
+// the next acquisition of the name, by more than the time between them
+// (the next token, floored on the clock, could then be smaller); a clock
+// that steps back while a name's file is kept does no harm. The counter is
+// fdatasync'ed only with WithSync. Readers of one name get
 // distinct tokens, ordered as they took the counter. WithFencing(false)
 // turns tokens off (token 0) and saves the counter's read and write.
 // Holders keep a counter's lock only for a read and a write; one held for
@@ -233,7 +269,7 @@
 // least flock-based lock costs four (open, flock, unlock, close). Each of
 // the six others keeps a guarantee: an F_OFD_GETLK of the waiters' queue
 // before flock (a try does not jump the queue, see Order of service);
-// fstat and lstat after flock (the
+// fstat and lstat (statx) after flock (the
 // identity of the file locked, that it is a regular file, and that the path
 // still names it: an unlink or rename between open and flock cannot let two
 // holders in; an attempt that finds the lock busy skips both); pread and pwrite of the fencing counter, in
@@ -241,7 +277,11 @@
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds
 // the lock free. A writer costs the same; a reader two more (the
-// counter's OFD lock and unlock). BenchmarkDo reports the ratio to the floor (x-floor),
+// counter's OFD lock and unlock). Removing an idle lock file happens off
+// the acquisition's path (see Lock-file lifecycle): eight system calls
+// (open, flock, fstat, lstat, pread, the gate's OFD lock, unlink, close)
+// in the monitor, once per name released and left alone for a tick; a
+// name locked again within the tick costs nothing more. BenchmarkDo reports the ratio to the floor (x-floor),
 // BenchmarkTryLockRelease and BenchmarkTryRWRelease the backend alone, and
 // BenchmarkHandoff the hand-off latency (p50-ns, p99-ns):
 //

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +19,7 @@ import (
 // process holds on it through fd, if any.
 type lockFile struct {
 	path     string
+	zpath    *byte  // path's bytes and a NUL (see zpath); nil: use path
 	tr       *trust // whose files are accepted
 	fd       int    // -1 when not open
 	dev, ino uint64 // the open file's identity, once known
@@ -29,12 +33,79 @@ type lockFile struct {
 }
 
 // maxReplaced bounds how many times one attempt follows a lock file that is
-// replaced under it before it gives up with an error.
-const maxReplaced = 8
+// replaced under it before it gives up with an error. Holders remove lock
+// files as they let go, so under heavy churn an attempt may find the file it
+// opened removed a few times in a row before it locks one that stays.
+const maxReplaced = 64
 
 var errReplaced = errors.New("lock file keeps being replaced")
 
-func newLockFile(path string, tr *trust) lockFile { return lockFile{path: path, tr: tr, fd: -1} }
+// newLockFile returns the lock file whose path is the concatenation of
+// parts, not open.
+func newLockFile(tr *trust, parts ...string) lockFile {
+	path, z := zpath(parts...)
+	return lockFile{path: path, zpath: z, tr: tr, fd: -1}
+}
+
+// zpath returns the concatenation of parts, and a pointer to the same bytes
+// followed by a NUL for the raw system calls of the hot path (open, lstat):
+// x/sys copies every string argument, one allocation per call; this is one
+// per lock file.
+func zpath(parts ...string) (string, *byte) {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	buf := make([]byte, n+1)
+	i := 0
+	for _, p := range parts {
+		i += copy(buf[i:], p)
+	}
+	return unsafe.String(&buf[0], n), &buf[0]
+}
+
+// atFDCWD is unix.AT_FDCWD as a variable, for converting it to uintptr.
+var atFDCWD = unix.AT_FDCWD
+
+// openZ is openat(AT_FDCWD, path, flags, mode), retried on EINTR.
+func openZ(path *byte, flags int, mode uint32) (int, error) {
+	for {
+		r, _, e := syscall.Syscall6(unix.SYS_OPENAT, uintptr(atFDCWD), uintptr(unsafe.Pointer(path)), uintptr(flags|unix.O_LARGEFILE), uintptr(mode), 0, 0)
+		if e == 0 {
+			return int(r), nil
+		}
+		if e != syscall.EINTR {
+			return -1, e
+		}
+	}
+}
+
+// noStatx is set once statx(2) turns out to be unavailable (ENOSYS: an old
+// kernel or a seccomp filter); stillNamedZ then uses lstat.
+var noStatx atomic.Bool
+
+// stillNamedZ is stillNamed with path also given as zpath.
+func stillNamedZ(path string, z *byte, dev, ino uint64) (bool, error) {
+	if z == nil || noStatx.Load() {
+		return stillNamed(path, dev, ino)
+	}
+	for {
+		var stx unix.Statx_t
+		_, _, e := syscall.Syscall6(unix.SYS_STATX, uintptr(atFDCWD), uintptr(unsafe.Pointer(z)), uintptr(unix.AT_SYMLINK_NOFOLLOW), uintptr(unix.STATX_TYPE|unix.STATX_INO), uintptr(unsafe.Pointer(&stx)), 0)
+		switch e {
+		case 0:
+			return stx.Ino == ino && stx.Dev_major == unix.Major(dev) && stx.Dev_minor == unix.Minor(dev), nil
+		case syscall.EINTR:
+			continue
+		case syscall.ENOENT, syscall.ENOTDIR:
+			return false, nil
+		case syscall.ENOSYS:
+			noStatx.Store(true)
+			return stillNamed(path, dev, ino)
+		}
+		return false, fmt.Errorf("stat %s: %w", path, e)
+	}
+}
 
 // trust says whose lock files a Backend accepts: its own user's, and with
 // WithSharedGroup also those of the lock directory's group.
@@ -69,24 +140,134 @@ func (tr *trust) check(path string, st *unix.Stat_t) error {
 // open opens (creating if needed) the lock file. The final path element is
 // never followed if it is a symbolic link. That it is a regular file is
 // checked by identify, once the file is locked (an attempt that finds the
-// lock busy saves the fstat).
+// lock busy saves the fstat). A waiter's ticket is placed on the new
+// descriptor; if the file is being removed (see remove), the waiter waits
+// for the removal to end and opens the file that then has the name.
 func (f *lockFile) open(mode uint32) error {
-	fd, err := openRetry(f.path, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+	return briefly(f.path, "the lock file stayed gated for removal", func() (bool, error) {
+		flags := unix.O_RDWR | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		var fd int
+		var err error
+		if f.zpath != nil {
+			fd, err = openZ(f.zpath, flags, mode)
+		} else {
+			fd, err = openRetry(f.path, flags, mode)
 		}
-		return fmt.Errorf("open lock file %s: %w", f.path, err)
-	}
-	f.fd, f.known, f.held = fd, false, false
-	if f.ticket != 0 {
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) {
+				return false, fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", f.path, err)
+			}
+			return false, fmt.Errorf("open lock file %s: %w", f.path, err)
+		}
+		f.fd, f.known, f.held = fd, false, false
+		if f.ticket == 0 {
+			return true, nil
+		}
 		// A waiter keeps its place across a replaced lock file.
-		if err := f.placeTicket(); err != nil {
-			f.close()
-			return err
+		err = f.placeTicket()
+		if err == nil {
+			return true, nil
+		}
+		f.close()
+		if errors.Is(err, errGated) {
+			return false, nil // removed in a moment: open the next file
+		}
+		return false, err
+	})
+}
+
+// dropIfOrphan closes f if the file it has open has no name left (its
+// holder removed it as it let go, see remove): a waiter's next attempt then
+// opens the file that has the name now, and takes its ticket along, at once
+// rather than after an attempt on a file nobody else will lock.
+func (f *lockFile) dropIfOrphan() {
+	if f.fd < 0 {
+		return
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err == nil && st.Nlink == 0 {
+		f.close()
+	}
+}
+
+// remove removes the lock file f holds exclusively, whose path still names
+// it (the caller checked both), if nobody else needs it. It removes the
+// file only
+//
+//   - with queue set (the file keeps a waiters' queue), while no waiter
+//     holds a ticket in it, and it gates the queue (an OFD lock of the whole
+//     queue, taken only if no ticket is there, which makes a waiter that
+//     would join now wait and join the next file) until the file is closed:
+//     no waiter's ticket is ever left in a removed file;
+//   - with counter set (the file keeps a fencing counter), while the wall
+//     clock is past the stored counter, so that the next token, floored on
+//     the clock and taken from a new file, still exceeds every token given.
+//
+// Anyone else who has the old file open and locks it after the removal
+// finds that the path no longer names it (see lockNamed) and opens the new
+// one, so removal never lets two holders in. It reports whether it removed
+// the file; the caller closes f after.
+func (f *lockFile) remove(queue, counter bool) bool {
+	if counter {
+		var buf [counterLen + 8]byte
+		n, err := preadRetry(f.fd, buf[:], 0)
+		if err != nil {
+			return false
+		}
+		var stored uint64
+		if n > 0 {
+			v, ok := parseCounter(buf[:n])
+			if !ok {
+				return false // corrupt: left to the next holder's error
+			}
+			stored = v
+		}
+		if now := time.Now().UnixNano(); now <= 0 || uint64(now) <= stored {
+			return false
 		}
 	}
-	return nil
+	if queue {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: gateStart}
+		if err := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); err != nil {
+			return false // a waiter holds a ticket (or the queue cannot be gated)
+		}
+	}
+	for {
+		err := unix.Unlink(f.path)
+		if err == nil {
+			// The file is nobody's now: its close drops the lock (and the
+			// gate), and a waiter that has it open finds it has no name
+			// (see dropIfOrphan) without trying it: no unlock first.
+			f.held = false
+			return true
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return false
+		}
+	}
+}
+
+// removeIdle removes the lock file path if nobody holds it or waits for
+// it: it opens the file (never creating it), locks it exclusively without
+// waiting, checks that the path still names it and that it is a lock file
+// of this backend's (see trust.check), and removes it as remove says. While
+// it holds the lock (a few system calls), a try of the name fails as if
+// another holder held it; a waiter waits for the close.
+func removeIdle(path string, tr *trust, queue, counter bool) bool {
+	fd, err := openRetry(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false // gone already, or not ours to open
+	}
+	f := lockFile{path: path, tr: tr, fd: fd}
+	defer f.close()
+	if flockRetry(fd, unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return false // held: its holder notes it again as it lets go
+	}
+	f.held = true
+	if same, err := f.named(); err != nil || !same {
+		return false
+	}
+	return f.remove(queue, counter)
 }
 
 // identify learns the identity of the open file, and checks it (see
@@ -139,7 +320,7 @@ func (f *lockFile) named() (bool, error) {
 	if err := f.identify(); err != nil {
 		return false, err
 	}
-	return stillNamed(f.path, f.dev, f.ino)
+	return stillNamedZ(f.path, f.zpath, f.dev, f.ino)
 }
 
 // lockNamed opens the lock file if needed and takes a lock on it with
@@ -243,13 +424,15 @@ func fcntlRetry(fd, cmd int, lk *unix.Flock_t) error {
 // file (readable with cat). An empty file counts as 0.
 const counterLen = 21
 
+// counterBuf holds a counter read, and more (to tell a longer file).
+type counterBuf [counterLen + 8]byte
+
 // bumpCounter reads the counter of the file open as fd (which the caller
 // holds exclusively), and stores and returns the next token: one more than
 // the stored value, or the wall clock in nanoseconds since 1970 if that is
 // larger — so tokens keep increasing even when the counter file is deleted
 // or loses its last updates in a crash, unless the clock also went back.
-func bumpCounter(fd int, path string, sync bool) (uint64, error) {
-	var buf [counterLen + 8]byte
+func bumpCounter(fd int, path string, sync bool, buf *counterBuf) (uint64, error) {
 	n, err := preadRetry(fd, buf[:], 0)
 	if err != nil {
 		return 0, fmt.Errorf("read fencing counter %s: %w", path, err)

@@ -271,12 +271,11 @@ func TestFencingSurvivesRestartAndDeletion(t *testing.T) {
 	a := newBackend(t, dir)
 	l := mustTry(t)(a.TryLock(bg(), "f"))
 	first := l.Token()
-	mustRelease(t, l)
-	a.Close()
 	raw, err := os.ReadFile(filepath.Join(dir, fileName(kindMutex, "f")))
 	if err != nil || string(raw) != fmt.Sprintf("%020d\n", first) {
 		t.Fatalf("counter file holds %q, %v; want token %d", raw, err, first)
 	}
+	a.Close()               // frees the lease, leaves the file: tokens go on from the counter
 	b := newBackend(t, dir) // a "restarted" process
 	l = mustTry(t)(b.TryLock(bg(), "f"))
 	if l.Token() <= first {
@@ -284,9 +283,10 @@ func TestFencingSurvivesRestartAndDeletion(t *testing.T) {
 	}
 	second := l.Token()
 	mustRelease(t, l)
-	// A user cleaning the directory: tokens still increase (wall clock).
-	if err := os.Remove(filepath.Join(dir, fileName(kindMutex, "f"))); err != nil {
-		t.Fatal(err)
+	b.sweepIdle()
+	// The file was removed once idle: tokens still increase (wall clock).
+	if _, err := os.Lstat(filepath.Join(dir, fileName(kindMutex, "f"))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after its last release: %v", err)
 	}
 	l = mustTry(t)(b.TryLock(bg(), "f"))
 	if l.Token() <= second {

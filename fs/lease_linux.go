@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,7 +25,11 @@ type Lease struct {
 	file     string // its base name
 	dev, ino uint64
 	token    uint64
+	counter  bool // the lock file keeps the fencing counter (not a semaphore)
+	queue    bool // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
 	lost     chan struct{}
+
+	cbuf counterBuf // for reading the fencing counter without an allocation
 
 	mu    sync.Mutex
 	f     lockFile // closed (fd -1) once released or dropped
@@ -43,8 +46,9 @@ const (
 // newLease wraps a locked file into a registered lease; a waiter leaves the
 // queue (see leave). counter is the path of the fencing counter file, or ""
 // to keep the counter in the lock file itself (a mutex, a reader-writer
-// lock). On error the file is closed (its lock dropped).
-func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lease, error) {
+// lock); queue says whether the lock file keeps the waiters' queue. On error
+// the file is closed (its lock dropped).
+func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue bool) (*Lease, error) {
 	f.leave()
 	l := &Lease{
 		b:    b,
@@ -55,13 +59,16 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 		dev:  f.dev,
 		ino:  f.ino,
 		lost: make(chan struct{}),
+
+		counter: counter == "",
+		queue:   queue,
 	}
 	if b.cfg.fencing {
 		var err error
 		if counter == "" {
-			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync)
+			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync, &l.cbuf)
 		} else {
-			l.token, err = b.bumpCounterFile(counter)
+			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
 		if err != nil {
 			f.close()
@@ -83,12 +90,12 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string) (*Lea
 // under a brief exclusive OFD lock of the counter's bytes, taken through the
 // same descriptor (on Linux, OFD locks and flock locks do not interact);
 // writers need none since no reader holds the file while they do.
-func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
+func bumpOwnCounter(f *lockFile, shared, sync bool, buf *counterBuf) (uint64, error) {
 	if !shared {
-		return bumpCounter(f.fd, f.path, sync)
+		return bumpCounter(f.fd, f.path, sync, buf)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
-	err := briefly(f.path, func() (bool, error) {
+	err := briefly(f.path, counterStuck, func() (bool, error) {
 		lk.Type = unix.F_WRLCK
 		err := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
@@ -110,7 +117,7 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	token, err := bumpCounter(f.fd, f.path, sync)
+	token, err := bumpCounter(f.fd, f.path, sync, buf)
 	lk.Type = unix.F_UNLCK
 	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
 		err = fmt.Errorf("unlock fencing counter %s: %w", f.path, uerr)
@@ -123,10 +130,14 @@ func bumpOwnCounter(f *lockFile, shared, sync bool) (uint64, error) {
 // held by something else, and waiting on would hang.
 const counterPatience = 10 * time.Second
 
-// briefly runs try, which takes a lock that others hold only for a moment,
-// until it succeeds or fails, pausing between attempts (50 µs growing to
-// 1 ms), for at most counterPatience.
-func briefly(path string, try func() (bool, error)) error {
+// counterStuck is briefly's complaint about a fencing counter.
+const counterStuck = "the fencing counter stayed locked"
+
+// briefly runs try, which waits for something others do only for a moment
+// (hold a lock, remove a file), until it succeeds or fails, pausing between
+// attempts (50 µs growing to 1 ms), for at most counterPatience; then it
+// fails with an error saying what stuck.
+func briefly(path, stuck string, try func() (bool, error)) error {
 	pause := 50 * time.Microsecond
 	deadline := time.Now().Add(counterPatience)
 	for {
@@ -135,7 +146,7 @@ func briefly(path string, try func() (bool, error)) error {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("fencing counter of %s stayed locked for %v (a moment is the most any holder keeps it): refused", path, counterPatience)
+			return fmt.Errorf("%s: %s for %v (a moment is the most any holder keeps it): refused", path, stuck, counterPatience)
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, time.Millisecond)
@@ -144,24 +155,26 @@ func briefly(path string, try func() (bool, error)) error {
 
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive flock of that file.
-func (b *Backend) bumpCounterFile(path string) (uint64, error) {
-	c := newLockFile(path, &b.trust)
+func (b *Backend) bumpCounterFile(path string, buf *counterBuf) (uint64, error) {
+	c := newLockFile(&b.trust, path)
 	defer c.close()
-	err := briefly(path, func() (bool, error) { return c.tryFlock(unix.LOCK_EX, uint32(b.cfg.fileMode), false) })
+	err := briefly(path, counterStuck, func() (bool, error) { return c.tryFlock(unix.LOCK_EX, uint32(b.cfg.fileMode), false) })
 	if err != nil {
 		return 0, err
 	}
-	return bumpCounter(c.fd, path, b.cfg.sync)
+	return bumpCounter(c.fd, path, b.cfg.sync, buf)
 }
 
-// Release gives the lock up: it drops the lock and closes the lock file (the
-// file itself stays). It returns nil only if the lease held its lock until
-// then; for a lease that was lost (its file removed or replaced, or the
-// backend closed) it returns an error wrapping backend.ErrLockLost, and for a
-// second Release one wrapping backend.ErrNotHeld. It frees the lease's
-// descriptor in every case and never touches the lock of another holder.
-// It runs even when ctx is already cancelled; it is local and never blocks
-// (a stat, an unlock, a close), so it ends well within any release timeout
+// Release gives the lock up: it removes the lock file if nobody else holds
+// or waits for it (see the package documentation, Lock-file lifecycle),
+// drops the lock and closes the file. It returns nil only if the lease held
+// its lock until then; for a lease that was lost (its file removed or
+// replaced, or the backend closed) it returns an error wrapping
+// backend.ErrLockLost, and for a second Release one wrapping
+// backend.ErrNotHeld. It frees the lease's descriptor in every case and
+// never touches the lock or the file of another holder. It runs even when
+// ctx is already cancelled; it is local and never blocks (a stat, an
+// unlink, an unlock, a close), so it ends well within any release timeout
 // (ctx's deadline, set by dlock.WithReleaseTimeout) and needs no bound of
 // its own.
 func (l *Lease) Release(ctx context.Context) error {
@@ -177,11 +190,19 @@ func (l *Lease) Release(ctx context.Context) error {
 		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
+	l.b.unregister(l)
 	same, err := l.f.named()
 	l.f.close()
 	l.closeLostLocked()
-	l.b.unregister(l)
-	l.b.wakeAfterRelease(filepath.Base(l.path))
+	l.b.wakeAfterRelease(l.file)
+	if err == nil && same {
+		// Only a file that was still ours: otherwise the name is someone
+		// else's now.
+		l.b.noteIdle(l.file, l.queue, l.counter)
+		if l.what == whatSem {
+			l.b.noteIdle(fileName(kindSemCounter, l.name), false, true)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
 	}

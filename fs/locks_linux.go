@@ -56,7 +56,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	if err := b.begin(ctx, whatMutex, name); err != nil {
 		return nil, false, err
 	}
-	f := newLockFile(b.prefix+kindPrefix[kindMutex]+encode(name), &b.trust)
+	f := newLockFile(&b.trust, b.prefix, kindPrefix[kindMutex], encode(name))
 	ok, err := f.tryFlock(unix.LOCK_EX, b.mode(), true)
 	if err != nil || !ok {
 		f.close()
@@ -65,7 +65,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatMutex, name, &f, "")
+	l, err := b.newLease(whatMutex, name, &f, "", true)
 	if err != nil {
 		return nil, false, err
 	}
@@ -81,22 +81,22 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 		return nil, err
 	}
 	file := fileName(kindMutex, name)
-	f := newLockFile(b.prefix+file, &b.trust)
+	f := newLockFile(&b.trust, b.prefix, file)
 	err := b.waitLoop(ctx,
-		func() (bool, error) { return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
+		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
 		file)
 	if err != nil {
 		f.close()
 		return nil, wrapErr(whatMutex, name, err)
 	}
-	return b.newLease(whatMutex, name, &f, "")
+	return b.newLease(whatMutex, name, &f, "", true)
 }
 
 // rwFile returns the lock file of the RW lock name (which also keeps its
 // fencing counter and its waiters' queue).
 func (b *Backend) rwFile(name string) lockFile {
-	return newLockFile(b.prefix+kindPrefix[kindRW]+encode(name), &b.trust)
+	return newLockFile(&b.trust, b.prefix, kindPrefix[kindRW], encode(name))
 }
 
 // TryRLock makes one attempt to take name for reading: a shared flock of
@@ -126,7 +126,7 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(what, name, &rw, "")
+	l, err := b.newLease(what, name, &rw, "", true)
 	if err != nil {
 		return nil, false, err
 	}
@@ -154,14 +154,14 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	}
 	rw := b.rwFile(name)
 	err := b.waitLoop(ctx,
-		func() (bool, error) { return rw.tryFlock(how, b.mode(), true) },
+		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
 		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
 		rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
 		return nil, wrapErr(what, name, err)
 	}
-	return b.newLease(what, name, &rw, "")
+	return b.newLease(what, name, &rw, "", true)
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order, growing slots
@@ -172,9 +172,12 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep bool) (int, error) {
 	for i := 0; i < limit; i++ {
 		if i == len(*slots) {
-			*slots = append(*slots, newLockFile(b.prefix+slotName(prefix, i), &b.trust))
+			*slots = append(*slots, newLockFile(&b.trust, b.prefix, slotName(prefix, i)))
 		}
 		s := &(*slots)[i]
+		if keep {
+			s.dropIfOrphan() // a waiter's slot file removed by its holder
+		}
 		ok, err := s.tryFlock(unix.LOCK_EX, b.mode(), i == 0)
 		if err != nil {
 			return -1, err
@@ -219,7 +222,7 @@ func (b *Backend) semLease(name string, slots []lockFile, won, limit int) (*Leas
 			slots[i].close()
 		}
 	}
-	return b.newLease(whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name))
+	return b.newLease(whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name), won == 0)
 }
 
 // TryAcquire makes one attempt to take one of the limit tickets of the

@@ -158,7 +158,8 @@ func (m *monitor) tick(idle *bool) (exit bool) {
 			m.closeOn = false
 		}
 	}
-	if len(b.leases) > 0 || b.nwait > 0 {
+	b.rotateIdleLocked()
+	if len(b.leases) > 0 || b.nwait > 0 || len(b.idle) > 0 || len(b.idleOld) > 0 || b.sweeping {
 		*idle = false
 		return false
 	}
@@ -193,6 +194,9 @@ func (m *monitor) dispatch(buf []byte) {
 			wake = b.afterCloseLocked(wake, name)
 		case mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_MOVED_TO) != 0:
 			gone = append(gone, name)
+			// A holder that lets go removes its lock file when nobody
+			// waits; a waiter about to join must move to the new file.
+			wake = b.afterCloseLocked(wake, name)
 		}
 	}
 	if all {
@@ -217,18 +221,18 @@ func (m *monitor) dispatch(buf []byte) {
 // name is in only, or of all when only is nil) still names its locked file,
 // and reports loss for those whose does not.
 func (b *Backend) checkLeases(only []string) {
+	var names map[string]bool
+	if only != nil {
+		names = make(map[string]bool, len(only))
+		for _, n := range only {
+			names[n] = true
+		}
+	}
 	b.mu.Lock()
 	var check []*Lease
 	for l := range b.leases {
-		if only == nil {
+		if only == nil || names[l.file] {
 			check = append(check, l)
-			continue
-		}
-		for _, n := range only {
-			if l.file == n {
-				check = append(check, l)
-				break
-			}
 		}
 	}
 	b.mu.Unlock()

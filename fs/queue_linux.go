@@ -32,6 +32,23 @@ import (
 // it wait behind it.
 const queueBase = 1 << 32
 
+// gateStart is where a holder that removes the lock file as it lets go
+// gates the queue: an OFD write lock from gateStart to the end of the file
+// (see lockFile.remove), which it can take only while no ticket is there
+// and which keeps tickets out until the removed file is closed. The byte
+// before the queue makes it unlike any ticket: a waiter that meets it opens
+// the file that has the name next, a try (which never holds a ticket) does
+// not count it as a waiter.
+const gateStart = queueBase - 1
+
+// errGated is placeTicket's answer when the file is being removed.
+var errGated = errors.New("lock file is being removed")
+
+// isGate reports whether lk, a lock F_OFD_GETLK found, is a removal's gate.
+func isGate(lk *unix.Flock_t) bool {
+	return lk.Pid == -1 && lk.Start == gateStart && lk.Len == 0
+}
+
 // maxTicketMoves bounds how far a waiter moves its ticket past tickets
 // taken at the same nanosecond.
 const maxTicketMoves = 1 << 12
@@ -56,6 +73,12 @@ func (f *lockFile) join(typ int16) error {
 		return nil // open places it
 	}
 	if err := f.placeTicket(); err != nil {
+		if errors.Is(err, errGated) {
+			// The file is being removed: the next attempt opens the one
+			// that has the name then, and places the ticket there.
+			f.close()
+			return nil
+		}
 		f.ticket = 0
 		return err
 	}
@@ -78,6 +101,12 @@ func (f *lockFile) placeTicket() error {
 		lk = unix.Flock_t{Type: f.ticketType, Whence: io.SeekStart, Start: queueBase + f.ticket, Len: 1}
 		if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
 			return fmt.Errorf("test the waiters' queue of %s: %w", f.path, err)
+		}
+		if lk.Type == unix.F_UNLCK {
+			continue // let go in the meantime: try the same byte again
+		}
+		if isGate(&lk) {
+			return errGated
 		}
 		if err := f.checkTicket(&lk); err != nil {
 			return err
@@ -119,7 +148,9 @@ func (f *lockFile) queueBusy() (bool, error) {
 	if err := fcntlRetry(f.fd, unix.F_OFD_GETLK, &lk); err != nil {
 		return false, fmt.Errorf("test the waiters' queue of %s: %w", f.path, err)
 	}
-	if lk.Type == unix.F_UNLCK {
+	if lk.Type == unix.F_UNLCK || isGate(&lk) {
+		// Nobody waits (a gate is only ever taken while no ticket is
+		// there: its holder is letting go, and the flock decides).
 		f.behind = false
 		return false, nil
 	}
