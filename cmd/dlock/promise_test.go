@@ -626,20 +626,10 @@ func TestSymlinkRefused(t *testing.T) {
 	if err := os.WriteFile(other, []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	entries, _ := os.ReadDir(dir)
-	n := 0
-	for _, e := range entries {
-		if strings.Contains(e.Name(), name) {
-			p := filepath.Join(dir, e.Name())
-			os.Remove(p)
-			if err := os.Symlink(other, p); err != nil {
-				t.Fatal(err)
-			}
-			n++
-		}
-	}
-	if n == 0 {
-		t.Fatalf("no lock file for %s in %v", name, entries)
+	// The run removed its idle lock file at exit: plant the link at its
+	// name (fs: r-NAME, the reader-writer lock whose write side run takes).
+	if err := os.Symlink(other, filepath.Join(dir, "r-"+name)); err != nil {
+		t.Fatal(err)
 	}
 	code, _, stderr := runDlock(t, tg, "run", name, "--", "true")
 	if code != exitUsage || !strings.Contains(stderr, "symbolic link") {
@@ -655,7 +645,7 @@ func TestSymlinkRefused(t *testing.T) {
 	h := startHolder(t, tg, name, "")
 	ch, _ := startDlock(t, tg, "run", "-wait", "60s", name, "--", "true")
 	time.Sleep(300 * time.Millisecond)
-	entries, _ = os.ReadDir(dir)
+	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if strings.Contains(e.Name(), name) {
 			p := filepath.Join(dir, e.Name())
