@@ -143,6 +143,21 @@ func fileName(k kind, name string) string {
 	return s
 }
 
+// fileNameFold is fileName for a file system that ignores case and strips
+// trailing dots (Windows) when fold is set: see encodeFold. Every file name
+// starts with a kind prefix ("m-", ...), so none is a reserved Windows
+// device name (CON, NUL, COM1, ...), with or without an extension.
+func fileNameFold(k kind, name string, fold bool) string {
+	if !fold {
+		return fileName(k, name)
+	}
+	s := kindPrefix[k] + encodeFold(name)
+	if k == kindSemSlot {
+		s += string(slotSep)
+	}
+	return s
+}
+
 // slotName is the file name of slot i of the semaphore whose slot prefix
 // (fileName(kindSemSlot, name)) is prefix.
 func slotName(prefix string, i int) string {

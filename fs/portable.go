@@ -136,15 +136,7 @@ func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
 // path is the path of the file of kind k for name (for kindSemSlot, the
 // prefix of its slot files).
 func (b *Backend) path(k kind, name string) string {
-	enc := encode(name)
-	if b.fold {
-		enc = encodeFold(name)
-	}
-	s := b.prefix + kindPrefix[k] + enc
-	if k == kindSemSlot {
-		s += string(slotSep)
-	}
-	return s
+	return b.prefix + fileNameFold(k, name, b.fold)
 }
 
 // begin checks the arguments common to every acquisition.
