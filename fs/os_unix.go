@@ -41,6 +41,8 @@ func openHandle(path string, create bool, mode uint32) (handle, error) {
 			return fd, nil
 		case errors.Is(err, unix.EINTR):
 			continue
+		case errors.Is(err, unix.ENOENT):
+			return noHandle, fmt.Errorf("open lock file %s: %w", path, err)
 		}
 		// O_NOFOLLOW on a symbolic link fails with ELOOP (Linux, macOS),
 		// EMLINK (FreeBSD, DragonFly) or EFTYPE (NetBSD): look.
@@ -84,6 +86,10 @@ func unlockHandle(h handle) error {
 }
 
 func closeHandle(h handle) { unix.Close(h) }
+
+// unlockOnClose: closing the last descriptor of an open file description
+// drops its flock at once, so a deleted file needs no unlock first.
+const unlockOnClose = true
 
 // fileInfo is what the portable implementation needs to know of a file.
 type fileInfo struct {

@@ -96,6 +96,10 @@ func unlockHandle(h handle) error {
 
 func closeHandle(h handle) { windows.CloseHandle(h) }
 
+// unlockOnClose is false: Windows may drop the locks of a closed handle
+// some time after the close; unlock explicitly.
+const unlockOnClose = false
+
 // fileInfo is what the portable implementation needs to know of a file.
 // Windows reports no owner here (owned is false): see the package
 // documentation for what is checked.

@@ -33,10 +33,10 @@ type Backend struct {
 	stopc chan struct{} // closed by Close
 	wg    sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	leases map[*Lease]struct{}
-	quit   chan struct{} // closed to stop the running monitor; nil when none runs
+	mu         sync.Mutex
+	closed     bool
+	leases     map[*Lease]struct{}
+	monitoring bool // the monitor goroutine runs
 }
 
 var (
@@ -122,7 +122,6 @@ func (b *Backend) Close() error {
 		held = append(held, l)
 	}
 	clear(b.leases)
-	b.quit = nil
 	b.mu.Unlock()
 	b.wg.Wait()
 	for _, l := range held {

@@ -163,6 +163,9 @@ func (f *pfile) close() {
 // names it (see lock) and locks the new file instead.
 func (f *pfile) remove() {
 	_ = removePath(f.path)
+	if unlockOnClose {
+		f.held = false // the close drops it: one system call less
+	}
 	f.close()
 }
 

@@ -86,40 +86,40 @@ func (b *Backend) register(l *Lease) error {
 		return ErrClosed
 	}
 	b.leases[l] = struct{}{}
-	if b.quit == nil {
-		b.quit = make(chan struct{})
+	if !b.monitoring {
+		b.monitoring = true
 		b.wg.Add(1)
-		go b.monitor(b.quit)
+		go b.monitor()
 	}
 	return nil
 }
 
-// unregister forgets a lease; the monitor stops with the last one.
+// unregister forgets a lease.
 func (b *Backend) unregister(l *Lease) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	delete(b.leases, l)
-	if len(b.leases) == 0 && b.quit != nil {
-		close(b.quit)
-		b.quit = nil
-	}
+	b.mu.Unlock()
 }
 
 // monitor checks every loss interval that each held lease's path still
-// names its file, until quit or Close.
-func (b *Backend) monitor(quit chan struct{}) {
+// names its file, until Close, or until a check finds no lease held (so a
+// hot loop of acquisitions and releases does not start a goroutine each).
+func (b *Backend) monitor() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.lossInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-quit:
-			return
 		case <-b.stopc:
 			return
 		case <-t.C:
 		}
 		b.mu.Lock()
+		if len(b.leases) == 0 {
+			b.monitoring = false
+			b.mu.Unlock()
+			return
+		}
 		held := make([]*Lease, 0, len(b.leases))
 		for l := range b.leases {
 			held = append(held, l)
