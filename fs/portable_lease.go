@@ -193,6 +193,12 @@ func (l *Lease) releaseDeleting() {
 			return
 		}
 		f.held = true
+		// Between the unlock and the exclusive lock, another last reader
+		// may have deleted the file, and someone else may hold a new one
+		// at the path: delete only if the path still names ours.
+		if same, err := f.named(); err != nil || !same {
+			return
+		}
 	}
 	if l.what != whatSem {
 		last := l.token
