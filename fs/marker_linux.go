@@ -26,15 +26,27 @@ func claimDir(dir string, portable bool) error {
 	if portable {
 		own, other = other, own
 	}
-	fd, err := unix.Open(filepath.Join(dir, own), unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return backend.Permanent(fmt.Errorf("fs: lock directory %q: marker %s is a symbolic link: refused", dir, own))
-		}
-		return fmt.Errorf("fs: lock directory %q: create marker %s: %w", dir, own, err)
-	}
-	unix.Close(fd)
 	var st unix.Stat_t
+	ownPath := filepath.Join(dir, own)
+	err := unix.Lstat(ownPath, &st)
+	if errors.Is(err, unix.ENOENT) {
+		// Created, never opened again: any user of a shared directory sees
+		// it without needing to open it.
+		fd, cerr := unix.Open(ownPath, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if cerr == nil {
+			unix.Close(fd)
+		}
+		if cerr != nil && !errors.Is(cerr, unix.EEXIST) {
+			return fmt.Errorf("fs: lock directory %q: create marker %s: %w", dir, own, cerr)
+		}
+		err = unix.Lstat(ownPath, &st)
+	}
+	if err != nil {
+		return fmt.Errorf("fs: lock directory %q: stat marker %s: %w", dir, own, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return backend.Permanent(fmt.Errorf("fs: lock directory %q: marker %s is not a regular file (mode %#o): refused", dir, own, st.Mode))
+	}
 	switch err := unix.Lstat(filepath.Join(dir, other), &st); {
 	case err == nil:
 		return fmt.Errorf("fs: lock directory %q: %w (it has %s; this process uses the %s implementation): refused, remove %s only if no process uses the directory: %w",
