@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 )
 
@@ -326,5 +327,25 @@ func TestDeletionStress(t *testing.T) {
 	}
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("files left: %q", left)
+	}
+}
+
+// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file is
+// created and deleted each time):
+//
+//	go test -tags dlock_portable -run '^$' -bench PortableDo ./fs
+func BenchmarkPortableDo(b *testing.B) {
+	dir := b.TempDir()
+	be, err := New(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	mu := dlock.NewMutex(be)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := mu.Do(ctx, "bench", func(context.Context) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
