@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && !dlock_portable
 
 package fs
 
@@ -103,6 +103,9 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	tr, err := checkDir(fd, path, cfg.sharedGroup)
 	unix.Close(fd)
 	if err != nil {
+		return nil, err
+	}
+	if err := claimDir(path, false); err != nil {
 		return nil, err
 	}
 	tr.mode = uint32(cfg.fileMode.Perm())

@@ -7,10 +7,12 @@
 //	mu := dlock.NewMutex(b)
 //	err = mu.Do(ctx, "nightly-report", func(ctx context.Context) error { ... })
 //
-// It serves every process of the machine that uses the same directory. It
-// supports Linux only: on other systems the package compiles, but New
-// returns an error. Linux is needed for flock semantics per open file
-// description, OFD locks and inotify.
+// It serves every process of the machine that uses the same directory. On
+// Linux it uses flock, OFD locks and inotify, as described below; on macOS,
+// FreeBSD, OpenBSD, NetBSD, DragonFly BSD and Windows it runs a portable
+// implementation over whole-file locks with weaker promises (see Other
+// systems); elsewhere (Plan 9, js, WASI, Solaris, AIX) New returns an
+// error.
 //
 // # Files and names
 //
@@ -26,7 +28,9 @@
 //
 //	m-NAME       mutex; its fencing counter and waiters' queue are kept inside
 //	r-NAME       reader-writer lock; its fencing counter and waiters' queue are kept inside
-//	rg-NAME      reserved (the writers' gate of r-NAME in earlier versions)
+//	rg-NAME      the writers' gate of r-NAME (portable implementation; reserved on Linux)
+//	mw-NAME      waiters of mutex NAME (portable implementation)
+//	sw-NAME      waiters of semaphore NAME (portable implementation)
 //	rc-NAME      reserved (held the counter of r-NAME in earlier versions)
 //	s-NAME+N     slot N (0, 1, ...) of a semaphore; slot 0 keeps its waiters' queue
 //	sc-NAME      fencing counter of a semaphore
@@ -262,6 +266,81 @@
 // Holders keep a counter's lock only for a read and a write; one held for
 // 10 s (a lock that is not a holder's, or a holder process stopped in that
 // moment) is refused with an error rather than waited for without end.
+//
+// # Other systems
+//
+// On macOS, the BSDs and Windows the package runs its portable
+// implementation; on Linux it is built instead of the default one with the
+// build tag dlock_portable (go test -tags dlock_portable ./fs/), which is
+// how it is tested. It keeps every guarantee of the dlock package — one
+// holder, readers together and writers alone, at most limit tickets,
+// strictly increasing fencing tokens, loss reported, a dead holder's locks
+// free at once — with these differences:
+//
+//   - Locks: flock(2) on Unix (per open file description there too),
+//     LockFileEx on Windows (on one byte at offset 2^62, past any data, per
+//     handle), exclusive or shared, always tried without blocking.
+//   - Waiting polls: a waiter tries again every 1 to 4 ms (jittered). A
+//     waiter holds the lock's waiters' file (mw-, rg- for writers, sw-)
+//     shared while it waits, and a try, or any reader's attempt, first
+//     checks that nobody holds it: a try fails while anyone waits (for an
+//     RW lock: while a writer waits; readers wait only behind a writer), so
+//     it does not jump ahead of the waiters, and new readers wait while a
+//     writer waits (writer preference). Among waiters, whoever polls first after a
+//     release goes in: no waiter is preferred and none starves (the
+//     conformance suite's NoStarvation check passes), but waiters are not
+//     served in arrival order, and a hand-off takes up to the poll pause.
+//   - Loss (the path no longer names the locked file) is found by a check
+//     every loss interval (WithLossInterval) and at Release, not at once.
+//     WithWaitFallback only bounds the longest poll pause.
+//   - Lock files go with their last holder: a release that leaves nobody
+//     holding the lock deletes the file, while it holds the file
+//     exclusively (a reader first trades its shared lock for an exclusive
+//     one, which it gets only when it is the last reader). Whoever opened
+//     the file before and locks it after the delete finds that the path no
+//     longer names it and locks the new file instead: no two holders. A
+//     waiters' file goes with its last waiter. The fencing counter lives in
+//     the lock file (a semaphore's in sc-NAME), so a deleted file takes it
+//     along; the next token is then the wall clock in nanoseconds, and a
+//     file is deleted only once the clock has passed its last token (a
+//     file used again within one tick of a coarse clock, as Windows has,
+//     stays until a later release), so tokens keep increasing unless the
+//     clock goes back.
+//   - A reader's fencing token is drawn while it holds the writers' gate
+//     exclusively for a moment; an uncontended TryLock and Release costs
+//     ten system calls: a failed open of the waiters' file, open, flock,
+//     fstat and lstat, pread and pwrite of the counter, lstat at Release,
+//     unlink, close.
+//   - On Linux the two implementations must not share a directory (their
+//     holders would not exclude each other): New marks the directory it
+//     uses and refuses one the other implementation marked (see
+//     ErrOtherImplementation).
+//   - Unix directory checks are those described above (owner, mode,
+//     ancestors, symbolic links, network file systems by type name), made
+//     by path one component after another rather than through open
+//     directory descriptors. Lock files are checked as on Linux (regular
+//     file, one link, owner).
+//   - Windows: lock-file names are mapped to legal Windows names (every
+//     name has a kind prefix, so none is a device name such as CON or NUL;
+//     upper-case letters and a trailing dot are escaped too, so names that
+//     differ only by case, which Windows file systems do not tell apart,
+//     never share a file). The lock directory must be a directory, not a
+//     symbolic link or junction; nothing else is checked: not its ACL, not
+//     its owner or its parents', not the owners of lock files (hard links
+//     are refused). Keep it where only you may write, such as under
+//     %LOCALAPPDATA%. WithFileMode and WithDirMode's permission bits are
+//     not used (files inherit the directory's ACL); WithSharedGroup is
+//     refused. A lock file being deleted cannot be opened until its last
+//     handle closes: an attempt then reports the lock busy.
+//
+// What is verified by running, and what only by compiling: on Linux, CI
+// runs every test of this package, the whole dlocktest conformance suite
+// included, over both implementations (the default one, and the portable
+// one with -tags dlock_portable). The portable code for macOS, the BSDs
+// and Windows is the same code except for the system calls and directory
+// checks of each system, which CI only compiles and vets (with the tests)
+// for darwin (amd64, arm64), freebsd and windows; openbsd and netbsd are
+// compiled by hand. None of it has been run on those systems.
 //
 // # Performance
 //

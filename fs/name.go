@@ -19,6 +19,8 @@ const (
 	kindRWCounter              // "rc-" + E: reserved (the RW counter lives in "r-" + E now)
 	kindSemSlot                // "s-" + E + "+" + slot: one semaphore ticket
 	kindSemCounter             // "sc-" + E: fencing counter of a semaphore
+	kindMutexWait              // "mw-" + E: waiters of a mutex (portable implementation)
+	kindSemWait                // "sw-" + E: waiters of a semaphore (portable implementation)
 )
 
 var kindPrefix = [...]string{
@@ -28,6 +30,8 @@ var kindPrefix = [...]string{
 	kindRWCounter:  "rc-",
 	kindSemSlot:    "s-",
 	kindSemCounter: "sc-",
+	kindMutexWait:  "mw-",
+	kindSemWait:    "sw-",
 }
 
 const (
@@ -63,15 +67,25 @@ const upperHex = "0123456789ABCDEF"
 // between escapes), then '~', then the hex SHA-256 of the whole name; since
 // escaping never yields '~', a hashed encoding never equals a plain one, and
 // two hashed encodings are equal only if SHA-256 collides.
-func encode(name string) string {
-	if plain(name) {
+func encode(name string) string { return escape(name, false) }
+
+// encodeFold is encode for a case-insensitive file system that also
+// strips trailing dots (Windows): upper-case letters and a trailing '.'
+// are escaped too. Kept letters are then all lower-case and hex digits
+// all upper-case, so two encodings that differ only by case are equal:
+// two names differing only by case never share a file.
+func encodeFold(name string) string { return escape(name, true) }
+
+// escape is encode (fold false) or encodeFold (fold true).
+func escape(name string, fold bool) string {
+	if plain(name, fold) {
 		return name
 	}
 	var sb strings.Builder
 	sb.Grow(min(len(name), maxEscaped) + 8)
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if kept(c) && !(c == '.' && i == 0) {
+		if kept(c) && !(c == '.' && (i == 0 || fold && i == len(name)-1)) && !(fold && 'A' <= c && c <= 'Z') {
 			sb.WriteByte(c)
 		} else {
 			sb.WriteByte('%')
@@ -85,14 +99,18 @@ func encode(name string) string {
 	return sb.String()
 }
 
-// plain reports whether encode(name) is name itself: short enough and made
-// of kept bytes only, the first not a '.'.
-func plain(name string) bool {
+// plain reports whether escape(name, fold) is name itself: short enough
+// and made of kept bytes only, the first not a '.' (with fold: no
+// upper-case letter, the last not a '.').
+func plain(name string, fold bool) bool {
 	if len(name) > maxEscaped || name != "" && name[0] == '.' {
 		return false
 	}
+	if fold && name != "" && name[len(name)-1] == '.' {
+		return false
+	}
 	for i := 0; i < len(name); i++ {
-		if !kept(name[i]) {
+		if c := name[i]; !kept(c) || fold && 'A' <= c && c <= 'Z' {
 			return false
 		}
 	}
@@ -119,6 +137,21 @@ func hashed(esc, name string) string {
 // files of name; slotName appends the slot number.
 func fileName(k kind, name string) string {
 	s := kindPrefix[k] + encode(name)
+	if k == kindSemSlot {
+		s += string(slotSep)
+	}
+	return s
+}
+
+// fileNameFold is fileName for a file system that ignores case and strips
+// trailing dots (Windows) when fold is set: see encodeFold. Every file name
+// starts with a kind prefix ("m-", ...), so none is a reserved Windows
+// device name (CON, NUL, COM1, ...), with or without an extension.
+func fileNameFold(k kind, name string, fold bool) string {
+	if !fold {
+		return fileName(k, name)
+	}
+	s := kindPrefix[k] + encodeFold(name)
 	if k == kindSemSlot {
 		s += string(slotSep)
 	}

@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux && !darwin && !freebsd && !openbsd && !netbsd && !dragonfly && !windows
 
 package fs
 
@@ -8,8 +8,8 @@ import (
 	"runtime"
 )
 
-// errUnsupported is returned by New on systems other than Linux.
-var errUnsupported = errors.New("fs: the file-system backend supports Linux only (not " + runtime.GOOS + ")")
+// errUnsupported is returned by New on systems without flock or LockFileEx (Plan 9, js, WASI, Solaris, AIX).
+var errUnsupported = errors.New("fs: the file-system backend supports Linux, macOS, the BSDs and Windows only (not " + runtime.GOOS + ")")
 
 // Backend keeps locks as files in one directory. On this system it is not
 // supported: New returns an error.

@@ -1,0 +1,518 @@
+//go:build darwin || freebsd || openbsd || netbsd || dragonfly || windows || (linux && dlock_portable)
+
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/pace"
+)
+
+// The portable implementation: whole-file locks (flock on Unix, LockFileEx
+// on Windows), waits by polling, loss found on a timer, lock files deleted
+// by their last holder. See the package documentation.
+
+// Backend keeps locks as files in one directory. It implements
+// backend.Locker, backend.RWLocker and backend.Semaphore with their waits
+// (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); its
+// leases implement backend.Fencer. It is safe for concurrent use. Call Close
+// when done with it.
+type Backend struct {
+	dir    string
+	prefix string // dir + separator
+	cfg    config
+	trust  trust
+	fold   bool // file names for a case-insensitive file system (encodeFold)
+
+	stopc chan struct{} // closed by Close
+	wg    sync.WaitGroup
+
+	mu         sync.Mutex
+	closed     bool
+	leases     map[*Lease]struct{}
+	monitoring bool // the monitor goroutine runs
+}
+
+var (
+	_ backend.Locker[*Lease]          = (*Backend)(nil)
+	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
+	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
+	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
+	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
+	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
+	_ backend.Fencer                  = (*Lease)(nil)
+	_ backend.LossNotifier            = (*Lease)(nil)
+)
+
+// New returns a backend keeping its lock files in dir, which it creates
+// (mode 0700 unless WithDirMode) if needed. On Unix it refuses a dir that is
+// a symbolic link or not a directory, that is owned by another user,
+// group-writable (unless WithSharedGroup) or world-writable, that lives on
+// a network file system, or that another user could replace (see the
+// package documentation). On Windows it refuses a dir that is a symbolic
+// link or junction; see the package documentation for what is not checked
+// there.
+func New(dir string, opts ...Option) (*Backend, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.sharedGroup && !cfg.fileModeSet {
+		cfg.fileMode = 0o660
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		return nil, errors.New("fs: empty directory name")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
+	}
+	path, tr, err := prepareDir(abs, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := claimDir(path, true); err != nil {
+		return nil, err
+	}
+	tr.mode = uint32(cfg.fileMode.Perm())
+	b := &Backend{
+		dir:    path,
+		prefix: path + pathSep,
+		cfg:    cfg,
+		trust:  tr,
+		fold:   foldNames,
+		stopc:  make(chan struct{}),
+		leases: make(map[*Lease]struct{}),
+	}
+	if len(path) > 0 && path[len(path)-1:] == pathSep {
+		b.prefix = path
+	}
+	return b, nil
+}
+
+// Dir returns the absolute path of the lock directory (on Unix with every
+// symbolic link resolved).
+func (b *Backend) Dir() string { return b.dir }
+
+// Close stops the backend's background work and frees every lease still
+// held: each one's lock is dropped and its Lost channel closed (its Release
+// returns an error wrapping backend.ErrLockLost). Waits in progress return
+// ErrClosed, and so does every later call. Close is idempotent.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.stopc)
+	held := make([]*Lease, 0, len(b.leases))
+	for l := range b.leases {
+		held = append(held, l)
+	}
+	clear(b.leases)
+	b.mu.Unlock()
+	b.wg.Wait()
+	for _, l := range held {
+		l.drop()
+	}
+	return nil
+}
+
+func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
+
+// path is the path of the file of kind k for name (for kindSemSlot, the
+// prefix of its slot files).
+func (b *Backend) path(k kind, name string) string {
+	return b.prefix + fileNameFold(k, name, b.fold)
+}
+
+// begin checks the arguments common to every acquisition.
+func (b *Backend) begin(ctx context.Context, name string) error {
+	if name == "" {
+		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return backend.Permanent(ErrClosed)
+	}
+	return nil
+}
+
+// classify marks err backend.Permanent unless it may heal by itself (see
+// transient; a lock file that keeps being replaced) or is a wait's ctx
+// ending.
+func classify(err error) error {
+	if err == nil || errors.Is(err, backend.ErrNotAcquired) || errors.Is(err, errReplaced) {
+		return err
+	}
+	for _, t := range transient {
+		if errors.Is(err, t) {
+			return err
+		}
+	}
+	return backend.Permanent(err)
+}
+
+// The waiters' file of a lock (mw-, rg-, sw-) is how waiting works without a
+// queue: a waiter holds it shared while it waits (a writer, for an RW lock),
+// and a new attempt (a try, or a reader's attempt) first checks that nobody
+// holds it — so it does not jump ahead of waiters, and new readers stay out
+// while a writer waits. Waiters themselves poll the lock at jittered
+// intervals of a few milliseconds; whichever polls first after a release
+// takes the lock, so no waiter is preferred and none starves, but arrival
+// order is not kept.
+
+// enterCheck takes the waiters' file at path exclusively if nobody waits.
+// It returns busy if someone waits. Otherwise the caller holds g (when the
+// file exists, or create is set), which keeps others from joining the
+// waiters or passing the check until the caller is done (see leaveCheck).
+func (b *Backend) enterCheck(path string, create bool) (g pfile, busy bool, err error) {
+	g = newPFile(path, &b.trust)
+	err = briefly(path, func() (bool, error) {
+		ok, err := g.lock(true, create, b.mode())
+		if errors.Is(err, errNoFile) {
+			return true, nil // nobody waits
+		}
+		if err != nil || ok {
+			return ok, err
+		}
+		// Held: shared by waiters, or exclusively by someone passing the
+		// check for a moment.
+		if shared, err := lockHandle(g.h, false); err != nil || shared {
+			busy = shared
+			return shared, err
+		}
+		return false, nil
+	})
+	if err != nil || busy {
+		g.close()
+	}
+	return g, busy, err
+}
+
+// leaveCheck lets others pass: it deletes the waiters' file (held
+// exclusively: nobody waits) and closes it.
+func leaveCheck(g *pfile) {
+	if g.held {
+		g.remove()
+	}
+	g.close()
+}
+
+// othersWait reports whether anyone waits on the waiters' file at path.
+func (b *Backend) othersWait(path string) (bool, error) {
+	g, busy, err := b.enterCheck(path, false)
+	if err != nil || busy {
+		return busy, err
+	}
+	leaveCheck(&g)
+	return false, nil
+}
+
+// join makes the caller a waiter: it holds the waiters' file at path
+// shared until leave.
+func (b *Backend) join(ctx context.Context, path string) (pfile, error) {
+	g := newPFile(path, &b.trust)
+	pause := 50 * time.Microsecond
+	for {
+		ok, err := g.lock(false, true, b.mode())
+		if err != nil || ok {
+			if err != nil {
+				g.close()
+			}
+			return g, err
+		}
+		// Someone passes the check exclusively for a moment.
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done():
+			g.close()
+			return g, fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
+		case <-b.stopc:
+			g.close()
+			return g, ErrClosed
+		}
+		pause = min(2*pause, time.Millisecond)
+	}
+}
+
+// leave ends a wait: the last waiter to leave deletes the waiters' file.
+func leave(g *pfile) {
+	if !g.isOpen() {
+		return
+	}
+	g.unlock()
+	if ok, err := g.lock(true, false, 0); ok && err == nil {
+		g.remove()
+	}
+	g.close()
+}
+
+// pollPause bounds the pauses between a waiter's attempts: from pollMin,
+// doubling (jittered) up to pollMax, never beyond the wait fallback.
+const (
+	pollMin = time.Millisecond
+	pollMax = 4 * time.Millisecond
+)
+
+// wait runs try until it succeeds, fails, or ctx ends: first once, then as
+// a waiter (holding the waiters' file at waiters shared) every few
+// milliseconds; poll is the attempt a waiter makes (it does not check the
+// waiters' file).
+func (b *Backend) wait(ctx context.Context, waiters string, try, poll func() (bool, error)) error {
+	ok, err := try()
+	if ok || err != nil {
+		return err
+	}
+	var g pfile
+	if waiters != "" {
+		g, err = b.join(ctx, waiters)
+		if err != nil {
+			return err
+		}
+		defer leave(&g)
+	}
+	// A waiter pauses before its first poll too: one that joins just after
+	// its own release must not take the lock back ahead of those waiting.
+	pauses := pace.New(pollMin, min(pollMax, b.cfg.waitFallback))
+	t := time.NewTimer(pauses.Next())
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
+		case <-b.stopc:
+			return ErrClosed
+		}
+		ok, err := poll()
+		if ok || err != nil {
+			return err
+		}
+		t.Reset(pauses.Next())
+	}
+}
+
+// TryLock makes one attempt to take the mutex name: an exclusive lock of
+// its lock file. It never waits, and it fails while anyone waits for name
+// in Lock.
+func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, false, err
+	}
+	f := newPFile(b.path(kindMutex, name), &b.trust)
+	ok, err := b.tryMutex(&f, b.path(kindMutexWait, name), true)
+	if err != nil || !ok {
+		f.close()
+		return nil, false, classify(err)
+	}
+	l, err := b.newLease(whatMutex, name, &f, nil)
+	return l, err == nil, err
+}
+
+// tryMutex makes one attempt at the mutex file f (exclusive), after
+// checking the waiters' file if check is set.
+func (b *Backend) tryMutex(f *pfile, waiters string, check bool) (bool, error) {
+	if check {
+		if busy, err := b.othersWait(waiters); busy || err != nil {
+			return false, err
+		}
+	}
+	return f.lock(true, true, b.mode())
+}
+
+// Lock waits until it takes the mutex name or ctx is done. It polls (see
+// the package documentation): no waiter is preferred, none starves, and
+// arrival order is not kept.
+func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, err
+	}
+	f := newPFile(b.path(kindMutex, name), &b.trust)
+	waiters := b.path(kindMutexWait, name)
+	err := b.wait(ctx, waiters,
+		func() (bool, error) { return b.tryMutex(&f, waiters, true) },
+		func() (bool, error) { return b.tryMutex(&f, waiters, false) })
+	if err != nil {
+		f.close()
+		return nil, classify(err)
+	}
+	return b.newLease(whatMutex, name, &f, nil)
+}
+
+// TryRLock makes one attempt to take name for reading: a shared lock of
+// its lock file. It fails while a writer holds name or waits for it.
+func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, false, err
+	}
+	l, err := b.tryRead(name)
+	if err != nil || l == nil {
+		return nil, false, classify(err)
+	}
+	return l, true, nil
+}
+
+// tryRead is one reader's attempt: nobody may wait to write (the writers'
+// gate rg-NAME is free; with fencing, it is held exclusively to bump the
+// counter while other readers may be bumping too), then a shared lock of
+// the lock file.
+func (b *Backend) tryRead(name string) (*Lease, error) {
+	g, busy, err := b.enterCheck(b.path(kindRWGate, name), b.cfg.fencing)
+	if err != nil || busy {
+		return nil, err
+	}
+	defer leaveCheck(&g)
+	f := newPFile(b.path(kindRW, name), &b.trust)
+	ok, err := f.lock(false, true, b.mode())
+	if err != nil || !ok {
+		f.close()
+		return nil, err
+	}
+	return b.newLease(whatRead, name, &f, nil)
+}
+
+// RLock waits until it takes name for reading or ctx is done. It waits
+// while a writer holds name or waits for it.
+func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, err
+	}
+	var l *Lease
+	try := func() (bool, error) {
+		var err error
+		l, err = b.tryRead(name)
+		return l != nil, err
+	}
+	if err := b.wait(ctx, "", try, try); err != nil {
+		return nil, classify(err)
+	}
+	return l, nil
+}
+
+// TryWLock makes one attempt to take name for writing: an exclusive lock
+// of its lock file. It fails while anyone holds name or a writer waits for
+// it.
+func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, false, err
+	}
+	f := newPFile(b.path(kindRW, name), &b.trust)
+	ok, err := b.tryMutex(&f, b.path(kindRWGate, name), true)
+	if err != nil || !ok {
+		f.close()
+		return nil, false, classify(err)
+	}
+	l, err := b.newLease(whatWrite, name, &f, nil)
+	return l, err == nil, err
+}
+
+// WLock waits until it takes name for writing or ctx is done. While it
+// waits, new readers wait too.
+func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
+	if err := b.begin(ctx, name); err != nil {
+		return nil, err
+	}
+	f := newPFile(b.path(kindRW, name), &b.trust)
+	gate := b.path(kindRWGate, name)
+	err := b.wait(ctx, gate,
+		func() (bool, error) { return b.tryMutex(&f, gate, true) },
+		func() (bool, error) { return b.tryMutex(&f, gate, false) })
+	if err != nil {
+		f.close()
+		return nil, classify(err)
+	}
+	return b.newLease(whatWrite, name, &f, nil)
+}
+
+func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
+	if err := b.begin(ctx, name); err != nil {
+		return err
+	}
+	if limit < 1 {
+		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
+	}
+	return nil
+}
+
+// trySlots attempts slots 0..limit-1 of a semaphore in order (after
+// checking the waiters' file if check is set) and returns the slot taken,
+// or nil.
+func (b *Backend) trySlots(name string, limit int, check bool) (*pfile, error) {
+	if check {
+		if busy, err := b.othersWait(b.path(kindSemWait, name)); busy || err != nil {
+			return nil, err
+		}
+	}
+	prefix := b.path(kindSemSlot, name)
+	for i := range limit {
+		f := newPFile(slotName(prefix, i), &b.trust)
+		ok, err := f.lock(true, true, b.mode())
+		if err != nil || ok {
+			if err != nil {
+				f.close()
+				return nil, err
+			}
+			return &f, nil
+		}
+		f.close()
+	}
+	return nil, nil
+}
+
+// TryAcquire makes one attempt to take one of the limit tickets of the
+// semaphore name: an exclusive lock of the first free slot file among slots
+// 0..limit-1. It fails while anyone waits for a ticket in Acquire.
+func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Lease, bool, error) {
+	if err := b.semBegin(ctx, name, limit); err != nil {
+		return nil, false, err
+	}
+	f, err := b.trySlots(name, limit, true)
+	if err != nil || f == nil {
+		return nil, false, classify(err)
+	}
+	l, err := b.newLease(whatSem, name, f, b.semCounter(name))
+	return l, err == nil, err
+}
+
+func (b *Backend) semCounter(name string) *pfile {
+	c := newPFile(b.path(kindSemCounter, name), &b.trust)
+	return &c
+}
+
+// Acquire waits until it takes a ticket of the semaphore name or ctx is
+// done. It polls, as Lock does.
+func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, error) {
+	if err := b.semBegin(ctx, name, limit); err != nil {
+		return nil, err
+	}
+	var f *pfile
+	attempt := func(check bool) func() (bool, error) {
+		return func() (bool, error) {
+			var err error
+			f, err = b.trySlots(name, limit, check)
+			return f != nil, err
+		}
+	}
+	if err := b.wait(ctx, b.path(kindSemWait, name), attempt(true), attempt(false)); err != nil {
+		return nil, classify(err)
+	}
+	return b.newLease(whatSem, name, f, b.semCounter(name))
+}

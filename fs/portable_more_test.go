@@ -1,0 +1,351 @@
+//go:build darwin || freebsd || openbsd || netbsd || dragonfly || windows || (linux && dlock_portable)
+
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/backend"
+)
+
+func newPortable(t *testing.T, dir string, opts ...Option) *Backend {
+	t.Helper()
+	b, err := New(dir, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// lockFiles lists the directory's files other than the marker.
+func lockFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".dlock-fs-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// must returns a function that returns the lease of a successful try and
+// fails the test otherwise.
+func must(t *testing.T) func(l *Lease, ok bool, err error) *Lease {
+	t.Helper()
+	return func(l *Lease, ok bool, err error) *Lease {
+		t.Helper()
+		if err != nil || !ok {
+			t.Fatalf("not acquired: ok %v, err %v", ok, err)
+		}
+		return l
+	}
+}
+
+func mustRelease(t *testing.T, l *Lease) {
+	t.Helper()
+	if err := l.Release(context.Background()); err != nil {
+		t.Fatalf("release %s: %v", l.Path(), err)
+	}
+}
+
+// Lock files go with their last holder: many names of every kind locked
+// and released leave no file behind, and while some are held exactly their
+// files remain.
+func TestLockFilesDeleted(t *testing.T) {
+	dir := t.TempDir()
+	b := newPortable(t, dir)
+	ctx := context.Background()
+	const names = 500
+	for i := range names {
+		n := fmt.Sprintf("job-%d", i)
+		mustRelease(t, must(t)(b.TryLock(ctx, n)))
+		r1 := must(t)(b.TryRLock(ctx, n))
+		r2 := must(t)(b.TryRLock(ctx, n))
+		mustRelease(t, r1)
+		mustRelease(t, r2)
+		mustRelease(t, must(t)(b.TryWLock(ctx, n)))
+		s1 := must(t)(b.TryAcquire(ctx, n, 3))
+		s2 := must(t)(b.TryAcquire(ctx, n, 3))
+		mustRelease(t, s2)
+		mustRelease(t, s1)
+	}
+	if left := lockFiles(t, dir); len(left) != 0 {
+		t.Fatalf("%d files left after %d names of each kind were released, e.g. %q", len(left), names, left[:min(5, len(left))])
+	}
+	m := must(t)(b.TryLock(ctx, "held"))
+	r := must(t)(b.TryRLock(ctx, "held"))
+	s := must(t)(b.TryAcquire(ctx, "held", 2))
+	got := lockFiles(t, dir)
+	want := []string{"m-held", "r-held", "s-held+0"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("files while held: %q, want %q", got, want)
+	}
+	// A waiter leaves nothing behind either.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	if _, err := b.Lock(wctx, "held"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock of a held mutex: %v, want the ctx's deadline", err)
+	}
+	cancel()
+	for _, l := range []*Lease{m, r, s} {
+		mustRelease(t, l)
+	}
+	if left := lockFiles(t, dir); len(left) != 0 {
+		t.Fatalf("files left: %q", left)
+	}
+}
+
+// Tokens strictly increase across the deletion and re-creation of the
+// lock file, for every kind.
+func TestTokensIncreaseAcrossDeletion(t *testing.T) {
+	dir := t.TempDir()
+	b := newPortable(t, dir)
+	ctx := context.Background()
+	kinds := map[string]func() (*Lease, bool, error){
+		"mutex": func() (*Lease, bool, error) { return b.TryLock(ctx, "n") },
+		"read":  func() (*Lease, bool, error) { return b.TryRLock(ctx, "n") },
+		"write": func() (*Lease, bool, error) { return b.TryWLock(ctx, "n") },
+		"sem":   func() (*Lease, bool, error) { return b.TryAcquire(ctx, "n", 2) },
+	}
+	for k, try := range kinds {
+		var last uint64
+		for i := range 300 {
+			l := must(t)(try())
+			if l.Token() <= last {
+				t.Fatalf("%s, acquisition %d: token %d after %d", k, i, l.Token(), last)
+			}
+			last = l.Token()
+			mustRelease(t, l)
+		}
+	}
+	// Readers and writers of one name draw from one counter.
+	var last uint64
+	for i := range 100 {
+		var l *Lease
+		if i%2 == 0 {
+			l = must(t)(b.TryRLock(ctx, "rw"))
+		} else {
+			l = must(t)(b.TryWLock(ctx, "rw"))
+		}
+		if l.Token() <= last {
+			t.Fatalf("rw acquisition %d: token %d after %d", i, l.Token(), last)
+		}
+		last = l.Token()
+		mustRelease(t, l)
+	}
+}
+
+// With the Windows mapping of names (here on any system), names that
+// differ only by case are still different locks.
+func TestFoldedNames(t *testing.T) {
+	b := newPortable(t, t.TempDir())
+	b.fold = true
+	ctx := context.Background()
+	a := must(t)(b.TryLock(ctx, "Job"))
+	c := must(t)(b.TryLock(ctx, "job"))
+	d := must(t)(b.TryLock(ctx, "CON"))
+	if _, ok, err := b.TryLock(ctx, "Job"); ok || err != nil {
+		t.Fatalf("second TryLock of Job: ok %v, err %v", ok, err)
+	}
+	if strings.EqualFold(filepath.Base(a.Path()), filepath.Base(c.Path())) {
+		t.Fatalf("files %s and %s differ only by case", a.Path(), c.Path())
+	}
+	for _, l := range []*Lease{a, c, d} {
+		mustRelease(t, l)
+	}
+}
+
+// A symbolic link or a hard link planted at a lock file's name is refused,
+// as a permanent error, and nothing is written through it.
+func TestPlantedLinksRefused(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("symbolic links need a privilege on Windows")
+	}
+	dir := t.TempDir()
+	b := newPortable(t, dir)
+	ctx := context.Background()
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dir, "m-sym")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(victim, filepath.Join(dir, "m-hard")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"sym", "hard"} {
+		_, ok, err := b.TryLock(ctx, n)
+		if ok || err == nil || !backend.IsPermanent(err) {
+			t.Errorf("TryLock %s: ok %v, err %v; want a permanent error", n, ok, err)
+		}
+	}
+	if data, _ := os.ReadFile(victim); string(data) != "keep" {
+		t.Errorf("victim file changed: %q", data)
+	}
+}
+
+// Goroutines of four Backends lock, release (deleting lock files) and
+// lock again a few names of every kind under the race detector: never two
+// holders, never a writer beside a reader, never more tickets than the
+// limit, never a token that does not increase.
+func TestDeletionStress(t *testing.T) {
+	dir := t.TempDir()
+	var bs []*Backend
+	for range 4 {
+		bs = append(bs, newPortable(t, dir))
+	}
+	run := 2 * time.Second
+	if testing.Short() {
+		run = 300 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), run)
+	defer cancel()
+	type state struct {
+		mu                     sync.Mutex
+		holders, readers, sems int
+		last                   uint64
+		seen                   map[uint64]bool
+	}
+	var mutexes, rws, sems [3]state
+	for i := range sems {
+		sems[i].seen = make(map[uint64]bool)
+	}
+	var bad atomic.Value
+	var ops atomic.Int64
+	check := func(ok bool, msg string, args ...any) {
+		if !ok {
+			bad.Store(fmt.Sprintf(msg, args...))
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 16 {
+		b := bs[g%len(bs)]
+		wg.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				n := i % 3
+				name := fmt.Sprint("n", n)
+				wctx, wcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+				var l *Lease
+				var err error
+				switch (g + i) % 4 {
+				case 0:
+					if l, err = b.Lock(wctx, name); err == nil {
+						s := &mutexes[n]
+						s.mu.Lock()
+						s.holders++
+						check(s.holders == 1, "two mutex holders of %s", name)
+						check(l.Token() > s.last, "mutex token %d after %d", l.Token(), s.last)
+						s.last = l.Token()
+						s.mu.Unlock()
+						runtime.Gosched()
+						s.mu.Lock()
+						s.holders--
+						s.mu.Unlock()
+					}
+				case 1:
+					if l, err = b.WLock(wctx, name); err == nil {
+						s := &rws[n]
+						s.mu.Lock()
+						s.holders++
+						check(s.holders == 1 && s.readers == 0, "writer of %s not alone", name)
+						check(l.Token() > s.last, "writer token %d after %d", l.Token(), s.last)
+						s.last = l.Token()
+						s.mu.Unlock()
+						runtime.Gosched()
+						s.mu.Lock()
+						s.holders--
+						s.mu.Unlock()
+					}
+				case 2:
+					if l, err = b.RLock(wctx, name); err == nil {
+						s := &rws[n]
+						s.mu.Lock()
+						s.readers++
+						check(s.holders == 0, "reader of %s beside a writer", name)
+						check(l.Token() > s.last, "reader token %d after the last writer's %d", l.Token(), s.last)
+						s.mu.Unlock()
+						runtime.Gosched()
+						s.mu.Lock()
+						s.readers--
+						s.mu.Unlock()
+					}
+				case 3:
+					if l, err = b.Acquire(wctx, name, 2); err == nil {
+						s := &sems[n]
+						s.mu.Lock()
+						s.sems++
+						check(s.sems <= 2, "%d tickets of %s with limit 2", s.sems, name)
+						// Two holders at once record their tokens in
+						// either order: check only that none repeats.
+						check(!s.seen[l.Token()], "semaphore token %d given twice", l.Token())
+						s.seen[l.Token()] = true
+						s.mu.Unlock()
+						runtime.Gosched()
+						s.mu.Lock()
+						s.sems--
+						s.mu.Unlock()
+					}
+				}
+				wcancel()
+				if err != nil {
+					if !errors.Is(err, backend.ErrNotAcquired) {
+						check(false, "acquire %s: %v", name, err)
+					}
+					continue
+				}
+				if err := l.Release(context.Background()); err != nil {
+					check(false, "release %s: %v", name, err)
+				}
+				ops.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatal(v)
+	}
+	t.Logf("%d acquisitions in %v", ops.Load(), run)
+	if ops.Load() < 100 {
+		t.Fatalf("only %d acquisitions", ops.Load())
+	}
+	if left := lockFiles(t, dir); len(left) != 0 {
+		t.Fatalf("files left: %q", left)
+	}
+}
+
+// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file is
+// created and deleted each time):
+//
+//	go test -tags dlock_portable -run '^$' -bench PortableDo ./fs
+func BenchmarkPortableDo(b *testing.B) {
+	dir := b.TempDir()
+	be, err := New(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	mu := dlock.NewMutex(be)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := mu.Do(ctx, "bench", func(context.Context) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
