@@ -219,9 +219,8 @@ func (l *Lease) releaseDeleting() {
 // goroutine, once Lost is closed, unless stop is called first.
 func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	l.mu.Lock()
-	ctx := l.loss.Context(l.state != leaseHeld)
-	l.mu.Unlock()
-	return context.AfterFunc(ctx, f)
+	defer l.mu.Unlock()
+	return l.loss.Add(f, l.state != leaseHeld, &l.mu)
 }
 
 func (l *Lease) closeLostLocked() {
