@@ -217,6 +217,11 @@ func (c *core) decide(ctx context.Context, l *Lease, t0 time.Time, rs []reply, v
 	}
 	late := false
 	if v.got >= c.quorum {
+		// WithReplicas: held only once replicas have it (replicas.go).
+		if err := c.confirmReplicas(ctx, l, rs); err != nil {
+			c.cleanup(ctx, l)
+			return attempt{}, err
+		}
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {

@@ -1,0 +1,303 @@
+//go:build unix
+
+package valkey
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/testserver"
+)
+
+// The failover tests run against a private Sentinel group (one primary,
+// two replicas, three sentinels that fail over 500ms after the primary
+// stops answering), so that they may kill its primary; the shared group
+// of .ci/servers serves the other tests.
+
+const (
+	failoverLease = 6 * time.Second // longer than a failover: holders ride it out
+	failoverDrift = 300 * time.Millisecond
+)
+
+func failoverClient(t testing.TB, g *testserver.Sentinel) valkeygo.Client {
+	t.Helper()
+	c, err := valkeygo.NewClient(valkeygo.ClientOption{
+		InitAddress:  g.Sentinels,
+		Sentinel:     valkeygo.SentinelOption{MasterSet: testserver.SentinelMaster},
+		DisableCache: true,
+	})
+	if err != nil {
+		t.Fatalf("connecting to the sentinels %v: %v", g.Sentinels, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// grants watches the holders of a few locks, as an outside observer that
+// knows what every holder was told: a grant while the lock's previous
+// holder still holds it and was not told of a loss (its Lost not closed)
+// is a double grant.
+type grants struct {
+	mu      sync.Mutex
+	holder  map[string]*Lease
+	total   int
+	doubles int
+	t       testing.TB
+}
+
+func (g *grants) grant(name string, l *Lease) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.total++
+	if old := g.holder[name]; old != nil {
+		select {
+		case <-old.Lost():
+		default:
+			g.doubles++
+			g.t.Logf("double grant of %q: fencing token %d granted while %d still held it, untold", name, l.Token(), old.Token())
+		}
+	}
+	g.holder[name] = l
+}
+
+// counts returns the grants and the double grants so far.
+func (g *grants) counts() (total, doubles int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.total, g.doubles
+}
+
+// end is called by a holder before it releases (or after it learned of
+// its loss): from then on it no longer holds the lock.
+func (g *grants) end(name string, l *Lease) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.holder[name] == l {
+		delete(g.holder, name)
+	}
+}
+
+// failoverRun has holders and waiters of three locks work on g's group
+// over backends made with opts, through rounds failovers, each made by
+// killing the primary (SIGKILL) while its replicas are frozen and behind
+// (see lagReplicas), and returns the grants seen.
+func failoverRun(t *testing.T, g *testserver.Sentinel, rounds int, opts ...Option) *grants {
+	space := t.Name()
+	opts = append([]Option{WithKeyPrefix(testPrefix(space)), WithLease(failoverLease), WithDriftAllowance(failoverDrift)}, opts...)
+	// Locks that are often free (a holder pauses before it asks again), so
+	// that some are taken while the replicas lag.
+	names := []string{"a", "b", "c", "d", "e", "f"}
+	const perName = 2
+	seen := &grants{holder: map[string]*Lease{}, t: t}
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	errCount := map[string]int{}
+	for _, name := range names {
+		for range perName {
+			b, err := New(failoverClient(t, g), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				defer b.Close()
+				for ctx.Err() == nil {
+					if !sleepCtx(ctx, time.Duration(rand.IntN(600))*time.Millisecond) {
+						return
+					}
+					wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+					l, err := b.Lock(wctx, name)
+					cancel()
+					if err != nil {
+						if ctx.Err() == nil {
+							errMu.Lock()
+							errCount[shortErr(err)]++
+							errMu.Unlock()
+							time.Sleep(20 * time.Millisecond)
+						}
+						continue
+					}
+					seen.grant(name, l)
+					hold := time.NewTimer(time.Duration(1000+rand.IntN(4000)) * time.Millisecond)
+					select {
+					case <-hold.C:
+					case <-l.Lost():
+					case <-ctx.Done():
+					}
+					hold.Stop()
+					seen.end(name, l)
+					rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					_ = l.Release(rctx)
+					cancel()
+				}
+			})
+		}
+	}
+	defer func() {
+		stop()
+		wg.Wait()
+		errMu.Lock()
+		defer errMu.Unlock()
+		t.Logf("errors seen by waiters: %v", errCount)
+	}()
+	for i := range rounds {
+		time.Sleep(3 * time.Second) // let locks be taken and waited for (and queue places of waiters that the last failover cut off expire)
+		primary := g.Primary(t)
+		replicas := g.Replicas(primary)
+		lagReplicas(t, g, primary, replicas)
+		time.Sleep(800 * time.Millisecond) // acquisitions and extensions the replicas will never see
+		t0 := time.Now()
+		now, took := g.Failover(t, 30*time.Second, func() {
+			for _, r := range replicas {
+				g.Signal(t, r, syscall.SIGCONT)
+			}
+		})
+		total, doubles := seen.counts()
+		t.Logf("failover %d: %s -> %s, promoted %v after the kill, whole again after %v; %d grants, %d double so far",
+			i+1, primary, now, took.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), total, doubles)
+	}
+	time.Sleep(1500 * time.Millisecond) // holders and waiters on the last primary
+	return seen
+}
+
+// shortErr is err's message without the parts that vary (addresses,
+// tokens), to count kinds of errors.
+func shortErr(err error) string {
+	s := err.Error()
+	if strings.Contains(s, "@user_script") {
+		return s
+	}
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i < 80 {
+		return s[i+2:]
+	}
+	if len(s) > 80 {
+		return s[:80]
+	}
+	return s
+}
+
+// lagReplicas freezes the replicas (SIGSTOP) and writes junk to the
+// primary until what it has to send them no longer fits in the kernel's
+// socket buffers (its output buffer for each replica holds at least 1MB):
+// from then on, nothing the primary writes reaches a replica before the
+// primary dies, as in a failover where the replicas were behind.
+func lagReplicas(t testing.TB, g *testserver.Sentinel, primary string, replicas []string) {
+	t.Helper()
+	for _, r := range replicas {
+		g.Signal(t, r, syscall.SIGSTOP)
+	}
+	c := testClient(t, primary)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	junk := strings.Repeat("x", 1<<20)
+	list := ""
+	for i := range 200 {
+		k := "dlocktest:failover:junk:" + strconv.Itoa(i)
+		if err := c.Do(ctx, c.B().Set().Key(k).Value(junk).Px(20 * time.Second).Build()).Error(); err != nil {
+			t.Fatalf("writing junk to the primary: %v", err)
+		}
+		var err error
+		list, err = c.Do(ctx, c.B().ClientList().TypeReplica().Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if minOmem(list) >= 1<<20 && strings.Count(list, "\n") >= len(replicas)-1 {
+			return
+		}
+	}
+	info, _ := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
+	t.Fatalf("the replicas' output buffers stay empty after 200MB of junk:\n%s\n%s", list, info)
+}
+
+// minOmem is the smallest omem field of CLIENT LIST's lines (0 if none).
+func minOmem(list string) int {
+	least := -1
+	for line := range strings.SplitSeq(strings.TrimSpace(list), "\n") {
+		for f := range strings.FieldsSeq(line) {
+			if v, ok := strings.CutPrefix(f, "omem="); ok {
+				n, _ := strconv.Atoi(v)
+				if least < 0 || n < least {
+					least = n
+				}
+			}
+		}
+	}
+	return max(least, 0)
+}
+
+// Failovers while holders hold and waiters wait, with WithReplicas on
+// every replica: no second holder is ever granted a lock that an earlier
+// holder still holds untold. Without the option, the double grants that
+// happen are counted and logged (they may; see the package
+// documentation), not failed.
+func TestFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("failover test: some 40s")
+	}
+	g := testserver.StartSentinel(t, 2, 500*time.Millisecond)
+	const rounds = 3
+	t.Run("WithReplicas", func(t *testing.T) {
+		s := failoverRun(t, g, rounds, WithReplicas(2, 250*time.Millisecond))
+		t.Logf("WithReplicas(2): %d double grants in %d grants over %d failovers", s.doubles, s.total, rounds)
+		if s.doubles > 0 {
+			t.Errorf("%d double grants with WithReplicas(2) over %d failovers", s.doubles, rounds)
+		}
+		if s.total < rounds*3 {
+			t.Errorf("only %d grants over %d failovers: the locks did not keep working", s.total, rounds)
+		}
+	})
+	t.Run("Without", func(t *testing.T) {
+		s := failoverRun(t, g, rounds)
+		t.Logf("without WithReplicas: %d double grants in %d grants over %d failovers", s.doubles, s.total, rounds)
+		if s.total < rounds*3 {
+			t.Errorf("only %d grants over %d failovers: the locks did not keep working", s.total, rounds)
+		}
+	})
+}
+
+// An extension that the replicas do not confirm does not count: the lease
+// is lost at its validity deadline, while the primary still has its key.
+func TestReplicasExtensionUnconfirmed(t *testing.T) {
+	g := testserver.StartSentinel(t, 1, 5*time.Second)
+	b, err := New(failoverClient(t, g), WithKeyPrefix(testPrefix(t.Name())), WithLease(900*time.Millisecond),
+		WithReplicas(1, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := testCtx(t)
+	l, ok, err := b.TryLock(ctx, "x")
+	if err != nil || !ok {
+		t.Fatalf("TryLock with the replica up: %v, %v", ok, err)
+	}
+	replica := g.Replicas(g.Primary(t))[0]
+	g.Signal(t, replica, syscall.SIGSTOP)
+	defer g.Signal(t, replica, syscall.SIGCONT)
+	t0 := time.Now()
+	select {
+	case <-l.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease was not lost 10s after its replica stopped confirming")
+	}
+	if d := time.Since(t0); d > 4*time.Second {
+		t.Errorf("lost %v after the replica stopped; the lease is 900ms", d)
+	}
+	// The primary extended it (unconfirmed): the key is still there.
+	c := testClient(t, g.Primary(t))
+	if n, err := c.Do(ctx, c.B().Exists().Key(l.held).Build()).AsInt64(); err != nil || n != 1 {
+		t.Errorf("the key on the primary: exists %d, %v (want 1: the extension reached the primary, not the replica)", n, err)
+	}
+	if err := l.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
+		t.Errorf("Release of the lost lease: %v, want ErrLockLost", err)
+	}
+}
