@@ -27,11 +27,16 @@ import (
 // never believes in a lease that the replicas do not have.
 //
 // It protects against a failover after an acquisition (or extension)
-// returned: a replica promoted then has the key (if it is one of the n
-// that confirmed), so nobody else is granted the lock. It does not protect
-// against what the package documentation lists under Replicas and
-// failover (a replica that confirmed but is not the one promoted when n is
-// below the number of replicas; split brain before the sentinels agree).
+// returned: a replica that confirmed has the key and its expiry, so if it
+// is promoted nobody else is granted the lock before the holder's
+// deadline. It does not protect against (see the package documentation,
+// Replicas and failover): asynchronous replication during the WAIT window
+// (the write is not synchronous; only the claim that the lock is held
+// waits for it), a replica that confirmed not being the one promoted when
+// n is below the number of replicas (use n = all replicas for the
+// guarantee), split brain before the sentinels agree (a primary cut off
+// from them keeps granting until demoted), and replicas that lose what
+// they confirmed (restarted without persistence).
 // On a RedLock it applies per node: each node that granted the lock must
 // have n of its own replicas confirm, and a majority of nodes must.
 func WithReplicas(n int, timeout time.Duration) Option {

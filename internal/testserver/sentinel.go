@@ -56,7 +56,11 @@ func (p *proc) kill() {
 
 // StartSentinel starts a group of one primary, replicas replicas and three
 // sentinels with down-after-milliseconds downAfter, and waits until the
-// sentinels see the primary, its replicas and each other. It skips t (fails
+// sentinels see the primary, its replicas and each other. Keep downAfter
+// above 1s: a sentinel pings every min(downAfter, 1s), and its first ping
+// to a newly promoted primary goes out when downAfter has passed, so with
+// downAfter at or below 1s the sentinels may find the new primary down at
+// once and fail it over too. It skips t (fails
 // it under DLOCK_REQUIRE_SERVERS=1) when redis-server or redis-sentinel is
 // not on PATH.
 func StartSentinel(t testing.TB, replicas int, downAfter time.Duration) *Sentinel {
@@ -71,6 +75,15 @@ func StartSentinel(t testing.TB, replicas int, downAfter time.Duration) *Sentine
 	}
 	g := &Sentinel{t: t, rbin: rbin, sbin: sbin, dir: t.TempDir(), DownAfter: downAfter, servers: map[string]*proc{}}
 	t.Cleanup(g.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(g.dir, "sentinel0.log"))
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("the first sentinel's log (end):\n%s", b)
+		}
+	})
 	primary := g.startRedis(t, "", "")
 	for range replicas {
 		g.startRedis(t, "", primary)
@@ -262,6 +275,65 @@ func (g *Sentinel) Signal(t testing.TB, addr string, sig syscall.Signal) {
 	}
 }
 
+// LagReplicas makes the replicas of primary fall behind it: it freezes
+// them (SIGSTOP) and writes junk to the primary (1MB values under
+// "dlocktest:lag:*", expiring after 20s) until what the primary has to
+// send each replica no longer fits in the kernel's socket buffers (its
+// output buffer for each holds at least 1MB): from then on, nothing the
+// primary writes reaches a replica before resume (SIGCONT) is called, and
+// nothing at all if the primary dies first — as in a failover where the
+// replicas were behind.
+func (g *Sentinel) LagReplicas(t testing.TB, primary string) (resume func()) {
+	t.Helper()
+	replicas := g.Replicas(primary)
+	for _, r := range replicas {
+		g.Signal(t, r, syscall.SIGSTOP)
+	}
+	resume = func() {
+		for _, r := range replicas {
+			if p := g.servers[r]; p != nil && p.cmd != nil {
+				_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			}
+		}
+	}
+	junk := strings.Repeat("x", 1<<20)
+	list := ""
+	for i := range 200 {
+		if _, err := command(primary, "SET", "dlocktest:lag:"+strconv.Itoa(i), junk, "PX", "20000"); err != nil {
+			resume()
+			t.Fatalf("writing junk to the primary %s: %v", primary, err)
+		}
+		r, err := command(primary, "CLIENT", "LIST", "TYPE", "replica")
+		if err != nil || len(r) != 1 {
+			resume()
+			t.Fatalf("CLIENT LIST on the primary %s: %v", primary, err)
+		}
+		list = r[0]
+		if n := strings.Count(strings.TrimSpace(list), "\n") + 1; n >= len(replicas) && minOmem(list) >= 1<<20 {
+			return resume
+		}
+	}
+	resume()
+	t.Fatalf("the replicas' output buffers on %s stay empty after 200MB of junk:\n%s", primary, list)
+	return nil
+}
+
+// minOmem is the smallest omem field of CLIENT LIST's lines (0 if none).
+func minOmem(list string) int {
+	least := -1
+	for line := range strings.SplitSeq(strings.TrimSpace(list), "\n") {
+		for f := range strings.FieldsSeq(line) {
+			if v, ok := strings.CutPrefix(f, "omem="); ok {
+				n, _ := strconv.Atoi(v)
+				if least < 0 || n < least {
+					least = n
+				}
+			}
+		}
+	}
+	return max(least, 0)
+}
+
 // Failover kills the primary (SIGKILL), waits until the sentinels promote
 // a replica, starts the old primary again, empty, as a replica of the new
 // one, and waits until the group is whole again (replicas the number of
@@ -318,8 +390,7 @@ func (g *Sentinel) majorityPrimary() (string, bool) {
 }
 
 // command sends one command in RESP2 to addr and returns its reply
-// flattened to strings (an array of arrays: records separated by a "\x00"
-// element; see splitRecords).
+// flattened to strings.
 func command(addr string, args ...string) ([]string, error) {
 	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
@@ -337,13 +408,13 @@ func command(addr string, args ...string) ([]string, error) {
 	}
 	r := bufio.NewReader(c)
 	var out []string
-	if err := readReply(r, &out, 0); err != nil {
+	if err := readReply(r, &out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func readReply(r *bufio.Reader, out *[]string, depth int) error {
+func readReply(r *bufio.Reader, out *[]string) error {
 	line, err := r.ReadString('\n')
 	if err != nil {
 		return err
@@ -371,12 +442,9 @@ func readReply(r *bufio.Reader, out *[]string, depth int) error {
 	case '*':
 		n, _ := strconv.Atoi(line[1:])
 		for range n {
-			if err := readReply(r, out, depth+1); err != nil {
+			if err := readReply(r, out); err != nil {
 				return err
 			}
-		}
-		if depth == 1 {
-			*out = append(*out, "\x00")
 		}
 	default:
 		return fmt.Errorf("unexpected reply %q", line)
@@ -391,19 +459,4 @@ func pairs(kv []string) map[string]string {
 		m[kv[i]] = kv[i+1]
 	}
 	return m
-}
-
-// splitRecords splits a flattened array of arrays into its records.
-func splitRecords(flat []string) [][]string {
-	var out [][]string
-	var cur []string
-	for _, s := range flat {
-		if s == "\x00" {
-			out = append(out, cur)
-			cur = nil
-			continue
-		}
-		cur = append(cur, s)
-	}
-	return out
 }
