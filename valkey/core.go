@@ -51,6 +51,7 @@ type core struct {
 	fair   string
 	closed atomic.Bool
 	once   sync.Once
+	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
@@ -69,6 +70,7 @@ func (c *core) close() {
 	c.once.Do(func() {
 		c.closed.Store(true)
 		c.ext.close()
+		c.repl.close()
 		for _, n := range c.nodes {
 			n.notif.close()
 		}

@@ -16,8 +16,9 @@ import (
 // replicas of the primary have it (WAIT n timeout, on the connection that
 // wrote it) before it counts: a lock is held only once n replicas have its
 // key, and a lease's validity is only pushed forward by an extension that n
-// replicas have. n must be at least 1 and timeout at least 1ms and below
-// the lease minus the drift allowance.
+// replicas have. n must be at least 1, and timeout at least 1ms and at
+// most half of lease - drift allowance - extension period (with the
+// default lease of 30s: 9.8s).
 //
 // When fewer than n replicas confirm within timeout, an acquisition fails
 // (what it took is released; the error says how many replicas confirmed
@@ -54,10 +55,18 @@ func WithReplicas(n int, timeout time.Duration) Option {
 }
 
 // checkReplicas checks the replica options against the lease (after
-// newConfig settled the drift allowance).
+// newConfig settled the drift allowance and the extension period). An
+// acquisition's lease is first extended an extension period after its
+// confirmation, and must be by then within its validity: the timeout may
+// take at most half of what the validity leaves after that period, the
+// other half being room for the confirmation's own round trips.
 func (c *config) checkReplicas() error {
-	if c.replicas > 0 && c.replicaTimeout >= c.lease-c.drift {
-		return fmt.Errorf("%w: replica timeout %v is not below the lease's validity (%v - %v drift)", errBadOption, c.replicaTimeout, c.lease, c.drift)
+	if c.replicas == 0 {
+		return nil
+	}
+	if most := (c.lease - c.drift - c.extendEvery) / 2; c.replicaTimeout > most {
+		return fmt.Errorf("%w: replica timeout %v is above %v, half of what the lease's validity (%v - %v drift) leaves after the first extension (%v)",
+			errBadOption, c.replicaTimeout, most, c.lease, c.drift, c.extendEvery)
 	}
 	return nil
 }
@@ -96,30 +105,52 @@ func (c *core) confirmOn(ctx context.Context, n *node, l *Lease) error {
 		member = "1"
 	}
 	keys, args := []string{l.held}, []string{l.token, member}
-	var owned, acked int64
-	err := n.client.Dedicated(func(d valkeygo.DedicatedClient) error {
-		for _, byEval := range []bool{false, true} {
-			b := d.B()
-			var s valkeygo.Completed
-			if byEval {
-				s = b.Eval().Script(touchHeld.src).Numkeys(1).Key(keys...).Arg(args...).Build()
-			} else {
-				s = b.Evalsha().Sha1(touchHeld.sha).Numkeys(1).Key(keys...).Arg(args...).Build()
-			}
-			w := b.Wait().Numreplicas(int64(c.cfg.replicas)).Timeout(c.cfg.replicaTimeout.Milliseconds()).Build()
-			res := d.DoMulti(ctx, s, w)
-			var err error
-			if owned, err = res[0].AsInt64(); err != nil {
-				if e, ok := valkeygo.IsValkeyErr(err); ok && e.IsNoScript() && !byEval {
-					continue
+	type answer struct {
+		owned, acked int64
+		err          error
+	}
+	done := make(chan answer, 1)
+	// valkey-go's Dedicated takes its connection without a ctx (a dial to
+	// an unreachable server waits for the client's dial timeout): it runs
+	// in a goroutine of its own, which the caller stops waiting for when
+	// ctx ends, and Close waits for.
+	started := c.repl.start(func() {
+		var a answer
+		a.err = n.client.Dedicated(func(d valkeygo.DedicatedClient) error {
+			for _, byEval := range []bool{false, true} {
+				b := d.B()
+				var s valkeygo.Completed
+				if byEval {
+					s = b.Eval().Script(touchHeld.src).Numkeys(1).Key(keys...).Arg(args...).Build()
+				} else {
+					s = b.Evalsha().Sha1(touchHeld.sha).Numkeys(1).Key(keys...).Arg(args...).Build()
 				}
+				w := b.Wait().Numreplicas(int64(c.cfg.replicas)).Timeout(c.cfg.replicaTimeout.Milliseconds()).Build()
+				res := d.DoMulti(ctx, s, w)
+				var err error
+				if a.owned, err = res[0].AsInt64(); err != nil {
+					if e, ok := valkeygo.IsValkeyErr(err); ok && e.IsNoScript() && !byEval {
+						continue
+					}
+					return err
+				}
+				a.acked, err = res[1].AsInt64()
 				return err
 			}
-			acked, err = res[1].AsInt64()
-			return err
-		}
-		return nil
+			return nil
+		})
+		done <- a
 	})
+	if !started {
+		return errClosed
+	}
+	var a answer
+	select {
+	case a = <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	owned, acked, err := a.owned, a.acked, a.err
 	switch {
 	case err != nil:
 		return err
@@ -168,6 +199,33 @@ func (c *core) confirmReplicas(ctx context.Context, l *Lease, rs []reply) error 
 		return fmt.Errorf("acquired on the primary, but not confirmed by its replicas (released): %w", errors.Join(failed...))
 	}
 	return fmt.Errorf("acquired, but confirmed by the replicas of %d of %d nodes, %d needed (released): %w", ok, len(c.nodes), c.quorum, errors.Join(failed...))
+}
+
+// replWork owns the goroutines of confirmations (confirmOn), which may
+// outlive their caller's ctx: Close waits for them.
+type replWork struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// start runs f in a goroutine unless the work is closed.
+func (w *replWork) start(f func()) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	w.wg.Go(f)
+	return true
+}
+
+// close refuses new work and waits for the work in flight.
+func (w *replWork) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.wg.Wait()
 }
 
 // errSkip marks a node that did not grant the lock in confirmReplicas.

@@ -28,6 +28,7 @@ func TestWithReplicasBadInput(t *testing.T) {
 		{WithLease(time.Second), WithReplicas(1, time.Second)},                                  // not below the lease
 		{WithLease(time.Second), WithReplicas(1, 990*time.Millisecond)},                         // not below lease - drift (12ms)
 		{WithLease(time.Second), WithDriftAllowance(0), WithReplicas(1, 1000*time.Millisecond)}, // equal to the validity
+		{WithLease(time.Second), WithReplicas(1, 400*time.Millisecond)},                         // above (1s - 12ms - 333ms) / 2
 	} {
 		if _, err := New(c, opts...); !errors.Is(err, backend.ErrInvalidOption) {
 			t.Errorf("New with %d options: %v, want ErrInvalidOption", len(opts), err)
@@ -36,7 +37,7 @@ func TestWithReplicasBadInput(t *testing.T) {
 			t.Errorf("NewRedLock with %d options: %v, want ErrInvalidOption", len(opts), err)
 		}
 	}
-	b, err := New(c, WithLease(time.Second), WithReplicas(2, 500*time.Millisecond))
+	b, err := New(c, WithLease(time.Second), WithReplicas(2, 300*time.Millisecond))
 	if err != nil {
 		t.Fatalf("a valid WithReplicas: %v", err)
 	}
@@ -97,7 +98,7 @@ func TestWithReplicasSentinel(t *testing.T) {
 	sentinels := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_SENTINEL"))
 	replicas := sentinelReplicas(t, sentinels)
 	b, err := New(sentinelClient(t, sentinels), WithKeyPrefix(testPrefix(t.Name())), WithLease(3*time.Second),
-		WithExtendEvery(300*time.Millisecond), WithReplicas(len(replicas), 2*time.Second))
+		WithExtendEvery(300*time.Millisecond), WithReplicas(len(replicas), time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +205,19 @@ func TestWithReplicasNone(t *testing.T) {
 	if _, ok, err := b.TryLock(testCtx(t), "x"); ok || err == nil || !strings.Contains(err.Error(), "0 of 1 replicas confirmed") {
 		t.Errorf("TryLock without replicas: %v, %v; want 0 of 1 replicas confirmed", ok, err)
 	}
+	// A cluster (its masters have no replicas here): the touch and the
+	// WAIT go to the node of the lock's slot, on one connection.
+	cb, err := New(testClient(t, splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_CLUSTER"))...),
+		WithKeyPrefix(testPrefix(t.Name())), WithReplicas(1, 20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	for _, name := range []string{"x", "y", "z"} {
+		if _, ok, err := cb.TryLock(testCtx(t), name); ok || err == nil || !strings.Contains(err.Error(), "0 of 1 replicas confirmed") {
+			t.Errorf("cluster TryLock %q without replicas: %v, %v; want 0 of 1 replicas confirmed", name, ok, err)
+		}
+	}
 	nodes := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_NODES"))
 	r := newTestRedLock(t, t.Name(), nodes, WithReplicas(1, 20*time.Millisecond))
 	_, ok, err := r.TryLock(testCtx(t), "x")
@@ -228,5 +242,5 @@ func TestConformanceSentinelReplicas(t *testing.T) {
 		warmUp(t, c)
 		clients = append(clients, c)
 	}
-	dlocktest.Run(t, overClients(clients, WithReplicas(1, time.Second)))
+	dlocktest.Run(t, overClients(clients, WithReplicas(1, 400*time.Millisecond)))
 }
