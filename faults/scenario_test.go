@@ -91,15 +91,16 @@ const (
 )
 
 // sentinelHoldMs is the pause inside a section in the Sentinel scenarios:
-// the longest outlast most of a failover (from the primary's kill to the
-// clients' switch to the promoted replica, some 3 s). sentinelPauseMs is
-// the pause between a goroutine's sections: the lock is often free, so
-// that it is sometimes taken afresh while the replicas lag (a hand-off
-// then is not enough: the promoted replica still has the previous
-// holder's key).
+// the longer ones outlast a failover (from the primary's kill to the
+// clients' switch to the promoted replica, some 3 s), so that a holder
+// that took the lock while the replicas lagged may still be inside when
+// the others reach the promoted replica. sentinelPauseMs is the pause
+// between a goroutine's sections: the lock is often free, so that it is
+// sometimes taken afresh while the replicas lag (a hand-off then is not
+// enough: the promoted replica still has the previous holder's key).
 var (
-	sentinelHoldMs  = [2]int{20, 3000}
-	sentinelPauseMs = [2]int{0, 4000}
+	sentinelHoldMs  = [2]int{20, 6000}
+	sentinelPauseMs = [2]int{0, 3000}
 )
 
 // faultKind describes one fault: how to inject it and whether it can revoke
