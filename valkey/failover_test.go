@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -86,61 +87,53 @@ func (g *grants) end(name string, l *Lease) {
 	}
 }
 
-// failoverRun has holders and waiters of three locks work on g's group
-// over backends made with opts, through rounds failovers, each made by
-// killing the primary (SIGKILL) while its replicas are frozen and behind
-// (see testserver.Sentinel.LagReplicas), and returns the grants seen.
+// failoverRun has holders and waiters work on g's group over backends
+// made with opts, through rounds failovers, each made by killing the
+// primary (SIGKILL) while its replicas are frozen and behind (see
+// testserver.Sentinel.LagReplicas), and returns the grants seen. Two
+// workloads: six locks of two clients each, which hold 1-5 s and pause up
+// to 600ms between holds (the locks are often free), and, in each round,
+// four fresh locks taken while the replicas lag, each held up to 10 s by
+// one client and waited for by another from a moment later — the case of
+// a lock the promoted replica has never seen.
 func failoverRun(t *testing.T, g *testserver.Sentinel, rounds int, opts ...Option) *grants {
 	space := t.Name()
 	opts = append([]Option{WithKeyPrefix(testPrefix(space)), WithLease(failoverLease), WithDriftAllowance(failoverDrift)}, opts...)
-	// Locks that are often free (a holder pauses before it asks again), so
-	// that some are taken while the replicas lag.
-	names := []string{"a", "b", "c", "d", "e", "f"}
-	const perName = 2
+	newBackend := func() *Backend {
+		b, err := New(failoverClient(t, g), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
 	seen := &grants{holder: map[string]*Lease{}, t: t}
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	errCount := map[string]int{}
-	for _, name := range names {
-		for range perName {
-			b, err := New(failoverClient(t, g), opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
+	noteErr := func(err error) {
+		if ctx.Err() == nil {
+			errMu.Lock()
+			errCount[shortErr(err)]++
+			errMu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, name := range []string{"a", "b", "c", "d", "e", "f"} {
+		for range 2 {
+			b := newBackend()
 			wg.Go(func() {
-				defer b.Close()
-				for ctx.Err() == nil {
-					if !sleepCtx(ctx, time.Duration(rand.IntN(600))*time.Millisecond) {
-						return
-					}
-					wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-					l, err := b.Lock(wctx, name)
-					cancel()
-					if err != nil {
-						if ctx.Err() == nil {
-							errMu.Lock()
-							errCount[shortErr(err)]++
-							errMu.Unlock()
-							time.Sleep(20 * time.Millisecond)
-						}
-						continue
-					}
-					seen.grant(name, l)
-					hold := time.NewTimer(time.Duration(1000+rand.IntN(4000)) * time.Millisecond)
-					select {
-					case <-hold.C:
-					case <-l.Lost():
-					case <-ctx.Done():
-					}
-					hold.Stop()
-					seen.end(name, l)
-					rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-					_ = l.Release(rctx)
-					cancel()
+				for sleepCtx(ctx, time.Duration(rand.IntN(600))*time.Millisecond) {
+					seen.cycle(ctx, ctx, b, name, time.Duration(1000+rand.IntN(4000))*time.Millisecond, noteErr)
 				}
 			})
 		}
+	}
+	const pairs = 4
+	var lagHolders, lagWaiters []*Backend
+	for range pairs {
+		lagHolders, lagWaiters = append(lagHolders, newBackend()), append(lagWaiters, newBackend())
 	}
 	defer func() {
 		stop()
@@ -153,15 +146,60 @@ func failoverRun(t *testing.T, g *testserver.Sentinel, rounds int, opts ...Optio
 		time.Sleep(3 * time.Second) // let locks be taken and waited for (and queue places of waiters that the last failover cut off expire)
 		primary := g.Primary(t)
 		resume := g.LagReplicas(t, primary)
+		lagCtx, lagEnd := context.WithCancel(ctx)
+		for j := range pairs {
+			name := "lag" + strconv.Itoa(i) + "-" + strconv.Itoa(j)
+			wg.Go(func() { // takes it while the replicas lag, or not at all
+				for lagCtx.Err() == nil && !seen.cycle(lagCtx, ctx, lagHolders[j], name, 10*time.Second, noteErr) {
+				}
+			})
+			wg.Go(func() { // waits for it from a moment later, until it has it once
+				if !sleepCtx(ctx, 200*time.Millisecond) {
+					return
+				}
+				for end := time.Now().Add(30 * time.Second); ctx.Err() == nil && time.Now().Before(end); {
+					if seen.cycle(ctx, ctx, lagWaiters[j], name, 100*time.Millisecond, noteErr) {
+						return
+					}
+				}
+			})
+		}
 		time.Sleep(800 * time.Millisecond) // acquisitions and extensions the replicas will never see
+		lagEnd()
 		t0 := time.Now()
 		now, took := g.Failover(t, 30*time.Second, resume)
 		total, doubles := seen.counts()
 		t.Logf("failover %d: %s -> %s, promoted %v after the kill, whole again after %v; %d grants, %d double so far",
 			i+1, primary, now, took.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), total, doubles)
 	}
-	time.Sleep(1500 * time.Millisecond) // holders and waiters on the last primary
+	time.Sleep(3 * time.Second) // holders and waiters on the last primary
 	return seen
+}
+
+// cycle takes name from b (trying until actx ends, at most 3s) and holds
+// it until hold passes, its lease is lost or hctx ends, then releases it;
+// it reports whether it got the lock. An error goes to noteErr.
+func (g *grants) cycle(actx, hctx context.Context, b *Backend, name string, hold time.Duration, noteErr func(error)) bool {
+	wctx, cancel := context.WithTimeout(actx, 3*time.Second)
+	l, err := b.Lock(wctx, name)
+	cancel()
+	if err != nil {
+		noteErr(err)
+		return false
+	}
+	g.grant(name, l)
+	timer := time.NewTimer(hold)
+	select {
+	case <-timer.C:
+	case <-l.Lost():
+	case <-hctx.Done():
+	}
+	timer.Stop()
+	g.end(name, l)
+	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = l.Release(rctx)
+	cancel()
+	return true
 }
 
 // shortErr is err's message without the parts that vary (addresses,
