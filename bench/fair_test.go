@@ -58,7 +58,7 @@ const (
 var fairLibs = func() []lib {
 	var ls []lib
 	for _, l := range libs {
-		if l.waits && l.name != "dlock-nofencing" {
+		if l.waits && l.name != "dlock-nofencing" && l.measures("BenchmarkFairness") {
 			ls = append(ls, l)
 		}
 		if l.backend == "valkey" && l.name == "dlock" {

@@ -80,6 +80,19 @@ type lib struct {
 	waits bool
 }
 
+// only names the one benchmark (its top-level name) that measures a
+// library, for the libraries (backend/name) not measured by them all.
+var only = map[string]string{
+	"valkey/dlock-sentinel":  "BenchmarkUncontended",
+	"valkey/dlock-replicas1": "BenchmarkUncontended",
+}
+
+// measures reports whether the benchmark named bench measures l.
+func (l lib) measures(bench string) bool {
+	o, ok := only[l.backend+"/"+l.name]
+	return !ok || o == bench
+}
+
 // libs lists every library measured, per backend, in table order.
 var libs = []lib{
 	{"valkey", "dlock", openDlockValkey, true},
@@ -88,6 +101,11 @@ var libs = []lib{
 	{"valkey", "redislock", openRedislock, true},
 	{"valkey", "floor", openValkeyFloor, true},
 	{"valkey", "2rtt", openValkey2RTT, false},
+	// The cost of valkey.WithReplicas(1): dlock over the Sentinel group's
+	// primary (which has two replicas), without and with the option; only
+	// in BenchmarkUncontended (see only).
+	{"valkey", "dlock-sentinel", openDlockSentinel(0), true},
+	{"valkey", "dlock-replicas1", openDlockSentinel(1), true},
 	{"pg", "dlock", openDlockPG, true},
 	{"pg", "pglock", openPglock, true},
 	{"pg", "floor", openPGFloor, true},
@@ -133,6 +151,34 @@ func openDlockValkey(tb testing.TB, _ string) locker {
 	}
 	tb.Cleanup(func() { _ = b.Close() })
 	return dlockLocker[*valkey.Lease]{dlock.NewMutex(b)}
+}
+
+// openDlockSentinel opens dlock over a client of the primary of the
+// Sentinel group DLOCK_TEST_VALKEY_SENTINEL (master "dlock"), with
+// valkey.WithReplicas(replicas, 1s) if replicas > 0.
+func openDlockSentinel(replicas int) func(tb testing.TB, _ string) locker {
+	return func(tb testing.TB, _ string) locker {
+		var sentinels []string
+		for a := range strings.SplitSeq(dlocktest.RequireEnv(tb, "DLOCK_TEST_VALKEY_SENTINEL"), ",") {
+			sentinels = append(sentinels, strings.TrimSpace(a))
+		}
+		c, err := valkeygo.NewClient(valkeygo.ClientOption{InitAddress: sentinels,
+			Sentinel: valkeygo.SentinelOption{MasterSet: "dlock"}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(c.Close)
+		var opts []valkey.Option
+		if replicas > 0 {
+			opts = append(opts, valkey.WithReplicas(replicas, time.Second))
+		}
+		b, err := valkey.New(c, opts...)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = b.Close() })
+		return dlockLocker[*valkey.Lease]{dlock.NewMutex(b)}
+	}
 }
 
 type valkeylockLocker struct{ l valkeylock.Locker }

@@ -22,9 +22,9 @@
 //     RELIABILITY.md between markers.
 //
 // The scenarios (fault injection with toxiproxy run in-process, SIGSTOP,
-// SIGKILL, server restarts, session kills, key and file deletion) live in
-// the package's tests; RELIABILITY.md at the repository root reports their
-// results and the command that reproduces them.
+// SIGKILL, server restarts, Sentinel failovers, session kills, key and file
+// deletion) live in the package's tests; RELIABILITY.md at the repository
+// root reports their results and the command that reproduces them.
 //
 // Environment: DLOCK_FAULTS_SHORT=1 (or go test -short) for the short mode,
 // DLOCK_FAULTS_SCALE to stretch the long mode's 20 s per scenario,

@@ -386,7 +386,80 @@ func (r *Results) Markdown(command string) map[string]string {
 	}
 	out["margin"] = b.String()
 	out["revocation"] = r.revocationBlock(rows)
+	if fb := r.failoverBlock(rows, command); fb != "" {
+		out["failover"] = fb
+	}
 	return out
+}
+
+// failoverBlock renders the failover scenarios of the Sentinel deployment,
+// without and with valkey.WithReplicas, side by side: "" when the run has
+// none (the block is then left as it is).
+func (r *Results) failoverBlock(rows []*Result, command string) string {
+	var b strings.Builder
+	type sum struct{ rows, faults, sections, told, untold, excused, failed int }
+	var sums [2]sum // without, with the option
+	for _, x := range rows {
+		if x.Fault != "failover" {
+			continue
+		}
+		if b.Len() == 0 {
+			ri := r.Run
+			mode := "long mode"
+			if ri.Short {
+				mode = "short mode"
+			} else if ri.Scale != 0 && ri.Scale != 1 {
+				mode = fmt.Sprintf("long mode, DLOCK_FAULTS_SCALE=%g", ri.Scale)
+			}
+			fmt.Fprintf(&b, "Run of %s UTC on %s, %s (%s of workload per scenario, %d worker processes × %d goroutines).",
+				ri.Date.UTC().Format("2006-01-02 15:04"), ri.Machine, mode, fmtSeconds(ri.Workload), ri.Procs, ri.Goroutines)
+			if command != "" {
+				fmt.Fprintf(&b, " Command: `%s`", command)
+			}
+			b.WriteString("\n\n| deployment | primitive | failovers | sections | told lost | untold overlaps | told overlaps | lost updates, fencing | lost updates, no fencing | stale writes refused | verdict |\n")
+			b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		}
+		verdict := "pass"
+		if x.Failed {
+			verdict = "**FAIL**"
+			if len(x.Reasons) > 0 {
+				verdict += ": " + cell(strings.Join(x.Reasons, "; "), 300)
+			}
+		}
+		i := 0
+		if strings.HasSuffix(x.Backend, "-replicas") {
+			i = 1
+		}
+		sums[i].rows++
+		sums[i].faults += x.Faults
+		if x.Failed {
+			sums[i].failed++
+		}
+		if !x.Checked {
+			fmt.Fprintf(&b, "| %s | %s | %d | not checked | | | | | | | %s |\n", x.Backend, x.Prim, x.Faults, verdict)
+			continue
+		}
+		sums[i].sections += x.Sections
+		sums[i].told += x.Told
+		sums[i].untold += x.Untold
+		sums[i].excused += x.Excused
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %s |\n",
+			x.Backend, x.Prim, x.Faults, x.Sections, x.Told, x.Untold, x.Excused, x.Resource.Lost, x.Shadow.Lost,
+			x.Resource.Refused, verdict)
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	b.WriteString("\n")
+	for i, name := range []string{"Without `WithReplicas`", "With `WithReplicas(2)`"} {
+		s := sums[i]
+		if s.rows == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "%s: %d scenarios (%d failed), %d failovers, %d sections, %d overlaps told (a second holder while the first still held, told later), %d untold.\n",
+			name, s.rows, s.failed, s.faults, s.sections, s.excused, s.untold)
+	}
+	return b.String()
 }
 
 // revocationBlock renders the revocation measurement, and beside it the
@@ -533,8 +606,12 @@ func fmtWindows(windows []int64) string {
 // Protection says in one line what protects a user from the fault on the
 // backend.
 func Protection(backend, fault string, revokes bool) string {
-	lease := backend == "valkey" || backend == "redlock" || backend == "cluster"
+	lease := backend == "valkey" || backend == "redlock" || backend == "cluster" || strings.HasPrefix(backend, "sentinel")
 	switch {
+	case fault == "failover" && revokes:
+		return "fencing, or valkey.WithReplicas: the promoted replica may lack the key; the holder learns at its next extension"
+	case fault == "failover":
+		return "the lock (valkey.WithReplicas: held only once the replicas have it)"
 	case strings.HasPrefix(backend, "cli"):
 		switch {
 		case fault == "kill-dlock":

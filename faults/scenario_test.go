@@ -27,6 +27,7 @@ import (
 	valkeygo "github.com/valkey-io/valkey-go"
 
 	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/internal/testserver"
 )
 
 // Scenario sizes. The short mode (go test -short, or DLOCK_FAULTS_SHORT=1)
@@ -80,6 +81,26 @@ const (
 	semCap  = 2   // semaphore limit
 
 	readyTimeout = 30 * time.Second // for every worker to connect
+
+	// The Sentinel scenarios: a lease longer than a failover (so that
+	// holders ride it out, and a holder whose key the promoted replica
+	// lacks may still hold it untold), and sentinels that act 1.5 s after
+	// the primary stops answering.
+	sentinelLeaseMs   = 6000
+	sentinelDownAfter = 1500 * time.Millisecond
+)
+
+// sentinelHoldMs is the pause inside a section in the Sentinel scenarios:
+// the longer ones outlast a failover (from the primary's kill to the
+// clients' switch to the promoted replica, some 3 s), so that a holder
+// that took the lock while the replicas lagged may still be inside when
+// the others reach the promoted replica. sentinelPauseMs is the pause
+// between a goroutine's sections: the lock is often free, so that it is
+// sometimes taken afresh while the replicas lag (a hand-off then is not
+// enough: the promoted replica still has the previous holder's key).
+var (
+	sentinelHoldMs  = [2]int{20, 6000}
+	sentinelPauseMs = [2]int{0, 3000}
 )
 
 // faultKind describes one fault: how to inject it and whether it can revoke
@@ -91,9 +112,11 @@ type faultKind struct {
 	needs   string // "private" when the scenario needs private servers
 }
 
-func lease(b string) bool { return b == "valkey" || b == "redlock" || b == "cluster" }
-func never(string) bool   { return false }
-func always(string) bool  { return true }
+func lease(b string) bool {
+	return b == "valkey" || b == "redlock" || b == "cluster" || b == "sentinel" || b == "sentinel-replicas"
+}
+func never(string) bool  { return false }
+func always(string) bool { return true }
 
 var allFaults = map[string]faultKind{
 	"none": {name: "none"},
@@ -118,6 +141,11 @@ var allFaults = map[string]faultKind{
 	}},
 	"keydel":     {name: "keydel", revokes: always, inject: func(e *env, _ *proc) Fault { return e.keyDel() }},
 	"fileremove": {name: "fileremove", revokes: always, inject: func(e *env, _ *proc) Fault { return e.fileRemove() }},
+	// The Sentinel group's primary killed while its replicas lag: without
+	// WithReplicas a holder's key may be missing on the promoted replica.
+	"failover": {name: "failover", revokes: func(b string) bool { return b == "sentinel" }, inject: func(e *env, _ *proc) Fault {
+		return e.failover()
+	}},
 }
 
 // The matrix: faults per backend (RedLock has only the mutex; the cluster
@@ -132,6 +160,10 @@ var matrix = []struct {
 	{"valkey", []string{"mutex", "rw", "sem"}, []string{"none", "latency", "blackhole", "reset", "partition", "pause", "kill", "clientkill", "keydel", "restart"}},
 	{"redlock", []string{"mutex"}, []string{"none", "latency", "blackhole", "reset", "partition", "pause", "kill", "clientkill", "keydel", "restart"}},
 	{"cluster", []string{"mutex", "rw", "sem"}, []string{"none", "pause", "kill"}},
+	// A private Sentinel group per scenario (one primary, two replicas,
+	// three sentinels), without and with WithReplicas(2).
+	{"sentinel", []string{"mutex", "rw", "sem"}, []string{"failover"}},
+	{"sentinel-replicas", []string{"mutex", "rw", "sem"}, []string{"failover"}},
 }
 
 var results struct {
@@ -261,6 +293,7 @@ type env struct {
 	sz       sizing
 	srvRedis []*redisServer
 	srvPG    *pgServer
+	sentinel *testserver.Sentinel
 
 	tp      *toxiproxy.ApiServer
 	proxies [][]*toxiproxy.Proxy // per slot, per upstream
@@ -329,6 +362,8 @@ func shortDur(backend string, fk faultKind) time.Duration {
 			return 4 * time.Second // the fault lasts a lease + 0.8–1 s
 		}
 		return 3 * time.Second // 3 loss intervals (a pause up to 1.4 s)
+	case "failover":
+		return 9 * time.Second // the fault lasts some 4-5 s (lag, promotion after 1.5 s down, the old primary back)
 	default:
 		return 2500 * time.Millisecond // the fault lasts at most 0.8 s (latency), or 0.2 s + a server start (restart)
 	}
@@ -438,7 +473,11 @@ func runScenario(t *testing.T, backend, prim string, fk faultKind, sz sizing, sl
 	// A holder may learn of a loss a fault caused a little after it healed
 	// (the next loss check, or the Release that finds it); with room for a
 	// loaded machine running -race workers.
-	slack := 2*time.Second + max(leaseMs, 3*lossMs)*time.Millisecond
+	lms := leaseMs
+	if e.sentinel != nil {
+		lms = sentinelLeaseMs
+	}
+	slack := 2*time.Second + time.Duration(max(lms, 3*lossMs))*time.Millisecond
 	rep := Check(sections, e.faults, e.deaths, Spec{Limit: limit, LossSlack: slack})
 	st, err := NewResource(filepath.Join(e.dir, "resource"), true).State()
 	if err != nil {
@@ -556,6 +595,9 @@ func (e *env) setupServers() {
 		}
 	case "cluster":
 		e.upstream = splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_CLUSTER"))
+	case "sentinel", "sentinel-replicas":
+		e.sentinel = testserver.StartSentinel(t, 2, sentinelDownAfter)
+		e.upstream = e.sentinel.Sentinels
 	}
 }
 
@@ -603,6 +645,12 @@ func (e *env) spawn(slot int) {
 		}
 	case "cluster":
 		cfg.Addrs = e.upstream
+	case "sentinel", "sentinel-replicas":
+		// No proxies: the sentinels name the primary's own address.
+		cfg.Addrs, cfg.LeaseMs, cfg.HoldMs, cfg.PauseMs = e.upstream, sentinelLeaseMs, sentinelHoldMs, sentinelPauseMs
+		if e.backend == "sentinel-replicas" {
+			cfg.Replicas = 2
+		}
 	}
 	raw, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -986,6 +1034,26 @@ func (e *env) restart() Fault {
 	}
 	f.End = Now()
 	time.Sleep(500 * time.Millisecond)
+	return f
+}
+
+// failover kills the Sentinel group's primary (SIGKILL) while its replicas
+// lag behind it (frozen, with the primary's output buffers full: see
+// testserver.Sentinel.LagReplicas) for half a second of the workload,
+// waits for the sentinels to promote a replica and brings the old primary
+// back as a replica of the new one.
+func (e *env) failover() Fault {
+	f := Fault{Kind: "failover", Proc: -1, Start: Now()}
+	g := e.sentinel
+	resume := g.LagReplicas(e.t, g.Primary(e.t))
+	time.Sleep(500 * time.Millisecond)
+	_, took := g.Failover(e.t, 60*time.Second, resume)
+	f.End = Now()
+	e.t.Logf("failover: promoted %v after the kill, over in %v", took.Round(time.Millisecond), time.Duration(f.End-f.Start).Round(time.Millisecond))
+	// The next failover only once the queue places that waiters lost
+	// with this one have expired (a lease after their last renewal): the
+	// workload goes on between failovers.
+	time.Sleep(sentinelLeaseMs * time.Millisecond)
 	return f
 }
 

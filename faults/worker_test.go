@@ -21,6 +21,7 @@ import (
 	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/fs"
+	"github.com/dlock-go/dlock/internal/testserver"
 	"github.com/dlock-go/dlock/pg"
 	"github.com/dlock-go/dlock/valkey"
 )
@@ -86,9 +87,11 @@ type workerConfig struct {
 	LeaseMs    int      `json:"leaseMs"`   // valkey lease
 	LossMs     int      `json:"lossMs"`    // pg/fs loss interval
 	HoldMs     [2]int   `json:"holdMs"`    // the pause inside a section, min and max
+	PauseMs    [2]int   `json:"pauseMs"`   // a goroutine's pause between its sections, min and max (0: a few ms)
 	Records    string   `json:"records"`
 	Resource   string   `json:"resource"` // the fenced counter
 	Shadow     string   `json:"shadow"`   // the shadow counter, which enforces nothing
+	Replicas   int      `json:"replicas"` // sentinel: valkey.WithReplicas(Replicas, ...) if > 0
 }
 
 func workerMain(raw string) int {
@@ -148,15 +151,22 @@ func runWorker(cfg workerConfig) error {
 		}
 		defer b.Close()
 		return work[*pg.Lease](cfg, b, rec, res)
-	case "valkey", "cluster", "redlock":
+	case "valkey", "cluster", "redlock", "sentinel", "sentinel-replicas":
 		opts := []valkey.Option{valkey.WithKeyPrefix(cfg.Prefix), valkey.WithLease(lease)}
+		if cfg.Replicas > 0 {
+			opts = append(opts, valkey.WithReplicas(cfg.Replicas, 500*time.Millisecond))
+		}
 		newClient := func(addrs []string) (c valkeygo.Client, err error) {
 			// A worker may start during a partition: retry until it heals.
 			err = retry(10*time.Second, func() (err error) {
-				c, err = valkeygo.NewClient(valkeygo.ClientOption{
+				o := valkeygo.ClientOption{
 					InitAddress: addrs, DisableCache: true, ClientName: cfg.AppName,
 					ConnWriteTimeout: lease,
-				})
+				}
+				if strings.HasPrefix(cfg.Backend, "sentinel") {
+					o.Sentinel = valkeygo.SentinelOption{MasterSet: testserver.SentinelMaster}
+				}
+				c, err = valkeygo.NewClient(o)
 				return err
 			})
 			if err != nil {
@@ -294,6 +304,9 @@ func work[L backend.Lease](cfg workerConfig, b any, rec *Recorder, res Store) er
 				if err := section(cfg, rec, res, rng, guard, kind, g, seq); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
+				}
+				if p := cfg.PauseMs; p[1] > 0 {
+					time.Sleep(time.Duration(p[0]+rng.IntN(p[1]-p[0]+1)) * time.Millisecond)
 				}
 			}
 		}()

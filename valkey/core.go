@@ -51,6 +51,7 @@ type core struct {
 	fair   string
 	closed atomic.Bool
 	once   sync.Once
+	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
@@ -69,6 +70,7 @@ func (c *core) close() {
 	c.once.Do(func() {
 		c.closed.Store(true)
 		c.ext.close()
+		c.repl.close()
 		for _, n := range c.nodes {
 			n.notif.close()
 		}
@@ -217,6 +219,11 @@ func (c *core) decide(ctx context.Context, l *Lease, t0 time.Time, rs []reply, v
 	}
 	late := false
 	if v.got >= c.quorum {
+		// WithReplicas: held only once replicas have it (replicas.go).
+		if err := c.confirmReplicas(ctx, l, rs); err != nil {
+			c.cleanup(ctx, l)
+			return attempt{}, err
+		}
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
 			l.deadline = d
 			if err := c.ext.add(l); err != nil {

@@ -93,8 +93,66 @@
 // token then comes from the floor, which by then is past every earlier
 // token, unless the server's clock was stepped back by more than the
 // counter stayed idle. A failover can
-// still lose the lock itself; fencing is what catches a holder that was not
-// told.
+// still lose the lock itself (see Replicas and failover); fencing is what
+// catches a holder that was not told.
+//
+// # Replicas and failover
+//
+// Valkey replicates asynchronously: a primary grants a lock, answers, and
+// sends the key to its replicas a moment later. If it dies in between and
+// Sentinel promotes a replica, the new primary has no key, and a second
+// client is granted the lock while the first still holds it and has not
+// been told (its next extension finds the key gone and reports the loss;
+// fencing tokens catch it before that). The failover test
+// (TestFailover/Without: SIGKILL of the primary while its replicas lag)
+// records such double grants; they do happen without the option below.
+//
+// WithReplicas(n, timeout) closes that gap: an acquisition counts only
+// once n replicas confirm it (WAIT n timeout, sent on one dedicated
+// connection right after a write that follows the acquisition's: a
+// compare-and-touch of the held key), and an extension pushes the lease's
+// validity forward only once n replicas confirm it. When fewer confirm in
+// time, the acquisition is released (compare-and-delete) and fails with an
+// error saying how many replicas confirmed — not permanent, so a wait
+// tries again — and the extension counts as failed: it is retried, and the
+// lease is lost when its validity deadline passes. (WAITAOF, which waits
+// for the replicas' append-only files too, is not used.) It costs one more
+// round trip per acquisition and per extension batch, plus the replicas'
+// acknowledgement (see BENCHMARKS.md). It protects against:
+//
+//   - a failover after an acquisition (or extension) returned: every
+//     replica that confirmed has the key with its expiry, so a promoted
+//     one lets nobody else in before the holder's deadline. With n equal
+//     to the number of replicas, whichever replica is promoted has it;
+//     TestFailover checks that no second holder is granted a lock an
+//     earlier holder still holds untold, over several failovers.
+//
+// It does not protect against:
+//
+//   - a replica that confirmed not being the one promoted, when n is below
+//     the number of replicas (Sentinel prefers the replica with the most
+//     data, but a replica that is down or lagging in its view may be
+//     skipped, and one that did not confirm may be chosen);
+//   - asynchronous replication during the WAIT window: the write itself is
+//     not synchronous, only the claim that the lock is held waits for it.
+//     Until the WAIT returns, the key is on the primary alone and a
+//     failover loses it; that is safe only because nobody counts on it yet
+//     (the acquisition fails; an unconfirmed extension leaves the lease
+//     bounded by the validity the replicas have). A key that reached a
+//     replica whose acknowledgement was lost stays on the new primary,
+//     held by nobody, until its lease runs out;
+//   - split brain before the sentinels agree: a primary cut off from the
+//     sentinels but reachable by some clients keeps granting locks (whose
+//     WAIT fails if its replicas are cut off too, or succeeds on replicas
+//     that are then not promoted) until it is demoted; min-replicas-to-write
+//     on the server narrows this, WithReplicas does not;
+//   - data lost on the replicas themselves (a replica restarted without
+//     persistence after it confirmed), and a replica promoted whose clock
+//     is ahead (the key expires early; see Leases for clocks).
+//
+// On a RedLock, WithReplicas applies per node: each node that granted the
+// lock must have n of its own replicas confirm, and a majority of the
+// nodes must, for the acquisition (or extension) to count.
 //
 // # Waiting and order
 //

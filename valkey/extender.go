@@ -188,6 +188,7 @@ func (e *extender) extend(batch []*Lease) {
 	for _, n := range c.nodes {
 		wg.Go(func() {
 			res := execBatch(ctx, n.client, calls)
+			unconfirmed := c.confirmExtension(ctx, n, batch, res) // WithReplicas (replicas.go)
 			if len(res) > 0 {
 				_, err := res[0].AsInt64()
 				c.noteAuth(n, err)
@@ -196,6 +197,9 @@ func (e *extender) extend(batch []*Lease) {
 			defer wmu.Unlock()
 			for i, r := range res {
 				v, err := r.AsInt64()
+				if err == nil && v == 1 && unconfirmed != nil {
+					err = unconfirmed
+				}
 				switch {
 				case err != nil:
 					why = err

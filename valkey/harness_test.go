@@ -130,13 +130,14 @@ func TestConformanceCluster(t *testing.T) {
 
 // overClients is the harness whose nodes take turns over clients made up
 // front (warmed up, so that their connections' goroutines exist before the
-// suite's leak checks look); each node is still its own Backend.
-func overClients(clients []valkeygo.Client) dlocktest.Harness[*Lease] {
+// suite's leak checks look); each node is still its own Backend, made
+// with the test options and opts.
+func overClients(clients []valkeygo.Client, opts ...Option) dlocktest.Harness[*Lease] {
 	next := 0
 	return harness(func(t testing.TB, space string) any {
 		c := clients[next%len(clients)]
 		next++
-		b, err := New(c, testOpts(space)...)
+		b, err := New(c, append(testOpts(space), opts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}

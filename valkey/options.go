@@ -32,6 +32,10 @@ type config struct {
 	drift       time.Duration // -1: lease/100 + 2ms
 	logger      *slog.Logger
 	err         error
+
+	// WithReplicas (replicas.go); 0: off.
+	replicas       int
+	replicaTimeout time.Duration
 }
 
 // WithKeyPrefix sets the prefix of every key and pub/sub channel (default
@@ -127,6 +131,9 @@ func newConfig(opts []Option) (config, error) {
 	}
 	if c.extendEvery >= c.lease-c.drift {
 		return c, fmt.Errorf("%w: extension period %v leaves no time before the lease's validity (%v - %v drift) ends", errBadOption, c.extendEvery, c.lease, c.drift)
+	}
+	if err := c.checkReplicas(); err != nil {
+		return c, err
 	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)

@@ -14,6 +14,9 @@
 //
 //	(cd faults && DLOCK_FAULTS_RESULTS=/tmp/rev.json go test -count=1 -run TestPGRevocationWindow -v .)
 //	(cd faults && go run ./cmd/report -in /tmp/rev.json -doc ../RELIABILITY.md -only revocation)
+//
+// The failover block (the Sentinel scenarios, without and with
+// valkey.WithReplicas) is written only by a run that has them.
 package main
 
 import (
@@ -29,7 +32,7 @@ func main() {
 	in := flag.String("in", "", "results files written by the fault checker (DLOCK_FAULTS_RESULTS), comma-separated; rows of later files replace the same scenarios of earlier ones")
 	doc := flag.String("doc", "../RELIABILITY.md", "Markdown file to update in place")
 	command := flag.String("command", "", "the command that produced the run, shown in the report")
-	only := flag.String("only", "", "rewrite only these blocks (comma-separated: run, results, margin, revocation)")
+	only := flag.String("only", "", "rewrite only these blocks (comma-separated: run, results, margin, revocation, failover)")
 	flag.Parse()
 	if err := run(*in, *doc, *command, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
