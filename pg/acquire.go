@@ -11,6 +11,7 @@ import (
 
 	"github.com/dlock-go/dlock/backend"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -294,17 +295,28 @@ func (b *Backend) done(lc *lockConn) {
 // had ended: it may run on another connection.
 func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok bool, err error, retry bool) {
 	defer b.done(lc)
-	fn := "pg_try_advisory_lock"
-	if r.mode == shared {
-		fn = "pg_try_advisory_lock_shared"
-	}
-	sql := b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence)
 	pgc := lc.pc.Conn().PgConn()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
-	row, qerr := query(qctx, pgc, sql)
+	var (
+		row  [][]byte
+		qerr error
+	)
+	if b.cfg.fenceTable == "" {
+		fn := fnTry
+		if r.mode == shared {
+			fn = fnTryShared
+		}
+		ok, qerr = callKeyFn(qctx, lc.pc.Conn(), fn, r.key)
+	} else {
+		fn := "pg_try_advisory_lock"
+		if r.mode == shared {
+			fn = "pg_try_advisory_lock_shared"
+		}
+		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence))
+		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
+	}
 	cancel()
 	if qerr == nil {
-		ok = len(row) > 0 && string(row[0]) == "t"
 		l, qerr = b.leaseFrom(r, row, ok)
 	}
 	if qerr != nil {
@@ -373,14 +385,13 @@ func (b *Backend) undoOrFail(lc *lockConn, k Key, m mode, cause error) {
 	if gone {
 		return
 	}
-	pgc := lc.pc.Conn().PgConn()
-	if pgc.IsClosed() {
+	if lc.pc.Conn().PgConn().IsClosed() {
 		b.fail(lc, cause)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.opTimeout)
 	defer cancel()
-	if _, err := unlock(ctx, pgc, k, m); err != nil {
+	if _, err := unlock(ctx, lc.pc.Conn(), k, m); err != nil {
 		b.fail(lc, cause)
 	}
 }
@@ -536,7 +547,7 @@ func (b *Backend) enqueue(k Key) (leave func()) {
 func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if _, err := unlock(ctx, pc.Conn().PgConn(), k, m); err != nil {
+	if _, err := unlock(ctx, pc.Conn(), k, m); err != nil {
 		destroy(pc)
 		return
 	}
@@ -644,14 +655,21 @@ func query(ctx context.Context, pgc *pgconn.PgConn, sql string) ([][]byte, error
 	return last.Rows[0], nil
 }
 
-// unlock releases k on pgc's session; ok reports that it was held.
-func unlock(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode) (bool, error) {
-	return unlockNotify(ctx, pgc, k, m, "")
+// unlock releases k on conn's session; ok reports that it was held.
+func unlock(ctx context.Context, conn *pgx.Conn, k Key, m mode) (bool, error) {
+	return unlockNotify(ctx, conn, k, m, "")
 }
 
 // unlockNotify is unlock that also, when topic is not "", notifies the
 // semaphore waiters of topic (semChannel), in the same statement.
-func unlockNotify(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode, topic string) (bool, error) {
+func unlockNotify(ctx context.Context, conn *pgx.Conn, k Key, m mode, topic string) (bool, error) {
+	if topic == "" {
+		fn := fnUnlock
+		if m == shared {
+			fn = fnUnlockShared
+		}
+		return callKeyFn(ctx, conn, fn, k)
+	}
 	fn := "pg_advisory_unlock"
 	if m == shared {
 		fn = "pg_advisory_unlock_shared"
@@ -660,7 +678,7 @@ func unlockNotify(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode, topic 
 	if topic != "" {
 		sql += ", pg_notify('" + semChannel + "', '" + topic + "')"
 	}
-	row, err := query(ctx, pgc, sql)
+	row, err := query(ctx, conn.PgConn(), sql)
 	if err != nil {
 		return false, err
 	}
