@@ -498,11 +498,14 @@ var errEarly = errors.New("lock_timeout before the deadline")
 // server's queue decides; after the grant that connection becomes a lock
 // connection holding the lease.
 func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*Lease, error) {
-	fn := "pg_advisory_lock"
-	if r.mode == shared {
-		fn = "pg_advisory_lock_shared"
+	sql := "" // the plain lock function, prepared
+	if b.cfg.fenceTable != "" {
+		fn := "pg_advisory_lock"
+		if r.mode == shared {
+			fn = "pg_advisory_lock_shared"
+		}
+		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
 	}
-	sql := b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
 	defer b.enqueue(r.key)()
 	row, err := b.block(ctx, pc, sql, r.key, r.mode)
 	if err != nil {
@@ -554,10 +557,11 @@ func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 	pc.Release()
 }
 
-// block runs sql, a blocking lock statement, on pc, bounded by ctx on the
-// server: lock_timeout from ctx's deadline (SET LOCAL in the statement's
-// own implicit transaction, so it never outlives it), and a cancel request
-// when ctx ends. On success pc's session holds k and pc is still the
+// block runs sql, a blocking lock statement of k in mode m ("" for the
+// lock function itself, prepared: see lockBlocking), on pc, bounded by ctx
+// on the server: lock_timeout from ctx's deadline (SET LOCAL in the
+// statement's own implicit transaction, so it never outlives it), and a
+// cancel request when ctx ends. On success pc's session holds k and pc is still the
 // caller's. On error the session does not hold k and pc has been given back
 // to the pool (or destroyed).
 func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode) ([][]byte, error) {
@@ -568,9 +572,14 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 		// usually comes first, and either way the result is the same.
 		ms = max(time.Until(dl).Milliseconds()+2, 1)
 	}
-	timeout := strconv.FormatInt(ms, 10)
-	full := "SET LOCAL lock_timeout = " + timeout + "; SET LOCAL statement_timeout = 0; " + sql
-	row, cancelled, err := runCancellable(ctx, pgc, full, b.cfg.opTimeout)
+	run := func(qctx context.Context) ([][]byte, error) {
+		return nil, lockBlocking(qctx, pc.Conn(), ms, k, m)
+	}
+	if sql != "" {
+		full := "SET LOCAL lock_timeout = " + strconv.FormatInt(ms, 10) + "; SET LOCAL statement_timeout = 0; " + sql
+		run = func(qctx context.Context) ([][]byte, error) { return query(qctx, pgc, full) }
+	}
+	row, cancelled, err := runCancellable(ctx, pgc, run, b.cfg.opTimeout)
 	switch {
 	case err == nil && !cancelled:
 		return row, nil
@@ -601,12 +610,12 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 	return nil, err
 }
 
-// runCancellable runs sql on pgc; when ctx ends first it sends the server a
-// cancel request, and if the statement still does not end within grace it
+// runCancellable runs run (statements on pgc); when ctx ends first it sends
+// the server a cancel request, and if the statement still does not end within grace it
 // closes the connection. cancelled reports that a cancel request was sent;
 // it has then been delivered (or given up) before runCancellable returns,
 // so it cannot hit a later statement.
-func runCancellable(ctx context.Context, pgc *pgconn.PgConn, sql string, grace time.Duration) (row [][]byte, cancelled bool, err error) {
+func runCancellable(ctx context.Context, pgc *pgconn.PgConn, run func(context.Context) ([][]byte, error), grace time.Duration) (row [][]byte, cancelled bool, err error) {
 	qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer qcancel()
 	done := make(chan struct{})
@@ -630,7 +639,7 @@ func runCancellable(ctx context.Context, pgc *pgconn.PgConn, sql string, grace t
 			qcancel()
 		}
 	})
-	row, err = query(qctx, pgc, sql)
+	row, err = run(qctx)
 	close(done)
 	if !stop() {
 		<-cancelDone
