@@ -22,37 +22,43 @@ import (
 // MutexKey(name)) on a lock connection whose session does not hold it. It
 // fails while others wait for name: it does not jump their queue.
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
+	k := MutexKey(name)
+	return b.try(ctx, req{kind: "mutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // Lock takes the mutex name, waiting in the server's lock queue (first
 // come, first served) until it is granted or ctx is done.
 func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
+	k := MutexKey(name)
+	return b.wait(ctx, req{kind: "mutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // TryRLock makes one attempt to read-lock name (a shared advisory lock of
 // RWKey(name)). It fails while a writer holds name or waits for it.
 func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: shared, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.try(ctx, req{kind: "rwmutex", name: name, key: k, mode: shared, fence: k})
 }
 
 // TryWLock makes one attempt to write-lock name (an exclusive advisory lock
 // of RWKey(name)).
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: exclusive, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.try(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // RLock read-locks name, waiting in the server's lock queue; it queues
 // behind a waiting writer.
 func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: shared, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.wait(ctx, req{kind: "rwmutex", name: name, key: k, mode: shared, fence: k})
 }
 
 // WLock write-locks name, waiting in the server's lock queue. While it
 // waits, new readers of name fail their tries and queue behind it.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: exclusive, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.wait(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // req describes one acquisition.
@@ -427,8 +433,8 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			b.mu.Unlock()
 		}()
 	}
-	poll := pace.New(waitPollMin, waitPollMax)
-	var last error // the last error that kept the wait from the server's queue
+	var poll *pace.Pacer // made when first needed: most waits never poll
+	var last error       // the last error that kept the wait from the server's queue
 	for {
 		noConn := false
 		// First a try (one short statement, on a lock connection, or on
@@ -470,6 +476,10 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			last = err
 		}
 		// No connection for a server-side wait: poll.
+		if poll == nil {
+			p := pace.New(waitPollMin, waitPollMax)
+			poll = &p
+		}
 		t := time.NewTimer(poll.Next())
 		select {
 		case <-t.C:

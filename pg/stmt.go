@@ -64,6 +64,9 @@ func keyParams(k Key, buf *[24]byte, params *[2][]byte) (pair int, ps [][]byte) 
 // the application ran DEALLOCATE ALL or DISCARD ALL behind pgx's back). The
 // server refused it before running anything.
 func forgotten(conn *pgx.Conn, err error) bool {
+	if err == nil {
+		return false
+	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "26000" && !conn.PgConn().IsClosed()
 }
