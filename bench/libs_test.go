@@ -68,6 +68,12 @@ type held interface {
 	Release(ctx context.Context) error
 }
 
+// warmer is a locker with a connection pool that can open n connections
+// ahead of use (throughput opens them before its clock starts).
+type warmer interface {
+	warm(ctx context.Context, n int) error
+}
+
 // lib is one library (or a floor) over one backend.
 type lib struct {
 	backend string // "valkey", "pg", "fs"
@@ -374,7 +380,7 @@ func openDlockPG(tb testing.TB, _ string) locker {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = b.Close() }) // registered after the pool's: runs before it
-	return dlockPG{dlockLocker[*pg.Lease]{dlock.NewMutex(b)}, b}
+	return dlockPG{dlockLocker[*pg.Lease]{dlock.NewMutex(b)}, b, p}
 }
 
 // dlockPG is dlock over PostgreSQL, with its connection count for
@@ -382,11 +388,59 @@ func openDlockPG(tb testing.TB, _ string) locker {
 type dlockPG struct {
 	dlockLocker[*pg.Lease]
 	b *pg.Backend
+	p *pgxpool.Pool
+}
+
+func (d dlockPG) warm(ctx context.Context, n int) error { return warmPool(ctx, d.p, n) }
+
+// warmPool opens n connections of p at once (fewer if p holds fewer) and
+// gives them back, idle.
+func warmPool(ctx context.Context, p *pgxpool.Pool, n int) error {
+	n = min(n, int(p.Config().MaxConns))
+	conns := make([]*pgxpool.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() { conns[i], errs[i] = p.Acquire(ctx) })
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			c.Release()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// warmDB is warmPool for a database/sql pool.
+func warmDB(ctx context.Context, db *sql.DB, n int) error {
+	conns := make([]*sql.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			if conns[i], errs[i] = db.Conn(ctx); errs[i] == nil {
+				errs[i] = conns[i].PingContext(ctx)
+			}
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (d dlockPG) lockConns() int { return d.b.Stats().LockConns }
 
-type pglockLocker struct{ c *pglock.Client }
+type pglockLocker struct {
+	c  *pglock.Client
+	db *sql.DB
+}
+
+func (p pglockLocker) warm(ctx context.Context, n int) error { return warmDB(ctx, p.db, n) }
 
 func (p pglockLocker) lock(ctx context.Context, name string) (held, error) {
 	l, err := p.c.AcquireContext(ctx, name)
@@ -416,7 +470,7 @@ func openPglock(tb testing.TB, _ string) locker {
 		tb.Fatal(err)
 	}
 	_ = c.TryCreateTable()
-	return pglockLocker{c}
+	return pglockLocker{c, db}
 }
 
 // advisoryKey maps a name to an advisory key (floor only: collisions do not
@@ -434,6 +488,8 @@ func advisoryKey(name string) int64 {
 // connection whose unlock failed is closed, never pooled (pgxpool does not
 // reset sessions).
 type pgFloor struct{ p *pgxpool.Pool }
+
+func (f pgFloor) warm(ctx context.Context, n int) error { return warmPool(ctx, f.p, n) }
 
 type pgFloorHeld struct {
 	conn *pgxpool.Conn
@@ -484,6 +540,8 @@ func openPGFloor(tb testing.TB, _ string) locker {
 
 // pg2RTT is the floor of two round trips: SELECT 1 twice on one connection.
 type pg2RTT struct{ p *pgxpool.Pool }
+
+func (f pg2RTT) warm(ctx context.Context, n int) error { return warmPool(ctx, f.p, n) }
 
 type pg2RTTHeld pgxpool.Conn
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dlock-go/dlock/backend"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -21,37 +22,43 @@ import (
 // MutexKey(name)) on a lock connection whose session does not hold it. It
 // fails while others wait for name: it does not jump their queue.
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
+	k := MutexKey(name)
+	return b.try(ctx, req{kind: "mutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // Lock takes the mutex name, waiting in the server's lock queue (first
 // come, first served) until it is granted or ctx is done.
 func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "mutex", name: name, key: MutexKey(name), mode: exclusive, fence: MutexKey(name)})
+	k := MutexKey(name)
+	return b.wait(ctx, req{kind: "mutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // TryRLock makes one attempt to read-lock name (a shared advisory lock of
 // RWKey(name)). It fails while a writer holds name or waits for it.
 func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: shared, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.try(ctx, req{kind: "rwmutex", name: name, key: k, mode: shared, fence: k})
 }
 
 // TryWLock makes one attempt to write-lock name (an exclusive advisory lock
 // of RWKey(name)).
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
-	return b.try(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: exclusive, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.try(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // RLock read-locks name, waiting in the server's lock queue; it queues
 // behind a waiting writer.
 func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: shared, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.wait(ctx, req{kind: "rwmutex", name: name, key: k, mode: shared, fence: k})
 }
 
 // WLock write-locks name, waiting in the server's lock queue. While it
 // waits, new readers of name fail their tries and queue behind it.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	return b.wait(ctx, req{kind: "rwmutex", name: name, key: RWKey(name), mode: exclusive, fence: RWKey(name)})
+	k := RWKey(name)
+	return b.wait(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
 }
 
 // req describes one acquisition.
@@ -294,17 +301,28 @@ func (b *Backend) done(lc *lockConn) {
 // had ended: it may run on another connection.
 func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok bool, err error, retry bool) {
 	defer b.done(lc)
-	fn := "pg_try_advisory_lock"
-	if r.mode == shared {
-		fn = "pg_try_advisory_lock_shared"
-	}
-	sql := b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence)
 	pgc := lc.pc.Conn().PgConn()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
-	row, qerr := query(qctx, pgc, sql)
+	var (
+		row  [][]byte
+		qerr error
+	)
+	if b.cfg.fenceTable == "" {
+		fn := fnTry
+		if r.mode == shared {
+			fn = fnTryShared
+		}
+		ok, qerr = callKeyFn(qctx, lc.pc.Conn(), fn, r.key)
+	} else {
+		fn := "pg_try_advisory_lock"
+		if r.mode == shared {
+			fn = "pg_try_advisory_lock_shared"
+		}
+		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence))
+		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
+	}
 	cancel()
 	if qerr == nil {
-		ok = len(row) > 0 && string(row[0]) == "t"
 		l, qerr = b.leaseFrom(r, row, ok)
 	}
 	if qerr != nil {
@@ -373,14 +391,13 @@ func (b *Backend) undoOrFail(lc *lockConn, k Key, m mode, cause error) {
 	if gone {
 		return
 	}
-	pgc := lc.pc.Conn().PgConn()
-	if pgc.IsClosed() {
+	if lc.pc.Conn().PgConn().IsClosed() {
 		b.fail(lc, cause)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.opTimeout)
 	defer cancel()
-	if _, err := unlock(ctx, pgc, k, m); err != nil {
+	if _, err := unlock(ctx, lc.pc.Conn(), k, m); err != nil {
 		b.fail(lc, cause)
 	}
 }
@@ -416,8 +433,8 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			b.mu.Unlock()
 		}()
 	}
-	poll := pace.New(waitPollMin, waitPollMax)
-	var last error // the last error that kept the wait from the server's queue
+	var poll *pace.Pacer // made when first needed: most waits never poll
+	var last error       // the last error that kept the wait from the server's queue
 	for {
 		noConn := false
 		// First a try (one short statement, on a lock connection, or on
@@ -459,6 +476,10 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 			last = err
 		}
 		// No connection for a server-side wait: poll.
+		if poll == nil {
+			p := pace.New(waitPollMin, waitPollMax)
+			poll = &p
+		}
 		t := time.NewTimer(poll.Next())
 		select {
 		case <-t.C:
@@ -487,11 +508,14 @@ var errEarly = errors.New("lock_timeout before the deadline")
 // server's queue decides; after the grant that connection becomes a lock
 // connection holding the lease.
 func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*Lease, error) {
-	fn := "pg_advisory_lock"
-	if r.mode == shared {
-		fn = "pg_advisory_lock_shared"
+	sql := "" // the plain lock function, prepared
+	if b.cfg.fenceTable != "" {
+		fn := "pg_advisory_lock"
+		if r.mode == shared {
+			fn = "pg_advisory_lock_shared"
+		}
+		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
 	}
-	sql := b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
 	defer b.enqueue(r.key)()
 	row, err := b.block(ctx, pc, sql, r.key, r.mode)
 	if err != nil {
@@ -536,17 +560,18 @@ func (b *Backend) enqueue(k Key) (leave func()) {
 func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if _, err := unlock(ctx, pc.Conn().PgConn(), k, m); err != nil {
+	if _, err := unlock(ctx, pc.Conn(), k, m); err != nil {
 		destroy(pc)
 		return
 	}
 	pc.Release()
 }
 
-// block runs sql, a blocking lock statement, on pc, bounded by ctx on the
-// server: lock_timeout from ctx's deadline (SET LOCAL in the statement's
-// own implicit transaction, so it never outlives it), and a cancel request
-// when ctx ends. On success pc's session holds k and pc is still the
+// block runs sql, a blocking lock statement of k in mode m ("" for the
+// lock function itself, prepared: see lockBlocking), on pc, bounded by ctx
+// on the server: lock_timeout from ctx's deadline (SET LOCAL in the
+// statement's own implicit transaction, so it never outlives it), and a
+// cancel request when ctx ends. On success pc's session holds k and pc is still the
 // caller's. On error the session does not hold k and pc has been given back
 // to the pool (or destroyed).
 func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode) ([][]byte, error) {
@@ -557,9 +582,14 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 		// usually comes first, and either way the result is the same.
 		ms = max(time.Until(dl).Milliseconds()+2, 1)
 	}
-	timeout := strconv.FormatInt(ms, 10)
-	full := "SET LOCAL lock_timeout = " + timeout + "; SET LOCAL statement_timeout = 0; " + sql
-	row, cancelled, err := runCancellable(ctx, pgc, full, b.cfg.opTimeout)
+	run := func(qctx context.Context) ([][]byte, error) {
+		return nil, lockBlocking(qctx, pc.Conn(), ms, k, m)
+	}
+	if sql != "" {
+		full := "SET LOCAL lock_timeout = " + strconv.FormatInt(ms, 10) + "; SET LOCAL statement_timeout = 0; " + sql
+		run = func(qctx context.Context) ([][]byte, error) { return query(qctx, pgc, full) }
+	}
+	row, cancelled, err := runCancellable(ctx, pgc, run, b.cfg.opTimeout)
 	switch {
 	case err == nil && !cancelled:
 		return row, nil
@@ -590,12 +620,12 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 	return nil, err
 }
 
-// runCancellable runs sql on pgc; when ctx ends first it sends the server a
-// cancel request, and if the statement still does not end within grace it
+// runCancellable runs run (statements on pgc); when ctx ends first it sends
+// the server a cancel request, and if the statement still does not end within grace it
 // closes the connection. cancelled reports that a cancel request was sent;
 // it has then been delivered (or given up) before runCancellable returns,
 // so it cannot hit a later statement.
-func runCancellable(ctx context.Context, pgc *pgconn.PgConn, sql string, grace time.Duration) (row [][]byte, cancelled bool, err error) {
+func runCancellable(ctx context.Context, pgc *pgconn.PgConn, run func(context.Context) ([][]byte, error), grace time.Duration) (row [][]byte, cancelled bool, err error) {
 	qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer qcancel()
 	done := make(chan struct{})
@@ -619,7 +649,7 @@ func runCancellable(ctx context.Context, pgc *pgconn.PgConn, sql string, grace t
 			qcancel()
 		}
 	})
-	row, err = query(qctx, pgc, sql)
+	row, err = run(qctx)
 	close(done)
 	if !stop() {
 		<-cancelDone
@@ -644,14 +674,21 @@ func query(ctx context.Context, pgc *pgconn.PgConn, sql string) ([][]byte, error
 	return last.Rows[0], nil
 }
 
-// unlock releases k on pgc's session; ok reports that it was held.
-func unlock(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode) (bool, error) {
-	return unlockNotify(ctx, pgc, k, m, "")
+// unlock releases k on conn's session; ok reports that it was held.
+func unlock(ctx context.Context, conn *pgx.Conn, k Key, m mode) (bool, error) {
+	return unlockNotify(ctx, conn, k, m, "")
 }
 
 // unlockNotify is unlock that also, when topic is not "", notifies the
 // semaphore waiters of topic (semChannel), in the same statement.
-func unlockNotify(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode, topic string) (bool, error) {
+func unlockNotify(ctx context.Context, conn *pgx.Conn, k Key, m mode, topic string) (bool, error) {
+	if topic == "" {
+		fn := fnUnlock
+		if m == shared {
+			fn = fnUnlockShared
+		}
+		return callKeyFn(ctx, conn, fn, k)
+	}
 	fn := "pg_advisory_unlock"
 	if m == shared {
 		fn = "pg_advisory_unlock_shared"
@@ -660,7 +697,7 @@ func unlockNotify(ctx context.Context, pgc *pgconn.PgConn, k Key, m mode, topic 
 	if topic != "" {
 		sql += ", pg_notify('" + semChannel + "', '" + topic + "')"
 	}
-	row, err := query(ctx, pgc, sql)
+	row, err := query(ctx, conn.PgConn(), sql)
 	if err != nil {
 		return false, err
 	}

@@ -90,38 +90,15 @@ func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// A timer, not a goroutine: most acquisitions return before it fires.
-	var (
-		mu      sync.Mutex
-		t       *time.Timer
-		stopped bool
-		blocked int
-	)
-	var check func()
-	check = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
-		}
-		st := b.pool.Stat()
-		if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
-			if blocked++; blocked >= 4 {
-				cancel(ErrNoConnection)
-				return
-			}
-		} else {
-			blocked = 0
-		}
-		t = time.AfterFunc(5*time.Millisecond, check)
-	}
-	mu.Lock()
-	t = time.AfterFunc(5*time.Millisecond, check)
-	mu.Unlock()
+	w := &noWait{b: b, cancel: cancel}
+	w.mu.Lock()
+	w.t = time.AfterFunc(noWaitCheck, w.check)
+	w.mu.Unlock()
 	pc, err := b.pool.Acquire(actx)
-	mu.Lock()
-	stopped = true
-	t.Stop()
-	mu.Unlock()
+	w.mu.Lock()
+	w.stopped = true
+	w.t.Stop()
+	w.mu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrNoConnection) {
 			b.mu.Lock()
@@ -132,6 +109,40 @@ func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", b.addr, err)
 	}
 	return pc, nil
+}
+
+// noWaitCheck is the period of acquireNoWait's checks.
+const noWaitCheck = 5 * time.Millisecond
+
+// noWait watches one pool.Acquire of acquireNoWait.
+type noWait struct {
+	b      *Backend
+	cancel context.CancelCauseFunc
+
+	mu      sync.Mutex
+	t       *time.Timer // runs check
+	stopped bool        // the Acquire returned
+	blocked int         // checks in a row that saw it wait for a release
+}
+
+// check cancels the Acquire after four checks in a row saw the pool full
+// with nothing under construction, else checks again later.
+func (w *noWait) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	st := w.b.pool.Stat()
+	if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
+		if w.blocked++; w.blocked >= 4 {
+			w.cancel(ErrNoConnection)
+			return
+		}
+	} else {
+		w.blocked = 0
+	}
+	w.t.Reset(noWaitCheck)
 }
 
 // serverAddr names the pool's first server as host:port.

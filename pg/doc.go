@@ -210,7 +210,7 @@
 // (median) and 7 to 18ms (99th percentile, on a loaded two-core machine)
 // after another client could take the lock (TestRevocationWindow). A connection
 // that dies silently (a network cut, a frozen server) sends nothing: one
-// monitor goroutine per backend, running while it has lock connections,
+// monitor per backend (a timer, set while it has lock connections)
 // pings each idle lock connection every half loss interval
 // (WithLossInterval, default 1s), each ping bounded by the other half. When
 // a connection dies every lease on it reports loss: Lost closes and Do's

@@ -29,8 +29,11 @@ const (
 	// release, an undo (WithOpTimeout).
 	defaultOpTimeout = 5 * time.Second
 	// defaultMaxLockConns is the number of lock connections that tries
-	// spread over before they share busy ones (WithMaxLockConns).
-	defaultMaxLockConns = 4
+	// spread over before they share busy ones (WithMaxLockConns). With 4,
+	// 64 goroutines taking distinct locks reached 0.5-0.7x the throughput
+	// of the same code on 64 pooled connections (their tries and unlocks
+	// queue behind each other); with 16, 0.84-1.02x.
+	defaultMaxLockConns = 16
 	// defaultMaxLeasesPerConn is the number of leases a lock connection
 	// takes before tries move to another one (WithMaxLeasesPerConn).
 	defaultMaxLeasesPerConn = 512
@@ -129,7 +132,7 @@ func WithOpTimeout(d time.Duration) Option {
 // cap on connections: a wait that had to queue on the server brings its
 // own connection (when the pool has one to give), which then holds its
 // lease (and others) until they are released. n must be at least 1. The
-// default is 4.
+// default is 16.
 func WithMaxLockConns(n int) Option {
 	return func(c *config) {
 		if n < 1 {

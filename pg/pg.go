@@ -34,8 +34,9 @@ type Backend struct {
 	acquiring int                    // pool connections being acquired
 	waiting   int                    // pool connections held by queued waits
 	closed    bool
-	monStop   chan struct{} // closes to stop the running monitor; nil if none
-	monWG     sync.WaitGroup
+	monTimer  *time.Timer    // runs monitor; made at the first lock connection
+	monArmed  bool           // monTimer is set (or its tick runs) for the lock connections
+	monWG     sync.WaitGroup // monitor ticks in progress
 	watchWG   sync.WaitGroup // lock connections' watchers
 
 	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
@@ -98,8 +99,8 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
 // Close releases every lock still held, by closing the lock connections
 // (their sessions end, and PostgreSQL frees their locks); their leases
 // report loss, and their Release returns an error matching
-// backend.ErrLockLost. It stops the backend's monitor goroutine and waits for
-// it. Acquisitions that wait at the time of Close fail when their wait ends.
+// backend.ErrLockLost. It stops the backend's monitor and waits for a
+// round of pings in progress. Acquisitions that wait at the time of Close fail when their wait ends.
 // Close the backend before the pool. Release leases first to return their
 // connections to the pool rather than close them. Calling Close twice is
 // harmless. It returns nil: it is an io.Closer like every dlock backend.
@@ -192,11 +193,14 @@ func newLockConn(pc *pgxpool.Conn) *lockConn {
 // addConnLocked makes lc a lock connection.
 func (b *Backend) addConnLocked(lc *lockConn) {
 	b.conns[lc] = struct{}{}
-	if b.monStop == nil {
-		stop := make(chan struct{})
-		b.monStop = stop
-		b.monWG.Add(1)
-		go b.monitor(stop)
+	if b.monArmed || b.closed {
+		return
+	}
+	b.monArmed = true
+	if b.monTimer == nil {
+		b.monTimer = time.AfterFunc(b.cfg.lossInterval/2, b.monitor)
+	} else {
+		b.monTimer.Reset(b.cfg.lossInterval / 2)
 	}
 }
 
@@ -296,63 +300,66 @@ func (b *Backend) conflictsLocked(k Key, m mode) bool {
 }
 
 func (b *Backend) stopMonitorIfIdleLocked() {
-	if len(b.conns) == 0 && b.monStop != nil {
-		close(b.monStop)
-		b.monStop = nil
+	if (len(b.conns) == 0 || b.closed) && b.monArmed {
+		b.monArmed = false
+		b.monTimer.Stop()
 	}
 }
 
 // monitor pings the lock connections every half loss interval, so that a
 // dead session is found even while its connection is idle, and an idle
-// session is never idle long enough for idle_session_timeout. It runs while
-// there are lock connections.
-func (b *Backend) monitor(stop chan struct{}) {
-	defer b.monWG.Done()
+// session is never idle long enough for idle_session_timeout. It is a
+// timer's function, set while there are lock connections (a reused timer,
+// not a goroutine: a lease taken and released at once costs no goroutine
+// and no allocation for it).
+func (b *Backend) monitor() {
 	half := b.cfg.lossInterval / 2
-	t := time.NewTicker(half)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		b.mu.Lock()
-		var conns []*lockConn
-		for lc := range b.conns {
-			if lc.pc != nil {
-				conns = append(conns, lc)
-			}
-		}
+	b.mu.Lock()
+	if !b.monArmed || b.closed {
 		b.mu.Unlock()
-		var wg sync.WaitGroup
-		for _, lc := range conns {
-			if !lc.tryLock() {
-				continue // in use: the query in flight finds a failure itself
-			}
-			wg.Go(func() {
-				defer lc.unlock()
-				b.mu.Lock()
-				gone := lc.gone
-				b.mu.Unlock()
-				if gone {
-					return
-				}
-				err := b.pause(lc)
-				if err == nil {
-					ctx, cancel := context.WithTimeout(context.Background(), half)
-					err = lc.pc.Conn().PgConn().Ping(ctx)
-					cancel()
-				}
-				if err != nil {
-					b.fail(lc, fmt.Errorf("ping: %w", err))
-					return
-				}
-				b.resume(lc)
-			})
-		}
-		wg.Wait()
+		return // stopped after it fired
 	}
+	b.monWG.Add(1)
+	defer b.monWG.Done()
+	var conns []*lockConn
+	for lc := range b.conns {
+		if lc.pc != nil {
+			conns = append(conns, lc)
+		}
+	}
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, lc := range conns {
+		if !lc.tryLock() {
+			continue // in use: the query in flight finds a failure itself
+		}
+		wg.Go(func() {
+			defer lc.unlock()
+			b.mu.Lock()
+			gone := lc.gone
+			b.mu.Unlock()
+			if gone {
+				return
+			}
+			err := b.pause(lc)
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), half)
+				err = lc.pc.Conn().PgConn().Ping(ctx)
+				cancel()
+			}
+			if err != nil {
+				b.fail(lc, fmt.Errorf("ping: %w", err))
+				return
+			}
+			b.resume(lc)
+		})
+	}
+	wg.Wait()
+	b.mu.Lock()
+	if b.monArmed && !b.closed {
+		b.monTimer.Reset(half)
+	}
+	b.mu.Unlock()
 }
 
 // Lease is a lock held through a Backend.
@@ -439,7 +446,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		}
 		return l.errorf("release: %w: its connection failed: %w", backend.ErrLockLost, cause)
 	}
-	ok, err := unlockNotify(rctx, lc.pc.Conn().PgConn(), l.key, l.mode, l.topic)
+	ok, err := unlockNotify(rctx, lc.pc.Conn(), l.key, l.mode, l.topic)
 	if err != nil || !ok {
 		// The unlock was not confirmed: the session may have ended (killed,
 		// reset, restarted), and the server freed the lock at that moment,

@@ -122,7 +122,7 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 // and its session holds nothing.
 func (b *Backend) semQueue(ctx context.Context, r req, slots []Key, pc *pgxpool.Conn) (*Lease, error) {
 	defer b.enqueue(r.queue)()
-	if _, err := b.block(ctx, pc, "SELECT pg_advisory_lock("+r.queue.String()+")", r.queue, exclusive); err != nil {
+	if _, err := b.block(ctx, pc, "", r.queue, exclusive); err != nil {
 		if ctx.Err() != nil {
 			return nil, r.notAcquired(ctx)
 		}

@@ -82,7 +82,9 @@ func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
 	if m == shared {
 		fn = "pg_advisory_xact_lock_shared"
 	}
-	_, _, err = runCancellable(ctx, tx.Conn().PgConn(), "SELECT "+fn+"("+key.String()+")", defaultOpTimeout)
+	pgc := tx.Conn().PgConn()
+	sql := "SELECT " + fn + "(" + key.String() + ")"
+	_, _, err = runCancellable(ctx, pgc, func(qctx context.Context) ([][]byte, error) { return query(qctx, pgc, sql) }, defaultOpTimeout)
 	uctx := context.WithoutCancel(ctx)
 	if err == nil {
 		if err := sp.Commit(uctx); err != nil {

@@ -1,0 +1,146 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The statements of the uncontended path — a try and an unlock, of a key in
+// either mode — and of a wait in the server's queue are prepared on each connection the first time it runs
+// them (pgx's Conn.Prepare, which remembers them per connection: later
+// calls cost no round trip) and then run with the extended protocol, the
+// key as a text parameter: the server neither parses nor plans them again,
+// which is about a third of a round trip's cost on loopback. The statement
+// names begin with "dlock_"; they live as long as the session, like those
+// pgx prepares for the application.
+
+// keyFn is one of the advisory lock functions of one key space (bigint,
+// or a pair of integers).
+type keyFn uint8
+
+const (
+	fnTry keyFn = iota
+	fnTryShared
+	fnUnlock
+	fnUnlockShared
+	fnLock
+	fnLockShared
+	numKeyFns
+)
+
+// keyFnSQL[pair][fn] is the statement (and keyFnName its name) that calls
+// fn on the key in parameters $1 (bigint) or $1, $2 (pair).
+var keyFnSQL, keyFnName = func() (sql, name [2][numKeyFns]string) {
+	fns := [numKeyFns]string{"pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared",
+		"pg_advisory_lock", "pg_advisory_lock_shared"}
+	for f, fn := range fns {
+		sql[0][f] = "SELECT " + fn + "($1::bigint)"
+		name[0][f] = "dlock_" + fn
+		sql[1][f] = "SELECT " + fn + "($1::integer, $2::integer)"
+		name[1][f] = "dlock_" + fn + "2"
+	}
+	return sql, name
+}()
+
+// keyParams encodes k as the text parameters of a keyFn statement, in
+// buf; pair selects the statement.
+func keyParams(k Key, buf *[24]byte, params *[2][]byte) (pair int, ps [][]byte) {
+	if k.pair {
+		a, b, _ := k.Pair()
+		params[0] = strconv.AppendInt(buf[:0:12], int64(a), 10)
+		params[1] = strconv.AppendInt(buf[12:12], int64(b), 10)
+		return 1, params[:2]
+	}
+	params[0] = strconv.AppendInt(buf[:0], k.v, 10)
+	return 0, params[:1]
+}
+
+// forgotten reports that err is the server's refusal of a prepared
+// statement that the session no longer knows (invalid_sql_statement_name:
+// the application ran DEALLOCATE ALL or DISCARD ALL behind pgx's back). The
+// server refused it before running anything.
+func forgotten(conn *pgx.Conn, err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "26000" && !conn.PgConn().IsClosed()
+}
+
+// callKeyFn runs fn of k on conn's session, prepared (see above), and
+// reports whether it returned true. A statement the session forgot is
+// prepared again and run once more.
+func callKeyFn(ctx context.Context, conn *pgx.Conn, fn keyFn, k Key) (bool, error) {
+	var buf [24]byte
+	var params [2][]byte
+	pair, ps := keyParams(k, &buf, &params)
+	for attempt := 0; ; attempt++ {
+		sd, err := conn.Prepare(ctx, keyFnName[pair][fn], keyFnSQL[pair][fn])
+		if err != nil {
+			return false, err
+		}
+		rr := conn.PgConn().ExecStatement(ctx, sd, ps, nil, nil)
+		var v byte
+		for rr.NextRow() {
+			if vals := rr.Values(); len(vals) > 0 && len(vals[0]) > 0 {
+				v = vals[0][0]
+			}
+		}
+		_, err = rr.Close()
+		if attempt == 0 && forgotten(conn, err) {
+			_ = conn.Deallocate(ctx, keyFnName[pair][fn])
+			continue
+		}
+		return v == 't', err
+	}
+}
+
+// The statement that bounds a wait in the server's queue: lock_timeout
+// from the caller's deadline ($1, in ms; 0 for none) and no
+// statement_timeout, both local to the implicit transaction that the wait
+// runs in (they never outlive it).
+const (
+	timeoutsName = "dlock_wait_timeouts"
+	timeoutsSQL  = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true)"
+)
+
+// lockBlocking waits in the server's queue for k in mode m on conn's
+// session: the timeouts statement and the blocking lock function, both
+// prepared, sent together and run in one implicit transaction (one Sync),
+// so the timeouts bound the lock's wait and end with it. It costs one
+// round trip besides the wait.
+func lockBlocking(ctx context.Context, conn *pgx.Conn, lockTimeoutMS int64, k Key, m mode) error {
+	fn := fnLock
+	if m == shared {
+		fn = fnLockShared
+	}
+	var buf [24]byte
+	var params [2][]byte
+	pair, ps := keyParams(k, &buf, &params)
+	var tbuf [20]byte
+	timeout := [][]byte{strconv.AppendInt(tbuf[:0], lockTimeoutMS, 10)}
+	for attempt := 0; ; attempt++ {
+		sdT, err := conn.Prepare(ctx, timeoutsName, timeoutsSQL)
+		if err != nil {
+			return err
+		}
+		sdL, err := conn.Prepare(ctx, keyFnName[pair][fn], keyFnSQL[pair][fn])
+		if err != nil {
+			return err
+		}
+		batch := &pgconn.Batch{}
+		batch.ExecStatement(sdT, timeout, nil, nil)
+		batch.ExecStatement(sdL, ps, nil, nil)
+		_, err = conn.PgConn().ExecBatch(ctx, batch).ReadAll()
+		if attempt == 0 && forgotten(conn, err) {
+			_ = conn.Deallocate(ctx, timeoutsName)
+			_ = conn.Deallocate(ctx, keyFnName[pair][fn])
+			continue
+		}
+		return err
+	}
+}
