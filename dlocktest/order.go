@@ -152,12 +152,19 @@ func (s *suite[L]) testNoStarvation(t *testing.T, k kind[L]) {
 	counts := make([]int, clients)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	ctx, cancel := context.WithTimeout(context.Background(), run)
+	// Every client is made (connected) before the run's clock starts, and
+	// all start together: a client still connecting must not look starved.
+	guards := make([]*dlock.Guard[L], clients)
+	for c := range guards {
+		guards[c] = k.guard(s.node(t))
+	}
+	start := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for c := range clients {
-		g := k.guard(s.node(t))
+	for c, g := range guards {
 		for range perClient {
 			wg.Go(func() {
+				<-start
 				for ctx.Err() == nil {
 					err := g.Do(ctx, name, func(context.Context) error { time.Sleep(hold); return nil })
 					if err == nil {
@@ -169,6 +176,8 @@ func (s *suite[L]) testNoStarvation(t *testing.T, k kind[L]) {
 			})
 		}
 	}
+	time.AfterFunc(run, cancel)
+	close(start)
 	wg.Wait()
 	total := 0
 	for _, n := range counts {
