@@ -271,12 +271,7 @@ func (s *subscription) passOn() {
 	}
 }
 
-func (s *subscription) signal() {
-	select {
-	case s.c <- struct{}{}:
-	default:
-	}
-}
+func (s *subscription) signal() { signal(s.c) }
 
 // dead reports whether the subscription's connection broke.
 func (s *subscription) dead() bool {
@@ -418,4 +413,112 @@ func (n *notifier) close() {
 		sc.cancel()
 	}
 	n.wg.Wait()
+}
+
+// localWaiters are the waiters of one core (one node) that wait in this
+// process, by id. A release (or a waiter leaving the queue) whose lock's
+// next waiter is one of them is told so by its script, which then does not
+// publish: the releaser wakes that waiter here, without a round trip
+// through the server's pub/sub; a mutex's release grants it the lock at
+// once, and the releaser hands it the grant (see releaseString). A waiter
+// registers after its first failed attempt, which queued it; a wake-up or
+// grant that comes in between is kept (the latest few) and taken when it
+// registers.
+type localWaiters struct {
+	mu        sync.Mutex
+	w         map[string]*localWaiter
+	unclaimed [64]unclaimed
+	next      int
+}
+
+// localWaiter is one registered waiter.
+type localWaiter struct {
+	id    string
+	wake  chan struct{}
+	grant granted // fence 0: none
+}
+
+// granted is a lock a release granted to a waiter: its fencing token, and
+// a moment before the release was sent (the lease is valid from then).
+type granted struct {
+	fence uint64
+	t0    time.Time
+}
+
+type unclaimed struct {
+	id string
+	g  granted
+}
+
+// add registers the waiter id, woken on wake; it is signalled at once if a
+// wake-up or a grant named it before.
+func (lw *localWaiters) add(id string, wake chan struct{}) *localWaiter {
+	w := &localWaiter{id: id, wake: wake}
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if lw.w == nil {
+		lw.w = make(map[string]*localWaiter)
+	}
+	lw.w[id] = w
+	for i, u := range lw.unclaimed {
+		if u.id == id {
+			lw.unclaimed[i] = unclaimed{}
+			w.grant = u.g
+			signal(wake)
+			break
+		}
+	}
+	return w
+}
+
+// remove forgets w. A grant it did not take is given back by the waiter
+// leaving the queue (leaveQueue).
+func (lw *localWaiters) remove(w *localWaiter) {
+	lw.mu.Lock()
+	if lw.w[w.id] == w {
+		delete(lw.w, w.id)
+	}
+	lw.mu.Unlock()
+}
+
+// take returns the grant handed to w (nil: none), if any.
+func (lw *localWaiters) take(w *localWaiter) (granted, bool) {
+	if w == nil {
+		return granted{}, false
+	}
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	g := w.grant
+	w.grant = granted{}
+	return g, g.fence != 0
+}
+
+// wake signals the waiter id, or keeps the wake-up for it if it has not
+// registered yet.
+func (lw *localWaiters) wake(id string) { lw.hand(id, granted{}) }
+
+// grant hands the waiter id the lock granted to it (and signals it), or
+// keeps the grant for it if it has not registered yet.
+func (lw *localWaiters) grant(id string, g granted) { lw.hand(id, g) }
+
+func (lw *localWaiters) hand(id string, g granted) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if w, ok := lw.w[id]; ok {
+		if g.fence != 0 {
+			w.grant = g
+		}
+		signal(w.wake)
+		return
+	}
+	lw.unclaimed[lw.next] = unclaimed{id: id, g: g}
+	lw.next = (lw.next + 1) % len(lw.unclaimed)
+}
+
+// signal sends a wake-up on c unless one is pending.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
