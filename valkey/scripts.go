@@ -156,8 +156,8 @@ local function head(q, d)
 end
 local function enqueue(q, d, m, lease)
   local now, stamp = clock()
-  redis.call('ZADD', q, 'NX', stamp, m)
   redis.call('ZADD', d, now + lease, m)
+  redis.call('ZADD', q, 'NX', stamp, m)
   redis.call('PEXPIRE', q, lease)
   redis.call('PEXPIRE', d, lease)
 end
@@ -208,7 +208,8 @@ end
 ` + luaQueue + `
 -- Granted by a release in the waiter's process (see releaseString), and
 -- not yet taken there: the attempt takes the lock over under its token.
-if waiter ~= '' and redis.call('GET', lock) == waiter then
+-- (Not on a waiter's first attempt, whose token is its id.)
+if waiter ~= '' and waiter ~= ARGV[1] and redis.call('GET', lock) == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
   return nextFence(KEYS[2])
 end
@@ -226,12 +227,19 @@ if waiter ~= '' and redis.call('ZRANGE', q, 0, 0)[1] == waiter then
     return nextFence(KEYS[2])
   end
 end
+local hint = redis.call('PTTL', lock)
+if hint ~= -2 then
+  -- Held: queue (the queue was read above, the deadlines are written
+  -- first) and wait; dead waiters are evicted when the lock is free.
+  if waiter ~= '' then enqueue(q, d, waiter, lease) end
+  if hint < 0 then hint = 0 end
+  return -1 - hint
+end
 local now = clock()
 local evicted = evict(q, d, now)
 local h = head(q, d)
-local hint = redis.call('PTTL', lock)
-local free = hint == -2
-if free and (ARGV[4] ~= '1' or not h or h == waiter) then
+local free = true
+if ARGV[4] ~= '1' or not h or h == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
   if waiter ~= '' and h then dequeue(q, d, waiter) end
   return nextFence(KEYS[2])
@@ -396,18 +404,20 @@ return 1
 // the grant or its attempt, never both.
 var releaseString = newScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
 ` + luaNextFence + luaQueue + `
 local h = head(KEYS[2], KEYS[3])
-if not h then return 1 end
 local self = ARGV[3]
-if self ~= '' and string.sub(h, 1, #self) == self then
+if h and self ~= '' and string.sub(h, 1, #self) == self then
   redis.call('SET', KEYS[1], h, 'PX', ARGV[4])
   dequeue(KEYS[2], KEYS[3], h)
   return {h, nextFence(KEYS[4])}
 end
-redis.call('PUBLISH', ARGV[2], h)
+redis.call('DEL', KEYS[1])
+if h then redis.call('PUBLISH', ARGV[2], h) end
 return 1
 `)
 
