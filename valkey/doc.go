@@ -119,13 +119,18 @@
 //     announced, only when someone waits, with the id of the queue's first
 //     waiter and wakes only that one, wherever it is; when that waiter
 //     waits in the releasing Backend, nothing is published and it is woken
-//     in-process, and a mutex's release script grants it the lock at once
-//     (the lock's value becomes the waiter's id, its token; the lease is
-//     valid from before the release was sent), saving the waiter's own
-//     attempt. A waiter that stops before it takes such a grant gives the
-//     lock back as it leaves the queue. Semaphore waiters get tickets in
-//     arrival order (a waiter that takes a ticket and leaves room behind
-//     it wakes the next).
+//     in-process. A mutex's release script also grants that waiter the
+//     lock at once (the lock's value becomes the waiter's id, its token),
+//     saving the waiter's own attempt: in the releasing Backend the lease
+//     is valid from before the release was sent; in another process the
+//     message carries the fencing token, the lock lasts what remained of
+//     the waiter's place in the queue (a lease after its last attempt; the
+//     release only wakes a waiter with less than half a lease left), and
+//     the lease is valid from before that attempt was sent. A waiter that
+//     stops before it takes a grant gives the lock back as it leaves the
+//     queue; one that missed the message takes the grant over at its next
+//     poll. Semaphore waiters get tickets in arrival order (a waiter that
+//     takes a ticket and leaves room behind it wakes the next).
 //   - Reader-writer locks: a writer enters when the lock is free and it is
 //     first in the queue; a reader enters when no writer holds the lock
 //     and no writer queued before it. So readers that came before a

@@ -47,7 +47,9 @@ func (e *extender) add(l *Lease) error {
 	if e.shut {
 		return errClosed
 	}
-	l.due = time.Now().Add(e.c.cfg.extendEvery)
+	// Due extendEvery after the validity began (a lock granted from
+	// before the waiter's last attempt began before it was acquired).
+	l.due = l.deadline.Add(e.c.cfg.extendEvery - (e.c.cfg.lease - e.c.cfg.drift))
 	heap.Push(&e.h, l)
 	if !e.run {
 		e.run = true

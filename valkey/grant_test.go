@@ -1,6 +1,7 @@
 package valkey
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +125,51 @@ func TestAttemptTakesOverGrant(t *testing.T) {
 	}
 	if err := a.lease.Release(testCtx(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A mutex's release whose next waiter is another process's grants it the
+// lock and publishes the grant (the waiter's id and the fencing token):
+// the waiter takes it from the message, without an attempt of its own.
+func TestReleaseGrantsRemoteWaiter(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	a := newTestBackend(t, t.TempDir(), addr)
+	b := newTestBackendLike(t, a, addr)
+	name := "grant-remote"
+	base, _ := keyBase(a.c.cfg.prefix, name)
+	msgs := make(chan string, 8)
+	dc, release := testClient(t, addr).Dedicate()
+	defer release()
+	dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: func(m valkeygo.PubSubMessage) { msgs <- m.Message }})
+	if err := dc.Do(testCtx(t), dc.B().Subscribe().Channel(channel(base, kindMutex)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		holder := mustLock(t, a, name)
+		got := lockAsync(testCtx(t), b, name)
+		waitQueued(t, a, kindMutex, name, 1)
+		time.Sleep(20 * time.Millisecond) // let the waiter subscribe
+		if err := holder.Release(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		l := <-got
+		if l == nil {
+			t.Fatal("the waiter failed")
+		}
+		var m string
+		select {
+		case m = <-msgs:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the release was not announced")
+		}
+		if want := l.token + " " + strconv.FormatUint(l.Token(), 10); m != want || l.Token() <= holder.Token() {
+			t.Fatalf("the release announced %q; the waiter's lease is %q (holder's token %d)", m, want, holder.Token())
+		}
+		if n := queueLen(t, a, kindMutex, name); n != 0 {
+			t.Fatalf("the queue holds %d waiters after the hand-off", n)
+		}
+		if err := l.Release(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,9 +71,9 @@ type subEntry struct {
 	targeted bool
 	// readyGen is the notifier's gen when the SUBSCRIBE was answered.
 	readyGen uint64
-	// unclaimed are the latest waiter ids that messages named while no
-	// waiter of this process had that id: a waiter that joins the entry
-	// just after the message arrived takes its wake-up from here.
+	// unclaimed are the latest messages that named a waiter id no waiter
+	// of this process had: a waiter that joins the entry just after the
+	// message arrived takes its wake-up (and grant) from here.
 	unclaimed [8]string
 	nextSlot  int
 }
@@ -85,6 +87,7 @@ type subscription struct {
 	id         string        // the waiter's id in the lock's queue; "" for any
 	prev, next *subscription // in e.waiters; guarded by n.mu
 	queued     bool
+	grant      uint64 // a message granted the lock to the waiter, with this fencing token; guarded by n.mu
 }
 
 // waitQueue is the waiters of a channel in the order they subscribed (an
@@ -141,16 +144,35 @@ func (q *waitQueue) signalOne(skip *subscription) {
 	}
 }
 
-// signalID signals the waiter with id, if any, and reports whether there
-// was one.
-func (q *waitQueue) signalID(id string) bool {
+// signalID signals the waiter with id, if any, handing it the lock the
+// release granted it with fencing token fence (0: none), and reports
+// whether there was one.
+func (q *waitQueue) signalID(id string, fence uint64) bool {
 	for s := q.head; s != nil; s = s.next {
 		if s.id == id {
+			if fence != 0 {
+				s.grant = fence
+			}
 			s.signal()
 			return true
 		}
 	}
 	return false
+}
+
+// parseWake splits a release's message: the id of the waiter it wakes,
+// and the fencing token of the lock it granted it, if any (see
+// releaseString).
+func parseWake(msg string) (id string, fence uint64) {
+	id, f, ok := strings.Cut(msg, " ")
+	if !ok {
+		return msg, 0
+	}
+	n, err := strconv.ParseUint(f, 10, 64)
+	if err != nil {
+		return msg, 0
+	}
+	return id, n
 }
 
 // wake signals the waiters of e for one message, msg: the waiter whose id
@@ -160,7 +182,7 @@ func (e *subEntry) wake(msg string) {
 	switch {
 	case !e.one:
 		e.waiters.signalAll()
-	case msg != "" && e.waiters.signalID(msg):
+	case msg != "" && e.waiters.signalID(parseWake(msg)):
 	case msg != "" && e.targeted:
 		e.unclaimed[e.nextSlot] = msg
 		e.nextSlot = (e.nextSlot + 1) % len(e.unclaimed)
@@ -174,9 +196,10 @@ func (e *subEntry) claim(s *subscription) {
 	if s.id == "" {
 		return
 	}
-	for i, id := range e.unclaimed {
-		if id == s.id {
+	for i, msg := range e.unclaimed {
+		if id, fence := parseWake(msg); msg != "" && id == s.id {
 			e.unclaimed[i] = ""
+			s.grant = fence
 			s.signal()
 			return
 		}
@@ -272,6 +295,16 @@ func (s *subscription) passOn() {
 }
 
 func (s *subscription) signal() { signal(s.c) }
+
+// takeGrant returns the fencing token of the lock a message granted the
+// waiter (0: none), and forgets it.
+func (s *subscription) takeGrant() uint64 {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	f := s.grant
+	s.grant = 0
+	return f
+}
 
 // dead reports whether the subscription's connection broke.
 func (s *subscription) dead() bool {

@@ -398,6 +398,14 @@ return 1
 // becomes the waiter's id (its lease token), the waiter leaves the queue,
 // and the script returns {id, fencing token}; the releaser hands the
 // grant to the waiter in its process, which saves the waiter's attempt.
+// A mutex's release whose first waiter is another process's (ARGV[3] not
+// "") grants it the lock too, for what remains of its place in the queue
+// (a lease after its last attempt, when that is still at least half a
+// lease away: a dead waiter holds the lock no longer than it would hold
+// the queue), and publishes its id and the fencing token, separated by a
+// space: the waiter takes the grant from the message, valid from before
+// its last attempt was sent. A lost message costs the waiter its poll,
+// whose attempt takes the grant over.
 // A waiter that stops waiting before it takes a grant gives the lock back
 // (leaveQueue); one whose attempt finds itself granted takes the lock
 // over under the attempt's token (acquireMutex): a waiter uses either
@@ -411,10 +419,22 @@ end
 ` + luaNextFence + luaQueue + `
 local h = head(KEYS[2], KEYS[3])
 local self = ARGV[3]
-if h and self ~= '' and string.sub(h, 1, #self) == self then
-  redis.call('SET', KEYS[1], h, 'PX', ARGV[4])
-  dequeue(KEYS[2], KEYS[3], h)
-  return {h, nextFence(KEYS[4])}
+if h and self ~= '' then
+  if string.sub(h, 1, #self) == self then
+    redis.call('SET', KEYS[1], h, 'PX', ARGV[4])
+    dequeue(KEYS[2], KEYS[3], h)
+    return {h, nextFence(KEYS[4])}
+  end
+  -- Another process's waiter: granted for what remains of its place
+  -- (it renews it at every attempt), if that is at least half a lease.
+  local now = clock()
+  local left = tonumber(redis.call('ZSCORE', KEYS[3], h)) - now
+  if left * 2 >= tonumber(ARGV[4]) then
+    redis.call('SET', KEYS[1], h, 'PX', left)
+    dequeue(KEYS[2], KEYS[3], h)
+    redis.call('PUBLISH', ARGV[2], h .. ' ' .. string.format('%.0f', nextFence(KEYS[4])))
+    return 1
+  end
 end
 redis.call('DEL', KEYS[1])
 if h then redis.call('PUBLISH', ARGV[2], h) end

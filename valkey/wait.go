@@ -53,6 +53,10 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	if len(c.nodes) == 1 {
 		gen = c.nodes[0].notif.Gen()
 	}
+	// sent is a moment before the latest attempt was sent: a lock granted
+	// to the waiter since (its place renewed by that attempt) is valid
+	// from then.
+	sent := time.Now()
 	a, err := c.attempt(ctx, try, r, token, token) // the uncontended path builds nothing to wait with
 	if a.lease != nil {
 		return a.lease, err
@@ -106,6 +110,13 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 			if g, ok := c.near.take(near); ok {
 				return c.takeGrant(ctx, r, waiter, g)
 			}
+			if f := takeGrant(subs, id); f != 0 {
+				// Granted by another process's release (see releaseString),
+				// for what remained of the waiter's place, which its latest
+				// attempt renewed.
+				return c.takeGrant(ctx, r, waiter, granted{fence: f, t0: sent})
+			}
+			sent = time.Now()
 			if a, err = c.attempt(ctx, try, r, c.newToken(), waiter); err != nil {
 				return nil, err
 			}
@@ -149,6 +160,22 @@ func (c *core) takeGrant(ctx context.Context, r *request, waiter string, g grant
 	rs := []reply{{n: int64(g.fence)}}
 	a, err := c.decide(ctx, l, g.t0, rs, tally(rs))
 	return a.lease, err
+}
+
+// takeGrant returns the fencing token of a lock that a release's message
+// granted the waiter id (not ""), or 0.
+func takeGrant(subs []*subscription, id string) uint64 {
+	if id == "" {
+		return 0
+	}
+	for _, s := range subs {
+		if s != nil {
+			if f := s.takeGrant(); f != 0 {
+				return f
+			}
+		}
+	}
+	return 0
 }
 
 // attempt makes an attempt by try, or by c.tryAs when try is nil.
