@@ -15,7 +15,8 @@ import (
 // mutexes, reader-writer mutexes and semaphores, with native waits and
 // fencing tokens. It is safe for concurrent use.
 //
-// A Backend owns a background goroutine (only while leases are held) and a
+// A Backend owns a background goroutine (only while leases are held, and
+// for a second after the last is released) and a
 // dedicated pub/sub connection (only once something waited); Close stops
 // them. It does not close the client.
 type Backend struct {
@@ -71,11 +72,7 @@ func (b *Backend) tryLock(ctx context.Context, name string) (attempt, error) {
 }
 
 func (b *Backend) mutex(name string) (*request, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
-	if err != nil {
-		return nil, err
-	}
-	return newRequest(kindMutex, name, base, acquireMutex), nil
+	return newRequestFor(kindMutex, b.c.cfg.prefix, name, acquireMutex)
 }
 
 // Lock implements backend.LockWaiter: it queues for the lock and waits for
@@ -90,15 +87,11 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 }
 
 func (b *Backend) rw(k kind, name string) (*request, error) {
-	base, err := keyBase(b.c.cfg.prefix, name)
-	if err != nil {
-		return nil, err
-	}
 	s := acquireRead
 	if k == kindWrite {
 		s = acquireWrite
 	}
-	return newRequest(k, name, base, s), nil
+	return newRequestFor(k, b.c.cfg.prefix, name, s)
 }
 
 // TryRLock implements backend.RWLocker. It fails while a writer holds the
@@ -145,11 +138,13 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 }
 
 func (b *Backend) sem(name string, limit int) (*request, error) {
-	base, err := b.semBase(name, limit)
+	if limit < 1 {
+		return nil, fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
+	}
+	r, err := newRequestFor(kindSem, b.c.cfg.prefix, name, acquireSem)
 	if err != nil {
 		return nil, err
 	}
-	r := newRequest(kindSem, name, base, acquireSem)
 	r.extra = []string{strconv.Itoa(limit)}
 	return r, nil
 }
@@ -175,11 +170,4 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		return nil, err
 	}
 	return b.c.wait(ctx, r)
-}
-
-func (b *Backend) semBase(name string, limit int) (string, error) {
-	if limit < 1 {
-		return "", fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
-	}
-	return keyBase(b.c.cfg.prefix, name)
 }

@@ -48,16 +48,30 @@ type core struct {
 	// fair is the acquire scripts' fair argument: "1" on one node, where
 	// the waiter queue decides who is next; "0" for a RedLock, whose
 	// nodes' queues could disagree (see the package documentation).
-	fair   string
+	fair string
+	// self starts every token (and so every waiter id) this core makes:
+	// 32 random hex digits and a '.', unique per core; seq numbers the
+	// tokens after it.
+	self string
+	seq  atomic.Uint64
+	// local is the scripts' argument that says which waiters are this
+	// core's (self on one node, "" on a RedLock): a release whose next
+	// waiter is one of them wakes it in this process instead of
+	// publishing (see localWaiters).
+	local  string
+	near   localWaiters
 	closed atomic.Bool
 	once   sync.Once
 	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
-	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1"}
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1", self: hex.EncodeToString(b[:]) + "."}
+	c.local = c.self
 	if len(clients) > 1 {
-		c.fair = "0"
+		c.fair, c.local = "0", ""
 	}
 	for _, cl := range clients {
 		c.nodes = append(c.nodes, &node{client: cl, addr: strings.Join(clientAddrs(cl), ","), notif: newNotifier(cl, cfg.logger)})
@@ -81,32 +95,86 @@ func (c *core) close() {
 type reply struct {
 	n   int64
 	err error
+	// next is the release scripts' other answer: the lease was owned (n
+	// is 1), and the lock's next waiter, whose id this is, is this
+	// core's: wake it here (see localWaiters), or, when fence is not 0,
+	// hand it the lock, which the script granted it with that fencing
+	// token.
+	next  string
+	fence uint64
+}
+
+// toReply reads a script's answer: an integer, a waiter id, or a waiter id
+// and a fencing token (n is then 1).
+func toReply(res valkeygo.ValkeyResult) reply {
+	m, err := res.ToMessage()
+	if err != nil {
+		return reply{err: err}
+	}
+	switch {
+	case m.IsString():
+		id, err := m.ToString()
+		return reply{n: 1, next: id, err: err}
+	case m.IsArray():
+		a, err := m.ToArray()
+		if err != nil || len(a) != 2 {
+			return reply{err: fmt.Errorf("unexpected answer %v (%w)", m, err)}
+		}
+		id, err := a[0].ToString()
+		if err != nil {
+			return reply{err: err}
+		}
+		f, err := a[1].AsInt64()
+		if err != nil || f <= 0 {
+			return reply{err: fmt.Errorf("unexpected fencing token %v (%w)", a[1], err)}
+		}
+		return reply{n: 1, next: id, fence: uint64(f)}
+	}
+	n, err := m.AsInt64()
+	return reply{n: n, err: err}
 }
 
 // evalAll runs s on every node in parallel (one node: in this goroutine).
 func (c *core) evalAll(ctx context.Context, s *script, keys, args []string) []reply {
 	out := make([]reply, len(c.nodes))
-	one := func(i int) {
-		out[i].n, out[i].err = s.exec(ctx, c.nodes[i].client, keys, args).AsInt64()
-		c.noteAuth(c.nodes[i], out[i].err)
-	}
 	if len(c.nodes) == 1 {
-		one(0)
+		out[0] = c.evalOne(ctx, s, keys, args)
 		return out
 	}
 	var wg sync.WaitGroup
-	for i := range c.nodes {
-		wg.Go(func() { one(i) })
+	for i, n := range c.nodes {
+		wg.Go(func() {
+			out[i] = toReply(s.exec(ctx, n.client, keys, args))
+			c.noteAuth(n, out[i].err)
+		})
 	}
 	wg.Wait()
 	return out
 }
 
-// newToken returns a random token naming one acquisition.
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-	return hex.EncodeToString(b[:])
+// evalInto is evalAll with the answer put in buf on one node (buf has
+// room for one answer).
+func (c *core) evalInto(ctx context.Context, buf []reply, s *script, keys, args []string) []reply {
+	if len(c.nodes) != 1 {
+		return c.evalAll(ctx, s, keys, args)
+	}
+	buf[0] = c.evalOne(ctx, s, keys, args)
+	return buf[:1]
+}
+
+// evalOne runs s on the only node.
+func (c *core) evalOne(ctx context.Context, s *script, keys, args []string) reply {
+	r := toReply(s.exec(ctx, c.nodes[0].client, keys, args))
+	c.noteAuth(c.nodes[0], r.err)
+	return r
+}
+
+// newToken returns a token naming one acquisition: the core's random
+// prefix and a sequence number (one allocation).
+func (c *core) newToken() string {
+	var b [64]byte
+	t := strconv.AppendUint(append(b[:0], c.self...), c.seq.Add(1), 36)
+	return string(t)
 }
 
 // attempt is one try's outcome: a lease, or a hint how long to wait.
@@ -126,11 +194,34 @@ type request struct {
 	keys  []string // see lockKeys
 	ch    string
 	extra []string
+	// args is where an attempt puts the acquire script's arguments (the
+	// attempts of one request are sequential).
+	args   [6]string
+	keyBuf [5]string // keys' array
 }
 
 func newRequest(k kind, name, base string, s *script) *request {
 	keys, ch := lockKeys(base, k)
 	return &request{k: k, name: name, base: base, s: s, keys: keys, ch: ch}
+}
+
+// newRequestFor is newRequest for the lock name of kind k under prefix:
+// the key base, keys and channel are cut from one string.
+func newRequestFor(k kind, prefix, name string, s *script) (*request, error) {
+	r := &request{k: k, name: name, s: s}
+	var err error
+	if r.base, r.keys, r.ch, err = lockStrings(r.keyBuf[:], prefix, name, k); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// fenceKey is the key of the lock's fencing counter.
+func (r *request) fenceKey() string {
+	if r.k == kindRead || r.k == kindWrite {
+		return r.keys[4]
+	}
+	return r.keys[1]
 }
 
 // heldKey is the key a lease of the request's kind is recorded in (the
@@ -146,7 +237,7 @@ func (r *request) heldKey() string {
 // the id the attempt queues under if it fails ("" for a try, which never
 // queues and fails while others wait).
 func (c *core) try(ctx context.Context, r *request, waiter string) (attempt, error) {
-	return c.tryAs(ctx, r, newToken(), waiter)
+	return c.tryAs(ctx, r, c.newToken(), waiter)
 }
 
 // tryAs is try with the lease's token given.
@@ -154,7 +245,8 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 	if c.closed.Load() {
 		return attempt{}, backend.Permanent(errClosed)
 	}
-	args := append([]string{token, c.leaseMs, waiter, c.fair, r.ch}, r.extra...)
+	r.args[0], r.args[1], r.args[2], r.args[3], r.args[4] = token, c.leaseMs, waiter, c.fair, r.ch
+	args := append(r.args[:5], r.extra...)
 	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
@@ -163,9 +255,15 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 		actx, cancel = context.WithTimeout(ctx, c.cfg.lease-c.cfg.drift)
 		defer cancel()
 	}
-	rs := c.evalAll(actx, r.s, r.keys, args)
-	l := &Lease{c: c, kind: r.k, name: r.name, base: r.base, held: r.heldKey(), queue: r.keys[2], dls: r.keys[3], ch: r.ch, token: token, lost: make(chan struct{}), idx: -1}
-	return c.decide(ctx, l, t0, rs, tally(rs))
+	var buf [1]reply
+	rs := c.evalInto(actx, buf[:], r.s, r.keys, args)
+	return c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+}
+
+// newLease returns the lease an acquisition of the lock of r with token
+// would be.
+func (c *core) newLease(r *request, token string) *Lease {
+	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [4]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey()}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
 }
 
 // votes is the tally of the nodes' answers to an acquire script.
@@ -437,14 +535,17 @@ func (c *core) cleanup(ctx context.Context, l *Lease) {
 // Lease is one held lock of a Backend or a RedLock. It is extended in the
 // background until released or lost.
 type Lease struct {
-	c     *core
-	kind  kind
-	name  string
-	base  string
-	held  string // the key the lease is recorded in
-	queue string // the lock's waiter queue and its deadlines
-	dls   string
-	ch    string // the lock's channel
+	c    *core
+	kind kind
+	name string
+	base string
+	// rkeys are the release script's keys: the key the lease is recorded
+	// in, the lock's waiter queue, its deadlines and its fencing counter;
+	// rargs its arguments: the token, the lock's channel, the waiter
+	// prefix whose waiters the release wakes (or grants the lock to) in
+	// this process (see releaseLocal), and the lease in ms.
+	rkeys [4]string
+	rargs [4]string
 	token string
 	fence uint64
 	lost  chan struct{}
@@ -526,15 +627,47 @@ func (l *Lease) Release(ctx context.Context) error {
 // releaseOnNodes runs the release script on every node: it counts the nodes
 // where the lease was still owned and those where it was not.
 func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err error) {
-	var s *script
-	switch l.kind {
-	case kindMutex, kindWrite:
-		s = releaseString
-	default:
+	s := releaseString
+	if l.kind == kindRead || l.kind == kindSem {
 		s = releaseMember
 	}
-	keys, args := []string{l.held, l.queue, l.dls}, []string{l.token, l.ch}
-	rs := l.c.evalAll(ctx, s, keys, args)
+	var buf [1]reply
+	t0 := time.Now() // a lock granted to a waiter is valid from here
+	rs := l.c.evalInto(ctx, buf[:], s, l.rkeys[:], l.rargs[:])
+	retryRelease(ctx, l.c, s, l.rkeys[:], l.rargs[:], rs)
+	for _, r := range rs {
+		switch {
+		case r.next != "" && r.fence > 0:
+			l.c.near.grant(r.next, granted{fence: r.fence, t0: t0})
+		case r.next != "":
+			l.c.near.wake(r.next)
+		}
+		switch {
+		case r.err != nil:
+			err = r.err
+		case r.n == 1:
+			owned++
+		default:
+			refused++
+		}
+	}
+	return owned, refused, err
+}
+
+// releaseLocal is the release scripts' waiter prefix argument for a lock
+// of kind k: the core's own on one node for a mutex and a semaphore, whose
+// releases wake one waiter by its id; "" (publish always) otherwise.
+func releaseLocal(c *core, k kind) string {
+	if k == kindMutex || k == kindSem {
+		return c.local
+	}
+	return ""
+}
+
+// retryRelease runs the release script s again on the nodes whose answer
+// in rs was an error that a retry may heal, and puts the new answers in
+// rs.
+func retryRelease(ctx context.Context, c *core, s *script, keys, args []string, rs []reply) {
 	// Try again, within ctx's deadline, the nodes that did not answer:
 	//   - a connection that broke since it was last used (the server
 	//     restarted, say) fails its next command, and valkey-go replaces it
@@ -548,7 +681,7 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	// (Pauses: 10ms doubling to 500ms, jittered.) If a failed try did run and only its answer was lost, the next finds
 	// the key gone and the release reports a loss that was not one: a false
 	// alarm, never a loss hidden.
-	pauses := pace.New(10*time.Millisecond, 500*time.Millisecond)
+	var pauses pace.Pacer
 	for tries := 0; ; tries++ {
 		var again []int
 		for i, r := range rs {
@@ -560,28 +693,27 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 				again = append(again, i)
 			}
 		}
-		if len(again) == 0 || !sleepCtx(ctx, pauses.Next()) {
+		if len(again) == 0 {
 			break
 		}
+		if tries == 0 {
+			pauses = pace.New(10*time.Millisecond, 500*time.Millisecond)
+		}
+		if !sleepCtx(ctx, pauses.Next()) {
+			break
+		}
+		res := make([]reply, len(again)) // (rs itself stays out of the goroutines: it may be on the caller's stack)
 		var wg sync.WaitGroup
-		for _, i := range again {
+		for j, i := range again {
 			wg.Go(func() {
-				rs[i].n, rs[i].err = s.exec(ctx, l.c.nodes[i].client, keys, args).AsInt64()
+				res[j] = toReply(s.exec(ctx, c.nodes[i].client, keys, args))
 			})
 		}
 		wg.Wait()
-	}
-	for _, r := range rs {
-		switch {
-		case r.err != nil:
-			err = r.err
-		case r.n == 1:
-			owned++
-		default:
-			refused++
+		for j, i := range again {
+			rs[i] = res[j]
 		}
 	}
-	return owned, refused, err
 }
 
 // extendCall is the script call that extends l.
@@ -590,5 +722,5 @@ func (l *Lease) extendCall() call {
 	if l.kind == kindRead || l.kind == kindSem {
 		s = extendMember
 	}
-	return call{s: s, keys: []string{l.held}, args: []string{l.token, l.c.leaseMs}}
+	return call{s: s, keys: l.rkeys[:1], args: []string{l.token, l.c.leaseMs}}
 }

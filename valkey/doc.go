@@ -30,7 +30,8 @@
 // falling back to EVAL), so they never touch a lock that passed to another
 // holder. While a lease is held it is extended in the background, every
 // third of the lease by default (WithExtendEvery): one goroutine per Backend
-// (running only while leases are held) sends the extensions of all leases
+// (running only while leases are held, and a second longer) sends the
+// extensions of all leases
 // due in one pipelined batch.
 //
 // A lease is lost — Lost() closes, Do's ctx is cancelled with cause
@@ -174,9 +175,20 @@
 //     a waiter that began waiting (its first attempt reached the server)
 //     before another is granted before it. A mutex or semaphore release is
 //     announced, only when someone waits, with the id of the queue's first
-//     waiter and wakes only that one, wherever it is. Semaphore waiters get
-//     tickets in arrival order (a waiter that takes a ticket and leaves
-//     room behind it wakes the next).
+//     waiter and wakes only that one, wherever it is; when that waiter
+//     waits in the releasing Backend, nothing is published and it is woken
+//     in-process. A mutex's release script also grants that waiter the
+//     lock at once (the lock's value becomes the waiter's id, its token),
+//     saving the waiter's own attempt: in the releasing Backend the lease
+//     is valid from before the release was sent; in another process the
+//     message carries the fencing token, the lock lasts what remained of
+//     the waiter's place in the queue (a lease after its last attempt; the
+//     release only wakes a waiter with less than half a lease left), and
+//     the lease is valid from before that attempt was sent. A waiter that
+//     stops before it takes a grant gives the lock back as it leaves the
+//     queue; one that missed the message takes the grant over at its next
+//     poll. Semaphore waiters get tickets in arrival order (a waiter that
+//     takes a ticket and leaves room behind it wakes the next).
 //   - Reader-writer locks: a writer enters when the lock is free and it is
 //     first in the queue; a reader enters when no writer holds the lock
 //     and no writer queued before it. So readers that came before a

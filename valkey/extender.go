@@ -10,7 +10,9 @@ import (
 )
 
 // extender keeps the leases of one Backend or RedLock alive: a single
-// goroutine, running only while leases are held, that sends the extensions
+// goroutine, running only while leases are held (and for extenderLinger
+// after the last is released, so that a lock taken and released in a loop
+// does not start a goroutine each time), that sends the extensions
 // of every lease due in one pipelined batch per node, and declares a lease
 // lost when its validity deadline passes without a confirmed extension.
 //
@@ -30,6 +32,10 @@ type extender struct {
 	wg   sync.WaitGroup
 }
 
+// extenderLinger is how long the extender's goroutine outlives the last
+// lease.
+const extenderLinger = time.Second
+
 func newExtender(c *core) *extender {
 	return &extender{c: c, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 }
@@ -41,7 +47,9 @@ func (e *extender) add(l *Lease) error {
 	if e.shut {
 		return errClosed
 	}
-	l.due = time.Now().Add(e.c.cfg.extendEvery)
+	// Due extendEvery after the validity began (a lock granted from
+	// before the waiter's last attempt began before it was acquired).
+	l.due = l.deadline.Add(e.c.cfg.extendEvery - (e.c.cfg.lease - e.c.cfg.drift))
 	heap.Push(&e.h, l)
 	if !e.run {
 		e.run = true
@@ -126,13 +134,27 @@ func (e *extender) loop() {
 	// Leases due within slack of the first are sent with it, so that
 	// leases acquired at different moments share batches.
 	slack := e.c.cfg.extendEvery / 4
+	idle := false // a linger began with nothing to do
 	for {
 		e.mu.Lock()
-		if e.shut || (len(e.h) == 0 && e.busy == 0) {
+		if e.shut || (idle && len(e.h) == 0 && e.busy == 0) {
 			e.run = false
 			e.mu.Unlock()
 			return
 		}
+		if len(e.h) == 0 && e.busy == 0 {
+			idle = true
+			e.mu.Unlock()
+			timer.Reset(extenderLinger)
+			select {
+			case <-timer.C:
+			case <-e.wake:
+				idle = false
+			case <-e.stop:
+			}
+			continue
+		}
+		idle = false
 		now := time.Now()
 		var batch []*Lease
 		for len(e.h) > 0 && !e.h[0].due.After(now.Add(slack)) {

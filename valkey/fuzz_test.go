@@ -3,6 +3,7 @@ package valkey
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -59,6 +60,16 @@ func checkKey(t *testing.T, prefix, name string) (string, bool) {
 	tag := k[len(prefix)+1 : len(k)-2]
 	if strings.ContainsAny(tag, "{}") || strings.Count(k, "{") != 1 || strings.Count(k, "}") != 1 {
 		t.Fatalf("key base %q of %q: not exactly one hash tag", k, name)
+	}
+	// lockStrings, which Backend uses, cuts the same base, keys and channel
+	// from one string.
+	for _, kd := range []kind{kindMutex, kindRead, kindWrite, kindSem} {
+		var buf [5]string // as newRequestFor passes it
+		base, keys, ch, err := lockStrings(buf[:], prefix, name, kd)
+		wantKeys, wantCh := lockKeys(k, kd)
+		if err != nil || base != k || !slices.Equal(keys, wantKeys) || ch != wantCh {
+			t.Fatalf("lockStrings(%q, %q, %v) = %q %q %q, %v; want %q %q %q", prefix, name, kd, base, keys, ch, err, k, wantKeys, wantCh)
+		}
 	}
 	// Every key of the lock (base + suffix) keeps the one tag.
 	for _, key := range append(append(mutexKeys(k), rwKeys(k)...), semKeys(k)...) {

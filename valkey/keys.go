@@ -72,11 +72,16 @@ func keyBase(prefix, name string) (string, error) {
 	return b.String(), nil
 }
 
+// plain reports whether the byte c stands for itself in a key.
+func plain(c byte) bool {
+	return c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '%' && c != '~'
+}
+
 func escapeTo(b *strings.Builder, s string) {
 	const hexdig = "0123456789ABCDEF"
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c > 0x20 && c < 0x7f && c != '{' && c != '}' && c != '%' && c != '~' {
+		if plain(c) {
 			b.WriteByte(c)
 			continue
 		}
@@ -125,13 +130,7 @@ var (
 // lockKeys returns the keys the acquire script of a lock of kind k takes,
 // and the lock's channel, all cut from one string (one allocation).
 func lockKeys(base string, k kind) (keys []string, ch string) {
-	suf := mutexSuffixes
-	switch k {
-	case kindRead, kindWrite:
-		suf = rwSuffixes
-	case kindSem:
-		suf = semSuffixes
-	}
+	suf := suffixes(k)
 	n := 0
 	for _, x := range suf {
 		n += len(base) + len(x)
@@ -142,11 +141,33 @@ func lockKeys(base string, k kind) (keys []string, ch string) {
 		b.WriteString(base)
 		b.WriteString(x)
 	}
-	all := b.String()
-	keys = make([]string, len(suf)-1)
+	return cutKeys(nil, b.String(), len(base), suf)
+}
+
+// suffixes are the suffixes of the keys of a lock of kind k, its channel
+// last.
+func suffixes(k kind) []string {
+	switch k {
+	case kindRead, kindWrite:
+		return rwSuffixes
+	case kindSem:
+		return semSuffixes
+	}
+	return mutexSuffixes
+}
+
+// cutKeys cuts all, the keys and channel of a lock (a key base of nb bytes
+// and each suffix of suf in turn), into the keys (in dst when it has room)
+// and the channel.
+func cutKeys(dst []string, all string, nb int, suf []string) (keys []string, ch string) {
+	keys = dst[:0:cap(dst)]
+	if cap(keys) < len(suf)-1 {
+		keys = make([]string, len(suf)-1)
+	}
+	keys = keys[:len(suf)-1]
 	at := 0
 	for i, x := range suf {
-		s := all[at : at+len(base)+len(x)]
+		s := all[at : at+nb+len(x)]
 		at += len(s)
 		if i < len(keys) {
 			keys[i] = s
@@ -155,6 +176,48 @@ func lockKeys(base string, k kind) (keys []string, ch string) {
 		}
 	}
 	return keys, ch
+}
+
+// lockStrings returns keyBase(prefix, name) and lockKeys of it, all cut
+// from one string (one allocation); the keys go in dst when it has room.
+func lockStrings(dst []string, prefix, name string, k kind) (base string, keys []string, ch string, err error) {
+	if name == "" {
+		return "", nil, "", fmt.Errorf("%w: empty name", backend.ErrInvalidName)
+	}
+	if len(name) > maxPlainName {
+		if base, err = keyBase(prefix, name); err != nil {
+			return "", nil, "", err
+		}
+		keys, ch = lockKeys(base, k)
+		return base, append(dst[:0], keys...), ch, nil
+	}
+	suf := suffixes(k)
+	nb := len(prefix) + 3 // "{" and "}:"
+	for i := 0; i < len(name); i++ {
+		if plain(name[i]) {
+			nb++
+		} else {
+			nb += 3
+		}
+	}
+	n := nb
+	for _, x := range suf {
+		n += nb + len(x)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(prefix)
+	b.WriteByte('{')
+	escapeTo(&b, name)
+	b.WriteString("}:")
+	for _, x := range suf {
+		b.WriteString(b.String()[:nb])
+		b.WriteString(x)
+	}
+	all := b.String()
+	base = all[:nb]
+	keys, ch = cutKeys(dst, all[nb:], nb, suf)
+	return base, keys, ch, nil
 }
 
 // queueKeys are the waiter queue of a lock of kind k and its deadlines.

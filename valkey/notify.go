@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,9 +71,9 @@ type subEntry struct {
 	targeted bool
 	// readyGen is the notifier's gen when the SUBSCRIBE was answered.
 	readyGen uint64
-	// unclaimed are the latest waiter ids that messages named while no
-	// waiter of this process had that id: a waiter that joins the entry
-	// just after the message arrived takes its wake-up from here.
+	// unclaimed are the latest messages that named a waiter id no waiter
+	// of this process had: a waiter that joins the entry just after the
+	// message arrived takes its wake-up (and grant) from here.
 	unclaimed [8]string
 	nextSlot  int
 }
@@ -85,6 +87,7 @@ type subscription struct {
 	id         string        // the waiter's id in the lock's queue; "" for any
 	prev, next *subscription // in e.waiters; guarded by n.mu
 	queued     bool
+	grant      uint64 // a message granted the lock to the waiter, with this fencing token; guarded by n.mu
 }
 
 // waitQueue is the waiters of a channel in the order they subscribed (an
@@ -141,16 +144,35 @@ func (q *waitQueue) signalOne(skip *subscription) {
 	}
 }
 
-// signalID signals the waiter with id, if any, and reports whether there
-// was one.
-func (q *waitQueue) signalID(id string) bool {
+// signalID signals the waiter with id, if any, handing it the lock the
+// release granted it with fencing token fence (0: none), and reports
+// whether there was one.
+func (q *waitQueue) signalID(id string, fence uint64) bool {
 	for s := q.head; s != nil; s = s.next {
 		if s.id == id {
+			if fence != 0 {
+				s.grant = fence
+			}
 			s.signal()
 			return true
 		}
 	}
 	return false
+}
+
+// parseWake splits a release's message: the id of the waiter it wakes,
+// and the fencing token of the lock it granted it, if any (see
+// releaseString).
+func parseWake(msg string) (id string, fence uint64) {
+	id, f, ok := strings.Cut(msg, " ")
+	if !ok {
+		return msg, 0
+	}
+	n, err := strconv.ParseUint(f, 10, 64)
+	if err != nil {
+		return msg, 0
+	}
+	return id, n
 }
 
 // wake signals the waiters of e for one message, msg: the waiter whose id
@@ -160,7 +182,7 @@ func (e *subEntry) wake(msg string) {
 	switch {
 	case !e.one:
 		e.waiters.signalAll()
-	case msg != "" && e.waiters.signalID(msg):
+	case msg != "" && e.waiters.signalID(parseWake(msg)):
 	case msg != "" && e.targeted:
 		e.unclaimed[e.nextSlot] = msg
 		e.nextSlot = (e.nextSlot + 1) % len(e.unclaimed)
@@ -174,9 +196,10 @@ func (e *subEntry) claim(s *subscription) {
 	if s.id == "" {
 		return
 	}
-	for i, id := range e.unclaimed {
-		if id == s.id {
+	for i, msg := range e.unclaimed {
+		if id, fence := parseWake(msg); msg != "" && id == s.id {
 			e.unclaimed[i] = ""
+			s.grant = fence
 			s.signal()
 			return
 		}
@@ -271,11 +294,16 @@ func (s *subscription) passOn() {
 	}
 }
 
-func (s *subscription) signal() {
-	select {
-	case s.c <- struct{}{}:
-	default:
-	}
+func (s *subscription) signal() { signal(s.c) }
+
+// takeGrant returns the fencing token of the lock a message granted the
+// waiter (0: none), and forgets it.
+func (s *subscription) takeGrant() uint64 {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	f := s.grant
+	s.grant = 0
+	return f
 }
 
 // dead reports whether the subscription's connection broke.
@@ -418,4 +446,112 @@ func (n *notifier) close() {
 		sc.cancel()
 	}
 	n.wg.Wait()
+}
+
+// localWaiters are the waiters of one core (one node) that wait in this
+// process, by id. A release (or a waiter leaving the queue) whose lock's
+// next waiter is one of them is told so by its script, which then does not
+// publish: the releaser wakes that waiter here, without a round trip
+// through the server's pub/sub; a mutex's release grants it the lock at
+// once, and the releaser hands it the grant (see releaseString). A waiter
+// registers after its first failed attempt, which queued it; a wake-up or
+// grant that comes in between is kept (the latest few) and taken when it
+// registers.
+type localWaiters struct {
+	mu        sync.Mutex
+	w         map[string]*localWaiter
+	unclaimed [64]unclaimed
+	next      int
+}
+
+// localWaiter is one registered waiter.
+type localWaiter struct {
+	id    string
+	wake  chan struct{}
+	grant granted // fence 0: none
+}
+
+// granted is a lock a release granted to a waiter: its fencing token, and
+// a moment before the release was sent (the lease is valid from then).
+type granted struct {
+	fence uint64
+	t0    time.Time
+}
+
+type unclaimed struct {
+	id string
+	g  granted
+}
+
+// add registers the waiter id, woken on wake; it is signalled at once if a
+// wake-up or a grant named it before.
+func (lw *localWaiters) add(id string, wake chan struct{}) *localWaiter {
+	w := &localWaiter{id: id, wake: wake}
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if lw.w == nil {
+		lw.w = make(map[string]*localWaiter)
+	}
+	lw.w[id] = w
+	for i, u := range lw.unclaimed {
+		if u.id == id {
+			lw.unclaimed[i] = unclaimed{}
+			w.grant = u.g
+			signal(wake)
+			break
+		}
+	}
+	return w
+}
+
+// remove forgets w. A grant it did not take is given back by the waiter
+// leaving the queue (leaveQueue).
+func (lw *localWaiters) remove(w *localWaiter) {
+	lw.mu.Lock()
+	if lw.w[w.id] == w {
+		delete(lw.w, w.id)
+	}
+	lw.mu.Unlock()
+}
+
+// take returns the grant handed to w (nil: none), if any.
+func (lw *localWaiters) take(w *localWaiter) (granted, bool) {
+	if w == nil {
+		return granted{}, false
+	}
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	g := w.grant
+	w.grant = granted{}
+	return g, g.fence != 0
+}
+
+// wake signals the waiter id, or keeps the wake-up for it if it has not
+// registered yet.
+func (lw *localWaiters) wake(id string) { lw.hand(id, granted{}) }
+
+// grant hands the waiter id the lock granted to it (and signals it), or
+// keeps the grant for it if it has not registered yet.
+func (lw *localWaiters) grant(id string, g granted) { lw.hand(id, g) }
+
+func (lw *localWaiters) hand(id string, g granted) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if w, ok := lw.w[id]; ok {
+		if g.fence != 0 {
+			w.grant = g
+		}
+		signal(w.wake)
+		return
+	}
+	lw.unclaimed[lw.next] = unclaimed{id: id, g: g}
+	lw.next = (lw.next + 1) % len(lw.unclaimed)
+}
+
+// signal sends a wake-up on c unless one is pending.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }

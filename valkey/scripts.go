@@ -126,7 +126,8 @@ const fenceIdleMs = "86400000"
 //	enqueue(q, d, m, lease)  adds m at the end (keeping its place if queued)
 //	                     and renews its deadline
 //	dequeue(q, d, m)     removes m
-//	wakeHead(q, d, ch)   publishes the first live waiter's id on ch
+//	wakeHead(q, d, ch, self)  publishes the first live waiter's id on ch,
+//	                     or returns it if it starts with self (not "")
 //	refuse(...)          an exclusive attempt's refusal: queues me (if
 //	                     not nil); if the lock is free (free) but first is
 //	                     h, wakes h when dead waiters were evicted (evicted)
@@ -155,8 +156,8 @@ local function head(q, d)
 end
 local function enqueue(q, d, m, lease)
   local now, stamp = clock()
-  redis.call('ZADD', q, 'NX', stamp, m)
   redis.call('ZADD', d, now + lease, m)
+  redis.call('ZADD', q, 'NX', stamp, m)
   redis.call('PEXPIRE', q, lease)
   redis.call('PEXPIRE', d, lease)
 end
@@ -164,9 +165,12 @@ local function dequeue(q, d, m)
   redis.call('ZREM', q, m)
   redis.call('ZREM', d, m)
 end
-local function wakeHead(q, d, ch)
+local function wakeHead(q, d, ch, self)
   local h = head(q, d)
-  if h then redis.call('PUBLISH', ch, h) end
+  if not h then return nil end
+  if self ~= '' and string.sub(h, 1, #self) == self then return h end
+  redis.call('PUBLISH', ch, h)
+  return nil
 end
 local function refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
   if me then enqueue(q, d, me, lease) end
@@ -193,14 +197,24 @@ end
 // the wrong type fails the script before it changed anything.
 
 // KEYS: lock, fence, queue, deadlines. ARGV: token, lease ms, waiter, fair,
-// channel.
-var acquireMutex = newScript(luaNextFence + luaQueue + `
+// channel. (The uncontended path comes before the queue's functions are
+// defined: it runs without making their closures.)
+var acquireMutex = newScript(luaNextFence + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
+local empty = redis.call('EXISTS', q) == 0
+if empty and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return nextFence(KEYS[2])
+end
+` + luaQueue + `
+-- Granted by a release in the waiter's process (see releaseString), and
+-- not yet taken there: the attempt takes the lock over under its token.
+-- (Not on a waiter's first attempt, whose token is its id.)
+if waiter ~= '' and waiter ~= ARGV[1] and redis.call('GET', lock) == waiter then
+  redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
+  return nextFence(KEYS[2])
+end
 local lease = tonumber(ARGV[2])
-if redis.call('EXISTS', q) == 0 then
-  if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return nextFence(KEYS[2])
-  end
+if empty then
   local pttl = redis.call('PTTL', lock)
   if waiter ~= '' then enqueue(q, d, waiter, lease) end
   if pttl < 0 then pttl = 0 end
@@ -213,12 +227,19 @@ if waiter ~= '' and redis.call('ZRANGE', q, 0, 0)[1] == waiter then
     return nextFence(KEYS[2])
   end
 end
+local hint = redis.call('PTTL', lock)
+if hint ~= -2 then
+  -- Held: queue (the queue was read above, the deadlines are written
+  -- first) and wait; dead waiters are evicted when the lock is free.
+  if waiter ~= '' then enqueue(q, d, waiter, lease) end
+  if hint < 0 then hint = 0 end
+  return -1 - hint
+end
 local now = clock()
 local evicted = evict(q, d, now)
 local h = head(q, d)
-local hint = redis.call('PTTL', lock)
-local free = hint == -2
-if free and (ARGV[4] ~= '1' or not h or h == waiter) then
+local free = true
+if ARGV[4] ~= '1' or not h or h == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
   if waiter ~= '' and h then dequeue(q, d, waiter) end
   return nextFence(KEYS[2])
@@ -319,7 +340,7 @@ if room and (ARGV[4] ~= '1' or not h or h == waiter) then
   if redis.call('PTTL', hs) < lease then redis.call('PEXPIRE', hs, lease) end
   if waiter ~= '' and h then
     dequeue(q, d, waiter)
-    if redis.call('ZCARD', hs) < limit then wakeHead(q, d, ARGV[5]) end
+    if redis.call('ZCARD', hs) < limit then wakeHead(q, d, ARGV[5], '') end
   end
   return nextFence(KEYS[2])
 end
@@ -364,38 +385,90 @@ return 1
 
 // Release scripts return 1 when the lease was owned until released, 0 when
 // not. They announce the release on the lock's channel only when someone
-// waits: the message is the id of the queue's first waiter. (Not evicting
-// dead waiters first keeps a hand-off short; a dead first waiter is
-// evicted by the next waiter's poll.)
+// waits: the message is the id of the queue's first waiter. When that
+// waiter's id starts with ARGV[3] (not ""), the releaser's own waiter
+// prefix, they publish nothing and return the id instead (meaning owned):
+// the releaser wakes it in its process. (Not evicting dead waiters first
+// keeps a hand-off short; a dead first waiter is evicted by the next
+// waiter's poll.) They take the same KEYS and ARGV.
 
-// KEYS: lock, queue, deadlines. ARGV: token, channel.
-var releaseString = newScript(luaQueue + `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+// KEYS: lock, queue, deadlines, fence. ARGV: token, channel, own waiter
+// prefix, lease ms. A mutex's release whose first waiter is the
+// releaser's own (ARGV[3] not "") grants it the lock: the lock's value
+// becomes the waiter's id (its lease token), the waiter leaves the queue,
+// and the script returns {id, fencing token}; the releaser hands the
+// grant to the waiter in its process, which saves the waiter's attempt.
+// A mutex's release whose first waiter is another process's (ARGV[3] not
+// "") grants it the lock too, for what remains of its place in the queue
+// (a lease after its last attempt, when that is still at least half a
+// lease away: a dead waiter holds the lock no longer than it would hold
+// the queue), and publishes its id and the fencing token, separated by a
+// space: the waiter takes the grant from the message, valid from before
+// its last attempt was sent. A lost message costs the waiter its poll,
+// whose attempt takes the grant over.
+// A waiter that stops waiting before it takes a grant gives the lock back
+// (leaveQueue); one whose attempt finds itself granted takes the lock
+// over under the attempt's token (acquireMutex): a waiter uses either
+// the grant or its attempt, never both.
+var releaseString = newScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1])
-  wakeHead(KEYS[2], KEYS[3], ARGV[2])
   return 1
 end
-return 0
+` + luaNextFence + luaQueue + `
+local h = head(KEYS[2], KEYS[3])
+local self = ARGV[3]
+if h and self ~= '' then
+  if string.sub(h, 1, #self) == self then
+    redis.call('SET', KEYS[1], h, 'PX', ARGV[4])
+    dequeue(KEYS[2], KEYS[3], h)
+    return {h, nextFence(KEYS[4])}
+  end
+  -- Another process's waiter: granted for what remains of its place
+  -- (it renews it at every attempt), if that is at least half a lease.
+  local now = clock()
+  local left = tonumber(redis.call('ZSCORE', KEYS[3], h)) - now
+  if left * 2 >= tonumber(ARGV[4]) then
+    redis.call('SET', KEYS[1], h, 'PX', left)
+    dequeue(KEYS[2], KEYS[3], h)
+    redis.call('PUBLISH', ARGV[2], h .. ' ' .. string.format('%.0f', nextFence(KEYS[4])))
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1])
+if h then redis.call('PUBLISH', ARGV[2], h) end
+return 1
 `)
 
-// KEYS: sorted set, queue, deadlines. ARGV: token, channel.
+// KEYS: sorted set, queue, deadlines, fence. ARGV: token, channel, own
+// waiter prefix, lease ms.
 var releaseMember = newScript(luaQueue + `
 local now = clock()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-wakeHead(KEYS[2], KEYS[3], ARGV[2])
-if tonumber(s) <= now then return 0 end
-return 1
+if tonumber(s) <= now then
+  wakeHead(KEYS[2], KEYS[3], ARGV[2], '')
+  return 0
+end
+return wakeHead(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) or 1
 `)
 
-// KEYS: queue, deadlines. ARGV: member, channel. A waiter that stops
-// waiting leaves the queue; if it was first, it wakes the next.
+// KEYS: queue, deadlines, and a mutex's lock. ARGV: member, channel, own
+// waiter prefix. A waiter that stops waiting leaves the queue; if it was
+// first, it wakes the next (as a release does: the id is returned when it
+// is the caller's own). A mutex's waiter that a release granted the lock
+// to (see releaseString) and that did not take it gives it back.
 var leaveQueue = newScript(luaQueue + `
+if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  return wakeHead(KEYS[1], KEYS[2], ARGV[2], ARGV[3]) or 1
+end
 local h = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if h == ARGV[1] then wakeHead(KEYS[1], KEYS[2], ARGV[2]) end
+if h == ARGV[1] then return wakeHead(KEYS[1], KEYS[2], ARGV[2], ARGV[3]) or 1 end
 return 1
 `)
 

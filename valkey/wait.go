@@ -48,11 +48,15 @@ type tryFunc func(ctx context.Context, r *request, token, waiter string) (attemp
 
 // waitWith is wait with its attempts made by try (nil: core.tryAs).
 func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease, err error) {
-	token := newToken()
+	token := c.newToken()
 	var gen uint64 // see subscribeSince
 	if len(c.nodes) == 1 {
 		gen = c.nodes[0].notif.Gen()
 	}
+	// sent is a moment before the latest attempt was sent: a lock granted
+	// to the waiter since (its place renewed by that attempt) is valid
+	// from then.
+	sent := time.Now()
 	a, err := c.attempt(ctx, try, r, token, token) // the uncontended path builds nothing to wait with
 	if a.lease != nil {
 		return a.lease, err
@@ -70,8 +74,13 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	subs := make([]*subscription, len(c.nodes))
 	one := r.k == kindMutex || r.k == kindSem
 	id := ""
+	var near *localWaiter
 	if one && c.fair == "1" {
 		id = queueMember(r.k, waiter)
+		// A release in this process wakes the waiter directly, or grants
+		// it the lock (see localWaiters).
+		near = c.near.add(id, wake)
+		defer c.near.remove(near)
 	}
 	defer func() {
 		for _, s := range subs {
@@ -98,7 +107,17 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	defer timer.Stop()
 	for first := true; ; first = false {
 		if !first {
-			if a, err = c.attempt(ctx, try, r, newToken(), waiter); err != nil {
+			if g, ok := c.near.take(near); ok {
+				return c.takeGrant(ctx, r, waiter, g)
+			}
+			if f := takeGrant(subs, id); f != 0 {
+				// Granted by another process's release (see releaseString),
+				// for what remained of the waiter's place, which its latest
+				// attempt renewed.
+				return c.takeGrant(ctx, r, waiter, granted{fence: f, t0: sent})
+			}
+			sent = time.Now()
+			if a, err = c.attempt(ctx, try, r, c.newToken(), waiter); err != nil {
 				return nil, err
 			}
 			if a.lease != nil {
@@ -133,6 +152,32 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	}
 }
 
+// takeGrant makes the lease of the lock of r that a release in this
+// process granted to waiter (whose id is the lease's token), as an attempt
+// that acquired it would.
+func (c *core) takeGrant(ctx context.Context, r *request, waiter string, g granted) (*Lease, error) {
+	l := c.newLease(r, waiter)
+	rs := []reply{{n: int64(g.fence)}}
+	a, err := c.decide(ctx, l, g.t0, rs, tally(rs))
+	return a.lease, err
+}
+
+// takeGrant returns the fencing token of a lock that a release's message
+// granted the waiter id (not ""), or 0.
+func takeGrant(subs []*subscription, id string) uint64 {
+	if id == "" {
+		return 0
+	}
+	for _, s := range subs {
+		if s != nil {
+			if f := s.takeGrant(); f != 0 {
+				return f
+			}
+		}
+	}
+	return 0
+}
+
 // attempt makes an attempt by try, or by c.tryAs when try is nil.
 func (c *core) attempt(ctx context.Context, try tryFunc, r *request, token, waiter string) (attempt, error) {
 	if try == nil {
@@ -150,7 +195,14 @@ func (c *core) leave(ctx context.Context, r *request, waiter string) {
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	for _, rep := range c.evalAll(lctx, leaveQueue, r.keys[2:4], []string{queueMember(r.k, waiter), r.ch}) {
+	keys := r.keys[2:4]
+	if r.k == kindMutex {
+		keys = []string{r.keys[2], r.keys[3], r.keys[0]} // and the lock, which may have been granted to the waiter
+	}
+	for _, rep := range c.evalAll(lctx, leaveQueue, keys, []string{queueMember(r.k, waiter), r.ch, releaseLocal(c, r.k)}) {
+		if rep.next != "" {
+			c.near.wake(rep.next)
+		}
 		if rep.err != nil {
 			c.cfg.logger.Debug("dlock/valkey: leaving the waiter queue failed; the place expires after the lease", "kind", r.k.String(), "name", r.name, "err", rep.err)
 		}
