@@ -277,7 +277,7 @@ func TestReplicasExtensionUnconfirmed(t *testing.T) {
 	}
 	// The primary extended it (unconfirmed): the key is still there.
 	c := testClient(t, g.Primary(t))
-	if n, err := c.Do(ctx, c.B().Exists().Key(l.held).Build()).AsInt64(); err != nil || n != 1 {
+	if n, err := c.Do(ctx, c.B().Exists().Key(l.rkeys[0]).Build()).AsInt64(); err != nil || n != 1 {
 		t.Errorf("the key on the primary: exists %d, %v (want 1: the extension reached the primary, not the replica)", n, err)
 	}
 	if err := l.Release(ctx); !errors.Is(err, backend.ErrLockLost) {

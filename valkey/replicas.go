@@ -104,7 +104,7 @@ func (c *core) confirmOn(ctx context.Context, n *node, l *Lease) error {
 	if l.kind == kindRead || l.kind == kindSem {
 		member = "1"
 	}
-	keys, args := []string{l.held}, []string{l.token, member}
+	keys, args := []string{l.rkeys[0]}, []string{l.token, member}
 	type answer struct {
 		owned, acked int64
 		err          error

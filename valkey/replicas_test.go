@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,7 +74,7 @@ func onReplica(t testing.TB, addr string, l *Lease) bool {
 	c := testClient(t, addr)
 	ctx := testCtx(t)
 	if l.kind == kindRead || l.kind == kindSem {
-		_, err := c.Do(ctx, c.B().Zscore().Key(l.held).Member(l.token).Build()).AsFloat64()
+		_, err := c.Do(ctx, c.B().Zscore().Key(l.rkeys[0]).Member(l.token).Build()).AsFloat64()
 		if valkeygo.IsValkeyNil(err) {
 			return false
 		}
@@ -82,7 +83,7 @@ func onReplica(t testing.TB, addr string, l *Lease) bool {
 		}
 		return true
 	}
-	v, err := c.Do(ctx, c.B().Get().Key(l.held).Build()).ToString()
+	v, err := c.Do(ctx, c.B().Get().Key(l.rkeys[0]).Build()).ToString()
 	if valkeygo.IsValkeyNil(err) {
 		return false
 	}
@@ -240,7 +241,38 @@ func TestConformanceSentinelReplicas(t *testing.T) {
 	for range 3 {
 		c := sentinelClient(t, sentinels)
 		warmUp(t, c)
+		warmDedicated(t, c, 96)
 		clients = append(clients, c)
 	}
 	dlocktest.Run(t, overClients(clients, WithReplicas(1, 400*time.Millisecond)))
+}
+
+// warmDedicated makes c open n dedicated connections at once (WithReplicas
+// confirms on one each), which then wait in its pool, so that a subtest
+// that confirms many acquisitions at once (Burst) finds them open rather
+// than starting connection goroutines that outlive it.
+func warmDedicated(t testing.TB, c valkeygo.Client, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	all := make(chan struct{})
+	var ready sync.WaitGroup
+	ready.Add(n)
+	for range n {
+		wg.Go(func() {
+			called := false
+			_ = c.Dedicated(func(d valkeygo.DedicatedClient) error {
+				called = true
+				err := d.Do(context.Background(), d.B().Ping().Build()).Error()
+				ready.Done()
+				<-all // hold it until all n are open
+				return err
+			})
+			if !called {
+				ready.Done()
+			}
+		})
+	}
+	ready.Wait()
+	close(all)
+	wg.Wait()
 }
