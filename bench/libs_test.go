@@ -176,7 +176,7 @@ func openDlockSentinel(replicas int) func(tb testing.TB, _ string) locker {
 		tb.Cleanup(c.Close)
 		var opts []valkey.Option
 		if replicas > 0 {
-			opts = append(opts, valkey.WithReplicas(replicas, time.Second))
+			opts = append(opts, withReplicas(tb, replicas, time.Second))
 		}
 		b, err := valkey.New(c, opts...)
 		if err != nil {
