@@ -115,6 +115,11 @@ func (c *core) confirmOn(ctx context.Context, n *node, l *Lease) error {
 	// in a goroutine of its own, which the caller stops waiting for when
 	// ctx ends, and Close waits for.
 	started := c.repl.start(func() {
+		// Not the caller's ctx: a command cancelled midway closes its
+		// dedicated connection, and the caller stops waiting anyway. WAIT
+		// answers within replicaTimeout; the slack bounds a silent server.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.replicaTimeout+2*time.Second)
+		defer cancel()
 		var a answer
 		a.err = n.client.Dedicated(func(d valkeygo.DedicatedClient) error {
 			for _, byEval := range []bool{false, true} {
@@ -126,7 +131,7 @@ func (c *core) confirmOn(ctx context.Context, n *node, l *Lease) error {
 					s = b.Evalsha().Sha1(touchHeld.sha).Numkeys(1).Key(keys...).Arg(args...).Build()
 				}
 				w := b.Wait().Numreplicas(int64(c.cfg.replicas)).Timeout(c.cfg.replicaTimeout.Milliseconds()).Build()
-				res := d.DoMulti(ctx, s, w)
+				res := d.DoMulti(dctx, s, w)
 				var err error
 				if a.owned, err = res[0].AsInt64(); err != nil {
 					if e, ok := valkeygo.IsValkeyErr(err); ok && e.IsNoScript() && !byEval {

@@ -239,7 +239,10 @@ func TestConformanceSentinelReplicas(t *testing.T) {
 	sentinels := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_SENTINEL"))
 	var clients []valkeygo.Client
 	for range 3 {
-		c := sentinelClient(t, sentinels)
+		// No keep-alive pings: each would start a goroutine now and then
+		// on every one of the many connections, which a subtest's leak
+		// check could catch running.
+		c := sentinelClient(t, sentinels, func(o *valkeygo.ClientOption) { o.Dialer.KeepAlive = -1 })
 		warmUp(t, c)
 		warmDedicated(t, c, 96)
 		clients = append(clients, c)
@@ -262,7 +265,12 @@ func warmDedicated(t testing.TB, c valkeygo.Client, n int) {
 			called := false
 			_ = c.Dedicated(func(d valkeygo.DedicatedClient) error {
 				called = true
-				err := d.Do(context.Background(), d.B().Ping().Build()).Error()
+				// Two commands at once, as a confirmation sends: the
+				// connection starts its background reader and writer now.
+				var err error
+				for _, r := range d.DoMulti(context.Background(), d.B().Ping().Build(), d.B().Ping().Build()) {
+					err = errors.Join(err, r.Error())
+				}
 				ready.Done()
 				<-all // hold it until all n are open
 				return err

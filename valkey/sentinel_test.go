@@ -14,13 +14,17 @@ const sentinelMaster = "dlock"
 
 // sentinelClient returns a client of the Sentinel group's primary, closed
 // at the end of t.
-func sentinelClient(t testing.TB, sentinels []string) valkeygo.Client {
+func sentinelClient(t testing.TB, sentinels []string, opts ...func(*valkeygo.ClientOption)) valkeygo.Client {
 	t.Helper()
-	c, err := valkeygo.NewClient(valkeygo.ClientOption{
+	o := valkeygo.ClientOption{
 		InitAddress:  sentinels,
 		Sentinel:     valkeygo.SentinelOption{MasterSet: sentinelMaster},
 		DisableCache: true,
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	c, err := valkeygo.NewClient(o)
 	if err != nil {
 		t.Fatalf("connecting to the sentinels %v of %q: %v", sentinels, sentinelMaster, err)
 	}
