@@ -39,17 +39,12 @@ type Backend struct {
 	mon     *monitor // nil when no monitor runs
 
 	// Lock files this backend let go of, to remove once idle (see
-	// noteIdle): noted since the monitor's last tick, and before it.
-	idle, idleOld map[string]idleFile
-	sweeping      bool // a sweep of an older generation runs
+	// noteIdle), by base name.
+	idle idleFiles[idleFile]
 }
 
 // idleFile says how to remove a lock file (see lockFile.remove).
 type idleFile struct{ queue, counter bool }
-
-// maxIdle bounds the lock files noted for removal: past it, a release
-// removes its file at once.
-const maxIdle = 1 << 16
 
 var (
 	_ backend.Locker[*Lease]          = (*Backend)(nil)
@@ -118,7 +113,6 @@ func New(dir string, opts ...Option) (*Backend, error) {
 		stopc:   make(chan struct{}),
 		leases:  make(map[*Lease]struct{}),
 		waiters: make(map[string]map[*waiter]struct{}),
-		idle:    make(map[string]idleFile),
 	}
 	if abs == "/" {
 		b.prefix = "/"
@@ -221,9 +215,13 @@ func (b *Backend) Close() error {
 	b.wg.Wait()
 	for _, l := range held {
 		l.drop()
-		b.idle[l.file] = idleFile{l.queue, l.counter}
+		if !b.idle.note(l.file, idleFile{l.queue, l.counter}) {
+			removeIdle(l.path, &b.trust, l.queue, l.counter)
+		}
 		if l.what == whatSem {
-			b.idle[fileName(kindSemCounter, l.name)] = idleFile{false, true}
+			if c := fileName(kindSemCounter, l.name); !b.idle.note(c, idleFile{false, true}) {
+				removeIdle(b.prefix+c, &b.trust, false, true)
+			}
 		}
 	}
 	b.sweepIdle()
@@ -242,8 +240,7 @@ func (b *Backend) noteIdle(file string, queue, counter bool) {
 		b.mu.Unlock()
 		return
 	}
-	if len(b.idle) < maxIdle {
-		b.idle[file] = idleFile{queue, counter}
+	if b.idle.note(file, idleFile{queue, counter}) {
 		b.ensureMonitorLocked(false)
 		b.mu.Unlock()
 		return
@@ -255,8 +252,7 @@ func (b *Backend) noteIdle(file string, queue, counter bool) {
 // sweepIdle removes every noted lock file that is idle now.
 func (b *Backend) sweepIdle() {
 	b.mu.Lock()
-	files := []map[string]idleFile{b.idleOld, b.idle}
-	b.idleOld, b.idle = nil, make(map[string]idleFile)
+	files := b.idle.takeAll()
 	b.mu.Unlock()
 	for _, m := range files {
 		for file, k := range m {
@@ -269,11 +265,7 @@ func (b *Backend) sweepIdle() {
 // files noted before the previous tick, and ages those noted since. b.mu
 // is held.
 func (b *Backend) rotateIdleLocked() {
-	if b.sweeping {
-		return // the previous sweep runs: let the generations wait
-	}
-	if old := b.idleOld; len(old) > 0 {
-		b.sweeping = true
+	if old := b.idle.rotate(); old != nil {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
@@ -281,11 +273,10 @@ func (b *Backend) rotateIdleLocked() {
 				removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
 			}
 			b.mu.Lock()
-			b.sweeping = false
+			b.idle.swept()
 			b.mu.Unlock()
 		}()
 	}
-	b.idleOld, b.idle = b.idle, make(map[string]idleFile)
 }
 
 // begin checks the arguments common to every acquisition.

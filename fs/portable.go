@@ -15,8 +15,9 @@ import (
 )
 
 // The portable implementation: whole-file locks (flock on Unix, LockFileEx
-// on Windows), waits by polling, loss found on a timer, lock files deleted
-// by their last holder. See the package documentation.
+// on Windows), waits by polling, loss found on a timer, idle lock files
+// removed a tick after their release and at Close. See the package
+// documentation.
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their waits
@@ -36,7 +37,9 @@ type Backend struct {
 	mu         sync.Mutex
 	closed     bool
 	leases     map[*Lease]struct{}
-	monitoring bool // the monitor goroutine runs
+	monitoring bool                // the monitor goroutine runs
+	idle       idleFiles[idleFile] // files let go of, to remove once idle (see noteIdle)
+	ticks      uint64              // the monitor's ticks so far (tests)
 }
 
 var (
@@ -108,7 +111,10 @@ func (b *Backend) Dir() string { return b.dir }
 // Close stops the backend's background work and frees every lease still
 // held: each one's lock is dropped and its Lost channel closed (its Release
 // returns an error wrapping backend.ErrLockLost). Waits in progress return
-// ErrClosed, and so does every later call. Close is idempotent.
+// ErrClosed, and so does every later call. Close then removes the lock
+// files the backend let go of and had not removed yet, those that are idle
+// (see the package documentation, Lock-file lifecycle). Close is
+// idempotent.
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -126,7 +132,9 @@ func (b *Backend) Close() error {
 	b.wg.Wait()
 	for _, l := range held {
 		l.drop()
+		b.noteLease(l)
 	}
+	b.sweepIdle()
 	return nil
 }
 
@@ -207,13 +215,14 @@ func (b *Backend) enterCheck(path string, create bool) (g pfile, busy bool, err 
 	return g, busy, err
 }
 
-// leaveCheck lets others pass: it deletes the waiters' file (held
-// exclusively: nobody waits) and closes it.
-func leaveCheck(g *pfile) {
-	if g.held {
-		g.remove()
-	}
+// leaveCheck lets others pass: it closes the waiters' file and, if it
+// held it, notes it for removal once idle (see noteIdle).
+func (b *Backend) leaveCheck(g *pfile) {
+	held := g.held
 	g.close()
+	if held {
+		b.noteIdle(g.path, idleFile{})
+	}
 }
 
 // othersWait reports whether anyone waits on the waiters' file at path.
@@ -222,7 +231,7 @@ func (b *Backend) othersWait(path string) (bool, error) {
 	if err != nil || busy {
 		return busy, err
 	}
-	leaveCheck(&g)
+	b.leaveCheck(&g)
 	return false, nil
 }
 
@@ -253,16 +262,14 @@ func (b *Backend) join(ctx context.Context, path string) (pfile, error) {
 	}
 }
 
-// leave ends a wait: the last waiter to leave deletes the waiters' file.
-func leave(g *pfile) {
+// leave ends a wait: it closes the waiters' file and notes it for
+// removal once idle (the sweep removes it when no waiter holds it).
+func (b *Backend) leave(g *pfile) {
 	if !g.isOpen() {
 		return
 	}
-	g.unlock()
-	if ok, err := g.lock(true, false, 0); ok && err == nil {
-		g.remove()
-	}
 	g.close()
+	b.noteIdle(g.path, idleFile{})
 }
 
 // pollPause bounds the pauses between a waiter's attempts: from pollMin,
@@ -287,7 +294,7 @@ func (b *Backend) wait(ctx context.Context, waiters string, try, poll func() (bo
 		if err != nil {
 			return err
 		}
-		defer leave(&g)
+		defer b.leave(&g)
 	}
 	// A waiter pauses before its first poll too: one that joins just after
 	// its own release must not take the lock back ahead of those waiting.
@@ -379,7 +386,7 @@ func (b *Backend) tryRead(name string) (*Lease, error) {
 	if err != nil || busy {
 		return nil, err
 	}
-	defer leaveCheck(&g)
+	defer b.leaveCheck(&g)
 	f := newPFile(b.path(kindRW, name), &b.trust)
 	ok, err := f.lock(false, true, b.mode())
 	if err != nil || !ok {

@@ -65,8 +65,8 @@ func mustRelease(t *testing.T, l *Lease) {
 	}
 }
 
-// Lock files go with their last holder: many names of every kind locked
-// and released leave no file behind, and while some are held exactly their
+// Idle lock files go: many names of every kind locked and released leave
+// no file behind after a sweep, and while some are held exactly their
 // files remain.
 func TestLockFilesDeleted(t *testing.T) {
 	dir := t.TempDir()
@@ -86,14 +86,17 @@ func TestLockFilesDeleted(t *testing.T) {
 		mustRelease(t, s2)
 		mustRelease(t, s1)
 	}
+	t.Logf("%d files after %d names of each kind were released, before the sweep", len(lockFiles(t, dir)), names)
+	b.sweepIdle()
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("%d files left after %d names of each kind were released, e.g. %q", len(left), names, left[:min(5, len(left))])
 	}
 	m := must(t)(b.TryLock(ctx, "held"))
 	r := must(t)(b.TryRLock(ctx, "held"))
 	s := must(t)(b.TryAcquire(ctx, "held", 2))
+	b.sweepIdle()
 	got := lockFiles(t, dir)
-	want := []string{"m-held", "r-held", "s-held+0"}
+	want := []string{"m-held", "r-held", "s-held+0", "sc-held"} // a semaphore's counter goes with its slots
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("files while held: %q, want %q", got, want)
 	}
@@ -106,8 +109,67 @@ func TestLockFilesDeleted(t *testing.T) {
 	for _, l := range []*Lease{m, r, s} {
 		mustRelease(t, l)
 	}
+	b.sweepIdle()
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("files left: %q", left)
+	}
+	// Close removes what is noted, and files of leases it frees.
+	h := must(t)(b.TryLock(ctx, "held"))
+	mustRelease(t, must(t)(b.TryRLock(ctx, "released")))
+	b.Close()
+	if err := h.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
+		t.Fatalf("Release after Close: %v, want ErrLockLost", err)
+	}
+	if left := lockFiles(t, dir); len(left) != 0 {
+		t.Fatalf("files left after Close: %q", left)
+	}
+}
+
+// An idle lock file stays until the monitor's next tick (a name locked
+// again meanwhile reuses it) and goes within two ticks of its release.
+func TestIdleFileGoesWithinTwoTicks(t *testing.T) {
+	dir := t.TempDir()
+	b := newPortable(t, dir, WithLossInterval(20*time.Millisecond))
+	ctx := context.Background()
+	ticks := func() uint64 {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.ticks
+	}
+	for _, k := range []struct {
+		name string
+		try  func() (*Lease, bool, error)
+	}{
+		{"mutex", func() (*Lease, bool, error) { return b.TryLock(ctx, "n") }},
+		{"read", func() (*Lease, bool, error) { return b.TryRLock(ctx, "n") }},
+		{"write", func() (*Lease, bool, error) { return b.TryWLock(ctx, "n") }},
+		{"semaphore", func() (*Lease, bool, error) { return b.TryAcquire(ctx, "n", 2) }},
+	} {
+		t0 := ticks()
+		l := must(t)(k.try())
+		mustRelease(t, l)
+		_, err := os.Lstat(l.Path())
+		if t1 := ticks(); t1 < t0+2 && err != nil {
+			// Fewer than two ticks since the release: not swept yet.
+			t.Fatalf("%s: file %s gone %d tick(s) after its release: %v", k.name, l.Path(), t1-t0, err)
+		}
+		// Two ticks after the release, and the sweep they started done.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			b.mu.Lock()
+			done := b.ticks >= t0+2 && !b.idle.sweeping
+			b.mu.Unlock()
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the monitor did not tick twice in a minute", k.name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if left := lockFiles(t, dir); len(left) != 0 {
+			t.Fatalf("%s: files left two ticks after the release: %q", k.name, left)
+		}
 	}
 }
 
@@ -325,13 +387,16 @@ func TestDeletionStress(t *testing.T) {
 	if ops.Load() < 100 {
 		t.Fatalf("only %d acquisitions", ops.Load())
 	}
+	for _, b := range bs {
+		b.Close()
+	}
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("files left: %q", left)
 	}
 }
 
-// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file is
-// created and deleted each time):
+// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file
+// stays between Dos, and goes a tick after the last):
 //
 //	go test -tags dlock_portable -run '^$' -bench PortableDo ./fs
 func BenchmarkPortableDo(b *testing.B) {
