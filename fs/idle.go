@@ -11,20 +11,21 @@ const maxIdle = 1 << 16
 // before it (old). Each tick sweeps old and ages cur, so a file goes 1 to
 // 2 ticks after its release, unless it is locked again meanwhile (see the
 // package documentation, Lock-file lifecycle). Both implementations keep
-// one under their Backend's mu; V says how to remove a file.
-type idleFiles[V any] struct {
-	cur, old map[string]V
+// one under their Backend's mu; their idleFile says how to remove a file
+// (their removeNoted).
+type idleFiles struct {
+	cur, old map[string]idleFile
 	sweeping bool // a sweep of an older generation runs
 }
 
 // note records file; it reports false when maxIdle files are noted
 // already (the caller then removes the file at once).
-func (s *idleFiles[V]) note(file string, v V) bool {
+func (s *idleFiles) note(file string, v idleFile) bool {
 	if len(s.cur) >= maxIdle {
 		return false
 	}
 	if s.cur == nil {
-		s.cur = make(map[string]V)
+		s.cur = make(map[string]idleFile)
 	}
 	s.cur[file] = v
 	return true
@@ -34,7 +35,7 @@ func (s *idleFiles[V]) note(file string, v V) bool {
 // tick, to sweep now (nil if none; otherwise sweeping is set until the
 // caller calls swept), and ages those noted since. While a sweep runs the
 // generations wait.
-func (s *idleFiles[V]) rotate() map[string]V {
+func (s *idleFiles) rotate() map[string]idleFile {
 	if s.sweeping {
 		return nil
 	}
@@ -48,17 +49,51 @@ func (s *idleFiles[V]) rotate() map[string]V {
 }
 
 // swept ends the sweep rotate started.
-func (s *idleFiles[V]) swept() { s.sweeping = false }
+func (s *idleFiles) swept() { s.sweeping = false }
 
 // takeAll returns every noted file and forgets them (Close, tests).
-func (s *idleFiles[V]) takeAll() [2]map[string]V {
-	all := [2]map[string]V{s.old, s.cur}
+func (s *idleFiles) takeAll() [2]map[string]idleFile {
+	all := [2]map[string]idleFile{s.old, s.cur}
 	s.old, s.cur = nil, nil
 	return all
 }
 
 // pending reports whether files wait for removal (the monitor keeps
 // running while they do).
-func (s *idleFiles[V]) pending() bool {
+func (s *idleFiles) pending() bool {
 	return len(s.cur) > 0 || len(s.old) > 0 || s.sweeping
+}
+
+// sweepIdle removes every noted lock file that is idle now (Close, tests).
+func (b *Backend) sweepIdle() {
+	b.mu.Lock()
+	all := b.idle.takeAll()
+	b.mu.Unlock()
+	for _, m := range all {
+		for file, k := range m {
+			b.removeNoted(file, k)
+		}
+	}
+}
+
+// rotateIdleLocked runs at each monitor tick: it starts a sweep (in a
+// goroutine that Close waits for) of the files noted before the previous
+// tick, and ages those noted since. b.mu is held.
+func (b *Backend) rotateIdleLocked() {
+	if old := b.idle.rotate(); old != nil {
+		b.wg.Add(1)
+		go b.sweep(old)
+	}
+}
+
+// sweep removes the files of old that are idle, then lets the next sweep
+// start.
+func (b *Backend) sweep(old map[string]idleFile) {
+	defer b.wg.Done()
+	for file, k := range old {
+		b.removeNoted(file, k)
+	}
+	b.mu.Lock()
+	b.idle.swept()
+	b.mu.Unlock()
 }

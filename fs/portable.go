@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -37,21 +36,10 @@ type Backend struct {
 	mu         sync.Mutex
 	closed     bool
 	leases     map[*Lease]struct{}
-	monitoring bool                // the monitor goroutine runs
-	idle       idleFiles[idleFile] // files let go of, to remove once idle (see noteIdle)
-	ticks      uint64              // the monitor's ticks so far (tests)
+	monitoring bool      // the monitor goroutine runs
+	idle       idleFiles // files let go of, to remove once idle (see noteIdle)
+	ticks      uint64    // the monitor's ticks so far (tests)
 }
-
-var (
-	_ backend.Locker[*Lease]          = (*Backend)(nil)
-	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
-	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
-	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
-	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
-	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
-	_ backend.Fencer                  = (*Lease)(nil)
-	_ backend.LossNotifier            = (*Lease)(nil)
-)
 
 // New returns a backend keeping its lock files in dir, which it creates
 // (mode 0700 unless WithDirMode) if needed. On Unix it refuses a dir that is
@@ -62,24 +50,9 @@ var (
 // link or junction; see the package documentation for what is not checked
 // there.
 func New(dir string, opts ...Option) (*Backend, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.sharedGroup && !cfg.fileModeSet {
-		cfg.fileMode = 0o660
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if dir == "" {
-		return nil, errors.New("fs: empty directory name")
-	}
-	abs, err := filepath.Abs(dir)
+	abs, cfg, err := prepare(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
+		return nil, err
 	}
 	path, tr, err := prepareDir(abs, &cfg)
 	if err != nil {
@@ -104,78 +77,10 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	return b, nil
 }
 
-// Dir returns the absolute path of the lock directory (on Unix with every
-// symbolic link resolved).
-func (b *Backend) Dir() string { return b.dir }
-
-// Close stops the backend's background work and frees every lease still
-// held: each one's lock is dropped and its Lost channel closed (its Release
-// returns an error wrapping backend.ErrLockLost). Waits in progress return
-// ErrClosed, and so does every later call. Close then removes the lock
-// files the backend let go of and had not removed yet, those that are idle
-// (see the package documentation, Lock-file lifecycle). Close is
-// idempotent.
-func (b *Backend) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
-	b.closed = true
-	close(b.stopc)
-	held := make([]*Lease, 0, len(b.leases))
-	for l := range b.leases {
-		held = append(held, l)
-	}
-	clear(b.leases)
-	b.mu.Unlock()
-	b.wg.Wait()
-	for _, l := range held {
-		l.drop()
-		b.noteLease(l)
-	}
-	b.sweepIdle()
-	return nil
-}
-
-func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
-
 // path is the path of the file of kind k for name (for kindSemSlot, the
 // prefix of its slot files).
 func (b *Backend) path(k kind, name string) string {
 	return b.prefix + fileNameFold(k, name, b.fold)
-}
-
-// begin checks the arguments common to every acquisition.
-func (b *Backend) begin(ctx context.Context, name string) error {
-	if name == "" {
-		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
-	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return backend.Permanent(ErrClosed)
-	}
-	return nil
-}
-
-// classify marks err backend.Permanent unless it may heal by itself (see
-// transient; a lock file that keeps being replaced) or is a wait's ctx
-// ending.
-func classify(err error) error {
-	if err == nil || errors.Is(err, backend.ErrNotAcquired) || errors.Is(err, errReplaced) {
-		return err
-	}
-	for _, t := range transient {
-		if errors.Is(err, t) {
-			return err
-		}
-	}
-	return backend.Permanent(err)
 }
 
 // The waiters' file of a lock (mw-, rg-, sw-) is how waiting works without a
@@ -193,7 +98,7 @@ func classify(err error) error {
 // waiters or passing the check until the caller is done (see leaveCheck).
 func (b *Backend) enterCheck(path string, create bool) (g pfile, busy bool, err error) {
 	g = newPFile(path, &b.trust)
-	err = briefly(path, func() (bool, error) {
+	err = briefly(path, "the waiters' file stayed locked", func() (bool, error) {
 		ok, err := g.lock(true, create, b.mode())
 		if errors.Is(err, errNoFile) {
 			return true, nil // nobody waits
@@ -447,16 +352,6 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 		return nil, classify(err)
 	}
 	return b.newLease(whatWrite, name, &f, nil)
-}
-
-func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
-	if err := b.begin(ctx, name); err != nil {
-		return err
-	}
-	if limit < 1 {
-		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
-	}
-	return nil
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order (after

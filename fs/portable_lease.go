@@ -3,12 +3,9 @@
 package fs
 
 import (
-	"context"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/loss"
 )
 
@@ -21,6 +18,7 @@ type Lease struct {
 	cpath string // a semaphore's counter file (sc-NAME)
 	token uint64
 	lost  chan struct{}
+	cbuf  counterBuf // for the fencing counter, without an allocation
 
 	mu    sync.Mutex
 	f     pfile // closed once released or dropped
@@ -28,17 +26,15 @@ type Lease struct {
 	loss  loss.Notifier
 }
 
-const (
-	leaseHeld uint8 = iota
-	leaseLost
-	leaseReleased
-)
-
 // newLease wraps a locked file into a registered lease. counter is the
 // fencing counter file (a semaphore's), or nil to keep the counter in the
 // lock file itself (held exclusively, or for a reader serialized by the
 // writers' gate, which the caller holds exclusively). On error the file is
 // closed.
+//
+// Its shape is the Linux newLease's, kept apart: the files differ (pfile,
+// lockFile), and so does how a reader reaches the counter (here under the
+// writers' gate, there under an OFD lock of the counter's bytes).
 func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease, error) {
 	l := &Lease{b: b, what: what, name: name, path: f.path, lost: make(chan struct{})}
 	if counter != nil {
@@ -47,9 +43,9 @@ func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease,
 	if b.cfg.fencing {
 		var err error
 		if counter == nil {
-			l.token, err = f.bumpCounter(b.cfg.sync)
+			l.token, err = bumpCounter(f.h, f.path, b.cfg.sync, &l.cbuf)
 		} else {
-			l.token, err = b.bumpCounterFile(counter)
+			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
 		if err != nil {
 			f.close()
@@ -58,53 +54,32 @@ func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease,
 	}
 	l.f = *f
 	f.h, f.held = noHandle, false // the lease owns the handle now
-	if err := b.register(l); err != nil {
-		l.f.close()
-		return nil, classify(err)
-	}
-	return l, nil
+	return b.adopt(l)
 }
 
 // bumpCounterFile takes the next token from a counter file, under a brief
 // exclusive lock of that file (noted for removal with the slot at
 // Release).
-func (b *Backend) bumpCounterFile(c *pfile) (uint64, error) {
-	err := briefly(c.path, func() (bool, error) { return c.lock(true, true, b.mode()) })
+func (b *Backend) bumpCounterFile(c *pfile, buf *counterBuf) (uint64, error) {
+	err := briefly(c.path, counterStuck, func() (bool, error) { return c.lock(true, true, b.mode()) })
 	if err != nil {
 		c.close()
 		return 0, err
 	}
-	token, err := c.bumpCounter(b.cfg.sync)
+	token, err := bumpCounter(c.h, c.path, b.cfg.sync, buf)
 	c.close()
 	return token, err
 }
 
-// register records a new lease so that the monitor checks it.
-func (b *Backend) register(l *Lease) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return ErrClosed
-	}
-	b.leases[l] = struct{}{}
-	b.ensureMonitorLocked()
-	return nil
-}
-
 // ensureMonitorLocked starts the monitor if it does not run. b.mu is held.
-func (b *Backend) ensureMonitorLocked() {
+// waiting is unused: waits poll here (the Linux monitor watches closes for
+// waiters).
+func (b *Backend) ensureMonitorLocked(waiting bool) {
 	if !b.monitoring {
 		b.monitoring = true
 		b.wg.Add(1)
 		go b.monitor()
 	}
-}
-
-// unregister forgets a lease.
-func (b *Backend) unregister(l *Lease) {
-	b.mu.Lock()
-	delete(b.leases, l)
-	b.mu.Unlock()
 }
 
 // monitor checks every loss interval that each held lease's path still
@@ -129,18 +104,7 @@ func (b *Backend) monitor() {
 			b.mu.Unlock()
 			return
 		}
-		if old := b.idle.rotate(); old != nil {
-			b.wg.Add(1)
-			go func() {
-				defer b.wg.Done()
-				for path, k := range old {
-					b.removeIdle(path, k)
-				}
-				b.mu.Lock()
-				b.idle.swept()
-				b.mu.Unlock()
-			}()
-		}
+		b.rotateIdleLocked()
 		held := make([]*Lease, 0, len(b.leases))
 		for l := range b.leases {
 			held = append(held, l)
@@ -152,7 +116,7 @@ func (b *Backend) monitor() {
 	}
 }
 
-// idleFile says how to remove a noted lock file (see removeIdle).
+// idleFile says how to remove a noted lock file (see removeNoted).
 type idleFile struct {
 	counter bool   // the file keeps a fencing counter
 	waits   bool   // waiters of the lock hold the waiters' file of kind wait and name
@@ -162,7 +126,7 @@ type idleFile struct {
 
 // noteIdle notes that this backend let go of the lock file path: the
 // monitor removes it after its next tick, if nobody holds it or waits for
-// it then (see removeIdle), and so does Close. Removing it now would make
+// it then (see removeNoted), and so does Close. Removing it now would make
 // the next acquisition of the name create the file anew: on ext4 a create
 // and an unlink cost several times a whole acquisition, so a name locked
 // again within a tick keeps its file. Once the backend is closed (Close
@@ -171,12 +135,27 @@ type idleFile struct {
 func (b *Backend) noteIdle(path string, k idleFile) {
 	b.mu.Lock()
 	if !b.closed && b.idle.note(path, k) {
-		b.ensureMonitorLocked()
+		b.ensureMonitorLocked(false)
 		b.mu.Unlock()
 		return
 	}
 	b.mu.Unlock()
-	b.removeIdle(path, k)
+	b.removeNoted(path, k)
+}
+
+// stopMonitorLocked is Close's: the monitor ends by itself on b.stopc.
+func (b *Backend) stopMonitorLocked() func() { return nil }
+
+// noteFreed is Close's end of a lease it freed: its files go at once (see
+// noteIdle).
+func (b *Backend) noteFreed(l *Lease) { b.noteLease(l) }
+
+// afterRelease is Release's end: if the file was still ours, it notes it
+// (and a semaphore's counter file) for removal once idle.
+func (b *Backend) afterRelease(l *Lease, ours bool) {
+	if ours {
+		b.noteLease(l)
+	}
 }
 
 // noteLease notes the files of lease l, which its holder let go of (or
@@ -199,19 +178,7 @@ func (l *Lease) idleFile() idleFile {
 	return idleFile{waits: true, wait: kindSemWait, name: l.name}
 }
 
-// sweepIdle removes every noted lock file that is idle now.
-func (b *Backend) sweepIdle() {
-	b.mu.Lock()
-	all := b.idle.takeAll()
-	b.mu.Unlock()
-	for _, m := range all {
-		for path, k := range m {
-			b.removeIdle(path, k)
-		}
-	}
-}
-
-// removeIdle removes the lock file path if nobody holds it or waits for
+// removeNoted removes the lock file path if nobody holds it or waits for
 // it: it opens the file (never creating it), locks it exclusively without
 // waiting, checks that the path still names it and that it is a lock file
 // of this backend's (see trust.check) — all as pfile.lock does — and then
@@ -228,14 +195,15 @@ func (b *Backend) sweepIdle() {
 // the path no longer names it and locks the new file instead: removal
 // never lets two holders in. While the sweep holds the lock (a few system
 // calls), a try of the name fails as if another holder held it.
-func (b *Backend) removeIdle(path string, k idleFile) bool {
+func (b *Backend) removeNoted(path string, k idleFile) bool {
 	f := newPFile(path, &b.trust)
 	defer f.close()
 	if ok, err := f.lock(true, false, 0); !ok || err != nil {
 		return false // gone already, held (its holder notes it again), or not ours
 	}
 	if k.counter {
-		last, err := f.readCounter()
+		var buf counterBuf
+		last, err := readCounter(f.h, f.path, &buf)
 		if err != nil || !removable(last) {
 			return false
 		}
@@ -257,81 +225,6 @@ func (l *Lease) check() {
 		return
 	}
 	if same, err := l.f.named(); err == nil && !same {
-		l.state = leaseLost
-		l.closeLostLocked()
+		l.markLostLocked()
 	}
-}
-
-// Release gives the lock up. It returns nil only if the lease held its
-// lock until then; for a lease that was lost (its file removed or
-// replaced, or the backend closed) it returns an error wrapping
-// backend.ErrLockLost, and for a second Release one wrapping
-// backend.ErrNotHeld. The lock file stays, noted for removal once idle
-// (see noteIdle). It frees the lease's handle in every case and never
-// touches the lock of another holder.
-func (l *Lease) Release(ctx context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch l.state {
-	case leaseReleased:
-		return backend.ErrNotHeld
-	case leaseLost:
-		l.state = leaseReleased
-		l.f.close()
-		l.b.unregister(l)
-		return backend.ErrLockLost
-	}
-	l.state = leaseReleased
-	same, err := l.f.named()
-	l.f.close()
-	l.closeLostLocked()
-	l.b.unregister(l)
-	if err == nil && same {
-		// Only a file that was still ours: otherwise the name is someone
-		// else's now.
-		l.b.noteLease(l)
-	}
-	if err != nil {
-		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
-	}
-	if !same {
-		return fmt.Errorf("lock file %s was removed or replaced: %w", l.path, backend.ErrLockLost)
-	}
-	return nil
-}
-
-// AfterLost implements backend.LossNotifier: f runs, in its own
-// goroutine, once Lost is closed, unless stop is called first.
-func (l *Lease) AfterLost(f func()) (stop func() bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.loss.Add(f, l.state != leaseHeld, &l.mu)
-}
-
-func (l *Lease) closeLostLocked() {
-	close(l.lost)
-	l.loss.Fire()
-}
-
-// Lost returns a channel closed when the lease can no longer guarantee its
-// lock — its lock file was removed or replaced (noticed within the loss
-// interval), or the backend was closed — and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
-
-// Token returns the lease's fencing token (0 when fencing is off).
-func (l *Lease) Token() uint64 { return l.token }
-
-// Path returns the path of the lock file the lease holds (for a semaphore,
-// its slot file).
-func (l *Lease) Path() string { return l.path }
-
-// drop is Close's end of a lease: it reports the loss and frees the lock.
-func (l *Lease) drop() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.state == leaseHeld {
-		l.state = leaseLost
-		l.closeLostLocked()
-	}
-	l.f.close()
 }

@@ -19,70 +19,24 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-func newPortable(t *testing.T, dir string, opts ...Option) *Backend {
-	t.Helper()
-	b, err := New(dir, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
-
-// lockFiles lists the directory's files other than the marker.
-func lockFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), ".dlock-fs-") {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
-
-// must returns a function that returns the lease of a successful try and
-// fails the test otherwise.
-func must(t *testing.T) func(l *Lease, ok bool, err error) *Lease {
-	t.Helper()
-	return func(l *Lease, ok bool, err error) *Lease {
-		t.Helper()
-		if err != nil || !ok {
-			t.Fatalf("not acquired: ok %v, err %v", ok, err)
-		}
-		return l
-	}
-}
-
-func mustRelease(t *testing.T, l *Lease) {
-	t.Helper()
-	if err := l.Release(context.Background()); err != nil {
-		t.Fatalf("release %s: %v", l.Path(), err)
-	}
-}
-
 // Idle lock files go: many names of every kind locked and released leave
 // no file behind after a sweep, and while some are held exactly their
 // files remain.
 func TestLockFilesDeleted(t *testing.T) {
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	const names = 500
 	for i := range names {
 		n := fmt.Sprintf("job-%d", i)
-		mustRelease(t, must(t)(b.TryLock(ctx, n)))
-		r1 := must(t)(b.TryRLock(ctx, n))
-		r2 := must(t)(b.TryRLock(ctx, n))
+		mustRelease(t, mustTry(t)(b.TryLock(ctx, n)))
+		r1 := mustTry(t)(b.TryRLock(ctx, n))
+		r2 := mustTry(t)(b.TryRLock(ctx, n))
 		mustRelease(t, r1)
 		mustRelease(t, r2)
-		mustRelease(t, must(t)(b.TryWLock(ctx, n)))
-		s1 := must(t)(b.TryAcquire(ctx, n, 3))
-		s2 := must(t)(b.TryAcquire(ctx, n, 3))
+		mustRelease(t, mustTry(t)(b.TryWLock(ctx, n)))
+		s1 := mustTry(t)(b.TryAcquire(ctx, n, 3))
+		s2 := mustTry(t)(b.TryAcquire(ctx, n, 3))
 		mustRelease(t, s2)
 		mustRelease(t, s1)
 	}
@@ -91,9 +45,9 @@ func TestLockFilesDeleted(t *testing.T) {
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("%d files left after %d names of each kind were released, e.g. %q", len(left), names, left[:min(5, len(left))])
 	}
-	m := must(t)(b.TryLock(ctx, "held"))
-	r := must(t)(b.TryRLock(ctx, "held"))
-	s := must(t)(b.TryAcquire(ctx, "held", 2))
+	m := mustTry(t)(b.TryLock(ctx, "held"))
+	r := mustTry(t)(b.TryRLock(ctx, "held"))
+	s := mustTry(t)(b.TryAcquire(ctx, "held", 2))
 	b.sweepIdle()
 	got := lockFiles(t, dir)
 	want := []string{"m-held", "r-held", "s-held+0", "sc-held"} // a semaphore's counter goes with its slots
@@ -114,8 +68,8 @@ func TestLockFilesDeleted(t *testing.T) {
 		t.Fatalf("files left: %q", left)
 	}
 	// Close removes what is noted, and files of leases it frees.
-	h := must(t)(b.TryLock(ctx, "held"))
-	mustRelease(t, must(t)(b.TryRLock(ctx, "released")))
+	h := mustTry(t)(b.TryLock(ctx, "held"))
+	mustRelease(t, mustTry(t)(b.TryRLock(ctx, "released")))
 	b.Close()
 	if err := h.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
 		t.Fatalf("Release after Close: %v, want ErrLockLost", err)
@@ -129,7 +83,7 @@ func TestLockFilesDeleted(t *testing.T) {
 // again meanwhile reuses it) and goes within two ticks of its release.
 func TestIdleFileGoesWithinTwoTicks(t *testing.T) {
 	dir := t.TempDir()
-	b := newPortable(t, dir, WithLossInterval(20*time.Millisecond))
+	b := newBackend(t, dir, WithLossInterval(20*time.Millisecond))
 	ctx := context.Background()
 	ticks := func() uint64 {
 		b.mu.Lock()
@@ -146,7 +100,7 @@ func TestIdleFileGoesWithinTwoTicks(t *testing.T) {
 		{"semaphore", func() (*Lease, bool, error) { return b.TryAcquire(ctx, "n", 2) }},
 	} {
 		t0 := ticks()
-		l := must(t)(k.try())
+		l := mustTry(t)(k.try())
 		mustRelease(t, l)
 		_, err := os.Lstat(l.Path())
 		if t1 := ticks(); t1 < t0+2 && err != nil {
@@ -177,7 +131,7 @@ func TestIdleFileGoesWithinTwoTicks(t *testing.T) {
 // lock file, for every kind.
 func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	kinds := map[string]func() (*Lease, bool, error){
 		"mutex": func() (*Lease, bool, error) { return b.TryLock(ctx, "n") },
@@ -188,7 +142,7 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	for k, try := range kinds {
 		var last uint64
 		for i := range 300 {
-			l := must(t)(try())
+			l := mustTry(t)(try())
 			if l.Token() <= last {
 				t.Fatalf("%s, acquisition %d: token %d after %d", k, i, l.Token(), last)
 			}
@@ -201,9 +155,9 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	for i := range 100 {
 		var l *Lease
 		if i%2 == 0 {
-			l = must(t)(b.TryRLock(ctx, "rw"))
+			l = mustTry(t)(b.TryRLock(ctx, "rw"))
 		} else {
-			l = must(t)(b.TryWLock(ctx, "rw"))
+			l = mustTry(t)(b.TryWLock(ctx, "rw"))
 		}
 		if l.Token() <= last {
 			t.Fatalf("rw acquisition %d: token %d after %d", i, l.Token(), last)
@@ -216,12 +170,12 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 // With the Windows mapping of names (here on any system), names that
 // differ only by case are still different locks.
 func TestFoldedNames(t *testing.T) {
-	b := newPortable(t, t.TempDir())
+	b := newBackend(t, t.TempDir())
 	b.fold = true
 	ctx := context.Background()
-	a := must(t)(b.TryLock(ctx, "Job"))
-	c := must(t)(b.TryLock(ctx, "job"))
-	d := must(t)(b.TryLock(ctx, "CON"))
+	a := mustTry(t)(b.TryLock(ctx, "Job"))
+	c := mustTry(t)(b.TryLock(ctx, "job"))
+	d := mustTry(t)(b.TryLock(ctx, "CON"))
 	if _, ok, err := b.TryLock(ctx, "Job"); ok || err != nil {
 		t.Fatalf("second TryLock of Job: ok %v, err %v", ok, err)
 	}
@@ -240,7 +194,7 @@ func TestPlantedLinksRefused(t *testing.T) {
 		t.Skip("symbolic links need a privilege on Windows")
 	}
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
@@ -271,7 +225,7 @@ func TestDeletionStress(t *testing.T) {
 	dir := t.TempDir()
 	var bs []*Backend
 	for range 4 {
-		bs = append(bs, newPortable(t, dir))
+		bs = append(bs, newBackend(t, dir))
 	}
 	run := 2 * time.Second
 	if testing.Short() {
