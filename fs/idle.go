@@ -9,7 +9,7 @@ const maxIdle = 1 << 16
 // idleFiles is the lock files a Backend let go of and has not removed yet,
 // in two generations: noted since the monitor's last tick (cur), and
 // before it (old). Each tick sweeps old and ages cur, so a file goes 1 to
-// 2 ticks after its release, unless it is locked again meanwhile (see the
+// 2 ticks after its release if nobody holds or waits for it then (see the
 // package documentation, Lock-file lifecycle). Both implementations keep
 // one under their Backend's mu; their idleFile says how to remove a file
 // (their removeNoted).
