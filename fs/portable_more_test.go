@@ -261,27 +261,16 @@ func TestDeletionStress(t *testing.T) {
 				var l *Lease
 				var err error
 				switch (g + i) % 4 {
-				case 0:
-					if l, err = b.Lock(wctx, name); err == nil {
-						s := &mutexes[n]
-						s.mu.Lock()
-						s.holders++
-						check(s.holders == 1, "two mutex holders of %s", name)
-						check(l.Token() > s.last, "mutex token %d after %d", l.Token(), s.last)
-						s.last = l.Token()
-						s.mu.Unlock()
-						runtime.Gosched()
-						s.mu.Lock()
-						s.holders--
-						s.mu.Unlock()
+				case 0, 1: // a mutex, a writer: alone
+					s, what, lock := &mutexes[n], "mutex", b.Lock
+					if (g+i)%4 == 1 {
+						s, what, lock = &rws[n], "writer", b.WLock
 					}
-				case 1:
-					if l, err = b.WLock(wctx, name); err == nil {
-						s := &rws[n]
+					if l, err = lock(wctx, name); err == nil {
 						s.mu.Lock()
 						s.holders++
-						check(s.holders == 1 && s.readers == 0, "writer of %s not alone", name)
-						check(l.Token() > s.last, "writer token %d after %d", l.Token(), s.last)
+						check(s.holders == 1 && s.readers == 0, "%s of %s not alone", what, name)
+						check(l.Token() > s.last, "%s token %d after %d", what, l.Token(), s.last)
 						s.last = l.Token()
 						s.mu.Unlock()
 						runtime.Gosched()
