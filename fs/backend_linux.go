@@ -4,10 +4,7 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -39,28 +36,12 @@ type Backend struct {
 	mon     *monitor // nil when no monitor runs
 
 	// Lock files this backend let go of, to remove once idle (see
-	// noteIdle): noted since the monitor's last tick, and before it.
-	idle, idleOld map[string]idleFile
-	sweeping      bool // a sweep of an older generation runs
+	// noteIdle), by base name.
+	idle idleFiles
 }
 
 // idleFile says how to remove a lock file (see lockFile.remove).
 type idleFile struct{ queue, counter bool }
-
-// maxIdle bounds the lock files noted for removal: past it, a release
-// removes its file at once.
-const maxIdle = 1 << 16
-
-var (
-	_ backend.Locker[*Lease]          = (*Backend)(nil)
-	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
-	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
-	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
-	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
-	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
-	_ backend.Fencer                  = (*Lease)(nil)
-	_ backend.LossNotifier            = (*Lease)(nil)
-)
 
 // New returns a backend keeping its lock files in dir, which it creates
 // (mode 0700 unless WithDirMode; missing parents likewise, never group- or
@@ -77,30 +58,15 @@ var (
 // link on the path (not dir itself) is followed only if it is owned by root
 // or by this uid; the backend then uses the resolved path (see Dir).
 func New(dir string, opts ...Option) (*Backend, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.sharedGroup && !cfg.fileModeSet {
-		cfg.fileMode = 0o660
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if dir == "" {
-		return nil, errors.New("fs: empty directory name")
-	}
-	abs, err := filepath.Abs(dir)
+	abs, cfg, err := prepare(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
+		return nil, err
 	}
 	path, fd, err := openDir(abs, cfg.dirMode)
 	if err != nil {
 		return nil, err
 	}
-	tr, err := checkDir(fd, path, cfg.sharedGroup)
+	tr, err := checkDirFD(fd, path, cfg.sharedGroup)
 	unix.Close(fd)
 	if err != nil {
 		return nil, err
@@ -118,7 +84,6 @@ func New(dir string, opts ...Option) (*Backend, error) {
 		stopc:   make(chan struct{}),
 		leases:  make(map[*Lease]struct{}),
 		waiters: make(map[string]map[*waiter]struct{}),
-		idle:    make(map[string]idleFile),
 	}
 	if abs == "/" {
 		b.prefix = "/"
@@ -126,108 +91,58 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	return b, nil
 }
 
-// checkDir verifies that dir, open as fd, is a safe lock directory, and
-// returns whose lock files it may hold (see WithSharedGroup).
-func checkDir(fd int, dir string, shared bool) (trust, error) {
+// checkDirFD verifies that dir, open as fd, is a safe lock directory (see
+// checkDir), not on a network file system, and returns whose lock files it
+// may hold.
+func checkDirFD(fd int, dir string, shared bool) (trust, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return trust{}, fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
 	}
-	euid := uint32(os.Geteuid())
-	tr := trust{euid: euid}
-	if st.Mode&0o002 != 0 {
-		return trust{}, fmt.Errorf("fs: lock directory %q is world-writable (mode %#o): refused", dir, st.Mode&0o7777)
-	}
-	if shared {
-		member, err := inGroup(st.Gid)
-		if err != nil {
-			return trust{}, fmt.Errorf("fs: lock directory %q: %w", dir, err)
-		}
-		if st.Uid != euid && !member {
-			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d and group %d; this process (uid %d) is in neither: refused", dir, st.Uid, st.Gid, euid)
-		}
-		tr.shared, tr.gid = true, st.Gid
-	} else {
-		if st.Uid != euid {
-			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d, not by this process's uid %d: refused (see WithSharedGroup)", dir, st.Uid, euid)
-		}
-		if st.Mode&0o020 != 0 {
-			return trust{}, fmt.Errorf("fs: lock directory %q is group-writable (mode %#o): any member of group %d could remove or replace its lock files: refused unless WithSharedGroup", dir, st.Mode&0o7777, st.Gid)
-		}
+	tr, err := checkDir(dir, &st, shared)
+	if err != nil {
+		return trust{}, err
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
 		return trust{}, fmt.Errorf("fs: statfs lock directory %q: %w", dir, err)
 	}
-	switch uint32(sfs.Type) {
-	case unix.NFS_SUPER_MAGIC, unix.SMB_SUPER_MAGIC, unix.SMB2_SUPER_MAGIC, unix.CIFS_SUPER_MAGIC:
-		return trust{}, fmt.Errorf("fs: lock directory %q is on a network file system (type %#x): flock there is not per open file description: refused", dir, sfs.Type)
+	if net := networkType(sfs.Type); net != "" {
+		return trust{}, fmt.Errorf("fs: lock directory %q is on a network file system (%s): flock there is not per open file description: refused", dir, net)
 	}
 	return tr, nil
 }
 
-// inGroup reports whether gid is this process's effective or a
-// supplementary group.
-func inGroup(gid uint32) (bool, error) {
-	if uint32(os.Getegid()) == gid {
-		return true, nil
-	}
-	groups, err := os.Getgroups()
-	if err != nil {
-		return false, fmt.Errorf("getgroups: %w", err)
-	}
-	for _, g := range groups {
-		if uint32(g) == gid {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// Dir returns the absolute path of the lock directory, with every symbolic
-// link resolved: the path New checked, which the backend uses.
-func (b *Backend) Dir() string { return b.dir }
-
-// Close stops the backend's background work and frees every lease still
-// held: each one's lock is dropped and its Lost channel closed (a callback
-// running under it sees its ctx cancelled with cause backend.ErrLockLost; its
-// Release returns an error wrapping backend.ErrLockLost). Waits in progress
-// return ErrClosed, and so does every later call. Close then removes the
-// lock files the backend let go of and had not removed yet, those that are
-// idle (see the package documentation, Lock-file lifecycle). Close is
-// idempotent.
-func (b *Backend) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
+// stopMonitorLocked is Close's, under b.mu: it forgets the monitor and
+// returns the close of its inotify instance, which wakes its pending Read
+// (for the caller to run without b.mu).
+func (b *Backend) stopMonitorLocked() func() {
+	if b.mon == nil || b.mon.f == nil {
+		b.mon = nil
 		return nil
 	}
-	b.closed = true
-	close(b.stopc)
-	var f *os.File
-	if b.mon != nil {
-		f = b.mon.f
-		b.mon = nil
+	f := b.mon.f
+	b.mon = nil
+	return func() { f.Close() }
+}
+
+// noteFreed is Close's end of a lease it freed: its files are noted for
+// the sweep that follows (removed at once past maxIdle).
+func (b *Backend) noteFreed(l *Lease) {
+	c := ""
+	if l.what == whatSem {
+		c = fileName(kindSemCounter, l.name)
 	}
-	held := make([]*Lease, 0, len(b.leases))
-	for l := range b.leases {
-		held = append(held, l)
-	}
-	clear(b.leases)
+	b.mu.Lock()
+	noted := b.idle.note(l.file, idleFile{l.queue, l.counter})
+	cnoted := c == "" || b.idle.note(c, idleFile{false, true})
 	b.mu.Unlock()
-	if f != nil {
-		f.Close() // wakes the monitor's pending Read
+	if !noted {
+		removeIdle(l.path, &b.trust, l.queue, l.counter)
 	}
-	b.wg.Wait()
-	for _, l := range held {
-		l.drop()
-		b.idle[l.file] = idleFile{l.queue, l.counter}
-		if l.what == whatSem {
-			b.idle[fileName(kindSemCounter, l.name)] = idleFile{false, true}
-		}
+	if !cnoted {
+		removeIdle(b.prefix+c, &b.trust, false, true)
 	}
-	b.sweepIdle()
-	return nil
 }
 
 // noteIdle notes that this backend let go of the lock file file (a base
@@ -242,8 +157,7 @@ func (b *Backend) noteIdle(file string, queue, counter bool) {
 		b.mu.Unlock()
 		return
 	}
-	if len(b.idle) < maxIdle {
-		b.idle[file] = idleFile{queue, counter}
+	if b.idle.note(file, idleFile{queue, counter}) {
 		b.ensureMonitorLocked(false)
 		b.mu.Unlock()
 		return
@@ -252,77 +166,10 @@ func (b *Backend) noteIdle(file string, queue, counter bool) {
 	removeIdle(b.prefix+file, &b.trust, queue, counter)
 }
 
-// sweepIdle removes every noted lock file that is idle now.
-func (b *Backend) sweepIdle() {
-	b.mu.Lock()
-	files := []map[string]idleFile{b.idleOld, b.idle}
-	b.idleOld, b.idle = nil, make(map[string]idleFile)
-	b.mu.Unlock()
-	for _, m := range files {
-		for file, k := range m {
-			removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
-		}
-	}
-}
-
-// rotateIdleLocked runs at each monitor tick: it starts a sweep of the
-// files noted before the previous tick, and ages those noted since. b.mu
-// is held.
-func (b *Backend) rotateIdleLocked() {
-	if b.sweeping {
-		return // the previous sweep runs: let the generations wait
-	}
-	if old := b.idleOld; len(old) > 0 {
-		b.sweeping = true
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			for file, k := range old {
-				removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
-			}
-			b.mu.Lock()
-			b.sweeping = false
-			b.mu.Unlock()
-		}()
-	}
-	b.idleOld, b.idle = b.idle, make(map[string]idleFile)
-}
-
-// begin checks the arguments common to every acquisition.
-func (b *Backend) begin(ctx context.Context, what, name string) error {
-	if name == "" {
-		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
-	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return backend.Permanent(ErrClosed)
-	}
-	return nil
-}
-
-// register records a new lease so that the monitor checks it. It fails (and
-// the caller must free the lease's file) once the backend is closed.
-func (b *Backend) register(l *Lease) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return ErrClosed
-	}
-	b.leases[l] = struct{}{}
-	b.ensureMonitorLocked(false)
-	return nil
-}
-
-// unregister forgets a lease.
-func (b *Backend) unregister(l *Lease) {
-	b.mu.Lock()
-	delete(b.leases, l)
-	b.mu.Unlock()
+// removeNoted removes the noted lock file file (a base name) if it is idle
+// (see removeIdle).
+func (b *Backend) removeNoted(file string, k idleFile) {
+	removeIdle(b.prefix+file, &b.trust, k.queue, k.counter)
 }
 
 // waiter is one wait in progress. c receives a value when a file it waits for

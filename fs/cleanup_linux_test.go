@@ -21,23 +21,6 @@ import (
 	"time"
 )
 
-// lockFiles lists the files in dir but the directory's marker (which
-// stays: it says which implementation uses the directory).
-func lockFiles(t testing.TB, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range entries {
-		if e.Name() != markerLinux {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
-
 // TestNoLockFilesLeft: locks of 10,000 distinct names taken and released
 // leave no lock file behind, of any kind; the files of locks still held
 // stay.

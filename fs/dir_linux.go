@@ -11,10 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxSymlinks bounds the symbolic links followed while resolving the lock
-// directory (the kernel's own limit).
-const maxSymlinks = 40
-
 // openDir resolves the absolute, clean path dir one component at a time from
 // "/", creating the missing components (the lock directory with mode perm,
 // missing parents with perm minus group and world write), and returns the
@@ -54,7 +50,6 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 		}
 	}()
 	physical := func() string { return "/" + strings.Join(names, "/") }
-	euid := uint32(os.Geteuid())
 	rest := splitPath(dir)
 	links := 0
 	for len(rest) > 0 {
@@ -74,7 +69,11 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 		}
 		cur := stack[len(stack)-1]
 		if len(private) < len(stack) { // not checked yet
-			priv, err := checkAncestor(dir, cur, physical(), euid, len(private) > 0 && private[len(private)-1])
+			var st unix.Stat_t
+			if err := unix.Fstat(cur, &st); err != nil {
+				return "", -1, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, physical(), err)
+			}
+			priv, err := checkAncestor(dir, physical(), &st, len(private) > 0 && private[len(private)-1])
 			if err != nil {
 				return "", -1, err
 			}
@@ -134,48 +133,6 @@ func openDir(dir string, perm os.FileMode) (string, int, error) {
 	fd := stack[len(stack)-1]
 	stack[len(stack)-1] = -1 // the caller's now
 	return physical(), fd, nil
-}
-
-// checkAncestor checks that the directory open as fd, at path, is one that
-// no other user can change entries of (see openDir). inPrivate says that a
-// directory above it is private; it returns whether this one or one above
-// is.
-func checkAncestor(dir string, fd int, path string, euid uint32, inPrivate bool) (bool, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return false, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, path, err)
-	}
-	if st.Uid != 0 && st.Uid != euid {
-		return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is owned by uid %d (neither root nor this process's uid %d), who could rename the lock directory away and plant their own: refused", dir, path, st.Uid, euid)
-	}
-	private := inPrivate || st.Uid == euid && st.Mode&0o011 == 0
-	if !private && st.Mode&unix.S_ISVTX == 0 {
-		switch {
-		case st.Mode&0o002 != 0:
-			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is world-writable without the sticky bit (mode %#o): any user could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777)
-		case st.Mode&0o020 != 0:
-			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is group-writable without the sticky bit (mode %#o): another user of group %d could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777, st.Gid)
-		}
-	}
-	return private, nil
-}
-
-// splitPath returns the non-empty components of p.
-func splitPath(p string) []string {
-	var out []string
-	for c := range strings.SplitSeq(p, "/") {
-		if c != "" {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func joinPath(dir, name string) string {
-	if dir == "/" {
-		return "/" + name
-	}
-	return dir + "/" + name
 }
 
 // readlinkFD reads the target of the symbolic link open (O_PATH|O_NOFOLLOW)

@@ -11,10 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxSymlinks bounds the symbolic links followed while resolving the lock
-// directory.
-const maxSymlinks = 40
-
 // prepareDir resolves the absolute, clean path dir one component at a
 // time from "/", creating missing components (the lock directory with mode
 // cfg.dirMode, missing parents without group and world write), and checks
@@ -28,6 +24,9 @@ const maxSymlinks = 40
 // open (O_PATH) while the next is resolved, the checks here go by path
 // (lstat): a component replaced between two checks is not noticed.
 // It returns the resolved physical path and whose lock files are trusted.
+// Its loop follows openDir's (Linux), kept apart because that one holds a
+// descriptor of each directory and resolves the next name relative to it;
+// the checks themselves are shared (checkAncestor, checkDir).
 func prepareDir(dir string, cfg *config) (string, trust, error) {
 	var names []string
 	var private []bool // private[i]: the directory of names[:i] (or one above) is private
@@ -49,7 +48,11 @@ func prepareDir(dir string, cfg *config) (string, trust, error) {
 		}
 		cur := physical()
 		if len(private) < len(names)+1 {
-			priv, err := checkAncestor(dir, cur, len(private) > 0 && private[len(private)-1])
+			var st unix.Stat_t
+			if err := unix.Stat(cur, &st); err != nil {
+				return "", trust{}, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, cur, err)
+			}
+			priv, err := checkAncestor(dir, cur, &st, len(private) > 0 && private[len(private)-1])
 			if err != nil {
 				return "", trust{}, err
 			}
@@ -97,106 +100,20 @@ func prepareDir(dir string, cfg *config) (string, trust, error) {
 		}
 	}
 	path := physical()
-	tr, err := checkDir(path, cfg.sharedGroup)
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return "", trust{}, fmt.Errorf("fs: stat lock directory %q: %w", path, err)
+	}
+	tr, err := checkDir(path, &st, cfg.sharedGroup)
 	if err != nil {
 		return "", trust{}, err
 	}
-	return path, tr, nil
-}
-
-// checkAncestor checks that the directory path is one that no other user
-// can change entries of (see prepareDir). inPrivate says that a directory
-// above it is private; it returns whether this one or one above is.
-func checkAncestor(dir, path string, inPrivate bool) (bool, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return false, fmt.Errorf("fs: lock directory %q: stat %q: %w", dir, path, err)
-	}
-	if st.Uid != 0 && st.Uid != euid {
-		return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is owned by uid %d (neither root nor this process's uid %d), who could rename the lock directory away and plant their own: refused", dir, path, st.Uid, euid)
-	}
-	private := inPrivate || st.Uid == euid && st.Mode&0o011 == 0
-	if !private && st.Mode&unix.S_ISVTX == 0 {
-		switch {
-		case st.Mode&0o002 != 0:
-			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is world-writable without the sticky bit (mode %#o): any user could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777)
-		case st.Mode&0o020 != 0:
-			return false, fmt.Errorf("fs: lock directory %q: its ancestor %q is group-writable without the sticky bit (mode %#o): another user of group %d could rename the lock directory away and plant their own: refused", dir, path, st.Mode&0o7777, st.Gid)
-		}
-	}
-	return private, nil
-}
-
-// checkDir verifies that dir is a safe lock directory, and returns whose
-// lock files it may hold (see WithSharedGroup).
-func checkDir(dir string, shared bool) (trust, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(dir, &st); err != nil {
-		return trust{}, fmt.Errorf("fs: stat lock directory %q: %w", dir, err)
-	}
-	tr := trust{euid: euid, owners: true}
-	if st.Mode&0o002 != 0 {
-		return trust{}, fmt.Errorf("fs: lock directory %q is world-writable (mode %#o): refused", dir, st.Mode&0o7777)
-	}
-	if shared {
-		member, err := inGroup(st.Gid)
-		if err != nil {
-			return trust{}, fmt.Errorf("fs: lock directory %q: %w", dir, err)
-		}
-		if st.Uid != euid && !member {
-			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d and group %d; this process (uid %d) is in neither: refused", dir, st.Uid, st.Gid, euid)
-		}
-		tr.shared, tr.gid = true, st.Gid
-	} else {
-		if st.Uid != euid {
-			return trust{}, fmt.Errorf("fs: lock directory %q is owned by uid %d, not by this process's uid %d: refused (see WithSharedGroup)", dir, st.Uid, euid)
-		}
-		if st.Mode&0o020 != 0 {
-			return trust{}, fmt.Errorf("fs: lock directory %q is group-writable (mode %#o): any member of group %d could remove or replace its lock files: refused unless WithSharedGroup", dir, st.Mode&0o7777, st.Gid)
-		}
-	}
-	net, err := networkFS(dir)
+	net, err := networkFS(path)
 	if err != nil {
-		return trust{}, fmt.Errorf("fs: statfs lock directory %q: %w", dir, err)
+		return "", trust{}, fmt.Errorf("fs: statfs lock directory %q: %w", path, err)
 	}
 	if net != "" {
-		return trust{}, fmt.Errorf("fs: lock directory %q is on a network file system (%s): flock there is not per open file description: refused", dir, net)
+		return "", trust{}, fmt.Errorf("fs: lock directory %q is on a network file system (%s): flock there is not per open file description: refused", path, net)
 	}
-	return tr, nil
-}
-
-// inGroup reports whether gid is this process's effective or a
-// supplementary group.
-func inGroup(gid uint32) (bool, error) {
-	if uint32(os.Getegid()) == gid {
-		return true, nil
-	}
-	groups, err := os.Getgroups()
-	if err != nil {
-		return false, fmt.Errorf("getgroups: %w", err)
-	}
-	for _, g := range groups {
-		if uint32(g) == gid {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// splitPath returns the non-empty components of p.
-func splitPath(p string) []string {
-	var out []string
-	for c := range strings.SplitSeq(p, "/") {
-		if c != "" {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func joinPath(dir, name string) string {
-	if dir == "/" {
-		return "/" + name
-	}
-	return dir + "/" + name
+	return path, tr, nil
 }

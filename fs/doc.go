@@ -44,9 +44,11 @@
 // A lock file is created (mode 0600 by default, see WithFileMode; the umask
 // applies) when its name is locked and no file has the name. Lock files do
 // not pile up: a Backend notes every file it lets go of (a release, or
-// Close freeing a lease) and removes it once it is idle — after the
-// monitor's next tick (see WithLossInterval: 1 to 2 intervals after the
-// release), and at Close for the rest. A name locked again within that
+// Close freeing a lease; in the portable implementation also a waiters'
+// file a waiter leaves or a check looked at) and removes it once it is
+// idle — after the monitor's next tick (see WithLossInterval: 1 to 2
+// intervals after the release), and at Close for the rest. Both
+// implementations (see Other systems) follow this lifecycle. A name locked again within that
 // time keeps its file: on ext4, creating and removing a file costs several
 // times a whole acquisition, so removing at every release would make a
 // name locked over and over several times slower. The directory therefore
@@ -60,7 +62,9 @@
 // holds it, neither a holder nor a reader), checks that the path still
 // names it, and removes it only
 //
-//   - while no waiter holds a ticket in its queue (see Order of service):
+//   - while no waiter holds a ticket in its queue (see Order of service;
+//     in the portable implementation: while no waiter holds the lock's
+//     waiters' file, mw-, rg- or sw-NAME):
 //     it gates the queue, with an OFD lock over all of it that it can take
 //     only while no ticket is there and that keeps new tickets out until
 //     the file is closed, so no waiter is ever left queued in a removed
@@ -292,25 +296,28 @@
 //     served in arrival order, and a hand-off takes up to the poll pause.
 //   - Loss (the path no longer names the locked file) is found by a check
 //     every loss interval (WithLossInterval) and at Release, not at once.
-//     WithWaitFallback only bounds the longest poll pause.
-//   - Lock files go with their last holder: a release that leaves nobody
-//     holding the lock deletes the file, while it holds the file
-//     exclusively (a reader first trades its shared lock for an exclusive
-//     one, which it gets only when it is the last reader). Whoever opened
-//     the file before and locks it after the delete finds that the path no
-//     longer names it and locks the new file instead: no two holders. A
-//     waiters' file goes with its last waiter. The fencing counter lives in
-//     the lock file (a semaphore's in sc-NAME), so a deleted file takes it
-//     along; the next token is then the wall clock in nanoseconds, and a
-//     file is deleted only once the clock has passed its last token (a
-//     file used again within one tick of a coarse clock, as Windows has,
-//     stays until a later release), so tokens keep increasing unless the
-//     clock goes back.
+//     WithWaitFallback only bounds the longest poll pause. The monitor is
+//     one goroutine per Backend that runs while leases are held or files
+//     wait for removal, and a sweep runs in one more; Close stops both.
+//   - Lock files are removed as on Linux (see Lock-file lifecycle): a
+//     release notes its file, and the monitor (which then runs at each
+//     loss interval, as it does while leases are held) removes it a tick
+//     later if it is idle: opened without creating it, locked exclusively
+//     without waiting, still named by its path, its waiters' file held by
+//     no waiter, its fencing counter below the wall clock; Close removes
+//     the rest. Waiters' files (mw-, rg-, sw-) go the same way, once no
+//     waiter holds them. The fencing counter lives in the lock file (a semaphore's in
+//     sc-NAME, removed with its slots), so a removed file takes it along;
+//     the next token is then the wall clock in nanoseconds, and a file is
+//     removed only once the clock has passed its last token (on a coarse
+//     clock, as Windows has, a file whose token is still ahead stays until
+//     a later sweep), so tokens keep increasing unless the clock goes
+//     back.
 //   - A reader's fencing token is drawn while it holds the writers' gate
 //     exclusively for a moment; an uncontended TryLock and Release costs
 //     ten system calls: a failed open of the waiters' file, open, flock,
-//     fstat and lstat, pread and pwrite of the counter, lstat at Release,
-//     unlink, close.
+//     fstat and lstat, pread and pwrite of the counter, lstat, unlock and
+//     close at Release (strace -f -c over 1000 Do of BenchmarkPortableDo).
 //   - On Linux the two implementations must not share a directory (their
 //     holders would not exclude each other): New marks the directory it
 //     uses and refuses one the other implementation marked (see
@@ -333,6 +340,12 @@
 //     refused. A lock file being deleted cannot be opened until its last
 //     handle closes: an attempt then reports the lock busy.
 //
+// Code shared by both implementations is in common.go (every supported
+// system), sys_unix.go (Unix) and idle.go (the removal of idle files); the
+// Linux implementation is in the files *_linux.go built without the tag,
+// the portable one in portable*.go with os_unix.go or os_windows.go and
+// dir_unix.go or dir_windows.go.
+//
 // What is verified by running, and what only by compiling: on Linux, CI
 // runs every test of this package, the whole dlocktest conformance suite
 // included, over both implementations (the default one, and the portable
@@ -340,7 +353,7 @@
 // and Windows is the same code except for the system calls and directory
 // checks of each system, which CI only compiles and vets (with the tests)
 // for darwin (amd64, arm64), freebsd and windows; openbsd and netbsd are
-// compiled by hand. None of it has been run on those systems.
+// compiled and vetted by hand. None of it has been run on those systems.
 //
 // # Performance
 //

@@ -9,7 +9,6 @@ import (
 	"io"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -31,14 +30,6 @@ type lockFile struct {
 	ticketType int16 // F_RDLCK for a reader, else F_WRLCK
 	behind     bool  // the last attempt found others to let go first
 }
-
-// maxReplaced bounds how many times one attempt follows a lock file that is
-// replaced under it before it gives up with an error. Holders remove lock
-// files as they let go, so under heavy churn an attempt may find the file it
-// opened removed a few times in a row before it locks one that stays.
-const maxReplaced = 64
-
-var errReplaced = errors.New("lock file keeps being replaced")
 
 // newLockFile returns the lock file whose path is the concatenation of
 // parts, not open.
@@ -105,36 +96,6 @@ func stillNamedZ(path string, z *byte, dev, ino uint64) (bool, error) {
 		}
 		return false, fmt.Errorf("stat %s: %w", path, e)
 	}
-}
-
-// trust says whose lock files a Backend accepts: its own user's, and with
-// WithSharedGroup also those of the lock directory's group.
-type trust struct {
-	euid   uint32
-	shared bool   // WithSharedGroup
-	gid    uint32 // with shared: the lock directory's group
-	mode   uint32 // with shared: the lock files' mode (WithFileMode)
-}
-
-// check refuses a lock file that is not a regular file, that has more than
-// one name (a hard link planted under a lock file's name would make dlock
-// lock, and write its fencing counter into, a file that is not its own), or
-// whose owner is not trusted. A file with no name left (removed since it
-// was opened) is left to the caller's check that the path still names it.
-func (tr *trust) check(path string, st *unix.Stat_t) error {
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("lock file %s is not a regular file (mode %#o): refused", path, st.Mode)
-	}
-	if st.Nlink > 1 {
-		return fmt.Errorf("lock file %s has %d hard links (another name points at the same file, which is not a lock file of this backend's): refused, nothing written", path, st.Nlink)
-	}
-	if st.Uid != tr.euid && !(tr.shared && st.Gid == tr.gid) {
-		if tr.shared {
-			return fmt.Errorf("lock file %s is owned by uid %d and group %d, neither this process's uid %d nor the lock directory's group %d: refused, nothing written", path, st.Uid, st.Gid, tr.euid, tr.gid)
-		}
-		return fmt.Errorf("lock file %s is owned by uid %d, not by this process's uid %d: refused, nothing written (see WithSharedGroup)", path, st.Uid, tr.euid)
-	}
-	return nil
 }
 
 // open opens (creating if needed) the lock file. The final path element is
@@ -209,20 +170,9 @@ func (f *lockFile) dropIfOrphan() {
 // the file; the caller closes f after.
 func (f *lockFile) remove(queue, counter bool) bool {
 	if counter {
-		var buf [counterLen + 8]byte
-		n, err := preadRetry(f.fd, buf[:], 0)
-		if err != nil {
-			return false
-		}
-		var stored uint64
-		if n > 0 {
-			v, ok := parseCounter(buf[:n])
-			if !ok {
-				return false // corrupt: left to the next holder's error
-			}
-			stored = v
-		}
-		if now := time.Now().UnixNano(); now <= 0 || uint64(now) <= stored {
+		var buf counterBuf
+		// A corrupt counter is left to the next holder's error.
+		if stored, err := readCounter(f.fd, f.path, &buf); err != nil || !removable(stored) {
 			return false
 		}
 	}
@@ -277,21 +227,11 @@ func (f *lockFile) identify() error {
 	if f.known {
 		return nil
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(f.fd, &st); err != nil {
-		return fmt.Errorf("stat lock file %s: %w", f.path, err)
-	}
-	if err := f.tr.check(f.path, &st); err != nil {
+	fi, err := f.tr.identify(f.fd, f.path)
+	if err != nil {
 		return err
 	}
-	if f.tr.shared && st.Uid == f.tr.euid && st.Mode&f.tr.mode != f.tr.mode {
-		// The umask took bits the other members of the group need to open
-		// the file (a file of ours: only its mode changes).
-		if err := unix.Fchmod(f.fd, (st.Mode|f.tr.mode)&0o777); err != nil {
-			return fmt.Errorf("chmod lock file %s for the shared group: %w", f.path, err)
-		}
-	}
-	f.dev, f.ino, f.known = uint64(st.Dev), uint64(st.Ino), true
+	f.dev, f.ino, f.known = fi.dev, fi.ino, true
 	return nil
 }
 
@@ -327,7 +267,8 @@ func (f *lockFile) named() (bool, error) {
 // lock, which reports false when the lock is busy. On success it checks that
 // the path still names the locked file; if the file was removed or replaced
 // meanwhile, it locks the file that now has the name instead. When the lock
-// is busy the file stays open (for a waiter's next attempt).
+// is busy the file stays open (for a waiter's next attempt). pfile.lock
+// (portable) has the same loop, kept apart on purpose (see there).
 func (f *lockFile) lockNamed(mode uint32, lock func(fd int) (bool, error)) (bool, error) {
 	for range maxReplaced {
 		if f.fd < 0 {
@@ -420,101 +361,9 @@ func fcntlRetry(fd, cmd int, lk *unix.Flock_t) error {
 	}
 }
 
-// The fencing counter: 20 decimal digits and a newline at the start of the
-// file (readable with cat). An empty file counts as 0.
-const counterLen = 21
-
-// counterBuf holds a counter read, and more (to tell a longer file).
-type counterBuf [counterLen + 8]byte
-
-// bumpCounter reads the counter of the file open as fd (which the caller
-// holds exclusively), and stores and returns the next token: one more than
-// the stored value, or the wall clock in nanoseconds since 1970 if that is
-// larger — so tokens keep increasing even when the counter file is deleted
-// or loses its last updates in a crash, unless the clock also went back.
-func bumpCounter(fd int, path string, sync bool, buf *counterBuf) (uint64, error) {
-	n, err := preadRetry(fd, buf[:], 0)
-	if err != nil {
-		return 0, fmt.Errorf("read fencing counter %s: %w", path, err)
-	}
-	var stored uint64
-	if n > 0 {
-		v, ok := parseCounter(buf[:n])
-		if !ok {
-			return 0, fmt.Errorf("corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
-		}
-		stored = v
-	}
-	if stored == ^uint64(0) {
-		return 0, fmt.Errorf("fencing counter in %s is exhausted", path)
-	}
-	token := stored + 1
-	if now := time.Now().UnixNano(); now > 0 && uint64(now) > token {
-		token = uint64(now)
-	}
-	out := formatCounter(buf[:0], token)
-	if w, err := pwriteRetry(fd, out, 0); err != nil || w != len(out) {
-		if err == nil {
-			err = io.ErrShortWrite
-		}
-		return 0, fmt.Errorf("write fencing counter %s: %w", path, err)
-	}
-	if sync {
-		if err := unix.Fdatasync(fd); err != nil {
-			return 0, fmt.Errorf("sync fencing counter %s: %w", path, err)
-		}
-	}
-	return token, nil
-}
-
-// parseCounter parses a counter: exactly 20 decimal digits and a newline.
-func parseCounter(b []byte) (uint64, bool) {
-	if len(b) != counterLen || b[counterLen-1] != '\n' {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range b[:counterLen-1] {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		d := uint64(c - '0')
-		if v > (^uint64(0)-d)/10 {
-			return 0, false // overflows
-		}
-		v = v*10 + d
-	}
-	return v, true
-}
-
-// formatCounter appends v as a counter: 20 decimal digits, zero-padded,
-// and a newline.
-func formatCounter(dst []byte, v uint64) []byte {
-	var d [counterLen]byte
-	for i := counterLen - 2; i >= 0; i-- {
-		d[i] = byte('0' + v%10)
-		v /= 10
-	}
-	d[counterLen-1] = '\n'
-	return append(dst, d[:]...)
-}
-
-func preadRetry(fd int, p []byte, off int64) (int, error) {
-	for {
-		n, err := unix.Pread(fd, p, off)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
-
-func pwriteRetry(fd int, p []byte, off int64) (int, error) {
-	for {
-		n, err := unix.Pwrite(fd, p, off)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
+// syncHandle is fdatasync (the portable implementation, which also
+// builds for systems without it, uses fsync).
+func syncHandle(h handle) error { return unix.Fdatasync(h) }
 
 func hostUint32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
 

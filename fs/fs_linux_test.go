@@ -25,33 +25,6 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-// newBackend returns a backend over a fresh directory, closed at cleanup.
-func newBackend(t testing.TB, dir string, opts ...Option) *Backend {
-	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	b, err := New(dir, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
-
-func bg() context.Context { return context.Background() }
-
-// mustTry(t)(b.TryLock(...)) asserts that a try took the lock.
-func mustTry(t *testing.T) func(*Lease, bool, error) *Lease {
-	return func(l *Lease, ok bool, err error) *Lease {
-		t.Helper()
-		if err != nil || !ok {
-			t.Fatalf("try: ok=%v err=%v, want the lock", ok, err)
-		}
-		return l
-	}
-}
-
 // mustBusy(t)(b.TryLock(...)) asserts that a try found the lock held.
 func mustBusy(t *testing.T) func(*Lease, bool, error) {
 	return func(l *Lease, ok bool, err error) {
@@ -62,13 +35,6 @@ func mustBusy(t *testing.T) func(*Lease, bool, error) {
 			}
 			t.Fatalf("try: ok=%v err=%v, want busy", ok, err)
 		}
-	}
-}
-
-func mustRelease(t *testing.T, l *Lease) {
-	t.Helper()
-	if err := l.Release(bg()); err != nil {
-		t.Fatalf("Release: %v", err)
 	}
 }
 

@@ -4,56 +4,19 @@ package fs
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/dlock-go/dlock/backend"
-)
-
-const (
-	whatMutex = "mutex"
-	whatRead  = "read lock"
-	whatWrite = "write lock"
-	whatSem   = "semaphore"
 )
 
 func wrapErr(what, name string, err error) error {
 	return classify(err)
 }
 
-// transient are the errors of a local file system that may heal by
-// themselves: out of descriptors (EMFILE, ENFILE), memory or kernel lock
-// records (ENOMEM, ENOBUFS, ENOLCK), disk space or quota for a new lock
-// file (ENOSPC, EDQUOT), an interrupted call.
-var transient = []error{unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.ENOBUFS, unix.ENOLCK, unix.ENOSPC, unix.EDQUOT, unix.EINTR, unix.EAGAIN}
-
-// classify marks err backend.Permanent unless it may heal by itself (see
-// transient; a lock file that keeps being replaced) or is a wait's ctx
-// ending: a local file system does not have outages, so a refused
-// permission, a refused lock file (symbolic link, hard link, owner, not a
-// regular file), a corrupt counter or a closed backend would fail every
-// retry of a wait the same way.
-func classify(err error) error {
-	if err == nil || errors.Is(err, backend.ErrNotAcquired) || errors.Is(err, errReplaced) {
-		return err
-	}
-	for _, t := range transient {
-		if errors.Is(err, t) {
-			return err
-		}
-	}
-	return backend.Permanent(err)
-}
-
-func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
-
 // TryLock makes one attempt to take the mutex name: an exclusive flock of
 // its lock file. It never waits, and it fails while anyone waits for name
 // in Lock (it does not jump the queue).
 func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error) {
-	if err := b.begin(ctx, whatMutex, name); err != nil {
+	if err := b.begin(ctx, name); err != nil {
 		return nil, false, err
 	}
 	f := newLockFile(&b.trust, b.prefix, kindPrefix[kindMutex], encode(name))
@@ -77,7 +40,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 // documentation). It learns of a release at once through inotify; it does
 // not poll.
 func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
-	if err := b.begin(ctx, whatMutex, name); err != nil {
+	if err := b.begin(ctx, name); err != nil {
 		return nil, err
 	}
 	file := fileName(kindMutex, name)
@@ -114,7 +77,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 }
 
 func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease, bool, error) {
-	if err := b.begin(ctx, what, name); err != nil {
+	if err := b.begin(ctx, name); err != nil {
 		return nil, false, err
 	}
 	rw := b.rwFile(name)
@@ -149,7 +112,7 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 }
 
 func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket int16) (*Lease, error) {
-	if err := b.begin(ctx, what, name); err != nil {
+	if err := b.begin(ctx, name); err != nil {
 		return nil, err
 	}
 	rw := b.rwFile(name)
@@ -193,16 +156,6 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 		}
 	}
 	return -1, nil
-}
-
-func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
-	if err := b.begin(ctx, whatSem, name); err != nil {
-		return err
-	}
-	if limit < 1 {
-		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
-	}
-	return nil
 }
 
 // semLease turns slot won of slots into a lease and closes the other slots.

@@ -159,7 +159,7 @@ func (m *monitor) tick(idle *bool) (exit bool) {
 		}
 	}
 	b.rotateIdleLocked()
-	if len(b.leases) > 0 || b.nwait > 0 || len(b.idle) > 0 || len(b.idleOld) > 0 || b.sweeping {
+	if len(b.leases) > 0 || b.nwait > 0 || b.idle.pending() {
 		*idle = false
 		return false
 	}

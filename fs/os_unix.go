@@ -5,7 +5,6 @@ package fs
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,9 +13,7 @@ import (
 // locks, which belong to the open file description on every Unix (so two
 // holders inside one process exclude each other).
 
-// handle is an open lock file.
-type handle = int
-
+// noHandle is no open file.
 const noHandle handle = -1
 
 // foldNames: Unix file systems are case-sensitive (see the package
@@ -91,38 +88,6 @@ func closeHandle(h handle) { unix.Close(h) }
 // drops its flock at once, so a deleted file needs no unlock first.
 const unlockOnClose = true
 
-// fileInfo is what the portable implementation needs to know of a file.
-type fileInfo struct {
-	dev, ino uint64 // identity
-	regular  bool
-	nlink    uint64
-	uid, gid uint32
-	owned    bool   // uid and gid are known (Unix)
-	perm     uint32 // permission bits
-}
-
-func infoOf(st *unix.Stat_t) fileInfo {
-	return fileInfo{
-		dev:     uint64(st.Dev),
-		ino:     uint64(st.Ino),
-		regular: st.Mode&unix.S_IFMT == unix.S_IFREG,
-		nlink:   uint64(st.Nlink),
-		uid:     st.Uid,
-		gid:     st.Gid,
-		owned:   true,
-		perm:    uint32(st.Mode) & 0o777,
-	}
-}
-
-// statHandle is fstat.
-func statHandle(h handle) (fileInfo, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(h, &st); err != nil {
-		return fileInfo{}, err
-	}
-	return infoOf(&st), nil
-}
-
 // statPath is lstat; a missing path is (_, false, nil).
 func statPath(path string) (fileInfo, bool, error) {
 	var st unix.Stat_t
@@ -143,36 +108,7 @@ func statPath(path string) (fileInfo, bool, error) {
 // removePath unlinks path.
 func removePath(path string) error { return unix.Unlink(path) }
 
-func readAt(h handle, p []byte, off int64) (int, error) {
-	for {
-		n, err := unix.Pread(h, p, off)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
-
-func writeAt(h handle, p []byte, off int64) (int, error) {
-	for {
-		n, err := unix.Pwrite(h, p, off)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
-
 func syncHandle(h handle) error { return unix.Fsync(h) }
-
-// chmodHandle gives h the permission bits perm.
-func chmodHandle(h handle, perm uint32) error { return unix.Fchmod(h, perm) }
-
-// transient are the errors of a local file system that may heal by
-// themselves: out of descriptors (EMFILE, ENFILE), memory or kernel lock
-// records (ENOMEM, ENOBUFS, ENOLCK), disk space or quota for a new lock
-// file (ENOSPC, EDQUOT), an interrupted call.
-var transient = []error{unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.ENOBUFS, unix.ENOLCK, unix.ENOSPC, unix.EDQUOT, unix.EINTR, unix.EAGAIN}
-
-var euid = uint32(os.Geteuid())
 
 // busyOpen reports whether an error opening a lock file means only that
 // the file is being deleted (never on Unix: an unlinked name is gone).

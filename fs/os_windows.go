@@ -100,18 +100,6 @@ func closeHandle(h handle) { windows.CloseHandle(h) }
 // some time after the close; unlock explicitly.
 const unlockOnClose = false
 
-// fileInfo is what the portable implementation needs to know of a file.
-// Windows reports no owner here (owned is false): see the package
-// documentation for what is checked.
-type fileInfo struct {
-	dev, ino uint64 // identity: volume serial number, file index
-	regular  bool
-	nlink    uint64
-	uid, gid uint32
-	owned    bool
-	perm     uint32
-}
-
 func statHandle(h handle) (fileInfo, error) {
 	var d windows.ByHandleFileInformation
 	if err := windows.GetFileInformationByHandle(h, &d); err != nil {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -15,8 +14,9 @@ import (
 )
 
 // The portable implementation: whole-file locks (flock on Unix, LockFileEx
-// on Windows), waits by polling, loss found on a timer, lock files deleted
-// by their last holder. See the package documentation.
+// on Windows), waits by polling, loss found on a timer, idle lock files
+// removed a tick after their release and at Close. See the package
+// documentation.
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their waits
@@ -36,19 +36,10 @@ type Backend struct {
 	mu         sync.Mutex
 	closed     bool
 	leases     map[*Lease]struct{}
-	monitoring bool // the monitor goroutine runs
+	monitoring bool      // the monitor goroutine runs
+	idle       idleFiles // files let go of, to remove once idle (see noteIdle)
+	ticks      uint64    // the monitor's ticks so far (tests)
 }
-
-var (
-	_ backend.Locker[*Lease]          = (*Backend)(nil)
-	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
-	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
-	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
-	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
-	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
-	_ backend.Fencer                  = (*Lease)(nil)
-	_ backend.LossNotifier            = (*Lease)(nil)
-)
 
 // New returns a backend keeping its lock files in dir, which it creates
 // (mode 0700 unless WithDirMode) if needed. On Unix it refuses a dir that is
@@ -59,24 +50,9 @@ var (
 // link or junction; see the package documentation for what is not checked
 // there.
 func New(dir string, opts ...Option) (*Backend, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.sharedGroup && !cfg.fileModeSet {
-		cfg.fileMode = 0o660
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	if dir == "" {
-		return nil, errors.New("fs: empty directory name")
-	}
-	abs, err := filepath.Abs(dir)
+	abs, cfg, err := prepare(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("fs: directory %q: %w", dir, err)
+		return nil, err
 	}
 	path, tr, err := prepareDir(abs, &cfg)
 	if err != nil {
@@ -101,73 +77,10 @@ func New(dir string, opts ...Option) (*Backend, error) {
 	return b, nil
 }
 
-// Dir returns the absolute path of the lock directory (on Unix with every
-// symbolic link resolved).
-func (b *Backend) Dir() string { return b.dir }
-
-// Close stops the backend's background work and frees every lease still
-// held: each one's lock is dropped and its Lost channel closed (its Release
-// returns an error wrapping backend.ErrLockLost). Waits in progress return
-// ErrClosed, and so does every later call. Close is idempotent.
-func (b *Backend) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
-	b.closed = true
-	close(b.stopc)
-	held := make([]*Lease, 0, len(b.leases))
-	for l := range b.leases {
-		held = append(held, l)
-	}
-	clear(b.leases)
-	b.mu.Unlock()
-	b.wg.Wait()
-	for _, l := range held {
-		l.drop()
-	}
-	return nil
-}
-
-func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
-
 // path is the path of the file of kind k for name (for kindSemSlot, the
 // prefix of its slot files).
 func (b *Backend) path(k kind, name string) string {
 	return b.prefix + fileNameFold(k, name, b.fold)
-}
-
-// begin checks the arguments common to every acquisition.
-func (b *Backend) begin(ctx context.Context, name string) error {
-	if name == "" {
-		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
-	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return backend.Permanent(ErrClosed)
-	}
-	return nil
-}
-
-// classify marks err backend.Permanent unless it may heal by itself (see
-// transient; a lock file that keeps being replaced) or is a wait's ctx
-// ending.
-func classify(err error) error {
-	if err == nil || errors.Is(err, backend.ErrNotAcquired) || errors.Is(err, errReplaced) {
-		return err
-	}
-	for _, t := range transient {
-		if errors.Is(err, t) {
-			return err
-		}
-	}
-	return backend.Permanent(err)
 }
 
 // The waiters' file of a lock (mw-, rg-, sw-) is how waiting works without a
@@ -185,7 +98,7 @@ func classify(err error) error {
 // waiters or passing the check until the caller is done (see leaveCheck).
 func (b *Backend) enterCheck(path string, create bool) (g pfile, busy bool, err error) {
 	g = newPFile(path, &b.trust)
-	err = briefly(path, func() (bool, error) {
+	err = briefly(path, "the waiters' file stayed locked", func() (bool, error) {
 		ok, err := g.lock(true, create, b.mode())
 		if errors.Is(err, errNoFile) {
 			return true, nil // nobody waits
@@ -207,13 +120,14 @@ func (b *Backend) enterCheck(path string, create bool) (g pfile, busy bool, err 
 	return g, busy, err
 }
 
-// leaveCheck lets others pass: it deletes the waiters' file (held
-// exclusively: nobody waits) and closes it.
-func leaveCheck(g *pfile) {
-	if g.held {
-		g.remove()
-	}
+// leaveCheck lets others pass: it closes the waiters' file and, if it
+// held it, notes it for removal once idle (see noteIdle).
+func (b *Backend) leaveCheck(g *pfile) {
+	held := g.held
 	g.close()
+	if held {
+		b.noteIdle(g.path, idleFile{})
+	}
 }
 
 // othersWait reports whether anyone waits on the waiters' file at path.
@@ -222,7 +136,7 @@ func (b *Backend) othersWait(path string) (bool, error) {
 	if err != nil || busy {
 		return busy, err
 	}
-	leaveCheck(&g)
+	b.leaveCheck(&g)
 	return false, nil
 }
 
@@ -253,16 +167,14 @@ func (b *Backend) join(ctx context.Context, path string) (pfile, error) {
 	}
 }
 
-// leave ends a wait: the last waiter to leave deletes the waiters' file.
-func leave(g *pfile) {
+// leave ends a wait: it closes the waiters' file and notes it for
+// removal once idle (the sweep removes it when no waiter holds it).
+func (b *Backend) leave(g *pfile) {
 	if !g.isOpen() {
 		return
 	}
-	g.unlock()
-	if ok, err := g.lock(true, false, 0); ok && err == nil {
-		g.remove()
-	}
 	g.close()
+	b.noteIdle(g.path, idleFile{})
 }
 
 // pollPause bounds the pauses between a waiter's attempts: from pollMin,
@@ -287,7 +199,7 @@ func (b *Backend) wait(ctx context.Context, waiters string, try, poll func() (bo
 		if err != nil {
 			return err
 		}
-		defer leave(&g)
+		defer b.leave(&g)
 	}
 	// A waiter pauses before its first poll too: one that joins just after
 	// its own release must not take the lock back ahead of those waiting.
@@ -379,7 +291,7 @@ func (b *Backend) tryRead(name string) (*Lease, error) {
 	if err != nil || busy {
 		return nil, err
 	}
-	defer leaveCheck(&g)
+	defer b.leaveCheck(&g)
 	f := newPFile(b.path(kindRW, name), &b.trust)
 	ok, err := f.lock(false, true, b.mode())
 	if err != nil || !ok {
@@ -440,16 +352,6 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 		return nil, classify(err)
 	}
 	return b.newLease(whatWrite, name, &f, nil)
-}
-
-func (b *Backend) semBegin(ctx context.Context, name string, limit int) error {
-	if err := b.begin(ctx, name); err != nil {
-		return err
-	}
-	if limit < 1 {
-		return backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
-	}
-	return nil
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order (after

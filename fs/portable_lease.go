@@ -3,12 +3,9 @@
 package fs
 
 import (
-	"context"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/loss"
 )
 
@@ -18,8 +15,10 @@ type Lease struct {
 	what  string // "mutex", "read lock", "write lock", "semaphore"
 	name  string
 	path  string
+	cpath string // a semaphore's counter file (sc-NAME)
 	token uint64
 	lost  chan struct{}
+	cbuf  counterBuf // for the fencing counter, without an allocation
 
 	mu    sync.Mutex
 	f     pfile // closed once released or dropped
@@ -27,25 +26,26 @@ type Lease struct {
 	loss  loss.Notifier
 }
 
-const (
-	leaseHeld uint8 = iota
-	leaseLost
-	leaseReleased
-)
-
 // newLease wraps a locked file into a registered lease. counter is the
 // fencing counter file (a semaphore's), or nil to keep the counter in the
 // lock file itself (held exclusively, or for a reader serialized by the
 // writers' gate, which the caller holds exclusively). On error the file is
 // closed.
+//
+// Its shape is the Linux newLease's, kept apart: the files differ (pfile,
+// lockFile), and so does how a reader reaches the counter (here under the
+// writers' gate, there under an OFD lock of the counter's bytes).
 func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease, error) {
 	l := &Lease{b: b, what: what, name: name, path: f.path, lost: make(chan struct{})}
+	if counter != nil {
+		l.cpath = counter.path
+	}
 	if b.cfg.fencing {
 		var err error
 		if counter == nil {
-			l.token, err = f.bumpCounter(b.cfg.sync)
+			l.token, err = bumpCounter(f.h, f.path, b.cfg.sync, &l.cbuf)
 		} else {
-			l.token, err = b.bumpCounterFile(counter)
+			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
 		if err != nil {
 			f.close()
@@ -54,56 +54,39 @@ func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease,
 	}
 	l.f = *f
 	f.h, f.held = noHandle, false // the lease owns the handle now
-	if err := b.register(l); err != nil {
-		l.f.close()
-		return nil, classify(err)
-	}
-	return l, nil
+	return b.adopt(l)
 }
 
 // bumpCounterFile takes the next token from a counter file, under a brief
-// exclusive lock of that file, and deletes the file if the clock allows
-// (see removable).
-func (b *Backend) bumpCounterFile(c *pfile) (uint64, error) {
-	err := briefly(c.path, func() (bool, error) { return c.lock(true, true, b.mode()) })
+// exclusive lock of that file (noted for removal with the slot at
+// Release).
+func (b *Backend) bumpCounterFile(c *pfile, buf *counterBuf) (uint64, error) {
+	err := briefly(c.path, counterStuck, func() (bool, error) { return c.lock(true, true, b.mode()) })
 	if err != nil {
 		c.close()
 		return 0, err
 	}
-	token, err := c.bumpCounter(b.cfg.sync)
-	if err == nil && removable(token) {
-		c.remove()
-	}
+	token, err := bumpCounter(c.h, c.path, b.cfg.sync, buf)
 	c.close()
 	return token, err
 }
 
-// register records a new lease so that the monitor checks it.
-func (b *Backend) register(l *Lease) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return ErrClosed
-	}
-	b.leases[l] = struct{}{}
+// ensureMonitorLocked starts the monitor if it does not run. b.mu is held.
+// waiting is unused: waits poll here (the Linux monitor watches closes for
+// waiters).
+func (b *Backend) ensureMonitorLocked(waiting bool) {
 	if !b.monitoring {
 		b.monitoring = true
 		b.wg.Add(1)
 		go b.monitor()
 	}
-	return nil
-}
-
-// unregister forgets a lease.
-func (b *Backend) unregister(l *Lease) {
-	b.mu.Lock()
-	delete(b.leases, l)
-	b.mu.Unlock()
 }
 
 // monitor checks every loss interval that each held lease's path still
-// names its file, until Close, or until a check finds no lease held (so a
-// hot loop of acquisitions and releases does not start a goroutine each).
+// names its file, and sweeps the lock files noted before its previous
+// tick (see noteIdle), until Close, or until a tick finds neither a lease
+// held nor a file to remove (so a hot loop of acquisitions and releases
+// does not start a goroutine each).
 func (b *Backend) monitor() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.lossInterval)
@@ -115,11 +98,13 @@ func (b *Backend) monitor() {
 		case <-t.C:
 		}
 		b.mu.Lock()
-		if len(b.leases) == 0 {
+		b.ticks++
+		if len(b.leases) == 0 && !b.idle.pending() {
 			b.monitoring = false
 			b.mu.Unlock()
 			return
 		}
+		b.rotateIdleLocked()
 		held := make([]*Lease, 0, len(b.leases))
 		for l := range b.leases {
 			held = append(held, l)
@@ -131,6 +116,107 @@ func (b *Backend) monitor() {
 	}
 }
 
+// idleFile says how to remove a noted lock file (see removeNoted).
+type idleFile struct {
+	counter bool   // the file keeps a fencing counter
+	waits   bool   // waiters of the lock hold the waiters' file of kind wait and name
+	wait    kind   // with waits
+	name    string // with waits: the lock's name
+}
+
+// noteIdle notes that this backend let go of the lock file path: the
+// monitor removes it after its next tick, if nobody holds it or waits for
+// it then (see removeNoted), and so does Close. Removing it now would make
+// the next acquisition of the name create the file anew: on ext4 a create
+// and an unlink cost several times a whole acquisition, so a name locked
+// again within a tick keeps its file. Once the backend is closed (Close
+// freeing its leases, a wait that Close ended leaving) the file is removed
+// at once.
+func (b *Backend) noteIdle(path string, k idleFile) {
+	b.mu.Lock()
+	if !b.closed && b.idle.note(path, k) {
+		b.ensureMonitorLocked(false)
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	b.removeNoted(path, k)
+}
+
+// stopMonitorLocked is Close's: the monitor ends by itself on b.stopc.
+func (b *Backend) stopMonitorLocked() func() { return nil }
+
+// noteFreed is Close's end of a lease it freed: its files go at once (see
+// noteIdle).
+func (b *Backend) noteFreed(l *Lease) { b.noteLease(l) }
+
+// afterRelease is Release's end: if the file was still ours, it notes it
+// (and a semaphore's counter file) for removal once idle.
+func (b *Backend) afterRelease(l *Lease, ours bool) {
+	if ours {
+		b.noteLease(l)
+	}
+}
+
+// noteLease notes the files of lease l, which its holder let go of (or
+// Close freed).
+func (b *Backend) noteLease(l *Lease) {
+	b.noteIdle(l.path, l.idleFile())
+	if l.cpath != "" {
+		b.noteIdle(l.cpath, idleFile{counter: true})
+	}
+}
+
+// idleFile says how to remove the lease's lock file.
+func (l *Lease) idleFile() idleFile {
+	switch l.what {
+	case whatMutex:
+		return idleFile{counter: true, waits: true, wait: kindMutexWait, name: l.name}
+	case whatRead, whatWrite:
+		return idleFile{counter: true, waits: true, wait: kindRWGate, name: l.name}
+	}
+	return idleFile{waits: true, wait: kindSemWait, name: l.name}
+}
+
+// removeNoted removes the lock file path if nobody holds it or waits for
+// it: it opens the file (never creating it), locks it exclusively without
+// waiting, checks that the path still names it and that it is a lock file
+// of this backend's (see trust.check) — all as pfile.lock does — and then
+// removes it only
+//
+//   - while no waiter holds the lock's waiters' file (mw-, rg-, sw-), so a
+//     waiter does not find the file it polls removed under it (which would
+//     be safe: it would lock the new one, but make it anew);
+//   - if the file keeps a fencing counter, while the wall clock is past
+//     it (see removable), so that the next token, floored on the clock and
+//     taken from a new file, still exceeds every token given.
+//
+// Whoever has the old file open and locks it after the removal finds that
+// the path no longer names it and locks the new file instead: removal
+// never lets two holders in. While the sweep holds the lock (a few system
+// calls), a try of the name fails as if another holder held it.
+func (b *Backend) removeNoted(path string, k idleFile) bool {
+	f := newPFile(path, &b.trust)
+	defer f.close()
+	if ok, err := f.lock(true, false, 0); !ok || err != nil {
+		return false // gone already, held (its holder notes it again), or not ours
+	}
+	if k.counter {
+		var buf counterBuf
+		last, err := readCounter(f.h, f.path, &buf)
+		if err != nil || !removable(last) {
+			return false
+		}
+	}
+	if k.waits {
+		if busy, err := b.othersWait(b.path(k.wait, k.name)); busy || err != nil {
+			return false // a waiter notes it again as it lets go
+		}
+	}
+	f.remove()
+	return true
+}
+
 // check reports the loss of the lease if its path no longer names its file.
 func (l *Lease) check() {
 	l.mu.Lock()
@@ -139,114 +225,6 @@ func (l *Lease) check() {
 		return
 	}
 	if same, err := l.f.named(); err == nil && !same {
-		l.state = leaseLost
-		l.closeLostLocked()
+		l.markLostLocked()
 	}
-}
-
-// Release gives the lock up. It returns nil only if the lease held its
-// lock until then; for a lease that was lost (its file removed or
-// replaced, or the backend closed) it returns an error wrapping
-// backend.ErrLockLost, and for a second Release one wrapping
-// backend.ErrNotHeld. A release that leaves nobody holding the lock deletes
-// the lock file (see the package documentation). It frees the lease's
-// handle in every case and never touches the lock of another holder.
-func (l *Lease) Release(ctx context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch l.state {
-	case leaseReleased:
-		return backend.ErrNotHeld
-	case leaseLost:
-		l.state = leaseReleased
-		l.f.close()
-		l.b.unregister(l)
-		return backend.ErrLockLost
-	}
-	l.state = leaseReleased
-	same, err := l.f.named()
-	if err == nil && same {
-		l.releaseDeleting()
-	}
-	l.f.close()
-	l.closeLostLocked()
-	l.b.unregister(l)
-	if err != nil {
-		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
-	}
-	if !same {
-		return fmt.Errorf("lock file %s was removed or replaced: %w", l.path, backend.ErrLockLost)
-	}
-	return nil
-}
-
-// releaseDeleting deletes the lock file if this release leaves nobody
-// holding it, while holding it exclusively: a reader first trades its
-// shared lock for an exclusive one, which it gets only if no other reader
-// holds the file. A file whose fencing counter the clock has not passed
-// yet stays (see removable).
-func (l *Lease) releaseDeleting() {
-	f := &l.f
-	if l.what == whatRead {
-		f.unlock()
-		if ok, err := lockHandle(f.h, true); err != nil || !ok {
-			return
-		}
-		f.held = true
-		// Between the unlock and the exclusive lock, another last reader
-		// may have deleted the file, and someone else may hold a new one
-		// at the path: delete only if the path still names ours.
-		if same, err := f.named(); err != nil || !same {
-			return
-		}
-	}
-	if l.what != whatSem {
-		last := l.token
-		if l.what == whatRead || last == 0 {
-			var err error
-			if last, err = f.readCounter(); err != nil {
-				return
-			}
-		}
-		if !removable(last) {
-			return
-		}
-	}
-	f.remove()
-}
-
-// AfterLost implements backend.LossNotifier: f runs, in its own
-// goroutine, once Lost is closed, unless stop is called first.
-func (l *Lease) AfterLost(f func()) (stop func() bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.loss.Add(f, l.state != leaseHeld, &l.mu)
-}
-
-func (l *Lease) closeLostLocked() {
-	close(l.lost)
-	l.loss.Fire()
-}
-
-// Lost returns a channel closed when the lease can no longer guarantee its
-// lock — its lock file was removed or replaced (noticed within the loss
-// interval), or the backend was closed — and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
-
-// Token returns the lease's fencing token (0 when fencing is off).
-func (l *Lease) Token() uint64 { return l.token }
-
-// Path returns the path of the lock file the lease holds (for a semaphore,
-// its slot file).
-func (l *Lease) Path() string { return l.path }
-
-// drop is Close's end of a lease: it reports the loss and frees the lock.
-func (l *Lease) drop() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.state == leaseHeld {
-		l.state = leaseLost
-		l.closeLostLocked()
-	}
-	l.f.close()
 }

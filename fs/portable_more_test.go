@@ -19,81 +19,38 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-func newPortable(t *testing.T, dir string, opts ...Option) *Backend {
-	t.Helper()
-	b, err := New(dir, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
-
-// lockFiles lists the directory's files other than the marker.
-func lockFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), ".dlock-fs-") {
-			out = append(out, e.Name())
-		}
-	}
-	return out
-}
-
-// must returns a function that returns the lease of a successful try and
-// fails the test otherwise.
-func must(t *testing.T) func(l *Lease, ok bool, err error) *Lease {
-	t.Helper()
-	return func(l *Lease, ok bool, err error) *Lease {
-		t.Helper()
-		if err != nil || !ok {
-			t.Fatalf("not acquired: ok %v, err %v", ok, err)
-		}
-		return l
-	}
-}
-
-func mustRelease(t *testing.T, l *Lease) {
-	t.Helper()
-	if err := l.Release(context.Background()); err != nil {
-		t.Fatalf("release %s: %v", l.Path(), err)
-	}
-}
-
-// Lock files go with their last holder: many names of every kind locked
-// and released leave no file behind, and while some are held exactly their
+// Idle lock files go: many names of every kind locked and released leave
+// no file behind after a sweep, and while some are held exactly their
 // files remain.
 func TestLockFilesDeleted(t *testing.T) {
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	const names = 500
 	for i := range names {
 		n := fmt.Sprintf("job-%d", i)
-		mustRelease(t, must(t)(b.TryLock(ctx, n)))
-		r1 := must(t)(b.TryRLock(ctx, n))
-		r2 := must(t)(b.TryRLock(ctx, n))
+		mustRelease(t, mustTry(t)(b.TryLock(ctx, n)))
+		r1 := mustTry(t)(b.TryRLock(ctx, n))
+		r2 := mustTry(t)(b.TryRLock(ctx, n))
 		mustRelease(t, r1)
 		mustRelease(t, r2)
-		mustRelease(t, must(t)(b.TryWLock(ctx, n)))
-		s1 := must(t)(b.TryAcquire(ctx, n, 3))
-		s2 := must(t)(b.TryAcquire(ctx, n, 3))
+		mustRelease(t, mustTry(t)(b.TryWLock(ctx, n)))
+		s1 := mustTry(t)(b.TryAcquire(ctx, n, 3))
+		s2 := mustTry(t)(b.TryAcquire(ctx, n, 3))
 		mustRelease(t, s2)
 		mustRelease(t, s1)
 	}
+	t.Logf("%d files after %d names of each kind were released, before the sweep", len(lockFiles(t, dir)), names)
+	b.sweepIdle()
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("%d files left after %d names of each kind were released, e.g. %q", len(left), names, left[:min(5, len(left))])
 	}
-	m := must(t)(b.TryLock(ctx, "held"))
-	r := must(t)(b.TryRLock(ctx, "held"))
-	s := must(t)(b.TryAcquire(ctx, "held", 2))
+	m := mustTry(t)(b.TryLock(ctx, "held"))
+	r := mustTry(t)(b.TryRLock(ctx, "held"))
+	s := mustTry(t)(b.TryAcquire(ctx, "held", 2))
+	b.sweepIdle()
 	got := lockFiles(t, dir)
-	want := []string{"m-held", "r-held", "s-held+0"}
+	want := []string{"m-held", "r-held", "s-held+0", "sc-held"} // a semaphore's counter goes with its slots
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("files while held: %q, want %q", got, want)
 	}
@@ -106,8 +63,67 @@ func TestLockFilesDeleted(t *testing.T) {
 	for _, l := range []*Lease{m, r, s} {
 		mustRelease(t, l)
 	}
+	b.sweepIdle()
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("files left: %q", left)
+	}
+	// Close removes what is noted, and files of leases it frees.
+	h := mustTry(t)(b.TryLock(ctx, "held"))
+	mustRelease(t, mustTry(t)(b.TryRLock(ctx, "released")))
+	b.Close()
+	if err := h.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
+		t.Fatalf("Release after Close: %v, want ErrLockLost", err)
+	}
+	if left := lockFiles(t, dir); len(left) != 0 {
+		t.Fatalf("files left after Close: %q", left)
+	}
+}
+
+// An idle lock file stays until the monitor's next tick (a name locked
+// again meanwhile reuses it) and goes within two ticks of its release.
+func TestIdleFileGoesWithinTwoTicks(t *testing.T) {
+	dir := t.TempDir()
+	b := newBackend(t, dir, WithLossInterval(20*time.Millisecond))
+	ctx := context.Background()
+	ticks := func() uint64 {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.ticks
+	}
+	for _, k := range []struct {
+		name string
+		try  func() (*Lease, bool, error)
+	}{
+		{"mutex", func() (*Lease, bool, error) { return b.TryLock(ctx, "n") }},
+		{"read", func() (*Lease, bool, error) { return b.TryRLock(ctx, "n") }},
+		{"write", func() (*Lease, bool, error) { return b.TryWLock(ctx, "n") }},
+		{"semaphore", func() (*Lease, bool, error) { return b.TryAcquire(ctx, "n", 2) }},
+	} {
+		t0 := ticks()
+		l := mustTry(t)(k.try())
+		mustRelease(t, l)
+		_, err := os.Lstat(l.Path())
+		if t1 := ticks(); t1 < t0+2 && err != nil {
+			// Fewer than two ticks since the release: not swept yet.
+			t.Fatalf("%s: file %s gone %d tick(s) after its release: %v", k.name, l.Path(), t1-t0, err)
+		}
+		// Two ticks after the release, and the sweep they started done.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			b.mu.Lock()
+			done := b.ticks >= t0+2 && !b.idle.sweeping
+			b.mu.Unlock()
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the monitor did not tick twice in a minute", k.name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if left := lockFiles(t, dir); len(left) != 0 {
+			t.Fatalf("%s: files left two ticks after the release: %q", k.name, left)
+		}
 	}
 }
 
@@ -115,7 +131,7 @@ func TestLockFilesDeleted(t *testing.T) {
 // lock file, for every kind.
 func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	kinds := map[string]func() (*Lease, bool, error){
 		"mutex": func() (*Lease, bool, error) { return b.TryLock(ctx, "n") },
@@ -126,7 +142,7 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	for k, try := range kinds {
 		var last uint64
 		for i := range 300 {
-			l := must(t)(try())
+			l := mustTry(t)(try())
 			if l.Token() <= last {
 				t.Fatalf("%s, acquisition %d: token %d after %d", k, i, l.Token(), last)
 			}
@@ -139,9 +155,9 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 	for i := range 100 {
 		var l *Lease
 		if i%2 == 0 {
-			l = must(t)(b.TryRLock(ctx, "rw"))
+			l = mustTry(t)(b.TryRLock(ctx, "rw"))
 		} else {
-			l = must(t)(b.TryWLock(ctx, "rw"))
+			l = mustTry(t)(b.TryWLock(ctx, "rw"))
 		}
 		if l.Token() <= last {
 			t.Fatalf("rw acquisition %d: token %d after %d", i, l.Token(), last)
@@ -154,12 +170,12 @@ func TestTokensIncreaseAcrossDeletion(t *testing.T) {
 // With the Windows mapping of names (here on any system), names that
 // differ only by case are still different locks.
 func TestFoldedNames(t *testing.T) {
-	b := newPortable(t, t.TempDir())
+	b := newBackend(t, t.TempDir())
 	b.fold = true
 	ctx := context.Background()
-	a := must(t)(b.TryLock(ctx, "Job"))
-	c := must(t)(b.TryLock(ctx, "job"))
-	d := must(t)(b.TryLock(ctx, "CON"))
+	a := mustTry(t)(b.TryLock(ctx, "Job"))
+	c := mustTry(t)(b.TryLock(ctx, "job"))
+	d := mustTry(t)(b.TryLock(ctx, "CON"))
 	if _, ok, err := b.TryLock(ctx, "Job"); ok || err != nil {
 		t.Fatalf("second TryLock of Job: ok %v, err %v", ok, err)
 	}
@@ -178,7 +194,7 @@ func TestPlantedLinksRefused(t *testing.T) {
 		t.Skip("symbolic links need a privilege on Windows")
 	}
 	dir := t.TempDir()
-	b := newPortable(t, dir)
+	b := newBackend(t, dir)
 	ctx := context.Background()
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
@@ -209,7 +225,7 @@ func TestDeletionStress(t *testing.T) {
 	dir := t.TempDir()
 	var bs []*Backend
 	for range 4 {
-		bs = append(bs, newPortable(t, dir))
+		bs = append(bs, newBackend(t, dir))
 	}
 	run := 2 * time.Second
 	if testing.Short() {
@@ -245,27 +261,16 @@ func TestDeletionStress(t *testing.T) {
 				var l *Lease
 				var err error
 				switch (g + i) % 4 {
-				case 0:
-					if l, err = b.Lock(wctx, name); err == nil {
-						s := &mutexes[n]
-						s.mu.Lock()
-						s.holders++
-						check(s.holders == 1, "two mutex holders of %s", name)
-						check(l.Token() > s.last, "mutex token %d after %d", l.Token(), s.last)
-						s.last = l.Token()
-						s.mu.Unlock()
-						runtime.Gosched()
-						s.mu.Lock()
-						s.holders--
-						s.mu.Unlock()
+				case 0, 1: // a mutex, a writer: alone
+					s, what, lock := &mutexes[n], "mutex", b.Lock
+					if (g+i)%4 == 1 {
+						s, what, lock = &rws[n], "writer", b.WLock
 					}
-				case 1:
-					if l, err = b.WLock(wctx, name); err == nil {
-						s := &rws[n]
+					if l, err = lock(wctx, name); err == nil {
 						s.mu.Lock()
 						s.holders++
-						check(s.holders == 1 && s.readers == 0, "writer of %s not alone", name)
-						check(l.Token() > s.last, "writer token %d after %d", l.Token(), s.last)
+						check(s.holders == 1 && s.readers == 0, "%s of %s not alone", what, name)
+						check(l.Token() > s.last, "%s token %d after %d", what, l.Token(), s.last)
 						s.last = l.Token()
 						s.mu.Unlock()
 						runtime.Gosched()
@@ -325,13 +330,16 @@ func TestDeletionStress(t *testing.T) {
 	if ops.Load() < 100 {
 		t.Fatalf("only %d acquisitions", ops.Load())
 	}
+	for _, b := range bs {
+		b.Close()
+	}
 	if left := lockFiles(t, dir); len(left) != 0 {
 		t.Fatalf("files left: %q", left)
 	}
 }
 
-// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file is
-// created and deleted each time):
+// BenchmarkPortableDo is one uncontended Do of a mutex (the lock file
+// stays between Dos, and goes a tick after the last):
 //
 //	go test -tags dlock_portable -run '^$' -bench PortableDo ./fs
 func BenchmarkPortableDo(b *testing.B) {
