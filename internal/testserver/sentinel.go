@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -264,7 +263,7 @@ func (g *Sentinel) Kill(t testing.TB, addr string) {
 }
 
 // Signal sends sig (SIGSTOP, SIGCONT) to the server at addr.
-func (g *Sentinel) Signal(t testing.TB, addr string, sig syscall.Signal) {
+func (g *Sentinel) Signal(t testing.TB, addr string, sig os.Signal) {
 	t.Helper()
 	p := g.servers[addr]
 	if p == nil || p.cmd == nil {
@@ -285,14 +284,17 @@ func (g *Sentinel) Signal(t testing.TB, addr string, sig syscall.Signal) {
 // replicas were behind.
 func (g *Sentinel) LagReplicas(t testing.TB, primary string) (resume func()) {
 	t.Helper()
+	if sigStop == nil {
+		t.Skip("freezing a server needs SIGSTOP (Unix)")
+	}
 	replicas := g.Replicas(primary)
 	for _, r := range replicas {
-		g.Signal(t, r, syscall.SIGSTOP)
+		g.Signal(t, r, sigStop)
 	}
 	resume = func() {
 		for _, r := range replicas {
 			if p := g.servers[r]; p != nil && p.cmd != nil {
-				_ = p.cmd.Process.Signal(syscall.SIGCONT)
+				_ = p.cmd.Process.Signal(sigCont)
 			}
 		}
 	}
