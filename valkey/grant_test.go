@@ -20,13 +20,7 @@ func TestReleaseGrantsLocalWaiter(t *testing.T) {
 	b := newTestBackend(t, t.TempDir(), addr)
 	name := "grant-local"
 	base, _ := keyBase(b.c.cfg.prefix, name)
-	msgs := make(chan string, 8)
-	dc, release := testClient(t, addr).Dedicate()
-	defer release()
-	dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: func(m valkeygo.PubSubMessage) { msgs <- m.Message }})
-	if err := dc.Do(testCtx(t), dc.B().Subscribe().Channel(channel(base, kindMutex)).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
+	msgs := subscribeMessages(t, addr, channel(base, kindMutex))
 	for range 20 {
 		holder := mustLock(t, b, name)
 		got := lockAsync(testCtx(t), b, name)
@@ -137,13 +131,7 @@ func TestReleaseGrantsRemoteWaiter(t *testing.T) {
 	b := newTestBackendLike(t, a, addr)
 	name := "grant-remote"
 	base, _ := keyBase(a.c.cfg.prefix, name)
-	msgs := make(chan string, 8)
-	dc, release := testClient(t, addr).Dedicate()
-	defer release()
-	dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: func(m valkeygo.PubSubMessage) { msgs <- m.Message }})
-	if err := dc.Do(testCtx(t), dc.B().Subscribe().Channel(channel(base, kindMutex)).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
+	msgs := subscribeMessages(t, addr, channel(base, kindMutex))
 	for range 10 {
 		holder := mustLock(t, a, name)
 		got := lockAsync(testCtx(t), b, name)
@@ -172,4 +160,18 @@ func TestReleaseGrantsRemoteWaiter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// subscribeMessages subscribes a connection of its own to ch and returns
+// the messages published there (until the test ends).
+func subscribeMessages(t *testing.T, addr, ch string) <-chan string {
+	t.Helper()
+	msgs := make(chan string, 8)
+	dc, release := testClient(t, addr).Dedicate()
+	t.Cleanup(release)
+	dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: func(m valkeygo.PubSubMessage) { msgs <- m.Message }})
+	if err := dc.Do(testCtx(t), dc.B().Subscribe().Channel(ch).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	return msgs
 }
