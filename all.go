@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -22,9 +23,15 @@ import (
 // before DoAll returns, and the error — matching ErrNotAcquired and
 // ctx.Err() — names the lock that could not be had.
 //
-// A backend takes the names one after another (it offers no atomic path
-// yet), so another client may see some of them held before DoAll has the
-// rest: all-or-none is about what DoAll holds when it returns or runs fn.
+// A backend with an atomic path for several names (backend.MultiLocker,
+// MultiRWLocker, MultiSemaphore) takes them all in one attempt: no other
+// client ever sees some of them taken and not the others. When that
+// attempt finds a name busy, and always on other backends, the names are
+// taken one after another, waiting in line for each, so another client may
+// see some of them held before DoAll has the rest: all-or-none is then
+// about what DoAll holds when it returns or runs fn. TryDoAll and
+// TryAcquireAll over an atomic path are atomic. Each backend's package
+// documentation says which path it has.
 func (g *Guard[L]) DoAll(ctx context.Context, names []string, fn func(ctx context.Context) error) error {
 	return g.doAll(ctx, names, fn, true)
 }
@@ -79,7 +86,13 @@ func (g *Guard[L]) acquireAll(ctx context.Context, names []string, wait bool) (*
 		return nil, g.errorf(fmt.Sprint(names), err)
 	}
 	set := &LockSet[L]{lost: make(chan struct{})}
-	for _, name := range sorted {
+	if g.tryAll != nil && len(sorted) > 1 {
+		set.locks, err = g.takeAll(ctx, sorted)
+		if err != nil && (!wait || !errors.Is(err, ErrNotAcquired) || ctx.Err() != nil) {
+			return nil, err
+		}
+	}
+	for _, name := range sorted[len(set.locks):] { // all of them unless takeAll took them
 		lk, err := g.acquire(ctx, name, wait, true)
 		if err != nil {
 			for _, taken := range slices.Backward(set.locks) {
@@ -207,4 +220,65 @@ func (s *LockSet[L]) watchLoss(r *doRun) {
 		defer r.running.Done()
 		r.lost(s.Err())
 	}, r.running.Done)
+}
+
+// takeAll takes the sorted names in one atomic attempt of the backend. It
+// returns an error matching ErrNotAcquired, naming one busy lock, when the
+// attempt found one held elsewhere.
+func (g *Guard[L]) takeAll(ctx context.Context, names []string) ([]*Lock[L], error) {
+	setName := fmt.Sprint(names)
+	if g.err != nil {
+		return nil, g.errorf(setName, g.err)
+	}
+	if ctx.Err() != nil {
+		return nil, g.notAcquired(ctx, setName, nil)
+	}
+	var obs []*observed
+	if len(g.opts.observers) > 0 {
+		obs = make([]*observed, len(names))
+		for i, name := range names {
+			obs[i], _ = g.observeStart(ctx, name, true)
+		}
+	}
+	locks, err := g.tryAllOnce(ctx, names, setName)
+	for i, o := range obs {
+		octx := o.end(1, 0, err)
+		if locks != nil {
+			locks[i].obsCtx, locks[i].acquired = octx, time.Now()
+		}
+	}
+	return locks, err
+}
+
+// tryAllOnce is takeAll's attempt, without the observers.
+func (g *Guard[L]) tryAllOnce(ctx context.Context, names []string, setName string) ([]*Lock[L], error) {
+	octx, err := g.withOwner(ctx)
+	if err != nil {
+		return nil, g.errorf(setName, err)
+	}
+	leases, busy, err := g.tryAll(octx, names)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, g.notAcquired(ctx, setName, nil)
+	case err != nil:
+		return nil, g.errorf(setName, err)
+	case busy >= 0 && busy < len(names):
+		return nil, g.errorf(names[busy], ErrNotAcquired)
+	}
+	locks := make([]*Lock[L], len(leases))
+	for i, l := range leases {
+		locks[i] = &Lock[L]{g: g, name: names[min(i, len(names)-1)], lease: l}
+	}
+	if busy >= 0 || len(leases) != len(names) || ctx.Err() != nil {
+		// A backend that broke the contract, or ctx ended as the locks were
+		// granted: give back whatever was taken rather than leak it.
+		for _, lk := range slices.Backward(locks) {
+			_ = lk.Release(ctx)
+		}
+		if ctx.Err() != nil {
+			return nil, g.notAcquired(ctx, setName, nil)
+		}
+		return nil, g.errorf(setName, fmt.Errorf("backend returned %d leases and busy %d for %d names", len(leases), busy, len(names)))
+	}
+	return locks, nil
 }

@@ -94,6 +94,9 @@ type Guard[L backend.Lease] struct {
 	backend string // the backend's package name, for observers
 	try     func(ctx context.Context, name string) (L, bool, error)
 	wait    func(ctx context.Context, name string) (L, error) // nil: poll try
+	// tryAll takes several names in one atomic attempt (nil: the backend
+	// has no such path; see backend.MultiLocker).
+	tryAll func(ctx context.Context, names []string) ([]L, int, error)
 	// describe returns the holders of name (nil: the backend records none).
 	describe func(ctx context.Context, name string) ([]Holder, error)
 	err      error // a configuration error every call returns

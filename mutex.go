@@ -19,6 +19,9 @@ func NewMutex[L backend.Lease](b backend.Locker[L], opts ...Option) *Mutex[L] {
 		wait = w.Lock
 	}
 	g := newGuard("mutex", b.TryLock, wait, opts)
+	if m, ok := b.(backend.MultiLocker[L]); ok {
+		g.tryAll = m.TryLockAll
+	}
 	if d, ok := b.(backend.LockDescriber); ok {
 		g.describe = d.DescribeLock
 	}

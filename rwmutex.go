@@ -30,6 +30,9 @@ func NewRWMutex[L backend.Lease](b backend.RWLocker[L], opts ...Option) *RWMutex
 		write:       newGuard("rwmutex write", b.TryWLock, wwait, opts),
 		upgradeable: newUpgradeable(b, opts),
 	}
+	if m, ok := b.(backend.MultiRWLocker[L]); ok {
+		rw.read.tryAll, rw.write.tryAll = m.TryRLockAll, m.TryWLockAll
+	}
 	if d, ok := b.(backend.RWDescriber); ok {
 		rw.read.describe, rw.write.describe, rw.upgradeable.describe = d.DescribeRW, d.DescribeRW, d.DescribeRW
 	}

@@ -34,6 +34,11 @@ func NewSemaphore[L backend.Lease](b backend.Semaphore[L], limit int, opts ...Op
 		}
 	}
 	g := newGuard("semaphore", try, wait, opts)
+	if m, ok := b.(backend.MultiSemaphore[L]); ok {
+		g.tryAll = func(ctx context.Context, names []string) ([]L, int, error) {
+			return m.TryAcquireAll(ctx, names, limit)
+		}
+	}
 	if d, ok := b.(backend.SemaphoreDescriber); ok {
 		g.describe = func(ctx context.Context, name string) ([]Holder, error) {
 			return d.DescribeSemaphore(ctx, name, limit)

@@ -56,6 +56,88 @@ func (s *suite[L]) testAllOrNone(t *testing.T, k kind[L]) {
 	}
 }
 
+// atomicAll reports whether node offers kind child an atomic path for
+// several names (backend.MultiLocker and friends).
+func atomicAll[L backend.Lease](child string, node any) bool {
+	switch child {
+	case "mutex":
+		_, ok := node.(backend.MultiLocker[L])
+		return ok
+	case "read", "write":
+		_, ok := node.(backend.MultiRWLocker[L])
+		return ok
+	case "semaphore":
+		_, ok := node.(backend.MultiSemaphore[L])
+		return ok
+	}
+	return false
+}
+
+// testAllAtomic checks a backend's atomic path for several names: while
+// one name of a set is held elsewhere, TryAcquireAll of the set fails
+// again and again, and a third client trying the set's other names never
+// finds one of them held — the failed attempts took none, not even for a
+// moment — nor does a holder of the set's first name ever see its try
+// fail for a set attempt. Skipped where the backend has no atomic path.
+func (s *suite[L]) testAllAtomic(t *testing.T, k kind[L]) {
+	nb := s.node(t)
+	if !atomicAll[L](k.child, nb) {
+		t.Skip("the backend takes several names one after another (no atomic path for this kind)")
+	}
+	a, b, c := k.guard(s.node(t)), k.guard(nb), k.guard(s.node(t))
+	base := s.run + ":" + k.child + ":atomic"
+	names := []string{base + "/a", base + "/b", base + "/c"}
+	blocker := tryAcquire(t, a, base+"/c")
+	defer release(t, blocker)
+	ctx := s.ctx(t)
+	done := make(chan struct{})
+	var failed sync.WaitGroup
+	var tries, seen int
+	failed.Go(func() {
+		defer close(done)
+		for range 200 {
+			_, err := b.TryAcquireAll(ctx, names)
+			if !errors.Is(err, dlock.ErrNotAcquired) {
+				t.Errorf("TryAcquireAll with /c held elsewhere: %v, want ErrNotAcquired", err)
+				return
+			}
+		}
+	})
+	for stop := false; !stop; {
+		select {
+		case <-done:
+			stop = true
+		default:
+		}
+		for _, n := range names[:2] {
+			tries++
+			lk, err := c.TryAcquire(ctx, n)
+			switch {
+			case errors.Is(err, dlock.ErrNotAcquired):
+				seen++
+			case err != nil:
+				t.Fatalf("TryAcquire(%s): %v", trunc(n), err)
+			default:
+				release(t, lk)
+			}
+		}
+	}
+	failed.Wait()
+	if seen > 0 {
+		t.Fatalf("%d of %d tries found a name of the set held while TryAcquireAll of the set kept failing: its attempts are not atomic", seen, tries)
+	}
+	set, err := b.TryAcquireAll(ctx, []string{names[0], names[1]})
+	if err != nil {
+		t.Fatalf("TryAcquireAll of two free names: %v", err)
+	}
+	for _, n := range set.Names() {
+		held(t, c, n)
+	}
+	if err := set.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // testAllNoDeadlock checks that clients taking overlapping sets in
 // opposite orders never deadlock: they all finish within the ctx.
 func (s *suite[L]) testAllNoDeadlock(t *testing.T, k kind[L]) {

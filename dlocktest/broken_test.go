@@ -34,6 +34,7 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"unordered": "waiters must be served in arrival order",
 		"ghost":     "the cancelled waiter held the line up",
 		"upgrade":   "new readers still got in 20s after an upgrade began to wait",
+		"partial":   "its attempts are not atomic",
 	}
 	for mode, want := range cases {
 		t.Run(mode, func(t *testing.T) {
@@ -48,6 +49,8 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 				run += "/Mutex/CancelledWaiter"
 			case "upgrade":
 				run += "/RWMutex/Upgradeable/WriterPreference"
+			case "partial":
+				run += "/Mutex/AllAtomic"
 			}
 			cmd := exec.Command(exe, "-test.run="+run, "-test.count=1")
 			cmd.Env = append(os.Environ(), "DLOCKTEST_BROKEN="+mode)
@@ -88,6 +91,8 @@ func TestBrokenBackend(t *testing.T) {
 		h.New = func(testing.TB, string) any { return pollingLocker{mem} }
 	case "ghost":
 		h.New = func(testing.TB, string) any { return ghostLocker{mem} }
+	case "partial":
+		h.New = func(testing.TB, string) any { return partialLocker{mem} }
 	case "hoarding":
 		h.New = func(testing.TB, string) any { return &hoardingLocker{m: mem, conns: make(chan struct{}, 4)} }
 	case "hiding":
@@ -288,4 +293,24 @@ func (p pollingUpgrader) TryWLock(ctx context.Context, name string) (pollingUpgr
 
 func (p pollingUpgrader) TryULock(ctx context.Context, name string) (pollingUpgrade, bool, error) {
 	return wrap(p.m.TryULock(ctx, name))
+}
+
+// partialLocker claims an atomic path for several names but takes them one
+// after another, letting go of those it took when one is busy.
+type partialLocker struct{ *dlocktest.Memory }
+
+func (p partialLocker) TryLockAll(ctx context.Context, names []string) ([]*dlocktest.MemoryLease, int, error) {
+	var leases []*dlocktest.MemoryLease
+	for i, n := range names {
+		l, ok, err := p.TryLock(ctx, n)
+		if err != nil || !ok {
+			time.Sleep(time.Millisecond) // as a round trip would
+			for _, l := range leases {
+				_ = l.Release(ctx)
+			}
+			return nil, i, err
+		}
+		leases = append(leases, l)
+	}
+	return leases, -1, nil
 }

@@ -42,6 +42,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"ReleaseAfterLoss", s.testReleaseAfterLoss},
 		{"AllOrNone", s.testAllOrNone},
 		{"AllNoDeadlock", s.testAllNoDeadlock},
+		{"AllAtomic", s.testAllAtomic},
 		{"AllLoss", s.testAllLoss},
 		{"FIFO", s.testFIFO},
 		{"NoStarvation", s.testNoStarvation},

@@ -87,6 +87,9 @@ var (
 	_ backend.UpgradeableLocker[*MemoryLease] = (*Memory)(nil)
 	_ backend.UpgradeableWaiter[*MemoryLease] = (*Memory)(nil)
 	_ backend.Upgrader                        = (*MemoryLease)(nil)
+	_ backend.MultiLocker[*MemoryLease]       = (*Memory)(nil)
+	_ backend.MultiRWLocker[*MemoryLease]     = (*Memory)(nil)
+	_ backend.MultiSemaphore[*MemoryLease]    = (*Memory)(nil)
 )
 
 // NewMemory returns an empty in-process lock space.
@@ -141,6 +144,47 @@ func (m *Memory) Acquire(ctx context.Context, name string, limit int) (*MemoryLe
 		return nil, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
 	}
 	return m.wait(ctx, memKey{'s', name}, m.canTicket(limit), shared)
+}
+
+// TryLockAll implements backend.MultiLocker: atomic, under one lock of m.
+func (m *Memory) TryLockAll(ctx context.Context, names []string) ([]*MemoryLease, int, error) {
+	return m.tryAll(ctx, 'm', names, m.canWrite, exclusive)
+}
+
+// TryRLockAll implements backend.MultiRWLocker.
+func (m *Memory) TryRLockAll(ctx context.Context, names []string) ([]*MemoryLease, int, error) {
+	return m.tryAll(ctx, 'r', names, m.canRead, shared)
+}
+
+// TryWLockAll implements backend.MultiRWLocker.
+func (m *Memory) TryWLockAll(ctx context.Context, names []string) ([]*MemoryLease, int, error) {
+	return m.tryAll(ctx, 'r', names, m.canWrite, exclusive)
+}
+
+// TryAcquireAll implements backend.MultiSemaphore.
+func (m *Memory) TryAcquireAll(ctx context.Context, names []string, limit int) ([]*MemoryLease, int, error) {
+	if limit < 1 {
+		return nil, -1, fmt.Errorf("%w: %d", dlock.ErrInvalidLimit, limit)
+	}
+	return m.tryAll(ctx, 's', names, m.canTicket(limit), shared)
+}
+
+// tryAll grants every name of kind at once, or none: it returns the index
+// of the first name held in the way or waited for.
+func (m *Memory) tryAll(ctx context.Context, kind byte, names []string, can func(*memLock) bool, mode memMode) ([]*MemoryLease, int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, name := range names {
+		if l := m.locks[memKey{kind, name}]; l != nil && (len(l.queue) > 0 || !can(l)) {
+			return nil, i, nil
+		}
+	}
+	who := self(ctx)
+	leases := make([]*MemoryLease, len(names))
+	for i, name := range names {
+		leases[i], _ = m.grant(memKey{kind, name}, can, mode, who)
+	}
+	return leases, -1, nil
 }
 
 // Lose makes lease lose its lock, as a server restart or an expired key

@@ -1,0 +1,37 @@
+package backend
+
+import "context"
+
+// MultiLocker is implemented by a Locker that can take several names in one
+// atomic attempt (one round trip, one statement, one script): every name is
+// taken or none is, and no other client ever sees some of them taken by
+// this attempt and not the others. The engine uses it for the first attempt
+// of Guard.DoAll and friends and falls back to ordered single acquisitions
+// when it finds a name busy and may wait.
+type MultiLocker[L Lease] interface {
+	// TryLockAll makes one attempt to take every lock of names (at least
+	// two, sorted and without duplicates, none empty: checked by the
+	// caller). It does not wait. When one of them is held elsewhere, or
+	// others wait for it (a try does not jump the queue), it takes none
+	// and returns busy, the index in names of such a name. Else it returns
+	// one lease per name, in the order of names, each released and lost
+	// on its own like TryLock's, and busy == -1. err != nil reports a
+	// failure to find out; then nothing is held.
+	TryLockAll(ctx context.Context, names []string) (leases []L, busy int, err error)
+}
+
+// MultiRWLocker is MultiLocker for the two sides of an RWLocker.
+type MultiRWLocker[L Lease] interface {
+	// TryRLockAll is TryLockAll for reading (see RWLocker.TryRLock).
+	TryRLockAll(ctx context.Context, names []string) (leases []L, busy int, err error)
+	// TryWLockAll is TryLockAll for writing (see RWLocker.TryWLock).
+	TryWLockAll(ctx context.Context, names []string) (leases []L, busy int, err error)
+}
+
+// MultiSemaphore is MultiLocker for a Semaphore: one ticket of each name,
+// every name of limit limit.
+type MultiSemaphore[L Lease] interface {
+	// TryAcquireAll is TryLockAll for a ticket of each name (see
+	// Semaphore.TryAcquire).
+	TryAcquireAll(ctx context.Context, names []string, limit int) (leases []L, busy int, err error)
+}
