@@ -88,7 +88,8 @@ func (g *Guard[L]) acquireAll(ctx context.Context, names []string, wait bool) (*
 	set := &LockSet[L]{lost: make(chan struct{})}
 	if g.tryAll != nil && len(sorted) > 1 {
 		set.locks, err = g.takeAll(ctx, sorted)
-		if err != nil && (!wait || !errors.Is(err, ErrNotAcquired) || ctx.Err() != nil) {
+		unsupported := errors.Is(err, errors.ErrUnsupported) // not for this set: one by one
+		if err != nil && !unsupported && (!wait || !errors.Is(err, ErrNotAcquired) || ctx.Err() != nil) {
 			return nil, err
 		}
 	}

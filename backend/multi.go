@@ -16,7 +16,10 @@ type MultiLocker[L Lease] interface {
 	// and returns busy, the index in names of such a name. Else it returns
 	// one lease per name, in the order of names, each released and lost
 	// on its own like TryLock's, and busy == -1. err != nil reports a
-	// failure to find out; then nothing is held.
+	// failure to find out; then nothing is held. An error matching
+	// errors.ErrUnsupported says that this set of names has no atomic path
+	// (names in several cluster slots, say): the engine then takes them one
+	// after another.
 	TryLockAll(ctx context.Context, names []string) (leases []L, busy int, err error)
 }
 
