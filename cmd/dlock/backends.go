@@ -598,7 +598,13 @@ func isPermanentConnErr(err error) bool {
 // exclude -shared holders as flock -x excludes flock -s; a backend without
 // reader-writer locks (RedLock) uses its mutex.
 func acquirerFor[L backend.Lease](b any, cfg *config) (dlock.Locker, error) {
-	var g *dlock.Guard[L]
+	var (
+		g    *dlock.Guard[L]
+		opts []dlock.Option
+	)
+	if cfg.owner != "" {
+		opts = append(opts, dlock.WithOwner(cfg.owner))
+	}
 	rw, hasRW := b.(backend.RWLocker[L])
 	switch {
 	case cfg.semaphore > 0:
@@ -606,20 +612,20 @@ func acquirerFor[L backend.Lease](b any, cfg *config) (dlock.Locker, error) {
 		if !ok {
 			return nil, usagef("this backend offers no semaphore")
 		}
-		g = dlock.NewSemaphore(sem, cfg.semaphore)
+		g = dlock.NewSemaphore(sem, cfg.semaphore, opts...)
 	case cfg.shared:
 		if !hasRW {
 			return nil, usagef("this backend offers no reader-writer lock (-shared)")
 		}
-		g = dlock.NewRWMutex(rw).Read()
+		g = dlock.NewRWMutex(rw, opts...).Read()
 	case hasRW:
-		g = dlock.NewRWMutex(rw).Write()
+		g = dlock.NewRWMutex(rw, opts...).Write()
 	default:
 		mu, ok := b.(backend.Locker[L])
 		if !ok {
 			return nil, usagef("this backend offers no exclusive lock")
 		}
-		g = dlock.NewMutex(mu)
+		g = dlock.NewMutex(mu, opts...)
 	}
 	return g, nil
 }

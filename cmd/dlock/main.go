@@ -13,9 +13,10 @@
 //
 // Run takes the lock NAME, runs COMMAND while holding it, releases it when
 // COMMAND ends (however it ends) and exits with COMMAND's exit status, or
-// 128+N when it died of signal N. Status tells whether NAME is held: it
-// takes the lock for an instant, without waiting, and gives it back (every
-// backend can tell this way; on a fencing backend it uses up a token).
+// 128+N when it died of signal N. Status tells whether NAME is held and by
+// whom, from the holder records of the backend, without taking the lock;
+// over a backend that records none (RedLock) it takes the lock for an
+// instant, without waiting, and gives it back.
 //
 // The full reference is what "dlock help" and "dlock help backends" print
 // (helpText and backendsText below); the README's CLI section says the same.
@@ -61,7 +62,11 @@ const helpText = usageText + `
 Run runs COMMAND while holding the distributed lock NAME and exits with
 COMMAND's exit status. NAME is exclusive (the write side of a reader-writer
 lock) unless -shared or -semaphore N. Status tells whether NAME is held
-(exit 0 if free, 75 if held) by taking it for an instant.
+(exit 0 if free, 75 if held) and by whom: one line per holder (pid, host,
+process start, since when, the -owner text it ran with), or with -json one
+JSON object, read without taking the lock; held means a holder is in the
+way of the lock the flags name. Over a backend that records no holders
+(RedLock), status takes the lock for an instant instead.
 
 The backend is a URL (-backend, or $DLOCK_BACKEND); "dlock help backends"
 lists the forms and their parameters:
@@ -183,6 +188,8 @@ type config struct {
 	verbose    bool
 	conflict   int
 	command    string
+	owner      string // run: recorded as the holder's owner text
+	json       bool   // status: print JSON
 }
 
 // cli runs dlock with args and returns its exit status.
@@ -246,6 +253,12 @@ func cli(args []string, stderr io.Writer) int {
 		return usage(stderr, "missing COMMAND to run under the lock")
 	case cmd == "status" && len(rest) > 0:
 		return usage(stderr, "status takes only a lock NAME")
+	case cmd == "status" && isSet(fs, "owner"):
+		return usage(stderr, "-owner is for run: status takes no lock")
+	case cmd == "run" && cfg.json:
+		return usage(stderr, "-json is for status")
+	case len(cfg.owner) > dlock.MaxOwner:
+		return usage(stderr, fmt.Sprintf("-owner text of %d bytes: at most %d", len(cfg.owner), dlock.MaxOwner))
 	case cfg.try && cfg.wait > 0:
 		return usage(stderr, "-try and -wait exclude each other")
 	case cfg.wait < 0:
@@ -361,6 +374,8 @@ func flags(stderr io.Writer) (*flag.FlagSet, *config) {
 	fs.BoolVar(&cfg.fencingEnv, "fencing-env", false, "pass the lock's fencing token to COMMAND as $DLOCK_FENCING_TOKEN (every backend)")
 	fs.DurationVar(&cfg.grace, "grace", 10*time.Second, "after a lost lock, `DURATION` between SIGTERM and SIGKILL to COMMAND's group")
 	fs.BoolVar(&cfg.verbose, "verbose", false, "say what dlock does on stderr, even when it is not a terminal")
+	fs.StringVar(&cfg.owner, "owner", "", "run: record `TEXT` as the holder's description, shown by status (readable by anyone who can read the backend)")
+	fs.BoolVar(&cfg.json, "json", false, "status: print the answer and the holders as one JSON object")
 	return fs, cfg
 }
 

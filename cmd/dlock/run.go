@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,39 +68,8 @@ func (s *session) lock(spec backendSpec, try bool) (dlock.Handle, func(), int) {
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.wait)
 		defer cancel()
 	}
-	var (
-		sig     os.Signal
-		sigMu   sync.Mutex
-		lastErr error
-	)
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case s0 := <-s.sigs:
-				if s0 == syscall.SIGINT || s0 == syscall.SIGTERM || s0 == syscall.SIGHUP {
-					sigMu.Lock()
-					sig = s0
-					sigMu.Unlock()
-					cancel()
-					return
-				}
-			case <-stop:
-				return
-			}
-		}
-	}()
-	signalled := func() int {
-		close(stop)
-		<-stopped
-		sigMu.Lock()
-		defer sigMu.Unlock()
-		if sig != nil {
-			return 128 + int(sig.(syscall.Signal))
-		}
-		return 0
-	}
+	var lastErr error
+	signalled := s.cancelOnSignal(cancel)
 	if !try && s.talk() {
 		t := time.AfterFunc(time.Second, func() {
 			fmt.Fprintf(s.stderr, "dlock: waiting for lock %q …\n", s.name)
@@ -146,6 +117,44 @@ func (s *session) lock(spec backendSpec, try bool) (dlock.Handle, func(), int) {
 		fmt.Fprintf(s.stderr, "dlock: acquired lock %q\n", s.name)
 	}
 	return lk, closeBackend, 0
+}
+
+// cancelOnSignal calls cancel when an INT, TERM or HUP arrives, until the
+// returned function is called; that function reports 128+N if signal N
+// arrived, else 0.
+func (s *session) cancelOnSignal(cancel func()) (signalled func() int) {
+	var (
+		sig   os.Signal
+		sigMu sync.Mutex
+	)
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case s0 := <-s.sigs:
+				if s0 == syscall.SIGINT || s0 == syscall.SIGTERM || s0 == syscall.SIGHUP {
+					sigMu.Lock()
+					sig = s0
+					sigMu.Unlock()
+					cancel()
+					return
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return func() int {
+		close(stop)
+		<-stopped
+		sigMu.Lock()
+		defer sigMu.Unlock()
+		if sig != nil {
+			return 128 + int(sig.(syscall.Signal))
+		}
+		return 0
+	}
 }
 
 // runLocked takes the lock and runs argv under it.
@@ -275,13 +284,17 @@ func exitStatus(ps *os.ProcessState) int {
 	return ps.ExitCode()
 }
 
-// status reports whether the lock is held: it takes the lock once, without
+// status reports whether the lock is held, and by whom where the backend
+// records holders (see holders). Elsewhere it takes the lock once, without
 // waiting, and gives it straight back.
 func (s *session) status(spec backendSpec) int {
+	if code, ok := s.holders(spec); ok {
+		return code
+	}
 	lk, closeBackend, code := s.lock(spec, true)
 	if lk == nil {
 		if code == s.cfg.conflict {
-			fmt.Printf("held\n")
+			s.printStatus(true, nil)
 		}
 		return code
 	}
@@ -290,8 +303,154 @@ func (s *session) status(spec backendSpec) int {
 		fmt.Fprintf(s.stderr, "dlock: %v\n", err)
 		return exitUnavailable
 	}
-	fmt.Printf("free\n")
+	s.printStatus(false, nil)
 	return 0
+}
+
+// describer is a Locker that can list the holders of a name (every
+// *dlock.Guard).
+type describer interface {
+	Holders(ctx context.Context, name string) ([]dlock.Holder, error)
+}
+
+// holders lists the holders of the lock without taking it, and reports it
+// held when one of them is in the way of the lock the flags ask for: any
+// holder of an exclusive lock; a writer (not Shared) for -shared; N
+// holders for -semaphore N. ok is false when the backend records no
+// holders.
+func (s *session) holders(spec backendSpec) (code int, ok bool) {
+	s.hosts = spec.hosts
+	s.connectTimeout = spec.connectTimeout()
+	ctx, cancel := context.WithTimeout(context.Background(), s.connectTimeout+5*time.Second)
+	defer cancel()
+	signalled := s.cancelOnSignal(cancel)
+	locker, closeBackend, err := spec.open(ctx, s.cfg, false, func(error) {})
+	var hs []dlock.Holder
+	if err == nil {
+		defer closeBackend()
+		d, isD := locker.(describer)
+		if !isD {
+			signalled()
+			return 0, false
+		}
+		hs, err = d.Holders(ctx, s.name)
+	}
+	if code := signalled(); code != 0 {
+		return code, true
+	}
+	if errors.Is(err, errors.ErrUnsupported) {
+		return 0, false
+	}
+	if err != nil {
+		return s.acquireErr(err, nil), true
+	}
+	held := len(hs) > 0
+	switch {
+	case s.cfg.semaphore > 0:
+		held = len(hs) >= s.cfg.semaphore
+	case s.cfg.shared:
+		held = slices.ContainsFunc(hs, func(h dlock.Holder) bool { return !h.Shared })
+	}
+	s.printStatus(held, hs)
+	if held {
+		return s.cfg.conflict, true
+	}
+	return 0, true
+}
+
+// statusJSON is what status -json prints.
+type statusJSON struct {
+	Name    string       `json:"name"`
+	Held    bool         `json:"held"`
+	Holders []holderJSON `json:"holders"` // null: the backend records none
+}
+
+type holderJSON struct {
+	Host         string     `json:"host,omitempty"`
+	PID          int        `json:"pid,omitempty"`
+	ProcessStart *time.Time `json:"process_start,omitempty"`
+	Owner        string     `json:"owner,omitempty"`
+	Since        *time.Time `json:"since,omitempty"`
+	Shared       bool       `json:"shared,omitempty"`
+}
+
+// printStatus prints status's answer on stdout: "held" or "free", then a
+// line per holder; or, with -json, one JSON object. hs is nil when the
+// backend records no holders.
+func (s *session) printStatus(held bool, hs []dlock.Holder) {
+	if s.cfg.json {
+		out := statusJSON{Name: s.name, Held: held}
+		if hs != nil {
+			out.Holders = make([]holderJSON, len(hs))
+		}
+		for i, h := range hs {
+			out.Holders[i] = holderJSON{Host: h.Host, PID: h.PID, Owner: h.Owner, Shared: h.Shared,
+				ProcessStart: timeOrNil(h.ProcessStart), Since: timeOrNil(h.Since)}
+		}
+		b, _ := json.Marshal(out) // nothing in it can fail to marshal
+		fmt.Printf("%s\n", b)
+		return
+	}
+	if !held {
+		fmt.Printf("free\n")
+	} else {
+		fmt.Printf("held\n")
+	}
+	for _, h := range hs {
+		fmt.Printf("  %s\n", describeHolder(h, time.Now()))
+	}
+}
+
+// plain is s as it is when it is a plain word (a host name), else quoted:
+// a recorded field cannot forge output.
+func plain(s string) string {
+	for _, r := range s {
+		if r <= ' ' || r == '"' || r == '\\' || !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// describeHolder is one holder on one line: "writer: pid 4411 on build-3
+// (started 2026-12-03T02:00:00Z), since 2026-12-03T02:10:00Z (5m3s),
+// owner "deploy job 4411"". What the backend did not record is left out;
+// the owner text is quoted, so that it cannot forge lines.
+func describeHolder(h dlock.Holder, now time.Time) string {
+	var b strings.Builder
+	if h.Shared {
+		b.WriteString("reader: ")
+	} else {
+		b.WriteString("holder: ")
+	}
+	switch {
+	case h.PID != 0 && h.Host != "":
+		fmt.Fprintf(&b, "pid %d on %s", h.PID, plain(h.Host))
+	case h.PID != 0:
+		fmt.Fprintf(&b, "pid %d", h.PID)
+	case h.Host != "":
+		fmt.Fprintf(&b, "on %s", plain(h.Host))
+	default:
+		b.WriteString("unknown process")
+	}
+	if !h.ProcessStart.IsZero() {
+		fmt.Fprintf(&b, " (started %s)", h.ProcessStart.UTC().Format(time.RFC3339))
+	}
+	if !h.Since.IsZero() {
+		fmt.Fprintf(&b, ", since %s (%s)", h.Since.UTC().Format(time.RFC3339), now.Sub(h.Since).Round(time.Second))
+	}
+	if h.Owner != "" {
+		fmt.Fprintf(&b, ", owner %s", strconv.Quote(h.Owner))
+	}
+	return b.String()
 }
 
 func isTerminal(w io.Writer) bool {
