@@ -274,3 +274,37 @@ func writeFairness(w func(string, ...any), r *results) {
 	w("\n\"stuck\": clients (median over rounds) whose last wait was never woken, though every other client had stopped; ")
 	w("it was abandoned 3 s after the end and counts as at least that long.\n\n")
 }
+
+// ---------------------------------------------------------------- issue 17
+
+// compositeSizes are BenchmarkComposite's set sizes.
+var compositeSizes = []int{2, 8, 32}
+
+// writeComposite writes issue 17's table: a set of N free names taken
+// with the library's composite lock against N single acquisitions in a
+// row, per backend.
+func writeComposite(w func(string, ...any), r *results) {
+	if r.count("Composite", "valkey", "dlock-all2", "ns/op") == 0 {
+		return
+	}
+	w("## Issue 17: several names at once\n\n")
+	w("Taking and releasing a set of N free names: with the library's composite lock (dlock's `AcquireAll`, redislock's `ObtainMulti`) ")
+	w("against N single acquisitions one after another (sorted), by the same library on one client. p50 over the rounds' medians ")
+	w("(%d rounds); ratio = composite / one after another (below 1 is faster).\n\n", r.count("Composite", "valkey", "dlock-all2", "p50-ns"))
+	w("| backend | library | N | composite p50 | one after another p50 | ratio | allocations (composite) |\n")
+	w("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, be := range backends {
+		for _, lib := range []string{"dlock", "redislock"} {
+			for _, n := range compositeSizes {
+				all := r.get("Composite", be, fmt.Sprintf("%s-all%d", lib, n), "p50-ns")
+				seq := r.get("Composite", be, fmt.Sprintf("%s-seq%d", lib, n), "p50-ns")
+				if math.IsNaN(all) || math.IsNaN(seq) {
+					continue
+				}
+				w("| %s | %s | %d | %s | %s | %.2f× | %s |\n", be, lib, n, dur(all), dur(seq), all/seq,
+					whole(r.get("Composite", be, fmt.Sprintf("%s-all%d", lib, n), "allocs/op")))
+			}
+		}
+	}
+	w("\n")
+}

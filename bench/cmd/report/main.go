@@ -356,6 +356,7 @@ func report(r *results, info reportInfo) string {
 	w("\n")
 
 	writeIssue16(w, r)
+	writeComposite(w, r)
 	writeFairness(w, r)
 
 	w("## Other targets (earlier issues)\n\n")
