@@ -605,6 +605,9 @@ func acquirerFor[L backend.Lease](b any, cfg *config) (dlock.Locker, error) {
 	if cfg.owner != "" {
 		opts = append(opts, dlock.WithOwner(cfg.owner))
 	}
+	if cfg.verbose {
+		opts = append(opts, dlock.WithObserver(verboseObserver{cfg.stderr}))
+	}
 	rw, hasRW := b.(backend.RWLocker[L])
 	switch {
 	case cfg.semaphore > 0:

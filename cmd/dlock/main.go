@@ -190,6 +190,7 @@ type config struct {
 	command    string
 	owner      string // run: recorded as the holder's owner text
 	json       bool   // status: print JSON
+	stderr     io.Writer
 }
 
 // cli runs dlock with args and returns its exit status.
@@ -221,6 +222,7 @@ func cli(args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	fs, cfg := flags(stderr)
+	cfg.stderr = stderr
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, afterFlagsText)

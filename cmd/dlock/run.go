@@ -113,9 +113,6 @@ func (s *session) lock(spec backendSpec, try bool) (dlock.Handle, func(), int) {
 		closeBackend()
 		return nil, nil, s.acquireErr(err, lastErr)
 	}
-	if s.cfg.verbose {
-		fmt.Fprintf(s.stderr, "dlock: acquired lock %q\n", s.name)
-	}
 	return lk, closeBackend, 0
 }
 
@@ -270,8 +267,6 @@ func (s *session) release(lk dlock.Handle, reported bool) int {
 		return exitLost
 	case err != nil:
 		fmt.Fprintf(s.stderr, "dlock: releasing lock %q: %v\n", s.name, err)
-	case s.cfg.verbose:
-		fmt.Fprintf(s.stderr, "dlock: released lock %q\n", s.name)
 	}
 	return 0
 }

@@ -102,3 +102,18 @@ func TestDescribeHolder(t *testing.T) {
 		}
 	}
 }
+
+// TestVerboseTellsEvents checks that -verbose reports the library's
+// Observer events: the acquisition (kind, wait, attempts) and the release.
+func TestVerboseTellsEvents(t *testing.T) {
+	tg := target{url: "file://" + t.TempDir()}
+	name := lockName(t)
+	code, _, stderr := runDlock(t, tg, "run", "-verbose", name, "--", "true")
+	if code != 0 || !strings.Contains(stderr, fmt.Sprintf("dlock: acquired lock %q (rwmutex write) after ", name)) ||
+		!strings.Contains(stderr, "1 attempt") || !strings.Contains(stderr, fmt.Sprintf("dlock: released lock %q after holding it ", name)) {
+		t.Fatalf("run -verbose: exit %d, stderr:\n%s", code, stderr)
+	}
+	if code, _, stderr := runDlock(t, tg, "run", name, "--", "true"); code != 0 || stderr != "" {
+		t.Fatalf("run without -verbose: exit %d, stderr %q, want silence", code, stderr)
+	}
+}
