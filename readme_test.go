@@ -37,6 +37,7 @@ func read(context.Context) error   { return nil }
 func write(context.Context) error  { return nil }
 func encode(context.Context) error { return nil }
 func transfer(context.Context) error { return nil }
+func stale(context.Context) bool     { return true }
 
 var mu = dlock.NewMutex(fsBackend)
 `
