@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"testing"
-	"time"
 )
 
 // allLocker is a locker that can take several names at once.
@@ -99,25 +98,7 @@ func BenchmarkComposite(b *testing.B) {
 							b.Fatal(err)
 						}
 					}
-					samples := make([]time.Duration, b.N)
-					b.ReportAllocs()
-					b.ResetTimer()
-					prev := time.Now()
-					for i := range b.N {
-						h, err := take(ctx, names)
-						if err != nil {
-							b.Fatal(err)
-						}
-						if err := h.Release(ctx); err != nil {
-							b.Fatal(err)
-						}
-						now := time.Now()
-						samples[i] = now.Sub(prev)
-						prev = now
-					}
-					b.StopTimer()
-					slices.Sort(samples)
-					b.ReportMetric(float64(percentile(samples, 0.50)), "p50-ns")
+					takeRelease(b, func() (held, error) { return take(ctx, names) })
 				})
 			}
 		}
