@@ -70,7 +70,12 @@ local function stamp(rec)
 end
 local function hold(h, tok, rec, lease, fresh)
   if not h or not rec or rec == '' then return end
-  if fresh then redis.call('DEL', h) end
+  if fresh then
+    redis.call('DEL', h)
+    redis.call('HSET', h, tok, stamp(rec))
+    redis.call('PEXPIRE', h, lease)
+    return
+  end
   redis.pcall('HSET', h, tok, stamp(rec))
   if redis.call('PTTL', h) < tonumber(lease) then redis.call('PEXPIRE', h, lease) end
 end
