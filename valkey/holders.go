@@ -3,6 +3,7 @@ package valkey
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,11 +41,15 @@ var selfRecord = sync.OnceValue(func() string {
 })
 
 // recordOf is the record an acquisition made with ctx stores (the
-// script adds the time).
+// script adds the time). An owner text longer than holder.MaxOwner (which
+// the dlock package refuses) is cut to it.
 func recordOf(ctx context.Context) string {
 	owner := backend.OwnerFromContext(ctx)
 	if owner == "" {
 		return selfRecord()
+	}
+	if len(owner) > holder.MaxOwner {
+		owner = strings.ToValidUTF8(owner[:holder.MaxOwner], "")
 	}
 	return string(holder.Encode(holder.Self(owner, time.Time{})))
 }

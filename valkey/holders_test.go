@@ -3,6 +3,7 @@ package valkey
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/dlocktest"
+	"github.com/dlock-go/dlock/internal/holder"
 )
 
 // holderRecords returns the fields of the holder records of the lock name
@@ -191,5 +193,23 @@ func TestHolderRecordGranted(t *testing.T) {
 			t.Errorf("same Backend %v: holders %+v, %v; want the waiter", same, hs, err)
 		}
 		_ = wl.Release(testCtx(t))
+	}
+}
+
+// TestHolderRecordLongOwner checks that an owner text longer than
+// holder.MaxOwner, given to the backend directly, is cut rather than
+// making the lock's holders unreadable.
+func TestHolderRecordLongOwner(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, t.TempDir(), addr)
+	long := strings.Repeat("é", holder.MaxOwner) // 2 bytes each
+	l, ok, err := b.TryLock(backend.ContextWithOwner(testCtx(t), long), "long-owner")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	defer l.Release(testCtx(t))
+	hs, err := b.DescribeLock(testCtx(t), "long-owner")
+	if err != nil || len(hs) != 1 || len(hs[0].Owner) != holder.MaxOwner || !strings.HasPrefix(long, hs[0].Owner) {
+		t.Fatalf("holders: %d, %v", len(hs), err)
 	}
 }
