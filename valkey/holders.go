@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
@@ -48,11 +49,24 @@ func recordOf(ctx context.Context) string {
 	if owner == "" {
 		return selfRecord()
 	}
+	if r := lastRecord.Load(); r != nil && r.owner == owner {
+		return r.rec
+	}
+	r := &ownerRecord{owner: owner}
 	if len(owner) > holder.MaxOwner {
 		owner = strings.ToValidUTF8(owner[:holder.MaxOwner], "")
 	}
-	return string(holder.Encode(holder.Self(owner, time.Time{})))
+	r.rec = string(holder.Encode(holder.Self(owner, time.Time{})))
+	lastRecord.Store(r)
+	return r.rec
 }
+
+// ownerRecord is the record of an owner text.
+type ownerRecord struct{ owner, rec string }
+
+// lastRecord is the record recordOf made last: a Guard's acquisitions
+// give the same owner text again and again.
+var lastRecord atomic.Pointer[ownerRecord]
 
 // luaHold defines the acquire scripts' recording of holders:
 //
