@@ -213,3 +213,30 @@ func TestHolderRecordLongOwner(t *testing.T) {
 		t.Fatalf("holders: %d, %v", len(hs), err)
 	}
 }
+
+// TestRedLockHolders checks that a RedLock lists a holder while a
+// majority of its nodes hold its token, and not once only a minority do.
+func TestRedLockHolders(t *testing.T) {
+	nodes := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_NODES"))
+	if len(nodes) < 3 {
+		t.Skip("needs 3 nodes")
+	}
+	r := newTestRedLock(t, t.TempDir(), nodes)
+	name := "redlock-holders"
+	l, ok, err := r.TryLock(backend.ContextWithOwner(testCtx(t), "majority"), name)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	defer l.Release(testCtx(t))
+	key := heldKey(l.base, kindMutex)
+	for i, want := range []int{1, 0} { // the key deleted on one node, then on two
+		c := r.c.nodes[i].client
+		if err := c.Do(testCtx(t), c.B().Del().Key(key).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		hs, err := r.DescribeLock(testCtx(t), name)
+		if err != nil || len(hs) != want || want == 1 && hs[0].Owner != "majority" {
+			t.Fatalf("held on %d of 3 nodes: %+v, %v; want %d holders", 2-i, hs, err, want)
+		}
+	}
+}
