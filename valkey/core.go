@@ -263,7 +263,7 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 // newLease returns the lease an acquisition of the lock of r with token
 // would be.
 func (c *core) newLease(r *request, token string) *Lease {
-	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [5]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey(), r.keys[len(r.keys)-1]}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
+	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [5]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey(), holdersKey(r.keys, r.k)}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
 }
 
 // votes is the tally of the nodes' answers to an acquire script.

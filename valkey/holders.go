@@ -36,6 +36,16 @@ var (
 	_ backend.LockDescriber      = (*RedLock)(nil)
 )
 
+// holdersKey is the holder records' key among keys, the acquire keys of
+// a lock of kind k (lockKeys): the acquire scripts take it at this index
+// (KEYS[5] of a mutex and a semaphore, KEYS[6] of an RW lock).
+func holdersKey(keys []string, k kind) string {
+	if k == kindRead || k == kindWrite {
+		return keys[5]
+	}
+	return keys[4]
+}
+
 // selfRecord is this process's record without an owner or a time.
 var selfRecord = sync.OnceValue(func() string {
 	return string(holder.Encode(holder.Self("", time.Time{})))
@@ -156,7 +166,7 @@ func (c *core) describe(ctx context.Context, k kind, name string) ([]backend.Hol
 	if err != nil {
 		return nil, err
 	}
-	h := keys[len(keys)-1]
+	h := holdersKey(keys, k)
 	s, dkeys := describeString, []string{keys[0], h}
 	switch k {
 	case kindSem:

@@ -3,6 +3,7 @@ package valkey
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func holderRecords(t *testing.T, c valkeygo.Client, b *Backend, k kind, name str
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := keys[len(keys)-1]
+	h := holdersKey(keys, k)
 	m, err := c.Do(testCtx(t), c.B().Hgetall().Key(h).Build()).AsStrMap()
 	if err != nil {
 		t.Fatal(err)
@@ -238,5 +239,42 @@ func TestRedLockHolders(t *testing.T) {
 		if err != nil || len(hs) != want || want == 1 && hs[0].Owner != "majority" {
 			t.Fatalf("held on %d of 3 nodes: %+v, %v; want %d holders", 2-i, hs, err, want)
 		}
+	}
+}
+
+// TestHolderRecordsPruned checks that records of holders that died (their
+// fields left behind) are pruned by later acquisitions once they pile up,
+// and that the live ones stay.
+func TestHolderRecordsPruned(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	cl := testClient(t, addr)
+	b := newTestBackend(t, t.TempDir(), addr)
+	name := "holders:pruned"
+	_, keys, _, _ := lockStrings(nil, b.c.cfg.prefix, name, kindSem)
+	h := holdersKey(keys, kindSem)
+	cmd := cl.B().Hset().Key(h).FieldValue()
+	for i := range 100 {
+		cmd = cmd.FieldValue("dead"+strconv.Itoa(i), "{}")
+	}
+	if err := cl.Do(testCtx(t), cmd.Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	var ls []*Lease
+	for range 2 {
+		l, ok, err := b.TryAcquire(testCtx(t), name, 5)
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		ls = append(ls, l)
+	}
+	recs, pttl := holderRecords(t, cl, b, kindSem, name)
+	if len(recs) != 2 || pttl <= 0 {
+		t.Fatalf("after two acquisitions over 100 dead records: %d records, PTTL %d; want the 2 live ones", len(recs), pttl)
+	}
+	for _, l := range ls {
+		if _, ok := recs[l.token]; !ok {
+			t.Errorf("the record of a live holder was pruned")
+		}
+		_ = l.Release(testCtx(t))
 	}
 }

@@ -48,7 +48,9 @@ import (
 //	s:h    semaphore: holder records
 //	s:n    semaphore: the channel
 //
-// (rw:q, the waiting writers of earlier versions, is no longer used.)
+// (rw:q, the waiting writers of earlier versions, is no longer used.) The
+// acquire scripts take the keys in this order (see holdersKey), the
+// channel excepted.
 const (
 	maxPlainName = 200
 	longNameHead = 48
