@@ -97,16 +97,20 @@ local function stamp(rec)
   if #rec > 2 then return '{"t":' .. since .. ',' .. string.sub(rec, 2) end
   return '{"t":' .. since .. '}'
 end
-local function hold(h, tok, rec, lease, fresh)
-  if not h or not rec or rec == '' then return end
+local function holdStamped(h, tok, srec, lease, fresh)
+  if not h or not srec then return end
   if fresh then
     redis.call('DEL', h)
-    redis.call('HSET', h, tok, stamp(rec))
+    redis.call('HSET', h, tok, srec)
     redis.call('PEXPIRE', h, lease)
     return
   end
-  redis.pcall('HSET', h, tok, stamp(rec))
+  redis.pcall('HSET', h, tok, srec)
   if redis.call('PTTL', h) < tonumber(lease) then redis.call('PEXPIRE', h, lease) end
+end
+local function hold(h, tok, rec, lease, fresh)
+  if not h or not rec or rec == '' then return end
+  holdStamped(h, tok, stamp(rec), lease, fresh)
 end
 local function pruneHolders(h, n, live)
   if not h then return end

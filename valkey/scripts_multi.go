@@ -20,7 +20,8 @@ package valkey
 // 1) tok(i), ch(i); and busyQueue(q, d, ch): whether a live waiter is
 // queued (q, d), waking the first one when dead waiters were evicted.
 const luaMultiHead = luaNextFence + luaQueue + luaHold + `
-local lease, rec = tonumber(ARGV[1]), ARGV[2]
+local lease, srec = tonumber(ARGV[1]), nil
+if ARGV[2] ~= '' then srec = stamp(ARGV[2]) end
 local function tok(i) return ARGV[2 + 2 * i] end
 local function ch(i) return ARGV[3 + 2 * i] end
 local n = (#ARGV - 3) / 2
@@ -45,7 +46,7 @@ local out = {}
 for i = 1, n do
   local k = (i - 1) * 5
   redis.call('SET', KEYS[k + 1], tok(i), 'PX', ARGV[1])
-  hold(KEYS[k + 5], tok(i), rec, ARGV[1], true)
+  holdStamped(KEYS[k + 5], tok(i), srec, ARGV[1], true)
   out[i] = nextFence(KEYS[k + 2])
 end
 return out
@@ -73,7 +74,7 @@ for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
   redis.call('ZADD', rs, now + lease, tok(i))
   if redis.call('PTTL', rs) < lease then redis.call('PEXPIRE', rs, lease) end
-  hold(KEYS[k + 6], tok(i), rec, lease, false)
+  holdStamped(KEYS[k + 6], tok(i), srec, lease, false)
   pruneHolders(KEYS[k + 6], redis.call('ZCARD', rs), function(f) return redis.call('ZSCORE', rs, f) end)
   out[i] = nextFence(KEYS[k + 5])
 end
@@ -94,7 +95,7 @@ local out = {}
 for i = 1, n do
   local k = (i - 1) * 6
   redis.call('SET', KEYS[k + 2], tok(i), 'PX', ARGV[1])
-  hold(KEYS[k + 6], tok(i), rec, ARGV[1], true)
+  holdStamped(KEYS[k + 6], tok(i), srec, ARGV[1], true)
   out[i] = nextFence(KEYS[k + 5])
 end
 return out
@@ -119,7 +120,7 @@ for i = 1, n do
   local hs = KEYS[k + 1]
   redis.call('ZADD', hs, now + lease, tok(i))
   if redis.call('PTTL', hs) < lease then redis.call('PEXPIRE', hs, lease) end
-  hold(KEYS[k + 5], tok(i), rec, lease, false)
+  holdStamped(KEYS[k + 5], tok(i), srec, lease, false)
   pruneHolders(KEYS[k + 5], redis.call('ZCARD', hs), function(f) return redis.call('ZSCORE', hs, f) end)
   out[i] = nextFence(KEYS[k + 2])
 end
