@@ -173,3 +173,94 @@ func BenchmarkHold100k(b *testing.B) {
 		wg.Wait()
 	}
 }
+
+// BenchmarkTryAcquireAll compares the composite path with single tries:
+// each operation takes n free mutexes by one TryAcquireAll (one script)
+// and, interleaved in the same loop, the same n names by n TryAcquire in
+// sequence, releasing each set. Reported: all-ns and seq-ns (one
+// acquisition of the n names, release excluded), seq/all (their ratio),
+// and all+rel-ns, seq+rel-ns (with the releases). ns/op is both sides
+// together.
+func BenchmarkTryAcquireAll(b *testing.B) {
+	for _, n := range []int{2, 8, 32} {
+		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
+			be, ctx := benchBackend(b)
+			mu := dlock.NewMutex(be)
+			names := make([]string, n)
+			for i := range names {
+				names[i] = "all:" + strconv.Itoa(i)
+			}
+			locks := make([]*dlock.Lock[*Lease], n)
+			var all, seq, allRel, seqRel time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				t0 := time.Now()
+				set, err := mu.TryAcquireAll(ctx, names)
+				if err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := set.Release(ctx); err != nil {
+					b.Fatal(err)
+				}
+				t2 := time.Now()
+				for i, name := range names {
+					if locks[i], err = mu.TryAcquire(ctx, name); err != nil {
+						b.Fatal(err)
+					}
+				}
+				t3 := time.Now()
+				for _, lk := range locks {
+					if err := lk.Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				t4 := time.Now()
+				all += t1.Sub(t0)
+				allRel += t2.Sub(t0)
+				seq += t3.Sub(t2)
+				seqRel += t4.Sub(t2)
+			}
+			per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
+			b.ReportMetric(per(all), "all-ns")
+			b.ReportMetric(per(seq), "seq-ns")
+			b.ReportMetric(float64(seq)/float64(all), "seq/all")
+			b.ReportMetric(per(allRel), "all+rel-ns")
+			b.ReportMetric(per(seqRel), "seq+rel-ns")
+		})
+	}
+}
+
+// BenchmarkUncontendedOwner measures what an owner text costs: a free
+// lock taken and released with dlock.WithOwner and, interleaved in the
+// same loop, without. Reported: owner-ns, plain-ns and their ratio
+// owner/plain; ns/op and allocs/op are both sides together.
+func BenchmarkUncontendedOwner(b *testing.B) {
+	be, ctx := benchBackend(b)
+	plain := dlock.NewMutex(be)
+	owned := dlock.NewMutex(be, dlock.WithOwner("nightly report, build 1234"))
+	var withOwner, without time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		lk, err := owned.TryAcquire(ctx, "owner")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := lk.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if lk, err = plain.TryAcquire(ctx, "owner"); err != nil {
+			b.Fatal(err)
+		}
+		if err := lk.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+		withOwner += t1.Sub(t0)
+		without += time.Since(t1)
+	}
+	b.ReportMetric(float64(withOwner.Nanoseconds())/float64(b.N), "owner-ns")
+	b.ReportMetric(float64(without.Nanoseconds())/float64(b.N), "plain-ns")
+	b.ReportMetric(float64(withOwner)/float64(without), "owner/plain")
+}

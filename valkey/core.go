@@ -196,8 +196,8 @@ type request struct {
 	extra []string
 	// args is where an attempt puts the acquire script's arguments (the
 	// attempts of one request are sequential).
-	args   [6]string
-	keyBuf [5]string // keys' array
+	args   [7]string
+	keyBuf [6]string // keys' array
 }
 
 func newRequest(k kind, name, base string, s *script) *request {
@@ -246,7 +246,7 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 		return attempt{}, backend.Permanent(errClosed)
 	}
 	r.args[0], r.args[1], r.args[2], r.args[3], r.args[4] = token, c.leaseMs, waiter, c.fair, r.ch
-	args := append(r.args[:5], r.extra...)
+	args := append(append(r.args[:5], r.extra...), recordOf(ctx)) // see holders.go
 	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
@@ -263,7 +263,7 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 // newLease returns the lease an acquisition of the lock of r with token
 // would be.
 func (c *core) newLease(r *request, token string) *Lease {
-	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [4]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey()}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
+	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [5]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey(), holdersKey(r.keys, r.k)}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
 }
 
 // votes is the tally of the nodes' answers to an acquire script.
@@ -540,11 +540,12 @@ type Lease struct {
 	name string
 	base string
 	// rkeys are the release script's keys: the key the lease is recorded
-	// in, the lock's waiter queue, its deadlines and its fencing counter;
+	// in, the lock's waiter queue, its deadlines, its fencing counter and
+	// its holder records;
 	// rargs its arguments: the token, the lock's channel, the waiter
 	// prefix whose waiters the release wakes (or grants the lock to) in
 	// this process (see releaseLocal), and the lease in ms.
-	rkeys [4]string
+	rkeys [5]string
 	rargs [4]string
 	token string
 	fence uint64
@@ -722,5 +723,5 @@ func (l *Lease) extendCall() call {
 	if l.kind == kindRead || l.kind == kindSem {
 		s = extendMember
 	}
-	return call{s: s, keys: l.rkeys[:1], args: []string{l.token, l.c.leaseMs}}
+	return call{s: s, keys: []string{l.rkeys[0], l.rkeys[4]}, args: []string{l.token, l.c.leaseMs}}
 }

@@ -229,6 +229,57 @@
 // lost notifications, and a waiter is also woken when the holder's lease
 // is due to expire.
 //
+// # Holders
+//
+// Backend implements backend.LockDescriber, RWDescriber and
+// SemaphoreDescriber (dlock's Holders), and RedLock LockDescriber. Each
+// acquisition records its holder — host name, process id and start, the
+// owner text (dlock.WithOwner), and Since: the server's time (TIME) when
+// it took the lock — in a hash beside the lease, in the lock's slot, keyed
+// by the lease's token, written by the acquire script itself: no extra
+// round trip (an acquisition without an owner text sends a record made
+// once per process). The hash's expiry follows the leases in it (the
+// acquire and extension scripts keep it a lease ahead) and a release
+// deletes its holder's record. Describing reads the lock and the records
+// in one read-only script and lists only live holders: the mutex's or
+// writer's current token, the readers or semaphore tickets whose expiry
+// is still ahead — a holder that died is not listed once its lease has
+// expired, whatever record remains (records of expired holders are
+// pruned by later acquisitions, and the hash expires a lease after the
+// last holder). A waiter's attempts record it too, so that a mutex a
+// release grants it (see Waiting and order) lists it, with the time of its
+// latest attempt as Since. A lock taken by an earlier version of this
+// package is listed with zero fields. On a RedLock, a holder is listed
+// when a majority of the nodes hold its token, and describing needs a
+// majority of the nodes to answer.
+//
+// # Composite locks
+//
+// Backend implements backend.MultiLocker, MultiRWLocker and MultiSemaphore
+// (dlock's DoAll, AcquireAll, TryAcquireAll and friends): one script takes
+// a lock of every name of a set or none. It checks each name as the single
+// try would — held, or free but with a live waiter queued (a try never
+// jumps the queue) — before it writes anything but the single tries' own
+// clean-ups (dead waiters and expired holders dropped), then takes every
+// lock with its own token, fencing token, holder record and lease: each
+// lease is extended, released and lost on its own (the extensions of all
+// leases due together go in one pipelined batch, as always). Per
+// topology:
+//
+//   - a single node and a Sentinel-managed primary: atomic for any set —
+//     no other client ever sees part of a failed set taken;
+//   - a cluster: atomic for a set whose names' keys all hash to one slot
+//     (each name's keys share the slot of its escaped name, see Keys);
+//     for any other set TryLockAll and friends return an error matching
+//     errors.ErrUnsupported, and the dlock engine takes the names one by
+//     one in order (not atomic: a failed set may hold some names for a
+//     moment);
+//   - RedLock: no composite path (it does not implement MultiLocker); the
+//     engine takes the names one by one.
+//
+// With WithReplicas, each lease of a set is confirmed as a single
+// acquisition is (one WAIT per name, in turn).
+//
 // # Errors, outages and waits
 //
 // An attempt that meets a server error — connection refused or reset, EOF,

@@ -32,20 +32,25 @@ import (
 //	m:f    mutex: the fencing counter
 //	m:q    mutex: the waiter queue (sorted set: waiter scored by arrival, server µs)
 //	m:d    mutex: the waiters' deadlines (sorted set: waiter scored by expiry, server ms)
+//	m:h    mutex: holder records (hash: token -> holder.Encode record; see holders.go)
 //	m:n    mutex: the pub/sub channel its releases are announced on
 //	rw:r   RW: readers (sorted set: token scored by expiry, server ms)
 //	rw:w   RW: the writer (string, PX lease)
 //	rw:a   RW: the waiter queue ("r" or "w" and the waiter's id, by arrival)
 //	rw:d   RW: the waiters' deadlines
 //	rw:f   RW: the fencing counter
+//	rw:h   RW: holder records of the readers and the writer
 //	rw:n   RW: the channel
 //	s      semaphore: holders (sorted set: token scored by expiry)
 //	s:f    semaphore: the fencing counter
 //	s:q    semaphore: the waiter queue
 //	s:d    semaphore: the waiters' deadlines
+//	s:h    semaphore: holder records
 //	s:n    semaphore: the channel
 //
-// (rw:q, the waiting writers of earlier versions, is no longer used.)
+// (rw:q, the waiting writers of earlier versions, is no longer used.) The
+// acquire scripts take the keys in this order (see holdersKey), the
+// channel excepted.
 const (
 	maxPlainName = 200
 	longNameHead = 48
@@ -122,9 +127,9 @@ func rwKeys(base string) []string    { k, _ := lockKeys(base, kindRead); return 
 func semKeys(base string) []string   { k, _ := lockKeys(base, kindSem); return k }
 
 var (
-	mutexSuffixes = []string{"m", "m:f", "m:q", "m:d", "m:n"}
-	rwSuffixes    = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:n"}
-	semSuffixes   = []string{"s", "s:f", "s:q", "s:d", "s:n"}
+	mutexSuffixes = []string{"m", "m:f", "m:q", "m:d", "m:h", "m:n"}
+	rwSuffixes    = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:h", "rw:n"}
+	semSuffixes   = []string{"s", "s:f", "s:q", "s:d", "s:h", "s:n"}
 )
 
 // lockKeys returns the keys the acquire script of a lock of kind k takes,

@@ -269,6 +269,14 @@ func (m mutexOnly) Lock(ctx context.Context, name string) (*Lease, error) {
 	return m.b.Lock(ctx, name)
 }
 
+func (m mutexOnly) TryLockAll(ctx context.Context, names []string) ([]*Lease, int, error) {
+	return m.b.TryLockAll(ctx, names)
+}
+
+func (m mutexOnly) DescribeLock(ctx context.Context, name string) ([]backend.Holder, error) {
+	return m.b.DescribeLock(ctx, name)
+}
+
 // warmDedicated makes c open n dedicated connections at once (WithReplicas
 // confirms on one each), which then wait in its pool, so that a subtest
 // that confirms many acquisitions at once (Burst) finds them open rather

@@ -196,21 +196,34 @@ end
 // leaves the queue. Every check comes before the first write, so a key of
 // the wrong type fails the script before it changed anything.
 
-// KEYS: lock, fence, queue, deadlines. ARGV: token, lease ms, waiter, fair,
-// channel. (The uncontended path comes before the queue's functions are
-// defined: it runs without making their closures.)
-var acquireMutex = newScript(luaNextFence + `
+// KEYS: lock, fence, queue, deadlines, holder records. ARGV: token, lease
+// ms, waiter, fair, channel, holder record (see holders.go). (The
+// uncontended path comes before the queue's functions are defined: it runs
+// without making their closures.) A waiter's attempts record it under its
+// id, which a release that grants it the lock makes the lock's value.
+var acquireMutex = newScript(luaNextFence + luaHold + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
 local empty = redis.call('EXISTS', q) == 0
 if empty and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true)
   return nextFence(KEYS[2])
 end
 ` + luaQueue + `
+local enqueue0 = enqueue
+enqueue = function(q, d, m, lease)
+  enqueue0(q, d, m, lease)
+  hold(KEYS[5], m, ARGV[6], lease, false)
+end
+local function held()
+  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], false)
+  pruneHolders(KEYS[5], redis.call('ZCARD', d), function(f) return f == ARGV[1] or redis.call('ZSCORE', d, f) end)
+end
 -- Granted by a release in the waiter's process (see releaseString), and
 -- not yet taken there: the attempt takes the lock over under its token.
 -- (Not on a waiter's first attempt, whose token is its id.)
 if waiter ~= '' and waiter ~= ARGV[1] and redis.call('GET', lock) == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
+  held()
   return nextFence(KEYS[2])
 end
 local lease = tonumber(ARGV[2])
@@ -224,6 +237,7 @@ if waiter ~= '' and redis.call('ZRANGE', q, 0, 0)[1] == waiter then
   -- First in the queue (a woken waiter): nothing else to look at.
   if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
     dequeue(q, d, waiter)
+    held()
     return nextFence(KEYS[2])
   end
 end
@@ -242,6 +256,7 @@ local free = true
 if ARGV[4] ~= '1' or not h or h == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
   if waiter ~= '' and h then dequeue(q, d, waiter) end
+  held()
   return nextFence(KEYS[2])
 end
 local me = nil
@@ -249,11 +264,12 @@ if waiter ~= '' then me = waiter end
 return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 `)
 
-// KEYS: readers, writer, queue, deadlines, fence. ARGV: token, lease ms,
-// waiter, fair, channel. Members of the queue are "r" or "w" and the
-// waiter's id. A reader enters unless a writer holds the lock or a live
-// writer queued before it (a try: any live writer queued).
-var acquireRead = newScript(luaNextFence + luaQueue + `
+// KEYS: readers, writer, queue, deadlines, fence, holder records. ARGV:
+// token, lease ms, waiter, fair, channel, holder record. Members of the
+// queue are "r" or "w" and the waiter's id. A reader enters unless a
+// writer holds the lock or a live writer queued before it (a try: any live
+// writer queued).
+var acquireRead = newScript(luaNextFence + luaQueue + luaHold + `
 local rs, q, d = KEYS[1], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[2])
 local me = nil
@@ -284,6 +300,8 @@ if not blocked then
   redis.call('ZADD', rs, now + lease, ARGV[1])
   if redis.call('PTTL', rs) < lease then redis.call('PEXPIRE', rs, lease) end
   if me then dequeue(q, d, me) end
+  hold(KEYS[6], ARGV[1], ARGV[6], lease, false)
+  pruneHolders(KEYS[6], redis.call('ZCARD', rs), function(f) return redis.call('ZSCORE', rs, f) end)
   return nextFence(KEYS[5])
 end
 if me then enqueue(q, d, me, lease) end
@@ -291,10 +309,11 @@ if hint < 0 then hint = 0 end
 return -1 - hint
 `)
 
-// KEYS: readers, writer, queue, deadlines, fence. ARGV: token, lease ms,
-// waiter, fair, channel. A writer enters when nobody holds the lock and it
-// is the queue's first live waiter (a try: when nobody waits).
-var acquireWrite = newScript(luaNextFence + luaQueue + `
+// KEYS: readers, writer, queue, deadlines, fence, holder records. ARGV:
+// token, lease ms, waiter, fair, channel, holder record. A writer enters
+// when nobody holds the lock and it is the queue's first live waiter (a
+// try: when nobody waits).
+var acquireWrite = newScript(luaNextFence + luaQueue + luaHold + `
 local rs, q, d = KEYS[1], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[2])
 local me = nil
@@ -315,16 +334,17 @@ end
 if free and (not h or h == me) then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   if me and h then dequeue(q, d, me) end
+  hold(KEYS[6], ARGV[1], ARGV[6], ARGV[2], true)
   return nextFence(KEYS[5])
 end
 return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 `)
 
-// KEYS: holders, fence, queue, deadlines. ARGV: token, lease ms, waiter,
-// fair, channel, limit. A waiter takes a ticket when there is room and it
-// is the queue's first live waiter (a try: when nobody waits); one that
-// leaves room behind it wakes the next.
-var acquireSem = newScript(luaNextFence + luaQueue + `
+// KEYS: holders, fence, queue, deadlines, holder records. ARGV: token,
+// lease ms, waiter, fair, channel, limit, holder record. A waiter takes a
+// ticket when there is room and it is the queue's first live waiter (a
+// try: when nobody waits); one that leaves room behind it wakes the next.
+var acquireSem = newScript(luaNextFence + luaQueue + luaHold + `
 local hs, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
 local lease, limit = tonumber(ARGV[2]), tonumber(ARGV[6])
 local now = clock()
@@ -338,6 +358,8 @@ local room = redis.call('ZCARD', hs) < limit
 if room and (ARGV[4] ~= '1' or not h or h == waiter) then
   redis.call('ZADD', hs, now + lease, ARGV[1])
   if redis.call('PTTL', hs) < lease then redis.call('PEXPIRE', hs, lease) end
+  hold(KEYS[5], ARGV[1], ARGV[7], lease, false)
+  pruneHolders(KEYS[5], redis.call('ZCARD', hs), function(f) return redis.call('ZSCORE', hs, f) end)
   if waiter ~= '' and h then
     dequeue(q, d, waiter)
     if redis.call('ZCARD', hs) < limit then wakeHead(q, d, ARGV[5], '') end
@@ -360,16 +382,17 @@ return -1 - hint
 // Extension scripts return 1 when the lease is still owned and extended, 0
 // when it is not owned.
 
-// KEYS: lock. ARGV: token, lease ms.
+// KEYS: lock, holder records (optional). ARGV: token, lease ms.
 var extendString = newScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if KEYS[2] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
   return 1
 end
 return 0
 `)
 
-// KEYS: sorted set. ARGV: token, lease ms.
+// KEYS: sorted set, holder records (optional). ARGV: token, lease ms.
 var extendMember = newScript(luaNow + `
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s then return 0 end
@@ -380,6 +403,7 @@ end
 local lease = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 ` + luaKeepTTL + `
+if KEYS[2] and redis.call('PTTL', KEYS[2]) < lease then redis.call('PEXPIRE', KEYS[2], lease) end
 return 1
 `)
 
@@ -392,7 +416,8 @@ return 1
 // keeps a hand-off short; a dead first waiter is evicted by the next
 // waiter's poll.) They take the same KEYS and ARGV.
 
-// KEYS: lock, queue, deadlines, fence. ARGV: token, channel, own waiter
+// KEYS: lock, queue, deadlines, fence, holder records (optional: the
+// release deletes the token's record). ARGV: token, channel, own waiter
 // prefix, lease ms. A mutex's release whose first waiter is the
 // releaser's own (ARGV[3] not "") grants it the lock: the lock's value
 // becomes the waiter's id (its lease token), the waiter leaves the queue,
@@ -411,6 +436,7 @@ return 1
 // over under the attempt's token (acquireMutex): a waiter uses either
 // the grant or its attempt, never both.
 var releaseString = newScript(`
+if KEYS[5] then redis.pcall('HDEL', KEYS[5], ARGV[1]) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1])
@@ -441,9 +467,10 @@ if h then redis.call('PUBLISH', ARGV[2], h) end
 return 1
 `)
 
-// KEYS: sorted set, queue, deadlines, fence. ARGV: token, channel, own
-// waiter prefix, lease ms.
+// KEYS: sorted set, queue, deadlines, fence, holder records (optional).
+// ARGV: token, channel, own waiter prefix, lease ms.
 var releaseMember = newScript(luaQueue + `
+if KEYS[5] then redis.pcall('HDEL', KEYS[5], ARGV[1]) end
 local now = clock()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s then return 0 end
