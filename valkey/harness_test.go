@@ -125,21 +125,7 @@ func TestConformanceCluster(t *testing.T) {
 		warmUp(t, c)
 		clients = append(clients, c)
 	}
-	h := overClients(clients)
-	newNode := h.New
-	h.New = func(t testing.TB, space string) any { return noAtomicAll{Backend: newNode(t, space).(*Backend)} }
-	dlocktest.Run(t, h)
-}
-
-// noAtomicAll is a Backend without its composite path (the fields hide
-// the methods): on a cluster the suite's sets span several slots, for
-// which TryLockAll and friends return errors.ErrUnsupported and the engine
-// takes the names one by one — which the suite's AllAtomic subtest, run
-// for any backend that implements backend.MultiLocker, counts as not
-// atomic. The cluster's composite path is tested in multi_test.go.
-type noAtomicAll struct {
-	*Backend
-	TryLockAll, TryRLockAll, TryWLockAll, TryAcquireAll struct{}
+	dlocktest.Run(t, overClients(clients))
 }
 
 // overClients is the harness whose nodes take turns over clients made up
