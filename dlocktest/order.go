@@ -220,6 +220,8 @@ func nativeWait[L backend.Lease](node any, k kind[L]) bool {
 		_, ok = node.(backend.RWWaiter[L])
 	case "semaphore":
 		_, ok = node.(backend.SemaphoreWaiter[L])
+	case "upgradeable":
+		_, ok = node.(backend.UpgradeableWaiter[L])
 	}
 	return ok
 }

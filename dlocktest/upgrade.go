@@ -149,7 +149,9 @@ func (s *suite[L]) testUpgradeLoss(t *testing.T) {
 	if err := u.Release(s.ctx(t)); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Release after the loss: %v, want ErrLockLost", err)
 	}
-	release(t, r)
+	if err := r.Release(s.ctx(t)); err != nil && !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release of the reader: %v", err)
+	}
 	release(t, tryAcquire(t, b.Write(), name))
 }
 
