@@ -16,8 +16,9 @@ import (
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their native
-// waits (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); its
-// leases implement backend.Fencer. It is safe for concurrent use. Call Close
+// waits (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); it tells
+// who holds a lock (backend.LockDescriber, RWDescriber,
+// SemaphoreDescriber); its leases implement backend.Fencer. It is safe for concurrent use. Call Close
 // when done with it.
 type Backend struct {
 	dir    string // absolute, clean
