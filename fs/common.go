@@ -107,19 +107,10 @@ func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
 
 // begin checks the arguments common to every acquisition.
 func (b *Backend) begin(ctx context.Context, name string) error {
-	if name == "" {
-		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
-	}
-	if err := ctx.Err(); err != nil {
+	if err := ctx.Err(); err != nil && name != "" {
 		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return backend.Permanent(ErrClosed)
-	}
-	return nil
+	return b.describeBegin(name)
 }
 
 // semBegin checks the arguments common to every semaphore acquisition.

@@ -4,6 +4,7 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -101,7 +102,29 @@ func readRecord(h handle, slot int) backend.Holder {
 	return hd
 }
 
-// describeBegin checks the arguments of a Describe call.
+// DescribeSemaphore implements backend.SemaphoreDescriber: the holders of
+// slots 0..limit-1 of the semaphore name, one per ticket (see
+// describeExclusive).
+func (b *Backend) DescribeSemaphore(ctx context.Context, name string, limit int) ([]backend.Holder, error) {
+	if err := b.describeBegin(name); err != nil {
+		return nil, err
+	}
+	if limit < 1 {
+		return nil, backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
+	}
+	var hs []backend.Holder
+	prefix := b.path(kindSemSlot, name)
+	for i := range limit {
+		var err error
+		if hs, err = b.describeExclusive(slotName(prefix, i), hs); err != nil {
+			return nil, err
+		}
+	}
+	return hs, nil
+}
+
+// describeBegin checks the arguments of a Describe call (and those of an
+// acquisition, see begin): a name, and a backend not closed.
 func (b *Backend) describeBegin(name string) error {
 	if name == "" {
 		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))

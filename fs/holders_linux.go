@@ -103,25 +103,15 @@ func (b *Backend) DescribeRW(ctx context.Context, name string) ([]backend.Holder
 	return b.describe(b.prefix+fileName(kindRW, name), true, true, nil)
 }
 
-// DescribeSemaphore implements backend.SemaphoreDescriber: the holders of
-// slots 0..limit-1 of the semaphore name, one per ticket.
-func (b *Backend) DescribeSemaphore(ctx context.Context, name string, limit int) ([]backend.Holder, error) {
-	if err := b.describeBegin(name); err != nil {
-		return nil, err
-	}
-	if limit < 1 {
-		return nil, backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
-	}
-	var hs []backend.Holder
-	prefix := fileName(kindSemSlot, name)
-	for i := range limit {
-		var err error
-		if hs, err = b.describe(b.prefix+slotName(prefix, i), true, false, hs); err != nil {
-			return nil, err
-		}
-	}
-	return hs, nil
+// describeExclusive appends to hs the exclusive holder recorded in the
+// lock file path, if it holds (a semaphore's slot).
+func (b *Backend) describeExclusive(path string, hs []backend.Holder) ([]backend.Holder, error) {
+	return b.describe(path, true, false, hs)
 }
+
+// path is the path of the file of kind k for name (for kindSemSlot, the
+// prefix of its slot files).
+func (b *Backend) path(k kind, name string) string { return b.prefix + fileName(k, name) }
 
 // describe appends to hs the live holders recorded in the lock file path:
 // its exclusive holder's (slot 0), and with readers its readers'.

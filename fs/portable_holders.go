@@ -93,25 +93,11 @@ func (b *Backend) DescribeRW(ctx context.Context, name string) ([]backend.Holder
 	return hs, nil
 }
 
-// DescribeSemaphore implements backend.SemaphoreDescriber: the holders of
-// slots 0..limit-1 of the semaphore name, one per ticket. A free slot is
-// taken for a moment, as DescribeLock does.
-func (b *Backend) DescribeSemaphore(ctx context.Context, name string, limit int) ([]backend.Holder, error) {
-	if err := b.describeBegin(name); err != nil {
-		return nil, err
-	}
-	if limit < 1 {
-		return nil, backend.Permanent(fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit))
-	}
-	var hs []backend.Holder
-	prefix := b.path(kindSemSlot, name)
-	for i := range limit {
-		var err error
-		if hs, err = b.describeFile(slotName(prefix, i), false, hs); err != nil {
-			return nil, err
-		}
-	}
-	return hs, nil
+// describeExclusive appends to hs the exclusive holder recorded in the
+// lock file path, if it holds (a semaphore's slot: see describeFile, a free
+// slot is taken for a moment).
+func (b *Backend) describeExclusive(path string, hs []backend.Holder) ([]backend.Holder, error) {
+	return b.describeFile(path, false, hs)
 }
 
 // describeFile appends to hs the holder recorded in slot 0 of the file
