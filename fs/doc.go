@@ -134,6 +134,38 @@
 // (see Order of service), so writers never starve behind a stream of
 // readers; readers that began to wait before it go in before it.
 //
+// # Upgradeable read locks
+//
+// On Linux the Backend implements backend.UpgradeableLocker,
+// UpgradeableWaiter and Upgrader (dlock's RWMutex.Upgradeable and
+// Lock.Upgrade). An upgradeable reader holds the flock of r-NAME shared,
+// as a reader does, and an OFD write lock of one byte, the upgrade byte
+// (the first byte of the removal gate, 2^32-1), which every writer also
+// takes, without waiting, right after its flock (a writer that finds it
+// taken lets its flock go and counts as not acquired). So readers share
+// the name with it, and writers and other upgradeable readers do not.
+// Its waiters queue as writers do. Upgrade joins the queue with a
+// writer's ticket (new readers, writers and upgradeable readers wait
+// behind it) and tries, at every close of the file, to turn its shared
+// flock into an exclusive one. Linux turns a flock around by dropping the
+// shared lock first, and leaves the file unlocked when the exclusive one
+// is not free: the lease then takes its shared lock back at once. No
+// writer can get in in that moment (it would need the upgrade byte), nor
+// can an idle-file sweep remove the file (its gate would need the upgrade
+// byte too); at most a plain reader gets in, which upgrade then waits for
+// as well. An upgrade whose ctx ends, or that fails otherwise, leaves the
+// lease an upgradeable reader; a loss ends it with an error wrapping
+// backend.ErrLockLost. After the upgrade the lease is the name's writer
+// until Release (its fencing token stays the one it took as a reader,
+// which exceeds every earlier writer's; Holders lists it as the writer).
+// The upgrade byte costs a writer one fcntl per acquisition.
+//
+// The portable implementation has no upgradeable read lock (dlock's
+// Upgradeable side reports errors.ErrUnsupported there): flock(2) on the
+// BSDs and macOS also drops a shared lock whose conversion fails, and it
+// has no byte-range lock that is per open file description to keep
+// writers out meanwhile; LockFileEx cannot convert at all.
+//
 // # Semaphores
 //
 // A semaphore of limit n is n slot files: a ticket is an exclusive flock of
@@ -428,7 +460,8 @@
 // the already-open lock file (WithFencing(false) saves them); lstat at
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds
-// the lock free. A writer costs the same; a reader four more (the
+// the lock free. A writer costs one more (the upgrade byte, see
+// Upgradeable read locks); a reader four more (the
 // counter's OFD lock and unlock; its record's claim and pwrite; its mark
 // takes the place of the exclusive holder's). Removing an idle lock file happens off
 // the acquisition's path (see Lock-file lifecycle): eight system calls

@@ -22,9 +22,11 @@ type Lease struct {
 	file     string // its base name
 	dev, ino uint64
 	token    uint64
-	slot     int  // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
-	counter  bool // the lock file keeps the fencing counter (not a semaphore)
-	queue    bool // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
+	slot     int    // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
+	rec      []byte // an upgradeable reader's record, for its upgrade
+	upgraded bool   // an upgradeable reader that became the writer (under mu)
+	counter  bool   // the lock file keeps the fencing counter (not a semaphore)
+	queue    bool   // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
 	lost     chan struct{}
 
 	cbuf counterBuf // for reading the fencing counter without an allocation
@@ -58,7 +60,10 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 		queue:   queue,
 	}
 	rec := newRecord(owner)
-	shared := what == whatRead
+	shared := what == whatRead || what == whatUpgradeable
+	if what == whatUpgradeable {
+		l.rec = rec
+	}
 	var err error
 	if shared {
 		l.slot, err = claimSlot(f.fd, f.path)

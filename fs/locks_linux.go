@@ -50,7 +50,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	err := b.waitLoop(ctx,
 		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
-		file)
+		nil, file)
 	if err != nil {
 		f.close()
 		return nil, wrapErr(whatMutex, name, err)
@@ -83,6 +83,7 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 		return nil, false, err
 	}
 	rw := b.rwFile(name)
+	rw.withUpgrade = what != whatRead
 	ok, err := rw.tryFlock(how, b.mode(), true)
 	if err != nil || !ok {
 		rw.close()
@@ -118,10 +119,11 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 		return nil, err
 	}
 	rw := b.rwFile(name)
+	rw.withUpgrade = what != whatRead
 	err := b.waitLoop(ctx,
 		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
 		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
-		rw.path[len(b.prefix):])
+		nil, rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
 		return nil, wrapErr(what, name, err)
@@ -222,7 +224,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		return won >= 0, err
 	}
 	join := func() (int64, error) { return 0, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
-	if err := b.waitLoop(ctx, try, join, prefix); err != nil {
+	if err := b.waitLoop(ctx, try, join, nil, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()
 		}

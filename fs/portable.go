@@ -20,10 +20,11 @@ import (
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their waits
-// (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); it tells
-// who holds a lock (backend.LockDescriber, RWDescriber,
-// SemaphoreDescriber); its leases implement backend.Fencer. It is safe for concurrent use. Call Close
-// when done with it.
+// (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter) and
+// tells who holds a lock (backend.LockDescriber, RWDescriber,
+// SemaphoreDescriber); its leases implement backend.Fencer. It has no
+// upgradeable read lock (see the package documentation). It is safe for
+// concurrent use. Call Close when done with it.
 type Backend struct {
 	dir    string
 	prefix string // dir + separator
