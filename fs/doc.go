@@ -395,8 +395,9 @@
 //     later if it is idle: opened without creating it, locked exclusively
 //     without waiting, still named by its path, its waiters' file held by
 //     no waiter, its fencing counter below the wall clock; Close removes
-//     the rest. Waiters' files (mw-, rg-, sw-) go the same way, once no
-//     waiter holds them. The fencing counter lives in the lock file (a semaphore's in
+//     the rest. Waiters' files (mw-, rg-, sw-) and readers' record files
+//     (rh-) go the same way, once no waiter or reader holds them.
+//     The fencing counter lives in the lock file (a semaphore's in
 //     sc-NAME, removed with its slots), so a removed file takes it along;
 //     the next token is then the wall clock in nanoseconds, and a file is
 //     removed only once the clock has passed its last token (on a coarse
