@@ -16,9 +16,12 @@ import (
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their native
-// waits (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); its
-// leases implement backend.Fencer. It is safe for concurrent use. Call Close
-// when done with it.
+// waits (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter),
+// the upgradeable read lock (backend.UpgradeableLocker,
+// UpgradeableWaiter), and tells who holds a lock (backend.LockDescriber,
+// RWDescriber, SemaphoreDescriber); its leases implement backend.Fencer
+// and backend.Upgrader. It is safe for concurrent use. Call Close when
+// done with it.
 type Backend struct {
 	dir    string // absolute, clean
 	prefix string // dir + "/"
@@ -234,7 +237,10 @@ func (b *Backend) removeWaiter(w *waiter) {
 // fails, the waiter is armed and then joins the waiters' queue (join), so
 // that no release between the two is missed and every later attempt keeps
 // its place.
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), keys ...string) error {
+//
+// lost, if not nil, ends the wait with backend.ErrLockLost when it is
+// closed (an upgrade's lease lost meanwhile).
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), lost <-chan struct{}, keys ...string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
@@ -285,6 +291,8 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join f
 			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 		case <-b.stopc:
 			return ErrClosed
+		case <-lost:
+			return backend.ErrLockLost
 		}
 	}
 }

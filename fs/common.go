@@ -107,19 +107,10 @@ func (b *Backend) mode() uint32 { return uint32(b.cfg.fileMode) }
 
 // begin checks the arguments common to every acquisition.
 func (b *Backend) begin(ctx context.Context, name string) error {
-	if name == "" {
-		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
-	}
-	if err := ctx.Err(); err != nil {
+	if err := ctx.Err(); err != nil && name != "" {
 		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
 	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return backend.Permanent(ErrClosed)
-	}
-	return nil
+	return b.describeBegin(name)
 }
 
 // semBegin checks the arguments common to every semaphore acquisition.
@@ -363,6 +354,12 @@ func readCounter(h handle, path string, buf *counterBuf) (uint64, error) {
 	if n == 0 {
 		return 0, nil
 	}
+	if n > counterLen {
+		n = counterLen // holder records follow (see holders.go)
+	}
+	if n == counterLen && allZero(buf[:n]) {
+		return 0, nil // a record written with fencing off left a hole
+	}
 	v, ok := parseCounter(buf[:n])
 	if !ok {
 		return 0, fmt.Errorf("corrupt fencing counter in %s (%q): fix or remove the file", path, buf[:n])
@@ -376,7 +373,10 @@ func readCounter(h handle, path string, buf *counterBuf) (uint64, error) {
 // clock in nanoseconds since 1970 if that is larger — so tokens keep
 // increasing even when the counter file is removed (see removable) or loses
 // its last updates in a crash, unless the clock also went back.
-func bumpCounter(h handle, path string, sync bool, buf *counterBuf) (uint64, error) {
+//
+// rec, if not nil, is a holder's record made by newRecord: it is written
+// with the counter (in its first counterLen bytes) in the same write.
+func bumpCounter(h handle, path string, sync bool, buf *counterBuf, rec []byte) (uint64, error) {
 	stored, err := readCounter(h, path, buf)
 	if err != nil {
 		return 0, err
@@ -389,6 +389,9 @@ func bumpCounter(h handle, path string, sync bool, buf *counterBuf) (uint64, err
 		token = uint64(now)
 	}
 	out := formatCounter(buf[:0], token)
+	if rec != nil {
+		out = formatCounter(rec[:0], token)[:len(rec)]
+	}
 	if w, err := writeAt(h, out, 0); err != nil || w != len(out) {
 		if err == nil {
 			err = io.ErrShortWrite
@@ -401,6 +404,16 @@ func bumpCounter(h handle, path string, sync bool, buf *counterBuf) (uint64, err
 		}
 	}
 	return token, nil
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // removable reports whether a file whose counter holds last may be removed

@@ -29,6 +29,7 @@
 //	m-NAME       mutex; its fencing counter and waiters' queue are kept inside
 //	r-NAME       reader-writer lock; its fencing counter and waiters' queue are kept inside
 //	rg-NAME      the writers' gate of r-NAME (portable implementation; reserved on Linux)
+//	rh-NAME+N    record file N (1, 2, ...) of a reader of r-NAME (portable implementation; reserved on Linux)
 //	mw-NAME      waiters of mutex NAME (portable implementation)
 //	sw-NAME      waiters of semaphore NAME (portable implementation)
 //	rc-NAME      reserved (held the counter of r-NAME in earlier versions)
@@ -132,6 +133,38 @@
 // are preferred: once a writer waits, readers that come after it wait too
 // (see Order of service), so writers never starve behind a stream of
 // readers; readers that began to wait before it go in before it.
+//
+// # Upgradeable read locks
+//
+// On Linux the Backend implements backend.UpgradeableLocker,
+// UpgradeableWaiter and Upgrader (dlock's RWMutex.Upgradeable and
+// Lock.Upgrade). An upgradeable reader holds the flock of r-NAME shared,
+// as a reader does, and an OFD write lock of one byte, the upgrade byte
+// (the first byte of the removal gate, 2^32-1), which every writer also
+// takes, without waiting, right after its flock (a writer that finds it
+// taken lets its flock go and counts as not acquired). So readers share
+// the name with it, and writers and other upgradeable readers do not.
+// Its waiters queue as writers do. Upgrade joins the queue with a
+// writer's ticket (new readers, writers and upgradeable readers wait
+// behind it) and tries, at every close of the file, to turn its shared
+// flock into an exclusive one. Linux turns a flock around by dropping the
+// shared lock first, and leaves the file unlocked when the exclusive one
+// is not free: the lease then takes its shared lock back at once. No
+// writer can get in in that moment (it would need the upgrade byte), nor
+// can an idle-file sweep remove the file (its gate would need the upgrade
+// byte too); at most a plain reader gets in, which upgrade then waits for
+// as well. An upgrade whose ctx ends, or that fails otherwise, leaves the
+// lease an upgradeable reader; a loss ends it with an error wrapping
+// backend.ErrLockLost. After the upgrade the lease is the name's writer
+// until Release (its fencing token stays the one it took as a reader,
+// which exceeds every earlier writer's; Holders lists it as the writer).
+// The upgrade byte costs a writer one fcntl per acquisition.
+//
+// The portable implementation has no upgradeable read lock (dlock's
+// Upgradeable side reports errors.ErrUnsupported there): flock(2) on the
+// BSDs and macOS also drops a shared lock whose conversion fails, and it
+// has no byte-range lock that is per open file description to keep
+// writers out meanwhile; LockFileEx cannot convert at all.
 //
 // # Semaphores
 //
@@ -246,6 +279,63 @@
 // deadline (the dlock package's release timeout, WithReleaseTimeout), and
 // it runs in full even when ctx is already cancelled.
 //
+// # Holders
+//
+// Backend implements backend.LockDescriber, RWDescriber and
+// SemaphoreDescriber (dlock's Guard.Holders): every holder records itself
+// (internal/holder's stored form: host, process id and start, owner text,
+// since when) in the file it locks, and a describer lists the records of
+// the holders that still hold, without taking the lock or waiting. A
+// record is kept in a slot of the lock file: slot 0, right after the
+// fencing counter, is the exclusive holder's (a mutex, a writer, a
+// semaphore ticket in its slot file), written in the same pwrite as the
+// counter; readers each claim a slot of their own (1, 2, ..., 8 KiB apart
+// in the sparse file). A record stays in the file after its holder lets go
+// or dies; what says it is live is a lock its holder keeps, never the
+// record, so a holder killed by SIGKILL is never listed:
+//
+//   - Linux: each holder keeps an OFD lock of one byte, its mark (at 2^31
+//     plus its slot), through its own descriptor. An exclusive holder
+//     writes its record, then write-locks mark 0; a reader write-locks the
+//     first free mark (its claim), writes its record there, then turns the
+//     mark into a read lock. A describer opens the lock file (never
+//     creating it) and tests the marks with F_OFD_GETLK: mark 0 locked
+//     lists the exclusive holder; each read-locked mark lists a reader (a
+//     slot still being claimed is not listed). It changes nothing and
+//     blocks no one (its close wakes the file's waiters, who sleep again).
+//     The cost: one fcntl per acquisition of a mutex, writer or semaphore
+//     ticket (the mark; with WithFencing(false) a pwrite of the record
+//     too; for a semaphore ticket, whose counter lives apart, always the
+//     pwrite), three for a reader (claim, pwrite, mark); Release is
+//     unchanged (the marks go with the close).
+//   - Portable implementation: whole-file locks cannot mark a slot. An
+//     exclusive holder's record is live while the lock file is locked
+//     exclusively, which the describer tests by trying to lock it shared
+//     without waiting: while the lock is free (or held by readers only) the
+//     describer holds it shared for a moment, and a try of the writer or
+//     mutex side in that moment fails as if the lock were held. A reader
+//     keeps its record in a file of its own, rh-NAME+N, the first it can
+//     lock exclusively, held until its Release (seven more system calls
+//     per reader, and one more descriptor); the describer reads the
+//     directory to find them. While a reader is claiming a record file
+//     whose previous reader died, the describer may show that dead
+//     reader's record in its place for the moment before the new one is
+//     written. An exclusive holder costs nothing more (the record goes
+//     with the counter's pwrite).
+//
+// Since is the holder's wall clock when it took the lock. An owner text
+// whose escaped form would exceed the slot (about 8 KiB) is cut to fit.
+// Processes of an earlier version of this package read a lock file that
+// holds a record as a corrupt fencing counter: all processes using a
+// directory must run a version with records.
+//
+// # Composite locks
+//
+// The file system has no atomic path for several names at once: the
+// backend does not implement backend.MultiLocker, MultiRWLocker or
+// MultiSemaphore, and dlock's DoAll and TryAcquireAll take the names one
+// by one in their fixed order.
+//
 // # Fencing
 //
 // Every lease carries a fencing token (backend.Fencer), strictly increasing
@@ -305,8 +395,9 @@
 //     later if it is idle: opened without creating it, locked exclusively
 //     without waiting, still named by its path, its waiters' file held by
 //     no waiter, its fencing counter below the wall clock; Close removes
-//     the rest. Waiters' files (mw-, rg-, sw-) go the same way, once no
-//     waiter holds them. The fencing counter lives in the lock file (a semaphore's in
+//     the rest. Waiters' files (mw-, rg-, sw-) and readers' record files
+//     (rh-) go the same way, once no waiter or reader holds them.
+//     The fencing counter lives in the lock file (a semaphore's in
 //     sc-NAME, removed with its slots), so a removed file takes it along;
 //     the next token is then the wall clock in nanoseconds, and a file is
 //     removed only once the clock has passed its last token (on a coarse
@@ -317,7 +408,8 @@
 //     exclusively for a moment; an uncontended TryLock and Release costs
 //     ten system calls: a failed open of the waiters' file, open, flock,
 //     fstat and lstat, pread and pwrite of the counter, lstat, unlock and
-//     close at Release (strace -f -c over 1000 Do of BenchmarkPortableDo).
+//     close at Release (strace -f -c over 1000 Do of BenchmarkPortableDo);
+//     the holder record adds none (see Holders; a reader's adds seven).
 //   - On Linux the two implementations must not share a directory (their
 //     holders would not exclude each other): New marks the directory it
 //     uses and refuses one the other implementation marked (see
@@ -357,9 +449,10 @@
 //
 // # Performance
 //
-// An uncontended TryLock and Release costs ten system calls where the
+// An uncontended TryLock and Release costs eleven system calls where the
 // least flock-based lock costs four (open, flock, unlock, close). Each of
-// the six others keeps a guarantee: an F_OFD_GETLK of the waiters' queue
+// the seven others keeps a guarantee: the holder record's mark (an
+// fcntl, see Holders); an F_OFD_GETLK of the waiters' queue
 // before flock (a try does not jump the queue, see Order of service);
 // fstat and lstat (statx) after flock (the
 // identity of the file locked, that it is a regular file, and that the path
@@ -368,8 +461,10 @@
 // the already-open lock file (WithFencing(false) saves them); lstat at
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds
-// the lock free. A writer costs the same; a reader two more (the
-// counter's OFD lock and unlock). Removing an idle lock file happens off
+// the lock free. A writer costs one more (the upgrade byte, see
+// Upgradeable read locks); a reader four more (the
+// counter's OFD lock and unlock; its record's claim and pwrite; its mark
+// takes the place of the exclusive holder's). Removing an idle lock file happens off
 // the acquisition's path (see Lock-file lifecycle): eight system calls
 // (open, flock, fstat, lstat, pread, the gate's OFD lock, unlink, close)
 // in the monitor, once per name released and left alone for a tick; a

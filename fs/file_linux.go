@@ -24,6 +24,9 @@ type lockFile struct {
 	dev, ino uint64 // the open file's identity, once known
 	known    bool   // dev and ino are known (see identify)
 	held     bool   // fd holds a flock
+	// withUpgrade: a lock of the file comes with the upgrade byte (see
+	// upgradeByte), for a writer or an upgradeable reader of an RW lock.
+	withUpgrade bool
 
 	// The waiters' queue (see queue_linux.go).
 	ticket     int64 // this waiter's place; 0: not waiting (a try, or not yet)
@@ -310,6 +313,16 @@ func (f *lockFile) tryFlock(how int, mode uint32, queued bool) (bool, error) {
 				return false, nil
 			}
 			return false, fmt.Errorf("flock %s: %w", f.path, err)
+		}
+		if f.withUpgrade {
+			ok, err := lockUpgradeByte(fd)
+			if err != nil || !ok {
+				_ = flockRetry(fd, unix.LOCK_UN)
+				if err != nil {
+					err = fmt.Errorf("lock the upgrade byte of %s: %w", f.path, err)
+				}
+				return false, err
+			}
 		}
 		return true, nil
 	})

@@ -22,8 +22,11 @@ type Lease struct {
 	file     string // its base name
 	dev, ino uint64
 	token    uint64
-	counter  bool // the lock file keeps the fencing counter (not a semaphore)
-	queue    bool // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
+	slot     int    // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
+	rec      []byte // an upgradeable reader's record, for its upgrade
+	upgraded bool   // an upgradeable reader that became the writer (under mu)
+	counter  bool   // the lock file keeps the fencing counter (not a semaphore)
+	queue    bool   // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
 	lost     chan struct{}
 
 	cbuf counterBuf // for reading the fencing counter without an allocation
@@ -37,9 +40,11 @@ type Lease struct {
 // newLease wraps a locked file into a registered lease; a waiter leaves the
 // queue (see leave). counter is the path of the fencing counter file, or ""
 // to keep the counter in the lock file itself (a mutex, a reader-writer
-// lock); queue says whether the lock file keeps the waiters' queue. On error
-// the file is closed (its lock dropped).
-func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue bool) (*Lease, error) {
+// lock); queue says whether the lock file keeps the waiters' queue. The
+// holder's record (see holders.go), describing it as owner, goes into the
+// lock file, with the counter's write where there is one. On error the
+// file is closed (its lock dropped).
+func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue bool, owner string) (*Lease, error) {
 	f.leave()
 	l := &Lease{
 		b:    b,
@@ -54,17 +59,30 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 		counter: counter == "",
 		queue:   queue,
 	}
-	if b.cfg.fencing {
-		var err error
+	rec := newRecord(owner)
+	shared := what == whatRead || what == whatUpgradeable
+	if what == whatUpgradeable {
+		l.rec = rec
+	}
+	var err error
+	if shared {
+		l.slot, err = claimSlot(f.fd, f.path)
+	}
+	written := false
+	if err == nil && b.cfg.fencing {
 		if counter == "" {
-			l.token, err = bumpOwnCounter(f, what == whatRead, b.cfg.sync, &l.cbuf)
+			written = !shared
+			l.token, err = bumpOwnCounter(f, shared, b.cfg.sync, &l.cbuf, rec)
 		} else {
 			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
-		if err != nil {
-			f.close()
-			return nil, classify(err)
-		}
+	}
+	if err == nil {
+		err = record(f, l.slot, rec, written)
+	}
+	if err != nil {
+		f.close()
+		return nil, classify(err)
 	}
 	l.f = *f
 	f.fd, f.held = -1, false // the lease owns the descriptor now
@@ -77,9 +95,12 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 // under a brief exclusive OFD lock of the counter's bytes, taken through the
 // same descriptor (on Linux, OFD locks and flock locks do not interact);
 // writers need none since no reader holds the file while they do.
-func bumpOwnCounter(f *lockFile, shared, sync bool, buf *counterBuf) (uint64, error) {
+//
+// An exclusive holder writes its record rec (see newRecord) with the
+// counter; a reader writes its own apart (see record).
+func bumpOwnCounter(f *lockFile, shared, sync bool, buf *counterBuf, rec []byte) (uint64, error) {
 	if !shared {
-		return bumpCounter(f.fd, f.path, sync, buf)
+		return bumpCounter(f.fd, f.path, sync, buf, rec)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: counterLen}
 	err := briefly(f.path, counterStuck, func() (bool, error) {
@@ -104,7 +125,7 @@ func bumpOwnCounter(f *lockFile, shared, sync bool, buf *counterBuf) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	token, err := bumpCounter(f.fd, f.path, sync, buf)
+	token, err := bumpCounter(f.fd, f.path, sync, buf, nil)
 	lk.Type = unix.F_UNLCK
 	if uerr := fcntlRetry(f.fd, unix.F_OFD_SETLK, &lk); uerr != nil && err == nil {
 		err = fmt.Errorf("unlock fencing counter %s: %w", f.path, uerr)
@@ -121,7 +142,7 @@ func (b *Backend) bumpCounterFile(path string, buf *counterBuf) (uint64, error) 
 	if err != nil {
 		return 0, err
 	}
-	return bumpCounter(c.fd, path, b.cfg.sync, buf)
+	return bumpCounter(c.fd, path, b.cfg.sync, buf, nil)
 }
 
 // afterRelease is Release's end: it wakes this backend's waiters of the

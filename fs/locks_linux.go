@@ -6,6 +6,8 @@ import (
 	"context"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dlock-go/dlock/backend"
 )
 
 func wrapErr(what, name string, err error) error {
@@ -28,7 +30,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatMutex, name, &f, "", true)
+	l, err := b.newLease(whatMutex, name, &f, "", true, backend.OwnerFromContext(ctx))
 	if err != nil {
 		return nil, false, err
 	}
@@ -48,12 +50,12 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	err := b.waitLoop(ctx,
 		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
-		file)
+		nil, file)
 	if err != nil {
 		f.close()
 		return nil, wrapErr(whatMutex, name, err)
 	}
-	return b.newLease(whatMutex, name, &f, "", true)
+	return b.newLease(whatMutex, name, &f, "", true, backend.OwnerFromContext(ctx))
 }
 
 // rwFile returns the lock file of the RW lock name (which also keeps its
@@ -81,6 +83,7 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 		return nil, false, err
 	}
 	rw := b.rwFile(name)
+	rw.withUpgrade = what != whatRead
 	ok, err := rw.tryFlock(how, b.mode(), true)
 	if err != nil || !ok {
 		rw.close()
@@ -89,7 +92,7 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(what, name, &rw, "", true)
+	l, err := b.newLease(what, name, &rw, "", true, backend.OwnerFromContext(ctx))
 	if err != nil {
 		return nil, false, err
 	}
@@ -116,15 +119,16 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 		return nil, err
 	}
 	rw := b.rwFile(name)
+	rw.withUpgrade = what != whatRead
 	err := b.waitLoop(ctx,
 		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
 		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
-		rw.path[len(b.prefix):])
+		nil, rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
 		return nil, wrapErr(what, name, err)
 	}
-	return b.newLease(what, name, &rw, "", true)
+	return b.newLease(what, name, &rw, "", true, backend.OwnerFromContext(ctx))
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order, growing slots
@@ -161,7 +165,7 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 // semLease turns slot won of slots into a lease and closes the other slots.
 // A waiter leaves the queue (kept on slot 0) first; if others still wait
 // and tickets may be left, it wakes them.
-func (b *Backend) semLease(name string, slots []lockFile, won, limit int) (*Lease, error) {
+func (b *Backend) semLease(ctx context.Context, name string, slots []lockFile, won, limit int) (*Lease, error) {
 	if q := &slots[0]; q.ticket != 0 {
 		q.leave()
 		if limit > 1 {
@@ -175,7 +179,7 @@ func (b *Backend) semLease(name string, slots []lockFile, won, limit int) (*Leas
 			slots[i].close()
 		}
 	}
-	return b.newLease(whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name), won == 0)
+	return b.newLease(whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name), won == 0, backend.OwnerFromContext(ctx))
 }
 
 // TryAcquire makes one attempt to take one of the limit tickets of the
@@ -197,7 +201,7 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 		}
 		return nil, false, err
 	}
-	l, err := b.semLease(name, slots, won, limit)
+	l, err := b.semLease(ctx, name, slots, won, limit)
 	if err != nil {
 		return nil, false, err
 	}
@@ -220,11 +224,11 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		return won >= 0, err
 	}
 	join := func() (int64, error) { return 0, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
-	if err := b.waitLoop(ctx, try, join, prefix); err != nil {
+	if err := b.waitLoop(ctx, try, join, nil, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()
 		}
 		return nil, wrapErr(whatSem, name, err)
 	}
-	return b.semLease(name, slots, won, limit)
+	return b.semLease(ctx, name, slots, won, limit)
 }

@@ -21,6 +21,7 @@ const (
 	kindSemCounter             // "sc-" + E: fencing counter of a semaphore
 	kindMutexWait              // "mw-" + E: waiters of a mutex (portable implementation)
 	kindSemWait                // "sw-" + E: waiters of a semaphore (portable implementation)
+	kindRWHolder               // "rh-" + E + "+" + slot: a reader's holder record (portable implementation)
 )
 
 var kindPrefix = [...]string{
@@ -32,6 +33,7 @@ var kindPrefix = [...]string{
 	kindSemCounter: "sc-",
 	kindMutexWait:  "mw-",
 	kindSemWait:    "sw-",
+	kindRWHolder:   "rh-",
 }
 
 const (
@@ -134,10 +136,10 @@ func hashed(esc, name string) string {
 
 // fileName is the name, inside the backend's directory, of the file of kind k
 // for the lock name. For kindSemSlot it is the prefix shared by the slot
-// files of name; slotName appends the slot number.
+// files of name (kindRWHolder likewise); slotName appends the slot number.
 func fileName(k kind, name string) string {
 	s := kindPrefix[k] + encode(name)
-	if k == kindSemSlot {
+	if k == kindSemSlot || k == kindRWHolder {
 		s += string(slotSep)
 	}
 	return s
@@ -152,7 +154,7 @@ func fileNameFold(k kind, name string, fold bool) string {
 		return fileName(k, name)
 	}
 	s := kindPrefix[k] + encodeFold(name)
-	if k == kindSemSlot {
+	if k == kindSemSlot || k == kindRWHolder {
 		s += string(slotSep)
 	}
 	return s

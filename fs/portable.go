@@ -20,9 +20,11 @@ import (
 
 // Backend keeps locks as files in one directory. It implements
 // backend.Locker, backend.RWLocker and backend.Semaphore with their waits
-// (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter); its
-// leases implement backend.Fencer. It is safe for concurrent use. Call Close
-// when done with it.
+// (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter) and
+// tells who holds a lock (backend.LockDescriber, RWDescriber,
+// SemaphoreDescriber); its leases implement backend.Fencer. It has no
+// upgradeable read lock (see the package documentation). It is safe for
+// concurrent use. Call Close when done with it.
 type Backend struct {
 	dir    string
 	prefix string // dir + separator
@@ -235,7 +237,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 		f.close()
 		return nil, false, classify(err)
 	}
-	l, err := b.newLease(whatMutex, name, &f, nil)
+	l, err := b.newLease(whatMutex, name, &f, nil, backend.OwnerFromContext(ctx))
 	return l, err == nil, err
 }
 
@@ -266,7 +268,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 		f.close()
 		return nil, classify(err)
 	}
-	return b.newLease(whatMutex, name, &f, nil)
+	return b.newLease(whatMutex, name, &f, nil, backend.OwnerFromContext(ctx))
 }
 
 // TryRLock makes one attempt to take name for reading: a shared lock of
@@ -275,7 +277,7 @@ func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, erro
 	if err := b.begin(ctx, name); err != nil {
 		return nil, false, err
 	}
-	l, err := b.tryRead(name)
+	l, err := b.tryRead(name, backend.OwnerFromContext(ctx))
 	if err != nil || l == nil {
 		return nil, false, classify(err)
 	}
@@ -286,7 +288,7 @@ func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, erro
 // gate rg-NAME is free; with fencing, it is held exclusively to bump the
 // counter while other readers may be bumping too), then a shared lock of
 // the lock file.
-func (b *Backend) tryRead(name string) (*Lease, error) {
+func (b *Backend) tryRead(name, owner string) (*Lease, error) {
 	g, busy, err := b.enterCheck(b.path(kindRWGate, name), b.cfg.fencing)
 	if err != nil || busy {
 		return nil, err
@@ -298,7 +300,7 @@ func (b *Backend) tryRead(name string) (*Lease, error) {
 		f.close()
 		return nil, err
 	}
-	return b.newLease(whatRead, name, &f, nil)
+	return b.newLease(whatRead, name, &f, nil, owner)
 }
 
 // RLock waits until it takes name for reading or ctx is done. It waits
@@ -310,7 +312,7 @@ func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
 	var l *Lease
 	try := func() (bool, error) {
 		var err error
-		l, err = b.tryRead(name)
+		l, err = b.tryRead(name, backend.OwnerFromContext(ctx))
 		return l != nil, err
 	}
 	if err := b.wait(ctx, "", try, try); err != nil {
@@ -332,7 +334,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 		f.close()
 		return nil, false, classify(err)
 	}
-	l, err := b.newLease(whatWrite, name, &f, nil)
+	l, err := b.newLease(whatWrite, name, &f, nil, backend.OwnerFromContext(ctx))
 	return l, err == nil, err
 }
 
@@ -351,7 +353,7 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 		f.close()
 		return nil, classify(err)
 	}
-	return b.newLease(whatWrite, name, &f, nil)
+	return b.newLease(whatWrite, name, &f, nil, backend.OwnerFromContext(ctx))
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order (after
@@ -390,7 +392,7 @@ func (b *Backend) TryAcquire(ctx context.Context, name string, limit int) (*Leas
 	if err != nil || f == nil {
 		return nil, false, classify(err)
 	}
-	l, err := b.newLease(whatSem, name, f, b.semCounter(name))
+	l, err := b.newLease(whatSem, name, f, b.semCounter(name), backend.OwnerFromContext(ctx))
 	return l, err == nil, err
 }
 
@@ -416,5 +418,5 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 	if err := b.wait(ctx, b.path(kindSemWait, name), attempt(true), attempt(false)); err != nil {
 		return nil, classify(err)
 	}
-	return b.newLease(whatSem, name, f, b.semCounter(name))
+	return b.newLease(whatSem, name, f, b.semCounter(name), backend.OwnerFromContext(ctx))
 }

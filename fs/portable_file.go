@@ -20,6 +20,9 @@ type pfile struct {
 	fi    fileInfo // once known
 	known bool
 	held  bool
+	// side is a file held along with this one, closed with it: a
+	// reader's holder record file (see Backend.claimRecord).
+	side *pfile
 }
 
 func newPFile(path string, tr *trust) pfile { return pfile{path: path, tr: tr, h: noHandle} }
@@ -104,8 +107,11 @@ func (f *pfile) unlock() {
 	}
 }
 
-// close drops the lock and closes the file.
+// close drops the lock and closes the file, and its side file.
 func (f *pfile) close() {
+	if f.side != nil {
+		f.side.close()
+	}
 	if !f.isOpen() {
 		return
 	}

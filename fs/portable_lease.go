@@ -35,22 +35,42 @@ type Lease struct {
 // Its shape is the Linux newLease's, kept apart: the files differ (pfile,
 // lockFile), and so does how a reader reaches the counter (here under the
 // writers' gate, there under an OFD lock of the counter's bytes).
-func (b *Backend) newLease(what, name string, f *pfile, counter *pfile) (*Lease, error) {
+//
+// The holder's record (see holders.go), describing it as owner, goes into
+// slot 0 of the lock file of an exclusive holder (with the counter, in one
+// write, where there is one), and into a record file of its own for a
+// reader (see claimRecord).
+func (b *Backend) newLease(what, name string, f *pfile, counter *pfile, owner string) (*Lease, error) {
 	l := &Lease{b: b, what: what, name: name, path: f.path, lost: make(chan struct{})}
 	if counter != nil {
 		l.cpath = counter.path
 	}
+	rec := newRecord(owner)
+	shared := what == whatRead
+	written := false
+	var err error
 	if b.cfg.fencing {
-		var err error
 		if counter == nil {
-			l.token, err = bumpCounter(f.h, f.path, b.cfg.sync, &l.cbuf)
+			written = !shared
+			r := rec
+			if shared {
+				r = nil
+			}
+			l.token, err = bumpCounter(f.h, f.path, b.cfg.sync, &l.cbuf, r)
 		} else {
 			l.token, err = b.bumpCounterFile(counter, &l.cbuf)
 		}
-		if err != nil {
-			f.close()
-			return nil, classify(err)
+	}
+	if err == nil && !written {
+		if shared {
+			err = b.claimRecord(f, name, rec)
+		} else {
+			err = writeRecord(f.h, f.path, 0, rec)
 		}
+	}
+	if err != nil {
+		f.close()
+		return nil, classify(err)
 	}
 	l.f = *f
 	f.h, f.held = noHandle, false // the lease owns the handle now
@@ -66,7 +86,7 @@ func (b *Backend) bumpCounterFile(c *pfile, buf *counterBuf) (uint64, error) {
 		c.close()
 		return 0, err
 	}
-	token, err := bumpCounter(c.h, c.path, b.cfg.sync, buf)
+	token, err := bumpCounter(c.h, c.path, b.cfg.sync, buf, nil)
 	c.close()
 	return token, err
 }
@@ -162,6 +182,9 @@ func (b *Backend) afterRelease(l *Lease, ours bool) {
 // Close freed).
 func (b *Backend) noteLease(l *Lease) {
 	b.noteIdle(l.path, l.idleFile())
+	if l.f.side != nil {
+		b.noteIdle(l.f.side.path, idleFile{})
+	}
 	if l.cpath != "" {
 		b.noteIdle(l.cpath, idleFile{counter: true})
 	}

@@ -50,7 +50,7 @@ func TestLockFilesDeleted(t *testing.T) {
 	s := mustTry(t)(b.TryAcquire(ctx, "held", 2))
 	b.sweepIdle()
 	got := lockFiles(t, dir)
-	want := []string{"m-held", "r-held", "s-held+0", "sc-held"} // a semaphore's counter goes with its slots
+	want := []string{"m-held", "r-held", "rh-held+1", "s-held+0", "sc-held"} // a semaphore's counter goes with its slots, a reader's record file with it
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("files while held: %q, want %q", got, want)
 	}
