@@ -116,6 +116,40 @@
 // exclusive request waits, new shared requests conflict with it, so
 // TryRLock fails and RLock queues behind the writer.
 //
+// # Upgradeable read locks
+//
+// RWMutex.Upgradeable (TryULock, ULock) takes a name as its upgradeable
+// reader: it holds RWKey(name) shared, like a reader, plus the name's
+// upgrade key (SHA-256("dlock:rwu:" + name)) exclusive, so there is one at
+// most. Writers take the upgrade key too, first, and let it go in the same
+// statement once they hold RWKey(name): while an upgradeable reader holds
+// the name no writer gets in or even queues for RWKey(name). (So a
+// writer that waits for an upgradeable reader, not for plain readers, does
+// not hold new readers back.) A writer's try is still one prepared
+// statement, of three advisory calls instead of one.
+//
+// Lock.Upgrade first tries on the lease's own session (the exclusive lock
+// of a key whose shared lock the session holds is granted when no other
+// session holds it; the statement then lets go of the shared lock and the
+// upgrade key). When readers are in, it queues pg_advisory_lock on a pool
+// connection of its own, as a wait does (never a blocking statement on a
+// shared lock connection), and once pg_locks shows that request waiting,
+// the lease's session lets go of its shared lock: new readers queue
+// behind the request (writer preference) and writers are kept out by the
+// upgrade key, so the name passes from the readers already in straight to
+// the upgrade. Once granted, the lease moves to that connection and the
+// old session lets go of the upgrade key. When ctx ends first the request
+// is cancelled on the server and the lease's session takes its shared lock
+// back: it is the upgradeable reader again. A loss of its session while it
+// waits cancels the request and Upgrade returns an error matching
+// dlock.ErrLockLost. An upgraded lease keeps its fencing token. Upgrade
+// needs a pool connection while it waits (ErrNoConnection, retried by
+// dlock until ctx ends, when the pool has none). Processes that share
+// names must all run a version of this package that knows the upgrade key
+// (earlier writers did not take it), and transaction-scoped write locks of
+// RWKey(name) (LockTx) do not take it: they can get in between an
+// upgrade's release of the shared lock and its grant.
+//
 // # Semaphores
 //
 // A semaphore of limit n is n slot keys derived from its name, plus a

@@ -243,7 +243,11 @@ func (b *Backend) adopt(r req, pc *pgxpool.Conn, l *Lease) (*Lease, error) {
 	}
 	b.mu.Unlock()
 	lc.unlock()
-	release(pc, l.key, l.mode, b.cfg.opTimeout)
+	if l.ukey != nil {
+		leave(pc, undoSQL(r), b.cfg.opTimeout)
+	} else {
+		release(pc, l.key, l.mode, b.cfg.opTimeout)
+	}
 	return nil, r.errorf("wait: %w", errClosed)
 }
 
