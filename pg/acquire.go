@@ -73,10 +73,11 @@ type req struct {
 	kind, name string
 	key        Key
 	mode       mode
-	fence      Key   // the row of the fencing table
-	queue      Key   // a semaphore's waiter queue (semQueueKey)
-	upgrade    Key   // the upgrade key (rwUpgradeKey) of an RWMutex's writer or upgradeable reader
-	ukind      uint8 // what it does with upgrade: uNone, uWriter or uReader
+	fence      Key    // the row of the fencing table
+	queue      Key    // a semaphore's waiter queue (semQueueKey)
+	upgrade    Key    // the upgrade key (rwUpgradeKey) of an RWMutex's writer or upgradeable reader
+	ukind      uint8  // what it does with upgrade: uNone, uWriter or uReader
+	rec        string // the holder record, an SQL literal (holder table on; set by begin)
 }
 
 // What an acquisition does with its upgrade key.
@@ -123,7 +124,7 @@ func (b *Backend) blockSQL(r req) string {
 	if r.ukind == uWriter {
 		expr += ", pg_advisory_unlock(" + u + ")" // after the lock: a target list runs in order
 	}
-	return "SELECT pg_advisory_lock(" + u + "); " + b.lockSQL(expr, "", r.fence)
+	return "SELECT pg_advisory_lock(" + u + "); " + b.lockSQL(expr, "", r, "")
 }
 
 func (r req) errorf(format string, args ...any) error {
@@ -136,16 +137,17 @@ func (r req) notAcquired(ctx context.Context) error {
 
 // begin checks what every acquisition needs before it takes a connection:
 // a live ctx, a pool, and the fencing table when fencing is on.
-func (b *Backend) begin(ctx context.Context, r req) error {
+func (b *Backend) begin(ctx context.Context, r *req) error {
 	if ctx.Err() != nil {
 		return r.notAcquired(ctx)
 	}
 	if b.pool == nil {
 		return r.errorf("%w", errNilPool)
 	}
-	if err := b.ensureFencing(ctx); err != nil {
+	if err := b.ensureTables(ctx); err != nil {
 		return r.errorf("%w", err)
 	}
+	r.rec = b.holderRec(ctx)
 	return nil
 }
 
@@ -161,7 +163,7 @@ func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {
 }
 
 func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
-	if err := b.begin(ctx, r); err != nil {
+	if err := b.begin(ctx, &r); err != nil {
 		return nil, false, err
 	}
 	var last error
@@ -373,12 +375,13 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		row  [][]byte
 		qerr error
 	)
-	if r.ukind != uNone && b.cfg.fenceTable == "" {
+	plain := b.cfg.fenceTable == "" && b.cfg.holderTable == ""
+	if r.ukind != uNone && plain {
 		ok, qerr = callTryUpgradeKey(qctx, lc.pc.Conn(), r)
 	} else if r.ukind != uNone {
-		row, qerr = query(qctx, pgc, b.lockSQL(r.tryExpr(), "v", r.fence))
+		row, qerr = query(qctx, pgc, b.lockSQL(r.tryExpr(), "v", r, ""))
 		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
-	} else if b.cfg.fenceTable == "" {
+	} else if plain {
 		fn := fnTry
 		if r.mode == shared {
 			fn = fnTryShared
@@ -389,7 +392,7 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		if r.mode == shared {
 			fn = "pg_try_advisory_lock_shared"
 		}
-		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence))
+		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r, ""))
 		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
 	}
 	cancel()
@@ -440,7 +443,7 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 	}
 	if r.ukind == uReader {
 		u := r.upgrade
-		l.ukey, l.upgradeable = &u, true
+		l.ukey, l.upgradeable, l.rec = &u, true, r.rec
 	}
 	if b.cfg.fenceTable != "" {
 		if len(row) < 2 || row[1] == nil {
@@ -502,7 +505,7 @@ func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
 }
 
 func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
-	if err := b.begin(ctx, r); err != nil {
+	if err := b.begin(ctx, &r); err != nil {
 		return nil, err
 	}
 	if r.kind != "mutex" && r.mode == exclusive {
@@ -595,12 +598,12 @@ var errEarly = errors.New("lock_timeout before the deadline")
 // connection holding the lease.
 func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*Lease, error) {
 	sql := "" // the plain lock function, prepared
-	if b.cfg.fenceTable != "" {
+	if b.cfg.fenceTable != "" || b.cfg.holderTable != "" {
 		fn := "pg_advisory_lock"
 		if r.mode == shared {
 			fn = "pg_advisory_lock_shared"
 		}
-		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
+		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r, "")
 	}
 	var row [][]byte
 	var err error
@@ -825,49 +828,86 @@ func unlockNotify(ctx context.Context, conn *pgx.Conn, k Key, m mode, topic stri
 	return len(row) > 0 && string(row[0]) == "t", nil
 }
 
-// lockSQL builds the statement that evaluates expr (which takes the lock)
-// and, with fencing on, bumps the lock's fencing row in the same statement
-// when cond (an SQL condition on expr's value v; "" for always) holds.
-// Its first column is expr's value, its second the token.
-func (b *Backend) lockSQL(expr, cond string, fence Key) string {
-	if b.cfg.fenceTable == "" {
+// lockSQL builds the statement that evaluates expr (which takes the lock
+// of r) and, in the same statement when cond (an SQL condition on expr's
+// value v; "" for always) holds, bumps the lock's fencing row (fencing
+// on) and records the holder (holder table on) of the key hkey (an SQL
+// expression on v; "" for r.key). Its first column is expr's value (or
+// 't' when cond is ""), its second the token.
+func (b *Backend) lockSQL(expr, cond string, r req, hkey string) string {
+	if b.cfg.fenceTable == "" && b.cfg.holderTable == "" {
 		return "SELECT " + expr
 	}
-	t := b.cfg.fenceTable
-	space := "1"
-	if fence.pair {
-		space = "2"
+	where := ""
+	if cond != "" {
+		where = " WHERE " + cond
 	}
 	var s strings.Builder
+	s.WriteString(b.relaxed())
 	s.WriteString("WITH l AS (SELECT ")
 	s.WriteString(expr)
-	s.WriteString(" AS v), t AS (INSERT INTO ")
-	s.WriteString(t)
-	s.WriteString(" (space, key, token) SELECT ")
-	s.WriteString(space)
-	s.WriteString(", ")
-	s.WriteString(strconv.FormatInt(fence.v, 10))
-	s.WriteString(", 1 FROM l")
-	if cond != "" {
-		s.WriteString(" WHERE ")
-		s.WriteString(cond)
+	s.WriteString(" AS v)")
+	if t := b.cfg.fenceTable; t != "" {
+		s.WriteString(", t AS (INSERT INTO ")
+		s.WriteString(t)
+		s.WriteString(" (space, key, token) SELECT ")
+		s.WriteString(keySpace(r.fence))
+		s.WriteString(", ")
+		s.WriteString(strconv.FormatInt(r.fence.v, 10))
+		s.WriteString(", 1 FROM l")
+		s.WriteString(where)
+		s.WriteString(" ON CONFLICT (space, key) DO UPDATE SET token = ")
+		s.WriteString(t)
+		s.WriteString(".token + 1 RETURNING token)")
 	}
-	s.WriteString(" ON CONFLICT (space, key) DO UPDATE SET token = ")
-	s.WriteString(t)
-	s.WriteString(".token + 1 RETURNING token) SELECT ")
+	if t := b.cfg.holderTable; t != "" {
+		space := keySpace(r.key)
+		if hkey == "" {
+			hkey = strconv.FormatInt(r.key.v, 10)
+		} else {
+			space = "1" // a semaphore's slot keys
+		}
+		s.WriteString(", h AS (INSERT INTO ")
+		s.WriteString(t)
+		s.WriteString(" (space, key, pid, shared, rec) SELECT ")
+		s.WriteString(space)
+		s.WriteString(", ")
+		s.WriteString(hkey)
+		s.WriteString(", pg_backend_pid(), ")
+		s.WriteString(strconv.FormatBool(r.mode == shared))
+		s.WriteString(", ")
+		s.WriteString(r.rec)
+		s.WriteString(" FROM l")
+		s.WriteString(where)
+		s.WriteString(" ON CONFLICT (space, key, pid) DO UPDATE SET shared = EXCLUDED.shared, rec = EXCLUDED.rec)")
+	}
+	s.WriteString(" SELECT ")
 	if cond == "" {
 		s.WriteString("'t'")
 	} else {
 		s.WriteString("l.v")
 	}
-	s.WriteString(", (SELECT token FROM t) FROM l")
+	if b.cfg.fenceTable != "" {
+		s.WriteString(", (SELECT token FROM t)")
+	}
+	s.WriteString(" FROM l")
 	return s.String()
 }
 
-// ensureFencing creates the fencing table once, when fencing is on, on a
-// connection taken like any other (never waiting for one), bounded by ctx.
-func (b *Backend) ensureFencing(ctx context.Context) error {
-	if b.cfg.fenceTable == "" || b.fenceReady.Load() {
+// keySpace is the number of k's key space in the fencing and holder
+// tables: 1 for bigint keys, 2 for pairs.
+func keySpace(k Key) string {
+	if k.pair {
+		return "2"
+	}
+	return "1"
+}
+
+// ensureTables creates the fencing and holder tables once, when they are
+// on, on a connection taken like any other (never waiting for one),
+// bounded by ctx.
+func (b *Backend) ensureTables(ctx context.Context) error {
+	if (b.cfg.fenceTable == "" && b.cfg.holderTable == "") || b.tablesReady.Load() {
 		return nil
 	}
 	select {
@@ -876,20 +916,27 @@ func (b *Backend) ensureFencing(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 	}
 	defer func() { <-b.fenceMu }()
-	if b.fenceReady.Load() {
+	if b.tablesReady.Load() {
 		return nil
 	}
 	pc, err := b.acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+		return fmt.Errorf("create the fencing or holder table: %w", err)
 	}
-	_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
-		" (space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key))")
-	pc.Release()
-	var pgErr *pgconn.PgError
-	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
-		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+	defer pc.Release()
+	for _, t := range []struct{ name, cols string }{
+		{b.cfg.fenceTable, "space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key)"},
+		{b.cfg.holderTable, "space smallint NOT NULL, key bigint NOT NULL, pid integer NOT NULL, shared boolean NOT NULL, rec text NOT NULL, PRIMARY KEY (space, key, pid)"},
+	} {
+		if t.name == "" {
+			continue
+		}
+		_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+t.name+" ("+t.cols+")")
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
+			return fmt.Errorf("create table %s: %w", t.name, err)
+		}
 	}
-	b.fenceReady.Store(true)
+	b.tablesReady.Store(true)
 	return nil
 }

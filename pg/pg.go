@@ -39,8 +39,8 @@ type Backend struct {
 	monWG     sync.WaitGroup // monitor ticks in progress
 	watchWG   sync.WaitGroup // lock connections' watchers
 
-	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
-	fenceReady atomic.Bool
+	fenceMu     chan struct{} // capacity 1: held while the fencing and holder tables are created
+	tablesReady atomic.Bool
 }
 
 var (
@@ -388,7 +388,8 @@ type Lease struct {
 	// writer's). Changed under b.mu by Upgrade, which must not run
 	// concurrently with Release.
 	ukey        *Key
-	upgradeable bool // taken as an upgradeable reader
+	upgradeable bool   // taken as an upgradeable reader
+	rec         string // an upgradeable reader's holder record (holder table on), for Upgrade
 
 	lostCtx   context.Context    // done once lost or released
 	closeLost context.CancelFunc // ends lostCtx; idempotent
@@ -467,6 +468,8 @@ func (l *Lease) Release(ctx context.Context) error {
 	var ok bool
 	if l.ukey != nil {
 		ok, err = l.unlockUpgradeable(rctx)
+	} else if b.cfg.holderTable != "" {
+		ok, err = l.unlockRecorded(rctx)
 	} else {
 		ok, err = unlockNotify(rctx, lc.pc.Conn(), l.key, l.mode, l.topic)
 	}

@@ -70,7 +70,7 @@ func uReq(name string) req {
 // unlockUpgradeable runs the unlock of an upgradeable reader on its
 // connection (the caller holds it): ok reports that it held both locks.
 func (l *Lease) unlockUpgradeable(ctx context.Context) (bool, error) {
-	row, err := query(ctx, l.lc.pc.Conn().PgConn(), undoSQL(req{key: l.key, mode: shared, upgrade: *l.ukey}))
+	row, err := query(ctx, l.lc.pc.Conn().PgConn(), l.b.relaxed()+l.b.holderDel(l.key)+undoSQL(req{key: l.key, mode: shared, upgrade: *l.ukey}))
 	if err != nil {
 		return false, err
 	}
@@ -181,8 +181,14 @@ func (l *Lease) stmt(ctx context.Context, lc *lockConn, sql string) ([][]byte, e
 // the name, and then lets go of the shared lock and the upgrade key.
 func (l *Lease) tryUpgrade(ctx context.Context) (bool, error) {
 	b, k, u := l.b, l.key.String(), l.ukey.String()
-	row, err := l.stmt(ctx, l.lc, "SELECT CASE WHEN pg_try_advisory_lock("+k+") THEN pg_advisory_unlock_shared("+k+
-		")::int + pg_advisory_unlock("+u+")::int ELSE -1 END")
+	sql := "SELECT CASE WHEN pg_try_advisory_lock(" + k + ") THEN pg_advisory_unlock_shared(" + k +
+		")::int + pg_advisory_unlock(" + u + ")::int ELSE -1 END"
+	if t := b.cfg.holderTable; t != "" {
+		// Its record says writer from now on.
+		sql = "WITH x AS (" + sql + " AS v), hu AS (UPDATE " + t + " SET shared = false WHERE space = 1 AND key = " + k +
+			" AND pid = pg_backend_pid() AND (SELECT v FROM x) = 2) SELECT v FROM x"
+	}
+	row, err := l.stmt(ctx, l.lc, sql)
 	if err != nil {
 		return false, err
 	}
@@ -325,9 +331,17 @@ func (l *Lease) upgradeQueued(ctx context.Context) (bool, error) {
 		b.mu.Unlock()
 		b.resume(lc)
 		lc.unlock()
-		// The old session lets go of the upgrade key; if it cannot, it
-		// ends (which frees it), and only its other leases are lost.
-		_, _ = l.stmt(ctx, old, "SELECT pg_advisory_unlock("+ukey.String()+")")
+		// The old session lets go of the upgrade key (and its holder
+		// record); if it cannot, it ends (which frees it), and only its
+		// other leases are lost.
+		_, _ = l.stmt(ctx, old, b.holderDel(key)+"SELECT pg_advisory_unlock("+ukey.String()+")")
+		if t := b.cfg.holderTable; t != "" {
+			// The record moves to the new session, as a writer's.
+			if _, err := l.stmt(ctx, lc, "INSERT INTO "+t+" (space, key, pid, shared, rec) VALUES (1, "+k+", pg_backend_pid(), false, "+
+				l.rec+") ON CONFLICT (space, key, pid) DO UPDATE SET shared = false, rec = EXCLUDED.rec"); err != nil {
+				return false, err
+			}
+		}
 		return true, nil
 	}
 
