@@ -177,7 +177,7 @@ func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 			b.mu.Unlock()
 			return nil, false, nil // held here, or awaited by a wait of this backend
 		}
-		lc, fresh := b.pickLocked(r.key, true)
+		lc, fresh := b.pickLocked(r.key)
 		lc.pending++
 		lc.keys[r.key] = struct{}{}
 		if r.ukind == uReader {
@@ -220,7 +220,7 @@ var errRetry = errors.New("lock connection gone")
 // it always picks a new one: if the pool has no connection to give, its
 // acquisition fails with an error matching ErrNoConnection within about
 // 20ms (see acquireNoWait).
-func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
+func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 	var best *lockConn
 	n := 0
 	for c := range b.conns {
@@ -228,7 +228,7 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
 			continue
 		}
 		n++
-		if _, has := c.keys[k]; byKey && has {
+		if holdsAny(c, keys) {
 			continue
 		}
 		if best == nil || c.pending < best.pending || (c.pending == best.pending && len(c.leases) < len(best.leases)) {
@@ -259,6 +259,16 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
 	b.conns[lc] = struct{}{}
 	b.acquiring++
 	return lc, true
+}
+
+// holdsAny reports whether c's session holds (or is trying) one of keys.
+func holdsAny(c *lockConn, keys []Key) bool {
+	for _, k := range keys {
+		if _, has := c.keys[k]; has {
+			return true
+		}
+	}
+	return false
 }
 
 // connect acquires the pool connection of lc, a lock connection picked

@@ -274,3 +274,74 @@ func BenchmarkHolderTable(b *testing.B) {
 	b.ReportMetric(float64(f.Nanoseconds()), "p50-ns/off")
 	b.ReportMetric(float64(d)/float64(f), "on/off")
 }
+
+// BenchmarkTryAcquireAll measures TryAcquireAll of n free names (one
+// statement) against n single TryAcquire calls in sequence, each followed
+// by the release of what it took, interleaved operation by operation.
+// Reported: the median of each and their ratio (all/singles).
+//
+//	go test -run '^$' -bench TryAcquireAll -count 6 ./pg/
+func BenchmarkTryAcquireAll(b *testing.B) {
+	url := testURL(b)
+	be, _ := newBackend(b, url)
+	mu := dlock.NewMutex(be)
+	ctx := context.Background()
+	for _, n := range []int{2, 8, 32} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			base := uniq(b)
+			setNames, singleNames := make([]string, n), make([]string, n)
+			for i := range n {
+				setNames[i], singleNames[i] = fmt.Sprintf("%s/set/%02d", base, i), fmt.Sprintf("%s/single/%02d", base, i)
+			}
+			all := func() {
+				set, err := mu.TryAcquireAll(ctx, setNames)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := set.Release(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			lks := make([]*dlock.Lock[*pg.Lease], n)
+			singles := func() {
+				for i, name := range singleNames {
+					lk, err := mu.TryAcquire(ctx, name)
+					if err != nil {
+						b.Fatal(err)
+					}
+					lks[i] = lk
+				}
+				for _, lk := range lks {
+					if err := lk.Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			for range 3 {
+				all()
+				singles()
+			}
+			alls := make([]time.Duration, 0, b.N)
+			ones := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				first, second, fs, ss := all, singles, &alls, &ones
+				if i%2 == 1 {
+					first, second, fs, ss = singles, all, &ones, &alls
+				}
+				t0 := time.Now()
+				first()
+				t1 := time.Now()
+				second()
+				*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
+			}
+			b.StopTimer()
+			slices.Sort(alls)
+			slices.Sort(ones)
+			a, o := alls[len(alls)/2], ones[len(ones)/2]
+			b.ReportMetric(float64(a.Nanoseconds()), "p50-ns/all")
+			b.ReportMetric(float64(o.Nanoseconds()), "p50-ns/singles")
+			b.ReportMetric(float64(a)/float64(o), "all/singles")
+		})
+	}
+}

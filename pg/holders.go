@@ -141,7 +141,7 @@ func (b *Backend) describe(ctx context.Context, keys ...Key) ([]backend.Holder, 
 			b.mu.Unlock()
 			return nil, backend.Permanent(errClosed)
 		}
-		lc, fresh := b.pickLocked(Key{}, false)
+		lc, fresh := b.pickLocked()
 		lc.pending++
 		b.mu.Unlock()
 		if err := b.take(ctx, lc, Key{}, false, fresh); err != nil {

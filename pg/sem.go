@@ -279,8 +279,14 @@ func writeSlotCase(s *strings.Builder, slots []Key, idx []int) {
 // slotArray is the SQL expression of the key of the slot that a CASE of
 // writeSlotCase over slots and idx took, from its value v.
 func slotArray(slots []Key, idx []int) string {
+	return "(" + slotList(slots, idx) + ")[v + 1]"
+}
+
+// slotList is the SQL array of the keys of slots whose index is in idx
+// (every slot when idx is nil), in the order of writeSlotCase's values.
+func slotList(slots []Key, idx []int) string {
 	var s strings.Builder
-	s.WriteString("(ARRAY[")
+	s.WriteString("ARRAY[")
 	n := len(slots)
 	if idx != nil {
 		n = len(idx)
@@ -295,7 +301,7 @@ func slotArray(slots []Key, idx []int) string {
 		}
 		s.WriteString(strconv.FormatInt(k.v, 10))
 	}
-	s.WriteString("]::bigint[])[v + 1]")
+	s.WriteString("]::bigint[]")
 	return s.String()
 }
 
@@ -353,7 +359,7 @@ func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool,
 			b.mu.Unlock()
 			return nil, false, nil // a wait of this backend queues for it
 		}
-		lc, fresh := b.pickLocked(Key{}, false)
+		lc, fresh := b.pickLocked()
 		lc.pending++
 		b.mu.Unlock()
 		if err := b.take(ctx, lc, Key{}, false, fresh); err != nil {
