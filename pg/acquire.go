@@ -77,7 +77,7 @@ type req struct {
 	queue      Key    // a semaphore's waiter queue (semQueueKey)
 	upgrade    Key    // the upgrade key (rwUpgradeKey) of an RWMutex's writer or upgradeable reader
 	ukind      uint8  // what it does with upgrade: uNone, uWriter or uReader
-	rec        string // the holder record, an SQL literal (holder table on; set by begin)
+	rec        string // the holder record (holder table on; set by begin)
 }
 
 // What an acquisition does with its upgrade key.
@@ -391,6 +391,8 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 	} else if r.ukind != uNone {
 		row, qerr = query(qctx, pgc, b.lockSQL(r.tryExpr(), "v", r, ""))
 		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
+	} else if b.cfg.holderTable != "" && b.cfg.fenceTable == "" && !r.key.pair {
+		ok, qerr = b.callRecorded(qctx, lc.pc.Conn(), r.key, r.mode, true, r.rec)
 	} else if plain {
 		fn := fnTry
 		if r.mode == shared {
@@ -886,7 +888,7 @@ func (b *Backend) lockSQL(expr, cond string, r req, hkey string) string {
 		s.WriteString(", pg_backend_pid(), ")
 		s.WriteString(strconv.FormatBool(r.mode == shared))
 		s.WriteString(", ")
-		s.WriteString(r.rec)
+		s.WriteString(dollarQuote(r.rec))
 		s.WriteString(" FROM l")
 		s.WriteString(where)
 		s.WriteString(" ON CONFLICT (space, key, pid) DO UPDATE SET shared = EXCLUDED.shared, rec = EXCLUDED.rec)")

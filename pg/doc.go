@@ -316,15 +316,15 @@
 //     dlock.WithOwner, the time, keyed by key space, key and session pid)
 //     in a data-modifying CTE of the same statement, and its release
 //     deletes it in the statement of the unlock: no extra round trip, but
-//     a row written and deleted per acquisition, and the statements of the
-//     uncontended path are no longer prepared. Holders then fills in every
-//     field. (An upgrade moves the record with the lease, in a statement
+//     a row written and deleted per acquisition. (Without fencing, the try
+//     and unlock of a mutex or reader are prepared statements; the rest
+//     are sent as text.) Holders then fills in every field. (An upgrade moves the record with the lease, in a statement
 //     of its own.) Without fencing these statements commit with
 //     synchronous_commit off: a record lost in a crash does no harm, as
 //     the crash also ends the sessions and their locks. Measured on a
 //     server with fsync off (so the commits cost the same either way), an
-//     uncontended Do took 2.1 to 2.9 times as long with the table
-//     (BenchmarkHolderTable, 6 rounds, median of the ratios 2.6).
+//     uncontended Do took 1.3 to 2.0 times as long with the table
+//     (BenchmarkHolderTable, 6 interleaved rounds, median ratio 1.44).
 //
 // Either way only sessions that hold the lock at the moment are listed:
 // PostgreSQL frees the locks of a session the moment it ends (a killed

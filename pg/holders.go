@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/holder"
@@ -58,13 +62,58 @@ func (b *Backend) DescribeSemaphore(ctx context.Context, name string, limit int)
 	return b.describe(ctx, semSlots(name, limit)...)
 }
 
-// holderRec returns the holder record of an acquisition with ctx, as an
-// SQL literal, when the holder table is on; else "".
+// holderRec returns the holder record of an acquisition with ctx when the
+// holder table is on; else "".
 func (b *Backend) holderRec(ctx context.Context) string {
 	if b.cfg.holderTable == "" {
 		return ""
 	}
-	return dollarQuote(string(holder.Encode(holder.Self(backend.OwnerFromContext(ctx), time.Now()))))
+	return string(holder.Encode(holder.Self(backend.OwnerFromContext(ctx), time.Now())))
+}
+
+// callRecorded runs, prepared, the try (try) or the unlock of the bigint
+// key k in mode m that also writes (with rec) or deletes the session's
+// holder record of k, with synchronous_commit off (see relaxed: fencing
+// must be off); it reports whether the advisory function returned true.
+// The statements name the holder table, so their names carry a hash of
+// their text: backends with different tables may share a pooled
+// connection.
+func (b *Backend) callRecorded(ctx context.Context, conn *pgx.Conn, k Key, m mode, try bool, rec string) (bool, error) {
+	i := 0
+	if m == shared {
+		i = 1
+	}
+	if !try {
+		i += 2
+	}
+	st := &b.recStmts[i]
+	st.once.Do(func() {
+		t := b.cfg.holderTable
+		fn := [...]string{"pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared"}[i]
+		if try {
+			st.sql = "WITH l AS (SELECT " + fn + "($1::bigint) AS v, set_config('synchronous_commit', 'off', true) AS sc), h AS (INSERT INTO " + t +
+				" (space, key, pid, shared, rec) SELECT 1, $1::bigint, pg_backend_pid(), " + strconv.FormatBool(m == shared) +
+				", $2::text FROM l WHERE v ON CONFLICT (space, key, pid) DO UPDATE SET shared = EXCLUDED.shared, rec = EXCLUDED.rec) SELECT v FROM l"
+		} else {
+			st.sql = "WITH hd AS (DELETE FROM " + t + " WHERE space = 1 AND key = $1::bigint AND pid = pg_backend_pid()) SELECT " + fn +
+				"($1::bigint), set_config('synchronous_commit', 'off', true)"
+		}
+		h := fnv.New64a()
+		h.Write([]byte(st.sql))
+		st.name = "dlock_rec_" + strconv.FormatUint(h.Sum64(), 36)
+	})
+	var buf [20]byte
+	ps := [][]byte{strconv.AppendInt(buf[:0], k.v, 10)}
+	if try {
+		ps = append(ps, []byte(rec))
+	}
+	return callPrepared(ctx, conn, st.name, st.sql, ps)
+}
+
+// recStmt is one of callRecorded's statements, made once per Backend.
+type recStmt struct {
+	once      sync.Once
+	name, sql string
 }
 
 // dollarQuote returns s as a dollar-quoted SQL literal whose tag s does not
@@ -242,6 +291,9 @@ func (l *Lease) unlockRecorded(ctx context.Context) (bool, error) {
 	fn := "pg_advisory_unlock("
 	if l.mode == shared {
 		fn = "pg_advisory_unlock_shared("
+	}
+	if l.topic == "" && !l.key.pair && l.b.cfg.fenceTable == "" {
+		return l.b.callRecorded(ctx, l.lc.pc.Conn(), l.key, l.mode, false, "")
 	}
 	sql := l.b.relaxed() + l.b.holderDel(l.key) + "SELECT " + fn + l.key.String() + ")"
 	if l.topic != "" {

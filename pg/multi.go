@@ -298,7 +298,7 @@ func (b *Backend) multiSQL(rs []req, param bool) string {
 	}
 	if t := b.cfg.holderTable; t != "" {
 		q.WriteString(", h AS (INSERT INTO " + t + " (space, key, pid, shared, rec) SELECT 1, k, pg_backend_pid(), " +
-			strconv.FormatBool(rs[0].mode == shared) + ", " + rs[0].rec + " FROM l, " + arr +
+			strconv.FormatBool(rs[0].mode == shared) + ", " + dollarQuote(rs[0].rec) + " FROM l, " + arr +
 			" WHERE l.v = -1 ON CONFLICT (space, key, pid) DO UPDATE SET shared = EXCLUDED.shared, rec = EXCLUDED.rec)")
 	}
 	q.WriteString(" SELECT l.v")
@@ -586,7 +586,7 @@ func (b *Backend) semAllSQL(ss []semSet) string {
 	}
 	if t := b.cfg.holderTable; t != "" {
 		q.WriteString(", h AS (INSERT INTO " + t + " (space, key, pid, shared, rec) SELECT 1, n.c[split_part(l.v, ',', n.i)::int + 1], pg_backend_pid(), false, " +
-			ss[0].r.rec + " FROM l, (VALUES ")
+			dollarQuote(ss[0].r.rec) + " FROM l, (VALUES ")
 		for i, x := range ss {
 			if i > 0 {
 				q.WriteString(", ")

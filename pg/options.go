@@ -192,7 +192,7 @@ func WithFencing(table string) Option {
 // right to create it once, and to insert, update and delete its rows.
 // table is named as in WithFencing ("" means DefaultHolderTable). It
 // costs a row insert and delete (writes with their commits) per
-// acquisition, and the uncontended statements are no longer prepared.
+// acquisition (see the package doc, Holders, for a measurement).
 func WithHolderTable(table string) Option {
 	return func(c *config) {
 		c.holderTable = c.table("WithHolderTable", table, DefaultHolderTable)

@@ -39,6 +39,7 @@ type Backend struct {
 	monWG     sync.WaitGroup // monitor ticks in progress
 	watchWG   sync.WaitGroup // lock connections' watchers
 
+	recStmts    [4]recStmt    // the prepared statements of holder records (callRecorded)
 	fenceMu     chan struct{} // capacity 1: held while the fencing and holder tables are created
 	tablesReady atomic.Bool
 }

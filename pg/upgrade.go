@@ -338,7 +338,7 @@ func (l *Lease) upgradeQueued(ctx context.Context) (bool, error) {
 		if t := b.cfg.holderTable; t != "" {
 			// The record moves to the new session, as a writer's.
 			if _, err := l.stmt(ctx, lc, "INSERT INTO "+t+" (space, key, pid, shared, rec) VALUES (1, "+k+", pg_backend_pid(), false, "+
-				l.rec+") ON CONFLICT (space, key, pid) DO UPDATE SET shared = false, rec = EXCLUDED.rec"); err != nil {
+				dollarQuote(l.rec)+") ON CONFLICT (space, key, pid) DO UPDATE SET shared = false, rec = EXCLUDED.rec"); err != nil {
 				return false, err
 			}
 		}
