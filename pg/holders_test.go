@@ -145,3 +145,27 @@ func TestHoldersUpgrade(t *testing.T) {
 		}
 	}
 }
+
+// Backends with different holder tables may share a pool (and so a
+// pooled connection, with its prepared statements).
+func TestHoldersTablesShareAPool(t *testing.T) {
+	url := testURL(t)
+	pool := newPool(t, url, 1)
+	ctx := ctxT(t, 20*time.Second)
+	for round := range 2 {
+		for _, table := range []string{testHolders, "dlock_test_holders_other"} {
+			b := newOn(t, pool, pg.WithHolderTable(table))
+			name := uniq(t)
+			l, ok, err := b.TryLock(backend.ContextWithOwner(ctx, table), name)
+			mustTry(t, ok, err)
+			hs, err := b.DescribeLock(ctx, name)
+			if err != nil || len(hs) != 1 || hs[0].Owner != table {
+				t.Fatalf("round %d, table %s: Holders = %+v, %v", round, table, hs, err)
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			_ = b.Close()
+		}
+	}
+}
