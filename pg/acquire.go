@@ -43,8 +43,16 @@ func (b *Backend) TryRLock(ctx context.Context, name string) (*Lease, bool, erro
 // TryWLock makes one attempt to write-lock name (an exclusive advisory lock
 // of RWKey(name)).
 func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, error) {
+	return b.try(ctx, wReq(name))
+}
+
+// wReq is the request of a writer of the RWMutex name: it takes the
+// name's upgrade key before RWKey(name) and lets go of it once it holds
+// RWKey(name), so that it never gets in while an upgradeable reader holds
+// the name (see upgrade.go).
+func wReq(name string) req {
 	k := RWKey(name)
-	return b.try(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
+	return req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k, upgrade: rwUpgradeKey(name), ukind: uWriter}
 }
 
 // RLock read-locks name, waiting in the server's lock queue; it queues
@@ -57,8 +65,7 @@ func (b *Backend) RLock(ctx context.Context, name string) (*Lease, error) {
 // WLock write-locks name, waiting in the server's lock queue. While it
 // waits, new readers of name fail their tries and queue behind it.
 func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
-	k := RWKey(name)
-	return b.wait(ctx, req{kind: "rwmutex", name: name, key: k, mode: exclusive, fence: k})
+	return b.wait(ctx, wReq(name))
 }
 
 // req describes one acquisition.
@@ -66,8 +73,58 @@ type req struct {
 	kind, name string
 	key        Key
 	mode       mode
-	fence      Key // the row of the fencing table
-	queue      Key // a semaphore's waiter queue (semQueueKey)
+	fence      Key    // the row of the fencing table
+	queue      Key    // a semaphore's waiter queue (semQueueKey)
+	upgrade    Key    // the upgrade key (rwUpgradeKey) of an RWMutex's writer or upgradeable reader
+	ukind      uint8  // what it does with upgrade: uNone, uWriter or uReader
+	rec        string // the holder record (holder table on; set by begin)
+}
+
+// What an acquisition does with its upgrade key.
+const (
+	uNone   = iota
+	uWriter // takes it first, lets go once it holds key
+	uReader // an upgradeable reader: holds it, with key shared
+)
+
+// busyLocked reports whether this backend knows, with no round trip, that
+// an acquisition of r must not be tried: a lease of it holds r's key (or
+// upgrade key) in a conflicting mode, a writer of it waits for a reader's
+// key, or a wait of it queues for either key (a try does not jump the
+// queue, and the server would refuse it).
+func (b *Backend) busyLocked(r req) bool {
+	if b.conflictsLocked(r.key, r.mode) || (r.mode == shared && b.writers[r.key] > 0) || b.queued[r.key] > 0 {
+		return true
+	}
+	return r.ukind != uNone && (b.conflictsLocked(r.upgrade, exclusive) || b.queued[r.upgrade] > 0)
+}
+
+// tryExpr is the SQL expression of a try of r that takes its upgrade key:
+// true when it took everything, false when it took nothing.
+func (r req) tryExpr() string {
+	u, k := r.upgrade.String(), r.key.String()
+	then := "pg_advisory_unlock(" + u + ")" // a writer keeps only the write lock
+	fn := "pg_try_advisory_lock("
+	if r.ukind == uReader {
+		then, fn = "true", "pg_try_advisory_lock_shared("
+	}
+	return "CASE WHEN pg_try_advisory_lock(" + u + ") THEN CASE WHEN " + fn + k + ") THEN " + then +
+		" ELSE NOT pg_advisory_unlock(" + u + ") END ELSE false END"
+}
+
+// blockSQL is the statement of a wait of r that takes its upgrade key:
+// the upgrade key, then the key, then (a writer) the upgrade key let go.
+func (b *Backend) blockSQL(r req) string {
+	u, k := r.upgrade.String(), r.key.String()
+	fn := "pg_advisory_lock("
+	if r.ukind == uReader {
+		fn = "pg_advisory_lock_shared("
+	}
+	expr := fn + k + ")"
+	if r.ukind == uWriter {
+		expr += ", pg_advisory_unlock(" + u + ")" // after the lock: a target list runs in order
+	}
+	return "SELECT pg_advisory_lock(" + u + "); " + b.lockSQL(expr, "", r, "")
 }
 
 func (r req) errorf(format string, args ...any) error {
@@ -80,16 +137,17 @@ func (r req) notAcquired(ctx context.Context) error {
 
 // begin checks what every acquisition needs before it takes a connection:
 // a live ctx, a pool, and the fencing table when fencing is on.
-func (b *Backend) begin(ctx context.Context, r req) error {
+func (b *Backend) begin(ctx context.Context, r *req) error {
 	if ctx.Err() != nil {
 		return r.notAcquired(ctx)
 	}
 	if b.pool == nil {
 		return r.errorf("%w", errNilPool)
 	}
-	if err := b.ensureFencing(ctx); err != nil {
+	if err := b.ensureTables(ctx); err != nil {
 		return r.errorf("%w", err)
 	}
+	r.rec = b.holderRec(ctx)
 	return nil
 }
 
@@ -105,7 +163,7 @@ func (b *Backend) try(ctx context.Context, r req) (*Lease, bool, error) {
 }
 
 func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
-	if err := b.begin(ctx, r); err != nil {
+	if err := b.begin(ctx, &r); err != nil {
 		return nil, false, err
 	}
 	var last error
@@ -115,15 +173,25 @@ func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 			b.mu.Unlock()
 			return nil, false, r.errorf("%w", errClosed)
 		}
-		if b.conflictsLocked(r.key, r.mode) || (r.mode == shared && b.writers[r.key] > 0) || b.queued[r.key] > 0 {
+		if b.busyLocked(r) {
 			b.mu.Unlock()
 			return nil, false, nil // held here, or awaited by a wait of this backend
 		}
-		lc, fresh := b.pickLocked(r.key, true)
+		lc, fresh := b.pickLocked(r.key)
 		lc.pending++
 		lc.keys[r.key] = struct{}{}
+		if r.ukind == uReader {
+			lc.keys[r.upgrade] = struct{}{}
+		}
 		b.mu.Unlock()
 		if err := b.take(ctx, lc, r.key, true, fresh); err != nil {
+			if r.ukind == uReader {
+				b.mu.Lock()
+				if !lc.gone {
+					delete(lc.keys, r.upgrade)
+				}
+				b.mu.Unlock()
+			}
 			if errors.Is(err, errRetry) {
 				last = err
 				continue
@@ -152,7 +220,7 @@ var errRetry = errors.New("lock connection gone")
 // it always picks a new one: if the pool has no connection to give, its
 // acquisition fails with an error matching ErrNoConnection within about
 // 20ms (see acquireNoWait).
-func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
+func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 	var best *lockConn
 	n := 0
 	for c := range b.conns {
@@ -160,7 +228,7 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
 			continue
 		}
 		n++
-		if _, has := c.keys[k]; byKey && has {
+		if holdsAny(c, keys) {
 			continue
 		}
 		if best == nil || c.pending < best.pending || (c.pending == best.pending && len(c.leases) < len(best.leases)) {
@@ -191,6 +259,16 @@ func (b *Backend) pickLocked(k Key, byKey bool) (lc *lockConn, fresh bool) {
 	b.conns[lc] = struct{}{}
 	b.acquiring++
 	return lc, true
+}
+
+// holdsAny reports whether c's session holds (or is trying) one of keys.
+func holdsAny(c *lockConn, keys []Key) bool {
+	for _, k := range keys {
+		if _, has := c.keys[k]; has {
+			return true
+		}
+	}
+	return false
 }
 
 // connect acquires the pool connection of lc, a lock connection picked
@@ -307,7 +385,15 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		row  [][]byte
 		qerr error
 	)
-	if b.cfg.fenceTable == "" {
+	plain := b.cfg.fenceTable == "" && b.cfg.holderTable == ""
+	if r.ukind != uNone && plain {
+		ok, qerr = callTryUpgradeKey(qctx, lc.pc.Conn(), r)
+	} else if r.ukind != uNone {
+		row, qerr = query(qctx, pgc, b.lockSQL(r.tryExpr(), "v", r, ""))
+		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
+	} else if b.cfg.holderTable != "" && b.cfg.fenceTable == "" && !r.key.pair {
+		ok, qerr = b.callRecorded(qctx, lc.pc.Conn(), r.key, r.mode, true, r.rec)
+	} else if plain {
 		fn := fnTry
 		if r.mode == shared {
 			fn = fnTryShared
@@ -318,7 +404,7 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		if r.mode == shared {
 			fn = "pg_try_advisory_lock_shared"
 		}
-		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r.fence))
+		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r, ""))
 		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
 	}
 	cancel()
@@ -330,10 +416,14 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		// end the session.
 		ended := sessionEnded(pgc, qerr)
 		b.undoOrFail(lc, r.key, r.mode, qerr)
+		if r.ukind != uNone {
+			b.undoOrFail(lc, r.upgrade, exclusive, qerr)
+		}
 		b.mu.Lock()
 		lc.pending--
 		if !lc.gone {
 			delete(lc.keys, r.key)
+			delete(lc.keys, r.upgrade)
 		}
 		b.mu.Unlock()
 		return nil, false, r.errorf("try: %w", qerr), ended && ctx.Err() == nil
@@ -344,6 +434,9 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		b.attachLocked(lc, l)
 	} else {
 		delete(lc.keys, r.key)
+		if r.ukind == uReader {
+			delete(lc.keys, r.upgrade)
+		}
 	}
 	b.mu.Unlock()
 	return l, ok, nil, false
@@ -359,6 +452,10 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 	l.lostCtx, l.closeLost = context.WithCancel(context.Background())
 	if r.kind == "semaphore" {
 		l.topic = r.fence.String() // a decimal: safe in an SQL literal
+	}
+	if r.ukind == uReader {
+		u := r.upgrade
+		l.ukey, l.upgradeable, l.rec = &u, true, r.rec
 	}
 	if b.cfg.fenceTable != "" {
 		if len(row) < 2 || row[1] == nil {
@@ -379,6 +476,10 @@ func (b *Backend) attachLocked(lc *lockConn, l *Lease) {
 	lc.leases[l] = struct{}{}
 	lc.keys[l.key] = struct{}{}
 	b.holdLocked(l.key, l.mode)
+	if l.ukey != nil {
+		lc.keys[*l.ukey] = struct{}{}
+		b.holdLocked(*l.ukey, exclusive)
+	}
 }
 
 // undoOrFail unlocks k on lc after a failed statement that may have taken
@@ -416,7 +517,7 @@ func (b *Backend) wait(ctx context.Context, r req) (*Lease, error) {
 }
 
 func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
-	if err := b.begin(ctx, r); err != nil {
+	if err := b.begin(ctx, &r); err != nil {
 		return nil, err
 	}
 	if r.kind != "mutex" && r.mode == exclusive {
@@ -443,7 +544,7 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 		// elsewhere costs the blocking statement, on a connection of its
 		// own.
 		b.mu.Lock()
-		tryFirst := !b.conflictsLocked(r.key, r.mode) && !(r.mode == shared && b.writers[r.key] > 0) && b.queued[r.key] == 0
+		tryFirst := !b.busyLocked(r)
 		b.mu.Unlock()
 		if tryFirst {
 			l, ok, err := b.try1(ctx, r)
@@ -509,15 +610,29 @@ var errEarly = errors.New("lock_timeout before the deadline")
 // connection holding the lease.
 func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*Lease, error) {
 	sql := "" // the plain lock function, prepared
-	if b.cfg.fenceTable != "" {
+	if b.cfg.fenceTable != "" || b.cfg.holderTable != "" {
 		fn := "pg_advisory_lock"
 		if r.mode == shared {
 			fn = "pg_advisory_lock_shared"
 		}
-		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r.fence)
+		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r, "")
 	}
-	defer b.enqueue(r.key)()
-	row, err := b.block(ctx, pc, sql, r.key, r.mode)
+	var row [][]byte
+	var err error
+	if r.ukind == uNone {
+		defer b.enqueue(r.key)()
+		row, err = b.block(ctx, pc, sql, r.key, r.mode)
+	} else {
+		// It queues for the upgrade key first: while it does, tries of
+		// that key fail here at once; a writer then queues for key too.
+		defer b.enqueue(r.upgrade)()
+		if r.ukind == uWriter {
+			defer b.enqueue(r.key)()
+		}
+		row, err = b.blockUndo(ctx, pc, b.blockSQL(r), r.key, r.mode, func() {
+			leave(pc, undoSQL(r), b.cfg.opTimeout)
+		})
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, r.notAcquired(ctx)
@@ -529,10 +644,24 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*L
 	}
 	l, err := b.leaseFrom(r, row, true)
 	if err != nil {
-		release(pc, r.key, r.mode, b.cfg.opTimeout)
+		if r.ukind == uNone {
+			release(pc, r.key, r.mode, b.cfg.opTimeout)
+		} else {
+			leave(pc, undoSQL(r), b.cfg.opTimeout)
+		}
 		return nil, r.errorf("wait: %w", err)
 	}
 	return b.adopt(r, pc, l)
+}
+
+// undoSQL lets go of whatever a failed acquisition of r that takes its
+// upgrade key may hold (a harmless warning for each lock not held).
+func undoSQL(r req) string {
+	fn := "pg_advisory_unlock("
+	if r.mode == shared {
+		fn = "pg_advisory_unlock_shared("
+	}
+	return "SELECT " + fn + r.key.String() + "), pg_advisory_unlock(" + r.upgrade.String() + ")"
 }
 
 // enqueue counts a wait that enters the server's queue of k on a
@@ -575,6 +704,13 @@ func release(pc *pgxpool.Conn, k Key, m mode, timeout time.Duration) {
 // caller's. On error the session does not hold k and pc has been given back
 // to the pool (or destroyed).
 func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode) ([][]byte, error) {
+	return b.blockUndo(ctx, pc, sql, k, m, func() { release(pc, k, m, b.cfg.opTimeout) })
+}
+
+// blockUndo is block with undo, which lets go of what sql may have taken
+// and gives pc back to the pool (or destroys it), instead of the unlock of
+// k in mode m.
+func (b *Backend) blockUndo(ctx context.Context, pc *pgxpool.Conn, sql string, k Key, m mode, undo func()) ([][]byte, error) {
 	pgc := pc.Conn().PgConn()
 	var ms int64 // lock_timeout; 0: none
 	if dl, ok := ctx.Deadline(); ok {
@@ -595,7 +731,7 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 		return row, nil
 	case err == nil:
 		// Granted just as ctx ended: the caller has gone, give it back.
-		release(pc, k, m, b.cfg.opTimeout)
+		undo()
 		return nil, ctx.Err()
 	case pgc.IsClosed():
 		pc.Release() // destroyed by the pool
@@ -606,7 +742,7 @@ func (b *Backend) block(ctx context.Context, pc *pgxpool.Conn, sql string, k Key
 	// fencing failure comes after it), and a session lock outlives its
 	// statement. So unlock in every case (a harmless warning when not
 	// held) before the connection goes back.
-	release(pc, k, m, b.cfg.opTimeout)
+	undo()
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == "57014" || pgErr.Code == "55P03") {
 		if ctx.Err() != nil {
@@ -704,49 +840,86 @@ func unlockNotify(ctx context.Context, conn *pgx.Conn, k Key, m mode, topic stri
 	return len(row) > 0 && string(row[0]) == "t", nil
 }
 
-// lockSQL builds the statement that evaluates expr (which takes the lock)
-// and, with fencing on, bumps the lock's fencing row in the same statement
-// when cond (an SQL condition on expr's value v; "" for always) holds.
-// Its first column is expr's value, its second the token.
-func (b *Backend) lockSQL(expr, cond string, fence Key) string {
-	if b.cfg.fenceTable == "" {
+// lockSQL builds the statement that evaluates expr (which takes the lock
+// of r) and, in the same statement when cond (an SQL condition on expr's
+// value v; "" for always) holds, bumps the lock's fencing row (fencing
+// on) and records the holder (holder table on) of the key hkey (an SQL
+// expression on v; "" for r.key). Its first column is expr's value (or
+// 't' when cond is ""), its second the token.
+func (b *Backend) lockSQL(expr, cond string, r req, hkey string) string {
+	if b.cfg.fenceTable == "" && b.cfg.holderTable == "" {
 		return "SELECT " + expr
 	}
-	t := b.cfg.fenceTable
-	space := "1"
-	if fence.pair {
-		space = "2"
+	where := ""
+	if cond != "" {
+		where = " WHERE " + cond
 	}
 	var s strings.Builder
+	s.WriteString(b.relaxed())
 	s.WriteString("WITH l AS (SELECT ")
 	s.WriteString(expr)
-	s.WriteString(" AS v), t AS (INSERT INTO ")
-	s.WriteString(t)
-	s.WriteString(" (space, key, token) SELECT ")
-	s.WriteString(space)
-	s.WriteString(", ")
-	s.WriteString(strconv.FormatInt(fence.v, 10))
-	s.WriteString(", 1 FROM l")
-	if cond != "" {
-		s.WriteString(" WHERE ")
-		s.WriteString(cond)
+	s.WriteString(" AS v)")
+	if t := b.cfg.fenceTable; t != "" {
+		s.WriteString(", t AS (INSERT INTO ")
+		s.WriteString(t)
+		s.WriteString(" (space, key, token) SELECT ")
+		s.WriteString(keySpace(r.fence))
+		s.WriteString(", ")
+		s.WriteString(strconv.FormatInt(r.fence.v, 10))
+		s.WriteString(", 1 FROM l")
+		s.WriteString(where)
+		s.WriteString(" ON CONFLICT (space, key) DO UPDATE SET token = ")
+		s.WriteString(t)
+		s.WriteString(".token + 1 RETURNING token)")
 	}
-	s.WriteString(" ON CONFLICT (space, key) DO UPDATE SET token = ")
-	s.WriteString(t)
-	s.WriteString(".token + 1 RETURNING token) SELECT ")
+	if t := b.cfg.holderTable; t != "" {
+		space := keySpace(r.key)
+		if hkey == "" {
+			hkey = strconv.FormatInt(r.key.v, 10)
+		} else {
+			space = "1" // a semaphore's slot keys
+		}
+		s.WriteString(", h AS (INSERT INTO ")
+		s.WriteString(t)
+		s.WriteString(" (space, key, pid, shared, rec) SELECT ")
+		s.WriteString(space)
+		s.WriteString(", ")
+		s.WriteString(hkey)
+		s.WriteString(", pg_backend_pid(), ")
+		s.WriteString(strconv.FormatBool(r.mode == shared))
+		s.WriteString(", ")
+		s.WriteString(dollarQuote(r.rec))
+		s.WriteString(" FROM l")
+		s.WriteString(where)
+		s.WriteString(" ON CONFLICT (space, key, pid) DO UPDATE SET shared = EXCLUDED.shared, rec = EXCLUDED.rec)")
+	}
+	s.WriteString(" SELECT ")
 	if cond == "" {
 		s.WriteString("'t'")
 	} else {
 		s.WriteString("l.v")
 	}
-	s.WriteString(", (SELECT token FROM t) FROM l")
+	if b.cfg.fenceTable != "" {
+		s.WriteString(", (SELECT token FROM t)")
+	}
+	s.WriteString(" FROM l")
 	return s.String()
 }
 
-// ensureFencing creates the fencing table once, when fencing is on, on a
-// connection taken like any other (never waiting for one), bounded by ctx.
-func (b *Backend) ensureFencing(ctx context.Context) error {
-	if b.cfg.fenceTable == "" || b.fenceReady.Load() {
+// keySpace is the number of k's key space in the fencing and holder
+// tables: 1 for bigint keys, 2 for pairs.
+func keySpace(k Key) string {
+	if k.pair {
+		return "2"
+	}
+	return "1"
+}
+
+// ensureTables creates the fencing and holder tables once, when they are
+// on, on a connection taken like any other (never waiting for one),
+// bounded by ctx.
+func (b *Backend) ensureTables(ctx context.Context) error {
+	if (b.cfg.fenceTable == "" && b.cfg.holderTable == "") || b.tablesReady.Load() {
 		return nil
 	}
 	select {
@@ -755,20 +928,27 @@ func (b *Backend) ensureFencing(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
 	}
 	defer func() { <-b.fenceMu }()
-	if b.fenceReady.Load() {
+	if b.tablesReady.Load() {
 		return nil
 	}
 	pc, err := b.acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+		return fmt.Errorf("create the fencing or holder table: %w", err)
 	}
-	_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+b.cfg.fenceTable+
-		" (space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key))")
-	pc.Release()
-	var pgErr *pgconn.PgError
-	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
-		return fmt.Errorf("create fencing table %s: %w", b.cfg.fenceTable, err)
+	defer pc.Release()
+	for _, t := range []struct{ name, cols string }{
+		{b.cfg.fenceTable, "space smallint NOT NULL, key bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (space, key)"},
+		{b.cfg.holderTable, "space smallint NOT NULL, key bigint NOT NULL, pid integer NOT NULL, shared boolean NOT NULL, rec text NOT NULL, PRIMARY KEY (space, key, pid)"},
+	} {
+		if t.name == "" {
+			continue
+		}
+		_, err = pc.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+t.name+" ("+t.cols+")")
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07")) {
+			return fmt.Errorf("create table %s: %w", t.name, err)
+		}
 	}
-	b.fenceReady.Store(true)
+	b.tablesReady.Store(true)
 	return nil
 }

@@ -226,3 +226,122 @@ func BenchmarkSemHandoff(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
+
+// BenchmarkHolderTable measures what WithHolderTable costs an uncontended
+// Do: a backend without it and one with it on the same server,
+// interleaved operation by operation. Reported: the median of each and
+// their ratio.
+//
+//	go test -run '^$' -bench HolderTable -count 6 ./pg/
+func BenchmarkHolderTable(b *testing.B) {
+	url := testURL(b)
+	plain, _ := newBackend(b, url)
+	rec, _ := newBackend(b, url, pg.WithHolderTable("dlock_bench_holders"))
+	ctx := dlock.ContextWithOwner(context.Background(), "bench")
+	name := uniq(b)
+	fn := func(context.Context) error { return nil }
+	run := func(mu *dlock.Mutex[*pg.Lease], name string) func() {
+		return func() {
+			if err := mu.Do(ctx, name, fn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	off, on := run(dlock.NewMutex(plain), name+"-off"), run(dlock.NewMutex(rec), name+"-on")
+	for range 3 {
+		off()
+		on()
+	}
+	offs := make([]time.Duration, 0, b.N)
+	ons := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		first, second, fs, ss := off, on, &offs, &ons
+		if i%2 == 1 {
+			first, second, fs, ss = on, off, &ons, &offs
+		}
+		t0 := time.Now()
+		first()
+		t1 := time.Now()
+		second()
+		*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
+	}
+	b.StopTimer()
+	slices.Sort(offs)
+	slices.Sort(ons)
+	f, d := offs[len(offs)/2], ons[len(ons)/2]
+	b.ReportMetric(float64(d.Nanoseconds()), "p50-ns/on")
+	b.ReportMetric(float64(f.Nanoseconds()), "p50-ns/off")
+	b.ReportMetric(float64(d)/float64(f), "on/off")
+}
+
+// BenchmarkTryAcquireAll measures TryAcquireAll of n free names (one
+// statement) against n single TryAcquire calls in sequence, each followed
+// by the release of what it took, interleaved operation by operation.
+// Reported: the median of each and their ratio (all/singles).
+//
+//	go test -run '^$' -bench TryAcquireAll -count 6 ./pg/
+func BenchmarkTryAcquireAll(b *testing.B) {
+	url := testURL(b)
+	be, _ := newBackend(b, url)
+	mu := dlock.NewMutex(be)
+	ctx := context.Background()
+	for _, n := range []int{2, 8, 32} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			base := uniq(b)
+			setNames, singleNames := make([]string, n), make([]string, n)
+			for i := range n {
+				setNames[i], singleNames[i] = fmt.Sprintf("%s/set/%02d", base, i), fmt.Sprintf("%s/single/%02d", base, i)
+			}
+			all := func() {
+				set, err := mu.TryAcquireAll(ctx, setNames)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := set.Release(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			lks := make([]*dlock.Lock[*pg.Lease], n)
+			singles := func() {
+				for i, name := range singleNames {
+					lk, err := mu.TryAcquire(ctx, name)
+					if err != nil {
+						b.Fatal(err)
+					}
+					lks[i] = lk
+				}
+				for _, lk := range lks {
+					if err := lk.Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			for range 3 {
+				all()
+				singles()
+			}
+			alls := make([]time.Duration, 0, b.N)
+			ones := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				first, second, fs, ss := all, singles, &alls, &ones
+				if i%2 == 1 {
+					first, second, fs, ss = singles, all, &ones, &alls
+				}
+				t0 := time.Now()
+				first()
+				t1 := time.Now()
+				second()
+				*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
+			}
+			b.StopTimer()
+			slices.Sort(alls)
+			slices.Sort(ones)
+			a, o := alls[len(alls)/2], ones[len(ones)/2]
+			b.ReportMetric(float64(a.Nanoseconds()), "p50-ns/all")
+			b.ReportMetric(float64(o.Nanoseconds()), "p50-ns/singles")
+			b.ReportMetric(float64(a)/float64(o), "all/singles")
+		})
+	}
+}

@@ -162,6 +162,7 @@ func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return 
 //
 //	mutex:            SHA-256("dlock:mutex:" + name)
 //	reader-writer:    SHA-256("dlock:rw:" + name)
+//	its upgrade key:  SHA-256("dlock:rwu:" + name)
 //	semaphore slot i: SHA-256("dlock:sem:" + decimal(i) + ":" + name)
 //	semaphore (its fencing row only): SHA-256("dlock:sem:" + name)
 //	semaphore's waiter queue: SHA-256("dlock:semq:" + name)
@@ -172,6 +173,7 @@ func (v *Keys) WLock(ctx context.Context, name string) (*Lease, error) { return 
 const (
 	tagMutex = "dlock:mutex:"
 	tagRW    = "dlock:rw:"
+	tagRWU   = "dlock:rwu:"
 	tagSem   = "dlock:sem:"
 	tagSemQ  = "dlock:semq:"
 )
@@ -193,6 +195,11 @@ func MutexKey(name string) Key { return Int64Key(hashKey(tagMutex, name)) }
 // RWKey returns the advisory key that an RWMutex of name takes with this
 // package: shared for readers, exclusive for writers.
 func RWKey(name string) Key { return Int64Key(hashKey(tagRW, name)) }
+
+// rwUpgradeKey returns the key that the upgradeable reader of the RWMutex
+// name holds exclusively (besides RWKey(name) shared), so that there is at
+// most one.
+func rwUpgradeKey(name string) Key { return Int64Key(hashKey(tagRWU, name)) }
 
 // semSlotKey returns the key of slot i of semaphore name.
 func semSlotKey(name string, i int) Key {

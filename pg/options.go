@@ -18,6 +18,8 @@ const (
 	DefaultLossInterval = time.Second
 	// DefaultFencingTable is the table WithFencing creates when given "".
 	DefaultFencingTable = "dlock_fencing"
+	// DefaultHolderTable is the table WithHolderTable creates when given "".
+	DefaultHolderTable = "dlock_holders"
 	// MaxSemaphoreLimit is the largest semaphore limit the backend accepts:
 	// a try tests the limit's slot keys in one statement.
 	MaxSemaphoreLimit = 1024
@@ -64,6 +66,7 @@ type config struct {
 	maxLockConns int
 	maxLeases    int
 	fenceTable   string // "" = fencing off; else the sanitized identifier
+	holderTable  string // "" = no holder records; else the sanitized identifier
 	logger       *slog.Logger
 	err          error // the first invalid option
 }
@@ -174,29 +177,53 @@ func WithMaxLeasesPerConn(n int) Option {
 // costs a row update (a small write with its commit) per acquisition.
 func WithFencing(table string) Option {
 	return func(c *config) {
-		if table == "" {
-			table = DefaultFencingTable
-		}
-		parts := strings.Split(table, ".")
-		if len(parts) > 2 {
-			c.fail("WithFencing(%q): more than two dot-separated parts (want \"table\" or \"schema.table\")", table)
-			return
-		}
-		for _, p := range parts {
-			switch {
-			case p == "":
-				c.fail("WithFencing(%q): an empty part", table)
-				return
-			case strings.IndexByte(p, 0) >= 0:
-				c.fail("WithFencing(%q): a NUL byte", table)
-				return
-			case len(p) > maxIdentLen:
-				c.fail("WithFencing(%q): a part of %d bytes (PostgreSQL identifiers have at most %d)", table, len(p), maxIdentLen)
-				return
-			}
-		}
-		c.fenceTable = pgx.Identifier(parts).Sanitize()
+		c.fenceTable = c.table("WithFencing", table, DefaultFencingTable)
 	}
+}
+
+// WithHolderTable turns holder records on: every acquisition writes who
+// takes the lock (this process's host, pid and start, the owner text of
+// dlock.WithOwner, the time) into a row of table, in the same statement
+// as the lock, and its release deletes the row in the statement of the
+// unlock; Guard.Holders then reports them (see the package doc, Holders).
+// The backend creates the table (CREATE TABLE IF NOT EXISTS: (space
+// smallint, key bigint, pid integer, shared boolean, rec text), one row
+// per lock held) at its first acquisition, so the pool's role needs the
+// right to create it once, and to insert, update and delete its rows.
+// table is named as in WithFencing ("" means DefaultHolderTable). It
+// costs a row insert and delete (writes with their commits) per
+// acquisition (see the package doc, Holders, for a measurement).
+func WithHolderTable(table string) Option {
+	return func(c *config) {
+		c.holderTable = c.table("WithHolderTable", table, DefaultHolderTable)
+	}
+}
+
+// table checks the table name given to the option opt and returns it
+// sanitized, or "" after recording the error.
+func (c *config) table(opt, table, def string) string {
+	if table == "" {
+		table = def
+	}
+	parts := strings.Split(table, ".")
+	if len(parts) > 2 {
+		c.fail("%s(%q): more than two dot-separated parts (want \"table\" or \"schema.table\")", opt, table)
+		return ""
+	}
+	for _, p := range parts {
+		switch {
+		case p == "":
+			c.fail("%s(%q): an empty part", opt, table)
+			return ""
+		case strings.IndexByte(p, 0) >= 0:
+			c.fail("%s(%q): a NUL byte", opt, table)
+			return ""
+		case len(p) > maxIdentLen:
+			c.fail("%s(%q): a part of %d bytes (PostgreSQL identifiers have at most %d)", opt, table, len(p), maxIdentLen)
+			return ""
+		}
+	}
+	return pgx.Identifier(parts).Sanitize()
 }
 
 // WithLogger sets the logger for rare events (a connection found dead, a

@@ -39,19 +39,23 @@ type Backend struct {
 	monWG     sync.WaitGroup // monitor ticks in progress
 	watchWG   sync.WaitGroup // lock connections' watchers
 
-	fenceMu    chan struct{} // capacity 1: held while the fencing table is created
-	fenceReady atomic.Bool
+	recStmts    [4]recStmt    // the prepared statements of holder records (callRecorded)
+	fenceMu     chan struct{} // capacity 1: held while the fencing and holder tables are created
+	tablesReady atomic.Bool
 }
 
 var (
-	_ backend.Locker[*Lease]          = (*Backend)(nil)
-	_ backend.LockWaiter[*Lease]      = (*Backend)(nil)
-	_ backend.RWLocker[*Lease]        = (*Backend)(nil)
-	_ backend.RWWaiter[*Lease]        = (*Backend)(nil)
-	_ backend.Semaphore[*Lease]       = (*Backend)(nil)
-	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
-	_ backend.Fencer                  = (*Lease)(nil)
-	_ backend.LossNotifier            = (*Lease)(nil)
+	_ backend.Locker[*Lease]            = (*Backend)(nil)
+	_ backend.LockWaiter[*Lease]        = (*Backend)(nil)
+	_ backend.RWLocker[*Lease]          = (*Backend)(nil)
+	_ backend.RWWaiter[*Lease]          = (*Backend)(nil)
+	_ backend.Semaphore[*Lease]         = (*Backend)(nil)
+	_ backend.SemaphoreWaiter[*Lease]   = (*Backend)(nil)
+	_ backend.Fencer                    = (*Lease)(nil)
+	_ backend.LossNotifier              = (*Lease)(nil)
+	_ backend.UpgradeableLocker[*Lease] = (*Backend)(nil)
+	_ backend.UpgradeableWaiter[*Lease] = (*Backend)(nil)
+	_ backend.Upgrader                  = (*Lease)(nil)
 )
 
 // hold counts the leases of this backend on one key.
@@ -235,7 +239,7 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 	lc.leases, lc.keys = nil, nil
 	for l := range leases {
 		l.lost = true
-		b.unholdLocked(l.key, l.mode)
+		b.unholdLeaseLocked(l)
 	}
 	b.mu.Unlock()
 	for l := range leases {
@@ -274,6 +278,14 @@ func (b *Backend) holdLocked(k Key, m mode) {
 		h.shared++
 	} else {
 		h.excl++
+	}
+}
+
+// unholdLeaseLocked forgets every hold of l (see attachLocked).
+func (b *Backend) unholdLeaseLocked(l *Lease) {
+	b.unholdLocked(l.key, l.mode)
+	if l.ukey != nil {
+		b.unholdLocked(*l.ukey, exclusive)
 	}
 }
 
@@ -372,6 +384,13 @@ type Lease struct {
 	mode  mode
 	token uint64
 	topic string // a semaphore's: its release notifies waiters of topic
+	// An upgradeable reader's upgrade key (see upgrade.go), held with key
+	// shared; nil once upgraded (key is then held exclusive, as a
+	// writer's). Changed under b.mu by Upgrade, which must not run
+	// concurrently with Release.
+	ukey        *Key
+	upgradeable bool   // taken as an upgradeable reader
+	rec         string // an upgradeable reader's holder record (holder table on), for Upgrade
 
 	lostCtx   context.Context    // done once lost or released
 	closeLost context.CancelFunc // ends lostCtx; idempotent
@@ -434,7 +453,8 @@ func (l *Lease) Release(ctx context.Context) error {
 		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
 	}
 	defer lc.unlock()
-	if err := b.pause(lc); err != nil {
+	err := b.pause(lc)
+	if err != nil {
 		b.fail(lc, err)
 	}
 	b.mu.Lock()
@@ -446,7 +466,14 @@ func (l *Lease) Release(ctx context.Context) error {
 		}
 		return l.errorf("release: %w: its connection failed: %w", backend.ErrLockLost, cause)
 	}
-	ok, err := unlockNotify(rctx, lc.pc.Conn(), l.key, l.mode, l.topic)
+	var ok bool
+	if l.ukey != nil {
+		ok, err = l.unlockUpgradeable(rctx)
+	} else if b.cfg.holderTable != "" {
+		ok, err = l.unlockRecorded(rctx)
+	} else {
+		ok, err = unlockNotify(rctx, lc.pc.Conn(), l.key, l.mode, l.topic)
+	}
 	if err != nil || !ok {
 		// The unlock was not confirmed: the session may have ended (killed,
 		// reset, restarted), and the server freed the lock at that moment,
@@ -464,7 +491,10 @@ func (l *Lease) Release(ctx context.Context) error {
 	b.mu.Lock()
 	delete(lc.leases, l)
 	delete(lc.keys, l.key)
-	b.unholdLocked(l.key, l.mode)
+	if l.ukey != nil {
+		delete(lc.keys, *l.ukey)
+	}
+	b.unholdLeaseLocked(l)
 	retire := b.retireIfIdleLocked(lc)
 	b.mu.Unlock()
 	if retire {

@@ -74,6 +74,9 @@ func (b *Backend) acquireSem(ctx context.Context, name string, limit int) (*Leas
 		return nil, err
 	}
 	slots := semSlots(name, limit)
+	if err := b.begin(ctx, &r); err != nil {
+		return nil, err
+	}
 	poll := pace.New(waitPollMin, waitPollMax)
 	var last error // the last error that kept the wait from the server's queue
 	for {
@@ -150,7 +153,7 @@ func (b *Backend) semHead(ctx context.Context, r req, slots []Key, pc *pgxpool.C
 	expr.WriteString(") THEN s.v ELSE s.v END FROM (SELECT ")
 	writeSlotCase(&expr, slots, nil)
 	expr.WriteString(" AS v) s)")
-	try := b.lockSQL(expr.String(), "v >= 0", r.fence)
+	try := b.lockSQL(expr.String(), "v >= 0", r, slotArray(slots, nil))
 	sql := "LISTEN " + semChannel + "; " + try // a release committed after this wakes pc
 	pgc := pc.Conn().PgConn()
 	poll := pace.New(pollMin, pollMax)
@@ -243,7 +246,11 @@ func (b *Backend) adopt(r req, pc *pgxpool.Conn, l *Lease) (*Lease, error) {
 	}
 	b.mu.Unlock()
 	lc.unlock()
-	release(pc, l.key, l.mode, b.cfg.opTimeout)
+	if l.ukey != nil {
+		leave(pc, undoSQL(r), b.cfg.opTimeout)
+	} else {
+		release(pc, l.key, l.mode, b.cfg.opTimeout)
+	}
 	return nil, r.errorf("wait: %w", errClosed)
 }
 
@@ -267,6 +274,35 @@ func writeSlotCase(s *strings.Builder, slots []Key, idx []int) {
 		s.WriteString(strconv.Itoa(j))
 	}
 	s.WriteString(" ELSE -1 END")
+}
+
+// slotArray is the SQL expression of the key of the slot that a CASE of
+// writeSlotCase over slots and idx took, from its value v.
+func slotArray(slots []Key, idx []int) string {
+	return "(" + slotList(slots, idx) + ")[v + 1]"
+}
+
+// slotList is the SQL array of the keys of slots whose index is in idx
+// (every slot when idx is nil), in the order of writeSlotCase's values.
+func slotList(slots []Key, idx []int) string {
+	var s strings.Builder
+	s.WriteString("ARRAY[")
+	n := len(slots)
+	if idx != nil {
+		n = len(idx)
+	}
+	for j := range n {
+		k := slots[j]
+		if idx != nil {
+			k = slots[idx[j]]
+		}
+		if j > 0 {
+			s.WriteString(",")
+		}
+		s.WriteString(strconv.FormatInt(k.v, 10))
+	}
+	s.WriteString("]::bigint[]")
+	return s.String()
 }
 
 // slotOf reads a slot try's result: the position of the slot taken, or -1.
@@ -309,7 +345,7 @@ func semSlots(name string, limit int) []Key {
 
 // trySem takes a free slot of slots on a lock connection.
 func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool, error) {
-	if err := b.begin(ctx, r); err != nil {
+	if err := b.begin(ctx, &r); err != nil {
 		return nil, false, err
 	}
 	var last error
@@ -323,7 +359,7 @@ func (b *Backend) trySem(ctx context.Context, r req, slots []Key) (*Lease, bool,
 			b.mu.Unlock()
 			return nil, false, nil // a wait of this backend queues for it
 		}
-		lc, fresh := b.pickLocked(Key{}, false)
+		lc, fresh := b.pickLocked()
 		lc.pending++
 		b.mu.Unlock()
 		if err := b.take(ctx, lc, Key{}, false, fresh); err != nil {
@@ -376,7 +412,7 @@ func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key
 	writeSlotCase(&expr, slots, idx)
 	expr.WriteString(" END ELSE -1 END")
 
-	sql := b.lockSQL(expr.String(), "v >= 0", r.fence)
+	sql := b.lockSQL(expr.String(), "v >= 0", r, slotArray(slots, idx))
 	pgc := lc.pc.Conn().PgConn()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
 	row, qerr := query(qctx, pgc, sql)

@@ -78,8 +78,38 @@ func callKeyFn(ctx context.Context, conn *pgx.Conn, fn keyFn, k Key) (bool, erro
 	var buf [24]byte
 	var params [2][]byte
 	pair, ps := keyParams(k, &buf, &params)
+	return callPrepared(ctx, conn, keyFnName[pair][fn], keyFnSQL[pair][fn], ps)
+}
+
+// The tries of an RWMutex's writer and upgradeable reader, which take the
+// name's upgrade key ($1) too (see upgrade.go and req.tryExpr), prepared
+// like the key functions: a writer lets it go once it holds the name's
+// key ($2), an upgradeable reader keeps it.
+const (
+	tryWriterName = "dlock_try_writer"
+	tryWriterSQL  = "SELECT CASE WHEN pg_try_advisory_lock($1::bigint) THEN CASE WHEN pg_try_advisory_lock($2::bigint) " +
+		"THEN pg_advisory_unlock($1::bigint) ELSE NOT pg_advisory_unlock($1::bigint) END ELSE false END"
+	tryUReaderName = "dlock_try_ureader"
+	tryUReaderSQL  = "SELECT CASE WHEN pg_try_advisory_lock($1::bigint) THEN CASE WHEN pg_try_advisory_lock_shared($2::bigint) " +
+		"THEN true ELSE NOT pg_advisory_unlock($1::bigint) END ELSE false END"
+)
+
+// callTryUpgradeKey runs the try of r (an RWMutex's writer or upgradeable
+// reader: both keys are of the bigint space), prepared.
+func callTryUpgradeKey(ctx context.Context, conn *pgx.Conn, r req) (bool, error) {
+	var buf [40]byte
+	ps := [][]byte{strconv.AppendInt(buf[:0:20], r.upgrade.v, 10), strconv.AppendInt(buf[20:20], r.key.v, 10)}
+	if r.ukind == uReader {
+		return callPrepared(ctx, conn, tryUReaderName, tryUReaderSQL, ps)
+	}
+	return callPrepared(ctx, conn, tryWriterName, tryWriterSQL, ps)
+}
+
+// callPrepared runs sql, prepared as name, with the text parameters ps,
+// and reports whether its first column was true.
+func callPrepared(ctx context.Context, conn *pgx.Conn, name, sql string, ps [][]byte) (bool, error) {
 	for attempt := 0; ; attempt++ {
-		sd, err := conn.Prepare(ctx, keyFnName[pair][fn], keyFnSQL[pair][fn])
+		sd, err := conn.Prepare(ctx, name, sql)
 		if err != nil {
 			return false, err
 		}
@@ -92,7 +122,7 @@ func callKeyFn(ctx context.Context, conn *pgx.Conn, fn keyFn, k Key) (bool, erro
 		}
 		_, err = rr.Close()
 		if attempt == 0 && forgotten(conn, err) {
-			_ = conn.Deallocate(ctx, keyFnName[pair][fn])
+			_ = conn.Deallocate(ctx, name)
 			continue
 		}
 		return v == 't', err
