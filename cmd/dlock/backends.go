@@ -36,6 +36,7 @@ type backendSpec struct {
 	dir     string // file
 	pg      *pgxpool.Config
 	fencing string // postgres: fencing table ("" = off unless -fencing-env)
+	holders string // postgres: holder table ("" = off: status gets no owner text or since)
 	valkey  []valkeygo.ClientOption
 	lease   time.Duration // valkey, redlock: 0 = the library's default
 	hosts   []string      // servers, host:port, for messages
@@ -112,19 +113,17 @@ func parsePostgres(conn, shown string) (backendSpec, error) {
 		delete(pc.ConnConfig.RuntimeParams, k)
 		switch k {
 		case "dlock_fencing":
-			switch strings.ToLower(v) {
-			case "", "off", "false", "0":
-			case "on", "true", "1":
-				s.fencing = pg.DefaultFencingTable
-			default:
-				s.fencing = v
-			}
+			s.fencing = tableParam(v, pg.DefaultFencingTable)
+		case "dlock_holders":
+			s.holders = tableParam(v, pg.DefaultHolderTable)
 		default:
-			return backendSpec{}, fmt.Errorf("backend %q: unknown parameter %s (PostgreSQL takes dlock_fencing)", shown, k)
+			return backendSpec{}, fmt.Errorf("backend %q: unknown parameter %s (PostgreSQL takes dlock_fencing and dlock_holders)", shown, k)
 		}
 	}
 	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "dlock"
+		// Names this process (pid, start, host) to status's pg_locks
+		// reading, in the form pg reads.
+		pc.ConnConfig.RuntimeParams["application_name"] = pg.ApplicationName()
 	}
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = defaultConnectTimeout
@@ -141,6 +140,18 @@ func parsePostgres(conn, shown string) (backendSpec, error) {
 		addHost(f.Host, f.Port)
 	}
 	return s, nil
+}
+
+// tableParam reads a dlock_ parameter that turns on a table: off (or
+// empty), on (the default table def), or a table's name.
+func tableParam(v, def string) string {
+	switch strings.ToLower(v) {
+	case "", "off", "false", "0":
+		return ""
+	case "on", "true", "1":
+		return def
+	}
+	return v
 }
 
 // dlockParams takes dlock's own parameters (dlock_*) out of a query.
@@ -379,6 +390,9 @@ func (s backendSpec) open(ctx context.Context, cfg *config, retry bool, note fun
 			opts = append(opts, pg.WithFencing(s.fencing))
 		case cfg.fencingEnv:
 			opts = append(opts, pg.WithFencing(""))
+		}
+		if s.holders != "" {
+			opts = append(opts, pg.WithHolderTable(s.holders))
 		}
 		// The pool connects when the lock is first tried, bounded by the
 		// acquisition's ctx and by connect_timeout for each attempt.

@@ -144,11 +144,18 @@ pg:key=value key=value ...   (libpq's key=value form: host=h port=5432 dbname=d)
   Parsed by pgx: every libpq/pgx parameter (sslmode, sslrootcert,
   connect_timeout, target_session_attrs, application_name, pool_max_conns
   ...) works; $PGPASSWORD, $PGHOST ... and ~/.pgpass apply. dlock sets
-  application_name=dlock and connect_timeout=5 unless given.
+  connect_timeout=5 unless given, and application_name to "dlock PID START
+  HOST", which status reads to name a holder (give your own and status
+  names holders by the holder table only).
   dlock_fencing=on|TABLE   fencing tokens from the table dlock_fencing (on) or
                            TABLE (created if missing; the role needs to
                            create it once, and to insert and update it);
                            -fencing-env turns it on with dlock_fencing.
+  dlock_holders=on|TABLE   record holders (with the -owner text and since
+                           when) in the table dlock_holders (on) or TABLE,
+                           written in the lock's own statement; status then
+                           shows them. Without it status shows the pid,
+                           start and host of each holder from pg_locks.
 
 valkey://[user[:password]@]host[:port][,host2:port...][/db][?param=value&...]
 redis://... valkeys://... rediss://... (TLS)   unix:///path/to/valkey.sock[?db=N]

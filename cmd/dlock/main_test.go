@@ -80,15 +80,23 @@ func targets(t *testing.T) map[string]func(t *testing.T) target {
 		},
 		"postgres": func(t *testing.T) target {
 			url := dlocktest.RequireEnv(t, "DLOCK_TEST_PG_URL")
-			return target{url: url, lose: func(t *testing.T, name string) {
+			// Its own application_name, so that lose kills dlock's sessions
+			// only (not those of other packages' tests, which name
+			// themselves with pg.ApplicationName); holder records from
+			// the holder table.
+			sep := "?"
+			if strings.Contains(url, "?") {
+				sep = "&"
+			}
+			dlockURL := url + sep + "application_name=dlock-cli-test&dlock_holders=on"
+			return target{url: dlockURL, lose: func(t *testing.T, name string) {
 				conn, err := pgx.Connect(context.Background(), url)
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer conn.Close(context.Background())
-				// dlock's sessions say application_name=dlock; kill them.
 				if _, err := conn.Exec(context.Background(),
-					`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dlock' AND pid <> pg_backend_pid()`); err != nil {
+					`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dlock-cli-test' AND pid <> pg_backend_pid()`); err != nil {
 					t.Fatal(err)
 				}
 			}}

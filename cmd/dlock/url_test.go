@@ -17,13 +17,14 @@ type parsed struct {
 	db            int
 	tls           bool
 	fencing       string
+	holders       string
 	lease         time.Duration
 	master, cname string
 	unixSocket    bool
 }
 
 func summary(s backendSpec) parsed {
-	p := parsed{kind: s.kind, dir: s.dir, hosts: strings.Join(s.hosts, ","), fencing: s.fencing, lease: s.lease}
+	p := parsed{kind: s.kind, dir: s.dir, hosts: strings.Join(s.hosts, ","), fencing: s.fencing, holders: s.holders, lease: s.lease}
 	if s.pg != nil {
 		p.user, p.pass = s.pg.ConnConfig.User, s.pg.ConnConfig.Password
 	}
@@ -56,6 +57,8 @@ func TestParseBackend(t *testing.T) {
 		"postgres://h/db?dlock_fencing=app.fence":        {kind: "postgres", hosts: "h:5432", fencing: "app.fence"},
 		"pg:host=h port=6 user=u password=pw dbname=d":   {kind: "postgres", hosts: "h:6", user: "u", pass: "pw"},
 		"pg:host=h dlock_fencing=t":                      {kind: "postgres", hosts: "h:5432", fencing: "t"},
+		"postgres://h/db?dlock_holders=on":               {kind: "postgres", hosts: "h:5432", holders: "dlock_holders"},
+		"pg:host=h dlock_holders=app.who":                {kind: "postgres", hosts: "h:5432", holders: "app.who"},
 	}
 	for raw, want := range good {
 		got, err := parseBackend(raw)
@@ -71,8 +74,13 @@ func TestParseBackend(t *testing.T) {
 			t.Errorf("%s: got %+v, want %+v", raw, s, want)
 		}
 		if got.pg != nil {
-			if _, ok := got.pg.ConnConfig.RuntimeParams["dlock_fencing"]; ok {
-				t.Errorf("%s: dlock_fencing would reach the server", raw)
+			for k := range got.pg.ConnConfig.RuntimeParams {
+				if strings.HasPrefix(k, "dlock_") {
+					t.Errorf("%s: %s would reach the server", raw, k)
+				}
+			}
+			if app := got.pg.ConnConfig.RuntimeParams["application_name"]; !strings.HasPrefix(app, "dlock ") {
+				t.Errorf("%s: application_name %q, want pg.ApplicationName()'s", raw, app)
 			}
 		}
 	}
