@@ -5,7 +5,10 @@ import "context"
 // MultiLocker is implemented by a Locker that can take several names in one
 // atomic attempt (one round trip, one statement, one script): every name is
 // taken or none is, and no other client ever sees some of them taken by
-// this attempt and not the others. The engine uses it for the first attempt
+// this attempt and not the others — or, where the server cannot promise
+// that last part, only for the instant a competitor takes a name between
+// the attempt's check and its grant, which the backend documents
+// (PostgreSQL's advisory locks). The engine uses it for the first attempt
 // of Guard.DoAll and friends and falls back to ordered single acquisitions
 // when it finds a name busy and may wait.
 type MultiLocker[L Lease] interface {
