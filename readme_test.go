@@ -47,6 +47,7 @@ var readmeImports = map[string]string{
 	"context":   "context",
 	"errors":    "errors",
 	"time":      "time",
+	"log":       "log",
 	"testing":   "testing",
 	"dlock":     "github.com/dlock-go/dlock",
 	"fs":        "github.com/dlock-go/dlock/fs",
