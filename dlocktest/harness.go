@@ -54,6 +54,12 @@ type Harness[L backend.Lease] struct {
 	// arrival-order subtests (FIFO, RWMutex/Order) and checks only that no
 	// client starves (NoStarvation). By default the suite checks both.
 	Unordered bool
+
+	// HoldersWithoutOwner marks a backend whose holder records (see
+	// backend.LockDescriber) carry no owner text and no Since, in the
+	// configuration under test (PostgreSQL without a holder table): the
+	// Holders subtests then check host, process id and Shared only.
+	HoldersWithoutOwner bool
 }
 
 // RequireEnv returns the value of the environment variable key, which names
