@@ -38,7 +38,7 @@ if not blocked and redis.call('EXISTS', q) == 1 then
   local rank = nil
   if me then rank = redis.call('ZRANK', q, me) end
   local ahead = {}
-  if rank == nil then ahead = redis.call('ZRANGE', q, 0, -1)
+  if not rank then ahead = redis.call('ZRANGE', q, 0, -1)
   elseif rank > 0 then ahead = redis.call('ZRANGE', q, 0, rank - 1) end
   for _, m in ipairs(ahead) do
     local c = string.sub(m, 1, 1)

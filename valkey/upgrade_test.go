@@ -1,0 +1,597 @@
+package valkey
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	valkeygo "github.com/valkey-io/valkey-go"
+
+	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/dlocktest"
+)
+
+// Upgradeable read locks (upgrade.go): what the conformance suite cannot
+// see — the keys they leave, an upgrade waiting for a reader in another
+// process (alive or killed), a cancelled upgrade leaving nothing in the
+// way, extension and loss of an upgraded lease, fencing, replicas.
+
+// mustULock takes name as b's upgradeable reader.
+func mustULock(t testing.TB, b *Backend, name string) *Lease {
+	t.Helper()
+	l, ok, err := b.TryULock(testCtx(t), name)
+	if err != nil || !ok {
+		t.Fatalf("TryULock(%q) = %v, %v", name, ok, err)
+	}
+	return l
+}
+
+// refused checks that every try in tries fails (held or waited for), and
+// releases what one took.
+func refused(t testing.TB, b *Backend, name string, tries ...kind) {
+	t.Helper()
+	for _, k := range tries {
+		var (
+			l   *Lease
+			ok  bool
+			err error
+		)
+		switch k {
+		case kindRead:
+			l, ok, err = b.TryRLock(testCtx(t), name)
+		case kindWrite:
+			l, ok, err = b.TryWLock(testCtx(t), name)
+		default:
+			l, ok, err = b.TryULock(testCtx(t), name)
+		}
+		if err != nil {
+			t.Fatalf("try %v: %v", k, err)
+		}
+		if ok {
+			_ = l.Release(testCtx(t))
+			t.Fatalf("a %v was taken; it should wait", k)
+		}
+	}
+}
+
+// rwKeysLeft returns the keys of the RW lock name that exist, by suffix,
+// but for its fencing counter (which outlives its locks, see
+// fenceIdleMs).
+func rwKeysLeft(t testing.TB, b *Backend, name string) []string {
+	t.Helper()
+	base, err := keyBase(b.c.cfg.prefix, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := b.c.nodes[0].client
+	var left []string
+	for _, suf := range []string{"rw:r", "rw:w", "rw:u", "rw:a", "rw:d"} {
+		n, err := cl.Do(testCtx(t), cl.B().Exists().Key(base+suf).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			left = append(left, suf)
+		}
+	}
+	return left
+}
+
+func noKeysLeft(t testing.TB, b *Backend, name string) {
+	t.Helper()
+	if left := rwKeysLeft(t, b, name); len(left) > 0 {
+		t.Errorf("keys of %q left after every holder released: %v", name, left)
+	}
+}
+
+// getKey returns the string at the RW lock name's key suffix ("" if none).
+func getKey(t testing.TB, b *Backend, name, suffix string) string {
+	t.Helper()
+	base, _ := keyBase(b.c.cfg.prefix, name)
+	cl := b.c.nodes[0].client
+	v, err := cl.Do(testCtx(t), cl.B().Get().Key(base+suffix).Build()).ToString()
+	if valkeygo.IsValkeyNil(err) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func release(t testing.TB, l *Lease) {
+	t.Helper()
+	if err := l.Release(testCtx(t)); err != nil {
+		t.Fatalf("Release of the %v: %v", l.kind, err)
+	}
+}
+
+// An upgradeable reader leaves nothing behind (but the fencing counter),
+// upgraded or not, and its keys are what the package documents.
+func TestUpgradeKeys(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, t.TempDir(), addr)
+	ctx := testCtx(t)
+	name := "keys"
+	u := mustULock(t, b, name)
+	if got := getKey(t, b, name, "rw:u"); got != u.token {
+		t.Errorf("rw:u = %q, want the lease's token %q", got, u.token)
+	}
+	if left := rwKeysLeft(t, b, name); strings.Join(left, " ") != "rw:r rw:u" {
+		t.Errorf("keys of an upgradeable reader: %v, want rw:r rw:u", left)
+	}
+	release(t, u)
+	noKeysLeft(t, b, name)
+
+	u = mustULock(t, b, name)
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := rwKeysLeft(t, b, name); strings.Join(left, " ") != "rw:w rw:u" {
+		t.Errorf("keys of an upgraded reader: %v, want rw:w rw:u (and its reader member gone)", left)
+	}
+	if got := getKey(t, b, name, "rw:w"); got != u.token {
+		t.Errorf("rw:w = %q, want the lease's token %q", got, u.token)
+	}
+	release(t, u)
+	noKeysLeft(t, b, name)
+}
+
+// A reader that waits for the upgrade, and readers and writers that come
+// during it: all served once the upgraded lease is released; nothing left.
+func TestUpgradeThenWaitersServed(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "served"
+	u := mustULock(t, a, name)
+	r, ok, err := b.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	upgraded := make(chan error, 1)
+	go func() { upgraded <- u.Upgrade(ctx) }()
+	waitQueued(t, a, kindWrite, name, 1)
+	refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+	writer := make(chan *Lease, 1)
+	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
+	waitQueued(t, a, kindWrite, name, 2)
+	reader := make(chan *Lease, 1)
+	go func() {
+		l, err := b.RLock(ctx, name)
+		if err != nil {
+			t.Errorf("RLock: %v", err)
+		}
+		reader <- l
+	}()
+	waitQueued(t, a, kindWrite, name, 3)
+	release(t, r)
+	if err := <-upgraded; err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	if n := queueLen(t, a, kindWrite, name); n != 2 {
+		t.Errorf("after the upgrade the queue holds %d waiters, want the writer and the reader", n)
+	}
+	release(t, u)
+	w := <-writer // first in line after the upgrade
+	if w == nil {
+		t.Fatal("the waiting writer failed")
+	}
+	select {
+	case <-reader:
+		t.Fatal("the reader queued behind the writer got in beside it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release(t, w)
+	rd := <-reader
+	if rd == nil {
+		t.Fatal("the waiting reader failed")
+	}
+	release(t, rd)
+	noKeysLeft(t, a, name)
+}
+
+// A cancelled Upgrade and a failed TryUpgrade leave nothing in the way:
+// readers enter at once after them, a writer that queued behind the
+// cancelled upgrade is served at the release, and no key is left.
+func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "cancelled"
+	u := mustULock(t, a, name)
+	r, ok, err := b.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if ok, err := u.TryUpgrade(ctx); ok || err != nil {
+		t.Fatalf("TryUpgrade beside a reader: %v, %v; want false, nil", ok, err)
+	}
+	if n := queueLen(t, a, kindWrite, name); n != 0 {
+		t.Fatalf("a failed TryUpgrade left %d queue entries", n)
+	}
+	uctx, cancel := context.WithCancel(ctx)
+	upgraded := make(chan error, 1)
+	go func() { upgraded <- u.Upgrade(uctx) }()
+	waitQueued(t, a, kindWrite, name, 1)
+	writer := make(chan *Lease, 1)
+	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
+	waitQueued(t, a, kindWrite, name, 2)
+	cancel()
+	if err := <-upgraded; !errors.Is(err, backend.ErrNotAcquired) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Upgrade: %v, want ErrNotAcquired and context.Canceled", err)
+	}
+	if n := queueLen(t, a, kindWrite, name); n != 1 {
+		t.Fatalf("after a cancelled upgrade the queue holds %d waiters, want the writer alone", n)
+	}
+	notLost(t, u)
+	refused(t, b, name, kindUpgrade, kindWrite)
+	// A reader may come in beside the upgradeable one (no writer holds),
+	// but the writer that waits is first: readers wait behind it.
+	refused(t, b, name, kindRead)
+	release(t, r)
+	release(t, u)
+	select {
+	case w := <-writer:
+		if w == nil {
+			t.Fatal("the waiting writer failed")
+		}
+		release(t, w)
+	case <-time.After(testLease):
+		t.Fatalf("the writer behind a cancelled upgrade was not served within the lease %v", testLease)
+	}
+	noKeysLeft(t, a, name)
+
+	// Without a writer behind it, readers get in right after the cancel.
+	u = mustULock(t, a, name)
+	r, ok, err = b.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	short, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
+	err = u.Upgrade(short)
+	cancel2()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Upgrade past its deadline: %v", err)
+	}
+	r2, ok, err := b.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatalf("a reader after a cancelled upgrade: %v, %v; want in", ok, err)
+	}
+	release(t, r2)
+	release(t, r)
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatalf("Upgrade after a cancelled one: %v", err)
+	}
+	release(t, u)
+	noKeysLeft(t, a, name)
+}
+
+const upgradeReaderEnv = "DLOCK_VALKEY_UPGRADE_READER"
+
+// An upgrade waits for a reader in another process, is woken by its
+// release, and outlasts a reader whose process is killed (its member
+// expires with its lease). Readers of other clients wait meanwhile.
+func TestUpgradeAcrossProcesses(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	if spec := os.Getenv(upgradeReaderEnv); spec != "" {
+		// The helper process: hold a reader until stdin closes.
+		space, name, _ := strings.Cut(spec, "|")
+		b := newTestBackend(t, space, addr)
+		r, err := b.RLock(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Println("held")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		if err := r.Release(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	for _, end := range []string{"release", "kill"} {
+		t.Run(end, func(t *testing.T) {
+			space := t.TempDir()
+			name := "procs-" + end
+			a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+			ctx := testCtx(t)
+			u := mustULock(t, a, name)
+			exe, err := os.Executable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(exe, "-test.run=^TestUpgradeAcrossProcesses$", "-test.count=1")
+			cmd.Env = append(os.Environ(), upgradeReaderEnv+"="+space+"|"+name)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() && sc.Text() != "held" {
+			}
+			go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+			upgraded := make(chan error, 1)
+			go func() { upgraded <- u.Upgrade(ctx) }()
+			waitQueued(t, a, kindWrite, name, 1)
+			refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+			select {
+			case err := <-upgraded:
+				t.Fatalf("Upgrade returned while another process reads: %v", err)
+			case <-time.After(200 * time.Millisecond):
+			}
+			var bound time.Duration
+			start := time.Now()
+			if end == "release" {
+				_ = stdin.Close()
+				bound = 10 * time.Second // a hand-off takes a round trip; generous for a loaded machine
+			} else {
+				if err := cmd.Process.Kill(); err != nil {
+					t.Fatal(err)
+				}
+				// The dead reader's member lasts the lease after its last
+				// extension; the upgrade polls at least every maxPoll.
+				bound = testLease + maxPoll + time.Second
+			}
+			select {
+			case err := <-upgraded:
+				if err != nil {
+					t.Fatalf("Upgrade: %v", err)
+				}
+				t.Logf("upgraded %v after the reader's %s", time.Since(start).Round(time.Millisecond), end)
+			case <-time.After(bound):
+				t.Fatalf("the upgrade did not complete within %v of the reader's %s", bound, end)
+			}
+			refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+			release(t, u)
+			_ = cmd.Wait()
+			noKeysLeft(t, a, name)
+		})
+	}
+}
+
+// An upgradeable reader's lease, and the write lock it upgraded to, are
+// extended like any other: held over several leases, never lost,
+// excluding what they exclude all along.
+func TestUpgradeExtended(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "extended"
+	u := mustULock(t, a, name)
+	time.Sleep(2 * testLease)
+	notLost(t, u)
+	refused(t, b, name, kindWrite, kindUpgrade)
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * testLease)
+	notLost(t, u)
+	refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+	release(t, u)
+	noKeysLeft(t, a, name)
+}
+
+// Deleting either key of an upgraded lease (the upgradeable key, the
+// writer key) is a loss, reported within the lease; its release says so
+// and frees the name.
+func TestUpgradeLossAfterUpgrade(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	for _, suffix := range []string{"rw:u", "rw:w"} {
+		name := "lost-" + suffix
+		u := mustULock(t, a, name)
+		if err := u.Upgrade(ctx); err != nil {
+			t.Fatal(err)
+		}
+		do(t, a, func(bb valkeygo.Builder) valkeygo.Completed { return bb.Del().Key(u.base + suffix).Build() })
+		waitLost(t, u, 5*time.Second)
+		if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrLockLost) {
+			t.Errorf("%s deleted: Upgrade of the lost lease: %v, want ErrLockLost", suffix, err)
+		}
+		if err := u.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
+			t.Errorf("%s deleted: Release: %v, want ErrLockLost", suffix, err)
+		}
+		release(t, mustTryW(t, b, name))
+		noKeysLeft(t, a, name)
+	}
+}
+
+func mustTryW(t testing.TB, b *Backend, name string) *Lease {
+	t.Helper()
+	l, ok, err := b.TryWLock(testCtx(t), name)
+	if err != nil || !ok {
+		t.Fatalf("TryWLock(%q) = %v, %v", name, ok, err)
+	}
+	return l
+}
+
+// The fencing token is the upgradeable acquisition's, before and after
+// the upgrade: above every earlier holder's (writers included), below
+// every later one's.
+func TestUpgradeFencing(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, t.TempDir(), addr)
+	ctx := testCtx(t)
+	name := "fencing"
+	w := mustTryW(t, b, name)
+	release(t, w)
+	u := mustULock(t, b, name)
+	if u.Token() <= w.Token() {
+		t.Fatalf("upgradeable reader's token %d after a writer's %d", u.Token(), w.Token())
+	}
+	before := u.Token()
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u.Token() != before {
+		t.Errorf("token changed by the upgrade: %d, then %d", before, u.Token())
+	}
+	release(t, u)
+	w2 := mustTryW(t, b, name)
+	if w2.Token() <= u.Token() {
+		t.Errorf("a writer's token %d after the upgraded lease's %d", w2.Token(), u.Token())
+	}
+	release(t, w2)
+}
+
+// An upgrade whose answer was lost is undone (downgrade): the lease is
+// the upgradeable reader again, readers get in, and it can upgrade anew.
+func TestUpgradeUndone(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "undone"
+	u := mustULock(t, a, name)
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	u.downgrade(ctx)
+	if left := rwKeysLeft(t, a, name); strings.Join(left, " ") != "rw:r rw:u" {
+		t.Errorf("keys after the downgrade: %v, want rw:r rw:u", left)
+	}
+	r, ok, err := b.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatalf("a reader after the downgrade: %v, %v", ok, err)
+	}
+	refused(t, b, name, kindWrite, kindUpgrade)
+	if ok, err := u.TryUpgrade(ctx); ok || err != nil {
+		t.Fatalf("TryUpgrade beside a reader: %v, %v", ok, err)
+	}
+	release(t, r)
+	if ok, err := u.TryUpgrade(ctx); !ok || err != nil {
+		t.Fatalf("TryUpgrade alone: %v, %v", ok, err)
+	}
+	u.downgrade(ctx) // and a downgrade of a lease that is not upgraded does nothing
+	u.downgrade(ctx)
+	notLost(t, u)
+	release(t, u)
+	noKeysLeft(t, a, name)
+}
+
+// Upgrade of anything but a held upgradeable reader fails clearly.
+func TestUpgradeUnsupported(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, t.TempDir(), addr)
+	ctx := testCtx(t)
+	r, _, _ := b.TryRLock(ctx, "r")
+	m := mustLock(t, b, "m")
+	for _, l := range []*Lease{r, m} {
+		if err := l.Upgrade(ctx); !errors.Is(err, errors.ErrUnsupported) || !backend.IsPermanent(err) {
+			t.Errorf("Upgrade of a %v: %v, want a permanent errors.ErrUnsupported", l.kind, err)
+		}
+		if _, err := l.TryUpgrade(ctx); !errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("TryUpgrade of a %v: %v, want errors.ErrUnsupported", l.kind, err)
+		}
+		release(t, l)
+	}
+	u := mustULock(t, b, "u")
+	release(t, u)
+	if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrNotHeld) {
+		t.Errorf("Upgrade after Release: %v, want ErrNotHeld", err)
+	}
+	u = mustULock(t, b, "u")
+	_ = b.Close()
+	if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrClosed) {
+		t.Errorf("Upgrade after Close: %v, want ErrClosed", err)
+	}
+	nodes := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_NODES"))
+	var rl any = newTestRedLock(t, t.Name(), nodes)
+	if _, ok := rl.(backend.UpgradeableLocker[*Lease]); ok {
+		t.Error("RedLock offers upgradeable read locks; it offers no RW lock")
+	}
+}
+
+// With WithReplicas, an upgrade counts only once the replicas have it:
+// when Upgrade returns, every replica has the lease as the writer.
+func TestUpgradeWithReplicas(t *testing.T) {
+	sentinels := splitAddrs(dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_SENTINEL"))
+	replicas := sentinelReplicas(t, sentinels)
+	b, err := New(sentinelClient(t, sentinels), WithKeyPrefix(testPrefix(t.Name())), WithLease(3*time.Second),
+		WithExtendEvery(300*time.Millisecond), WithReplicas(len(replicas), time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := testCtx(t)
+	u := mustULock(t, b, "replicated")
+	for _, r := range replicas {
+		if !onReplica(t, r, u) {
+			t.Errorf("upgradeable reader held, but not on replica %s", r)
+		}
+	}
+	if err := u.Upgrade(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range replicas {
+		c := testClient(t, addr)
+		v, err := c.Do(ctx, c.B().Get().Key(u.base+"rw:w").Build()).ToString()
+		if err != nil || v != u.token {
+			t.Errorf("upgraded, but replica %s has writer %q (%v), want the lease's token", addr, v, err)
+		}
+	}
+	time.Sleep(time.Second) // extensions, each confirmed
+	notLost(t, u)
+	release(t, u)
+}
+
+// A reader whose first attempt finds a writer waiting (not holding) queues
+// behind it, and gets in after it. (The readers' script once compared
+// ZRANK's answer for a waiter not yet queued — false in Lua, not nil —
+// with a number: the attempt failed with a script error instead, and a
+// plain RLock returned it. An upgrade waiting for readers queues as such
+// a writer.)
+func TestReaderQueuesBehindWaitingWriter(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "reader-behind-writer"
+	r, ok, err := a.TryRLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	writer := make(chan *Lease, 1)
+	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
+	waitQueued(t, a, kindWrite, name, 1)
+	reader := make(chan *Lease, 1)
+	go func() {
+		l, err := b.RLock(ctx, name)
+		if err != nil {
+			t.Errorf("RLock behind a waiting writer: %v", err)
+		}
+		reader <- l
+	}()
+	waitQueued(t, a, kindWrite, name, 2)
+	release(t, r)
+	w := <-writer
+	if w == nil {
+		t.Fatal("the writer failed")
+	}
+	release(t, w)
+	if l := <-reader; l != nil {
+		release(t, l)
+	}
+	noKeysLeft(t, a, name)
+}
