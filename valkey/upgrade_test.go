@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -594,4 +595,88 @@ func TestReaderQueuesBehindWaitingWriter(t *testing.T) {
 		release(t, l)
 	}
 	noKeysLeft(t, a, name)
+}
+
+// BenchmarkUpgrade compares, on a free lock, a write lock (TryWLock,
+// Release: two round trips) with an upgradeable reader that upgrades
+// (TryULock, TryUpgrade, Release: three) and one that does not (two).
+// Run with -count >= 6 and compare the sub-benchmarks of one run.
+func BenchmarkUpgrade(b *testing.B) {
+	be, ctx := benchBackend(b)
+	for _, c := range []struct {
+		name string
+		f    func(name string) error
+	}{
+		{"write", func(name string) error {
+			l, _, err := be.TryWLock(ctx, name)
+			if err != nil {
+				return err
+			}
+			return l.Release(ctx)
+		}},
+		{"upgradeable", func(name string) error {
+			l, _, err := be.TryULock(ctx, name)
+			if err != nil {
+				return err
+			}
+			return l.Release(ctx)
+		}},
+		{"upgraded", func(name string) error {
+			l, _, err := be.TryULock(ctx, name)
+			if err != nil {
+				return err
+			}
+			if ok, err := l.TryUpgrade(ctx); !ok || err != nil {
+				return fmt.Errorf("TryUpgrade: %v, %w", ok, err)
+			}
+			return l.Release(ctx)
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := c.f("bench-" + c.name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkUpgradeHandOff measures the time from a reader's release (on
+// another Backend, as another process would be) to the waiting upgrade's
+// return.
+func BenchmarkUpgradeHandOff(b *testing.B) {
+	be, ctx := benchBackend(b)
+	addr := dlocktest.RequireEnv(b, "DLOCK_TEST_VALKEY_ADDR")
+	readers, err := New(testClient(b, addr), WithKeyPrefix(be.c.cfg.prefix))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer readers.Close()
+	lat := make([]time.Duration, 0, b.N)
+	for b.Loop() {
+		u := mustULock(b, be, "handoff")
+		r, ok, err := readers.TryRLock(ctx, "handoff")
+		if err != nil || !ok {
+			b.Fatal(ok, err)
+		}
+		got := make(chan time.Time, 1)
+		go func() {
+			err := u.Upgrade(ctx)
+			at := time.Now()
+			if err != nil {
+				b.Error(err)
+			}
+			got <- at
+		}()
+		waitQueued(b, be, kindWrite, "handoff", 1)
+		time.Sleep(2 * time.Millisecond) // let the upgrade subscribe and wait
+		t0 := time.Now()
+		_ = r.Release(ctx)
+		lat = append(lat, (<-got).Sub(t0))
+		_ = u.Release(ctx)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
