@@ -24,7 +24,7 @@ package valkey
 // holds the lock, and no live writer or upgradeable reader queued before
 // it (a try: none is queued); plain readers queued before it do not stop
 // it (they share the lock with it).
-var acquireUpgradeable = newScript(luaNextFence + luaQueue + `
+var acquireUpgradeable = newScript(luaNextFence + luaQueue + luaAhead + `
 local rs, w, q, d, u = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local lease = tonumber(ARGV[2])
 local me = nil
@@ -34,22 +34,10 @@ local hint = redis.call('PTTL', w)
 if hint == -2 then hint = redis.call('PTTL', u) end
 local blocked = hint ~= -2
 if not blocked and redis.call('EXISTS', q) == 1 then
-  evict(q, d, now)
-  local rank = nil
-  if me then rank = redis.call('ZRANK', q, me) end
-  local ahead = {}
-  if not rank then ahead = redis.call('ZRANGE', q, 0, -1)
-  elseif rank > 0 then ahead = redis.call('ZRANGE', q, 0, rank - 1) end
-  for _, m in ipairs(ahead) do
-    local c = string.sub(m, 1, 1)
-    if c == 'w' or c == 'u' then
-      local dl = redis.call('ZSCORE', d, m)
-      if dl then
-        blocked = true
-        hint = tonumber(dl) - now
-        break
-      end
-    end
+  local dl = ahead(q, d, me, now, 'wu')
+  if dl then
+    blocked = true
+    hint = dl - now
   end
 end
 if not blocked then
