@@ -24,14 +24,23 @@ import (
 // process (alive or killed), a cancelled upgrade leaving nothing in the
 // way, extension and loss of an upgraded lease, fencing, replicas.
 
-// mustULock takes name as b's upgradeable reader.
-func mustULock(t testing.TB, b *Backend, name string) *Lease {
+// mustTry takes name by try (a Backend's TryULock, TryRLock, TryWLock).
+func mustTry(t testing.TB, try func(context.Context, string) (*Lease, bool, error), name string) *Lease {
 	t.Helper()
-	l, ok, err := b.TryULock(testCtx(t), name)
+	l, ok, err := try(testCtx(t), name)
 	if err != nil || !ok {
-		t.Fatalf("TryULock(%q) = %v, %v", name, ok, err)
+		t.Fatalf("taking %q: %v, %v", name, ok, err)
 	}
 	return l
+}
+
+// twoBackends returns two Backends (own clients) over the standalone
+// server, with the same options.
+func twoBackends(t testing.TB) (a, b *Backend) {
+	t.Helper()
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	return newTestBackend(t, space, addr), newTestBackend(t, space, addr)
 }
 
 // refused checks that every try in tries fails (held or waited for), and
@@ -107,6 +116,23 @@ func getKey(t testing.TB, b *Backend, name, suffix string) string {
 	return v
 }
 
+// waitAsync starts wait(ctx, name) (a Backend's RLock, WLock or ULock)
+// and returns, once the queue of a's lock name holds n waiters, where its
+// lease is sent (nil after an error, which fails t).
+func waitAsync(t testing.TB, a *Backend, name string, n int64, wait func(context.Context, string) (*Lease, error)) <-chan *Lease {
+	t.Helper()
+	out := make(chan *Lease, 1)
+	go func() {
+		l, err := wait(testCtx(t), name)
+		if err != nil {
+			t.Errorf("waiting for %q: %v", name, err)
+		}
+		out <- l
+	}()
+	waitQueued(t, a, kindWrite, name, n)
+	return out
+}
+
 func release(t testing.TB, l *Lease) {
 	t.Helper()
 	if err := l.Release(testCtx(t)); err != nil {
@@ -121,7 +147,7 @@ func TestUpgradeKeys(t *testing.T) {
 	b := newTestBackend(t, t.TempDir(), addr)
 	ctx := testCtx(t)
 	name := "keys"
-	u := mustULock(t, b, name)
+	u := mustTry(t, b.TryULock, name)
 	if got := getKey(t, b, name, "rw:u"); got != u.token {
 		t.Errorf("rw:u = %q, want the lease's token %q", got, u.token)
 	}
@@ -131,7 +157,7 @@ func TestUpgradeKeys(t *testing.T) {
 	release(t, u)
 	noKeysLeft(t, b, name)
 
-	u = mustULock(t, b, name)
+	u = mustTry(t, b.TryULock, name)
 	if err := u.Upgrade(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -148,32 +174,17 @@ func TestUpgradeKeys(t *testing.T) {
 // A reader that waits for the upgrade, and readers and writers that come
 // during it: all served once the upgraded lease is released; nothing left.
 func TestUpgradeThenWaitersServed(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	a, b := twoBackends(t)
 	ctx := testCtx(t)
 	name := "served"
-	u := mustULock(t, a, name)
-	r, ok, err := b.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
+	u := mustTry(t, a.TryULock, name)
+	r := mustTry(t, b.TryRLock, name)
 	upgraded := make(chan error, 1)
 	go func() { upgraded <- u.Upgrade(ctx) }()
 	waitQueued(t, a, kindWrite, name, 1)
 	refused(t, b, name, kindRead, kindWrite, kindUpgrade)
-	writer := make(chan *Lease, 1)
-	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
-	waitQueued(t, a, kindWrite, name, 2)
-	reader := make(chan *Lease, 1)
-	go func() {
-		l, err := b.RLock(ctx, name)
-		if err != nil {
-			t.Errorf("RLock: %v", err)
-		}
-		reader <- l
-	}()
-	waitQueued(t, a, kindWrite, name, 3)
+	writer := waitAsync(t, a, name, 2, b.WLock)
+	reader := waitAsync(t, a, name, 3, b.RLock)
 	release(t, r)
 	if err := <-upgraded; err != nil {
 		t.Fatalf("Upgrade: %v", err)
@@ -204,16 +215,11 @@ func TestUpgradeThenWaitersServed(t *testing.T) {
 // readers enter at once after them, a writer that queued behind the
 // cancelled upgrade is served at the release, and no key is left.
 func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	a, b := twoBackends(t)
 	ctx := testCtx(t)
 	name := "cancelled"
-	u := mustULock(t, a, name)
-	r, ok, err := b.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
+	u := mustTry(t, a.TryULock, name)
+	r := mustTry(t, b.TryRLock, name)
 	if ok, err := u.TryUpgrade(ctx); ok || err != nil {
 		t.Fatalf("TryUpgrade beside a reader: %v, %v; want false, nil", ok, err)
 	}
@@ -224,9 +230,7 @@ func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
 	upgraded := make(chan error, 1)
 	go func() { upgraded <- u.Upgrade(uctx) }()
 	waitQueued(t, a, kindWrite, name, 1)
-	writer := make(chan *Lease, 1)
-	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
-	waitQueued(t, a, kindWrite, name, 2)
+	writer := waitAsync(t, a, name, 2, b.WLock)
 	cancel()
 	if err := <-upgraded; !errors.Is(err, backend.ErrNotAcquired) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled Upgrade: %v, want ErrNotAcquired and context.Canceled", err)
@@ -253,21 +257,15 @@ func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
 	noKeysLeft(t, a, name)
 
 	// Without a writer behind it, readers get in right after the cancel.
-	u = mustULock(t, a, name)
-	r, ok, err = b.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
+	u = mustTry(t, a.TryULock, name)
+	r = mustTry(t, b.TryRLock, name)
 	short, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
-	err = u.Upgrade(short)
+	err := u.Upgrade(short)
 	cancel2()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Upgrade past its deadline: %v", err)
 	}
-	r2, ok, err := b.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatalf("a reader after a cancelled upgrade: %v, %v; want in", ok, err)
-	}
+	r2 := mustTry(t, b.TryRLock, name) // a reader gets in after a cancelled upgrade
 	release(t, r2)
 	release(t, r)
 	if err := u.Upgrade(ctx); err != nil {
@@ -305,7 +303,7 @@ func TestUpgradeAcrossProcesses(t *testing.T) {
 			name := "procs-" + end
 			a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
 			ctx := testCtx(t)
-			u := mustULock(t, a, name)
+			u := mustTry(t, a.TryULock, name)
 			exe, err := os.Executable()
 			if err != nil {
 				t.Fatal(err)
@@ -372,12 +370,10 @@ func TestUpgradeAcrossProcesses(t *testing.T) {
 // extended like any other: held over several leases, never lost,
 // excluding what they exclude all along.
 func TestUpgradeExtended(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	a, b := twoBackends(t)
 	ctx := testCtx(t)
 	name := "extended"
-	u := mustULock(t, a, name)
+	u := mustTry(t, a.TryULock, name)
 	time.Sleep(2 * testLease)
 	notLost(t, u)
 	refused(t, b, name, kindWrite, kindUpgrade)
@@ -391,40 +387,35 @@ func TestUpgradeExtended(t *testing.T) {
 	noKeysLeft(t, a, name)
 }
 
-// Deleting either key of an upgraded lease (the upgradeable key, the
-// writer key) is a loss, reported within the lease; its release says so
-// and frees the name.
-func TestUpgradeLossAfterUpgrade(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+// Deleting a key that records an upgradeable reader — the upgradeable
+// key or the readers' set before the upgrade, the upgradeable key or the
+// writer key after it — is a loss, reported within the lease; Upgrade
+// and Release then say so, and the name is free afterwards.
+func TestUpgradeLoss(t *testing.T) {
+	a, b := twoBackends(t)
 	ctx := testCtx(t)
-	for _, suffix := range []string{"rw:u", "rw:w"} {
-		name := "lost-" + suffix
-		u := mustULock(t, a, name)
-		if err := u.Upgrade(ctx); err != nil {
-			t.Fatal(err)
+	for _, c := range []struct {
+		suffix   string
+		upgraded bool
+	}{{"rw:u", false}, {"rw:r", false}, {"rw:u", true}, {"rw:w", true}} {
+		name := fmt.Sprintf("lost-%s-%v", c.suffix, c.upgraded)
+		u := mustTry(t, a.TryULock, name)
+		if c.upgraded {
+			if err := u.Upgrade(ctx); err != nil {
+				t.Fatal(err)
+			}
 		}
-		do(t, a, func(bb valkeygo.Builder) valkeygo.Completed { return bb.Del().Key(u.base + suffix).Build() })
+		do(t, a, func(bb valkeygo.Builder) valkeygo.Completed { return bb.Del().Key(u.base + c.suffix).Build() })
 		waitLost(t, u, 5*time.Second)
 		if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrLockLost) {
-			t.Errorf("%s deleted: Upgrade of the lost lease: %v, want ErrLockLost", suffix, err)
+			t.Errorf("%s: Upgrade of the lost lease: %v, want ErrLockLost", name, err)
 		}
 		if err := u.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
-			t.Errorf("%s deleted: Release: %v, want ErrLockLost", suffix, err)
+			t.Errorf("%s: Release: %v, want ErrLockLost", name, err)
 		}
-		release(t, mustTryW(t, b, name))
+		release(t, mustTry(t, b.TryWLock, name))
 		noKeysLeft(t, a, name)
 	}
-}
-
-func mustTryW(t testing.TB, b *Backend, name string) *Lease {
-	t.Helper()
-	l, ok, err := b.TryWLock(testCtx(t), name)
-	if err != nil || !ok {
-		t.Fatalf("TryWLock(%q) = %v, %v", name, ok, err)
-	}
-	return l
 }
 
 // The fencing token is the upgradeable acquisition's, before and after
@@ -435,9 +426,9 @@ func TestUpgradeFencing(t *testing.T) {
 	b := newTestBackend(t, t.TempDir(), addr)
 	ctx := testCtx(t)
 	name := "fencing"
-	w := mustTryW(t, b, name)
+	w := mustTry(t, b.TryWLock, name)
 	release(t, w)
-	u := mustULock(t, b, name)
+	u := mustTry(t, b.TryULock, name)
 	if u.Token() <= w.Token() {
 		t.Fatalf("upgradeable reader's token %d after a writer's %d", u.Token(), w.Token())
 	}
@@ -449,7 +440,7 @@ func TestUpgradeFencing(t *testing.T) {
 		t.Errorf("token changed by the upgrade: %d, then %d", before, u.Token())
 	}
 	release(t, u)
-	w2 := mustTryW(t, b, name)
+	w2 := mustTry(t, b.TryWLock, name)
 	if w2.Token() <= u.Token() {
 		t.Errorf("a writer's token %d after the upgraded lease's %d", w2.Token(), u.Token())
 	}
@@ -459,12 +450,10 @@ func TestUpgradeFencing(t *testing.T) {
 // An upgrade whose answer was lost is undone (downgrade): the lease is
 // the upgradeable reader again, readers get in, and it can upgrade anew.
 func TestUpgradeUndone(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	a, b := twoBackends(t)
 	ctx := testCtx(t)
 	name := "undone"
-	u := mustULock(t, a, name)
+	u := mustTry(t, a.TryULock, name)
 	if err := u.Upgrade(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -472,10 +461,7 @@ func TestUpgradeUndone(t *testing.T) {
 	if left := rwKeysLeft(t, a, name); strings.Join(left, " ") != "rw:r rw:u" {
 		t.Errorf("keys after the downgrade: %v, want rw:r rw:u", left)
 	}
-	r, ok, err := b.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatalf("a reader after the downgrade: %v, %v", ok, err)
-	}
+	r := mustTry(t, b.TryRLock, name) // a reader gets in after the downgrade
 	refused(t, b, name, kindWrite, kindUpgrade)
 	if ok, err := u.TryUpgrade(ctx); ok || err != nil {
 		t.Fatalf("TryUpgrade beside a reader: %v, %v", ok, err)
@@ -507,12 +493,12 @@ func TestUpgradeUnsupported(t *testing.T) {
 		}
 		release(t, l)
 	}
-	u := mustULock(t, b, "u")
+	u := mustTry(t, b.TryULock, "u")
 	release(t, u)
 	if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrNotHeld) {
 		t.Errorf("Upgrade after Release: %v, want ErrNotHeld", err)
 	}
-	u = mustULock(t, b, "u")
+	u = mustTry(t, b.TryULock, "u")
 	_ = b.Close()
 	if err := u.Upgrade(ctx); !errors.Is(err, backend.ErrClosed) {
 		t.Errorf("Upgrade after Close: %v, want ErrClosed", err)
@@ -536,7 +522,7 @@ func TestUpgradeWithReplicas(t *testing.T) {
 	}
 	defer b.Close()
 	ctx := testCtx(t)
-	u := mustULock(t, b, "replicated")
+	u := mustTry(t, b.TryULock, "replicated")
 	for _, r := range replicas {
 		if !onReplica(t, r, u) {
 			t.Errorf("upgradeable reader held, but not on replica %s", r)
@@ -564,27 +550,11 @@ func TestUpgradeWithReplicas(t *testing.T) {
 // plain RLock returned it. An upgrade waiting for readers queues as such
 // a writer.)
 func TestReaderQueuesBehindWaitingWriter(t *testing.T) {
-	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	space := t.TempDir()
-	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
-	ctx := testCtx(t)
+	a, b := twoBackends(t)
 	name := "reader-behind-writer"
-	r, ok, err := a.TryRLock(ctx, name)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	writer := make(chan *Lease, 1)
-	go func() { l, _ := b.WLock(ctx, name); writer <- l }()
-	waitQueued(t, a, kindWrite, name, 1)
-	reader := make(chan *Lease, 1)
-	go func() {
-		l, err := b.RLock(ctx, name)
-		if err != nil {
-			t.Errorf("RLock behind a waiting writer: %v", err)
-		}
-		reader <- l
-	}()
-	waitQueued(t, a, kindWrite, name, 2)
+	r := mustTry(t, a.TryRLock, name)
+	writer := waitAsync(t, a, name, 1, b.WLock)
+	reader := waitAsync(t, a, name, 2, b.RLock)
 	release(t, r)
 	w := <-writer
 	if w == nil {
@@ -655,7 +625,7 @@ func BenchmarkUpgradeHandOff(b *testing.B) {
 	defer readers.Close()
 	lat := make([]time.Duration, 0, b.N)
 	for b.Loop() {
-		u := mustULock(b, be, "handoff")
+		u := mustTry(b, be.TryULock, "handoff")
 		r, ok, err := readers.TryRLock(ctx, "handoff")
 		if err != nil || !ok {
 			b.Fatal(ok, err)
