@@ -36,7 +36,7 @@ import (
 //	rw:r   RW: readers (sorted set: token scored by expiry, server ms)
 //	rw:w   RW: the writer (string, PX lease)
 //	rw:u   RW: the upgradeable reader (string, PX lease; see upgrade.go)
-//	rw:a   RW: the waiter queue ("r" or "w" and the waiter's id, by arrival)
+//	rw:a   RW: the waiter queue ("r", "w" or "u" and the waiter's id, by arrival; a waiting upgrade at 0)
 //	rw:d   RW: the waiters' deadlines
 //	rw:f   RW: the fencing counter
 //	rw:n   RW: the channel
