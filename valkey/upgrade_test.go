@@ -275,26 +275,76 @@ func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
 	noKeysLeft(t, a, name)
 }
 
-const upgradeReaderEnv = "DLOCK_VALKEY_UPGRADE_READER"
+const upgradeHelperEnv = "DLOCK_VALKEY_UPGRADE_HELPER"
+
+// upgradeHelper is the helper process of the upgrade tests (spec:
+// "space|name|role"): it takes name as a reader (role "reader") or as an
+// upgradeable reader that then upgrades ("upgrader"), says "held", and
+// releases when its stdin closes.
+func upgradeHelper(t *testing.T, addr, spec string) {
+	parts := strings.SplitN(spec, "|", 3)
+	if len(parts) != 3 {
+		t.Fatalf("bad %s %q", upgradeHelperEnv, spec)
+	}
+	space, name, role := parts[0], parts[1], parts[2]
+	b := newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	wait := b.RLock
+	if role == "upgrader" {
+		wait = b.ULock
+	}
+	l, err := wait(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("held")
+	if role == "upgrader" {
+		if err := l.Upgrade(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startUpgradeHelper starts the helper process of test (which must call
+// upgradeHelper) in role on name, and returns once it holds; closing
+// stdin makes it release.
+func startUpgradeHelper(t *testing.T, test, space, name, role string) (cmd *exec.Cmd, stdin io.WriteCloser) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(exe, "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), upgradeHelperEnv+"="+space+"|"+name+"|"+role)
+	if stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && sc.Text() != "held" {
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	return cmd, stdin
+}
 
 // An upgrade waits for a reader in another process, is woken by its
 // release, and outlasts a reader whose process is killed (its member
 // expires with its lease). Readers of other clients wait meanwhile.
 func TestUpgradeAcrossProcesses(t *testing.T) {
 	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
-	if spec := os.Getenv(upgradeReaderEnv); spec != "" {
-		// The helper process: hold a reader until stdin closes.
-		space, name, _ := strings.Cut(spec, "|")
-		b := newTestBackend(t, space, addr)
-		r, err := b.RLock(testCtx(t), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Println("held")
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		if err := r.Release(testCtx(t)); err != nil {
-			t.Fatal(err)
-		}
+	if spec := os.Getenv(upgradeHelperEnv); spec != "" {
+		upgradeHelper(t, addr, spec)
 		return
 	}
 	for _, end := range []string{"release", "kill"} {
@@ -304,29 +354,7 @@ func TestUpgradeAcrossProcesses(t *testing.T) {
 			a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
 			ctx := testCtx(t)
 			u := mustTry(t, a.TryULock, name)
-			exe, err := os.Executable()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(exe, "-test.run=^TestUpgradeAcrossProcesses$", "-test.count=1")
-			cmd.Env = append(os.Environ(), upgradeReaderEnv+"="+space+"|"+name)
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() && sc.Text() != "held" {
-			}
-			go func() { _, _ = io.Copy(io.Discard, stdout) }()
-
+			cmd, stdin := startUpgradeHelper(t, "TestUpgradeAcrossProcesses", space, name, "reader")
 			upgraded := make(chan error, 1)
 			go func() { upgraded <- u.Upgrade(ctx) }()
 			waitQueued(t, a, kindWrite, name, 1)
@@ -364,6 +392,63 @@ func TestUpgradeAcrossProcesses(t *testing.T) {
 			noKeysLeft(t, a, name)
 		})
 	}
+}
+
+// An upgradeable reader whose process is killed while its upgrade waits
+// holds nobody up for longer than the lease: its queued upgrade stops
+// new readers only until its place expires, and its keys expire too.
+func TestDeadUpgraderFrees(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	if spec := os.Getenv(upgradeHelperEnv); spec != "" {
+		upgradeHelper(t, addr, spec)
+		return
+	}
+	space := t.TempDir()
+	name := "dead-upgrader"
+	b := newTestBackend(t, space, addr)
+	r := mustTry(t, b.TryRLock, name)
+	cmd, _ := startUpgradeHelper(t, "TestDeadUpgraderFrees", space, name, "upgrader")
+	waitQueued(t, b, kindWrite, name, 1) // its upgrade waits for r
+	refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	_ = cmd.Wait()
+	// Its place in the queue and its keys last the lease after its last
+	// attempt or extension (before the kill).
+	bound := testLease + maxPoll + time.Second
+	for {
+		l, ok, err := b.TryRLock(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			release(t, l)
+			break
+		}
+		if time.Since(killed) > bound {
+			t.Fatalf("readers still wait %v after the upgrader was killed (lease %v)", bound, testLease)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	release(t, r)
+	for {
+		l, ok, err := b.TryWLock(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			release(t, l)
+			break
+		}
+		if time.Since(killed) > bound {
+			t.Fatalf("writers still wait %v after the upgrader was killed (lease %v)", bound, testLease)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("free %v after the kill", time.Since(killed).Round(time.Millisecond))
+	noKeysLeft(t, b, name)
 }
 
 // An upgradeable reader's lease, and the write lock it upgraded to, are
