@@ -554,11 +554,13 @@ type Lease struct {
 	lost  chan struct{}
 
 	// Guarded by c.ext.mu.
-	state    leaseState
-	loss     loss.Notifier // AfterLost's functions
-	deadline time.Time     // validity: Lost closes when it passes unconfirmed
-	due      time.Time     // next extension
-	idx      int           // index in the extender's heap; -1 when not in it
+	state     leaseState
+	upgrading bool          // an Upgrade or TryUpgrade of it is under way (upgrade.go)
+	upgraded  bool          // an Upgrade or TryUpgrade of it returned success
+	loss      loss.Notifier // AfterLost's functions
+	deadline  time.Time     // validity: Lost closes when it passes unconfirmed
+	due       time.Time     // next extension
+	idx       int           // index in the extender's heap; -1 when not in it
 }
 
 type leaseState uint8

@@ -76,12 +76,18 @@ func (b *Backend) ULock(ctx context.Context, name string) (*Lease, error) {
 // woken by the readers' releases. It ends with an error wrapping
 // backend.ErrLockLost when the lease is lost meanwhile. When ctx ends
 // first (or after any other error) the lease is still the upgradeable
-// reader, and the queue holds nothing of the upgrade. The fencing token
-// stays the lease's: see the package documentation.
+// reader, and the queue holds nothing of the upgrade. Once it has
+// returned nil, it returns nil at once (while the lease is held). While
+// an upgrade of the lease is under way, another call of Upgrade or
+// TryUpgrade on it fails (an error) rather than wait beside it. The
+// fencing token stays the lease's: see the package documentation.
 func (l *Lease) Upgrade(ctx context.Context) error {
-	if err := l.upgradable(); err != nil {
+	done, err := l.beginUpgrade()
+	if done || err != nil {
 		return err
 	}
+	ok := false
+	defer func() { l.endUpgrade(ok) }()
 	uctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// A loss (or a Release) ends the wait at once.
@@ -89,20 +95,24 @@ func (l *Lease) Upgrade(ctx context.Context) error {
 	defer stop()
 	var unsure bool
 	r := newRequest(kindWrite, l.name, l.base, nil) // waits and leaves the queue as a writer
-	_, err := l.c.waitWith(uctx, r, l.upgradeTry(upgradeAttemptKeys(l.base), &unsure))
-	if err == nil {
-		return l.upgraded(ctx)
+	if _, err = l.c.waitWith(uctx, r, l.upgradeTry(upgradeAttemptKeys(l.base), &unsure)); err != nil {
+		return l.upgradeFailed(ctx, err, unsure)
 	}
-	return l.upgradeFailed(ctx, err, unsure)
+	err = l.confirmUpgrade(ctx)
+	ok = err == nil
+	return err
 }
 
 // TryUpgrade implements backend.Upgrader: one attempt, which fails
 // (false) while plain readers hold the lock; the lease is then still the
 // upgradeable reader.
 func (l *Lease) TryUpgrade(ctx context.Context) (bool, error) {
-	if err := l.upgradable(); err != nil {
-		return false, err
+	done, err := l.beginUpgrade()
+	if done || err != nil {
+		return err == nil, err
 	}
+	ok := false
+	defer func() { l.endUpgrade(ok) }()
 	var unsure bool
 	a, err := l.upgradeTry(upgradeAttemptKeys(l.base), &unsure)(ctx, nil, "", "")
 	if err != nil {
@@ -111,22 +121,52 @@ func (l *Lease) TryUpgrade(ctx context.Context) (bool, error) {
 	if a.lease == nil {
 		return false, nil
 	}
-	if err := l.upgraded(ctx); err != nil {
+	if err := l.confirmUpgrade(ctx); err != nil {
 		return false, err
 	}
+	ok = true
 	return true, nil
 }
 
-// upgradable returns nil when l is a held upgradeable reader (upgraded or
-// not), else why not.
-func (l *Lease) upgradable() error {
+// errUpgrading is the error of an upgrade begun while another upgrade
+// of the same lease is under way.
+var errUpgrading = errors.New("upgrade: another upgrade of this lock is under way")
+
+// beginUpgrade starts an upgrade of l: done when l was upgraded before
+// (nothing to do), or an error when l is not a held upgradeable reader
+// or another upgrade of it is under way. Unless either, endUpgrade must
+// follow.
+func (l *Lease) beginUpgrade() (done bool, err error) {
 	if l.kind != kindUpgrade {
-		return backend.Permanent(fmt.Errorf("upgrade: %w: a %s, not an upgradeable read lock", errors.ErrUnsupported, l.kind))
+		return false, backend.Permanent(fmt.Errorf("upgrade: %w: a %s, not an upgradeable read lock", errors.ErrUnsupported, l.kind))
 	}
 	if l.c.closed.Load() {
-		return backend.Permanent(errClosed)
+		return false, backend.Permanent(errClosed)
 	}
-	return l.stateErr()
+	e := l.c.ext
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := l.stateErrLocked(); err != nil {
+		return false, err
+	}
+	switch {
+	case l.upgraded:
+		return true, nil
+	case l.upgrading:
+		return false, errUpgrading
+	}
+	l.upgrading = true
+	return false, nil
+}
+
+// endUpgrade ends an upgrade of l begun by beginUpgrade; ok says it
+// succeeded.
+func (l *Lease) endUpgrade(ok bool) {
+	e := l.c.ext
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l.upgrading = false
+	l.upgraded = l.upgraded || ok
 }
 
 // stateErr returns backend.ErrLockLost or backend.ErrNotHeld (wrapped) if
@@ -134,9 +174,13 @@ func (l *Lease) upgradable() error {
 func (l *Lease) stateErr() error {
 	e := l.c.ext
 	e.mu.Lock()
-	st := l.state
-	e.mu.Unlock()
-	switch st {
+	defer e.mu.Unlock()
+	return l.stateErrLocked()
+}
+
+// stateErrLocked is stateErr with c.ext.mu held.
+func (l *Lease) stateErrLocked() error {
+	switch l.state {
 	case lost:
 		return fmt.Errorf("upgrade: %w", backend.ErrLockLost)
 	case released:
@@ -147,15 +191,24 @@ func (l *Lease) stateErr() error {
 
 // upgradeTry returns the attempts of an upgrade of l: the upgrade script
 // with the waiter id the wait gives (the lease's own token stays its
-// token). unsure is set when the latest attempt's answer was not read (an
-// error): it may have upgraded the lease.
+// token). An attempt is not cut short when ctx ends (it is bounded by
+// releaseTimeout): its answer says whether it upgraded the lease or
+// queued it, and the wait's leaving the queue comes after it. unsure is
+// set when the latest attempt's answer was not read (an error): it may
+// have upgraded the lease.
 func (l *Lease) upgradeTry(keys []string, unsure *bool) tryFunc {
 	return func(ctx context.Context, _ *request, _, waiter string) (attempt, error) {
 		c := l.c
 		if c.closed.Load() {
 			return attempt{}, backend.Permanent(errClosed)
 		}
-		rep := c.evalOne(ctx, upgradeScript, keys, []string{l.token, c.leaseMs, waiter, l.rargs[1]})
+		if err := ctx.Err(); err != nil {
+			*unsure = false
+			return attempt{}, fmt.Errorf("%w: %w", backend.ErrNotAcquired, err)
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+		rep := c.evalOne(actx, upgradeScript, keys, []string{l.token, c.leaseMs, waiter, l.rargs[1]})
 		*unsure = rep.err != nil
 		switch {
 		case rep.err != nil:
@@ -176,10 +229,10 @@ func (l *Lease) upgradeTry(keys []string, unsure *bool) tryFunc {
 	}
 }
 
-// upgraded settles an upgrade the server made: with WithReplicas the
+// confirmUpgrade settles an upgrade the server made: with WithReplicas the
 // replicas must confirm it (else it is undone); the lease must not have
 // been lost or released meanwhile.
-func (l *Lease) upgraded(ctx context.Context) error {
+func (l *Lease) confirmUpgrade(ctx context.Context) error {
 	if l.c.cfg.replicas > 0 {
 		if err := l.c.confirmOn(ctx, l.c.nodes[0], l); err != nil {
 			l.downgrade(ctx)
@@ -206,7 +259,11 @@ func (l *Lease) upgradeFailed(ctx context.Context, err error, unsure bool) error
 	if unsure {
 		l.downgrade(ctx)
 	}
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, backend.ErrNotAcquired) {
+		// ctx ended during an attempt: as a wait does, say so.
+		if errors.Is(err, cerr) {
+			return fmt.Errorf("upgrade: %w: %w", backend.ErrNotAcquired, err)
+		}
 		return fmt.Errorf("upgrade: %w: %w (%w)", backend.ErrNotAcquired, cerr, err)
 	}
 	return err

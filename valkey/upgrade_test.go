@@ -15,6 +15,7 @@ import (
 
 	valkeygo "github.com/valkey-io/valkey-go"
 
+	"github.com/dlock-go/dlock"
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/dlocktest"
 )
@@ -539,8 +540,14 @@ func TestUpgradeUndone(t *testing.T) {
 	ctx := testCtx(t)
 	name := "undone"
 	u := mustTry(t, a.TryULock, name)
-	if err := u.Upgrade(ctx); err != nil {
-		t.Fatal(err)
+	// The upgrade's script ran, but its caller did not learn it (as when
+	// the answer is lost): the failure path undoes it.
+	var unsure bool
+	if at, err := u.upgradeTry(upgradeAttemptKeys(u.base), &unsure)(ctx, nil, "", ""); err != nil || at.lease == nil {
+		t.Fatalf("the upgrade script: %v, %v", at.lease, err)
+	}
+	if got := getKey(t, a, name, "rw:w"); got != u.token {
+		t.Fatalf("rw:w = %q after the upgrade script, want the lease's token", got)
 	}
 	u.downgrade(ctx)
 	if left := rwKeysLeft(t, a, name); strings.Join(left, " ") != "rw:r rw:u" {
@@ -734,4 +741,56 @@ func BenchmarkUpgradeHandOff(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// Concurrent upgrades of one lock: on the lease, the second fails while
+// the first is under way (it never undoes what the first did); through
+// the dlock package, which rides that out, both return nil once the
+// readers have left, and the lock is the writer.
+func TestUpgradeConcurrent(t *testing.T) {
+	a, b := twoBackends(t)
+	ctx := testCtx(t)
+	name := "concurrent"
+	u := mustTry(t, a.TryULock, name)
+	r := mustTry(t, b.TryRLock, name)
+	first := make(chan error, 1)
+	go func() { first <- u.Upgrade(ctx) }()
+	waitQueued(t, a, kindWrite, name, 1)
+	if err := u.Upgrade(ctx); !errors.Is(err, errUpgrading) {
+		t.Fatalf("Upgrade beside another: %v, want %v", err, errUpgrading)
+	}
+	if ok, err := u.TryUpgrade(ctx); ok || !errors.Is(err, errUpgrading) {
+		t.Fatalf("TryUpgrade beside an Upgrade: %v, %v; want %v", ok, err, errUpgrading)
+	}
+	release(t, r)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := u.TryUpgrade(ctx); !ok || err != nil {
+		t.Fatalf("TryUpgrade after an Upgrade: %v, %v", ok, err)
+	}
+	release(t, u)
+
+	g := dlock.NewRWMutex(a).Upgradeable()
+	lk, err := g.TryAcquire(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = mustTry(t, b.TryRLock, name)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- lk.Upgrade(ctx) }()
+	}
+	time.Sleep(100 * time.Millisecond)
+	release(t, r)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("one of two concurrent Upgrades: %v", err)
+		}
+	}
+	refused(t, b, name, kindRead, kindWrite, kindUpgrade)
+	if err := lk.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	noKeysLeft(t, a, name)
 }
