@@ -419,37 +419,31 @@ func TestDeadUpgraderFrees(t *testing.T) {
 	// Its place in the queue and its keys last the lease after its last
 	// attempt or extension (before the kill).
 	bound := testLease + maxPoll + time.Second
-	for {
-		l, ok, err := b.TryRLock(testCtx(t), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			release(t, l)
-			break
-		}
-		if time.Since(killed) > bound {
-			t.Fatalf("readers still wait %v after the upgrader was killed (lease %v)", bound, testLease)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	takeBy(t, b.TryRLock, name, killed.Add(bound))
 	release(t, r)
-	for {
-		l, ok, err := b.TryWLock(testCtx(t), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			release(t, l)
-			break
-		}
-		if time.Since(killed) > bound {
-			t.Fatalf("writers still wait %v after the upgrader was killed (lease %v)", bound, testLease)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	takeBy(t, b.TryWLock, name, killed.Add(bound))
 	t.Logf("free %v after the kill", time.Since(killed).Round(time.Millisecond))
 	noKeysLeft(t, b, name)
+}
+
+// takeBy tries name by try (then releases it) until it is taken, which
+// must happen by deadline.
+func takeBy(t testing.TB, try func(context.Context, string) (*Lease, bool, error), name string, deadline time.Time) {
+	t.Helper()
+	for {
+		l, ok, err := try(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			release(t, l)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q still not free at the deadline", name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // An upgradeable reader's lease, and the write lock it upgraded to, are
