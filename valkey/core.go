@@ -218,7 +218,7 @@ func newRequestFor(k kind, prefix, name string, s *script) (*request, error) {
 
 // fenceKey is the key of the lock's fencing counter.
 func (r *request) fenceKey() string {
-	if r.k == kindRead || r.k == kindWrite {
+	if r.k == kindRead || r.k == kindWrite || r.k == kindUpgrade {
 		return r.keys[4]
 	}
 	return r.keys[1]
@@ -227,8 +227,11 @@ func (r *request) fenceKey() string {
 // heldKey is the key a lease of the request's kind is recorded in (the
 // one extended and released).
 func (r *request) heldKey() string {
-	if r.k == kindWrite {
+	switch r.k {
+	case kindWrite:
 		return r.keys[1]
+	case kindUpgrade:
+		return r.keys[upgradeKeyIndex]
 	}
 	return r.keys[0]
 }
@@ -552,11 +555,13 @@ type Lease struct {
 	lost  chan struct{}
 
 	// Guarded by c.ext.mu.
-	state    leaseState
-	loss     loss.Notifier // AfterLost's functions
-	deadline time.Time     // validity: Lost closes when it passes unconfirmed
-	due      time.Time     // next extension
-	idx      int           // index in the extender's heap; -1 when not in it
+	state     leaseState
+	upgrading bool          // an Upgrade or TryUpgrade of it is under way (upgrade.go)
+	upgraded  bool          // an Upgrade or TryUpgrade of it returned success
+	loss      loss.Notifier // AfterLost's functions
+	deadline  time.Time     // validity: Lost closes when it passes unconfirmed
+	due       time.Time     // next extension
+	idx       int           // index in the extender's heap; -1 when not in it
 }
 
 type leaseState uint8
@@ -628,14 +633,17 @@ func (l *Lease) Release(ctx context.Context) error {
 // releaseOnNodes runs the release script on every node: it counts the nodes
 // where the lease was still owned and those where it was not.
 func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err error) {
-	s := releaseString
-	if l.kind == kindRead || l.kind == kindSem {
+	s, keys := releaseString, l.rkeys[:]
+	switch l.kind {
+	case kindRead, kindSem:
 		s = releaseMember
+	case kindUpgrade:
+		s, keys = releaseUpgradeable, upgradeLeaseKeys(l.base)
 	}
 	var buf [1]reply
 	t0 := time.Now() // a lock granted to a waiter is valid from here
-	rs := l.c.evalInto(ctx, buf[:], s, l.rkeys[:], l.rargs[:])
-	retryRelease(ctx, l.c, s, l.rkeys[:], l.rargs[:], rs)
+	rs := l.c.evalInto(ctx, buf[:], s, keys, l.rargs[:])
+	retryRelease(ctx, l.c, s, keys, l.rargs[:], rs)
 	for _, r := range rs {
 		switch {
 		case r.next != "" && r.fence > 0:
@@ -719,6 +727,9 @@ func retryRelease(ctx context.Context, c *core, s *script, keys, args []string, 
 
 // extendCall is the script call that extends l.
 func (l *Lease) extendCall() call {
+	if l.kind == kindUpgrade {
+		return call{s: extendUpgradeable, keys: upgradeLeaseKeys(l.base), args: []string{l.token, l.c.leaseMs}}
+	}
 	s := extendString
 	if l.kind == kindRead || l.kind == kindSem {
 		s = extendMember

@@ -1,8 +1,9 @@
 // Package valkey is a dlock backend over Valkey or Redis, through
 // github.com/valkey-io/valkey-go: leases with automatic extension, loss
-// detection, fencing tokens, mutexes, reader-writer mutexes and semaphores
-// on a single node, a Valkey Cluster or a Sentinel-managed primary, and
-// mutexes by RedLock over several independent nodes.
+// detection, fencing tokens, mutexes, reader-writer mutexes (with
+// upgradeable read locks) and semaphores on a single node, a Valkey Cluster
+// or a Sentinel-managed primary, and mutexes by RedLock over several
+// independent nodes.
 //
 // The package is named valkey, like valkey-go's; import it under another
 // name where both are used:
@@ -71,6 +72,29 @@
 // each acquisition is judged by its own limit (holders asking with a larger
 // limit may enter beside holders that asked with a smaller one). Both work
 // on a single node and on a cluster (one slot per lock).
+//
+// Upgradeable read locks (dlock's RWMutex.Upgradeable: TryULock, ULock, and
+// Upgrade and TryUpgrade on the lease) work on a single node, a cluster and
+// a Sentinel-managed primary. An upgradeable reader is a key holding its
+// token (rw:u: at most one per name) and, until it upgrades, a reader
+// member like any other, so writers wait for it as for a reader; the
+// upgrade swaps the member for the writer key, and one script extends
+// whichever it holds. An upgrade that waits for the readers queues first in
+// the lock's waiter queue, as a writer: readers and writers that come later
+// wait behind it, and the readers' releases wake it. An upgrade that ends
+// without the write lock (ctx done, error) has left the queue when it
+// returns, and the lease is still the upgradeable reader (an upgrade whose
+// answer was lost is undone); a lease upgrades once at a time (a concurrent
+// call fails, and the dlock package retries it). ULock waiters are served
+// in arrival order with the writers; readers may pass a waiting ULock (they
+// share the lock with it). The fencing token does not change at the
+// upgrade: the upgradeable acquisition's is above every earlier writer's
+// and below every later one's, so writes stay fenced (readers that came in
+// during its read phase hold larger tokens: that matters only to a store
+// that fences reads too). Deleting its key, or once upgraded the writer
+// key, is a loss. With WithReplicas an upgrade counts only once the
+// replicas confirm it. RedLock offers no reader-writer lock, so no
+// upgradeable one.
 //
 // # Fencing tokens
 //

@@ -36,7 +36,8 @@ import (
 //	m:n    mutex: the pub/sub channel its releases are announced on
 //	rw:r   RW: readers (sorted set: token scored by expiry, server ms)
 //	rw:w   RW: the writer (string, PX lease)
-//	rw:a   RW: the waiter queue ("r" or "w" and the waiter's id, by arrival)
+//	rw:u   RW: the upgradeable reader (string, PX lease; see upgrade.go)
+//	rw:a   RW: the waiter queue ("r", "w" or "u" and the waiter's id, by arrival; a waiting upgrade at 0)
 //	rw:d   RW: the waiters' deadlines
 //	rw:f   RW: the fencing counter
 //	rw:h   RW: holder records of the readers and the writer
@@ -104,6 +105,7 @@ const (
 	kindRead
 	kindWrite
 	kindSem
+	kindUpgrade // an RW lock's upgradeable reader (upgrade.go)
 )
 
 func (k kind) String() string {
@@ -114,6 +116,8 @@ func (k kind) String() string {
 		return "read lock"
 	case kindWrite:
 		return "write lock"
+	case kindUpgrade:
+		return "upgradeable read lock"
 	default:
 		return "semaphore"
 	}
@@ -155,6 +159,8 @@ func suffixes(k kind) []string {
 	switch k {
 	case kindRead, kindWrite:
 		return rwSuffixes
+	case kindUpgrade:
+		return upgradeSuffixes
 	case kindSem:
 		return semSuffixes
 	}
@@ -230,7 +236,7 @@ func queueKeys(base string, k kind) (q, d string) {
 	switch k {
 	case kindMutex:
 		return base + "m:q", base + "m:d"
-	case kindRead, kindWrite:
+	case kindRead, kindWrite, kindUpgrade:
 		return base + "rw:a", base + "rw:d"
 	default:
 		return base + "s:q", base + "s:d"
@@ -244,6 +250,8 @@ func queueMember(k kind, waiter string) string {
 		return "r" + waiter
 	case kindWrite:
 		return "w" + waiter
+	case kindUpgrade:
+		return "u" + waiter
 	default:
 		return waiter
 	}
@@ -254,7 +262,7 @@ func channel(base string, k kind) string {
 	switch k {
 	case kindMutex:
 		return base + "m:n"
-	case kindRead, kindWrite:
+	case kindRead, kindWrite, kindUpgrade:
 		return base + "rw:n"
 	default:
 		return base + "s:n"
@@ -271,6 +279,8 @@ func heldKey(base string, k kind) string {
 		return base + "rw:r"
 	case kindWrite:
 		return base + "rw:w"
+	case kindUpgrade:
+		return base + "rw:u"
 	default:
 		return base + "s"
 	}

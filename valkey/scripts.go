@@ -184,6 +184,29 @@ local function refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
 end
 `
 
+// luaAhead defines ahead(q, d, me, now, kinds), after luaQueue: it evicts
+// the dead waiters and returns the deadline (server ms) of the first live
+// waiter queued before me (before everyone, when me is nil or not queued)
+// whose member starts with one of the letters of kinds, or nil. (ZRANK of
+// a member not queued is false in Lua, not nil.)
+const luaAhead = `
+local function ahead(q, d, me, now, kinds)
+  evict(q, d, now)
+  local rank = nil
+  if me then rank = redis.call('ZRANK', q, me) end
+  local ms = {}
+  if not rank then ms = redis.call('ZRANGE', q, 0, -1)
+  elseif rank > 0 then ms = redis.call('ZRANGE', q, 0, rank - 1) end
+  for _, m in ipairs(ms) do
+    if string.find(kinds, string.sub(m, 1, 1), 1, true) then
+      local dl = redis.call('ZSCORE', d, m)
+      if dl then return tonumber(dl) end
+    end
+  end
+  return nil
+end
+`
+
 // Acquire scripts return the new fencing token (> 0) when they acquire, or
 // -(1 + ms) when they do not, ms being a hint of how long the lock stays
 // taken unless released (0 when unknown).
@@ -269,7 +292,7 @@ return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
 // queue are "r" or "w" and the waiter's id. A reader enters unless a
 // writer holds the lock or a live writer queued before it (a try: any live
 // writer queued).
-var acquireRead = newScript(luaNextFence + luaQueue + luaHold + `
+var acquireRead = newScript(luaNextFence + luaQueue + luaAhead + luaHold + `
 local rs, q, d = KEYS[1], KEYS[3], KEYS[4]
 local lease = tonumber(ARGV[2])
 local me = nil
@@ -278,21 +301,10 @@ local now = clock()
 local hint = redis.call('PTTL', KEYS[2])
 local blocked = hint ~= -2
 if not blocked and redis.call('EXISTS', q) == 1 then
-  local evicted = evict(q, d, now)
-  local rank = nil
-  if me then rank = redis.call('ZRANK', q, me) end
-  local ahead = {}
-  if rank == nil then ahead = redis.call('ZRANGE', q, 0, -1)
-  elseif rank > 0 then ahead = redis.call('ZRANGE', q, 0, rank - 1) end
-  for _, m in ipairs(ahead) do
-    if string.sub(m, 1, 1) == 'w' then
-      local dl = redis.call('ZSCORE', d, m)
-      if dl then
-        blocked = true
-        hint = tonumber(dl) - now
-        break
-      end
-    end
+  local dl = ahead(q, d, me, now, 'w')
+  if dl then
+    blocked = true
+    hint = dl - now
   end
 end
 if not blocked then

@@ -102,6 +102,7 @@ func TestSameSlot(t *testing.T) {
 	for _, name := range []string{"x", "{a}b", "a}{b", "{}", "x:{y}:z", strings.Repeat("{", 500)} {
 		base, _ := keyBase(DefaultKeyPrefix, name)
 		keys := append(append(append(mutexKeys(base), rwKeys(base)...), semKeys(base)...), channel(base, kindMutex))
+		keys = append(keys, upgradeLeaseKeys(base)...)
 		var slot int64 = -1
 		for _, k := range keys {
 			s, err := c.Do(ctx, c.B().ClusterKeyslot().Key(k).Build()).AsInt64()
