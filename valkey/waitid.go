@@ -4,6 +4,7 @@ import (
 	"context"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +34,9 @@ type parkedWaiters struct {
 	m      map[parkKey][]*parkedWaiter
 	closed bool
 	wg     sync.WaitGroup // leaves of parked ids in flight
+	// parked counts the parked ids (written under mu): a wait that finds
+	// none looks no further (the uncontended path stays as it was).
+	parked atomic.Int64
 }
 
 // parkKey is a parked wait's ctx and lock.
@@ -67,6 +71,7 @@ func (p *parkedWaiters) park(c *core, ctx context.Context, r *request, waiter st
 		p.m = make(map[parkKey][]*parkedWaiter)
 	}
 	p.m[key] = append(p.m[key], pw)
+	p.parked.Add(1)
 	expire := func() {
 		if p.unpark(key, pw) {
 			defer p.wg.Done()
@@ -100,6 +105,7 @@ func (p *parkedWaiters) unpark(key parkKey, pw *parkedWaiter) bool {
 
 // drop removes the i-th parked id of key; p.mu is held.
 func (p *parkedWaiters) drop(key parkKey, i int) {
+	p.parked.Add(-1)
 	ws := p.m[key]
 	if len(ws) == 1 {
 		delete(p.m, key)
@@ -111,7 +117,7 @@ func (p *parkedWaiters) drop(key parkKey, i int) {
 // resume returns the id parked longest for a wait for the lock of r with
 // ctx, and forgets it; "" when there is none.
 func (p *parkedWaiters) resume(ctx context.Context, r *request) string {
-	if !reflect.ValueOf(ctx).Comparable() {
+	if p.parked.Load() == 0 || !reflect.ValueOf(ctx).Comparable() {
 		return ""
 	}
 	key := parkKey{ctx: ctx, k: r.k, base: r.base}
@@ -140,6 +146,7 @@ func (p *parkedWaiters) close() {
 		}
 	}
 	p.m = nil
+	p.parked.Store(0)
 	p.mu.Unlock()
 	p.wg.Wait()
 }

@@ -185,3 +185,63 @@ func TestParkedPlaceLeaves(t *testing.T) {
 		})
 	}
 }
+
+// nonComparableCtx is a ctx whose value cannot be a map key.
+type nonComparableCtx struct {
+	context.Context
+	tags []string
+}
+
+// TestParkedWaitersKeys: a parked id goes only to a wait with the same
+// ctx for the same lock (kind and name), the longest parked first; a ctx
+// that cannot be a map key is never parked; Close forgets every id.
+func TestParkedWaitersKeys(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	b := newTestBackend(t, filepath.Dir(t.TempDir()), addr)
+	c := b.c
+	req := func(k kind, name string) *request {
+		s := map[kind]*script{kindMutex: acquireMutex, kindSem: acquireSem}[k]
+		r, err := newRequestFor(k, c.cfg.prefix, name, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ctx1, cancel1 := context.WithCancel(testCtx(t))
+	defer cancel1()
+	ctx2, cancel2 := context.WithCancel(testCtx(t))
+	defer cancel2()
+	x, y, sx := req(kindMutex, "x"), req(kindMutex, "y"), req(kindSem, "x")
+	for _, id := range []string{"a", "b"} {
+		if !c.park.park(c, ctx1, x, id) {
+			t.Fatalf("park %s refused", id)
+		}
+	}
+	for what, got := range map[string]string{
+		"another ctx": c.park.resume(ctx2, x), "another name": c.park.resume(ctx1, y), "another kind": c.park.resume(ctx1, sx),
+	} {
+		if got != "" {
+			t.Errorf("resume with %s = %q, want none", what, got)
+		}
+	}
+	for _, want := range []string{"a", "b", ""} {
+		if got := c.park.resume(ctx1, x); got != want {
+			t.Errorf("resume = %q, want %q", got, want)
+		}
+	}
+	if c.park.park(c, nonComparableCtx{Context: ctx1, tags: []string{"t"}}, x, "c") {
+		t.Error("a ctx that cannot be a map key was parked")
+	}
+	if !c.park.park(c, ctx1, x, "d") {
+		t.Fatal("park refused")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.park.resume(ctx1, x); got != "" {
+		t.Errorf("resume after Close = %q, want none", got)
+	}
+	if c.park.park(c, ctx1, x, "e") {
+		t.Error("park after Close accepted")
+	}
+}
