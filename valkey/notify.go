@@ -38,9 +38,10 @@ const subscribeTimeout = 5 * time.Second
 // its slot (the lock's keys' slot, where the scripts that PUBLISH on it
 // run; see slotMap). A PUBLISH reaches every node of a cluster, but a
 // subscriber on another node gets it over the cluster bus, which delays
-// many messages by tens of milliseconds (measured with PUBLISH every 2ms:
-// 13% to 63% of them by 10ms or more, p99 about 40ms; on the serving node
-// at most 0.5%): a granted lock would sit unused that long. When the serving node is not known
+// many messages by tens of milliseconds (PUBLISH every 2ms: 13% to 68%
+// of them 10ms or more late, p99 25-56ms; on the serving node at most
+// 0.6%, see BenchmarkClusterMessageDelay): a granted lock would sit unused
+// that long. When the serving node is not known
 // (the slot map could not be read, or names a node the client does not
 // know), any node does, as messages still reach it. When a connection
 // breaks, its waiters are woken (they retry, then re-subscribe on a new
