@@ -61,10 +61,35 @@ func (f *flakyClient) waitWindow(t *testing.T) {
 	}
 }
 
-// waitIDSetup makes a holder h of name, a waiter w over a flaky client
-// and another backend o, all with a lease of a minute (so that a place
-// left behind would hold the queue up far longer than the test waits).
-func waitIDSetup(t *testing.T) (h, w, o *Backend, fc *flakyClient, held *Lease) {
+// waitKind is one kind of exclusive lock, as the waitid tests take it.
+type waitKind struct {
+	name  string
+	k     kind
+	try   func(b *Backend, name string) (*Lease, bool, error)
+	wait  func(ctx context.Context, b *Backend, name string) (*Lease, error)
+	guard func(b *Backend) *dlock.Guard[*Lease]
+}
+
+var waitKinds = []waitKind{
+	{"mutex", kindMutex,
+		func(b *Backend, n string) (*Lease, bool, error) { return b.TryLock(context.Background(), n) },
+		func(ctx context.Context, b *Backend, n string) (*Lease, error) { return b.Lock(ctx, n) },
+		func(b *Backend) *dlock.Guard[*Lease] { return dlock.NewMutex(b) }},
+	{"write", kindWrite,
+		func(b *Backend, n string) (*Lease, bool, error) { return b.TryWLock(context.Background(), n) },
+		func(ctx context.Context, b *Backend, n string) (*Lease, error) { return b.WLock(ctx, n) },
+		func(b *Backend) *dlock.Guard[*Lease] { return dlock.NewRWMutex(b).Write() }},
+	{"semaphore", kindSem,
+		func(b *Backend, n string) (*Lease, bool, error) { return b.TryAcquire(context.Background(), n, 1) },
+		func(ctx context.Context, b *Backend, n string) (*Lease, error) { return b.Acquire(ctx, n, 1) },
+		func(b *Backend) *dlock.Guard[*Lease] { return dlock.NewSemaphore(b, 1) }},
+}
+
+// waitIDSetup makes a holder h of "x" (of kind wk), a waiter w over a
+// flaky client and another backend o, all with a lease of a minute (so
+// that a place left behind would hold the queue up far longer than the
+// test waits).
+func waitIDSetup(t *testing.T, wk waitKind) (h, w, o *Backend, fc *flakyClient, held *Lease) {
 	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
 	// (The temporary directory's parent is unique to the test; its base,
 	// "001", is not.)
@@ -79,57 +104,73 @@ func waitIDSetup(t *testing.T) (h, w, o *Backend, fc *flakyClient, held *Lease) 
 	}
 	fc = &flakyClient{Client: testClient(t, addr)}
 	h, w, o = mk(testClient(t, addr)), mk(fc), mk(testClient(t, addr))
-	return h, w, o, fc, mustLock(t, h, "x")
+	held, ok, err := wk.try(h, "x")
+	if err != nil || !ok {
+		t.Fatalf("the holder's try: %v, %v", ok, err)
+	}
+	return h, w, o, fc, held
 }
 
 // TestWaitKeepsPlaceAcrossErrors (RELIABILITY.md finding 12): a waiter
 // whose attempt and leave both fail on a broken connection (a failover,
 // a killed connection) keeps its id and its place when the engine tries
 // again. It used to queue again under a new id behind the waiter that
-// came after it, leaving its old place first in the queue: the next
-// release granted the lock to that dead place, and everyone waited for it
-// to expire, a lease later.
+// came after it, leaving its old place first in the queue (a mutex's
+// release granted the lock to it): everyone waited for it to expire, a
+// lease later.
 func TestWaitKeepsPlaceAcrossErrors(t *testing.T) {
-	h, w, o, fc, held := waitIDSetup(t)
-	ctx, cancel := context.WithTimeout(testCtx(t), 15*time.Second)
-	defer cancel()
-	wCh := acquireAsync(dlock.NewMutex(w), "x")
-	waitQueued(t, h, kindMutex, "x", 1)
-	oCh := lockAsync(ctx, o, "x")
-	waitQueued(t, h, kindMutex, "x", 2)
-	// The waiter's connection broken for 300ms from its next attempt: the
-	// attempt, its clean-up (a release, tried again for some 70ms) and its
-	// leave fail, and the engine's retries for a while.
-	fc.window.Store(int64(300 * time.Millisecond))
-	fc.waitWindow(t)
-	time.Sleep(100 * time.Millisecond) // the engine's retry (not needed: a release before it is taken over)
-	if err := held.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case a := <-wCh:
-		if a.err != nil {
-			t.Fatalf("the first waiter: %v", a.err)
-		}
-		if n := queueLen(t, h, kindMutex, "x"); n != 1 {
-			t.Errorf("the first waiter holds the lock; the queue holds %d waiters, want 1", n)
-		}
-		if err := a.lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-	case l := <-oCh:
-		t.Fatalf("the second waiter got the lock first (%v)", l != nil)
-	case <-ctx.Done():
-		t.Fatal("nobody got the lock within 15s of its release (lease: a minute)")
-	}
-	select {
-	case l := <-oCh:
-		if l == nil {
-			t.Fatal("the second waiter failed")
-		}
-		_ = l.Release(ctx)
-	case <-ctx.Done():
-		t.Fatal("the second waiter did not get the lock within 15s")
+	for _, wk := range waitKinds {
+		t.Run(wk.name, func(t *testing.T) {
+			h, w, o, fc, held := waitIDSetup(t, wk)
+			ctx, cancel := context.WithTimeout(testCtx(t), 15*time.Second)
+			defer cancel()
+			wCh := acquireAsync(wk.guard(w), "x")
+			waitQueued(t, h, wk.k, "x", 1)
+			oCh := make(chan *Lease, 1)
+			go func() {
+				l, _ := wk.wait(ctx, o, "x")
+				oCh <- l
+			}()
+			waitQueued(t, h, wk.k, "x", 2)
+			// The waiter's connection broken for 300ms from its next
+			// attempt: the attempt, its clean-up (a release, tried again
+			// for some 70ms) and its leave fail, and the engine's retries
+			// for a while.
+			fc.window.Store(int64(300 * time.Millisecond))
+			fc.waitWindow(t)
+			time.Sleep(100 * time.Millisecond) // the engine's retry (not needed: a release before it is taken over)
+			if err := held.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case a := <-wCh:
+				if a.err != nil {
+					t.Fatalf("the first waiter: %v", a.err)
+				}
+				if n := queueLen(t, h, wk.k, "x"); n != 1 {
+					t.Errorf("the first waiter holds the lock; the queue holds %d waiters, want 1", n)
+				}
+				if err := a.lk.Release(ctx); err != nil {
+					t.Fatal(err)
+				}
+			case l := <-oCh:
+				if l != nil {
+					_ = l.Release(ctx)
+				}
+				t.Fatalf("the second waiter got the lock first (%v)", l != nil)
+			case <-ctx.Done():
+				t.Fatal("nobody got the lock within 15s of its release (lease: a minute)")
+			}
+			select {
+			case l := <-oCh:
+				if l == nil {
+					t.Fatal("the second waiter failed")
+				}
+				_ = l.Release(ctx)
+			case <-ctx.Done():
+				t.Fatal("the second waiter did not get the lock within 15s")
+			}
+		})
 	}
 }
 
@@ -140,7 +181,7 @@ func TestParkedPlaceLeaves(t *testing.T) {
 	for _, byCtx := range []bool{true, false} {
 		name := map[bool]string{true: "ctx", false: "time"}[byCtx]
 		t.Run(name, func(t *testing.T) {
-			h, w, o, fc, held := waitIDSetup(t)
+			h, w, o, fc, held := waitIDSetup(t, waitKinds[0])
 			ctx, cancel := context.WithTimeout(testCtx(t), 15*time.Second)
 			defer cancel()
 			wctx, wcancel := context.WithCancel(ctx)
