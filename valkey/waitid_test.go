@@ -124,7 +124,15 @@ func TestWaitKeepsPlaceAcrossErrors(t *testing.T) {
 			h, w, o, fc, held := waitIDSetup(t, wk)
 			ctx, cancel := context.WithTimeout(testCtx(t), 15*time.Second)
 			defer cancel()
-			wCh := acquireAsync(wk.guard(w), "x")
+			type result struct {
+				lk  *dlock.Lock[*Lease]
+				err error
+			}
+			wCh := make(chan result, 1)
+			go func() { // through the engine, which tries again after an error
+				lk, err := wk.guard(w).Acquire(ctx, "x")
+				wCh <- result{lk, err}
+			}()
 			waitQueued(t, h, wk.k, "x", 1)
 			oCh := make(chan *Lease, 1)
 			go func() {
