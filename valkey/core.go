@@ -60,6 +60,7 @@ type core struct {
 	// publishing (see localWaiters).
 	local  string
 	near   localWaiters
+	park   parkedWaiters // places kept across a wait's transient errors (waitid.go)
 	closed atomic.Bool
 	once   sync.Once
 	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
@@ -83,6 +84,7 @@ func newCore(cfg config, clients []valkeygo.Client) *core {
 func (c *core) close() {
 	c.once.Do(func() {
 		c.closed.Store(true)
+		c.park.close()
 		c.ext.close()
 		c.repl.close()
 		for _, n := range c.nodes {

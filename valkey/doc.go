@@ -232,6 +232,12 @@
 //     (plus the next waiter's poll, at most 500ms: a release still names a
 //     dead first waiter, and the next attempt after its place expired
 //     evicts it).
+//   - A wait that fails on a server or connection error (not a permanent
+//     one) while its ctx lives keeps its place for the dlock engine's
+//     retry, which resumes it (the same lock, the same ctx); a place no
+//     retry resumes is left when the ctx ends or 2s later. A failover or
+//     a killed connection no longer leaves a dead place at the head of
+//     the queue.
 //   - A queue entry the scripts did not write (a member without a deadline)
 //     counts as dead; a queue key of the wrong type fails every attempt on
 //     that lock with an error saying so, and changes nothing.

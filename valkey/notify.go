@@ -33,19 +33,29 @@ const subscribeTimeout = 5 * time.Second
 // passes its turn to the next (wait does that). Every waiter also polls,
 // so none is stranded by a lost message.
 //
-// On a cluster the connection goes to one of the nodes: a PUBLISH reaches
-// every node of a cluster. When the connection breaks, every waiter is
-// woken (it retries, then re-subscribes on a new connection); in between,
-// waiters fall back to polling.
+// On a cluster there is one such connection per node that serves a
+// channel waited for, and a channel is subscribed on the node that serves
+// its slot (the lock's keys' slot, where the scripts that PUBLISH on it
+// run; see slotMap). A PUBLISH reaches every node of a cluster, but a
+// subscriber on another node gets it over the cluster bus, which delays
+// many messages by tens of milliseconds (PUBLISH every 2ms: 13% to 68%
+// of them 10ms or more late, p99 25-56ms; on the serving node at most
+// 0.6%, see BenchmarkClusterMessageDelay): a granted lock would sit unused
+// that long. When the serving node is not known
+// (the slot map could not be read, or names a node the client does not
+// know), any node does, as messages still reach it. When a connection
+// breaks, its waiters are woken (they retry, then re-subscribe on a new
+// connection); in between, they fall back to polling.
 type notifier struct {
 	client valkeygo.Client
 	log    *slog.Logger
+	slots  *slotMap // on a cluster; nil otherwise
 
 	mu     sync.Mutex
-	conn   *subConn
+	conns  map[string]*subConn // by node address ("" off a cluster)
 	subs   map[string]*subEntry
 	shut   bool
-	rotate int // which cluster node to use next
+	rotate int // which cluster node to use next when the serving one is unknown
 	// gen counts the SUBSCRIBEs answered (written under mu).
 	gen atomic.Uint64
 	wg  sync.WaitGroup
@@ -55,6 +65,7 @@ type notifier struct {
 type subConn struct {
 	dc     valkeygo.DedicatedClient
 	cancel func()
+	addr   string // its key in notifier.conns
 }
 
 // subEntry is one subscribed channel.
@@ -212,34 +223,50 @@ func (e *subEntry) claim(s *subscription) {
 func (n *notifier) Gen() uint64 { return n.gen.Load() }
 
 func newNotifier(c valkeygo.Client, log *slog.Logger) *notifier {
-	return &notifier{client: c, log: log, subs: make(map[string]*subEntry)}
+	n := &notifier{client: c, log: log, conns: make(map[string]*subConn), subs: make(map[string]*subEntry)}
+	if c.Mode() == valkeygo.ClientModeCluster {
+		n.slots = &slotMap{client: c, log: log}
+	}
+	return n
 }
 
-// connLocked returns the live pub/sub connection, making one if needed;
-// n.mu is held.
-func (n *notifier) connLocked() (*subConn, error) {
-	if n.conn != nil {
-		return n.conn, nil
+// connLocked returns the live pub/sub connection to the node at addr (""
+// off a cluster, or a cluster node whose address is not known), making
+// one if needed; n.mu is held. On a cluster, when addr is not a node the
+// client knows, it is any live connection, else one to the next node in
+// turn.
+func (n *notifier) connLocked(addr string) (*subConn, error) {
+	if sc := n.conns[addr]; sc != nil {
+		return sc, nil
 	}
 	src := n.client
-	if n.client.Mode() == valkeygo.ClientModeCluster {
+	if n.slots != nil {
 		nodes := n.client.Nodes()
-		addrs := make([]string, 0, len(nodes))
-		for a := range nodes {
-			addrs = append(addrs, a)
-		}
-		if len(addrs) > 0 {
-			slices.Sort(addrs)
-			src = nodes[addrs[n.rotate%len(addrs)]]
-			n.rotate++
+		if c, ok := nodes[addr]; ok && addr != "" {
+			src = c
+		} else {
+			for _, sc := range n.conns {
+				return sc, nil
+			}
+			addrs := make([]string, 0, len(nodes))
+			for a := range nodes {
+				addrs = append(addrs, a)
+			}
+			addr = ""
+			if len(addrs) > 0 {
+				slices.Sort(addrs)
+				addr = addrs[n.rotate%len(addrs)]
+				src = nodes[addr]
+				n.rotate++
+			}
 		}
 	}
 	dc, _ := src.Dedicate()
 	// Close (not the release Dedicate returns): a connection that carried
 	// subscriptions is dropped, not handed back to the client's pool.
-	sc := &subConn{dc: dc, cancel: dc.Close}
+	sc := &subConn{dc: dc, cancel: dc.Close, addr: addr}
 	errs := dc.SetPubSubHooks(valkeygo.PubSubHooks{OnMessage: n.onMessage})
-	n.conn = sc
+	n.conns[addr] = sc
 	n.wg.Go(func() { n.watch(sc, errs) })
 	return sc, nil
 }
@@ -248,14 +275,17 @@ func (n *notifier) connLocked() (*subConn, error) {
 func (n *notifier) watch(sc *subConn, errs <-chan error) {
 	err, ok := <-errs
 	n.mu.Lock()
-	if !ok && n.conn != sc {
+	if !ok && n.conns[sc.addr] != sc {
 		n.mu.Unlock()
 		return // closed by us
 	}
-	n.log.Debug("dlock/valkey: pub/sub connection ended", "err", err)
-	mine := n.conn == sc
+	n.log.Debug("dlock/valkey: pub/sub connection ended", "node", sc.addr, "err", err)
+	mine := n.conns[sc.addr] == sc
 	if mine {
-		n.conn = nil
+		delete(n.conns, sc.addr)
+	}
+	if n.slots != nil {
+		n.slots.invalidate() // the node may have failed over
 	}
 	defer func() {
 		if mine {
@@ -330,6 +360,7 @@ func (n *notifier) subscribe(ctx context.Context, ch string, one bool, id string
 // read reaches the subscription: then a waiter need not try again.
 func (n *notifier) subscribeSince(ctx context.Context, ch string, one bool, id string, wake chan struct{}, gen uint64) (*subscription, bool, error) {
 	s := &subscription{n: n, ch: ch, c: wake, id: id}
+	addr, located := "", n.slots == nil
 	n.mu.Lock()
 	for {
 		if n.shut {
@@ -365,7 +396,15 @@ func (n *notifier) subscribeSince(ctx context.Context, ch string, one bool, id s
 			}
 			return s, gen > 0 && e.readyGen <= gen, nil
 		}
-		sc, err := n.connLocked()
+		if !located {
+			// Where the channel's messages are published: looked up
+			// outside n.mu (it may ask the server), then look again.
+			n.mu.Unlock()
+			addr, located = n.slots.nodeFor(ctx, ch), true
+			n.mu.Lock()
+			continue
+		}
+		sc, err := n.connLocked(addr)
 		if err != nil {
 			n.mu.Unlock()
 			return nil, false, err
@@ -434,15 +473,15 @@ func (s *subscription) close() {
 func (n *notifier) close() {
 	n.mu.Lock()
 	n.shut = true
-	sc := n.conn
-	n.conn = nil
+	conns := n.conns
+	n.conns = make(map[string]*subConn)
 	for ch, e := range n.subs {
 		e.dead = true
 		delete(n.subs, ch)
 		e.waiters.signalAll()
 	}
 	n.mu.Unlock()
-	if sc != nil {
+	for _, sc := range conns {
 		sc.cancel()
 	}
 	n.wg.Wait()

@@ -57,15 +57,26 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	// to the waiter since (its place renewed by that attempt) is valid
 	// from then.
 	sent := time.Now()
-	a, err := c.attempt(ctx, try, r, token, token) // the uncontended path builds nothing to wait with
+	// A wait that the previous one (with this ctx, for this lock) handed
+	// its place to, failing on a transient error, resumes it (see
+	// parkedWaiters); else the first attempt's token is the waiter's id.
+	waiter := c.park.resume(ctx, r)
+	resumed := waiter != ""
+	if !resumed {
+		waiter = token
+	}
+	a, err := c.attempt(ctx, try, r, token, waiter) // the uncontended path builds nothing to wait with
 	if a.lease != nil {
 		return a.lease, err
 	}
-	waiter := token
 	defer func() {
-		if l == nil {
-			c.leave(ctx, r, waiter)
+		if l != nil {
+			return
 		}
+		if err != nil && ctx.Err() == nil && !backend.IsPermanent(err) && c.park.park(c, ctx, r, waiter) {
+			return // the retry resumes the place
+		}
+		c.leave(ctx, r, waiter)
 	}()
 	if err != nil {
 		return nil, err
@@ -107,10 +118,14 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	defer timer.Stop()
 	for first := true; ; first = false {
 		if !first {
-			if g, ok := c.near.take(near); ok {
+			// A resumed waiter takes a grant only by its attempt, which
+			// finds the lock granted to it (acquireMutex): a message
+			// could be older than its previous wait, whose attempt took
+			// that grant over and then failed.
+			if g, ok := c.near.take(near); ok && !resumed {
 				return c.takeGrant(ctx, r, waiter, g)
 			}
-			if f := takeGrant(subs, id); f != 0 {
+			if f := takeGrant(subs, id); f != 0 && !resumed {
 				// Granted by another process's release (see releaseString),
 				// for what remained of the waiter's place, which its latest
 				// attempt renewed.
