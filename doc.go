@@ -23,8 +23,16 @@
 // offers one, a fencing Token.
 //
 // NewRWMutex gives a reader-writer mutex whose Read and Write sides are
-// Guards; NewSemaphore a semaphore with a limit. A Mutex, an RWMutex and a
-// Semaphore with the same name are different locks.
+// Guards, and whose Upgradeable side is a reader that can become the writer
+// without letting go (Lock.Upgrade); NewSemaphore a semaphore with a limit.
+// A Mutex, an RWMutex and a Semaphore with the same name are different
+// locks.
+//
+// DoAll, TryDoAll, AcquireAll and TryAcquireAll take several names all or
+// none, in one canonical order, so that overlapping sets never deadlock; a
+// backend with an atomic path for several names (backend.MultiLocker) takes
+// them in one attempt. Holders lists who holds a name — host, process,
+// since when, the owner text given with WithOwner — without taking it.
 //
 // # Guarantees
 //
