@@ -92,8 +92,10 @@
 // and below every later one's, so writes stay fenced (readers that came in
 // during its read phase hold larger tokens: that matters only to a store
 // that fences reads too). Deleting its key, or once upgraded the writer
-// key, is a loss. With WithReplicas an upgrade counts only once the
-// replicas confirm it. RedLock offers no reader-writer lock, so no
+// key, is a loss. Its holder record (see Holders) is written, extended
+// and deleted as a reader's: DescribeRW lists it as a reader (Shared) until
+// it upgrades, then as the writer. With WithReplicas an upgrade counts only
+// once the replicas confirm it. RedLock offers no reader-writer lock, so no
 // upgradeable one.
 //
 // # Fencing tokens

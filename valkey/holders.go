@@ -38,10 +38,14 @@ var (
 
 // holdersKey is the holder records' key among keys, the acquire keys of
 // a lock of kind k (lockKeys): the acquire scripts take it at this index
-// (KEYS[5] of a mutex and a semaphore, KEYS[6] of an RW lock).
+// (KEYS[5] of a mutex and a semaphore, KEYS[6] of an RW lock, KEYS[7] of
+// an upgradeable reader, whose rw:u comes before it).
 func holdersKey(keys []string, k kind) string {
-	if k == kindRead || k == kindWrite {
+	switch k {
+	case kindRead, kindWrite:
 		return keys[5]
+	case kindUpgrade:
+		return keys[upgradeHoldersIndex]
 	}
 	return keys[4]
 }

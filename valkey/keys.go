@@ -40,7 +40,7 @@ import (
 //	rw:a   RW: the waiter queue ("r", "w" or "u" and the waiter's id, by arrival; a waiting upgrade at 0)
 //	rw:d   RW: the waiters' deadlines
 //	rw:f   RW: the fencing counter
-//	rw:h   RW: holder records of the readers and the writer
+//	rw:h   RW: holder records of the readers, the writer and the upgradeable reader
 //	rw:n   RW: the channel
 //	s      semaphore: holders (sorted set: token scored by expiry)
 //	s:f    semaphore: the fencing counter
@@ -51,7 +51,8 @@ import (
 //
 // (rw:q, the waiting writers of earlier versions, is no longer used.) The
 // acquire scripts take the keys in this order (see holdersKey), the
-// channel excepted.
+// channel excepted; rw:u is taken by the upgradeable reader's only,
+// between rw:f and rw:h (see upgradeSuffixes).
 const (
 	maxPlainName = 200
 	longNameHead = 48

@@ -16,15 +16,22 @@ package valkey
 // ahead of every other waiter: the readers' and writers' scripts, which
 // let a reader in only when no writer queued before it and a writer only
 // when it is first, then make every newcomer wait (writer preference).
+//
+// Its holder record (see holders.go) is the field T of rw:h, as a plain
+// reader's or a writer's: written by the acquire script, kept alive by the
+// extension script, deleted by the release. An upgrade leaves it as it is
+// (same token, same holder): describing lists T as a reader while it is a
+// member of rw:r, as the writer once rw:w = T.
 
-// KEYS: readers, writer, queue, deadlines, fence, upgradeable. ARGV:
-// token, lease ms, waiter, fair, channel (as the other acquire scripts).
+// KEYS: readers, writer, queue, deadlines, fence, upgradeable, holder
+// records. ARGV: token, lease ms, waiter, fair, channel, holder record (as
+// the other acquire scripts).
 // Queue members of its waiters are "u" and the waiter's id. An
 // upgradeable reader enters when no writer and no upgradeable reader
 // holds the lock, and no live writer or upgradeable reader queued before
 // it (a try: none is queued); plain readers queued before it do not stop
 // it (they share the lock with it).
-var acquireUpgradeable = newScript(luaNextFence + luaQueue + luaAhead + `
+var acquireUpgradeable = newScript(luaNextFence + luaQueue + luaAhead + luaHold + `
 local rs, w, q, d, u = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local lease = tonumber(ARGV[2])
 local me = nil
@@ -46,6 +53,8 @@ if not blocked then
   if redis.call('PTTL', rs) < lease then redis.call('PEXPIRE', rs, lease) end
   redis.call('SET', u, ARGV[1], 'PX', lease)
   if me then dequeue(q, d, me) end
+  hold(KEYS[7], ARGV[1], ARGV[6], lease, false)
+  pruneHolders(KEYS[7], redis.call('ZCARD', rs), function(f) return redis.call('ZSCORE', rs, f) end)
   return nextFence(KEYS[5])
 end
 if me then enqueue(q, d, me, lease) end
@@ -104,8 +113,8 @@ if hint < 0 then hint = 0 end
 return -1 - hint
 `)
 
-// KEYS: upgradeable, queue, deadlines, readers, writer. ARGV: token,
-// channel. Undoes an upgrade that its caller could not learn of (its
+// KEYS: upgradeable, queue, deadlines, readers, writer, holder records
+// (unused). ARGV: token, channel. Undoes an upgrade that its caller could not learn of (its
 // answer was lost): if the lease is the writer, it becomes the
 // upgradeable reader again (a reader member expiring with the
 // upgradeable key) and the waiters are woken. Returns 1 when it undid an
@@ -123,17 +132,19 @@ wakeHead(q, d, ARGV[2], '')
 return 1
 `)
 
-// KEYS: upgradeable, queue, deadlines, readers, writer (upgradeLeaseKeys).
-// ARGV: token, lease ms. Extends an upgradeable reader's keys: the
-// upgradeable key and its reader member, or, once upgraded, its writer
-// key. Returns 1 when the lease still owns them, 0 when not.
+// KEYS: upgradeable, queue, deadlines, readers, writer, holder records
+// (upgradeLeaseKeys). ARGV: token, lease ms. Extends an upgradeable
+// reader's keys: the upgradeable key and its reader member, or, once
+// upgraded, its writer key; and keeps the holder records at least a lease
+// ahead. Returns 1 when the lease still owns them, 0 when not.
 var extendUpgradeable = newScript(luaNow + `
-local u, rs, w, tok = KEYS[1], KEYS[4], KEYS[5], ARGV[1]
+local u, rs, w, h, tok = KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[1]
 local lease = tonumber(ARGV[2])
 if redis.call('GET', u) ~= tok then return 0 end
 if redis.call('GET', w) == tok then
   redis.call('PEXPIRE', w, lease)
   redis.call('PEXPIRE', u, lease)
+  if redis.call('PTTL', h) < lease then redis.call('PEXPIRE', h, lease) end
   return 1
 end
 local s = redis.call('ZSCORE', rs, tok)
@@ -145,18 +156,20 @@ end
 redis.call('ZADD', rs, now + lease, tok)
 if redis.call('PTTL', rs) < lease then redis.call('PEXPIRE', rs, lease) end
 redis.call('PEXPIRE', u, lease)
+if redis.call('PTTL', h) < lease then redis.call('PEXPIRE', h, lease) end
 return 1
 `)
 
-// KEYS: upgradeable, queue, deadlines, readers, writer. ARGV: token,
-// channel, own waiter prefix (unused: RW waiters are woken by
-// publishing), lease ms (unused). Releases an upgradeable reader,
+// KEYS: upgradeable, queue, deadlines, readers, writer, holder records.
+// ARGV: token, channel, own waiter prefix (unused: RW waiters are woken
+// by publishing), lease ms (unused). Releases an upgradeable reader,
 // upgraded or not: it deletes whatever of it is left (the upgradeable
-// key and the writer key if they hold its token, its reader member) and
-// wakes the waiters if any. Returns 1 when the lease still owned the
-// lock, 0 when not.
+// key and the writer key if they hold its token, its reader member, its
+// holder record) and wakes the waiters if any. Returns 1 when the lease
+// still owned the lock, 0 when not.
 var releaseUpgradeable = newScript(luaQueue + `
 local u, q, d, rs, w, tok = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]
+redis.pcall('HDEL', KEYS[6], tok)
 local now = clock()
 local owned = redis.call('GET', u) == tok
 if owned then redis.call('DEL', u) end

@@ -19,18 +19,25 @@ var (
 )
 
 // upgradeSuffixes are the suffixes of the keys the upgradeable reader's
-// acquire script takes: the RW lock's, and rw:u (at upgradeKeyIndex),
-// its channel last.
-var upgradeSuffixes = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:u", "rw:n"}
+// acquire script takes: the RW lock's first five (readers, writer, queue,
+// deadlines, fence), rw:u (at upgradeKeyIndex), the holder records rw:h
+// (at upgradeHoldersIndex), its channel last.
+var upgradeSuffixes = []string{"rw:r", "rw:w", "rw:a", "rw:d", "rw:f", "rw:u", "rw:h", "rw:n"}
 
-// upgradeKeyIndex is the index of rw:u among the keys of upgradeSuffixes.
-const upgradeKeyIndex = 5
+const (
+	// upgradeKeyIndex is the index of rw:u among the keys of
+	// upgradeSuffixes.
+	upgradeKeyIndex = 5
+	// upgradeHoldersIndex is the index of rw:h among the keys of
+	// upgradeSuffixes (see holdersKey).
+	upgradeHoldersIndex = 6
+)
 
 // upgradeLeaseKeys are the keys of an upgradeable reader's lease that its
 // release, extension and downgrade scripts take: rw:u, the queue, the
-// deadlines, the readers and the writer.
+// deadlines, the readers, the writer and the holder records.
 func upgradeLeaseKeys(base string) []string {
-	return []string{base + "rw:u", base + "rw:a", base + "rw:d", base + "rw:r", base + "rw:w"}
+	return []string{base + "rw:u", base + "rw:a", base + "rw:d", base + "rw:r", base + "rw:w", base + "rw:h"}
 }
 
 // upgradeAttemptKeys are the keys of upgradeScript: the readers, the

@@ -281,8 +281,10 @@ func TestUpgradeCancelledLeavesNoTrace(t *testing.T) {
 const upgradeHelperEnv = "DLOCK_VALKEY_UPGRADE_HELPER"
 
 // upgradeHelper is the helper process of the upgrade tests (spec:
-// "space|name|role"): it takes name as a reader (role "reader") or as an
-// upgradeable reader that then upgrades ("upgrader"), says "held", and
+// "space|name|role"): it takes name as a reader (role "reader"), as an
+// upgradeable reader ("ulock"), as an upgradeable reader that then
+// upgrades ("upgrader"), or as one that upgrades before it says so
+// ("upgraded"), with the owner text "helper " + role; says "held", and
 // releases when its stdin closes.
 func upgradeHelper(t *testing.T, addr, spec string) {
 	parts := strings.SplitN(spec, "|", 3)
@@ -291,14 +293,19 @@ func upgradeHelper(t *testing.T, addr, spec string) {
 	}
 	space, name, role := parts[0], parts[1], parts[2]
 	b := newTestBackend(t, space, addr)
-	ctx := testCtx(t)
+	ctx := backend.ContextWithOwner(testCtx(t), "helper "+role)
 	wait := b.RLock
-	if role == "upgrader" {
+	if role != "reader" {
 		wait = b.ULock
 	}
 	l, err := wait(ctx, name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if role == "upgraded" {
+		if err := l.Upgrade(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	fmt.Println("held")
 	if role == "upgrader" {
@@ -789,4 +796,199 @@ func TestUpgradeConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	noKeysLeft(t, a, name)
+}
+
+// An upgradeable reader's holder record: listed as a reader (Shared)
+// beside the plain readers, then as the writer after its upgrade (same
+// holder, same Since), kept alive by the extensions, gone after the
+// release; and a holder that stops extending (its process killed, or its
+// key deleted) is not listed once its lease has expired.
+func TestUpgradeHolderRecord(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	if spec := os.Getenv(upgradeHelperEnv); spec != "" {
+		upgradeHelper(t, addr, spec)
+		return
+	}
+	cl := testClient(t, addr)
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	pid := os.Getpid()
+	describe := func(t *testing.T, name string, want ...backend.Holder) []backend.Holder {
+		t.Helper()
+		hs, err := b.DescribeRW(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs) != len(want) {
+			t.Fatalf("DescribeRW: %+v, want %+v", hs, want)
+		}
+		left := append([]backend.Holder(nil), want...)
+	next:
+		for _, h := range hs {
+			for i, w := range left {
+				if h.PID == w.PID && h.Owner == w.Owner && h.Shared == w.Shared {
+					left = append(left[:i], left[i+1:]...)
+					continue next
+				}
+			}
+			t.Fatalf("DescribeRW listed %+v, which is none of %+v", h, want)
+		}
+		return hs
+	}
+	// gone waits until name has no holder listed, which must happen by
+	// deadline.
+	gone := func(t *testing.T, name string, deadline time.Time) {
+		t.Helper()
+		for {
+			hs, err := b.DescribeRW(testCtx(t), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(hs) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%q: %+v still listed at the deadline", name, hs)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	t.Run("upgrade", func(t *testing.T) {
+		name := "holder-upgrade"
+		ctx := testCtx(t)
+		u, ok, err := a.TryULock(backend.ContextWithOwner(ctx, "upgrader"), name)
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		r, ok, err := b.TryRLock(backend.ContextWithOwner(ctx, "reader"), name)
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		hs := describe(t, name, backend.Holder{PID: pid, Owner: "upgrader", Shared: true}, backend.Holder{PID: pid, Owner: "reader", Shared: true})
+		var since time.Time
+		for _, h := range hs {
+			if h.Owner == "upgrader" {
+				since = h.Since
+			}
+		}
+		if time.Since(since).Abs() > 5*time.Second {
+			t.Errorf("Since %v, want about now", since)
+		}
+		recs, pttl := holderRecords(t, cl, b, kindUpgrade, name)
+		if len(recs) != 2 || recs[u.token] == "" || pttl <= 0 || pttl > testLease.Milliseconds() {
+			t.Fatalf("records %v, PTTL %d: want the upgradeable reader's and the reader's, expiring within the lease", recs, pttl)
+		}
+		release(t, r)
+		if ok, err := u.TryUpgrade(ctx); err != nil || !ok {
+			t.Fatalf("TryUpgrade: %v, %v", ok, err)
+		}
+		hs = describe(t, name, backend.Holder{PID: pid, Owner: "upgrader"})
+		if !hs[0].Since.Equal(since) {
+			t.Errorf("Since after the upgrade %v, want the acquisition's %v", hs[0].Since, since)
+		}
+		// Extensions keep the record alive past the first lease.
+		time.Sleep(testLease + testLease/2)
+		notLost(t, u)
+		describe(t, name, backend.Holder{PID: pid, Owner: "upgrader"})
+		if recs, pttl := holderRecords(t, cl, b, kindUpgrade, name); len(recs) != 1 || recs[u.token] == "" || pttl <= 0 {
+			t.Fatalf("records after a lease of extensions: %v (PTTL %d)", recs, pttl)
+		}
+		release(t, u)
+		describe(t, name)
+		if recs, pttl := holderRecords(t, cl, b, kindUpgrade, name); len(recs) != 0 || pttl != -2 {
+			t.Fatalf("records after the release: %v (PTTL %d), want no hash", recs, pttl)
+		}
+	})
+
+	// A killed helper, before or after its upgrade, beside a live reader
+	// of this process before (which keeps the records' hash alive).
+	for _, role := range []string{"ulock", "upgraded"} {
+		t.Run("kill-"+role, func(t *testing.T) {
+			name := "holder-kill-" + role
+			cmd, _ := startUpgradeHelper(t, "TestUpgradeHolderRecord", space, name, role)
+			child := backend.Holder{PID: cmd.Process.Pid, Owner: "helper " + role, Shared: role == "ulock"}
+			var r *Lease
+			if role == "ulock" {
+				r = mustTry(t, a.TryRLock, name)
+				describe(t, name, child, backend.Holder{PID: pid, Shared: true})
+			} else {
+				describe(t, name, child)
+			}
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			killed := time.Now()
+			_ = cmd.Wait()
+			// Its keys last the lease after its last extension (before
+			// the kill).
+			by := killed.Add(testLease + time.Second)
+			if r == nil {
+				gone(t, name, by)
+				return
+			}
+			for {
+				hs, err := b.DescribeRW(testCtx(t), name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(hs) == 1 && hs[0].PID == pid {
+					break
+				}
+				if time.Now().After(by) {
+					t.Fatalf("the killed holder is still listed: %+v", hs)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			release(t, r)
+			describe(t, name)
+		})
+	}
+
+	// An in-process holder whose key is deleted: not listed once its
+	// lease has expired (at once when its writer key goes: its record is
+	// still there then); its release (which reports the loss) deletes
+	// the record.
+	for _, upgraded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deleted-upgraded=%v", upgraded), func(t *testing.T) {
+			name := fmt.Sprintf("holder-deleted-%v", upgraded)
+			ctx := testCtx(t)
+			u, ok, err := a.TryULock(backend.ContextWithOwner(ctx, "upgrader"), name)
+			if err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			del := "rw:u"
+			if upgraded {
+				if err := u.Upgrade(ctx); err != nil {
+					t.Fatal(err)
+				}
+				del = "rw:w"
+			}
+			describe(t, name, backend.Holder{PID: pid, Owner: "upgrader", Shared: !upgraded})
+			base, _ := keyBase(b.c.cfg.prefix, name)
+			if err := cl.Do(ctx, cl.B().Del().Key(base+del).Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			deleted := time.Now()
+			if upgraded {
+				describe(t, name)
+				if recs, _ := holderRecords(t, cl, b, kindUpgrade, name); recs[u.token] == "" {
+					t.Fatalf("records right after the writer key's deletion: %v, want the lease's still there", recs)
+				}
+			}
+			gone(t, name, deleted.Add(testLease+time.Second))
+			select {
+			case <-u.Lost():
+			case <-time.After(testLease + time.Second):
+				t.Fatal("the lease whose key was deleted is not lost")
+			}
+			if err := u.Release(ctx); !errors.Is(err, backend.ErrLockLost) {
+				t.Fatalf("Release of a lease whose key was deleted: %v, want ErrLockLost", err)
+			}
+			if recs, _ := holderRecords(t, cl, b, kindUpgrade, name); len(recs) != 0 {
+				t.Fatalf("records after the release: %v", recs)
+			}
+			noKeysLeft(t, b, name)
+		})
+	}
 }
