@@ -199,7 +199,7 @@ type request struct {
 	// args is where an attempt puts the acquire script's arguments (the
 	// attempts of one request are sequential).
 	args   [7]string
-	keyBuf [6]string // keys' array
+	keyBuf [7]string // keys' array
 }
 
 func newRequest(k kind, name, base string, s *script) *request {
