@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/dlock-go/dlock/internal/loss"
 
@@ -22,14 +24,18 @@ type Lease struct {
 	file     string // its base name
 	dev, ino uint64
 	token    uint64
-	slot     int    // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
-	rec      []byte // an upgradeable reader's record, for its upgrade
-	upgraded bool   // an upgradeable reader that became the writer (under mu)
-	counter  bool   // the lock file keeps the fencing counter (not a semaphore)
-	queue    bool   // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
-	lost     chan struct{}
+	slot     int           // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
+	rec      []byte        // an upgradeable reader's record, for its upgrade
+	upgraded bool          // an upgradeable reader that became the writer (under mu)
+	counter  bool          // the lock file keeps the fencing counter (not a semaphore)
+	queue    bool          // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
+	lost     chan struct{} // made by the first Lost (see lostLocked)
 
 	cbuf counterBuf // for reading the fencing counter without an allocation
+
+	// pathBuf keeps the lock file's path and a NUL (see leaseFile), when
+	// they fit.
+	pathBuf [160]byte
 
 	mu    sync.Mutex
 	f     lockFile // closed (fd -1) once released or dropped
@@ -37,32 +43,40 @@ type Lease struct {
 	loss  loss.Notifier // AfterLost's functions
 }
 
-// newLease wraps a locked file into a registered lease; a waiter leaves the
-// queue (see leave). counter is the path of the fencing counter file, or ""
-// to keep the counter in the lock file itself (a mutex, a reader-writer
-// lock); queue says whether the lock file keeps the waiters' queue. The
-// holder's record (see holders.go), describing it as owner, goes into the
-// lock file, with the counter's write where there is one. On error the
-// file is closed (its lock dropped).
-func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue bool, owner string) (*Lease, error) {
-	f.leave()
-	l := &Lease{
-		b:    b,
-		what: what,
-		name: name,
-		path: f.path,
-		file: f.path[len(b.prefix):],
-		dev:  f.dev,
-		ino:  f.ino,
-		lost: make(chan struct{}),
+// leaseFile returns a new lease, not yet held, whose lock file l.f (not
+// open) has the path that is the concatenation of parts, kept in the
+// lease's own buffer when it fits: an acquisition then allocates the
+// lease and nothing else.
+func (b *Backend) leaseFile(parts ...string) *Lease {
+	l := &Lease{b: b}
+	path, z := zpathIn(l.pathBuf[:0], parts...)
+	l.f = lockFile{path: path, zpath: z, tr: &b.trust, fd: -1}
+	return l
+}
 
-		counter: counter == "",
-		queue:   queue,
+// newLease wraps a locked file into a registered lease; a waiter leaves the
+// queue (see leave). l is the lease made for it (see leaseFile), with f
+// its l.f, or nil (a semaphore's slot: a new lease takes f's descriptor
+// over). counter is the path of the fencing counter file, or "" to keep
+// the counter in the lock file itself (a mutex, a reader-writer lock);
+// queue says whether the lock file keeps the waiters' queue. The holder's
+// record (see holders.go), describing it as owner, goes into the lock
+// file, with the counter's write where there is one. On error the file is
+// closed (its lock dropped).
+func (b *Backend) newLease(l *Lease, what, name string, f *lockFile, counter string, queue bool, owner string) (*Lease, error) {
+	f.leave()
+	if l == nil {
+		l = &Lease{b: b}
 	}
-	rec := newRecord(owner)
+	l.what, l.name = what, name
+	l.path, l.file = f.path, f.path[len(b.prefix):]
+	l.dev, l.ino = f.dev, f.ino
+	l.counter, l.queue = counter == "", queue
+	var rb [recordBuf]byte
+	rec := appendRecord(rb[:0], owner, time.Now())
 	shared := what == whatRead || what == whatUpgradeable
 	if what == whatUpgradeable {
-		l.rec = rec
+		l.rec = slices.Clone(rec)
 	}
 	var err error
 	if shared {
@@ -84,8 +98,10 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 		f.close()
 		return nil, classify(err)
 	}
-	l.f = *f
-	f.fd, f.held = -1, false // the lease owns the descriptor now
+	if f != &l.f {
+		l.f = *f
+		f.fd, f.held = -1, false // the lease owns the descriptor now
+	}
 	return b.adopt(l)
 }
 
