@@ -39,7 +39,7 @@ type Backend struct {
 	mon     *monitor // nil when no monitor runs
 
 	// Lock files this backend let go of, to remove once idle (see
-	// noteIdle), by base name.
+	// afterRelease), by base name.
 	idle idleFiles
 }
 
@@ -146,27 +146,6 @@ func (b *Backend) noteFreed(l *Lease) {
 	if !cnoted {
 		removeIdle(b.prefix+c, &b.trust, false, true)
 	}
-}
-
-// noteIdle notes that this backend let go of the lock file file (a base
-// name): the monitor removes it after its next tick, if nobody holds it or
-// waits for it then (see removeIdle), and so does Close. Removing it now
-// would make the next acquisition of the name create the file anew: on
-// ext4 a create and an unlink cost several times a whole acquisition, so
-// a name locked again within a tick keeps its file.
-func (b *Backend) noteIdle(file string, queue, counter bool) {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return
-	}
-	if b.idle.note(file, idleFile{queue, counter}) {
-		b.ensureMonitorLocked(false)
-		b.mu.Unlock()
-		return
-	}
-	b.mu.Unlock()
-	removeIdle(b.prefix+file, &b.trust, queue, counter)
 }
 
 // removeNoted removes the noted lock file file (a base name) if it is idle

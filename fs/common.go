@@ -203,12 +203,12 @@ func (l *Lease) Release(ctx context.Context) error {
 		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
-	l.b.unregister(l)
 	same, err := l.f.named()
 	l.f.close()
 	l.closeLostLocked()
 	// Only a file that was still ours is noted: otherwise the name is
-	// someone else's now.
+	// someone else's now. afterRelease also unregisters the lease (a
+	// monitor's check meanwhile finds it released: no loss reported).
 	l.b.afterRelease(l, err == nil && same)
 	if err != nil {
 		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)

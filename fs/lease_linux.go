@@ -161,16 +161,46 @@ func (b *Backend) bumpCounterFile(path string, buf *counterBuf) (uint64, error) 
 	return bumpCounter(c.fd, path, b.cfg.sync, buf, nil)
 }
 
-// afterRelease is Release's end: it wakes this backend's waiters of the
-// file and, if the file was still ours, notes it (and a semaphore's
-// counter file) for removal once idle.
+// afterRelease is Release's end, in one hold of b.mu (a hot path: 64
+// goroutines releasing at once queue on it): it unregisters the lease,
+// wakes this backend's waiters of the file and, if the file was still
+// ours, notes it (and a semaphore's counter file) for removal once idle:
+// the monitor removes it after its next tick, if nobody holds it or waits
+// for it then (see removeIdle), and so does Close. Removing it now would
+// make the next acquisition of the name create the file anew: on ext4 a
+// create and an unlink cost several times a whole acquisition, so a name
+// locked again within a tick keeps its file. The waiters are woken
+// without waiting for inotify to announce the close (it will, and wakes
+// them again: an extra attempt, no harm).
 func (b *Backend) afterRelease(l *Lease, ours bool) {
-	b.wakeAfterRelease(l.file)
-	if ours {
-		b.noteIdle(l.file, l.queue, l.counter)
-		if l.what == whatSem {
-			b.noteIdle(fileName(kindSemCounter, l.name), false, true)
+	var buf [4]*waiter
+	wake := buf[:0]
+	var c string
+	if ours && l.what == whatSem {
+		c = fileName(kindSemCounter, l.name)
+	}
+	noted, cnoted := true, true
+	b.mu.Lock()
+	delete(b.leases, l)
+	if len(b.waiters) > 0 {
+		wake = b.afterCloseLocked(wake, l.file)
+	}
+	if ours && !b.closed {
+		noted = b.idle.note(l.file, idleFile{l.queue, l.counter})
+		cnoted = c == "" || b.idle.note(c, idleFile{false, true})
+		if noted || cnoted {
+			b.ensureMonitorLocked(false)
 		}
+	}
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+	if !noted {
+		removeIdle(l.path, &b.trust, l.queue, l.counter)
+	}
+	if !cnoted {
+		removeIdle(b.prefix+c, &b.trust, false, true)
 	}
 }
 

@@ -174,6 +174,7 @@ func (b *Backend) noteFreed(l *Lease) { b.noteLease(l) }
 // afterRelease is Release's end: if the file was still ours, it notes it
 // (and a semaphore's counter file) for removal once idle.
 func (b *Backend) afterRelease(l *Lease, ours bool) {
+	b.unregister(l)
 	if ours {
 		b.noteLease(l)
 	}
