@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +34,7 @@ type Backend struct {
 
 	mu      sync.Mutex
 	closed  bool
+	done    atomic.Bool // closed, read without mu (see describeBegin)
 	leases  map[*Lease]struct{}
 	waiters map[string]map[*waiter]struct{} // by file name or slot key
 	nwait   int

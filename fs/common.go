@@ -83,6 +83,7 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.done.Store(true)
 	close(b.stopc)
 	stop := b.stopMonitorLocked()
 	held := make([]*Lease, 0, len(b.leases))

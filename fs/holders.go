@@ -187,10 +187,7 @@ func (b *Backend) describeBegin(name string) error {
 	if name == "" {
 		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
 	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
+	if b.done.Load() { // no mu: every acquisition begins here
 		return backend.Permanent(ErrClosed)
 	}
 	return nil
