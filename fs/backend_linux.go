@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,13 +34,14 @@ type Backend struct {
 
 	mu      sync.Mutex
 	closed  bool
+	done    atomic.Bool // closed, read without mu (see describeBegin)
 	leases  map[*Lease]struct{}
 	waiters map[string]map[*waiter]struct{} // by file name or slot key
 	nwait   int
 	mon     *monitor // nil when no monitor runs
 
 	// Lock files this backend let go of, to remove once idle (see
-	// noteIdle), by base name.
+	// afterRelease), by base name.
 	idle idleFiles
 }
 
@@ -148,27 +150,6 @@ func (b *Backend) noteFreed(l *Lease) {
 	}
 }
 
-// noteIdle notes that this backend let go of the lock file file (a base
-// name): the monitor removes it after its next tick, if nobody holds it or
-// waits for it then (see removeIdle), and so does Close. Removing it now
-// would make the next acquisition of the name create the file anew: on
-// ext4 a create and an unlink cost several times a whole acquisition, so
-// a name locked again within a tick keeps its file.
-func (b *Backend) noteIdle(file string, queue, counter bool) {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return
-	}
-	if b.idle.note(file, idleFile{queue, counter}) {
-		b.ensureMonitorLocked(false)
-		b.mu.Unlock()
-		return
-	}
-	b.mu.Unlock()
-	removeIdle(b.prefix+file, &b.trust, queue, counter)
-}
-
 // removeNoted removes the noted lock file file (a base name) if it is idle
 // (see removeIdle).
 func (b *Backend) removeNoted(file string, k idleFile) {
@@ -178,8 +159,8 @@ func (b *Backend) removeNoted(file string, k idleFile) {
 // waiter is one wait in progress. c receives a value when a file it waits for
 // is closed by anyone (a holder's release, a holder process's death).
 type waiter struct {
-	keys []string
-	c    chan struct{}
+	key string
+	c   chan struct{}
 	// ticket is the waiter's place in the queue of a mutex (0 for other
 	// kinds, and before it joins), under b.mu: of a mutex's waiters with a
 	// ticket, a close wakes only the oldest, the only one that can be next.
@@ -193,25 +174,23 @@ func (w *waiter) signal() {
 	}
 }
 
-// addWaiter arms a waiter for the files keys (file names, or slot keys for
-// the slots of a semaphore). When it returns, every later close of one of
-// those files signals the waiter: arm it before the attempt whose failure
-// makes you wait, and no release can slip between the two.
-func (b *Backend) addWaiter(keys ...string) (*waiter, error) {
-	w := &waiter{keys: keys, c: make(chan struct{}, 1)}
+// addWaiter arms a waiter for the file key (a file name, or the slot key
+// of the slots of a semaphore). When it returns, every later close of that
+// file signals the waiter: arm it before the attempt whose failure makes
+// you wait, and no release can slip between the two.
+func (b *Backend) addWaiter(key string) (*waiter, error) {
+	w := &waiter{key: key, c: make(chan struct{}, 1)}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, ErrClosed
 	}
-	for _, k := range keys {
-		m := b.waiters[k]
-		if m == nil {
-			m = make(map[*waiter]struct{})
-			b.waiters[k] = m
-		}
-		m[w] = struct{}{}
+	m := b.waiters[key]
+	if m == nil {
+		m = make(map[*waiter]struct{})
+		b.waiters[key] = m
 	}
+	m[w] = struct{}{}
 	b.nwait++
 	b.ensureMonitorLocked(true)
 	return w, nil
@@ -220,19 +199,17 @@ func (b *Backend) addWaiter(keys ...string) (*waiter, error) {
 func (b *Backend) removeWaiter(w *waiter) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, k := range w.keys {
-		if m := b.waiters[k]; m != nil {
-			delete(m, w)
-			if len(m) == 0 {
-				delete(b.waiters, k)
-			}
+	if m := b.waiters[w.key]; m != nil {
+		delete(m, w)
+		if len(m) == 0 {
+			delete(b.waiters, w.key)
 		}
 	}
 	b.nwait--
 }
 
 // waitLoop runs try until it succeeds, fails, or ctx ends, sleeping between
-// attempts until a file in keys is closed. The first attempt is made before
+// attempts until the file key (see addWaiter) is closed. The first attempt is made before
 // any waiter is armed (the uncontended path costs nothing extra); if it
 // fails, the waiter is armed and then joins the waiters' queue (join), so
 // that no release between the two is missed and every later attempt keeps
@@ -240,12 +217,12 @@ func (b *Backend) removeWaiter(w *waiter) {
 //
 // lost, if not nil, ends the wait with backend.ErrLockLost when it is
 // closed (an upgrade's lease lost meanwhile).
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), lost <-chan struct{}, keys ...string) error {
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), lost <-chan struct{}, key string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
 	}
-	w, err := b.addWaiter(keys...)
+	w, err := b.addWaiter(key)
 	if err != nil {
 		return err
 	}

@@ -83,6 +83,7 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.done.Store(true)
 	close(b.stopc)
 	stop := b.stopMonitorLocked()
 	held := make([]*Lease, 0, len(b.leases))
@@ -203,12 +204,12 @@ func (l *Lease) Release(ctx context.Context) error {
 		return backend.ErrLockLost
 	}
 	l.state = leaseReleased
-	l.b.unregister(l)
 	same, err := l.f.named()
 	l.f.close()
 	l.closeLostLocked()
 	// Only a file that was still ours is noted: otherwise the name is
-	// someone else's now.
+	// someone else's now. afterRelease also unregisters the lease (a
+	// monitor's check meanwhile finds it released: no loss reported).
 	l.b.afterRelease(l, err == nil && same)
 	if err != nil {
 		return fmt.Errorf("cannot verify ownership: %w: %w", backend.ErrLockLost, err)
@@ -228,17 +229,36 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) {
 	return l.loss.Add(f, l.state != leaseHeld, &l.mu)
 }
 
-// closeLostLocked closes Lost and starts AfterLost's functions; l.mu is
-// held.
+// closeLostLocked closes Lost (if anyone asked for it) and starts
+// AfterLost's functions; l.mu is held.
 func (l *Lease) closeLostLocked() {
-	close(l.lost)
+	if l.lost != nil {
+		close(l.lost)
+	}
 	l.loss.Fire()
 }
 
 // Lost returns a channel closed when the lease can no longer guarantee its
 // lock — its lock file was removed or replaced (the path no longer names the
-// locked file), or the backend was closed — and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
+// locked file), or the backend was closed — and by Release. The channel is
+// made at the first call (dlock's Do watches a lease through AfterLost, and
+// never calls it).
+func (l *Lease) Lost() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lostLocked()
+}
+
+// lostLocked is Lost; l.mu is held.
+func (l *Lease) lostLocked() <-chan struct{} {
+	if l.lost == nil {
+		l.lost = make(chan struct{})
+		if l.state != leaseHeld {
+			close(l.lost)
+		}
+	}
+	return l.lost
+}
 
 // Token returns the lease's fencing token (0 when fencing is off): for each
 // name and kind of lock, tokens strictly increase across all acquisitions by
@@ -374,7 +394,7 @@ func readCounter(h handle, path string, buf *counterBuf) (uint64, error) {
 // increasing even when the counter file is removed (see removable) or loses
 // its last updates in a crash, unless the clock also went back.
 //
-// rec, if not nil, is a holder's record made by newRecord: it is written
+// rec, if not nil, is a holder's record made by appendRecord: it is written
 // with the counter (in its first counterLen bytes) in the same write.
 func bumpCounter(h handle, path string, sync bool, buf *counterBuf, rec []byte) (uint64, error) {
 	stored, err := readCounter(h, path, buf)

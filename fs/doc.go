@@ -48,7 +48,8 @@
 // Close freeing a lease; in the portable implementation also a waiters'
 // file a waiter leaves or a check looked at) and removes it once it is
 // idle — after the monitor's next tick (see WithLossInterval: 1 to 2
-// intervals after the release), and at Close for the rest. Both
+// intervals after its last release; a file released again before the
+// tick waits for the next one), and at Close for the rest. Both
 // implementations (see Other systems) follow this lifecycle. A name locked again within that
 // time keeps its file: on ext4, creating and removing a file costs several
 // times a whole acquisition, so removing at every release would make a
@@ -468,7 +469,16 @@
 // the acquisition's path (see Lock-file lifecycle): eight system calls
 // (open, flock, fstat, lstat, pread, the gate's OFD lock, unlink, close)
 // in the monitor, once per name released and left alone for a tick; a
-// name locked again within the tick costs nothing more. BenchmarkDo reports the ratio to the floor (x-floor),
+// name locked again within the tick costs nothing more, and a name locked
+// over and over keeps its file until it rests for a tick.
+//
+// An uncontended acquisition allocates once (the Lease, which keeps its
+// lock file's path and descriptor); the holder record is built on the
+// stack from the last owner's stored form, encoded once (only Since is
+// formatted per acquisition), and Lost's channel is made only if asked
+// for (dlock's Do watches a lease through AfterLost). No goroutine wakes
+// for an uncontended acquisition: the monitor's watch reports closes
+// only while someone waits. BenchmarkDo reports the ratio to the floor (x-floor),
 // BenchmarkTryLockRelease and BenchmarkTryRWRelease the backend alone, and
 // BenchmarkHandoff the hand-off latency (p50-ns, p99-ns):
 //

@@ -45,16 +45,22 @@ func newLockFile(tr *trust, parts ...string) lockFile {
 // followed by a NUL for the raw system calls of the hot path (open, lstat):
 // x/sys copies every string argument, one allocation per call; this is one
 // per lock file.
-func zpath(parts ...string) (string, *byte) {
+func zpath(parts ...string) (string, *byte) { return zpathIn(nil, parts...) }
+
+// zpathIn is zpath in buf (empty) if the path and its NUL fit in its
+// capacity; otherwise in a new buffer.
+func zpathIn(buf []byte, parts ...string) (string, *byte) {
 	n := 0
 	for _, p := range parts {
 		n += len(p)
 	}
-	buf := make([]byte, n+1)
-	i := 0
-	for _, p := range parts {
-		i += copy(buf[i:], p)
+	if n+1 > cap(buf) {
+		buf = make([]byte, 0, n+1)
 	}
+	for _, p := range parts {
+		buf = append(buf, p...)
+	}
+	buf = append(buf, 0)
 	return unsafe.String(&buf[0], n), &buf[0]
 }
 

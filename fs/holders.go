@@ -6,7 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
@@ -55,24 +58,79 @@ func recordOffset(slot int) int64 {
 // acquisition.
 var self = sync.OnceValue(func() backend.Holder { return holder.Self("", time.Time{}) })
 
-// newRecord returns the record of this process holding a lock from now,
-// described as owner: counterLen bytes left for the fencing counter
-// (written with it in one write; see bumpCounter), then the record and a
-// newline.
-func newRecord(owner string) []byte {
+// recordBuf is room enough for most records (see appendRecord), for a
+// buffer on the caller's stack: a record of a longer owner text grows it
+// on the heap.
+const recordBuf = 512
+
+// appendRecord appends to dst (empty) the record of this process holding
+// a lock since since, described as owner: counterLen bytes left for the
+// fencing counter (written with it in one write; see bumpCounter), then
+// the record and a newline. The stored form of the last owner recorded is
+// kept (see recordHead): a record of the same owner then costs appending
+// its since, no encoding and no allocation.
+func appendRecord(dst []byte, owner string, since time.Time) []byte {
+	h := lastHead.Load()
+	if h == nil || h.owner != owner {
+		h = makeHead(owner)
+		lastHead.Store(h)
+	}
+	ns := since.UnixNano()
+	if h.head == nil || ns < 0 {
+		return appendEncoded(dst, owner, since)
+	}
+	dst = append(dst, h.head...)
+	dst = append(dst, sinceKey...)
+	dst = strconv.AppendInt(dst, ns, 10)
+	return append(dst, '}', '\n')
+}
+
+// recordHead is what the records of this process for one owner begin
+// with: counterLen bytes, then internal/holder's stored form up to its
+// Since (the last field) — or head nil if the stored form turns out not
+// to be that head followed by sinceKey, the time and '}': each record is
+// then encoded whole.
+type recordHead struct {
+	owner string
+	head  []byte
+}
+
+// lastHead is the head of the last owner recorded (most processes give
+// one owner, or none, for all their locks).
+var lastHead atomic.Pointer[recordHead]
+
+// sinceKey is how the stored form puts Since after the other fields.
+const sinceKey = `,"t":`
+
+// makeHead encodes the head of owner's records, the owner text cut as
+// the longest Since needs (see appendEncoded), and checks it against
+// holder.Encode.
+func makeHead(owner string) *recordHead {
+	const longest = math.MaxInt64
+	full := appendEncoded(nil, owner, time.Unix(0, longest))
+	tail := sinceKey + strconv.FormatInt(longest, 10) + "}\n"
+	if !bytes.HasSuffix(full, []byte(tail)) {
+		return &recordHead{owner: owner}
+	}
+	return &recordHead{owner: owner, head: full[:len(full)-len(tail)]}
+}
+
+// appendEncoded is appendRecord encoding the whole record: an owner text
+// whose escaped form would not fit maxRecord is cut.
+func appendEncoded(dst []byte, owner string, since time.Time) []byte {
 	h := self()
-	h.Owner, h.Since = owner, time.Now()
+	h.Owner, h.Since = owner, since
 	rec := holder.Encode(h)
 	for len(rec) > maxRecord { // only an owner text of many escaped bytes
 		h.Owner = h.Owner[:len(h.Owner)/2]
 		rec = holder.Encode(h)
 	}
-	out := make([]byte, counterLen, counterLen+len(rec)+1)
-	out = append(out, rec...)
-	return append(out, '\n')
+	dst = append(dst, make([]byte, counterLen)...)
+	dst = append(dst, rec...)
+	return append(dst, '\n')
 }
 
-// writeRecord writes rec (made by newRecord) into slot of the file open as
+// writeRecord writes rec (made by appendRecord) into slot of the file open as
 // h, without the counter's bytes.
 func writeRecord(h handle, path string, slot int, rec []byte) error {
 	b := rec[counterLen:]
@@ -129,10 +187,7 @@ func (b *Backend) describeBegin(name string) error {
 	if name == "" {
 		return backend.Permanent(fmt.Errorf("%w: empty name", backend.ErrInvalidName))
 	}
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
+	if b.done.Load() { // no mu: every acquisition begins here
 		return backend.Permanent(ErrClosed)
 	}
 	return nil

@@ -32,7 +32,7 @@ func (s *idleFiles) note(file string, v idleFile) bool {
 }
 
 // rotate runs at each tick: it returns the files noted before the previous
-// tick, to sweep now (nil if none; otherwise sweeping is set until the
+// tick and not since, to sweep now (nil if none; otherwise sweeping is set until the
 // caller calls swept), and ages those noted since. While a sweep runs the
 // generations wait.
 func (s *idleFiles) rotate() map[string]idleFile {
@@ -41,6 +41,15 @@ func (s *idleFiles) rotate() map[string]idleFile {
 	}
 	old := s.old
 	s.old, s.cur = s.cur, nil
+	// A file noted again since (released again: in use) is not idle: it
+	// ages with its latest note. Sweeping it anyway would remove the file
+	// of a name locked over and over between two of its uses, which the
+	// next acquisition then finds busy or gone (a wait, a new file).
+	for file := range old {
+		if _, again := s.old[file]; again {
+			delete(old, file)
+		}
+	}
 	if len(old) == 0 {
 		return nil
 	}

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/dlock-go/dlock/internal/loss"
 
@@ -22,14 +24,18 @@ type Lease struct {
 	file     string // its base name
 	dev, ino uint64
 	token    uint64
-	slot     int    // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
-	rec      []byte // an upgradeable reader's record, for its upgrade
-	upgraded bool   // an upgradeable reader that became the writer (under mu)
-	counter  bool   // the lock file keeps the fencing counter (not a semaphore)
-	queue    bool   // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
-	lost     chan struct{}
+	slot     int           // the holder record's slot: 0 exclusive, > 0 a reader's, -1 none
+	rec      []byte        // an upgradeable reader's record, for its upgrade
+	upgraded bool          // an upgradeable reader that became the writer (under mu)
+	counter  bool          // the lock file keeps the fencing counter (not a semaphore)
+	queue    bool          // the lock file keeps the waiters' queue (not a semaphore's slot 1, 2, ...)
+	lost     chan struct{} // made by the first Lost (see lostLocked)
 
 	cbuf counterBuf // for reading the fencing counter without an allocation
+
+	// pathBuf keeps the lock file's path and a NUL (see leaseFile), when
+	// they fit.
+	pathBuf [160]byte
 
 	mu    sync.Mutex
 	f     lockFile // closed (fd -1) once released or dropped
@@ -37,32 +43,40 @@ type Lease struct {
 	loss  loss.Notifier // AfterLost's functions
 }
 
-// newLease wraps a locked file into a registered lease; a waiter leaves the
-// queue (see leave). counter is the path of the fencing counter file, or ""
-// to keep the counter in the lock file itself (a mutex, a reader-writer
-// lock); queue says whether the lock file keeps the waiters' queue. The
-// holder's record (see holders.go), describing it as owner, goes into the
-// lock file, with the counter's write where there is one. On error the
-// file is closed (its lock dropped).
-func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue bool, owner string) (*Lease, error) {
-	f.leave()
-	l := &Lease{
-		b:    b,
-		what: what,
-		name: name,
-		path: f.path,
-		file: f.path[len(b.prefix):],
-		dev:  f.dev,
-		ino:  f.ino,
-		lost: make(chan struct{}),
+// leaseFile returns a new lease, not yet held, whose lock file l.f (not
+// open) has the path that is the concatenation of parts, kept in the
+// lease's own buffer when it fits: an acquisition then allocates the
+// lease and nothing else.
+func (b *Backend) leaseFile(parts ...string) *Lease {
+	l := &Lease{b: b}
+	path, z := zpathIn(l.pathBuf[:0], parts...)
+	l.f = lockFile{path: path, zpath: z, tr: &b.trust, fd: -1}
+	return l
+}
 
-		counter: counter == "",
-		queue:   queue,
+// newLease wraps a locked file into a registered lease; a waiter leaves the
+// queue (see leave). l is the lease made for it (see leaseFile), with f
+// its l.f, or nil (a semaphore's slot: a new lease takes f's descriptor
+// over). counter is the path of the fencing counter file, or "" to keep
+// the counter in the lock file itself (a mutex, a reader-writer lock);
+// queue says whether the lock file keeps the waiters' queue. The holder's
+// record (see holders.go), describing it as owner, goes into the lock
+// file, with the counter's write where there is one. On error the file is
+// closed (its lock dropped).
+func (b *Backend) newLease(l *Lease, what, name string, f *lockFile, counter string, queue bool, owner string) (*Lease, error) {
+	f.leave()
+	if l == nil {
+		l = &Lease{b: b}
 	}
-	rec := newRecord(owner)
+	l.what, l.name = what, name
+	l.path, l.file = f.path, f.path[len(b.prefix):]
+	l.dev, l.ino = f.dev, f.ino
+	l.counter, l.queue = counter == "", queue
+	var rb [recordBuf]byte
+	rec := appendRecord(rb[:0], owner, time.Now())
 	shared := what == whatRead || what == whatUpgradeable
 	if what == whatUpgradeable {
-		l.rec = rec
+		l.rec = slices.Clone(rec)
 	}
 	var err error
 	if shared {
@@ -84,8 +98,10 @@ func (b *Backend) newLease(what, name string, f *lockFile, counter string, queue
 		f.close()
 		return nil, classify(err)
 	}
-	l.f = *f
-	f.fd, f.held = -1, false // the lease owns the descriptor now
+	if f != &l.f {
+		l.f = *f
+		f.fd, f.held = -1, false // the lease owns the descriptor now
+	}
 	return b.adopt(l)
 }
 
@@ -145,16 +161,46 @@ func (b *Backend) bumpCounterFile(path string, buf *counterBuf) (uint64, error) 
 	return bumpCounter(c.fd, path, b.cfg.sync, buf, nil)
 }
 
-// afterRelease is Release's end: it wakes this backend's waiters of the
-// file and, if the file was still ours, notes it (and a semaphore's
-// counter file) for removal once idle.
+// afterRelease is Release's end, in one hold of b.mu (a hot path: 64
+// goroutines releasing at once queue on it): it unregisters the lease,
+// wakes this backend's waiters of the file and, if the file was still
+// ours, notes it (and a semaphore's counter file) for removal once idle:
+// the monitor removes it after its next tick, if nobody holds it or waits
+// for it then (see removeIdle), and so does Close. Removing it now would
+// make the next acquisition of the name create the file anew: on ext4 a
+// create and an unlink cost several times a whole acquisition, so a name
+// locked again within a tick keeps its file. The waiters are woken
+// without waiting for inotify to announce the close (it will, and wakes
+// them again: an extra attempt, no harm).
 func (b *Backend) afterRelease(l *Lease, ours bool) {
-	b.wakeAfterRelease(l.file)
-	if ours {
-		b.noteIdle(l.file, l.queue, l.counter)
-		if l.what == whatSem {
-			b.noteIdle(fileName(kindSemCounter, l.name), false, true)
+	var buf [4]*waiter
+	wake := buf[:0]
+	var c string
+	if ours && l.what == whatSem {
+		c = fileName(kindSemCounter, l.name)
+	}
+	noted, cnoted := true, true
+	b.mu.Lock()
+	delete(b.leases, l)
+	if len(b.waiters) > 0 {
+		wake = b.afterCloseLocked(wake, l.file)
+	}
+	if ours && !b.closed {
+		noted = b.idle.note(l.file, idleFile{l.queue, l.counter})
+		cnoted = c == "" || b.idle.note(c, idleFile{false, true})
+		if noted || cnoted {
+			b.ensureMonitorLocked(false)
 		}
+	}
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+	if !noted {
+		removeIdle(l.path, &b.trust, l.queue, l.counter)
+	}
+	if !cnoted {
+		removeIdle(b.prefix+c, &b.trust, false, true)
 	}
 }
 

@@ -21,7 +21,8 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 	if err := b.begin(ctx, name); err != nil {
 		return nil, false, err
 	}
-	f := newLockFile(&b.trust, b.prefix, kindPrefix[kindMutex], encode(name))
+	l := b.leaseFile(b.prefix, kindPrefix[kindMutex], encode(name))
+	f := &l.f
 	ok, err := f.tryFlock(unix.LOCK_EX, b.mode(), true)
 	if err != nil || !ok {
 		f.close()
@@ -30,8 +31,7 @@ func (b *Backend) TryLock(ctx context.Context, name string) (*Lease, bool, error
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(whatMutex, name, &f, "", true, backend.OwnerFromContext(ctx))
-	if err != nil {
+	if _, err := b.newLease(l, whatMutex, name, f, "", true, backend.OwnerFromContext(ctx)); err != nil {
 		return nil, false, err
 	}
 	return l, true, nil
@@ -45,23 +45,26 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	if err := b.begin(ctx, name); err != nil {
 		return nil, err
 	}
-	file := fileName(kindMutex, name)
-	f := newLockFile(&b.trust, b.prefix, file)
+	l := b.leaseFile(b.prefix, kindPrefix[kindMutex], encode(name))
+	f := &l.f
 	err := b.waitLoop(ctx,
 		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
-		nil, file)
+		nil, f.path[len(b.prefix):])
 	if err != nil {
 		f.close()
 		return nil, wrapErr(whatMutex, name, err)
 	}
-	return b.newLease(whatMutex, name, &f, "", true, backend.OwnerFromContext(ctx))
+	return b.newLease(l, whatMutex, name, f, "", true, backend.OwnerFromContext(ctx))
 }
 
-// rwFile returns the lock file of the RW lock name (which also keeps its
-// fencing counter and its waiters' queue).
-func (b *Backend) rwFile(name string) lockFile {
-	return newLockFile(&b.trust, b.prefix, kindPrefix[kindRW], encode(name))
+// rwLease returns a new lease (see leaseFile) of the lock file of the RW
+// lock name (which also keeps its fencing counter and its waiters' queue),
+// for what.
+func (b *Backend) rwLease(what, name string) *Lease {
+	l := b.leaseFile(b.prefix, kindPrefix[kindRW], encode(name))
+	l.f.withUpgrade = what != whatRead
+	return l
 }
 
 // TryRLock makes one attempt to take name for reading: a shared flock of
@@ -82,8 +85,8 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 	if err := b.begin(ctx, name); err != nil {
 		return nil, false, err
 	}
-	rw := b.rwFile(name)
-	rw.withUpgrade = what != whatRead
+	l := b.rwLease(what, name)
+	rw := &l.f
 	ok, err := rw.tryFlock(how, b.mode(), true)
 	if err != nil || !ok {
 		rw.close()
@@ -92,8 +95,7 @@ func (b *Backend) tryRW(ctx context.Context, what, name string, how int) (*Lease
 		}
 		return nil, false, err
 	}
-	l, err := b.newLease(what, name, &rw, "", true, backend.OwnerFromContext(ctx))
-	if err != nil {
+	if _, err := b.newLease(l, what, name, rw, "", true, backend.OwnerFromContext(ctx)); err != nil {
 		return nil, false, err
 	}
 	return l, true, nil
@@ -118,8 +120,8 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	if err := b.begin(ctx, name); err != nil {
 		return nil, err
 	}
-	rw := b.rwFile(name)
-	rw.withUpgrade = what != whatRead
+	l := b.rwLease(what, name)
+	rw := &l.f
 	err := b.waitLoop(ctx,
 		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
 		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
@@ -128,7 +130,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 		rw.close()
 		return nil, wrapErr(what, name, err)
 	}
-	return b.newLease(what, name, &rw, "", true, backend.OwnerFromContext(ctx))
+	return b.newLease(l, what, name, rw, "", true, backend.OwnerFromContext(ctx))
 }
 
 // trySlots attempts slots 0..limit-1 of a semaphore in order, growing slots
@@ -179,7 +181,7 @@ func (b *Backend) semLease(ctx context.Context, name string, slots []lockFile, w
 			slots[i].close()
 		}
 	}
-	return b.newLease(whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name), won == 0, backend.OwnerFromContext(ctx))
+	return b.newLease(nil, whatSem, name, &slots[won], b.prefix+fileName(kindSemCounter, name), won == 0, backend.OwnerFromContext(ctx))
 }
 
 // TryAcquire makes one attempt to take one of the limit tickets of the

@@ -256,23 +256,6 @@ func (b *Backend) afterCloseLocked(wake []*waiter, name string) []*waiter {
 	return wake
 }
 
-// wakeAfterRelease wakes this backend's waiters that the release of the
-// lock file name may let in, without waiting for inotify to announce the
-// close (it will, and wakes them again: an extra attempt, no harm).
-func (b *Backend) wakeAfterRelease(name string) {
-	b.mu.Lock()
-	if len(b.waiters) == 0 {
-		b.mu.Unlock()
-		return
-	}
-	var buf [4]*waiter
-	wake := b.afterCloseLocked(buf[:0], name)
-	b.mu.Unlock()
-	for _, w := range wake {
-		w.signal()
-	}
-}
-
 // appendNext appends to wake the waiters of m that may take the lock after
 // a close of its file: every waiter without a ticket, and of those with one
 // (a mutex's, all in one queue) only the oldest, as the others cannot be

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
@@ -37,6 +38,7 @@ type Backend struct {
 
 	mu         sync.Mutex
 	closed     bool
+	done       atomic.Bool // closed, read without mu (see describeBegin)
 	leases     map[*Lease]struct{}
 	monitoring bool      // the monitor goroutine runs
 	idle       idleFiles // files let go of, to remove once idle (see noteIdle)

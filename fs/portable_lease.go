@@ -41,11 +41,12 @@ type Lease struct {
 // write, where there is one), and into a record file of its own for a
 // reader (see claimRecord).
 func (b *Backend) newLease(what, name string, f *pfile, counter *pfile, owner string) (*Lease, error) {
-	l := &Lease{b: b, what: what, name: name, path: f.path, lost: make(chan struct{})}
+	l := &Lease{b: b, what: what, name: name, path: f.path}
 	if counter != nil {
 		l.cpath = counter.path
 	}
-	rec := newRecord(owner)
+	var rb [recordBuf]byte
+	rec := appendRecord(rb[:0], owner, time.Now())
 	shared := what == whatRead
 	written := false
 	var err error
@@ -173,6 +174,7 @@ func (b *Backend) noteFreed(l *Lease) { b.noteLease(l) }
 // afterRelease is Release's end: if the file was still ours, it notes it
 // (and a semaphore's counter file) for removal once idle.
 func (b *Backend) afterRelease(l *Lease, ours bool) {
+	b.unregister(l)
 	if ours {
 		b.noteLease(l)
 	}

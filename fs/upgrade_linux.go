@@ -92,7 +92,7 @@ func (l *Lease) Upgrade(ctx context.Context) error {
 		joined = true
 		return 0, nil // readers leave in any order: wake on every close
 	}
-	err := l.b.waitLoop(ctx, try, join, l.lost, l.file)
+	err := l.b.waitLoop(ctx, try, join, l.Lost(), l.file)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if joined {
