@@ -400,7 +400,7 @@ func (l *Lock[L]) Err() error {
 	st := l.state
 	l.mu.Unlock()
 	switch {
-	case st == lost, st == held && isClosed(l.lease.Lost()):
+	case st == lost, st == held && l.leaseLost():
 		return l.g.errorf(l.name, ErrLockLost)
 	case st == released:
 		return l.g.errorf(l.name, ErrNotHeld)
@@ -441,16 +441,14 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	if l.unwatch != nil {
 		l.unwatch()
 	}
-	wasLost := isClosed(l.lease.Lost())
+	wasLost := l.leaseLost()
 	l.state = releasing
 	if wasLost {
 		l.state = lost
 	}
 	l.mu.Unlock()
 
-	rctx, cancel := backend.DetachedContext(ctx, g.opts.releaseTimeout)
-	defer cancel()
-	err := l.lease.Release(rctx)
+	err := backend.ReleaseDetached(ctx, g.opts.releaseTimeout, l.lease.Release)
 	switch {
 	case wasLost && (err == nil || !errors.Is(err, ErrLockLost)):
 		if err != nil {
@@ -591,6 +589,15 @@ func (l *Lock[L]) watch(onLost func()) (unwatch func()) {
 	}
 	stop := watchChan(l.lease.Lost(), onLost, func() {})
 	return func() { stop() }
+}
+
+// leaseLost reports whether the lease's Lost channel is closed, asking
+// a backend.LostChecker rather than making the channel.
+func (l *Lock[L]) leaseLost() bool {
+	if c, ok := any(l.lease).(backend.LostChecker); ok {
+		return c.IsLost()
+	}
+	return isClosed(l.lease.Lost())
 }
 
 func isClosed(c <-chan struct{}) bool {

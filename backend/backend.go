@@ -116,6 +116,16 @@ type SemaphoreWaiter[L Lease] interface {
 	Acquire(ctx context.Context, name string, limit int) (L, error)
 }
 
+// LostChecker is implemented by a Lease that makes its Lost channel only
+// when asked for it: the engine then asks IsLost where it would only peek
+// at the channel (at Release, in Lock.Err), so that the channel is never
+// made for a lock whose loss nobody waits for.
+type LostChecker interface {
+	// IsLost reports whether Lost's channel is closed — or would be, were
+	// it made now.
+	IsLost() bool
+}
+
 // LossNotifier is implemented by a Lease that can call a function when it
 // is lost, the way context.AfterFunc does for a context, so that the
 // engine needs no goroutine watching Lost while Do's function runs.
@@ -191,19 +201,26 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // call does; a release made of local system calls need not), so a release
 // that never looks costs one small allocation.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
-	detached := ctx
-	if ctx.Done() != nil { // a ctx that can never be cancelled needs no detaching
-		detached = context.WithoutCancel(ctx)
-	}
-	c := &releaseCtx{parent: detached, deadline: time.Now().Add(timeout)}
+	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
 	return c, c.cancel
 }
 
-// releaseCtx is the lazy context DetachedContext makes: parent (detached)
-// with a deadline; real, the context.WithDeadline of parent, is made on
-// first need.
+// ReleaseDetached calls release with DetachedContext(ctx, timeout) and
+// cancels that context when release returns. It is what the dlock
+// package's Lock.Release does; it costs one small allocation when release
+// never asks the context for Done or Err (DetachedContext's cancel
+// function costs another).
+func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
+	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
+	defer c.cancel()
+	return release(c)
+}
+
+// releaseCtx is the lazy context DetachedContext makes: parent without its
+// cancellation, with a deadline; real, the context.WithDeadline of parent
+// detached, is made on first need.
 type releaseCtx struct {
-	parent   context.Context
+	parent   context.Context // the caller's ctx, cancellation and all: only its values are used until real is made
 	deadline time.Time
 
 	mu       sync.Mutex
@@ -217,7 +234,11 @@ func (c *releaseCtx) ctx() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.real == nil {
-		c.real, c.stop = context.WithDeadline(c.parent, c.deadline)
+		detached := c.parent
+		if detached.Done() != nil { // a ctx that can never be cancelled needs no detaching
+			detached = context.WithoutCancel(detached)
+		}
+		c.real, c.stop = context.WithDeadline(detached, c.deadline)
 		if c.canceled {
 			c.stop()
 		}

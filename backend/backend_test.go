@@ -66,3 +66,32 @@ func TestDetachedContext(t *testing.T) {
 		t.Fatalf("Err = %v, want context.Canceled", ctx2.Err())
 	}
 }
+
+// ReleaseDetached hands release a ctx that outlives its cancelled parent,
+// carries its values and the deadline, and ends when release returns; a
+// release that never asks for Done costs one allocation.
+func TestReleaseDetached(t *testing.T) {
+	parent, cancelParent := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	cancelParent()
+	var got context.Context
+	err := backend.ReleaseDetached(parent, time.Minute, func(ctx context.Context) error {
+		got = ctx
+		if ctx.Err() != nil || ctx.Value(key{}) != "v" {
+			return errors.New("release's ctx is cancelled with its parent, or lost its values")
+		}
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) < 50*time.Second {
+			return errors.New("release's ctx has not the timeout as its deadline")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Err() == nil {
+		t.Fatal("release's ctx still live after release returned")
+	}
+	f := func(context.Context) error { return nil }
+	if n := testing.AllocsPerRun(100, func() { _ = backend.ReleaseDetached(parent, time.Minute, f) }); n > 1 {
+		t.Fatalf("ReleaseDetached costs %v allocations, want 1", n)
+	}
+}

@@ -37,6 +37,7 @@ var (
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
 	_ backend.LossNotifier            = (*Lease)(nil)
+	_ backend.LostChecker             = (*Lease)(nil)
 )
 
 // prepare is the start of New: the options applied and checked, and dir
@@ -247,6 +248,15 @@ func (l *Lease) Lost() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lostLocked()
+}
+
+// IsLost reports whether Lost's channel is closed (or would be, were it
+// made now): it implements backend.LostChecker, so that dlock never makes
+// the channel of a lease whose loss nobody waits for.
+func (l *Lease) IsLost() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state != leaseHeld
 }
 
 // lostLocked is Lost; l.mu is held.
