@@ -34,33 +34,34 @@ var (
 // TryLockAll makes one attempt to take every mutex of names in one
 // statement (see above). It implements backend.MultiLocker.
 func (b *Backend) TryLockAll(ctx context.Context, names []string) ([]*Lease, int, error) {
-	rs := make([]req, len(names))
-	for i, n := range names {
+	return b.tryAll(ctx, reqsOf(names, func(n string) req {
 		k := MutexKey(n)
-		rs[i] = req{kind: "mutex", name: n, key: k, mode: exclusive, fence: k}
-	}
-	return b.tryAll(ctx, rs)
+		return req{kind: "mutex", name: n, key: k, mode: exclusive, fence: k}
+	}))
 }
 
 // TryRLockAll makes one attempt to read-lock every name of names in one
 // statement. It implements backend.MultiRWLocker.
 func (b *Backend) TryRLockAll(ctx context.Context, names []string) ([]*Lease, int, error) {
-	rs := make([]req, len(names))
-	for i, n := range names {
+	return b.tryAll(ctx, reqsOf(names, func(n string) req {
 		k := RWKey(n)
-		rs[i] = req{kind: "rwmutex", name: n, key: k, mode: shared, fence: k}
-	}
-	return b.tryAll(ctx, rs)
+		return req{kind: "rwmutex", name: n, key: k, mode: shared, fence: k}
+	}))
 }
 
 // TryWLockAll makes one attempt to write-lock every name of names in one
 // statement. It implements backend.MultiRWLocker.
 func (b *Backend) TryWLockAll(ctx context.Context, names []string) ([]*Lease, int, error) {
+	return b.tryAll(ctx, reqsOf(names, wReq))
+}
+
+// reqsOf is the request mk makes of each name.
+func reqsOf(names []string, mk func(string) req) []req {
 	rs := make([]req, len(names))
 	for i, n := range names {
-		rs[i] = wReq(n)
+		rs[i] = mk(n)
 	}
-	return b.tryAll(ctx, rs)
+	return rs
 }
 
 func (b *Backend) tryAll(ctx context.Context, rs []req) ([]*Lease, int, error) {
