@@ -104,9 +104,13 @@ func FuzzName(f *testing.F) {
 	})
 }
 
+// slotted reports whether files of kind k carry a slot number (a
+// semaphore's slot; a portable reader's holder record).
+func slotted(k kind) bool { return k == kindSemSlot || k == kindRWHolder }
+
 // decodeFile inverts fileName/slotName: it returns the kind, the escaped
-// name and the slot (-1 unless kindSemSlot) of a file name, or ok false if
-// no kind's layout fits.
+// name and the slot (-1 unless slotted) of a file name, or ok false if no
+// kind's layout fits.
 func decodeFile(file string) (k kind, esc string, slot int, ok bool) {
 	found := false
 	for i, p := range kindPrefix {
@@ -121,7 +125,7 @@ func decodeFile(file string) (k kind, esc string, slot int, ok bool) {
 		return 0, "", 0, false
 	}
 	slot = -1
-	if k == kindSemSlot {
+	if slotted(k) {
 		i := strings.LastIndexByte(esc, slotSep)
 		if i < 0 {
 			return 0, "", 0, false
@@ -136,10 +140,10 @@ func decodeFile(file string) (k kind, esc string, slot int, ok bool) {
 }
 
 // fileOf is the file of the triple (k, name, slot); slot counts only for
-// kindSemSlot.
+// slotted kinds.
 func fileOf(k kind, name string, slot int) string {
 	f := fileName(k, name)
-	if k == kindSemSlot {
+	if slotted(k) {
 		f = slotName(f, slot)
 	}
 	return f
@@ -178,7 +182,7 @@ func FuzzFileNames(f *testing.F) {
 	}
 	norm := func(k uint8, slot int) (kind, int) {
 		kk := kind(int(k) % len(kindPrefix))
-		if kk != kindSemSlot {
+		if !slotted(kk) {
 			return kk, -1
 		}
 		if slot < 0 {
