@@ -30,6 +30,7 @@
 //	r-NAME       reader-writer lock; its fencing counter and waiters' queue are kept inside
 //	rg-NAME      the writers' gate of r-NAME (portable implementation; reserved on Linux)
 //	rh-NAME+N    record file N (1, 2, ...) of a reader of r-NAME (portable implementation; reserved on Linux)
+//	u-NAME       held by the upgradeable reader of r-NAME (portable implementation; reserved on Linux)
 //	mw-NAME      waiters of mutex NAME (portable implementation)
 //	sw-NAME      waiters of semaphore NAME (portable implementation)
 //	rc-NAME      reserved (held the counter of r-NAME in earlier versions)

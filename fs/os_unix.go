@@ -72,6 +72,12 @@ func lockHandle(h handle, exclusive bool) (bool, error) {
 	}
 }
 
+// convertHandle makes one non-blocking attempt to turn the shared lock
+// held through h into an exclusive one. flock converts by letting go of
+// the shared lock first: when it fails (false, or an error) h may hold no
+// lock at all.
+func convertHandle(h handle) (bool, error) { return lockHandle(h, true) }
+
 // unlockHandle drops the lock held through h.
 func unlockHandle(h handle) error {
 	for {

@@ -89,6 +89,17 @@ func lockHandle(h handle, exclusive bool) (bool, error) {
 	return false, fmt.Errorf("LockFileEx: %w", err)
 }
 
+// convertHandle makes one non-blocking attempt to turn the shared lock
+// held through h into an exclusive one. LockFileEx cannot convert: it lets
+// go of the shared lock and tries the exclusive one, so when it fails
+// (false, or an error) h holds no lock.
+func convertHandle(h handle) (bool, error) {
+	if err := unlockHandle(h); err != nil {
+		return false, fmt.Errorf("UnlockFileEx: %w", err)
+	}
+	return lockHandle(h, true)
+}
+
 func unlockHandle(h handle) error {
 	ol := windows.Overlapped{OffsetHigh: lockOffsetHigh}
 	return windows.UnlockFileEx(h, 0, 1, 0, &ol)
