@@ -5,6 +5,7 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,23 @@ func openHandle(path string, create bool, mode uint32) (handle, error) {
 			return noHandle, fmt.Errorf("lock file %s is a symbolic link: refusing to follow it: %w", path, err)
 		}
 		return noHandle, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+}
+
+// openIfExists is openHandle without create, for a file that is usually
+// missing: a missing path is (noHandle, nil), without building an error.
+func openIfExists(path string) (handle, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case err == nil:
+			return fd, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ENOENT):
+			return noHandle, nil
+		}
+		return openHandle(strings.Clone(path), false, 0) // the error, described (path stays the caller's)
 	}
 }
 

@@ -73,6 +73,19 @@ func openHandle(path string, create bool, mode uint32) (handle, error) {
 	return h, nil
 }
 
+// openIfExists is openHandle without create, for a file that is usually
+// missing: a missing path is (noHandle, nil), without building an error.
+func openIfExists(path string) (handle, error) {
+	h, err := openRaw(path, windows.GENERIC_READ|windows.GENERIC_WRITE, windows.OPEN_EXISTING)
+	switch {
+	case err == nil:
+		return h, nil
+	case errors.Is(err, windows.ERROR_FILE_NOT_FOUND), errors.Is(err, windows.ERROR_PATH_NOT_FOUND):
+		return noHandle, nil
+	}
+	return noHandle, fmt.Errorf("open lock file %s: %w", strings.Clone(path), err) // path stays the caller's
+}
+
 func lockHandle(h handle, exclusive bool) (bool, error) {
 	flags := uint32(windows.LOCKFILE_FAIL_IMMEDIATELY)
 	if exclusive {

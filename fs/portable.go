@@ -332,7 +332,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 		return nil, false, err
 	}
 	f := newPFile(b.path(kindRW, name), &b.trust)
-	ok, err := b.tryWrite(&f, name, b.path(kindRWGate, name), true)
+	ok, err := b.tryWrite(&f, b.path(kindRWGate, name), true)
 	if err != nil || !ok {
 		f.close()
 		return nil, false, classify(err)
@@ -350,8 +350,8 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 	f := newPFile(b.path(kindRW, name), &b.trust)
 	gate := b.path(kindRWGate, name)
 	err := b.wait(ctx, gate,
-		func() (bool, error) { return b.tryWrite(&f, name, gate, true) },
-		func() (bool, error) { return b.tryWrite(&f, name, gate, false) })
+		func() (bool, error) { return b.tryWrite(&f, gate, true) },
+		func() (bool, error) { return b.tryWrite(&f, gate, false) })
 	if err != nil {
 		f.close()
 		return nil, classify(err)

@@ -248,7 +248,7 @@ func (b *Backend) removeNoted(path string, k idleFile) bool {
 		}
 	}
 	if k.upgrade {
-		if none, err := b.noUpgrader(k.name); !none || err != nil {
+		if none, err := b.noUpgrader(path); !none || err != nil {
 			return false // the upgradeable reader notes it again as it lets go
 		}
 	}

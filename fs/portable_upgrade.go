@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/dlock-go/dlock/backend"
 	"github.com/dlock-go/dlock/internal/pace"
@@ -94,28 +95,45 @@ func (b *Backend) tryUpgradeable(name, owner string, check bool) (*Lease, error)
 // tryWrite is one attempt of a writer at the RW lock file f: tryMutex,
 // and then no upgradeable reader may hold u-NAME (see noUpgrader), or the
 // writer lets f go (keeping it open) and counts as not acquired.
-func (b *Backend) tryWrite(f *pfile, name, gate string, check bool) (bool, error) {
+func (b *Backend) tryWrite(f *pfile, gate string, check bool) (bool, error) {
 	ok, err := b.tryMutex(f, gate, check)
 	if !ok || err != nil {
 		return ok, err
 	}
-	if none, err := b.noUpgrader(name); !none || err != nil {
+	if none, err := b.noUpgrader(f.path); !none || err != nil {
 		f.unlock()
 		return false, err
 	}
 	return true, nil
 }
 
-// noUpgrader reports whether u-NAME is free: missing (one failed open, the
-// usual case of a name nobody takes as an upgradeable reader), or locked
-// exclusively and let go at once. The caller holds r-NAME exclusively, so
-// no upgradeable reader can come in until it lets go.
-func (b *Backend) noUpgrader(name string) (bool, error) {
-	u := newPFile(b.path(kindUpgrade, name), &b.trust)
+// noUpgrader reports whether u-NAME is free, given rw, the path of
+// r-NAME: missing (one failed open, the usual case of a name nobody takes
+// as an upgradeable reader), or locked exclusively and let go at once. The
+// caller holds r-NAME exclusively, so no upgradeable reader can come in
+// until it lets go. The path of u-NAME is rw with the kind's letter
+// replaced ("r-" and "u-" have one length, and the encoded names are the
+// same), made on the stack: a writer pays no allocation for it.
+func (b *Backend) noUpgrader(rw string) (bool, error) {
+	var buf [512]byte
+	p := append(buf[:0], rw...)
+	p[len(b.prefix)] = kindPrefix[kindUpgrade][0]
+	h, err := openIfExists(unsafe.String(&p[0], len(p)))
+	if err != nil {
+		if busyOpen(err) {
+			return false, nil // being removed (Windows): try again
+		}
+		return false, err
+	}
+	if h == noHandle {
+		return true, nil
+	}
+	u := newPFile(string(p), &b.trust)
+	u.h = h
 	ok, err := u.lock(true, false, 0)
 	u.close()
 	if errors.Is(err, errNoFile) {
-		return true, nil
+		return true, nil // removed and gone meanwhile
 	}
 	return ok, err
 }
