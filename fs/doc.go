@@ -434,6 +434,11 @@
 //     fstat and lstat, pread and pwrite of the counter, lstat, unlock and
 //     close at Release (strace -f -c over 1000 Do of BenchmarkPortableDo);
 //     the holder record adds none (see Holders; a reader's adds seven).
+//     An RW writer adds one (the failed open of u-NAME, see Upgradeable
+//     read locks; go test -tags dlock_portable -run '^$' -bench
+//     PortableWrite ./fs: one allocation more), or four while an idle
+//     u-NAME is left from an upgradeable reader (open, flock, fstat and
+//     lstat, and a close that drops the flock).
 //   - On Linux the two implementations must not share a directory (their
 //     holders would not exclude each other): New marks the directory it
 //     uses and refuses one the other implementation marked (see
