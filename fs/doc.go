@@ -436,8 +436,8 @@
 //     the holder record adds none (see Holders; a reader's adds seven).
 //     An RW writer adds one (the failed open of u-NAME, see Upgradeable
 //     read locks; go test -tags dlock_portable -run '^$' -bench
-//     PortableWrite ./fs: one allocation more), or four while an idle
-//     u-NAME is left from an upgradeable reader (open, flock, fstat and
+//     PortableWrite ./fs: one allocation more), or five while an idle
+//     u-NAME is left from an upgradeable reader (open, flock, fstat,
 //     lstat, and a close that drops the flock).
 //   - On Linux the two implementations must not share a directory (their
 //     holders would not exclude each other): New marks the directory it

@@ -131,6 +131,9 @@ func (b *Backend) noUpgrader(rw string) (bool, error) {
 	u := newPFile(string(p), &b.trust)
 	u.h = h
 	ok, err := u.lock(true, false, 0)
+	if unlockOnClose {
+		u.held = false // the close drops it: one system call less
+	}
 	u.close()
 	if errors.Is(err, errNoFile) {
 		return true, nil // removed and gone meanwhile
