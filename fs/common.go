@@ -26,6 +26,8 @@ const (
 	whatRead  = "read lock"
 	whatWrite = "write lock"
 	whatSem   = "semaphore"
+
+	whatUpgradeable = "upgradeable read lock"
 )
 
 var (

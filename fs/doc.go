@@ -30,6 +30,7 @@
 //	r-NAME       reader-writer lock; its fencing counter and waiters' queue are kept inside
 //	rg-NAME      the writers' gate of r-NAME (portable implementation; reserved on Linux)
 //	rh-NAME+N    record file N (1, 2, ...) of a reader of r-NAME (portable implementation; reserved on Linux)
+//	u-NAME       held by the upgradeable reader of r-NAME (portable implementation; reserved on Linux)
 //	mw-NAME      waiters of mutex NAME (portable implementation)
 //	sw-NAME      waiters of semaphore NAME (portable implementation)
 //	rc-NAME      reserved (held the counter of r-NAME in earlier versions)
@@ -137,9 +138,9 @@
 //
 // # Upgradeable read locks
 //
-// On Linux the Backend implements backend.UpgradeableLocker,
+// The Backend implements backend.UpgradeableLocker,
 // UpgradeableWaiter and Upgrader (dlock's RWMutex.Upgradeable and
-// Lock.Upgrade). An upgradeable reader holds the flock of r-NAME shared,
+// Lock.Upgrade). On Linux an upgradeable reader holds the flock of r-NAME shared,
 // as a reader does, and an OFD write lock of one byte, the upgrade byte
 // (the first byte of the removal gate, 2^32-1), which every writer also
 // takes, without waiting, right after its flock (a writer that finds it
@@ -161,11 +162,31 @@
 // which exceeds every earlier writer's; Holders lists it as the writer).
 // The upgrade byte costs a writer one fcntl per acquisition.
 //
-// The portable implementation has no upgradeable read lock (dlock's
-// Upgradeable side reports errors.ErrUnsupported there): flock(2) on the
-// BSDs and macOS also drops a shared lock whose conversion fails, and it
-// has no byte-range lock that is per open file description to keep
-// writers out meanwhile; LockFileEx cannot convert at all.
+// The portable implementation has them too, with whole-file locks only
+// (flock(2) on the BSDs and macOS also drops a shared lock whose
+// conversion fails, and has no byte-range lock per open file description;
+// LockFileEx cannot convert at all). An upgradeable reader holds r-NAME
+// shared, as a reader does, and a file of its own, u-NAME, exclusively
+// for as long as it holds the lease. Every writer, once it holds r-NAME
+// exclusively, tries u-NAME exclusively without waiting (opened without
+// creating it: a name that never had an upgradeable reader, or whose
+// u-NAME the sweep removed, costs it one failed open) and lets it go at
+// once; when u-NAME is held it lets r-NAME go and counts as not acquired.
+// A second upgradeable reader fails on u-NAME. Upgradeable readers wait
+// as writers do (holding the writers' gate rg-NAME shared, so new readers
+// wait behind them), and poll. Upgrade holds rg-NAME shared too while it
+// waits (new readers, writers and upgradeable readers wait: writer
+// preference) and polls, trying each time to turn its shared lock into an
+// exclusive one without waiting; a failed attempt leaves r-NAME unlocked,
+// and the lease takes its shared lock back at once. In that moment no
+// writer can get in (u-NAME), nor can the idle sweep remove r-NAME (it
+// tries u-NAME as writers do); at most a plain reader gets in, which the
+// upgrade then waits for as well. TryUpgrade makes one such attempt. A
+// lease found lost lets go of u-NAME at once (and a reader of its record
+// file), so the name's next writers and upgradeable readers are not kept
+// out until its Release. Fencing tokens and Holders are as on Linux (the
+// upgraded lease writes its record into r-NAME, where a writer's is, and
+// closes its reader's record file).
 //
 // # Semaphores
 //
@@ -396,8 +417,10 @@
 //     later if it is idle: opened without creating it, locked exclusively
 //     without waiting, still named by its path, its waiters' file held by
 //     no waiter, its fencing counter below the wall clock; Close removes
-//     the rest. Waiters' files (mw-, rg-, sw-) and readers' record files
-//     (rh-) go the same way, once no waiter or reader holds them.
+//     the rest. Waiters' files (mw-, rg-, sw-), readers' record files
+//     (rh-) and upgradeable readers' files (u-) go the same way, once no
+//     waiter or holder holds them; r-NAME only while no upgradeable
+//     reader holds u-NAME.
 //     The fencing counter lives in the lock file (a semaphore's in
 //     sc-NAME, removed with its slots), so a removed file takes it along;
 //     the next token is then the wall clock in nanoseconds, and a file is
@@ -411,6 +434,11 @@
 //     fstat and lstat, pread and pwrite of the counter, lstat, unlock and
 //     close at Release (strace -f -c over 1000 Do of BenchmarkPortableDo);
 //     the holder record adds none (see Holders; a reader's adds seven).
+//     An RW writer adds one (the failed open of u-NAME, see Upgradeable
+//     read locks; go test -tags dlock_portable -run '^$' -bench
+//     PortableWrite ./fs: one allocation more), or five while an idle
+//     u-NAME is left from an upgradeable reader (open, flock, fstat,
+//     lstat, and a close that drops the flock).
 //   - On Linux the two implementations must not share a directory (their
 //     holders would not exclude each other): New marks the directory it
 //     uses and refuses one the other implementation marked (see

@@ -25,19 +25,6 @@ import (
 	"github.com/dlock-go/dlock/backend"
 )
 
-// mustBusy(t)(b.TryLock(...)) asserts that a try found the lock held.
-func mustBusy(t *testing.T) func(*Lease, bool, error) {
-	return func(l *Lease, ok bool, err error) {
-		t.Helper()
-		if err != nil || ok {
-			if ok {
-				l.Release(bg())
-			}
-			t.Fatalf("try: ok=%v err=%v, want busy", ok, err)
-		}
-	}
-}
-
 func waitLost(t *testing.T, l *Lease, within time.Duration) {
 	t.Helper()
 	select {
@@ -741,3 +728,7 @@ func TestAcrossProcesses(t *testing.T) {
 		})
 	}
 }
+
+// sweepRemoves runs the idle sweep's removal of the lock file of l, as
+// if it had been noted, and reports whether it removed it.
+func sweepRemoves(b *Backend, l *Lease) bool { return removeIdle(l.Path(), &b.trust, true, true) }

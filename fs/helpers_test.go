@@ -101,3 +101,16 @@ func lockFiles(t testing.TB, dir string) []string {
 	}
 	return out
 }
+
+// mustBusy(t)(b.TryLock(...)) asserts that a try found the lock held.
+func mustBusy(t *testing.T) func(*Lease, bool, error) {
+	return func(l *Lease, ok bool, err error) {
+		t.Helper()
+		if err != nil || ok {
+			if ok {
+				l.Release(bg())
+			}
+			t.Fatalf("try: ok=%v err=%v, want busy", ok, err)
+		}
+	}
+}

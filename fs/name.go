@@ -22,6 +22,7 @@ const (
 	kindMutexWait              // "mw-" + E: waiters of a mutex (portable implementation)
 	kindSemWait                // "sw-" + E: waiters of a semaphore (portable implementation)
 	kindRWHolder               // "rh-" + E + "+" + slot: a reader's holder record (portable implementation)
+	kindUpgrade                // "u-" + E: held by the upgradeable reader of r- + E (portable implementation)
 )
 
 var kindPrefix = [...]string{
@@ -34,6 +35,7 @@ var kindPrefix = [...]string{
 	kindMutexWait:  "mw-",
 	kindSemWait:    "sw-",
 	kindRWHolder:   "rh-",
+	kindUpgrade:    "u-",
 }
 
 const (

@@ -5,6 +5,7 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,6 +52,23 @@ func openHandle(path string, create bool, mode uint32) (handle, error) {
 	}
 }
 
+// openIfExists is openHandle without create, for a file that is usually
+// missing: a missing path is (noHandle, nil), without building an error.
+func openIfExists(path string) (handle, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case err == nil:
+			return fd, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ENOENT):
+			return noHandle, nil
+		}
+		return openHandle(strings.Clone(path), false, 0) // the error, described (path stays the caller's)
+	}
+}
+
 // lockHandle makes one non-blocking attempt to lock h, exclusive or
 // shared; it reports false when another holder's lock is in the way.
 func lockHandle(h handle, exclusive bool) (bool, error) {
@@ -71,6 +89,12 @@ func lockHandle(h handle, exclusive bool) (bool, error) {
 		return false, fmt.Errorf("flock: %w", err)
 	}
 }
+
+// convertHandle makes one non-blocking attempt to turn the shared lock
+// held through h into an exclusive one. flock converts by letting go of
+// the shared lock first: when it fails (false, or an error) h may hold no
+// lock at all.
+func convertHandle(h handle) (bool, error) { return lockHandle(h, true) }
 
 // unlockHandle drops the lock held through h.
 func unlockHandle(h handle) error {

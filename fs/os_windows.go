@@ -73,6 +73,19 @@ func openHandle(path string, create bool, mode uint32) (handle, error) {
 	return h, nil
 }
 
+// openIfExists is openHandle without create, for a file that is usually
+// missing: a missing path is (noHandle, nil), without building an error.
+func openIfExists(path string) (handle, error) {
+	h, err := openRaw(path, windows.GENERIC_READ|windows.GENERIC_WRITE, windows.OPEN_EXISTING)
+	switch {
+	case err == nil:
+		return h, nil
+	case errors.Is(err, windows.ERROR_FILE_NOT_FOUND), errors.Is(err, windows.ERROR_PATH_NOT_FOUND):
+		return noHandle, nil
+	}
+	return noHandle, fmt.Errorf("open lock file %s: %w", strings.Clone(path), err) // path stays the caller's
+}
+
 func lockHandle(h handle, exclusive bool) (bool, error) {
 	flags := uint32(windows.LOCKFILE_FAIL_IMMEDIATELY)
 	if exclusive {
@@ -87,6 +100,17 @@ func lockHandle(h handle, exclusive bool) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("LockFileEx: %w", err)
+}
+
+// convertHandle makes one non-blocking attempt to turn the shared lock
+// held through h into an exclusive one. LockFileEx cannot convert: it lets
+// go of the shared lock and tries the exclusive one, so when it fails
+// (false, or an error) h holds no lock.
+func convertHandle(h handle) (bool, error) {
+	if err := unlockHandle(h); err != nil {
+		return false, fmt.Errorf("UnlockFileEx: %w", err)
+	}
+	return lockHandle(h, true)
 }
 
 func unlockHandle(h handle) error {

@@ -23,9 +23,10 @@ import (
 // backend.Locker, backend.RWLocker and backend.Semaphore with their waits
 // (backend.LockWaiter, backend.RWWaiter, backend.SemaphoreWaiter) and
 // tells who holds a lock (backend.LockDescriber, RWDescriber,
-// SemaphoreDescriber); its leases implement backend.Fencer. It has no
-// upgradeable read lock (see the package documentation). It is safe for
-// concurrent use. Call Close when done with it.
+// SemaphoreDescriber) and offers upgradeable read locks
+// (backend.UpgradeableLocker, UpgradeableWaiter); its leases implement
+// backend.Fencer and backend.Upgrader. It is safe for concurrent use. Call
+// Close when done with it.
 type Backend struct {
 	dir    string
 	prefix string // dir + separator
@@ -331,7 +332,7 @@ func (b *Backend) TryWLock(ctx context.Context, name string) (*Lease, bool, erro
 		return nil, false, err
 	}
 	f := newPFile(b.path(kindRW, name), &b.trust)
-	ok, err := b.tryMutex(&f, b.path(kindRWGate, name), true)
+	ok, err := b.tryWrite(&f, b.path(kindRWGate, name), true)
 	if err != nil || !ok {
 		f.close()
 		return nil, false, classify(err)
@@ -349,8 +350,8 @@ func (b *Backend) WLock(ctx context.Context, name string) (*Lease, error) {
 	f := newPFile(b.path(kindRW, name), &b.trust)
 	gate := b.path(kindRWGate, name)
 	err := b.wait(ctx, gate,
-		func() (bool, error) { return b.tryMutex(&f, gate, true) },
-		func() (bool, error) { return b.tryMutex(&f, gate, false) })
+		func() (bool, error) { return b.tryWrite(&f, gate, true) },
+		func() (bool, error) { return b.tryWrite(&f, gate, false) })
 	if err != nil {
 		f.close()
 		return nil, classify(err)

@@ -21,8 +21,9 @@ import (
 // as long as it holds the read lock.
 
 // claimRecord gives the reader holding f a record file: the first of
-// rh-NAME+1, +2, ... it can lock exclusively, kept open with f (f.side)
-// and closed with it. It writes rec there.
+// rh-NAME+1, +2, ... it can lock exclusively, kept open with f (the last
+// of f's side files: an upgradeable reader's u-NAME comes first) and
+// closed with it. It writes rec there.
 func (b *Backend) claimRecord(f *pfile, name string, rec []byte) error {
 	prefix := b.path(kindRWHolder, name)
 	for i := 1; i < maxRecordSlots; i++ {
@@ -39,7 +40,11 @@ func (b *Backend) claimRecord(f *pfile, name string, rec []byte) error {
 			hf.close()
 			return err
 		}
-		f.side = &hf
+		tail := f
+		for tail.side != nil {
+			tail = tail.side
+		}
+		tail.side = &hf
 		return nil
 	}
 	return nil // every slot taken: this reader has no record

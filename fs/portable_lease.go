@@ -19,6 +19,9 @@ type Lease struct {
 	token uint64
 	lost  chan struct{}
 	cbuf  counterBuf // for the fencing counter, without an allocation
+	rec   []byte     // an upgradeable reader's holder record, for Upgrade
+
+	upgraded bool // an upgradeable reader that became the writer (l.mu)
 
 	mu    sync.Mutex
 	f     pfile // closed once released or dropped
@@ -47,7 +50,10 @@ func (b *Backend) newLease(what, name string, f *pfile, counter *pfile, owner st
 	}
 	var rb [recordBuf]byte
 	rec := appendRecord(rb[:0], owner, time.Now())
-	shared := what == whatRead
+	shared := what == whatRead || what == whatUpgradeable
+	if what == whatUpgradeable {
+		l.rec = append([]byte(nil), rec...)
+	}
 	written := false
 	var err error
 	if b.cfg.fencing {
@@ -143,6 +149,7 @@ type idleFile struct {
 	waits   bool   // waiters of the lock hold the waiters' file of kind wait and name
 	wait    kind   // with waits
 	name    string // with waits: the lock's name
+	upgrade bool   // an RW lock's file: not while an upgradeable reader holds u-NAME
 }
 
 // noteIdle notes that this backend let go of the lock file path: the
@@ -184,8 +191,8 @@ func (b *Backend) afterRelease(l *Lease, ours bool) {
 // Close freed).
 func (b *Backend) noteLease(l *Lease) {
 	b.noteIdle(l.path, l.idleFile())
-	if l.f.side != nil {
-		b.noteIdle(l.f.side.path, idleFile{})
+	for s := l.f.side; s != nil; s = s.side {
+		b.noteIdle(s.path, idleFile{})
 	}
 	if l.cpath != "" {
 		b.noteIdle(l.cpath, idleFile{counter: true})
@@ -197,8 +204,8 @@ func (l *Lease) idleFile() idleFile {
 	switch l.what {
 	case whatMutex:
 		return idleFile{counter: true, waits: true, wait: kindMutexWait, name: l.name}
-	case whatRead, whatWrite:
-		return idleFile{counter: true, waits: true, wait: kindRWGate, name: l.name}
+	case whatRead, whatWrite, whatUpgradeable:
+		return idleFile{counter: true, waits: true, wait: kindRWGate, name: l.name, upgrade: true}
 	}
 	return idleFile{waits: true, wait: kindSemWait, name: l.name}
 }
@@ -212,6 +219,8 @@ func (l *Lease) idleFile() idleFile {
 //   - while no waiter holds the lock's waiters' file (mw-, rg-, sw-), so a
 //     waiter does not find the file it polls removed under it (which would
 //     be safe: it would lock the new one, but make it anew);
+//   - for an RW lock's file, while no upgradeable reader holds u-NAME
+//     (one trying to upgrade lets go of its shared lock for a moment);
 //   - if the file keeps a fencing counter, while the wall clock is past
 //     it (see removable), so that the next token, floored on the clock and
 //     taken from a new file, still exceeds every token given.
@@ -238,6 +247,11 @@ func (b *Backend) removeNoted(path string, k idleFile) bool {
 			return false // a waiter notes it again as it lets go
 		}
 	}
+	if k.upgrade {
+		if none, err := b.noUpgrader(path); !none || err != nil {
+			return false // the upgradeable reader notes it again as it lets go
+		}
+	}
 	f.remove()
 	return true
 }
@@ -251,5 +265,22 @@ func (l *Lease) check() {
 	}
 	if same, err := l.f.named(); err == nil && !same {
 		l.markLostLocked()
+		l.dropSidesLocked()
+	}
+}
+
+// dropSidesLocked lets go of a lost lease's side files: an upgradeable
+// reader's u-NAME, which would keep the name's next writers and
+// upgradeable readers out, and a reader's record file, which would list
+// it. Its lock file stays open until Release. l.mu is held.
+func (l *Lease) dropSidesLocked() {
+	side := l.f.side
+	if side == nil {
+		return
+	}
+	l.f.side = nil
+	side.close() // and its own side files
+	for s := side; s != nil; s = s.side {
+		l.b.noteIdle(s.path, idleFile{})
 	}
 }

@@ -357,3 +357,63 @@ func BenchmarkPortableDo(b *testing.B) {
 		}
 	}
 }
+
+// sweepRemoves runs the idle sweep's removal of the lock file of l, as
+// if it had been noted, and reports whether it removed it.
+func sweepRemoves(b *Backend, l *Lease) bool { return b.removeNoted(l.Path(), l.idleFile()) }
+
+// In the moment of a failed upgrade attempt the upgradeable reader holds
+// no lock of r-NAME (flock lets go of the shared lock first): u-NAME alone
+// must keep writers, other upgradeable readers and the idle sweep out
+// then, and a lost upgradeable reader must let u-NAME go.
+func TestPortableUpgradeWindow(t *testing.T) {
+	dir := t.TempDir()
+	a, b := newBackend(t, dir), newBackend(t, dir)
+	u := mustTry(t)(a.TryULock(bg(), "x"))
+	if err := unlockHandle(u.f.h); err != nil { // as a failed conversion leaves it
+		t.Fatal(err)
+	}
+	mustBusy(t)(b.TryWLock(bg(), "x"))
+	mustBusy(t)(b.TryULock(bg(), "x"))
+	ctx, cancel := context.WithTimeout(bg(), 50*time.Millisecond)
+	if _, err := b.WLock(ctx, "x"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WLock beside an upgradeable reader: %v, want the deadline", err)
+	}
+	cancel()
+	if sweepRemoves(b, u) {
+		t.Fatal("the sweep removed the file of an upgradeable reader")
+	}
+	r := mustTry(t)(b.TryRLock(bg(), "x")) // readers may come in meanwhile
+	if ok, err := lockHandle(u.f.h, false); !ok || err != nil {
+		t.Fatalf("taking the shared lock back: %v %v", ok, err)
+	}
+	if ok, err := u.TryUpgrade(bg()); ok || err != nil {
+		t.Fatalf("TryUpgrade beside a reader: %v %v", ok, err)
+	}
+	mustRelease(t, r)
+
+	loseLease(t, u)
+	deadline := time.Now().Add(10 * time.Second)
+	for !u.IsLost() {
+		if time.Now().After(deadline) {
+			t.Fatal("the loss was not found")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	u2 := mustTry(t)(b.TryULock(bg(), "x")) // u-NAME was let go with the loss
+	if _, err := u.TryUpgrade(bg()); !errors.Is(err, backend.ErrLockLost) {
+		t.Fatalf("TryUpgrade after the loss: %v", err)
+	}
+	if err := u.Release(bg()); !errors.Is(err, backend.ErrLockLost) {
+		t.Fatalf("Release after the loss: %v", err)
+	}
+	if err := u2.Upgrade(bg()); err != nil {
+		t.Fatal(err)
+	}
+	hs, err := a.DescribeRW(bg(), "x")
+	if err != nil || len(hs) != 1 || hs[0].Shared {
+		t.Fatalf("holders after the upgrade: %+v, %v; want one writer", hs, err)
+	}
+	mustRelease(t, u2)
+	mustRelease(t, mustTry(t)(a.TryWLock(bg(), "x")))
+}

@@ -23,9 +23,6 @@ import (
 // never removes the file of an upgradeable reader.
 const upgradeByte = gateStart
 
-// whatUpgradeable is the what of an upgradeable reader's lease.
-const whatUpgradeable = "upgradeable read lock"
-
 // lockUpgradeByte write-locks the upgrade byte through fd, without
 // waiting; it reports false when another holder has it (an upgradeable
 // reader, or a writer or upgradeable reader letting go: the close that

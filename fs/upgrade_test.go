@@ -1,4 +1,4 @@
-//go:build linux && !dlock_portable
+//go:build linux || darwin || freebsd || openbsd || netbsd || dragonfly || windows
 
 package fs
 
@@ -62,7 +62,7 @@ func TestUpgradeAttemptsKeepWritersOut(t *testing.T) {
 			if err != nil {
 				t.Fatalf("TryUpgrade: %v", err)
 			}
-			if removeIdle(u.Path(), &b.trust, true, true) {
+			if sweepRemoves(b, u) {
 				t.Fatal("the sweep removed the file of an upgradeable reader")
 			}
 			if ok {
