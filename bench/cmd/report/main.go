@@ -127,7 +127,9 @@ func parse(r io.Reader) (*results, error) {
 			continue
 		}
 		group, backend, lib := m[1], m[2], m[3]
-		if !slices.Contains(res.libs[backend], lib) {
+		// Composite's "libraries" are a library and a set size
+		// (dlock-all8): its own table reads them, the others list libraries.
+		if group != "Composite" && !slices.Contains(res.libs[backend], lib) {
 			res.libs[backend] = append(res.libs[backend], lib)
 		}
 		fields := strings.Fields(m[4])
