@@ -261,6 +261,20 @@ func (l *Lease) IsLost() bool {
 	return l.state != leaseHeld
 }
 
+// upgradable checks, l.mu held, that the lease can be upgraded: an
+// upgradeable read lock still held; done reports one already upgraded.
+func (l *Lease) upgradable() (done bool, err error) {
+	switch {
+	case l.what != whatUpgradeable:
+		return false, backend.Permanent(fmt.Errorf("%w: %s of %s is not an upgradeable read lock", errors.ErrUnsupported, l.what, l.path))
+	case l.state == leaseLost:
+		return false, fmt.Errorf("upgrade of %s: %w", l.path, backend.ErrLockLost)
+	case l.state == leaseReleased:
+		return false, backend.ErrNotHeld
+	}
+	return l.upgraded, nil
+}
+
 // lostLocked is Lost; l.mu is held.
 func (l *Lease) lostLocked() <-chan struct{} {
 	if l.lost == nil {

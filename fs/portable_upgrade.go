@@ -6,11 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 	"unsafe"
 
 	"github.com/dlock-go/dlock/backend"
-	"github.com/dlock-go/dlock/internal/pace"
 )
 
 // The upgradeable read lock of the portable implementation. Its holder
@@ -157,34 +155,13 @@ func (l *Lease) TryUpgrade(ctx context.Context) (bool, error) {
 // first, or any error but a loss, leaves the lease holding its
 // upgradeable read lock.
 func (l *Lease) Upgrade(ctx context.Context) error {
-	if ok, err := l.TryUpgrade(ctx); ok || err != nil {
-		return err
-	}
 	b := l.b
-	g, err := b.join(ctx, b.path(kindRWGate, l.name))
-	if errors.Is(err, ErrClosed) {
+	try := func() (bool, error) { return l.TryUpgrade(ctx) }
+	err := b.wait(ctx, b.path(kindRWGate, l.name), try, try)
+	if errors.Is(err, ErrClosed) && !errors.Is(err, backend.ErrLockLost) {
 		return fmt.Errorf("upgrade of %s: %w: %w", l.path, backend.ErrLockLost, err)
 	}
-	if err != nil {
-		return err
-	}
-	defer b.leave(&g)
-	pauses := pace.New(pollMin, min(pollMax, b.cfg.waitFallback))
-	t := time.NewTimer(pauses.Next())
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", backend.ErrNotAcquired, ctx.Err())
-		case <-b.stopc:
-			return fmt.Errorf("upgrade of %s: %w: %w", l.path, backend.ErrLockLost, ErrClosed)
-		}
-		if ok, err := l.TryUpgrade(ctx); ok || err != nil {
-			return err
-		}
-		t.Reset(pauses.Next())
-	}
+	return err
 }
 
 // convertLocked makes one attempt to turn the lease's shared lock of
@@ -196,15 +173,8 @@ func (l *Lease) Upgrade(ctx context.Context) error {
 // r-NAME in that moment lets go at once. A plain reader may get in, which
 // the next attempt waits for as well.
 func (l *Lease) convertLocked() (bool, error) {
-	switch {
-	case l.what != whatUpgradeable:
-		return false, backend.Permanent(fmt.Errorf("%w: %s of %s is not an upgradeable read lock", errors.ErrUnsupported, l.what, l.path))
-	case l.state == leaseLost:
-		return false, fmt.Errorf("upgrade of %s: %w", l.path, backend.ErrLockLost)
-	case l.state == leaseReleased:
-		return false, backend.ErrNotHeld
-	case l.upgraded:
-		return true, nil
+	if done, err := l.upgradable(); done || err != nil {
+		return done, err
 	}
 	ok, err := convertHandle(l.f.h)
 	if ok && err == nil {

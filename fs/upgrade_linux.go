@@ -110,15 +110,8 @@ func (l *Lease) Upgrade(ctx context.Context) error {
 // keeps the removal gate out); a writer's or a sweep's attempt that takes
 // the flock in that moment lets go at once.
 func (l *Lease) convertLocked() (bool, error) {
-	switch {
-	case l.what != whatUpgradeable:
-		return false, backend.Permanent(fmt.Errorf("%w: %s of %s is not an upgradeable read lock", errors.ErrUnsupported, l.what, l.path))
-	case l.state == leaseLost:
-		return false, fmt.Errorf("upgrade of %s: %w", l.path, backend.ErrLockLost)
-	case l.state == leaseReleased:
-		return false, backend.ErrNotHeld
-	case l.upgraded:
-		return true, nil
+	if done, err := l.upgradable(); done || err != nil {
+		return done, err
 	}
 	fd := l.f.fd
 	err := flockRetry(fd, unix.LOCK_EX|unix.LOCK_NB)
