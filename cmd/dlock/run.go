@@ -339,6 +339,9 @@ func (s *session) holders(spec backendSpec) (code int, ok bool) {
 	if err != nil {
 		return s.acquireErr(err, nil), true
 	}
+	if hs == nil {
+		hs = []dlock.Holder{} // recorded, and none: -json prints [], not null
+	}
 	held := len(hs) > 0
 	switch {
 	case s.cfg.semaphore > 0:

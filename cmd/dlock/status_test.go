@@ -49,8 +49,9 @@ func TestStatusHolders(t *testing.T) {
 			t.Fatalf("holder exit %d: %s", code, h.stderr)
 		}
 		code, js, _ = runDlock(t, tg, "status", "-json", name)
-		if err := json.Unmarshal([]byte(js), &got); err != nil || code != 0 || got.Held || len(got.Holders) != 0 {
-			t.Fatalf("status -json of a free lock: exit %d, %s", code, js)
+		got = statusJSON{}
+		if err := json.Unmarshal([]byte(js), &got); err != nil || code != 0 || got.Held || got.Holders == nil || len(got.Holders) != 0 {
+			t.Fatalf("status -json of a free lock: exit %d, %s; want held false and holders [] (recorded, none)", code, js)
 		}
 		if redlock {
 			return
