@@ -41,3 +41,22 @@ type MultiSemaphore[L Lease] interface {
 	// Semaphore.TryAcquire).
 	TryAcquireAll(ctx context.Context, names []string, limit int) (leases []L, busy int, err error)
 }
+
+// MultiReleaser is implemented by a backend that can release several of its
+// leases in one round trip (one script, one statement). The engine finds it
+// by type assertion on the backend and uses it for LockSet.Release (the
+// release of DoAll, TryDoAll and AcquireAll's sets).
+type MultiReleaser[L Lease] interface {
+	// ReleaseAll releases every lease of leases — each granted by this
+	// backend, of any kind, and not released yet; the engine passes a set's
+	// leases in reverse canonical order — as if Release were called on
+	// each, and returns one error per lease, in order: nil when that lease
+	// held its lock until it was released, else what Release would return
+	// (wrapping ErrLockLost when the backend knows it was lost). Every
+	// lease is released and its resources freed even when ctx is done or
+	// an error is returned, as with Release. A backend with no one-trip
+	// path for some of the leases (names in several cluster slots, leases
+	// on several connections) releases those one by one. errs has
+	// len(leases) entries.
+	ReleaseAll(ctx context.Context, leases []L) (errs []error)
+}
