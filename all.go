@@ -167,7 +167,9 @@ func (s *LockSet[L]) Token(name string) (uint64, bool) {
 }
 
 // Release releases every lock of the set, in reverse order, even when ctx
-// is cancelled (each bounded by the release timeout). It returns an error
+// is cancelled (bounded by the release timeout): in one round trip when the
+// backend can release several locks at once (backend.MultiReleaser), else
+// one after another, each bounded by the timeout. It returns an error
 // matching ErrLockLost if any lock had been lost, and one matching
 // ErrNotHeld if the set was already released; the errors of every lock
 // are joined.
@@ -183,10 +185,10 @@ func (s *LockSet[L]) Release(ctx context.Context) error {
 		u()
 	}
 	var errs []error
-	for _, lk := range slices.Backward(s.locks) {
-		if err := lk.Release(ctx); err != nil {
+	for i, err := range s.release(ctx) {
+		if err != nil {
 			errs = append(errs, err)
-			if errors.Is(err, ErrLockLost) {
+			if lk := s.locks[len(s.locks)-1-i]; errors.Is(err, ErrLockLost) {
 				s.markLost(lk)
 			}
 		}
@@ -199,6 +201,50 @@ func (s *LockSet[L]) Release(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// release releases the set's locks in reverse order and returns each one's
+// error, in that order: in one round trip when the backend has one
+// (backend.MultiReleaser), else one lock after another.
+func (s *LockSet[L]) release(ctx context.Context) []error {
+	g := s.locks[0].g
+	errs := make([]error, len(s.locks))
+	if g.releaseAll == nil || len(s.locks) < 2 {
+		for i, lk := range slices.Backward(s.locks) {
+			errs[len(s.locks)-1-i] = lk.Release(ctx)
+		}
+		return errs
+	}
+	var (
+		leases  = make([]L, 0, len(s.locks))
+		pending = make([]*Lock[L], 0, len(s.locks)) // the locks of leases
+		wasLost = make([]bool, 0, len(s.locks))
+		where   = make([]int, 0, len(s.locks)) // their places in errs
+	)
+	for i, lk := range slices.Backward(s.locks) {
+		lost, err := lk.beginRelease()
+		if err != nil {
+			errs[len(s.locks)-1-i] = err
+			continue
+		}
+		leases, pending, wasLost = append(leases, lk.lease), append(pending, lk), append(wasLost, lost)
+		where = append(where, len(s.locks)-1-i)
+	}
+	var got []error
+	_ = backend.ReleaseDetached(ctx, g.opts.releaseTimeout, func(ctx context.Context) error {
+		got = g.releaseAll(ctx, leases)
+		return nil
+	})
+	for j, lk := range pending {
+		var err error
+		if j < len(got) {
+			err = got[j]
+		} else { // a backend that broke the contract: the lease's fate is unknown
+			err = fmt.Errorf("the backend's ReleaseAll returned %d errors for %d leases", len(got), len(leases))
+		}
+		errs[where[j]] = lk.endRelease(wasLost[j], err)
+	}
+	return errs
 }
 
 // markLost records the first lost lock and closes Lost.

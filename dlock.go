@@ -97,6 +97,9 @@ type Guard[L backend.Lease] struct {
 	// tryAll takes several names in one atomic attempt (nil: the backend
 	// has no such path; see backend.MultiLocker).
 	tryAll func(ctx context.Context, names []string) ([]L, int, error)
+	// releaseAll releases several leases in one round trip (nil: the
+	// backend has no such path; see backend.MultiReleaser).
+	releaseAll func(ctx context.Context, leases []L) []error
 	// describe returns the holders of name (nil: the backend records none).
 	describe func(ctx context.Context, name string) ([]Holder, error)
 	err      error // a configuration error every call returns
@@ -111,8 +114,15 @@ type Mutex[L backend.Lease] = Guard[L]
 // most its limit of holders of each name at a time.
 type Semaphore[L backend.Lease] = Guard[L]
 
-func newGuard[L backend.Lease](kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
-	return &Guard[L]{kind: kind, backend: backendName[L](), try: try, wait: wait, opts: newOptions(opts)}
+// newGuard makes a Guard of kind over the backend b, whose try and
+// (optional) native wait it is given; it finds b's optional capabilities
+// common to every kind.
+func newGuard[L backend.Lease](b any, kind string, try func(context.Context, string) (L, bool, error), wait func(context.Context, string) (L, error), opts []Option) *Guard[L] {
+	g := &Guard[L]{kind: kind, backend: backendName[L](), try: try, wait: wait, opts: newOptions(opts)}
+	if r, ok := b.(backend.MultiReleaser[L]); ok {
+		g.releaseAll = r.ReleaseAll
+	}
+	return g
 }
 
 // Do takes the lock name, waiting until it is free or ctx is done, runs fn,
@@ -432,23 +442,36 @@ func (l *Lock[L]) Token() (uint64, bool) {
 // the lock's resources are freed and no other holder is disturbed; Err
 // tells afterwards which way it ended.
 func (l *Lock[L]) Release(ctx context.Context) error {
-	g := l.g
+	wasLost, err := l.beginRelease()
+	if err != nil {
+		return err
+	}
+	return l.endRelease(wasLost, backend.ReleaseDetached(ctx, l.g.opts.releaseTimeout, l.lease.Release))
+}
+
+// beginRelease is Release up to the backend's release: it returns an error
+// matching ErrNotHeld if the lock is not held, and whether it was known to
+// be lost.
+func (l *Lock[L]) beginRelease() (wasLost bool, err error) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.state != held {
-		l.mu.Unlock()
-		return g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
+		return false, l.g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
 	if l.unwatch != nil {
 		l.unwatch()
 	}
-	wasLost := l.leaseLost()
+	wasLost = l.leaseLost()
 	l.state = releasing
 	if wasLost {
 		l.state = lost
 	}
-	l.mu.Unlock()
+	return wasLost, nil
+}
 
-	err := backend.ReleaseDetached(ctx, g.opts.releaseTimeout, l.lease.Release)
+// endRelease is Release after the backend's release, which returned err.
+func (l *Lock[L]) endRelease(wasLost bool, err error) error {
+	g := l.g
 	switch {
 	case wasLost && (err == nil || !errors.Is(err, ErrLockLost)):
 		if err != nil {
@@ -635,7 +658,7 @@ var errNilBackend = errors.New("nil backend")
 // brokenGuard returns a Guard whose every call fails with a configuration
 // error (a nil backend unless the caller sets another).
 func brokenGuard[L backend.Lease](kind string, opts []Option) *Guard[L] {
-	g := newGuard[L](kind, nil, nil, opts)
+	g := newGuard[L](nil, kind, nil, nil, opts)
 	g.err = errNilBackend
 	return g
 }

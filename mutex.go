@@ -18,7 +18,7 @@ func NewMutex[L backend.Lease](b backend.Locker[L], opts ...Option) *Mutex[L] {
 	if w, ok := b.(backend.LockWaiter[L]); ok {
 		wait = w.Lock
 	}
-	g := newGuard("mutex", b.TryLock, wait, opts)
+	g := newGuard(b, "mutex", b.TryLock, wait, opts)
 	if m, ok := b.(backend.MultiLocker[L]); ok {
 		g.tryAll = m.TryLockAll
 	}

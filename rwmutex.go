@@ -26,8 +26,8 @@ func NewRWMutex[L backend.Lease](b backend.RWLocker[L], opts ...Option) *RWMutex
 		rwait, wwait = w.RLock, w.WLock
 	}
 	rw := &RWMutex[L]{
-		read:        newGuard("rwmutex read", b.TryRLock, rwait, opts),
-		write:       newGuard("rwmutex write", b.TryWLock, wwait, opts),
+		read:        newGuard(b, "rwmutex read", b.TryRLock, rwait, opts),
+		write:       newGuard(b, "rwmutex write", b.TryWLock, wwait, opts),
 		upgradeable: newUpgradeable(b, opts),
 	}
 	if m, ok := b.(backend.MultiRWLocker[L]); ok {

@@ -33,7 +33,7 @@ func NewSemaphore[L backend.Lease](b backend.Semaphore[L], limit int, opts ...Op
 			return w.Acquire(ctx, name, limit)
 		}
 	}
-	g := newGuard("semaphore", try, wait, opts)
+	g := newGuard(b, "semaphore", try, wait, opts)
 	if m, ok := b.(backend.MultiSemaphore[L]); ok {
 		g.tryAll = func(ctx context.Context, names []string) ([]L, int, error) {
 			return m.TryAcquireAll(ctx, names, limit)

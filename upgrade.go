@@ -35,7 +35,7 @@ func newUpgradeable[L backend.Lease](b backend.RWLocker[L], opts []Option) *Guar
 	if w, ok := b.(backend.UpgradeableWaiter[L]); ok {
 		wait = w.ULock
 	}
-	return newGuard(kind, u.TryULock, wait, opts)
+	return newGuard(b, kind, u.TryULock, wait, opts)
 }
 
 // Upgrade turns an upgradeable read lock (taken through

@@ -236,6 +236,78 @@ func (s *suite[L]) testAllLoss(t *testing.T, k kind[L]) {
 
 }
 
+// testAllRelease checks a set's Release (one round trip where the backend
+// implements backend.MultiReleaser): every name can be taken by another
+// client the moment Release returns, a waiter on one of them is served,
+// each lock's Err says how it ended, and when one lock of the set was lost,
+// Release reports it and still frees the others at once.
+func (s *suite[L]) testAllRelease(t *testing.T, k kind[L]) {
+	a, b := k.guard(s.node(t)), k.guard(s.node(t))
+	base := s.name(t)
+	names := []string{base + "/1", base + "/2", base + "/3", base + "/4"}
+	ctx := s.ctx(t)
+	set, err := a.AcquireAll(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		got <- b.Do(ctx, names[1], func(context.Context) error { return nil })
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := set.Release(context.Background()); err != nil {
+		t.Fatalf("Release of a held set: %v", err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("a waiter on a name of the set, after its Release: %v", err)
+	}
+	for i, lk := range set.Locks() {
+		if err := lk.Err(); !errors.Is(err, dlock.ErrNotHeld) || errors.Is(err, dlock.ErrLockLost) {
+			t.Fatalf("Err of lock %d after the set's Release: %v, want ErrNotHeld", i, err)
+		}
+	}
+	takeAllNow(t, b, names, "after the set's Release")
+	if err := set.Release(context.Background()); !errors.Is(err, dlock.ErrNotHeld) {
+		t.Fatalf("second Release of a set: %v, want ErrNotHeld", err)
+	}
+
+	if s.h.Lose == nil {
+		return
+	}
+	set, err = a.AcquireAll(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lostLock := set.Locks()[2]
+	s.h.Lose(t, lostLock.Lease())
+	select {
+	case <-lostLock.Lost():
+	case <-time.After(s.h.LossWithin):
+		t.Fatalf("Lost() not closed within %v of the loss", s.h.LossWithin)
+	}
+	err = set.Release(context.Background())
+	if !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release of a set with %s lost: %v, want ErrLockLost", trunc(names[2]), err)
+	}
+	if err := lostLock.Err(); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Err of the lost lock after the set's Release: %v, want ErrLockLost", err)
+	}
+	takeAllNow(t, b, names, "after the Release of a set with one lock lost")
+}
+
+// takeAllNow asserts that every name can be taken on g at once (one try
+// each), and leaves them free.
+func takeAllNow[L backend.Lease](t *testing.T, g *dlock.Guard[L], names []string, when string) {
+	t.Helper()
+	for _, n := range names {
+		lk, err := g.TryAcquire(context.Background(), n)
+		if err != nil {
+			t.Fatalf("%s is not free right %s: %v", trunc(n), when, err)
+		}
+		release(t, lk)
+	}
+}
+
 // testAllLossInDo checks that the loss of one lock of DoAll's set cancels
 // fn's ctx with cause ErrLockLost and makes DoAll return ErrLockLost.
 func (s *suite[L]) testAllLossInDo(t *testing.T) {

@@ -35,6 +35,7 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"ghost":     "the cancelled waiter held the line up",
 		"upgrade":   "new readers still got in 20s after an upgrade began to wait",
 		"partial":   "its attempts are not atomic",
+		"stopping":  "is not free right after the Release of a set with one lock lost",
 	}
 	for mode, want := range cases {
 		t.Run(mode, func(t *testing.T) {
@@ -51,6 +52,8 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 				run += "/RWMutex/Upgradeable/WriterPreference"
 			case "partial":
 				run += "/Mutex/AllAtomic"
+			case "stopping":
+				run += "/Mutex/AllRelease"
 			}
 			cmd := exec.Command(exe, "-test.run="+run, "-test.count=1")
 			cmd.Env = append(os.Environ(), "DLOCKTEST_BROKEN="+mode)
@@ -95,6 +98,8 @@ func TestBrokenBackend(t *testing.T) {
 		h.New = func(testing.TB, string) any { return partialLocker{mem} }
 	case "hoarding":
 		h.New = func(testing.TB, string) any { return &hoardingLocker{m: mem, conns: make(chan struct{}, 4)} }
+	case "stopping":
+		h.New = func(testing.TB, string) any { return stoppingReleaser{mem} }
 	case "hiding":
 		dlocktest.Run(t, dlocktest.Harness[*hidingLease]{
 			New: func(testing.TB, string) any { return hidingLocker{mem} },
@@ -293,6 +298,20 @@ func (p pollingUpgrader) TryWLock(ctx context.Context, name string) (pollingUpgr
 
 func (p pollingUpgrader) TryULock(ctx context.Context, name string) (pollingUpgrade, bool, error) {
 	return wrap(p.m.TryULock(ctx, name))
+}
+
+// stoppingReleaser releases a set in one call, but stops at the first
+// lease that was lost and leaves the rest held.
+type stoppingReleaser struct{ *dlocktest.Memory }
+
+func (s stoppingReleaser) ReleaseAll(ctx context.Context, leases []*dlocktest.MemoryLease) []error {
+	errs := make([]error, len(leases))
+	for i, l := range leases {
+		if errs[i] = l.Release(ctx); errs[i] != nil {
+			break
+		}
+	}
+	return errs
 }
 
 // partialLocker claims an atomic path for several names but takes them one

@@ -44,6 +44,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"AllNoDeadlock", s.testAllNoDeadlock},
 		{"AllAtomic", s.testAllAtomic},
 		{"AllLoss", s.testAllLoss},
+		{"AllRelease", s.testAllRelease},
 		{"FIFO", s.testFIFO},
 		{"NoStarvation", s.testNoStarvation},
 		{"CancelledWaiter", s.testCancelledWaiter},

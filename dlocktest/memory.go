@@ -83,6 +83,7 @@ var (
 	_ backend.LossNotifier                    = (*MemoryLease)(nil)
 	_ backend.LockDescriber                   = (*Memory)(nil)
 	_ backend.RWDescriber                     = (*Memory)(nil)
+	_ backend.MultiReleaser[*MemoryLease]     = (*Memory)(nil)
 	_ backend.SemaphoreDescriber              = (*Memory)(nil)
 	_ backend.UpgradeableLocker[*MemoryLease] = (*Memory)(nil)
 	_ backend.UpgradeableWaiter[*MemoryLease] = (*Memory)(nil)
@@ -185,6 +186,22 @@ func (m *Memory) tryAll(ctx context.Context, kind byte, names []string, can func
 		leases[i], _ = m.grant(memKey{kind, name}, can, mode, who)
 	}
 	return leases, -1, nil
+}
+
+// ReleaseAll implements backend.MultiReleaser: each lease as its Release
+// would.
+func (m *Memory) ReleaseAll(ctx context.Context, leases []*MemoryLease) []error {
+	errs := make([]error, len(leases))
+	for i, l := range leases {
+		if l.m != m {
+			errs[i] = l.Release(ctx)
+			continue
+		}
+		m.mu.Lock()
+		errs[i] = l.releaseLocked()
+		m.mu.Unlock()
+	}
+	return errs
 }
 
 // Lose makes lease lose its lock, as a server restart or an expired key
@@ -330,9 +347,13 @@ func (m *Memory) tidy(k memKey) {
 
 // Release implements backend.Lease.
 func (l *MemoryLease) Release(ctx context.Context) error {
-	m := l.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	l.m.mu.Lock()
+	defer l.m.mu.Unlock()
+	return l.releaseLocked()
+}
+
+// releaseLocked is Release with l.m.mu held.
+func (l *MemoryLease) releaseLocked() error {
 	switch l.state {
 	case 1:
 		l.state = 2
@@ -342,7 +363,7 @@ func (l *MemoryLease) Release(ctx context.Context) error {
 	}
 	l.state = 2
 	l.closeLost()
-	m.drop(l)
+	l.m.drop(l)
 	return nil
 }
 
