@@ -257,7 +257,7 @@ func throughput(b *testing.B, l lib, name func(g int) string) {
 
 // isPeer reports whether l is a peer (not dlock, not a floor).
 func isPeer(l lib) bool {
-	return !strings.HasPrefix(l.name, "dlock") && l.name != "floor" && l.name != "2rtt"
+	return !strings.HasPrefix(l.name, "dlock") && !strings.HasPrefix(l.name, "floor") && l.name != "2rtt"
 }
 
 // failOrStall ends a benchmark that could not finish: a peer that stalled

@@ -77,7 +77,7 @@ type warmer interface {
 // lib is one library (or a floor) over one backend.
 type lib struct {
 	backend string // "valkey", "pg", "fs"
-	name    string // "dlock", a peer, or "floor"/"2rtt"
+	name    string // "dlock", a peer, or a floor: "floor", "2rtt", "floor-…" (floors_test.go)
 	// open returns a new, independent instance (its own client, pool or
 	// backend) and registers its cleanup with tb. dir is the lock directory
 	// of the file backends, shared by the instances of one benchmark.
@@ -107,6 +107,7 @@ var libs = []lib{
 	{"valkey", "redislock", openRedislock, true},
 	{"valkey", "floor", openValkeyFloor, true},
 	{"valkey", "2rtt", openValkey2RTT, false},
+	{"valkey", "floor-fenced", openValkeyFencedFloor, false},
 	// The cost of valkey.WithReplicas(1): dlock over the Sentinel group's
 	// primary (which has two replicas), without and with the option; only
 	// in BenchmarkUncontended (see only).
@@ -120,6 +121,7 @@ var libs = []lib{
 	{"fs", "dlock-nofencing", openDlockFS(false), true},
 	{"fs", "gofrs-flock", openGofrsFlock, true},
 	{"fs", "floor", openRawFlock, true},
+	{"fs", "floor-samecalls", openFSSameCalls, false},
 }
 
 // ---------------------------------------------------------------- valkey
@@ -288,10 +290,13 @@ const valkeyFloorPoll = time.Millisecond
 
 const valkeyUnlockScript = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`
 
-var valkeyUnlockSHA = func() string {
-	sum := sha1.Sum([]byte(valkeyUnlockScript))
+var valkeyUnlockSHA = scriptSHA(valkeyUnlockScript)
+
+// scriptSHA is the SHA1 digest of a Lua script, as EVALSHA names it.
+func scriptSHA(script string) string {
+	sum := sha1.Sum([]byte(script))
 	return hex.EncodeToString(sum[:])
-}()
+}
 
 func (f valkeyFloor) lock(ctx context.Context, name string) (held, error) {
 	key := "bench-floor:" + name

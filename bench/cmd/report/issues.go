@@ -97,13 +97,27 @@ func issue16Rows(r *results) []row16 {
 			}
 		}
 		add := func(m measure, ref string, g goal) { rows = append(rows, row16{be, m, ref, g}) }
+		var guaranteeFloors []string // floor-…: context rows, what a guarantee costs by hand
+		for _, lib := range r.libs[be] {
+			if isFloor(lib) && strings.HasPrefix(lib, "floor-") {
+				guaranteeFloors = append(guaranteeFloors, lib)
+			}
+		}
 		add(mUncontended, "floor", goal{bound: 1.2})
 		add(mUncontended, "2rtt", goal{})
+		for _, f := range guaranteeFloors {
+			add(mUncontended, f, goal{})
+		}
 		for _, p := range peers {
 			add(mUncontended, p, goal{})
 		}
-		for _, m := range []measure{mKeys, mHot} {
+		for i, m := range []measure{mKeys, mHot} {
 			add(m, "floor", goal{bound: 0.9})
+			for _, f := range guaranteeFloors {
+				if i == 0 { // they do not wait: no hot name
+					add(m, f, goal{})
+				}
+			}
 			for _, p := range peers {
 				add(m, p, goal{bound: 1})
 			}
@@ -140,6 +154,10 @@ func refLabel(be, ref string) string {
 			"valkey": "hand-written: `SET NX PX` + `EVALSHA` compare-and-delete",
 			"fs":     "hand-written: open + `flock` + unlock + close",
 		}[be]
+	case ref == "floor-fenced":
+		return "hand-written with a fencing token: one script (`SET NX PX` + `INCR`) + compare-and-delete"
+	case ref == "floor-samecalls":
+		return "hand-written, making dlock's 11 system calls (queue check, path checks, counter and record, record mark)"
 	case ref == "2rtt":
 		return map[string]string{"pg": "two round trips (`SELECT 1` ×2)", "valkey": "two round trips (`PING` ×2)"}[be]
 	}
@@ -157,7 +175,7 @@ func writeIssue16(w func(string, ...any), r *results) {
 	}
 	w("## Issue 16: dlock against the hand-written floor and the peers\n\n")
 	w("Each row: dlock's figure, the reference's, their ratio (dlock ÷ reference), the issue's target for that ratio, and whether this run meets it. ")
-	w("Rows without a target are context (the two-round-trip figure, peers where the issue sets no target). ")
+	w("Rows without a target are context (the two-round-trip figure, the guarantee floors, peers where the issue sets no target). ")
 	w("Throughput targets are ≥ (dlock does more), the others ≤.\n\n")
 	if hasBefore {
 		w("| backend | measure | dlock | dlock before | reference | reference's | ratio | target | met |\n")

@@ -193,7 +193,7 @@ var backends = []string{"valkey", "pg", "fs"}
 var backendTitle = map[string]string{"valkey": "Valkey protocol (redis-server)", "pg": "PostgreSQL", "fs": "files"}
 
 // isFloor reports whether lib is a floor rather than a library.
-func isFloor(lib string) bool { return lib == "floor" || lib == "2rtt" }
+func isFloor(lib string) bool { return strings.HasPrefix(lib, "floor") || lib == "2rtt" }
 
 // ---------------------------------------------------------------- formatting
 
@@ -286,6 +286,9 @@ func report(r *results, info reportInfo) string {
 	w("files: `open`, blocking `flock(LOCK_EX)`, `flock(LOCK_UN)`, `close`. ")
 	w("**2rtt** is two round trips on one connection (Valkey: `PING` twice; PostgreSQL: `SELECT 1` twice), split as acquire + release: ")
 	w("what any lock needing an acquire and a release round trip costs at least. ")
+	w("Guarantee floors (`bench/floors_test.go`; uncontended and distinct names only, they do not wait) measure what a guarantee dlock gives by default costs when written by hand: ")
+	w("**floor-fenced** (Valkey) is the floor with a fencing token, one script running `SET NX PX` and, when it set the key, `INCR` of the name's counter; ")
+	w("**floor-samecalls** (files) makes the system calls of dlock's uncontended acquire + release, each for a guarantee: `open`, the waiters' queue check (`F_OFD_GETLK`), `flock`, `fstat` + `statx` (the path still names the locked file), `pread` + `pwrite` (fencing counter and holder record), the holder record's one-byte OFD mark, and at release `statx`, `flock(LOCK_UN)`, `close` — 11 calls against the floor's 4. ")
 	w("**dlock (before)**, where present, is dlock's own rows on the library as it was before the change under test (`DLOCK_BENCH_BEFORE`), built from the same benchmark code and run in the same rounds.\n\n")
 	w("Peer settings (see `bench/libs_test.go`): valkey-go's valkeylock with `KeyMajority: 1` (one key, one node), its own client; ")
 	w("redsync over its go-redis v9 pool, default 50–250 ms random retry delay, tries raised from 32 to unbounded (ctx-bounded) so it can wait under contention, expiry 8 s; ")

@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The guarantee floors: hand-written locks that do the work one of dlock's
+// default guarantees needs and nothing more, measured beside the plain
+// floor so that the cost of the guarantee is a measured figure rather than
+// an estimate. They cannot wait (BenchmarkUncontended and
+// BenchmarkThroughputKeys only).
+
+// valkeyFencedFloor is the hand-written lock with a fencing token, which
+// dlock gives by default: one script sets the key NX PX and, when it did,
+// increments the name's counter and returns it; the release is the floor's
+// compare-and-delete.
+type valkeyFencedFloor struct{ valkeyFloor }
+
+const valkeyFencedLockScript = `if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then return redis.call("incr", KEYS[2]) end return 0`
+
+var valkeyFencedLockSHA = scriptSHA(valkeyFencedLockScript)
+
+func (f valkeyFencedFloor) lock(ctx context.Context, name string) (held, error) {
+	c := f.c
+	key := "bench-ffloor:" + name
+	token := f.prefix + strconv.FormatUint(f.n.Add(1), 36)
+	px := strconv.FormatInt(leaseTTL.Milliseconds(), 10)
+	n, err := c.Do(ctx, c.B().Evalsha().Sha1(valkeyFencedLockSHA).Numkeys(2).Key(key, key+":f").Arg(token, px).Build()).AsInt64()
+	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		n, err = c.Do(ctx, c.B().Eval().Script(valkeyFencedLockScript).Numkeys(2).Key(key, key+":f").Arg(token, px).Build()).AsInt64()
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case n == 0:
+		return nil, errors.New("valkey fenced floor: held (it does not wait)")
+	}
+	return &valkeyFloorHeld{f.valkeyFloor, key, token}, nil
+}
+
+func openValkeyFencedFloor(tb testing.TB, dir string) locker {
+	return valkeyFencedFloor{openValkeyFloor(tb, dir).(valkeyFloor)}
+}
+
+// fsSameCalls is the hand-written file lock that makes the system calls of
+// dlock's uncontended acquire + release (strace of BenchmarkUncontended):
+// open; the waiters' queue check (one F_OFD_GETLK past the data: a try does
+// not jump the queue); flock; fstat + statx (the path still names the
+// locked file); pread + pwrite (the fencing counter and the holder record);
+// a one-byte OFD lock (the holder record's mark, so a killed holder is never
+// listed); at release statx (held until the end), flock(LOCK_UN), close.
+type fsSameCalls struct{ dir string }
+
+// fsRecord is the holder record written with the counter, as long as
+// dlock's (host, pid, process start, acquisition time).
+const fsRecord = `{"h":"bench-host","p":4411,"s":1796276692095541263,"t":1796276692095541263}` + "\n"
+
+type fsSameHeld struct {
+	fd   int
+	path string
+	ino  uint64
+}
+
+func (r fsSameCalls) lock(_ context.Context, name string) (held, error) {
+	path := lockPath(r.dir, name)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	h := &fsSameHeld{fd: fd, path: path}
+	if err := h.take(); err != nil {
+		_ = unix.Close(fd)
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *fsSameHeld) take() error {
+	q := unix.Flock_t{Type: unix.F_WRLCK, Start: 1 << 32}
+	if err := unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_GETLK, &q); err != nil {
+		return err
+	}
+	if q.Type != unix.F_UNLCK {
+		return errors.New("fs same-calls floor: waiters queued (it does not wait)")
+	}
+	if err := unix.Flock(h.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(h.fd, &st); err != nil {
+		return err
+	}
+	h.ino = st.Ino
+	if err := h.samePath(); err != nil {
+		return err
+	}
+	var buf [29]byte
+	n, err := unix.Pread(h.fd, buf[:], 0)
+	if err != nil {
+		return err
+	}
+	var count uint64
+	if n >= 20 {
+		if count, err = strconv.ParseUint(string(buf[:20]), 10, 64); err != nil {
+			return fmt.Errorf("fs same-calls floor: counter: %w", err)
+		}
+	}
+	var rec [21 + len(fsRecord)]byte
+	b := strconv.AppendUint(rec[:0], count+1, 10)
+	pad := 20 - len(b)
+	copy(rec[pad:], b)
+	for i := range pad {
+		rec[i] = '0'
+	}
+	rec[20] = '\n'
+	copy(rec[21:], fsRecord)
+	if _, err := unix.Pwrite(h.fd, rec[:], 0); err != nil {
+		return err
+	}
+	mark := unix.Flock_t{Type: unix.F_WRLCK, Start: 1 << 31, Len: 1}
+	return unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_SETLK, &mark)
+}
+
+// samePath checks that the path still names the locked file.
+func (h *fsSameHeld) samePath() error {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, h.path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
+		return err
+	}
+	if stx.Ino != h.ino {
+		return errors.New("fs same-calls floor: lock file replaced")
+	}
+	return nil
+}
+
+func (h *fsSameHeld) Release(context.Context) error {
+	err := h.samePath()
+	if uerr := unix.Flock(h.fd, unix.LOCK_UN); err == nil {
+		err = uerr
+	}
+	if cerr := unix.Close(h.fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func openFSSameCalls(_ testing.TB, dir string) locker { return fsSameCalls{dir} }
+
+// Compile-time checks that the floors are lockers.
+var (
+	_ locker = valkeyFencedFloor{}
+	_ locker = fsSameCalls{}
+)
