@@ -11,6 +11,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -626,9 +627,15 @@ func TestSymlinkRefused(t *testing.T) {
 	if err := os.WriteFile(other, []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The run removed its idle lock file at exit: plant the link at its
-	// name (fs: r-NAME, the reader-writer lock whose write side run takes).
-	if err := os.Symlink(other, filepath.Join(dir, "r-"+name)); err != nil {
+	// Plant the link at the lock file's name (fs: r-NAME, the
+	// reader-writer lock whose write side run takes). The run removes its
+	// idle lock file at exit; remove it here in case it did not (seen once
+	// on a loaded machine: this test is about the link, not the removal).
+	lockFile := filepath.Join(dir, "r-"+name)
+	if err := os.Remove(lockFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, lockFile); err != nil {
 		t.Fatal(err)
 	}
 	code, _, stderr := runDlock(t, tg, "run", name, "--", "true")
