@@ -345,3 +345,71 @@ func BenchmarkTryAcquireAll(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReleaseAll measures a set of n free names taken by TryLockAll
+// (one statement) and released by ReleaseAll (one statement) against the
+// same set released by one Release per lease, interleaved operation by
+// operation. Reported: the median of each and their ratio (all/each).
+//
+//	go test -run '^$' -bench ReleaseAll -count 6 ./pg/
+func BenchmarkReleaseAll(b *testing.B) {
+	url := testURL(b)
+	be, _ := newBackend(b, url)
+	ctx := context.Background()
+	for _, n := range []int{2, 8, 32} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			base := uniq(b)
+			names := make([]string, n)
+			for i := range n {
+				names[i] = fmt.Sprintf("%s/%02d", base, i)
+			}
+			take := func() []*pg.Lease {
+				ls, busy, err := be.TryLockAll(ctx, names)
+				if err != nil || busy != -1 {
+					b.Fatalf("TryLockAll: busy %d, %v", busy, err)
+				}
+				return ls
+			}
+			all := func() {
+				for _, err := range be.ReleaseAll(ctx, take()) {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			each := func() {
+				ls := take()
+				for i := len(ls) - 1; i >= 0; i-- {
+					if err := ls[i].Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			for range 3 {
+				all()
+				each()
+			}
+			alls := make([]time.Duration, 0, b.N)
+			eachs := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				first, second, fs, ss := all, each, &alls, &eachs
+				if i%2 == 1 {
+					first, second, fs, ss = each, all, &eachs, &alls
+				}
+				t0 := time.Now()
+				first()
+				t1 := time.Now()
+				second()
+				*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
+			}
+			b.StopTimer()
+			slices.Sort(alls)
+			slices.Sort(eachs)
+			a, e := alls[len(alls)/2], eachs[len(eachs)/2]
+			b.ReportMetric(float64(a.Nanoseconds()), "p50-ns/all")
+			b.ReportMetric(float64(e.Nanoseconds()), "p50-ns/each")
+			b.ReportMetric(float64(a)/float64(e), "all/each")
+		})
+	}
+}
