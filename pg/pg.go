@@ -37,7 +37,18 @@ type Backend struct {
 	monTimer  *time.Timer    // runs monitor; made at the first lock connection
 	monArmed  bool           // monTimer is set (or its tick runs) for the lock connections
 	monWG     sync.WaitGroup // monitor ticks in progress
-	watchWG   sync.WaitGroup // lock connections' watchers
+	watchWG   sync.WaitGroup // lock connections' watchers, and startWatchers
+
+	watchMu     sync.Mutex  // guards the next four; taken after a lock connection's lock and b.mu
+	watchQ      []watchItem // lock connections whose watchers are to start (see resume)
+	watchTimer  *time.Timer // runs startWatchers
+	watchArmed  bool        // watchTimer is set (or startWatchers runs)
+	watchClosed bool        // Close stopped the watchers' timer
+
+	nwMu    sync.Mutex           // guards the next three (see acquireNoWait)
+	nw      map[*noWait]struct{} // pool Acquires in flight
+	nwTimer *time.Timer          // runs checkNoWait
+	nwArmed bool                 // nwTimer is set (or checkNoWait runs)
 
 	recStmts    [4]recStmt    // the prepared statements of holder records (callRecorded)
 	fenceMu     chan struct{} // capacity 1: held while the fencing and holder tables are created
@@ -125,6 +136,7 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	b.stopMonitorIfIdleLocked()
 	b.mu.Unlock()
+	b.stopWatchers()
 	b.monWG.Wait()
 	b.watchWG.Wait()
 	return nil
@@ -167,8 +179,8 @@ type lockConn struct {
 
 	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
 	w     *watch        // the running watcher; guarded by sem
-	timer *time.Timer   // starts the watcher (see resume); guarded by sem
-	gen   uint64        // counts resumes and pauses; guarded by sem
+	armed bool          // its watcher is to start (see resume); guarded by sem
+	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
