@@ -24,7 +24,8 @@ var _ backend.MultiReleaser[*Lease] = (*Backend)(nil)
 // waiters); the connections are visited one after another. Every lease is
 // released even when ctx is done or an error is returned: each
 // connection's statement is bounded as Release's is (WithOpTimeout past
-// ctx's end). It implements backend.MultiReleaser.
+// ctx's end). A lease of another Backend is released by its own Release.
+// It implements backend.MultiReleaser.
 func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 	errs := make([]error, len(leases))
 	// Group the leases not yet released by connection, keeping the
@@ -34,6 +35,10 @@ func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 	for i, l := range leases {
 		if l == nil {
 			errs[i] = fmt.Errorf("release: %w: nil lease", backend.ErrNotHeld)
+			continue
+		}
+		if l.b != b { // another Backend's: its own Release
+			errs[i] = l.Release(ctx)
 			continue
 		}
 		if !l.released.CompareAndSwap(false, true) {

@@ -211,6 +211,18 @@ func TestReleaseAllLost(t *testing.T) {
 	}
 	freeFrom(t, o, names)
 
+	// A lease of another Backend in the list is released by its own.
+	ol, ok, err := o.TryLock(ctx, names[0])
+	mustTry(t, ok, err)
+	al, ok, err := a.TryLock(ctx, names[1])
+	mustTry(t, ok, err)
+	mustAllNil(t, a.ReleaseAll(ctx, []*pg.Lease{ol, al}), 2)
+	if s := o.Stats(); s.Leases != 0 {
+		t.Fatalf("the other Backend after ReleaseAll: %+v", s)
+	}
+	freeFrom(t, a, names[:1])
+	freeFrom(t, o, names[1:2])
+
 	set, busy, err := a.TryLockAll(ctx, names)
 	if err != nil || busy != -1 {
 		t.Fatalf("TryLockAll: busy %d, %v", busy, err)
