@@ -48,32 +48,8 @@ func BenchmarkDo(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// Warm the pool and the statements.
-	for range 3 {
-		floor()
-		do()
-	}
-	floors := make([]time.Duration, 0, b.N)
-	dos := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := range b.N {
-		first, second, fs, ss := floor, do, &floors, &dos
-		if i%2 == 1 {
-			first, second, fs, ss = do, floor, &dos, &floors
-		}
-		t0 := time.Now()
-		first()
-		t1 := time.Now()
-		second()
-		*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
-	}
-	b.StopTimer()
-	slices.Sort(floors)
-	slices.Sort(dos)
-	f, d := floors[len(floors)/2], dos[len(dos)/2]
-	b.ReportMetric(float64(d.Nanoseconds()), "p50-ns/do")
-	b.ReportMetric(float64(f.Nanoseconds()), "p50-ns/floor")
-	b.ReportMetric(float64(d)/float64(f), "do/floor")
+	// Warm the pool and the statements (interleaved runs each three times first).
+	interleaved(b, do, floor, "do", "floor")
 }
 
 // BenchmarkHandoff measures the time from a release to the waiter (queued
@@ -248,31 +224,7 @@ func BenchmarkHolderTable(b *testing.B) {
 		}
 	}
 	off, on := run(dlock.NewMutex(plain), name+"-off"), run(dlock.NewMutex(rec), name+"-on")
-	for range 3 {
-		off()
-		on()
-	}
-	offs := make([]time.Duration, 0, b.N)
-	ons := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := range b.N {
-		first, second, fs, ss := off, on, &offs, &ons
-		if i%2 == 1 {
-			first, second, fs, ss = on, off, &ons, &offs
-		}
-		t0 := time.Now()
-		first()
-		t1 := time.Now()
-		second()
-		*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
-	}
-	b.StopTimer()
-	slices.Sort(offs)
-	slices.Sort(ons)
-	f, d := offs[len(offs)/2], ons[len(ons)/2]
-	b.ReportMetric(float64(d.Nanoseconds()), "p50-ns/on")
-	b.ReportMetric(float64(f.Nanoseconds()), "p50-ns/off")
-	b.ReportMetric(float64(d)/float64(f), "on/off")
+	interleaved(b, on, off, "on", "off")
 }
 
 // BenchmarkTryAcquireAll measures TryAcquireAll of n free names (one
@@ -317,31 +269,83 @@ func BenchmarkTryAcquireAll(b *testing.B) {
 					}
 				}
 			}
-			for range 3 {
-				all()
-				singles()
-			}
-			alls := make([]time.Duration, 0, b.N)
-			ones := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := range b.N {
-				first, second, fs, ss := all, singles, &alls, &ones
-				if i%2 == 1 {
-					first, second, fs, ss = singles, all, &ones, &alls
-				}
-				t0 := time.Now()
-				first()
-				t1 := time.Now()
-				second()
-				*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
-			}
-			b.StopTimer()
-			slices.Sort(alls)
-			slices.Sort(ones)
-			a, o := alls[len(alls)/2], ones[len(ones)/2]
-			b.ReportMetric(float64(a.Nanoseconds()), "p50-ns/all")
-			b.ReportMetric(float64(o.Nanoseconds()), "p50-ns/singles")
-			b.ReportMetric(float64(a)/float64(o), "all/singles")
+			interleaved(b, all, singles, "all", "singles")
 		})
 	}
+}
+
+// BenchmarkReleaseAll measures a set of n free names taken by TryLockAll
+// (one statement) and released by ReleaseAll (one statement) against the
+// same set released by one Release per lease, interleaved operation by
+// operation. Reported: the median of each and their ratio (all/each).
+//
+//	go test -run '^$' -bench ReleaseAll -count 6 ./pg/
+func BenchmarkReleaseAll(b *testing.B) {
+	url := testURL(b)
+	be, _ := newBackend(b, url)
+	ctx := context.Background()
+	for _, n := range []int{2, 8, 32} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			base := uniq(b)
+			names := make([]string, n)
+			for i := range n {
+				names[i] = fmt.Sprintf("%s/%02d", base, i)
+			}
+			take := func() []*pg.Lease {
+				ls, busy, err := be.TryLockAll(ctx, names)
+				if err != nil || busy != -1 {
+					b.Fatalf("TryLockAll: busy %d, %v", busy, err)
+				}
+				return ls
+			}
+			all := func() {
+				for _, err := range be.ReleaseAll(ctx, take()) {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			each := func() {
+				ls := take()
+				for i := len(ls) - 1; i >= 0; i-- {
+					if err := ls[i].Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			interleaved(b, all, each, "all", "each")
+		})
+	}
+}
+
+// interleaved runs x and y b.N times each, alternating which goes first,
+// after three warm-up runs of each, and reports the median time of each
+// (p50-ns/xName, p50-ns/yName) and their ratio (xName/yName): a loaded
+// machine weighs on both alike.
+func interleaved(b *testing.B, x, y func(), xName, yName string) {
+	for range 3 {
+		x()
+		y()
+	}
+	xs := make([]time.Duration, 0, b.N)
+	ys := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		first, second, fs, ss := x, y, &xs, &ys
+		if i%2 == 1 {
+			first, second, fs, ss = y, x, &ys, &xs
+		}
+		t0 := time.Now()
+		first()
+		t1 := time.Now()
+		second()
+		*fs, *ss = append(*fs, t1.Sub(t0)), append(*ss, time.Since(t1))
+	}
+	b.StopTimer()
+	slices.Sort(xs)
+	slices.Sort(ys)
+	px, py := xs[len(xs)/2], ys[len(ys)/2]
+	b.ReportMetric(float64(px.Nanoseconds()), "p50-ns/"+xName)
+	b.ReportMetric(float64(py.Nanoseconds()), "p50-ns/"+yName)
+	b.ReportMetric(float64(px)/float64(py), xName+"/"+yName)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"syscall"
 	"time"
 
@@ -85,20 +84,32 @@ func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 // connection to be released: the pool had room when the caller checked,
 // but other work may have taken it since. A pool that is full with nothing
 // under construction while the Acquire has not returned is waiting for a
-// release; seen in four checks 5ms apart, the Acquire is cancelled.
+// release; seen in four checks in a row (noWaitCheck apart), the Acquire
+// is cancelled. The Acquires in flight share one timer of the Backend
+// (checkNoWait): a timer per Acquire would wake the runtime's network
+// poller each time.
 func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// A timer, not a goroutine: most acquisitions return before it fires.
-	w := &noWait{b: b, cancel: cancel}
-	w.mu.Lock()
-	w.t = time.AfterFunc(noWaitCheck, w.check)
-	w.mu.Unlock()
+	w := &noWait{cancel: cancel}
+	b.nwMu.Lock()
+	if b.nw == nil {
+		b.nw = make(map[*noWait]struct{})
+	}
+	b.nw[w] = struct{}{}
+	if !b.nwArmed {
+		b.nwArmed = true
+		if b.nwTimer == nil {
+			b.nwTimer = time.AfterFunc(noWaitCheck, b.checkNoWait)
+		} else {
+			b.nwTimer.Reset(noWaitCheck)
+		}
+	}
+	b.nwMu.Unlock()
 	pc, err := b.pool.Acquire(actx)
-	w.mu.Lock()
-	w.stopped = true
-	w.t.Stop()
-	w.mu.Unlock()
+	b.nwMu.Lock()
+	delete(b.nw, w)
+	b.nwMu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(context.Cause(actx), ErrNoConnection) {
 			b.mu.Lock()
@@ -114,35 +125,33 @@ func (b *Backend) acquireNoWait(ctx context.Context) (*pgxpool.Conn, error) {
 // noWaitCheck is the period of acquireNoWait's checks.
 const noWaitCheck = 5 * time.Millisecond
 
-// noWait watches one pool.Acquire of acquireNoWait.
+// noWait is one pool.Acquire of acquireNoWait; guarded by Backend.nwMu.
 type noWait struct {
-	b      *Backend
-	cancel context.CancelCauseFunc
-
-	mu      sync.Mutex
-	t       *time.Timer // runs check
-	stopped bool        // the Acquire returned
-	blocked int         // checks in a row that saw it wait for a release
+	cancel  context.CancelCauseFunc
+	blocked int // checks in a row that saw it wait for a release
 }
 
-// check cancels the Acquire after four checks in a row saw the pool full
-// with nothing under construction, else checks again later.
-func (w *noWait) check() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stopped {
+// checkNoWait cancels the Acquires in flight that four checks in a row saw
+// wait in a pool full with nothing under construction, and runs again
+// later while any is in flight. It runs from the timer only: a timer that
+// fires after the last Acquire returned finds none and stops.
+func (b *Backend) checkNoWait() {
+	st := b.pool.Stat()
+	full := st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns()
+	b.nwMu.Lock()
+	defer b.nwMu.Unlock()
+	for w := range b.nw {
+		if !full {
+			w.blocked = 0
+		} else if w.blocked++; w.blocked >= 4 {
+			w.cancel(ErrNoConnection)
+		}
+	}
+	if len(b.nw) == 0 {
+		b.nwArmed = false
 		return
 	}
-	st := w.b.pool.Stat()
-	if st.ConstructingConns() == 0 && st.AcquiredConns() >= st.MaxConns() {
-		if w.blocked++; w.blocked >= 4 {
-			w.cancel(ErrNoConnection)
-			return
-		}
-	} else {
-		w.blocked = 0
-	}
-	w.t.Reset(noWaitCheck)
+	b.nwTimer.Reset(noWaitCheck)
 }
 
 // serverAddr names the pool's first server as host:port.
@@ -205,28 +214,114 @@ const watchDelay = time.Millisecond
 
 // resume arranges for lc's watcher to start once lc has been idle for
 // watchDelay. The caller holds lc's lock and lc is a live lock connection.
+// The lock connections waiting for their watchers share one timer of the
+// Backend (startWatchers): a timer added per operation would wake the
+// runtime's network poller each time, which costs more than the statement
+// under load.
 func (b *Backend) resume(lc *lockConn) {
-	if lc.w != nil || lc.timer != nil {
+	if lc.w != nil || lc.armed {
 		return
 	}
-	lc.gen++
-	gen := lc.gen
+	gen := lc.gen.Add(1)
+	lc.armed = true
+	due := time.Now().Add(watchDelay)
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	if b.watchClosed {
+		return // Close ends lc
+	}
+	b.watchQ = append(b.watchQ, watchItem{lc: lc, gen: gen, due: due})
+	b.armWatchersLocked(watchDelay)
+}
+
+// watchItem is a lock connection whose watcher is to start at due, unless
+// it was paused since (gen changed).
+type watchItem struct {
+	lc  *lockConn
+	gen uint64
+	due time.Time
+}
+
+// armWatchersLocked sets the watchers' timer to run startWatchers after d,
+// unless it is set already. The caller holds b.watchMu.
+func (b *Backend) armWatchersLocked(d time.Duration) {
+	if b.watchArmed {
+		return
+	}
+	b.watchArmed = true
 	b.watchWG.Add(1)
-	lc.timer = time.AfterFunc(watchDelay, func() {
-		defer b.watchWG.Done()
-		lc.lockWait() // never skipped: a busy lc's user holds it briefly
-		defer lc.unlock()
-		if lc.gen != gen { // paused since (and perhaps resumed)
-			return
+	if b.watchTimer == nil {
+		b.watchTimer = time.AfterFunc(d, b.startWatchers)
+	} else {
+		b.watchTimer.Reset(d)
+	}
+}
+
+// stopWatchers stops the watchers' timer for good (Close).
+func (b *Backend) stopWatchers() {
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	b.watchClosed = true
+	b.watchQ = nil
+	if b.watchArmed && b.watchTimer.Stop() {
+		b.watchArmed = false
+		b.watchWG.Done() // its function will never run
+	}
+}
+
+// startWatchers starts the watchers of the lock connections that are due
+// and were not paused since, and sets the timer again for the others. A
+// connection in use right now is tried again at the next run (its user
+// pauses it, which drops it, or lets it go soon).
+func (b *Backend) startWatchers() {
+	defer b.watchWG.Done()
+	b.watchMu.Lock()
+	q := b.watchQ
+	b.watchQ = nil
+	b.watchArmed = false
+	closed := b.watchClosed
+	b.watchMu.Unlock()
+	if closed {
+		return
+	}
+	now := time.Now()
+	var later []watchItem
+	next := watchDelay
+	for _, it := range q {
+		lc := it.lc
+		if lc.gen.Load() != it.gen {
+			continue // paused since
 		}
-		lc.timer = nil
-		b.mu.Lock()
-		gone := lc.gone
-		b.mu.Unlock()
-		if !gone {
-			b.watch(lc)
+		if now.Before(it.due) {
+			later = append(later, it)
+			next = min(next, it.due.Sub(now))
+			continue
 		}
-	})
+		if !lc.tryLock() {
+			later = append(later, it)
+			continue
+		}
+		if lc.gen.Load() == it.gen && lc.armed {
+			lc.armed = false
+			b.mu.Lock()
+			gone := lc.gone
+			b.mu.Unlock()
+			if !gone {
+				b.watch(lc)
+			}
+		}
+		lc.unlock()
+	}
+	if len(later) == 0 {
+		return
+	}
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	if b.watchClosed {
+		return
+	}
+	b.watchQ = append(later, b.watchQ...)
+	b.armWatchersLocked(next)
 }
 
 // watch starts lc's watcher now. The caller holds lc's lock.
@@ -264,12 +359,9 @@ func (b *Backend) watch(lc *lockConn) {
 // returns an error when the watcher found the connection dead. The caller
 // holds lc's lock.
 func (b *Backend) pause(lc *lockConn) error {
-	if lc.timer != nil {
-		lc.gen++
-		if lc.timer.Stop() {
-			b.watchWG.Done() // its function will never run
-		}
-		lc.timer = nil
+	if lc.armed {
+		lc.gen.Add(1) // startWatchers drops its entry
+		lc.armed = false
 	}
 	w := lc.w
 	if w == nil {

@@ -37,7 +37,18 @@ type Backend struct {
 	monTimer  *time.Timer    // runs monitor; made at the first lock connection
 	monArmed  bool           // monTimer is set (or its tick runs) for the lock connections
 	monWG     sync.WaitGroup // monitor ticks in progress
-	watchWG   sync.WaitGroup // lock connections' watchers
+	watchWG   sync.WaitGroup // lock connections' watchers, and startWatchers
+
+	watchMu     sync.Mutex  // guards the next four; taken after a lock connection's lock and b.mu
+	watchQ      []watchItem // lock connections whose watchers are to start (see resume)
+	watchTimer  *time.Timer // runs startWatchers
+	watchArmed  bool        // watchTimer is set (or startWatchers runs)
+	watchClosed bool        // Close stopped the watchers' timer
+
+	nwMu    sync.Mutex           // guards the next three (see acquireNoWait)
+	nw      map[*noWait]struct{} // pool Acquires in flight
+	nwTimer *time.Timer          // runs checkNoWait
+	nwArmed bool                 // nwTimer is set (or checkNoWait runs)
 
 	recStmts    [4]recStmt    // the prepared statements of holder records (callRecorded)
 	fenceMu     chan struct{} // capacity 1: held while the fencing and holder tables are created
@@ -125,6 +136,7 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	b.stopMonitorIfIdleLocked()
 	b.mu.Unlock()
+	b.stopWatchers()
 	b.monWG.Wait()
 	b.watchWG.Wait()
 	return nil
@@ -167,8 +179,8 @@ type lockConn struct {
 
 	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
 	w     *watch        // the running watcher; guarded by sem
-	timer *time.Timer   // starts the watcher (see resume); guarded by sem
-	gen   uint64        // counts resumes and pauses; guarded by sem
+	armed bool          // its watcher is to start (see resume); guarded by sem
+	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
@@ -437,70 +449,8 @@ func (l *Lease) Release(ctx context.Context) error {
 		return l.errorf("release: %w", backend.ErrNotHeld)
 	}
 	defer l.closeLost()
-	b, lc := l.b, l.lc
-	rctx, cancel := backend.ReleaseContext(ctx, b.cfg.opTimeout)
-	defer cancel()
-	if !lc.lock(rctx) {
-		// A statement in flight on the connection (bounded by
-		// WithOpTimeout) outlasts the release's deadline: the unlock
-		// cannot be confirmed in time. Close the socket, which ends that
-		// statement and the session (freeing its locks), and report the
-		// loss.
-		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
-		lc.lockWait()
-		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
-		lc.unlock()
-		return l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
-	}
-	defer lc.unlock()
-	err := b.pause(lc)
-	if err != nil {
-		b.fail(lc, err)
-	}
-	b.mu.Lock()
-	lost, cause := l.lost, lc.cause
-	b.mu.Unlock()
-	if lost {
-		if cause == nil {
-			cause = errors.New("unknown cause")
-		}
-		return l.errorf("release: %w: its connection failed: %w", backend.ErrLockLost, cause)
-	}
-	var ok bool
-	if l.ukey != nil {
-		ok, err = l.unlockUpgradeable(rctx)
-	} else if b.cfg.holderTable != "" {
-		ok, err = l.unlockRecorded(rctx)
-	} else {
-		ok, err = unlockNotify(rctx, lc.pc.Conn(), l.key, l.mode, l.topic)
-	}
-	if err != nil || !ok {
-		// The unlock was not confirmed: the session may have ended (killed,
-		// reset, restarted), and the server freed the lock at that moment,
-		// perhaps long before; or it may be alive and slow. Either way the
-		// lease cannot show that it held the lock until now, so it is
-		// lost: the connection is closed (which frees every lock of its
-		// session, if it still lives), and every lease on it reports the
-		// loss at once.
-		if err == nil {
-			err = errors.New("the session no longer held it")
-		}
-		b.fail(lc, fmt.Errorf("unlock: %w", err))
-		return l.errorf("release: %w: unlock not confirmed, so its connection was closed: %w", backend.ErrLockLost, err)
-	}
-	b.mu.Lock()
-	delete(lc.leases, l)
-	delete(lc.keys, l.key)
-	if l.ukey != nil {
-		delete(lc.keys, *l.ukey)
-	}
-	b.unholdLeaseLocked(l)
-	retire := b.retireIfIdleLocked(lc)
-	b.mu.Unlock()
-	if retire {
-		lc.pc.Release()
-	} else {
-		b.resume(lc)
-	}
-	return nil
+	ls := [1]*Lease{l}
+	var errs [1]error
+	l.b.releaseOn(ctx, l.lc, ls[:], errs[:])
+	return errs[0]
 }
