@@ -31,7 +31,8 @@
 // DoAll, TryDoAll, AcquireAll and TryAcquireAll take several names all or
 // none, in one canonical order, so that overlapping sets never deadlock; a
 // backend with an atomic path for several names (backend.MultiLocker) takes
-// them in one attempt. Holders lists who holds a name — host, process,
+// them in one attempt, and one that can release several at once
+// (backend.MultiReleaser) gives a set up in one round trip. Holders lists who holds a name — host, process,
 // since when, the owner text given with WithOwner — without taking it.
 //
 // # Guarantees
