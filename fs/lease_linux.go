@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -195,6 +196,9 @@ func (b *Backend) afterRelease(l *Lease, ours bool) {
 	b.mu.Unlock()
 	for _, w := range wake {
 		w.signal()
+	}
+	if len(wake) > 0 {
+		runtime.Gosched()
 	}
 	if !noted {
 		removeIdle(l.path, &b.trust, l.queue, l.counter)

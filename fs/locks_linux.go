@@ -48,7 +48,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	l := b.leaseFile(b.prefix, kindPrefix[kindMutex], encode(name))
 	f := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
+		func() (bool, error) { f.dropIfOrphan(true); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
 		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
 		nil, f.path[len(b.prefix):])
 	if err != nil {
@@ -123,7 +123,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	l := b.rwLease(what, name)
 	rw := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
+		func() (bool, error) { rw.dropIfOrphan(true); return rw.tryFlock(how, b.mode(), true) },
 		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
 		nil, rw.path[len(b.prefix):])
 	if err != nil {
@@ -145,7 +145,7 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 		}
 		s := &(*slots)[i]
 		if keep {
-			s.dropIfOrphan() // a waiter's slot file removed by its holder
+			s.dropIfOrphan(false) // a waiter's slot file removed by its holder
 		}
 		ok, err := s.tryFlock(unix.LOCK_EX, b.mode(), i == 0)
 		if err != nil {
