@@ -198,6 +198,10 @@ func (b *Backend) afterRelease(l *Lease, ours bool) {
 		w.signal()
 	}
 	if len(wake) > 0 {
+		// The woken waiter is the next holder: let it run now. Without
+		// this it waits in this processor's run queue until the caller
+		// blocks (in a hot loop, after the caller's next attempt has
+		// queued it behind the waiter), and its hand-off takes that long.
 		runtime.Gosched()
 	}
 	if !noted {

@@ -5,6 +5,7 @@ package fs
 import (
 	"errors"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -209,6 +210,11 @@ func (m *monitor) dispatch(buf []byte) {
 	b.mu.Unlock()
 	for _, w := range wake {
 		w.signal()
+	}
+	if len(wake) > 0 {
+		// Let the woken waiter run now (see afterRelease), not after
+		// this goroutine's next read.
+		runtime.Gosched()
 	}
 	if all {
 		b.checkLeases(nil)
