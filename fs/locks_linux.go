@@ -49,7 +49,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	f := &l.f
 	err := b.waitLoop(ctx,
 		func() (bool, error) { f.dropIfOrphan(true); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
-		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
+		func() (int64, bool, error) { err := f.join(unix.F_WRLCK); return f.ticket, false, err },
 		nil, f.path[len(b.prefix):])
 	if err != nil {
 		f.close()
@@ -124,7 +124,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	rw := &l.f
 	err := b.waitLoop(ctx,
 		func() (bool, error) { rw.dropIfOrphan(true); return rw.tryFlock(how, b.mode(), true) },
-		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
+		func() (int64, bool, error) { err := rw.join(ticket); return rw.ticket, ticket == unix.F_RDLCK, err },
 		nil, rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
@@ -225,7 +225,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		won, err = b.trySlots(&slots, prefix, limit, true)
 		return won >= 0, err
 	}
-	join := func() (int64, error) { return 0, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
+	join := func() (int64, bool, error) { return 0, false, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
 	if err := b.waitLoop(ctx, try, join, nil, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()

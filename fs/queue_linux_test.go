@@ -515,3 +515,120 @@ func TestReleaseWakesNextWaiter(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalWaitersServedInOrder: waiters of one Backend (a close wakes only
+// the oldest of them) are served one by one in the order they began to
+// wait, whether the holder is in their Backend (its release wakes them
+// directly) or in another (inotify), and waiters that give up (the oldest
+// among them) pass the wake-up on: the wait fallback is a minute and each
+// waiter must be served within 10 s, so a waiter skipped, woken out of
+// order or never woken fails the test.
+func TestLocalWaitersServedInOrder(t *testing.T) {
+	for _, k := range queueKinds {
+		if k.name == "read" {
+			continue // readers go in together
+		}
+		for _, where := range []string{"local", "foreign"} {
+			for _, giveUp := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s/%s/giveUp=%v", k.name, where, giveUp), func(t *testing.T) {
+					t.Parallel()
+					dir := t.TempDir()
+					wb := newBackend(t, dir, WithWaitFallback(time.Minute))
+					hb := wb
+					if where == "foreign" {
+						hb = newBackend(t, dir)
+					}
+					path := filepath.Join(dir, k.file("o"))
+					h := mustTry(t)(k.hold(hb, "o"))
+					const n = 6
+					var waits []<-chan waitResult
+					var cancels []context.CancelFunc
+					for i := range n {
+						ctx, cancel := context.WithTimeout(bg(), time.Minute)
+						defer cancel()
+						cancels = append(cancels, cancel)
+						waits = append(waits, goWait(ctx, k, wb, "o"))
+						waitTickets(t, path, i+1)
+					}
+					order := []int{0, 1, 2, 3, 4, 5}
+					if giveUp {
+						// The oldest waiter and one in the middle give up.
+						for _, i := range []int{0, 3} {
+							cancels[i]()
+							if r := <-waits[i]; !errors.Is(r.err, dlock.ErrNotAcquired) {
+								t.Fatalf("waiter %d gave up with %v", i, r.err)
+							}
+						}
+						order = []int{1, 2, 4, 5}
+					}
+					mustRelease(t, h)
+					for j, i := range order {
+						l := served(t, waits[i])
+						for _, later := range order[j+1:] {
+							select {
+							case r := <-waits[later]:
+								t.Fatalf("waiter %d served (err %v) while waiter %d, who began to wait before it, holds the lock", later, r.err, i)
+							default:
+							}
+						}
+						mustRelease(t, l)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestLocalReadersWokenTogether: of the waiters of one Backend, a close
+// wakes every reader older than the oldest writer (they go in together,
+// and a reader taking the lock closes nothing that would wake the next:
+// four readers must all be in before any leaves), then that writer, then
+// the readers behind it. The wait fallback is a
+// minute: a waiter not woken fails the test.
+func TestLocalReadersWokenTogether(t *testing.T) {
+	for _, where := range []string{"local", "foreign"} {
+		t.Run(where, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			wb := newBackend(t, dir, WithWaitFallback(time.Minute))
+			hb := wb
+			if where == "foreign" {
+				hb = newBackend(t, dir)
+			}
+			read, write := queueKinds[1], queueKinds[2]
+			path := filepath.Join(dir, read.file("t"))
+			h := mustTry(t)(hb.TryWLock(bg(), "t"))
+			ctx, cancel := context.WithTimeout(bg(), time.Minute)
+			defer cancel()
+			var waits []<-chan waitResult
+			for i, k := range []queueKind{read, read, read, read, write, read} {
+				waits = append(waits, goWait(ctx, k, wb, "t"))
+				waitTickets(t, path, i+1)
+			}
+			notYet := func(is ...int) {
+				t.Helper()
+				for _, i := range is {
+					select {
+					case r := <-waits[i]:
+						t.Fatalf("waiter %d served (err %v) before its turn", i, r.err)
+					default:
+					}
+				}
+			}
+			mustRelease(t, h)
+			var readers []*Lease
+			for i := range 4 {
+				readers = append(readers, served(t, waits[i]))
+			}
+			notYet(4, 5)
+			for _, r := range readers {
+				notYet(4, 5)
+				mustRelease(t, r)
+			}
+			w := served(t, waits[4])
+			notYet(5)
+			mustRelease(t, w)
+			mustRelease(t, served(t, waits[5]))
+		})
+	}
+}
