@@ -198,6 +198,18 @@ func (b *Backend) addWaiter(key string) (*waiter, error) {
 	return w, nil
 }
 
+// wakeNext wakes the waiters of the file key (see addWaiter) that may take
+// the lock now (see appendNext).
+func (b *Backend) wakeNext(key string) {
+	var buf [4]*waiter
+	b.mu.Lock()
+	wake := appendNext(buf[:0], b.waiters[key])
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+}
+
 func (b *Backend) removeWaiter(w *waiter) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

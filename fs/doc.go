@@ -261,11 +261,13 @@
 // and wakes the waiters of a file when the file is closed or removed — by a release,
 // by a waiter that gives up, or by the death of a holder or waiter
 // process. Of a Backend's waiters in the queue it wakes only those that
-// can be next: the oldest mutex waiter; for a reader-writer lock, every
-// reader older than the oldest writer (they go in together), else that
-// writer. The others cannot go in before these take the lock or give up,
-// which closes the file again (a release, a waiter's leaving) and wakes
-// them in turn; a semaphore's waiters, and an upgrade, are all woken. A
+// can be next: the oldest waiter of a mutex or a semaphore; for a
+// reader-writer lock, every reader older than the oldest writer (they go
+// in together), else that writer. The others cannot go in before these
+// take the lock or give up, which closes the file again (a release, a
+// waiter's leaving) and wakes them in turn; a semaphore waiter that takes
+// a slot while others wait wakes the next (another slot may be free). An
+// upgrade waiting for readers to leave is woken at every close. A
 // release in the same Backend wakes them at once, without waiting for
 // inotify, and yields its processor to them. The waiter arms
 // before it joins the queue, so a release between its attempt and its

@@ -166,13 +166,16 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 
 // semLease turns slot won of slots into a lease and closes the other slots.
 // A waiter leaves the queue (kept on slot 0) first; if others still wait
-// and tickets may be left, it wakes them.
+// and tickets may be left, it wakes the next (through inotify those of
+// other Backends, directly its own Backend's): a close wakes only the
+// oldest waiter of a Backend, and a slot may still be free.
 func (b *Backend) semLease(ctx context.Context, name string, slots []lockFile, won, limit int) (*Lease, error) {
 	if q := &slots[0]; q.ticket != 0 {
 		q.leave()
 		if limit > 1 {
 			if busy, err := q.queueBusy(); busy || err != nil {
 				q.wake()
+				b.wakeNext(fileName(kindSemSlot, name))
 			}
 		}
 	}
@@ -225,7 +228,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		won, err = b.trySlots(&slots, prefix, limit, true)
 		return won >= 0, err
 	}
-	join := func() (int64, bool, error) { return 0, false, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
+	join := func() (int64, bool, error) { err := slots[0].join(unix.F_WRLCK); return slots[0].ticket, false, err }
 	if err := b.waitLoop(ctx, try, join, nil, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()

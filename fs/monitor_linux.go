@@ -255,9 +255,9 @@ func (b *Backend) checkLeases(only []string) {
 func (b *Backend) afterCloseLocked(wake []*waiter, name string) []*waiter {
 	wake = appendNext(wake, b.waiters[name])
 	if k := slotKey(name); k != "" {
-		for w := range b.waiters[k] {
-			wake = append(wake, w)
-		}
+		// A semaphore's waiters: the oldest takes a slot, then wakes the
+		// next if others wait (see semLease).
+		wake = appendNext(wake, b.waiters[k])
 	}
 	return wake
 }

@@ -632,3 +632,82 @@ func TestLocalReadersWokenTogether(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalSemaphoreWaiters: waiters of one Backend for a semaphore of
+// limit 3 (a close wakes only the oldest; a waiter that takes a slot wakes
+// the next while slots may be free) are served in order, and tickets
+// released together serve as many waiters at once; the holders are in
+// the waiters' Backend or in another. The wait fallback is a minute.
+func TestLocalSemaphoreWaiters(t *testing.T) {
+	for _, where := range []string{"local", "foreign"} {
+		t.Run(where, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			wb := newBackend(t, dir, WithWaitFallback(time.Minute))
+			hb := wb
+			if where == "foreign" {
+				hb = newBackend(t, dir)
+			}
+			path := filepath.Join(dir, slotName(fileName(kindSemSlot, "s"), 0))
+			var held []*Lease
+			for range 3 {
+				held = append(held, mustTry(t)(hb.TryAcquire(bg(), "s", 3)))
+			}
+			ctx, cancel := context.WithTimeout(bg(), time.Minute)
+			defer cancel()
+			const n = 5
+			got := make(chan int, n)
+			errs := make(chan error, n)
+			leases := make([]*Lease, n)
+			for i := range n {
+				go func() {
+					l, err := wb.Acquire(ctx, "s", 3)
+					if err != nil {
+						errs <- err
+						return
+					}
+					leases[i] = l
+					got <- i
+				}()
+				waitTickets(t, path, i+1)
+			}
+			served := func(want ...int) {
+				t.Helper()
+				seen := map[int]bool{}
+				for range want {
+					select {
+					case i := <-got:
+						seen[i] = true
+					case err := <-errs:
+						t.Fatal(err)
+					case <-time.After(10 * time.Second):
+						t.Fatalf("served %v of %v within 10s", seen, want)
+					}
+				}
+				for _, i := range want {
+					if !seen[i] {
+						t.Fatalf("served %v, want %v", seen, want)
+					}
+				}
+				select {
+				case i := <-got:
+					t.Fatalf("waiter %d served too", i)
+				default:
+				}
+			}
+			// Two tickets come free together: the two oldest get in.
+			mustRelease(t, held[0])
+			mustRelease(t, held[1])
+			served(0, 1)
+			mustRelease(t, held[2])
+			served(2)
+			// Three at once: both remaining get in.
+			for _, i := range []int{0, 1, 2} {
+				mustRelease(t, leases[i])
+			}
+			served(3, 4)
+			mustRelease(t, leases[3])
+			mustRelease(t, leases[4])
+		})
+	}
+}
