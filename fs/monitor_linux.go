@@ -5,7 +5,6 @@ package fs
 import (
 	"errors"
 	"os"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -210,11 +209,6 @@ func (m *monitor) dispatch(buf []byte) {
 	b.mu.Unlock()
 	for _, w := range wake {
 		w.signal()
-	}
-	if len(wake) > 0 {
-		// Let the woken waiter run now (see afterRelease), not after
-		// this goroutine's next read.
-		runtime.Gosched()
 	}
 	if all {
 		b.checkLeases(nil)
