@@ -161,10 +161,12 @@ func (b *Backend) removeNoted(file string, k idleFile) {
 type waiter struct {
 	key string
 	c   chan struct{}
-	// ticket is the waiter's place in the queue of a mutex (0 for other
-	// kinds, and before it joins), under b.mu: of a mutex's waiters with a
-	// ticket, a close wakes only the oldest, the only one that can be next.
+	// ticket is the waiter's place in the queue of a mutex or an RW lock
+	// (0 for other waits, and before it joins), under b.mu, and reader
+	// says it is a reader's: a close wakes only the waiters with a ticket
+	// that can be next (see appendNext).
 	ticket int64
+	reader bool
 }
 
 func (w *waiter) signal() {
@@ -196,6 +198,18 @@ func (b *Backend) addWaiter(key string) (*waiter, error) {
 	return w, nil
 }
 
+// wakeNext wakes the waiters of the file key (see addWaiter) that may take
+// the lock now (see appendNext).
+func (b *Backend) wakeNext(key string) {
+	var buf [4]*waiter
+	b.mu.Lock()
+	wake := appendNext(buf[:0], b.waiters[key])
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.signal()
+	}
+}
+
 func (b *Backend) removeWaiter(w *waiter) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -217,7 +231,7 @@ func (b *Backend) removeWaiter(w *waiter) {
 //
 // lost, if not nil, ends the wait with backend.ErrLockLost when it is
 // closed (an upgrade's lease lost meanwhile).
-func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (int64, error), lost <-chan struct{}, key string) error {
+func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join func() (ticket int64, reader bool, err error), lost <-chan struct{}, key string) error {
 	ok, err := try()
 	if ok || err != nil {
 		return err
@@ -227,13 +241,13 @@ func (b *Backend) waitLoop(ctx context.Context, try func() (bool, error), join f
 		return err
 	}
 	defer b.removeWaiter(w)
-	ticket, err := join()
+	ticket, reader, err := join()
 	if err != nil {
 		return err
 	}
 	if ticket != 0 {
 		b.mu.Lock()
-		w.ticket = ticket
+		w.ticket, w.reader = ticket, reader
 		b.mu.Unlock()
 	}
 	const shortest = 2 * time.Millisecond

@@ -258,11 +258,20 @@
 // the backend watches its directory (one inotify instance per Backend, one
 // goroutine that runs only while leases are held, waits are in progress
 // or released lock files wait to be removed)
-// and wakes every waiter of a file when the file is closed or removed — by a release,
+// and wakes the waiters of a file when the file is closed or removed — by a release,
 // by a waiter that gives up, or by the death of a holder or waiter
-// process; the waiter whose turn it is takes the lock, the others sleep
-// again. The waiter arms before it joins the queue, so a release between
-// its attempt and its sleep is not missed. A release unlocks before it
+// process. Of a Backend's waiters in the queue it wakes only those that
+// can be next: the oldest waiter of a mutex or a semaphore; for a
+// reader-writer lock, every reader older than the oldest writer (they go
+// in together), else that writer. The others cannot go in before these
+// take the lock or give up, which closes the file again (a release, a
+// waiter's leaving) and wakes them in turn; a semaphore waiter that takes
+// a slot while others wait wakes the next (another slot may be free). An
+// upgrade waiting for readers to leave is woken at every close. A
+// release in the same Backend wakes them at once, without waiting for
+// inotify, and yields its processor to them. The waiter arms
+// before it joins the queue, so a release between its attempt and its
+// sleep is not missed. A release unlocks before it
 // closes (the kernel announces a close a moment before it drops the closed
 // file's locks); for a dead holder or waiter, whose locks drop just after
 // the announcement, a waiter that woke and found the lock still taken

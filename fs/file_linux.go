@@ -150,8 +150,31 @@ func (f *lockFile) open(mode uint32) error {
 // holder removed it as it let go, see remove): a waiter's next attempt then
 // opens the file that has the name now, and takes its ticket along, at once
 // rather than after an attempt on a file nobody else will lock.
-func (f *lockFile) dropIfOrphan() {
-	if f.fd < 0 {
+//
+// With queued (the file keeps the waiters' queue: a mutex's, an RW lock's)
+// it looks only once per open, with the fstat that identifies the file
+// (see identify), which the attempt that takes the lock then saves: an
+// fstat per attempt was the most frequent system call of a hot mutex.
+// Once the waiter's ticket is in the file, no sweep removes it (the
+// removal's gate needs an empty queue); a file removed otherwise (by hand)
+// is caught by the check every successful attempt makes that the path
+// still names it. Slot files, which keep no queue, are looked at every
+// attempt.
+func (f *lockFile) dropIfOrphan(queued bool) {
+	if f.fd < 0 || (queued && f.known) {
+		return
+	}
+	if queued {
+		fi, err := f.tr.identify(f.fd, f.path)
+		switch {
+		case err != nil:
+			// Left to the identify of the attempt that takes the lock,
+			// which reports it before anything is written.
+		case fi.nlink == 0:
+			f.close()
+		default:
+			f.dev, f.ino, f.known = fi.dev, fi.ino, true
+		}
 		return
 	}
 	var st unix.Stat_t

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -195,6 +196,13 @@ func (b *Backend) afterRelease(l *Lease, ours bool) {
 	b.mu.Unlock()
 	for _, w := range wake {
 		w.signal()
+	}
+	if len(wake) > 0 {
+		// The woken waiter is the next holder: let it run now. Without
+		// this it waits in this processor's run queue until the caller
+		// blocks (in a hot loop, after the caller's next attempt has
+		// queued it behind the waiter), and its hand-off takes that long.
+		runtime.Gosched()
 	}
 	if !noted {
 		removeIdle(l.path, &b.trust, l.queue, l.counter)

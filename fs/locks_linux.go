@@ -48,8 +48,8 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	l := b.leaseFile(b.prefix, kindPrefix[kindMutex], encode(name))
 	f := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { f.dropIfOrphan(); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
-		func() (int64, error) { err := f.join(unix.F_WRLCK); return f.ticket, err },
+		func() (bool, error) { f.dropIfOrphan(true); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
+		func() (int64, bool, error) { err := f.join(unix.F_WRLCK); return f.ticket, false, err },
 		nil, f.path[len(b.prefix):])
 	if err != nil {
 		f.close()
@@ -123,8 +123,8 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	l := b.rwLease(what, name)
 	rw := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { rw.dropIfOrphan(); return rw.tryFlock(how, b.mode(), true) },
-		func() (int64, error) { return 0, rw.join(ticket) }, // readers may go in together: wake all
+		func() (bool, error) { rw.dropIfOrphan(true); return rw.tryFlock(how, b.mode(), true) },
+		func() (int64, bool, error) { err := rw.join(ticket); return rw.ticket, ticket == unix.F_RDLCK, err },
 		nil, rw.path[len(b.prefix):])
 	if err != nil {
 		rw.close()
@@ -145,7 +145,7 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 		}
 		s := &(*slots)[i]
 		if keep {
-			s.dropIfOrphan() // a waiter's slot file removed by its holder
+			s.dropIfOrphan(false) // a waiter's slot file removed by its holder
 		}
 		ok, err := s.tryFlock(unix.LOCK_EX, b.mode(), i == 0)
 		if err != nil {
@@ -166,13 +166,16 @@ func (b *Backend) trySlots(slots *[]lockFile, prefix string, limit int, keep boo
 
 // semLease turns slot won of slots into a lease and closes the other slots.
 // A waiter leaves the queue (kept on slot 0) first; if others still wait
-// and tickets may be left, it wakes them.
+// and tickets may be left, it wakes the next (through inotify those of
+// other Backends, directly its own Backend's): a close wakes only the
+// oldest waiter of a Backend, and a slot may still be free.
 func (b *Backend) semLease(ctx context.Context, name string, slots []lockFile, won, limit int) (*Lease, error) {
 	if q := &slots[0]; q.ticket != 0 {
 		q.leave()
 		if limit > 1 {
 			if busy, err := q.queueBusy(); busy || err != nil {
 				q.wake()
+				b.wakeNext(fileName(kindSemSlot, name))
 			}
 		}
 	}
@@ -225,7 +228,7 @@ func (b *Backend) Acquire(ctx context.Context, name string, limit int) (*Lease, 
 		won, err = b.trySlots(&slots, prefix, limit, true)
 		return won >= 0, err
 	}
-	join := func() (int64, error) { return 0, slots[0].join(unix.F_WRLCK) } // slots free in any order: wake all
+	join := func() (int64, bool, error) { err := slots[0].join(unix.F_WRLCK); return slots[0].ticket, false, err }
 	if err := b.waitLoop(ctx, try, join, nil, prefix); err != nil {
 		for i := range slots {
 			slots[i].close()

@@ -249,31 +249,47 @@ func (b *Backend) checkLeases(only []string) {
 func (b *Backend) afterCloseLocked(wake []*waiter, name string) []*waiter {
 	wake = appendNext(wake, b.waiters[name])
 	if k := slotKey(name); k != "" {
-		for w := range b.waiters[k] {
-			wake = append(wake, w)
-		}
+		// A semaphore's waiters: the oldest takes a slot, then wakes the
+		// next if others wait (see semLease).
+		wake = appendNext(wake, b.waiters[k])
 	}
 	return wake
 }
 
 // appendNext appends to wake the waiters of m that may take the lock after
-// a close of its file: every waiter without a ticket, and of those with one
-// (a mutex's, all in one queue) only the oldest, as the others cannot be
-// next. Waking one waiter per close, not all, keeps a hot mutex with many
+// a close of its file: every waiter without a ticket, and of those with
+// one only those that can be next: every reader older than the oldest
+// writer (readers that may go in together), and that writer if no reader
+// is older. A mutex's waiters are all writers: only the oldest is woken.
+// A younger waiter cannot go in before these take the lock or give up,
+// and either is followed by a close (their release, their giving up) that
+// wakes it then. Waking only these, not all, keeps a hot lock with many
 // waiters in one process from spending its time on attempts that must
 // fail. A waiter that is not woken still retries on its own timer.
 func appendNext(wake []*waiter, m map[*waiter]struct{}) []*waiter {
-	var oldest *waiter
+	var writer *waiter // the oldest writer with a ticket
+	readers := false
 	for w := range m {
 		switch {
 		case w.ticket == 0:
 			wake = append(wake, w)
-		case oldest == nil || w.ticket < oldest.ticket:
-			oldest = w
+		case w.reader:
+			readers = true
+		case writer == nil || w.ticket < writer.ticket:
+			writer = w
 		}
 	}
-	if oldest != nil {
-		wake = append(wake, oldest)
+	older := false // a reader older than writer waits
+	if readers {
+		for w := range m {
+			if w.ticket != 0 && w.reader && (writer == nil || w.ticket < writer.ticket) {
+				wake = append(wake, w)
+				older = true
+			}
+		}
+	}
+	if writer != nil && !older {
+		wake = append(wake, writer)
 	}
 	return wake
 }

@@ -288,34 +288,8 @@ func TestSemaphoreFIFO(t *testing.T) {
 	ctx, cancel := context.WithTimeout(bg(), time.Minute)
 	defer cancel()
 	const n = 4
-	got := make(chan int, n)
-	leases := make([]*Lease, n)
-	errs := make(chan error, n)
-	for i := range n {
-		wb := newBackend(t, dir, WithWaitFallback(time.Minute))
-		go func() {
-			l, err := wb.Acquire(ctx, "s", 2)
-			if err != nil {
-				errs <- err
-				return
-			}
-			leases[i] = l
-			got <- i
-		}()
-		waitTickets(t, path, i+1)
-	}
-	next := func() int {
-		t.Helper()
-		select {
-		case i := <-got:
-			return i
-		case err := <-errs:
-			t.Fatal(err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("no waiter served within 10s")
-		}
-		return -1
-	}
+	got, errs, leases := goAcquire(t, ctx, func(int) *Backend { return newBackend(t, dir, WithWaitFallback(time.Minute)) }, path, n, 2)
+	next := func() int { t.Helper(); return nextServed(t, got, errs) }
 	mustRelease(t, h1)
 	if i := next(); i != 0 {
 		t.Fatalf("waiter %d served first", i)
@@ -513,5 +487,213 @@ func TestReleaseWakesNextWaiter(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatalf("a waiter: %v (a missed wake-up waits for the hour-long fallback; ctx ends it after 30s)", err)
 		}
+	}
+}
+
+// TestLocalWaitersServedInOrder: waiters of one Backend (a close wakes only
+// the oldest of them) are served one by one in the order they began to
+// wait, whether the holder is in their Backend (its release wakes them
+// directly) or in another (inotify), and waiters that give up (the oldest
+// among them) pass the wake-up on: the wait fallback is a minute and each
+// waiter must be served within 10 s, so a waiter skipped, woken out of
+// order or never woken fails the test.
+func TestLocalWaitersServedInOrder(t *testing.T) {
+	for _, k := range queueKinds {
+		if k.name == "read" {
+			continue // readers go in together
+		}
+		for _, giveUp := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/giveUp=%v", k.name, giveUp), func(t *testing.T) {
+				localAndForeign(t, func(t *testing.T, dir string, wb, hb *Backend) {
+					path := filepath.Join(dir, k.file("o"))
+					h := mustTry(t)(k.hold(hb, "o"))
+					const n = 6
+					var waits []<-chan waitResult
+					var cancels []context.CancelFunc
+					for i := range n {
+						ctx, cancel := context.WithTimeout(bg(), time.Minute)
+						defer cancel()
+						cancels = append(cancels, cancel)
+						waits = append(waits, goWait(ctx, k, wb, "o"))
+						waitTickets(t, path, i+1)
+					}
+					order := []int{0, 1, 2, 3, 4, 5}
+					if giveUp {
+						// The oldest waiter and one in the middle give up.
+						for _, i := range []int{0, 3} {
+							cancels[i]()
+							if r := <-waits[i]; !errors.Is(r.err, dlock.ErrNotAcquired) {
+								t.Fatalf("waiter %d gave up with %v", i, r.err)
+							}
+						}
+						order = []int{1, 2, 4, 5}
+					}
+					mustRelease(t, h)
+					for j, i := range order {
+						l := served(t, waits[i])
+						for _, later := range order[j+1:] {
+							select {
+							case r := <-waits[later]:
+								t.Fatalf("waiter %d served (err %v) while waiter %d, who began to wait before it, holds the lock", later, r.err, i)
+							default:
+							}
+						}
+						mustRelease(t, l)
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestLocalReadersWokenTogether: of the waiters of one Backend, a close
+// wakes every reader older than the oldest writer (they go in together,
+// and a reader taking the lock closes nothing that would wake the next:
+// four readers must all be in before any leaves), then that writer, then
+// the readers behind it. The wait fallback is a minute: a waiter not
+// woken fails the test.
+func TestLocalReadersWokenTogether(t *testing.T) {
+	localAndForeign(t, func(t *testing.T, dir string, wb, hb *Backend) {
+		read, write := queueKinds[1], queueKinds[2]
+		path := filepath.Join(dir, read.file("t"))
+		h := mustTry(t)(hb.TryWLock(bg(), "t"))
+		ctx, cancel := context.WithTimeout(bg(), time.Minute)
+		defer cancel()
+		var waits []<-chan waitResult
+		for i, k := range []queueKind{read, read, read, read, write, read} {
+			waits = append(waits, goWait(ctx, k, wb, "t"))
+			waitTickets(t, path, i+1)
+		}
+		notYet := func(is ...int) {
+			t.Helper()
+			for _, i := range is {
+				select {
+				case r := <-waits[i]:
+					t.Fatalf("waiter %d served (err %v) before its turn", i, r.err)
+				default:
+				}
+			}
+		}
+		mustRelease(t, h)
+		var readers []*Lease
+		for i := range 4 {
+			readers = append(readers, served(t, waits[i]))
+		}
+		notYet(4, 5)
+		for _, r := range readers {
+			notYet(4, 5)
+			mustRelease(t, r)
+		}
+		w := served(t, waits[4])
+		notYet(5)
+		mustRelease(t, w)
+		mustRelease(t, served(t, waits[5]))
+	})
+}
+
+// TestLocalSemaphoreWaiters: waiters of one Backend for a semaphore of
+// limit 3 (a close wakes only the oldest; a waiter that takes a slot wakes
+// the next while slots may be free) are served in order, and tickets
+// released together serve as many waiters at once; the holders are in
+// the waiters' Backend or in another. The wait fallback is a minute.
+func TestLocalSemaphoreWaiters(t *testing.T) {
+	localAndForeign(t, func(t *testing.T, dir string, wb, hb *Backend) {
+		path := filepath.Join(dir, slotName(fileName(kindSemSlot, "s"), 0))
+		var held []*Lease
+		for range 3 {
+			held = append(held, mustTry(t)(hb.TryAcquire(bg(), "s", 3)))
+		}
+		ctx, cancel := context.WithTimeout(bg(), time.Minute)
+		defer cancel()
+		const n = 5
+		got, errs, leases := goAcquire(t, ctx, func(int) *Backend { return wb }, path, n, 3)
+		served := func(want ...int) {
+			t.Helper()
+			seen := map[int]bool{}
+			for range want {
+				seen[nextServed(t, got, errs)] = true
+			}
+			for _, i := range want {
+				if !seen[i] {
+					t.Fatalf("served %v, want %v", seen, want)
+				}
+			}
+			select {
+			case i := <-got:
+				t.Fatalf("waiter %d served too", i)
+			default:
+			}
+		}
+		// Two tickets come free together: the two oldest get in.
+		mustRelease(t, held[0])
+		mustRelease(t, held[1])
+		served(0, 1)
+		mustRelease(t, held[2])
+		served(2)
+		// Three at once: both remaining get in.
+		for _, i := range []int{0, 1, 2} {
+			mustRelease(t, leases[i])
+		}
+		served(3, 4)
+		mustRelease(t, leases[3])
+		mustRelease(t, leases[4])
+	})
+}
+
+// goAcquire starts n waiters for a ticket of the semaphore "s" of limit,
+// the i-th in backend(i), one after another: each has its ticket in the
+// queue at path before the next starts. Each sends its index on got once
+// it holds leases[i], or its error on errs.
+func goAcquire(t *testing.T, ctx context.Context, backend func(i int) *Backend, path string, n, limit int) (got chan int, errs chan error, leases []*Lease) {
+	t.Helper()
+	got, errs, leases = make(chan int, n), make(chan error, n), make([]*Lease, n)
+	for i := range n {
+		b := backend(i)
+		go func() {
+			l, err := b.Acquire(ctx, "s", limit)
+			if err != nil {
+				errs <- err
+				return
+			}
+			leases[i] = l
+			got <- i
+		}()
+		waitTickets(t, path, i+1)
+	}
+	return got, errs, leases
+}
+
+// nextServed returns the index of the next waiter of goAcquire served,
+// within 10 s.
+func nextServed(t *testing.T, got <-chan int, errs <-chan error) int {
+	t.Helper()
+	select {
+	case i := <-got:
+		return i
+	case err := <-errs:
+		t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no waiter served within 10s")
+	}
+	return -1
+}
+
+// localAndForeign runs f in two parallel subtests, each with a directory
+// of its own and wb, a Backend of it whose waits fall back after a minute
+// (a waiter served within seconds was woken), and hb, the holders'
+// Backend: wb itself ("local", whose releases wake wb's waiters directly)
+// or another ("foreign", through inotify).
+func localAndForeign(t *testing.T, f func(t *testing.T, dir string, wb, hb *Backend)) {
+	for _, where := range []string{"local", "foreign"} {
+		t.Run(where, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			wb := newBackend(t, dir, WithWaitFallback(time.Minute))
+			hb := wb
+			if where == "foreign" {
+				hb = newBackend(t, dir)
+			}
+			f(t, dir, wb, hb)
+		})
 	}
 }

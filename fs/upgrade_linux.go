@@ -74,20 +74,20 @@ func (l *Lease) Upgrade(ctx context.Context) error {
 		defer l.mu.Unlock()
 		return l.convertLocked()
 	}
-	join := func() (int64, error) {
+	join := func() (int64, bool, error) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.state != leaseHeld {
-			return 0, nil // the next attempt says why
+			return 0, false, nil // the next attempt says why
 		}
 		f := &l.f
 		f.ticket, f.ticketType = monotonicNow(), unix.F_WRLCK
 		if err := f.placeTicket(); err != nil {
 			f.ticket = 0 // never errGated: the upgrade byte keeps the gate out
-			return 0, err
+			return 0, false, err
 		}
 		joined = true
-		return 0, nil // readers leave in any order: wake on every close
+		return 0, false, nil // readers leave in any order: wake on every close
 	}
 	err := l.b.waitLoop(ctx, try, join, l.Lost(), l.file)
 	l.mu.Lock()
