@@ -213,12 +213,16 @@
 // fencing and holder records the statement of a mutex or RW set is
 // prepared once per connection, kind and size. Measured against the same
 // number of single TryAcquire calls in sequence, acquisition and release
-// of every lease included (BenchmarkTryAcquireAll, 6 interleaved rounds,
-// loaded 2-core machine): 2 names 1.36 to 1.44 times as long (the look at
-// pg_locks costs more than the one round trip saved), 8 names 0.76 to
-// 0.87, 32 names 0.61 to 0.66. The releases, one statement per lease,
-// are most of what remains. A set whose names share an advisory key (a
-// hash collision) has no atomic path: it is taken one name after another.
+// of every lease included (BenchmarkTryAcquireAll, 3 interleaved rounds,
+// loaded 2-core machine): 2 names 1.5 to 1.9 times as long (the look at
+// pg_locks costs more than the round trips saved), 8 names 0.38 to 0.45,
+// 32 names 0.19 to 0.22. A set is released (LockSet.Release, through
+// Backend.ReleaseAll) by one statement per lock connection its leases sit
+// on — one for a set taken in one attempt — which unlocks every key and
+// deletes every holder-table row; before it released one lease per
+// statement, and the ratios were 1.36 to 1.44, 0.76 to 0.87 and 0.61 to
+// 0.66. A set whose names share an advisory key (a hash collision) has no
+// atomic path: it is taken one name after another.
 //
 // # Transactions
 //
