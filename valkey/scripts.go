@@ -85,7 +85,11 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // Whole milliseconds rather than microseconds let the nodes of a RedLock,
 // asked at nearly the same moment, mostly agree on a token, which spares
 // the extra round trip that raises their counters (see RedLock). The
-// counter is stored as a decimal integer; the floor stays exact in Lua's
+// t, when given, is the server's TIME already read by the
+// script. The counter is written by SET with GET (Redis 6.2 or later,
+// every Valkey): the floor, and again counter + 1 in the rare case that it
+// is larger, so that the common case is one command. The counter is
+// stored as a decimal integer; the floor stays exact in Lua's
 // doubles (below 2^53) until the year 2255. The counter expires a day
 // after its last use (fenceIdleMs), later if it ran ahead of the floor.
 const luaNextFence = `
@@ -94,13 +98,15 @@ local function fenceTTL(c, f)
   if ahead < 0 then ahead = 0 end
   return ` + fenceIdleMs + ` + ahead
 end
-local function nextFence(key)
-  local t = redis.call('TIME')
+local function nextFence(key, t)
+  t = t or redis.call('TIME')
   local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
-  local c = tonumber(redis.call('GET', key) or '0') or 0
-  local floor = f
-  if c + 1 > f then f = c + 1 end
-  redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
+  local c = tonumber(redis.call('SET', key, string.format('%.0f', f), 'PX', ` + fenceIdleMs + `, 'GET') or '0') or 0
+  if c + 1 > f then
+    local floor = f
+    f = c + 1
+    redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
+  end
   return f
 end
 `
@@ -228,8 +234,9 @@ var acquireMutex = newScript(luaNextFence + luaHold + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
 local empty = redis.call('EXISTS', q) == 0
 if empty and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
-  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true)
-  return nextFence(KEYS[2])
+  local t = redis.call('TIME')
+  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true, t)
+  return nextFence(KEYS[2], t)
 end
 ` + luaQueue + `
 local enqueue0 = enqueue
@@ -429,7 +436,8 @@ return 1
 // waiter's poll.) They take the same KEYS and ARGV.
 
 // KEYS: lock, queue, deadlines, fence, holder records (optional: the
-// release deletes the token's record). ARGV: token, channel, own waiter
+// release deletes the token's record, or the whole hash with the lock when
+// nobody waits). ARGV: token, channel, own waiter
 // prefix, lease ms. A mutex's release whose first waiter is the
 // releaser's own (ARGV[3] not "") grants it the lock: the lock's value
 // becomes the waiter's id (its lease token), the waiter leaves the queue,
@@ -458,12 +466,17 @@ return releaseString(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[
 // uncontended path, which runs without making their closures.)
 const luaReleaseString = `
 local function releaseString(lock, q, d, fence, holders, token, ch, self, leaseMs)
-  if holders then redis.pcall('HDEL', holders, token) end
-  if redis.call('GET', lock) ~= token then return 0 end
+  if redis.call('GET', lock) ~= token then
+    if holders then redis.pcall('HDEL', holders, token) end
+    return 0
+  end
   if redis.call('EXISTS', q) == 0 then
-    redis.call('DEL', lock)
+    -- Nobody waits, and nobody else holds the lock (a writer excludes
+    -- readers): the holder records are this lease's and dead ones.
+    if holders then redis.call('DEL', lock, holders) else redis.call('DEL', lock) end
     return 1
   end
+  if holders then redis.pcall('HDEL', holders, token) end
 ` + luaNextFence + luaQueue + `
   local h = head(q, d)
   if h and self ~= '' then
