@@ -221,12 +221,7 @@ func BenchmarkTryAcquireAll(b *testing.B) {
 				seq += t3.Sub(t2)
 				seqRel += t4.Sub(t2)
 			}
-			per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
-			b.ReportMetric(per(all), "all-ns")
-			b.ReportMetric(per(seq), "seq-ns")
-			b.ReportMetric(float64(seq)/float64(all), "seq/all")
-			b.ReportMetric(per(allRel), "all+rel-ns")
-			b.ReportMetric(per(seqRel), "seq+rel-ns")
+			reportPair(b, "all", "seq", "rel", all, seq, allRel, seqRel)
 		})
 	}
 }
@@ -312,12 +307,19 @@ func BenchmarkReleaseAll(b *testing.B) {
 				each += t4.Sub(t3)
 				eachTry += t4.Sub(t2)
 			}
-			per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
-			b.ReportMetric(per(all), "all-ns")
-			b.ReportMetric(per(each), "each-ns")
-			b.ReportMetric(float64(each)/float64(all), "each/all")
-			b.ReportMetric(per(allTry), "all+try-ns")
-			b.ReportMetric(per(eachTry), "each+try-ns")
+			reportPair(b, "all", "each", "try", all, each, allTry, eachTry)
 		})
 	}
+}
+
+// reportPair reports the two sides of a benchmark that times both in one
+// loop: a's and z's time per operation (a-ns, z-ns), their ratio (z/a), and
+// each with its other half w (a+w-ns, z+w-ns).
+func reportPair(b *testing.B, a, z, w string, ta, tz, taw, tzw time.Duration) {
+	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
+	b.ReportMetric(per(ta), a+"-ns")
+	b.ReportMetric(per(tz), z+"-ns")
+	b.ReportMetric(float64(tz)/float64(ta), z+"/"+a)
+	b.ReportMetric(per(taw), a+"+"+w+"-ns")
+	b.ReportMetric(per(tzw), z+"+"+w+"-ns")
 }
