@@ -221,12 +221,7 @@ func BenchmarkTryAcquireAll(b *testing.B) {
 				seq += t3.Sub(t2)
 				seqRel += t4.Sub(t2)
 			}
-			per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
-			b.ReportMetric(per(all), "all-ns")
-			b.ReportMetric(per(seq), "seq-ns")
-			b.ReportMetric(float64(seq)/float64(all), "seq/all")
-			b.ReportMetric(per(allRel), "all+rel-ns")
-			b.ReportMetric(per(seqRel), "seq+rel-ns")
+			reportPair(b, "all", "seq", "rel", all, seq, allRel, seqRel)
 		})
 	}
 }
@@ -263,4 +258,68 @@ func BenchmarkUncontendedOwner(b *testing.B) {
 	b.ReportMetric(float64(withOwner.Nanoseconds())/float64(b.N), "owner-ns")
 	b.ReportMetric(float64(without.Nanoseconds())/float64(b.N), "plain-ns")
 	b.ReportMetric(float64(withOwner)/float64(without), "owner/plain")
+}
+
+// BenchmarkReleaseAll compares ReleaseAll with one Release per lease: each
+// operation takes n free mutexes by one TryLockAll and releases them by
+// one ReleaseAll (one script) and, interleaved in the same loop, takes
+// them again and releases them by n Release in sequence. Reported:
+// all-ns and each-ns (the releases alone), each/all (their ratio), and
+// all+try-ns, each+try-ns (with the TryLockAll). ns/op is both sides
+// together.
+func BenchmarkReleaseAll(b *testing.B) {
+	for _, n := range []int{2, 8, 32} {
+		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
+			be, ctx := benchBackend(b)
+			names := make([]string, n)
+			for i := range names {
+				names[i] = "relall:" + strconv.Itoa(i)
+			}
+			try := func() []*Lease {
+				ls, busy, err := be.TryLockAll(ctx, names)
+				if err != nil || busy != -1 {
+					b.Fatal(busy, err)
+				}
+				return ls
+			}
+			var all, each, allTry, eachTry time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				t0 := time.Now()
+				ls := try()
+				t1 := time.Now()
+				for _, err := range be.ReleaseAll(ctx, ls) {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				t2 := time.Now()
+				ls = try()
+				t3 := time.Now()
+				for _, l := range ls {
+					if err := l.Release(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				t4 := time.Now()
+				all += t2.Sub(t1)
+				allTry += t2.Sub(t0)
+				each += t4.Sub(t3)
+				eachTry += t4.Sub(t2)
+			}
+			reportPair(b, "all", "each", "try", all, each, allTry, eachTry)
+		})
+	}
+}
+
+// reportPair reports the two sides of a benchmark that times both in one
+// loop: a's and z's time per operation (a-ns, z-ns), their ratio (z/a), and
+// each with its other half w (a+w-ns, z+w-ns).
+func reportPair(b *testing.B, a, z, w string, ta, tz, taw, tzw time.Duration) {
+	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
+	b.ReportMetric(per(ta), a+"-ns")
+	b.ReportMetric(per(tz), z+"-ns")
+	b.ReportMetric(float64(tz)/float64(ta), z+"/"+a)
+	b.ReportMetric(per(taw), a+"+"+w+"-ns")
+	b.ReportMetric(per(tzw), z+"+"+w+"-ns")
 }

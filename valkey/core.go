@@ -109,7 +109,15 @@ type reply struct {
 // toReply reads a script's answer: an integer, a waiter id, or a waiter id
 // and a fencing token (n is then 1).
 func toReply(res valkeygo.ValkeyResult) reply {
-	m, err := res.ToMessage()
+	return msgReply(res.ToMessage())
+}
+
+// msgReply is toReply for an answer already read (one element of
+// releaseAll's, say: err is then nil, and m may be an error).
+func msgReply(m valkeygo.ValkeyMessage, err error) reply {
+	if err == nil {
+		err = m.Error()
+	}
 	if err != nil {
 		return reply{err: err}
 	}
@@ -619,7 +627,20 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
-	owned, refused, rerr := l.releaseOnNodes(rctx)
+	return l.releaseHeld(rctx, wasLost)
+}
+
+// releaseHeld is Release after the extender let go of l (wasLost: l was
+// lost before), within ctx.
+func (l *Lease) releaseHeld(ctx context.Context, wasLost bool) error {
+	owned, refused, err := l.releaseOnNodes(ctx)
+	return l.releaseOutcome(wasLost, owned, refused, err)
+}
+
+// releaseOutcome is Release's answer when the release script found l
+// owned on owned nodes, not owned on refused nodes, and failed with err
+// on the others.
+func (l *Lease) releaseOutcome(wasLost bool, owned, refused int, err error) error {
 	switch {
 	case wasLost:
 		return backend.ErrLockLost
@@ -628,7 +649,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	case refused > len(l.c.nodes)-l.c.quorum:
 		return fmt.Errorf("%w (its key had been deleted or taken over)", backend.ErrLockLost)
 	default:
-		return fmt.Errorf("release failed (the key will expire): %w", rerr)
+		return fmt.Errorf("release failed (the key will expire): %w", err)
 	}
 }
 
@@ -646,6 +667,13 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 	t0 := time.Now() // a lock granted to a waiter is valid from here
 	rs := l.c.evalInto(ctx, buf[:], s, keys, l.rargs[:])
 	retryRelease(ctx, l.c, s, keys, l.rargs[:], rs)
+	return l.released(t0, rs)
+}
+
+// released reads the nodes' answers rs to l's release script, sent at
+// t0: it hands a lock granted to a waiter of this process to it (or wakes
+// it), and counts the nodes where l was owned and those where it was not.
+func (l *Lease) released(t0 time.Time, rs []reply) (owned, refused int, err error) {
 	for _, r := range rs {
 		switch {
 		case r.next != "" && r.fence > 0:

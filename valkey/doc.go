@@ -312,6 +312,15 @@
 // With WithReplicas, each lease of a set is confirmed as a single
 // acquisition is (one WAIT per name, in turn).
 //
+// Backend and RedLock implement backend.MultiReleaser (a set's release):
+// on one node, one script releases the leases of each cluster slot (all of
+// them elsewhere), each exactly as its own release would — its
+// compare-and-delete, its holder record, the wake-up of (or the grant to)
+// its next waiter — and answers for each (a lost lease: ErrLockLost; a key
+// of the wrong type: that lease's error, the others released all the
+// same). A lease alone in its slot, an upgradeable lock's, and a
+// RedLock's are released one by one.
+//
 // # Errors, outages and waits
 //
 // An attempt that meets a server error — connection refused or reset, EOF,

@@ -26,10 +26,14 @@ type extender struct {
 	h    leaseHeap
 	busy int // batches in flight
 	run  bool
-	shut bool
-	wake chan struct{}
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// armed is when the loop's timer fires next (zero: unknown, the loop
+	// is between waits): a lease due after it needs no wake-up, the loop
+	// looks at the heap then.
+	armed time.Time
+	shut  bool
+	wake  chan struct{}
+	stop  chan struct{}
+	wg    sync.WaitGroup
 }
 
 // extenderLinger is how long the extender's goroutine outlives the last
@@ -55,7 +59,9 @@ func (e *extender) add(l *Lease) error {
 		e.run = true
 		e.wg.Add(1)
 		go e.loop()
-	} else if l.idx == 0 {
+	} else if l.idx == 0 && (e.armed.IsZero() || l.due.Before(e.armed)) {
+		// (Not when the loop wakes before it is due: an uncontended lock
+		// taken and released again and again wakes no goroutine.)
 		e.poke()
 	}
 	return nil
@@ -144,6 +150,7 @@ func (e *extender) loop() {
 		}
 		if len(e.h) == 0 && e.busy == 0 {
 			idle = true
+			e.armed = time.Now().Add(extenderLinger)
 			e.mu.Unlock()
 			timer.Reset(extenderLinger)
 			select {
@@ -152,6 +159,9 @@ func (e *extender) loop() {
 				idle = false
 			case <-e.stop:
 			}
+			e.mu.Lock()
+			e.armed = time.Time{}
+			e.mu.Unlock()
 			continue
 		}
 		idle = false
@@ -174,6 +184,7 @@ func (e *extender) loop() {
 			e.wg.Add(1)
 			go e.extend(batch)
 		}
+		e.armed = now.Add(wait)
 		e.mu.Unlock()
 		timer.Reset(max(wait, 0))
 		select {
@@ -181,6 +192,9 @@ func (e *extender) loop() {
 		case <-e.wake:
 		case <-e.stop:
 		}
+		e.mu.Lock()
+		e.armed = time.Time{}
+		e.mu.Unlock()
 	}
 }
 

@@ -84,9 +84,9 @@ var lastRecord atomic.Pointer[ownerRecord]
 
 // luaHold defines the acquire scripts' recording of holders:
 //
-//	hold(h, tok, rec, lease, fresh)  records rec (a record without its
+//	hold(h, tok, rec, lease, fresh, t)  records rec (a record without its
 //	    time; nothing when rec is nil or "") as the holder tok in the hash
-//	    h, with the server's time, and keeps h alive for at least lease
+//	    h, with the server's time (t: TIME already read, or nil), and keeps h alive for at least lease
 //	    ms; fresh deletes every other field first (a mutex or writer that
 //	    took a free lock nobody waits for).
 //	pruneHolders(h, live)  when h has many more fields than live holders
@@ -95,8 +95,8 @@ var lastRecord atomic.Pointer[ownerRecord]
 // A hash of the wrong type (a value dlock did not write) records nothing
 // and fails nothing: the lock is taken without a record.
 const luaHold = `
-local function stamp(rec)
-  local t = redis.call('TIME')
+local function stamp(rec, t)
+  t = t or redis.call('TIME')
   local since = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
   if #rec > 2 then return '{"t":' .. since .. ',' .. string.sub(rec, 2) end
   return '{"t":' .. since .. '}'
@@ -112,9 +112,9 @@ local function holdStamped(h, tok, srec, lease, fresh)
   redis.pcall('HSET', h, tok, srec)
   if redis.call('PTTL', h) < tonumber(lease) then redis.call('PEXPIRE', h, lease) end
 end
-local function hold(h, tok, rec, lease, fresh)
+local function hold(h, tok, rec, lease, fresh, t)
   if not h or not rec or rec == '' then return end
-  holdStamped(h, tok, stamp(rec), lease, fresh)
+  holdStamped(h, tok, stamp(rec, t), lease, fresh)
 end
 local function pruneHolders(h, n, live)
   if not h then return end

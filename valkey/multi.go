@@ -16,6 +16,8 @@ var (
 	_ backend.MultiLocker[*Lease]    = (*Backend)(nil)
 	_ backend.MultiRWLocker[*Lease]  = (*Backend)(nil)
 	_ backend.MultiSemaphore[*Lease] = (*Backend)(nil)
+	_ backend.MultiReleaser[*Lease]  = (*Backend)(nil)
+	_ backend.MultiReleaser[*Lease]  = (*RedLock)(nil)
 )
 
 // errCrossSlot says that a set of names has no atomic path on a cluster.
@@ -76,7 +78,7 @@ func (c *core) tryAll(ctx context.Context, k kind, names []string, limit int) ([
 			return nil, -1, fmt.Errorf("lock %q: %w", name, err)
 		}
 		if cluster {
-			s := int(hashSlot(r.base[len(c.cfg.prefix)+1 : len(r.base)-2]))
+			s := int(c.slotOf(r.base))
 			if slot >= 0 && s != slot {
 				return nil, -1, errCrossSlot
 			}
@@ -147,6 +149,125 @@ func (c *core) cleanupAll(ctx context.Context, rs []*request, args []string, fro
 	for i := from; i < len(rs); i++ {
 		c.cleanup(ctx, c.newLease(rs[i], args[3+2*i]))
 	}
+}
+
+// ReleaseAll implements backend.MultiReleaser: one script releases the
+// leases of one node (on a cluster: of one hash slot), each as its
+// Release would (waking or granting the lock to its next waiter), and
+// answers for each; a lease alone in its slot, and an upgradeable lock's,
+// is released by itself.
+func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
+	return b.c.releaseAll(ctx, leases)
+}
+
+// ReleaseAll implements backend.MultiReleaser: a RedLock releases the
+// leases one after another (each on every node in parallel).
+func (r *RedLock) ReleaseAll(ctx context.Context, leases []*Lease) []error {
+	return r.c.releaseAll(ctx, leases)
+}
+
+// releaseAll releases leases, each as Release would, and returns Release's
+// answer for each: on one node, those of one hash slot by one script
+// (releaseAll); the others one by one.
+func (c *core) releaseAll(ctx context.Context, leases []*Lease) []error {
+	errs := make([]error, len(leases))
+	if len(c.nodes) != 1 {
+		for i, l := range leases {
+			errs[i] = l.Release(ctx)
+		}
+		return errs
+	}
+	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
+	defer cancel()
+	wasLost := make([]bool, len(leases))
+	var batch []int // the leases released by a script of several
+	for i, l := range leases {
+		if l == nil || l.c != c {
+			errs[i] = fmt.Errorf("release: %w: not a lease of this backend", backend.ErrNotHeld)
+			continue
+		}
+		var err error
+		if wasLost[i], err = c.ext.finish(l); err != nil {
+			errs[i] = fmt.Errorf("release: %w", err)
+			continue
+		}
+		if l.kind == kindUpgrade {
+			errs[i] = l.releaseHeld(rctx, wasLost[i])
+			continue
+		}
+		batch = append(batch, i)
+	}
+	if c.nodes[0].client.Mode() != valkeygo.ClientModeCluster {
+		c.releaseGroup(rctx, leases, batch, wasLost, errs)
+		return errs
+	}
+	for len(batch) > 0 {
+		// The leases of the first one's slot, in order; the others next.
+		slot, rest, group := c.slotOf(leases[batch[0]].base), batch[:0:0], batch[:0:0]
+		for _, i := range batch {
+			if c.slotOf(leases[i].base) == slot {
+				group = append(group, i)
+			} else {
+				rest = append(rest, i)
+			}
+		}
+		c.releaseGroup(rctx, leases, group, wasLost, errs)
+		batch = rest
+	}
+	return errs
+}
+
+// releaseGroup releases the leases of leases at the indexes idx, which the
+// extender let go of (wasLost[i]: leases[i] was lost before), by one
+// script when there are several, and puts their answers in errs. When the
+// script's answer is lost to a connection's failure or a timeout, each is
+// released again by itself: one that the script did release then reports
+// its loss — a false alarm, never a loss hidden (see retryRelease).
+func (c *core) releaseGroup(ctx context.Context, leases []*Lease, idx []int, wasLost []bool, errs []error) {
+	if len(idx) == 1 {
+		errs[idx[0]] = leases[idx[0]].releaseHeld(ctx, wasLost[idx[0]])
+	}
+	if len(idx) < 2 {
+		return
+	}
+	keys := make([]string, 0, 5*len(idx))
+	args := make([]string, 0, 5*len(idx))
+	for _, i := range idx {
+		l := leases[i]
+		k := "s"
+		if l.kind == kindRead || l.kind == kindSem {
+			k = "m"
+		}
+		keys = append(keys, l.rkeys[:]...)
+		args = append(append(args, k), l.rargs[:]...)
+	}
+	t0 := time.Now() // a lock granted to a waiter is valid from here
+	res := releaseAll.exec(ctx, c.nodes[0].client, keys, args)
+	c.noteAuth(c.nodes[0], res.Error())
+	answers, err := res.ToArray()
+	if err == nil && len(answers) != len(idx) {
+		err = fmt.Errorf("unexpected answer to the release of %d locks: %d answers", len(idx), len(answers))
+	}
+	if err != nil {
+		for _, i := range idx {
+			if connErr(err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				errs[i] = leases[i].releaseHeld(ctx, wasLost[i])
+			} else {
+				errs[i] = leases[i].releaseOutcome(wasLost[i], 0, 0, err)
+			}
+		}
+		return
+	}
+	for j, i := range idx {
+		owned, refused, err := leases[i].released(t0, []reply{msgReply(answers[j], nil)})
+		errs[i] = leases[i].releaseOutcome(wasLost[i], owned, refused, err)
+	}
+}
+
+// slotOf is the cluster hash slot of the keys of the lock whose key base
+// is base.
+func (c *core) slotOf(base string) uint16 {
+	return hashSlot(base[len(c.cfg.prefix)+1 : len(base)-2])
 }
 
 // hashSlot is the cluster hash slot of a key whose hash tag is tag:

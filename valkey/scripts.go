@@ -85,7 +85,11 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // Whole milliseconds rather than microseconds let the nodes of a RedLock,
 // asked at nearly the same moment, mostly agree on a token, which spares
 // the extra round trip that raises their counters (see RedLock). The
-// counter is stored as a decimal integer; the floor stays exact in Lua's
+// t, when given, is the server's TIME already read by the
+// script. The counter is written by SET with GET (Redis 6.2 or later,
+// every Valkey): the floor, and again counter + 1 in the rare case that it
+// is larger, so that the common case is one command. The counter is
+// stored as a decimal integer; the floor stays exact in Lua's
 // doubles (below 2^53) until the year 2255. The counter expires a day
 // after its last use (fenceIdleMs), later if it ran ahead of the floor.
 const luaNextFence = `
@@ -94,13 +98,15 @@ local function fenceTTL(c, f)
   if ahead < 0 then ahead = 0 end
   return ` + fenceIdleMs + ` + ahead
 end
-local function nextFence(key)
-  local t = redis.call('TIME')
+local function nextFence(key, t)
+  t = t or redis.call('TIME')
   local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
-  local c = tonumber(redis.call('GET', key) or '0') or 0
-  local floor = f
-  if c + 1 > f then f = c + 1 end
-  redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
+  local c = tonumber(redis.call('SET', key, string.format('%.0f', f), 'PX', ` + fenceIdleMs + `, 'GET') or '0') or 0
+  if c + 1 > f then
+    local floor = f
+    f = c + 1
+    redis.call('SET', key, string.format('%.0f', f), 'PX', fenceTTL(f, floor))
+  end
   return f
 end
 `
@@ -228,8 +234,9 @@ var acquireMutex = newScript(luaNextFence + luaHold + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
 local empty = redis.call('EXISTS', q) == 0
 if empty and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
-  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true)
-  return nextFence(KEYS[2])
+  local t = redis.call('TIME')
+  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true, t)
+  return nextFence(KEYS[2], t)
 end
 ` + luaQueue + `
 local enqueue0 = enqueue
@@ -429,7 +436,8 @@ return 1
 // waiter's poll.) They take the same KEYS and ARGV.
 
 // KEYS: lock, queue, deadlines, fence, holder records (optional: the
-// release deletes the token's record). ARGV: token, channel, own waiter
+// release deletes the token's record, or the whole hash with the lock when
+// nobody waits). ARGV: token, channel, own waiter
 // prefix, lease ms. A mutex's release whose first waiter is the
 // releaser's own (ARGV[3] not "") grants it the lock: the lock's value
 // becomes the waiter's id (its lease token), the waiter leaves the queue,
@@ -447,51 +455,97 @@ return 1
 // (leaveQueue); one whose attempt finds itself granted takes the lock
 // over under the attempt's token (acquireMutex): a waiter uses either
 // the grant or its attempt, never both.
-var releaseString = newScript(`
-if KEYS[5] then redis.pcall('HDEL', KEYS[5], ARGV[1]) end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-` + luaNextFence + luaQueue + `
-local h = head(KEYS[2], KEYS[3])
-local self = ARGV[3]
-if h and self ~= '' then
-  if string.sub(h, 1, #self) == self then
-    redis.call('SET', KEYS[1], h, 'PX', ARGV[4])
-    dequeue(KEYS[2], KEYS[3], h)
-    return {h, nextFence(KEYS[4])}
+var releaseString = newScript(luaReleaseString + `
+return releaseString(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+`)
+
+// luaReleaseString defines releaseString(lock, q, d, fence, holders, token,
+// ch, self, lease): releaseString's script for one lease, with its KEYS
+// and ARGV as parameters (holders may be nil), so that releaseAll runs it
+// for several. (The queue's functions are defined only past the
+// uncontended path, which runs without making their closures.)
+const luaReleaseString = `
+local function releaseString(lock, q, d, fence, holders, token, ch, self, leaseMs)
+  if redis.call('GET', lock) ~= token then
+    if holders then redis.pcall('HDEL', holders, token) end
+    return 0
   end
-  -- Another process's waiter: granted for what remains of its place
-  -- (it renews it at every attempt), if that is at least half a lease.
-  local now = clock()
-  local left = tonumber(redis.call('ZSCORE', KEYS[3], h)) - now
-  if left * 2 >= tonumber(ARGV[4]) then
-    redis.call('SET', KEYS[1], h, 'PX', left)
-    dequeue(KEYS[2], KEYS[3], h)
-    redis.call('PUBLISH', ARGV[2], h .. ' ' .. string.format('%.0f', nextFence(KEYS[4])))
+  if redis.call('EXISTS', q) == 0 then
+    -- Nobody waits, and nobody else holds the lock (a writer excludes
+    -- readers): the holder records are this lease's and dead ones.
+    if holders then redis.call('DEL', lock, holders) else redis.call('DEL', lock) end
     return 1
   end
+  if holders then redis.pcall('HDEL', holders, token) end
+` + luaNextFence + luaQueue + `
+  local h = head(q, d)
+  if h and self ~= '' then
+    if string.sub(h, 1, #self) == self then
+      redis.call('SET', lock, h, 'PX', leaseMs)
+      dequeue(q, d, h)
+      return {h, nextFence(fence)}
+    end
+    -- Another process's waiter: granted for what remains of its place
+    -- (it renews it at every attempt), if that is at least half a lease.
+    local now = clock()
+    local left = tonumber(redis.call('ZSCORE', d, h)) - now
+    if left * 2 >= tonumber(leaseMs) then
+      redis.call('SET', lock, h, 'PX', left)
+      dequeue(q, d, h)
+      redis.call('PUBLISH', ch, h .. ' ' .. string.format('%.0f', nextFence(fence)))
+      return 1
+    end
+  end
+  redis.call('DEL', lock)
+  if h then redis.call('PUBLISH', ch, h) end
+  return 1
 end
-redis.call('DEL', KEYS[1])
-if h then redis.call('PUBLISH', ARGV[2], h) end
-return 1
-`)
+`
 
 // KEYS: sorted set, queue, deadlines, fence, holder records (optional).
 // ARGV: token, channel, own waiter prefix, lease ms.
-var releaseMember = newScript(luaQueue + `
-if KEYS[5] then redis.pcall('HDEL', KEYS[5], ARGV[1]) end
-local now = clock()
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-if tonumber(s) <= now then
-  wakeHead(KEYS[2], KEYS[3], ARGV[2], '')
-  return 0
+var releaseMember = newScript(luaReleaseMember + `
+return releaseMember(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
+`)
+
+// luaReleaseMember defines releaseMember(set, q, d, holders, token, ch,
+// self): releaseMember's script for one lease (see luaReleaseString).
+const luaReleaseMember = `
+local function releaseMember(set, q, d, holders, token, ch, self)
+` + luaQueue + `
+  if holders then redis.pcall('HDEL', holders, token) end
+  local now = clock()
+  local s = redis.call('ZSCORE', set, token)
+  if not s then return 0 end
+  redis.call('ZREM', set, token)
+  if tonumber(s) <= now then
+    wakeHead(q, d, ch, '')
+    return 0
+  end
+  return wakeHead(q, d, ch, self) or 1
 end
-return wakeHead(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) or 1
+`
+
+// KEYS: the five release keys of each lease in turn (see releaseString).
+// ARGV: each lease's "s" (a string: releaseString) or "m" (a member of a
+// sorted set: releaseMember) and its four release arguments. It releases
+// each lease as its own release script would and returns their answers
+// in order; a lease whose release fails (a key of the wrong type) answers
+// with its error, and the others are released all the same.
+var releaseAll = newScript(luaReleaseString + luaReleaseMember + `
+local out = {}
+for i = 1, #ARGV / 5 do
+  local k, a = (i - 1) * 5, (i - 1) * 5
+  local ok, r
+  if ARGV[a + 1] == 'm' then
+    ok, r = pcall(releaseMember, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 5], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  else
+    ok, r = pcall(releaseString, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+  end
+  if not ok and type(r) ~= 'table' then r = {err = tostring(r)} end
+  out[i] = r
+end
+return out
 `)
 
 // KEYS: queue, deadlines, and a mutex's lock. ARGV: member, channel, own
