@@ -1,9 +1,9 @@
-// Package valkey is a dlock backend over Valkey or Redis, through
-// github.com/valkey-io/valkey-go: leases with automatic extension, loss
-// detection, fencing tokens, mutexes, reader-writer mutexes (with
-// upgradeable read locks) and semaphores on a single node, a Valkey Cluster
-// or a Sentinel-managed primary, and mutexes by RedLock over several
-// independent nodes.
+// Package valkey is a dlock backend over Valkey, or Redis 6.2 or later
+// (its scripts use SET with GET), through github.com/valkey-io/valkey-go:
+// leases with automatic extension, loss detection, fencing tokens,
+// mutexes, reader-writer mutexes (with upgradeable read locks) and
+// semaphores on a single node, a Valkey Cluster or a Sentinel-managed
+// primary, and mutexes by RedLock over several independent nodes.
 //
 // The package is named valkey, like valkey-go's; import it under another
 // name where both are used:
