@@ -151,20 +151,18 @@ func (f *lockFile) open(mode uint32) error {
 // opens the file that has the name now, and takes its ticket along, at once
 // rather than after an attempt on a file nobody else will lock.
 //
-// With queued (the file keeps the waiters' queue: a mutex's, an RW lock's)
-// it looks only once per open, with the fstat that identifies the file
-// (see identify), which the attempt that takes the lock then saves: an
-// fstat per attempt was the most frequent system call of a hot mutex.
-// Once the waiter's ticket is in the file, no sweep removes it (the
-// removal's gate needs an empty queue); a file removed otherwise (by hand)
-// is caught by the check every successful attempt makes that the path
-// still names it. Slot files, which keep no queue, are looked at every
-// attempt.
+// It looks at every attempt: a file removed by hand while a holder that
+// never lets go (a hung process) still locks it must be left at once, or
+// its waiters would wait for a lock that guards nothing
+// (TestWaiterLeavesRemovedFileHeldByHungHolder). With queued (the file
+// keeps the waiters' queue: a mutex's, an RW lock's) its first look is the
+// fstat that identifies the file (see identify), which the attempt that
+// takes the lock then saves.
 func (f *lockFile) dropIfOrphan(queued bool) {
-	if f.fd < 0 || (queued && f.known) {
+	if f.fd < 0 {
 		return
 	}
-	if queued {
+	if queued && !f.known {
 		fi, err := f.tr.identify(f.fd, f.path)
 		switch {
 		case err != nil:

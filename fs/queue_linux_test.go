@@ -697,3 +697,28 @@ func localAndForeign(t *testing.T, f func(t *testing.T, dir string, wb, hb *Back
 		})
 	}
 }
+
+// TestWaiterLeavesRemovedFileHeldByHungHolder: a waiter whose lock file is
+// removed while a holder that never lets go (a hung process) still holds it
+// moves to the new file and takes the lock there: the removed file's lock
+// guards nothing any more, and waiting for it would wait forever.
+func TestWaiterLeavesRemovedFileHeldByHungHolder(t *testing.T) {
+	dir := t.TempDir()
+	b := newBackend(t, dir)
+	wb := newBackend(t, dir, WithWaitFallback(50*time.Millisecond))
+	path := filepath.Join(dir, fileName(kindMutex, "hung"))
+	h := mustTry(t)(b.TryLock(bg(), "hung"))
+	defer h.Release(bg())
+	ctx, cancel := context.WithTimeout(bg(), 10*time.Second)
+	defer cancel()
+	got := goWait(ctx, queueKinds[0], wb, "hung")
+	waitTickets(t, path, 1)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	l := served(t, got)
+	if same, err := stillNamed(path, l.dev, l.ino); err != nil || !same {
+		t.Fatalf("the waiter holds a file the path no longer names: %v, %v", same, err)
+	}
+	mustRelease(t, l)
+}
