@@ -171,19 +171,19 @@ func (r *RedLock) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 // (releaseAll); the others one by one.
 func (c *core) releaseAll(ctx context.Context, leases []*Lease) []error {
 	errs := make([]error, len(leases))
-	if len(c.nodes) != 1 {
-		for i, l := range leases {
-			errs[i] = l.Release(ctx)
-		}
-		return errs
-	}
 	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
 	wasLost := make([]bool, len(leases))
 	var batch []int // the leases released by a script of several
 	for i, l := range leases {
-		if l == nil || l.c != c {
-			errs[i] = fmt.Errorf("release: %w: not a lease of this backend", backend.ErrNotHeld)
+		switch {
+		case l == nil:
+			errs[i] = fmt.Errorf("release: %w: nil lease", backend.ErrNotHeld)
+			continue
+		case l.c != c || len(c.nodes) != 1:
+			// Another backend's lease (by its own Release, so that it is
+			// never left held), or a RedLock's (one after another).
+			errs[i] = l.Release(ctx)
 			continue
 		}
 		var err error

@@ -212,3 +212,35 @@ func TestReleaseAllRedLock(t *testing.T) {
 		_ = l.Release(ctx)
 	}
 }
+
+// TestReleaseAllForeignLease: a lease of another Backend given to
+// ReleaseAll is released (by its own Release), not left held, and a nil
+// one is an error, not a panic.
+func TestReleaseAllForeignLease(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	space := t.TempDir()
+	a, b := newTestBackend(t, space, addr), newTestBackend(t, space, addr)
+	ctx := testCtx(t)
+	name := "relall-foreign-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	mine, ok, err := a.TryLock(ctx, name+":a")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	foreign, ok, err := b.TryLock(ctx, name+":b")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	errs := a.ReleaseAll(ctx, []*Lease{mine, foreign, nil})
+	if errs[0] != nil || errs[1] != nil || !errors.Is(errs[2], backend.ErrNotHeld) {
+		t.Fatalf("ReleaseAll(mine, foreign, nil): %v", errs)
+	}
+	for _, n := range []string{name + ":a", name + ":b"} {
+		l, ok, err := a.TryLock(ctx, n)
+		if err != nil || !ok {
+			t.Fatalf("%s still held after ReleaseAll: %v, %v", n, ok, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
