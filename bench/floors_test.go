@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -14,8 +17,8 @@ import (
 // The guarantee floors: hand-written locks that do the work one of dlock's
 // default guarantees needs and nothing more, measured beside the plain
 // floor so that the cost of the guarantee is a measured figure rather than
-// an estimate. They cannot wait (BenchmarkUncontended and
-// BenchmarkThroughputKeys only).
+// an estimate. Those that cannot wait (waits: false in libs) are measured
+// in BenchmarkUncontended and BenchmarkThroughputKeys only.
 
 // valkeyFencedFloor is the hand-written lock with a fencing token, which
 // dlock gives by default: one script sets the key NX PX and, when it did,
@@ -157,4 +160,208 @@ func openFSSameCalls(_ testing.TB, dir string) locker { return fsSameCalls{dir} 
 var (
 	_ locker = valkeyFencedFloor{}
 	_ locker = fsSameCalls{}
+	_ locker = fsFairFloor{}
 )
+
+// fsFairFloor is the hand-written lock on files that waits the way dlock's
+// does, with the floor's four calls per acquisition (open, flock, flock,
+// close) and nothing else:
+//   - the wait can be cancelled: a blocking flock cannot be (its thread
+//     sleeps in the kernel until the lock is free), so a waiter tries
+//     LOCK_NB and, while the file is locked, waits for a close in the
+//     directory, which is how a holder lets go (one inotify instance per
+//     locker, its close events watched from the first wait on);
+//   - waiters are served in arrival order: the goroutines of one locker
+//     queue per name in front of the file, so a release hands the lock to
+//     the oldest of them, never back to the goroutine that released.
+//
+// Across lockers (processes) the kernel decides who gets the file, so this
+// floor is less fair than dlock, whose queue spans processes: it is a lower
+// bound of what strict FIFO and a cancellable wait cost. The queues are
+// never freed (the benchmarks use few names).
+type fsFairFloor struct {
+	dir    string
+	queues *sync.Map // name -> *fifo
+	w      *closeWatch
+}
+
+func (f fsFairFloor) lock(ctx context.Context, name string) (held, error) {
+	v, ok := f.queues.Load(name)
+	if !ok {
+		v, _ = f.queues.LoadOrStore(name, new(fifo))
+	}
+	q := v.(*fifo)
+	if err := q.enter(ctx); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(lockPath(f.dir, name), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		q.leave()
+		return nil, err
+	}
+	if err := f.take(ctx, fd); err != nil {
+		_ = unix.Close(fd)
+		q.leave()
+		return nil, err
+	}
+	return &fsFairHeld{fd, q}, nil
+}
+
+// take locks fd, waiting for closes in the directory while it is locked.
+func (f fsFairFloor) take(ctx context.Context, fd int) error {
+	var closed <-chan struct{}
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EWOULDBLOCK && err != unix.EINTR {
+			return err
+		}
+		if closed == nil {
+			// Watch first, then try again: a close between the failed
+			// try and the watch would be lost.
+			if closed, err = f.w.next(); err != nil {
+				return err
+			}
+			continue
+		}
+		select {
+		case <-closed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if closed, err = f.w.next(); err != nil {
+			return err
+		}
+	}
+}
+
+type fsFairHeld struct {
+	fd int
+	q  *fifo
+}
+
+func (h *fsFairHeld) Release(context.Context) error {
+	err := unix.Flock(h.fd, unix.LOCK_UN)
+	if cerr := unix.Close(h.fd); err == nil {
+		err = cerr
+	}
+	h.q.leave()
+	return err
+}
+
+// fifo is a lock that serves its waiters in arrival order.
+type fifo struct {
+	mu   sync.Mutex
+	busy bool
+	wait []chan struct{}
+}
+
+func (q *fifo) enter(ctx context.Context) error {
+	q.mu.Lock()
+	if !q.busy {
+		q.busy = true
+		q.mu.Unlock()
+		return nil
+	}
+	c := make(chan struct{}, 1)
+	q.wait = append(q.wait, c)
+	q.mu.Unlock()
+	select {
+	case <-c:
+		return nil
+	case <-ctx.Done():
+	}
+	q.mu.Lock()
+	if i := slices.Index(q.wait, c); i >= 0 {
+		q.wait = slices.Delete(q.wait, i, i+1)
+		q.mu.Unlock()
+		return ctx.Err()
+	}
+	q.mu.Unlock()
+	q.leave() // handed the turn meanwhile: pass it on
+	return ctx.Err()
+}
+
+func (q *fifo) leave() {
+	q.mu.Lock()
+	if len(q.wait) == 0 {
+		q.busy = false
+		q.mu.Unlock()
+		return
+	}
+	c := q.wait[0]
+	q.wait = slices.Delete(q.wait, 0, 1)
+	q.mu.Unlock()
+	c <- struct{}{}
+}
+
+// closeWatch broadcasts the close events of one directory: next returns a
+// channel closed at the next batch of events.
+type closeWatch struct {
+	dir  string
+	f    *os.File
+	once sync.Once
+	err  error
+	mu   sync.Mutex
+	gen  chan struct{}
+	done chan struct{}
+}
+
+func newCloseWatch(tb testing.TB, dir string) *closeWatch {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := &closeWatch{dir: dir, f: os.NewFile(uintptr(fd), "inotify"), gen: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	tb.Cleanup(func() {
+		_ = w.f.Close()
+		<-w.done
+	})
+	return w
+}
+
+func (w *closeWatch) next() (<-chan struct{}, error) {
+	w.once.Do(func() {
+		raw, err := w.f.SyscallConn()
+		if err != nil {
+			w.err = err
+			return
+		}
+		if cerr := raw.Control(func(fd uintptr) {
+			_, err = unix.InotifyAddWatch(int(fd), w.dir, unix.IN_CLOSE_WRITE|unix.IN_CLOSE_NOWRITE|unix.IN_ONLYDIR)
+		}); cerr != nil {
+			err = cerr
+		}
+		w.err = err
+	})
+	if w.err != nil {
+		return nil, w.err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gen, nil
+}
+
+func (w *closeWatch) run() {
+	defer close(w.done)
+	buf := make([]byte, 4096)
+	for {
+		n, err := w.f.Read(buf)
+		if err != nil {
+			return
+		}
+		if n > 0 {
+			w.mu.Lock()
+			close(w.gen)
+			w.gen = make(chan struct{})
+			w.mu.Unlock()
+		}
+	}
+}
+
+func openFSFairFloor(tb testing.TB, dir string) locker {
+	return fsFairFloor{dir, new(sync.Map), newCloseWatch(tb, dir)}
+}

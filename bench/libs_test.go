@@ -122,6 +122,7 @@ var libs = []lib{
 	{"fs", "gofrs-flock", openGofrsFlock, true},
 	{"fs", "floor", openRawFlock, true},
 	{"fs", "floor-samecalls", openFSSameCalls, false},
+	{"fs", "floor-fair", openFSFairFloor, true},
 }
 
 // ---------------------------------------------------------------- valkey
