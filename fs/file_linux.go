@@ -146,18 +146,36 @@ func (f *lockFile) open(mode uint32) error {
 	})
 }
 
+// waitAttempt is a waiter's attempt on a file that keeps the waiters' queue
+// (a mutex's, an RW lock's): tryFlock, and after an attempt that finds the
+// lock busy, the look whether the file still has a name (dropIfOrphan). A
+// waiter that leaves a removed file tries the file that has the name at
+// once. An attempt that takes the lock needs no such look: lockNamed then
+// checks that the path names the locked file, which saves the hand-off an
+// fstat.
+func (f *lockFile) waitAttempt(how int, mode uint32) (bool, error) {
+	ok, err := f.tryFlock(how, mode, true)
+	if ok || err != nil || f.fd < 0 {
+		return ok, err
+	}
+	if f.dropIfOrphan(true); f.fd < 0 {
+		return f.tryFlock(how, mode, true)
+	}
+	return false, nil
+}
+
 // dropIfOrphan closes f if the file it has open has no name left (its
 // holder removed it as it let go, see remove): a waiter's next attempt then
 // opens the file that has the name now, and takes its ticket along, at once
 // rather than after an attempt on a file nobody else will lock.
 //
-// It looks at every attempt: a file removed by hand while a holder that
-// never lets go (a hung process) still locks it must be left at once, or
-// its waiters would wait for a lock that guards nothing
-// (TestWaiterLeavesRemovedFileHeldByHungHolder). With queued (the file
-// keeps the waiters' queue: a mutex's, an RW lock's) its first look is the
-// fstat that identifies the file (see identify), which the attempt that
-// takes the lock then saves.
+// A waiter looks after every attempt that finds the lock busy: a file
+// removed by hand while a holder that never lets go (a hung process) still
+// locks it must be left at once, or its waiters would wait for a lock that
+// guards nothing (TestWaiterLeavesRemovedFileHeldByHungHolder). With queued
+// (the file keeps the waiters' queue: a mutex's, an RW lock's) its first
+// look is the fstat that identifies the file (see identify), which the
+// attempt that takes the lock then saves.
 func (f *lockFile) dropIfOrphan(queued bool) {
 	if f.fd < 0 {
 		return

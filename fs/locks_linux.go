@@ -48,7 +48,7 @@ func (b *Backend) Lock(ctx context.Context, name string) (*Lease, error) {
 	l := b.leaseFile(b.prefix, kindPrefix[kindMutex], encode(name))
 	f := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { f.dropIfOrphan(true); return f.tryFlock(unix.LOCK_EX, b.mode(), true) },
+		func() (bool, error) { return f.waitAttempt(unix.LOCK_EX, b.mode()) },
 		func() (int64, bool, error) { err := f.join(unix.F_WRLCK); return f.ticket, false, err },
 		nil, f.path[len(b.prefix):])
 	if err != nil {
@@ -123,7 +123,7 @@ func (b *Backend) waitRW(ctx context.Context, what, name string, how int, ticket
 	l := b.rwLease(what, name)
 	rw := &l.f
 	err := b.waitLoop(ctx,
-		func() (bool, error) { rw.dropIfOrphan(true); return rw.tryFlock(how, b.mode(), true) },
+		func() (bool, error) { return rw.waitAttempt(how, b.mode()) },
 		func() (int64, bool, error) { err := rw.join(ticket); return rw.ticket, ticket == unix.F_RDLCK, err },
 		nil, rw.path[len(b.prefix):])
 	if err != nil {
