@@ -66,9 +66,26 @@ type fsSameCalls struct{ dir string }
 const fsRecord = `{"h":"bench-host","p":4411,"s":1796276692095541263,"t":1796276692095541263}` + "\n"
 
 type fsSameHeld struct {
-	fd   int
-	path string
-	ino  uint64
+	fd     int
+	path   string
+	ino    uint64
+	ticket int64 // a waiter's place in the file's queue (fsFairFloor), 0: none
+}
+
+// fsQueueBase is the offset of the tickets in the lock file, as dlock's.
+const fsQueueBase = 1 << 32
+
+// join takes a waiter's ticket: a one-byte OFD lock at the queue's base plus
+// the monotonic clock, which the queue check of a waiter that came later
+// sees.
+func (h *fsSameHeld) join() error {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return err
+	}
+	h.ticket = max(1, ts.Nano())
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Start: fsQueueBase + h.ticket, Len: 1}
+	return unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_SETLK, &lk)
 }
 
 func (r fsSameCalls) lock(_ context.Context, name string) (held, error) {
@@ -86,15 +103,25 @@ func (r fsSameCalls) lock(_ context.Context, name string) (held, error) {
 }
 
 func (h *fsSameHeld) take() error {
-	q := unix.Flock_t{Type: unix.F_WRLCK, Start: 1 << 32}
+	q := unix.Flock_t{Type: unix.F_WRLCK, Start: fsQueueBase}
+	if h.ticket != 0 {
+		q.Len = h.ticket // older tickets only
+	}
 	if err := unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_GETLK, &q); err != nil {
 		return err
 	}
 	if q.Type != unix.F_UNLCK {
-		return errors.New("fs same-calls floor: waiters queued (it does not wait)")
+		return unix.EWOULDBLOCK // waiters queued
 	}
 	if err := unix.Flock(h.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return err
+	}
+	if h.ticket != 0 {
+		lk := unix.Flock_t{Type: unix.F_UNLCK, Start: fsQueueBase}
+		if err := unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_SETLK, &lk); err != nil {
+			return err
+		}
+		h.ticket = 0
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(h.fd, &st); err != nil {
@@ -179,10 +206,17 @@ var (
 // floor is less fair than dlock, whose queue spans processes: it is a lower
 // bound of what strict FIFO and a cancellable wait cost. The queues are
 // never freed (the benchmarks use few names).
+//
+// With same set (floor-fair-samecalls), an acquisition makes dlock's 11 calls
+// instead (fsSameCalls), and a waiter takes a ticket in the file's queue as
+// dlock's does (one OFD lock, dropped once it holds the lock; the queue
+// check then looks at older tickets only): this floor has dlock's calls and
+// its order across processes, without its wake-up of the next waiter.
 type fsFairFloor struct {
 	dir    string
 	queues *sync.Map // name -> *fifo
 	w      *closeWatch
+	same   bool
 }
 
 func (f fsFairFloor) lock(ctx context.Context, name string) (held, error) {
@@ -194,24 +228,33 @@ func (f fsFairFloor) lock(ctx context.Context, name string) (held, error) {
 	if err := q.enter(ctx); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Open(lockPath(f.dir, name), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	path := lockPath(f.dir, name)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		q.leave()
 		return nil, err
 	}
-	if err := f.take(ctx, fd); err != nil {
+	try := func() error { return unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) }
+	join := func() error { return nil }
+	var same *fsSameHeld
+	if f.same {
+		same = &fsSameHeld{fd: fd, path: path}
+		try, join = same.take, same.join
+	}
+	if err := f.take(ctx, try, join); err != nil {
 		_ = unix.Close(fd)
 		q.leave()
 		return nil, err
 	}
-	return &fsFairHeld{fd, q}, nil
+	return &fsFairHeld{fd, same, q}, nil
 }
 
-// take locks fd, waiting for closes in the directory while it is locked.
-func (f fsFairFloor) take(ctx context.Context, fd int) error {
+// take calls try until it locks the file, waiting for closes in the
+// directory while the file is locked; it calls join before its first wait.
+func (f fsFairFloor) take(ctx context.Context, try, join func() error) error {
 	var closed <-chan struct{}
 	for {
-		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		err := try()
 		if err == nil {
 			return nil
 		}
@@ -221,6 +264,9 @@ func (f fsFairFloor) take(ctx context.Context, fd int) error {
 		if closed == nil {
 			// Watch first, then try again: a close between the failed
 			// try and the watch would be lost.
+			if err := join(); err != nil {
+				return err
+			}
 			if closed, err = f.w.next(); err != nil {
 				return err
 			}
@@ -238,14 +284,20 @@ func (f fsFairFloor) take(ctx context.Context, fd int) error {
 }
 
 type fsFairHeld struct {
-	fd int
-	q  *fifo
+	fd   int
+	same *fsSameHeld // nil: the floor's calls
+	q    *fifo
 }
 
-func (h *fsFairHeld) Release(context.Context) error {
-	err := unix.Flock(h.fd, unix.LOCK_UN)
-	if cerr := unix.Close(h.fd); err == nil {
-		err = cerr
+func (h *fsFairHeld) Release(ctx context.Context) error {
+	var err error
+	if h.same != nil {
+		err = h.same.Release(ctx)
+	} else {
+		err = unix.Flock(h.fd, unix.LOCK_UN)
+		if cerr := unix.Close(h.fd); err == nil {
+			err = cerr
+		}
 	}
 	h.q.leave()
 	return err
@@ -362,6 +414,8 @@ func (w *closeWatch) run() {
 	}
 }
 
-func openFSFairFloor(tb testing.TB, dir string) locker {
-	return fsFairFloor{dir, new(sync.Map), newCloseWatch(tb, dir)}
+func openFSFairFloor(same bool) func(tb testing.TB, dir string) locker {
+	return func(tb testing.TB, dir string) locker {
+		return fsFairFloor{dir, new(sync.Map), newCloseWatch(tb, dir), same}
+	}
 }

@@ -122,7 +122,8 @@ var libs = []lib{
 	{"fs", "gofrs-flock", openGofrsFlock, true},
 	{"fs", "floor", openRawFlock, true},
 	{"fs", "floor-samecalls", openFSSameCalls, false},
-	{"fs", "floor-fair", openFSFairFloor, true},
+	{"fs", "floor-fair", openFSFairFloor(false), true},
+	{"fs", "floor-fair-samecalls", openFSFairFloor(true), true},
 }
 
 // ---------------------------------------------------------------- valkey
