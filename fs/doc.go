@@ -499,7 +499,11 @@
 // the already-open lock file (WithFencing(false) saves them); lstat at
 // Release (Release returns nil only if the lock was still held). Release
 // also unlocks before it closes, so that a waiter woken by the close finds
-// the lock free. A writer costs one more (the upgrade byte, see
+// the lock free. A waiter's attempt that finds the lock busy adds an fstat
+// (does its file still have a name? a file removed by hand while a hung
+// holder locks it must be left); one that takes the lock needs none, so a
+// hand-off costs the waiter the queue check, flock, lstat, the drop of its
+// ticket, the counter and the mark. A writer costs one more (the upgrade byte, see
 // Upgradeable read locks); a reader four more (the
 // counter's OFD lock and unlock; its record's claim and pwrite; its mark
 // takes the place of the exclusive holder's). Removing an idle lock file happens off
