@@ -108,6 +108,7 @@ var libs = []lib{
 	{"valkey", "floor", openValkeyFloor, true},
 	{"valkey", "2rtt", openValkey2RTT, false},
 	{"valkey", "floor-fenced", openValkeyFencedFloor, false},
+	{"valkey", "floor-defaults", openValkeyDefaultsFloor, false},
 	// The cost of valkey.WithReplicas(1): dlock over the Sentinel group's
 	// primary (which has two replicas), without and with the option; only
 	// in BenchmarkUncontended (see only).

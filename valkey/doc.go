@@ -102,7 +102,8 @@
 //
 // Every acquisition advances a per-name, per-kind counter in the same
 // script, so Token() is strictly increasing across all holders. The new
-// token is max(counter + 1, the server's time in whole milliseconds × 1000):
+// token is max(counter + 1, the server's time in microseconds; on a RedLock
+// in whole milliseconds × 1000):
 // the counter keeps tokens distinct and increasing however fast acquisitions
 // come, and the clock floor keeps them increasing when the counter is
 // forgotten — a server restarted without persistence, or a failover to a
@@ -110,11 +111,12 @@
 // asynchronous). After such a loss the next token is the server's clock,
 // larger than every earlier token provided (1) the server's clock (TIME) was
 // not stepped back across the outage, and (2) the counter had not run ahead
-// of the clock by more than the outage lasted, which takes more than 1000
-// acquisitions of one name per millisecond, sustained. (On a failover the
+// of the clock by more than the outage lasted, which takes more than one
+// acquisition of one name per microsecond (on a RedLock 1000 per
+// millisecond), sustained. (On a failover the
 // new primary's clock counts: clocks of the nodes must agree to within the
 // failover time.) Tokens are therefore large numbers (about 1.8e15:
-// milliseconds since 1970 × 1000), not counts. A counter expires a day
+// microseconds since 1970), not counts. A counter expires a day
 // after the last acquisition of its lock (later if it had run ahead of the
 // clock floor, by as much), so unused names leave no keys behind; the next
 // token then comes from the floor, which by then is past every earlier
@@ -248,7 +250,10 @@
 // the last queue changes (Sentinel) may forget places in the queue for a
 // moment — waiters queue again at their next attempt — but never lets two
 // holders in. All clients of one lock must run this version: an earlier
-// one ignores the queue (it neither queues nor yields to it).
+// one ignores the queue (it neither queues nor yields to it), and one
+// before the holder record moved into a free mutex's value does not
+// recognise such a lease as its own (its release and extension would fail
+// as lost).
 //
 // RedLock gives no ordering promise: its nodes' queues could disagree, and
 // a waiter first on one node but not on a majority would block everyone.
@@ -267,10 +272,12 @@
 // SemaphoreDescriber (dlock's Holders), and RedLock LockDescriber. Each
 // acquisition records its holder — host name, process id and start, the
 // owner text (dlock.WithOwner), and Since: the server's time (TIME) when
-// it took the lock — in a hash beside the lease, in the lock's slot, keyed
-// by the lease's token, written by the acquire script itself: no extra
-// round trip (an acquisition without an owner text sends a record made
-// once per process). The hash's expiry follows the leases in it (the
+// it took the lock — written by the acquire script itself: no extra round
+// trip (an acquisition without an owner text sends a record made once per
+// process). A mutex taken free with nobody waiting keeps it in the lock's
+// value, after the lease's token, so it lives and dies with the lease;
+// every other acquisition keeps it in a hash beside the lease, in the
+// lock's slot, keyed by the lease's token. The hash's expiry follows the leases in it (the
 // acquire and extension scripts keep it a lease ahead) and a release
 // deletes its holder's record. Describing reads the lock and the records
 // in one read-only script and lists only live holders: the mutex's or

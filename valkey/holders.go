@@ -14,7 +14,9 @@ import (
 
 // Holder records.
 //
-// Every acquisition stores who took the lock in a hash beside the lease,
+// A mutex taken free with nobody waiting stores who took it in the lock's
+// value, after its token (see luaOwner): one SET, nothing else to extend or
+// delete. Every other acquisition stores who took the lock in a hash beside the lease,
 // in the lock's slot (m:h, rw:h, s:h; see keys.go): field = the lease's
 // token, value = internal/holder's stored form, written by the acquire
 // script itself (no extra round trip). The client sends the record
@@ -94,13 +96,22 @@ var lastRecord atomic.Pointer[ownerRecord]
 //
 // A hash of the wrong type (a value dlock did not write) records nothing
 // and fails nothing: the lock is taken without a record.
-const luaHold = `
+const luaHold = luaStamp + luaHoldRest
+
+// luaStamp defines stamp(rec, t): the record rec with the server's time
+// (t: TIME already read, or nil) put in it.
+const luaStamp = `
 local function stamp(rec, t)
   t = t or redis.call('TIME')
   local since = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
   if #rec > 2 then return '{"t":' .. since .. ',' .. string.sub(rec, 2) end
   return '{"t":' .. since .. '}'
 end
+`
+
+// luaHoldRest is luaHold past stamp (acquireMutex defines it after its
+// uncontended path, which needs only stamp).
+const luaHoldRest = `
 local function holdStamped(h, tok, srec, lease, fresh)
   if not h or not srec then return end
   if fresh then
@@ -131,10 +142,13 @@ end
 // otherwise; record "" when none was stored (a lease taken by an older
 // version, say).
 
-// KEYS: the lock (a string holding its holder's token), holder records.
-var describeString = newScript(`
-local t = redis.call('GET', KEYS[1])
-if not t then return {'x'} end
+// KEYS: the lock (a string holding its holder's token, and its record
+// when it was taken free: see luaOwner), holder records.
+var describeString = newScript(luaOwner + `
+local v = redis.call('GET', KEYS[1])
+if not v then return {'x'} end
+local t = owner(v)
+if #t < #v then return {'x', t, string.sub(v, #t + 1)} end
 return {'x', t, redis.call('HGET', KEYS[2], t) or ''}
 `)
 

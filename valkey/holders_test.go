@@ -15,8 +15,10 @@ import (
 	"github.com/dlock-go/dlock/internal/holder"
 )
 
-// holderRecords returns the fields of the holder records of the lock name
-// of kind k, and the hash's PTTL.
+// holderRecords returns the holder records of the lock name of kind k
+// (token -> record), and their PTTL: the fields of the hash, and a
+// mutex's record kept in its lock's value (see luaOwner), whose PTTL is
+// the lock's when the hash is empty.
 func holderRecords(t *testing.T, c valkeygo.Client, b *Backend, k kind, name string) (map[string]string, int64) {
 	t.Helper()
 	_, keys, _, err := lockStrings(nil, b.c.cfg.prefix, name, k)
@@ -32,7 +34,81 @@ func holderRecords(t *testing.T, c valkeygo.Client, b *Backend, k kind, name str
 	if err != nil {
 		t.Fatal(err)
 	}
+	if k == kindMutex {
+		if tok, rec, ok := strings.Cut(lockValue(t, c, keys[0]), "{"); ok {
+			if len(m) == 0 {
+				if pttl, err = c.Do(testCtx(t), c.B().Pttl().Key(keys[0]).Build()).AsInt64(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m[tok] = "{" + rec
+		}
+	}
 	return m, pttl
+}
+
+// lockValue returns the value of the string key key ("" when it does not
+// exist).
+func lockValue(t *testing.T, c valkeygo.Client, key string) string {
+	t.Helper()
+	v, err := c.Do(testCtx(t), c.B().Get().Key(key).Build()).ToString()
+	if valkeygo.IsValkeyNil(err) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestHolderRecordInLockValue checks that a mutex taken free with nobody
+// waiting keeps its holder record in the lock's value, after its token,
+// and writes no hash: describing reads it there, extending and releasing
+// the lease recognise it as their own, and the release deletes it with
+// the lock. A lease of the same lock taken while another waits keeps its
+// record in the hash (TestHolderRecordGranted).
+func TestHolderRecordInLockValue(t *testing.T) {
+	addr := dlocktest.RequireEnv(t, "DLOCK_TEST_VALKEY_ADDR")
+	cl := testClient(t, addr)
+	b := newTestBackend(t, t.TempDir(), addr)
+	name := "holders:in-value"
+	_, keys, _, err := lockStrings(nil, b.c.cfg.prefix, name, kindMutex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := backend.ContextWithOwner(testCtx(t), "owner {with braces}")
+	l, ok, err := b.TryLock(ctx, name)
+	if err != nil || !ok {
+		t.Fatalf("try: %v %v", ok, err)
+	}
+	tok, rec, folded := strings.Cut(lockValue(t, cl, keys[0]), "{")
+	if !folded || tok != l.token {
+		t.Fatalf("the lock's value is %q + %q, want the token %q and its record", tok, rec, l.token)
+	}
+	hd, err := holder.Decode([]byte("{" + rec))
+	if err != nil || hd.Owner != "owner {with braces}" || hd.PID != os.Getpid() {
+		t.Fatalf("the record in the value: %+v, %v", hd, err)
+	}
+	if n, err := cl.Do(testCtx(t), cl.B().Exists().Key(holdersKey(keys, kindMutex)).Build()).AsInt64(); err != nil || n != 0 {
+		t.Fatalf("the holders' hash exists (%d, %v): the record should be in the value only", n, err)
+	}
+	hs, err := b.DescribeLock(testCtx(t), name)
+	if err != nil || len(hs) != 1 || hs[0].Owner != "owner {with braces}" || hs[0].PID != os.Getpid() || hs[0].Since.IsZero() {
+		t.Fatalf("describe: %+v, %v", hs, err)
+	}
+	ext := l.extendCall()
+	if n, err := ext.s.exec(testCtx(t), cl, ext.keys, ext.args).AsInt64(); err != nil || n != 1 {
+		t.Fatalf("extension of the lease: %d, %v; want 1 (owned)", n, err)
+	}
+	if err := l.Release(testCtx(t)); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if v := lockValue(t, cl, keys[0]); v != "" {
+		t.Fatalf("the lock holds %q after the release", v)
+	}
+	if hs, err := b.DescribeLock(testCtx(t), name); err != nil || len(hs) != 0 {
+		t.Fatalf("describe after the release: %+v, %v", hs, err)
+	}
 }
 
 // TestHolderRecords checks the life of holder records on one node, for

@@ -28,7 +28,7 @@ import (
 // The suffixes (see kind) keep a Mutex, an RWMutex and a Semaphore of one
 // name apart:
 //
-//	m      mutex: the lock (a string holding the owner's token, PX lease)
+//	m      mutex: the lock (a string holding the owner's token, and its holder record when taken free; PX lease)
 //	m:f    mutex: the fencing counter
 //	m:q    mutex: the waiter queue (sorted set: waiter scored by arrival, server µs)
 //	m:d    mutex: the waiters' deadlines (sorted set: waiter scored by expiry, server ms)

@@ -78,10 +78,10 @@ func (c *config) checkReplicas() error {
 // (PEXPIRE always propagates, as PEXPIREAT), if the lease still owns it.
 // KEYS: the held key. ARGV: token, "1" for a sorted set of members.
 // Returns 1 if owned, 0 if not (then nothing is written).
-var touchHeld = newScript(`
+var touchHeld = newScript(luaOwner + `
 if ARGV[2] == '1' then
   if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-elseif redis.call('GET', KEYS[1]) ~= ARGV[1] then
+elseif owner(redis.call('GET', KEYS[1])) ~= ARGV[1] then
   return 0
 end
 local t = redis.call('PTTL', KEYS[1])

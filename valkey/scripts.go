@@ -66,6 +66,23 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
+// luaOwner defines owner(v): the token of the lease that holds a lock
+// whose value (a string key: a mutex's lock, an RW lock's writer, GET's
+// answer, false when there is none) is v. A mutex taken free with nobody
+// waiting (acquireMutex's first path) holds its token followed by its
+// holder record ("{...}", see holders.go), which then lives and dies with
+// the lock, with no hash to write, extend and delete; every other value is
+// a token (or a granted waiter's id) alone, whose record is in the lock's
+// hash of holder records. Tokens and waiter ids never hold a "{".
+const luaOwner = `
+local function owner(v)
+  if not v then return v end
+  local i = string.find(v, '{', 1, true)
+  if i then return string.sub(v, 1, i - 1) end
+  return v
+end
+`
+
 // luaKeepTTL makes the sorted set KEYS[1] live at least lease ms.
 const luaKeepTTL = `
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
@@ -73,7 +90,8 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 
 // luaNextFence defines nextFence(key): it advances the fencing counter at
 // key and returns the new token, max(counter + 1, floor), floor being the
-// server's time (TIME) in whole milliseconds, times 1000. The floor keeps
+// server's time (TIME) in microseconds — in whole milliseconds, times
+// 1000, when the script set fenceMs (a RedLock's acquisition). The floor keeps
 // tokens increasing when the counter is forgotten (a server restarted
 // without persistence, a failover to a replica that had not received the
 // last increments): a forgotten counter starts again from the clock, above
@@ -81,10 +99,14 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // them — which it has unless the clock was stepped back, or the counter had
 // run ahead of the clock by more than the outage lasted (it advances by
 // one per acquisition, the floor by 1000 per millisecond: it would take
-// more than 1000 acquisitions of one name per millisecond, sustained).
-// Whole milliseconds rather than microseconds let the nodes of a RedLock,
-// asked at nearly the same moment, mostly agree on a token, which spares
-// the extra round trip that raises their counters (see RedLock). The
+// more than one acquisition of one name per microsecond, sustained; on a
+// RedLock 1000 per millisecond). On one node the floor in microseconds is
+// almost always above the counter, so that the common case writes the
+// counter once even when one name is taken several times a millisecond.
+// On a RedLock, whole milliseconds let the nodes, asked at nearly the same
+// moment, mostly agree on a token, which spares the extra round trip that
+// raises their counters (see RedLock). The two floors never make a token
+// go back: the token is always above the counter. The
 // t, when given, is the server's TIME already read by the
 // script. The counter is written by SET with GET (Redis 6.2 or later,
 // every Valkey): the floor, and again counter + 1 in the rare case that it
@@ -93,6 +115,7 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 // doubles (below 2^53) until the year 2255. The counter expires a day
 // after its last use (fenceIdleMs), later if it ran ahead of the floor.
 const luaNextFence = `
+local fenceMs = false
 local function fenceTTL(c, f)
   local ahead = math.ceil((c - f) / 1000)
   if ahead < 0 then ahead = 0 end
@@ -100,7 +123,8 @@ local function fenceTTL(c, f)
 end
 local function nextFence(key, t)
   t = t or redis.call('TIME')
-  local f = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000
+  local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if fenceMs then f = f - f % 1000 end
   local c = tonumber(redis.call('SET', key, string.format('%.0f', f), 'PX', ` + fenceIdleMs + `, 'GET') or '0') or 0
   if c + 1 > f then
     local floor = f
@@ -230,15 +254,21 @@ end
 // uncontended path comes before the queue's functions are defined: it runs
 // without making their closures.) A waiter's attempts record it under its
 // id, which a release that grants it the lock makes the lock's value.
-var acquireMutex = newScript(luaNextFence + luaHold + `
+var acquireMutex = newScript(luaNextFence + luaStamp + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
+fenceMs = ARGV[4] == '0' -- a RedLock's (see luaNextFence)
 local empty = redis.call('EXISTS', q) == 0
-if empty and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+if empty then
+  -- Free and nobody waits: the holder record goes into the lock's value
+  -- (see luaOwner), one SET.
   local t = redis.call('TIME')
-  hold(KEYS[5], ARGV[1], ARGV[6], ARGV[2], true, t)
-  return nextFence(KEYS[2], t)
+  local v = ARGV[1]
+  if ARGV[6] ~= '' then v = v .. stamp(ARGV[6], t) end
+  if redis.call('SET', lock, v, 'NX', 'PX', ARGV[2]) then
+    return nextFence(KEYS[2], t)
+  end
 end
-` + luaQueue + `
+` + luaHoldRest + luaOwner + luaQueue + `
 local enqueue0 = enqueue
 enqueue = function(q, d, m, lease)
   enqueue0(q, d, m, lease)
@@ -251,7 +281,7 @@ end
 -- Granted by a release in the waiter's process (see releaseString), and
 -- not yet taken there: the attempt takes the lock over under its token.
 -- (Not on a waiter's first attempt, whose token is its id.)
-if waiter ~= '' and waiter ~= ARGV[1] and redis.call('GET', lock) == waiter then
+if waiter ~= '' and waiter ~= ARGV[1] and owner(redis.call('GET', lock)) == waiter then
   redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
   held()
   return nextFence(KEYS[2])
@@ -401,11 +431,14 @@ return -1 - hint
 // Extension scripts return 1 when the lease is still owned and extended, 0
 // when it is not owned.
 
-// KEYS: lock, holder records (optional). ARGV: token, lease ms.
-var extendString = newScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+// KEYS: lock, holder records (optional: kept alive with the lock when
+// the record is there rather than in the lock's value). ARGV: token, lease
+// ms.
+var extendString = newScript(luaOwner + `
+local v = redis.call('GET', KEYS[1])
+if owner(v) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  if KEYS[2] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+  if KEYS[2] and #v == #ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
   return 1
 end
 return 0
@@ -464,9 +497,10 @@ return releaseString(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[
 // and ARGV as parameters (holders may be nil), so that releaseAll runs it
 // for several. (The queue's functions are defined only past the
 // uncontended path, which runs without making their closures.)
-const luaReleaseString = `
+const luaReleaseString = luaOwner + `
 local function releaseString(lock, q, d, fence, holders, token, ch, self, leaseMs)
-  if redis.call('GET', lock) ~= token then
+  local v = redis.call('GET', lock)
+  if owner(v) ~= token then
     if holders then redis.pcall('HDEL', holders, token) end
     return 0
   end
@@ -476,7 +510,7 @@ local function releaseString(lock, q, d, fence, holders, token, ch, self, leaseM
     if holders then redis.call('DEL', lock, holders) else redis.call('DEL', lock) end
     return 1
   end
-  if holders then redis.pcall('HDEL', holders, token) end
+  if holders and #v == #token then redis.pcall('HDEL', holders, token) end
 ` + luaNextFence + luaQueue + `
   local h = head(q, d)
   if h and self ~= '' then
@@ -553,8 +587,8 @@ return out
 // first, it wakes the next (as a release does: the id is returned when it
 // is the caller's own). A mutex's waiter that a release granted the lock
 // to (see releaseString) and that did not take it gives it back.
-var leaveQueue = newScript(luaQueue + `
-if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[1] then
+var leaveQueue = newScript(luaQueue + luaOwner + `
+if KEYS[3] and owner(redis.call('GET', KEYS[3])) == ARGV[1] then
   redis.call('DEL', KEYS[3])
   return wakeHead(KEYS[1], KEYS[2], ARGV[2], ARGV[3]) or 1
 end
@@ -568,8 +602,8 @@ return 1
 // KEYS: lock, fence. ARGV: token, floor. RedLock's second phase: raise a
 // node's fencing counter to the token the acquisition settled on, on a node
 // where the acquisition holds the lock.
-var raiseFence = newScript(luaNextFence + `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+var raiseFence = newScript(luaNextFence + luaOwner + `
+if owner(redis.call('GET', KEYS[1])) == ARGV[1] then
   local c = tonumber(redis.call('GET', KEYS[2]) or '0')
   local n = tonumber(ARGV[2])
   if c < n then
