@@ -251,9 +251,9 @@
 // moment — waiters queue again at their next attempt — but never lets two
 // holders in. All clients of one lock must run this version: an earlier
 // one ignores the queue (it neither queues nor yields to it), and one
-// before the holder record moved into a free mutex's value does not
-// recognise such a lease as its own (its release and extension would fail
-// as lost).
+// before the holder record moved into a free mutex's value lists the
+// holder of such a lock with the record as part of its token and without
+// the record (Describe; its own leases, which it took itself, are plain).
 //
 // RedLock gives no ordering promise: its nodes' queues could disagree, and
 // a waiter first on one node but not on a majority would block everyone.
