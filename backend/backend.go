@@ -197,9 +197,10 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // context, not two. The caller must call cancel.
 //
 // The context is lazy: its deadline is fixed now, but its timer and done
-// channel are made only if a Release asks for Done or Err (a network
-// call does; a release made of local system calls need not), so a release
-// that never looks costs one small allocation.
+// channel are made only if a Release asks for Done (a network call may;
+// one that only checks Err does not, nor does a release made of local
+// system calls), so a release that never waits on Done costs one small
+// allocation.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
 	return c, c.cancel
@@ -208,8 +209,8 @@ func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.C
 // ReleaseDetached calls release with DetachedContext(ctx, timeout) and
 // cancels that context when release returns. It is what the dlock
 // package's Lock.Release does; it costs one small allocation when release
-// never asks the context for Done or Err (DetachedContext's cancel
-// function costs another).
+// never asks the context for Done (DetachedContext's cancel function costs
+// another).
 func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
 	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
 	defer c.cancel()
@@ -261,8 +262,23 @@ func (c *releaseCtx) Deadline() (time.Time, bool) { return c.deadline, true }
 // Done implements context.Context.
 func (c *releaseCtx) Done() <-chan struct{} { return c.ctx().Done() }
 
-// Err implements context.Context.
-func (c *releaseCtx) Err() error { return c.ctx().Err() }
+// Err implements context.Context. Until Done is asked for, it answers from
+// the deadline and cancel alone, without making the real context (a
+// network client that only checks Err before it sends costs no timer).
+func (c *releaseCtx) Err() error {
+	c.mu.Lock()
+	real, canceled := c.real, c.canceled
+	c.mu.Unlock()
+	switch {
+	case real != nil:
+		return real.Err()
+	case canceled:
+		return context.Canceled
+	case !time.Now().Before(c.deadline):
+		return context.DeadlineExceeded
+	}
+	return nil
+}
 
 // Value implements context.Context: the values of the caller's ctx (and,
 // once made, of the real context, so that contexts derived from this one

@@ -65,6 +65,28 @@ func TestDetachedContext(t *testing.T) {
 	if !errors.Is(ctx2.Err(), context.Canceled) {
 		t.Fatalf("Err = %v, want context.Canceled", ctx2.Err())
 	}
+
+	// Err alone (no Done yet) answers from the deadline and cancel: nil
+	// before, DeadlineExceeded once past it; Done is then closed at once.
+	ctx3, cancel3 := backend.DetachedContext(context.Background(), 20*time.Millisecond)
+	defer cancel3()
+	if err := ctx3.Err(); err != nil {
+		t.Fatalf("Err before the deadline = %v", err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if err := ctx3.Err(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Err past the deadline = %v, want context.DeadlineExceeded", err)
+	}
+	select {
+	case <-ctx3.Done():
+	default:
+		t.Fatal("past its deadline, Done is not closed")
+	}
+	ctx4, cancel4 := backend.DetachedContext(context.Background(), time.Hour)
+	cancel4()
+	if err := ctx4.Err(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Err of a cancelled ctx, Done never asked for = %v, want context.Canceled", err)
+	}
 }
 
 // ReleaseDetached hands release a ctx that outlives its cancelled parent,
@@ -93,5 +115,10 @@ func TestReleaseDetached(t *testing.T) {
 	f := func(context.Context) error { return nil }
 	if n := testing.AllocsPerRun(100, func() { _ = backend.ReleaseDetached(parent, time.Minute, f) }); n > 1 {
 		t.Fatalf("ReleaseDetached costs %v allocations, want 1", n)
+	}
+	// A network client that checks Err before it sends makes no timer.
+	f = func(ctx context.Context) error { return ctx.Err() }
+	if n := testing.AllocsPerRun(100, func() { _ = backend.ReleaseDetached(parent, time.Minute, f) }); n > 1 {
+		t.Fatalf("ReleaseDetached whose release checks Err costs %v allocations, want 1", n)
 	}
 }
