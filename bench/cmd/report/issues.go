@@ -159,6 +159,10 @@ func refLabel(be, ref string) string {
 		return "hand-written with a fencing token: one script (`SET NX PX` + `INCR`) + compare-and-delete"
 	case ref == "floor-samecalls":
 		return "hand-written, making dlock's 11 system calls (queue check, path checks, counter and record, record mark)"
+	case ref == "floor-defaults":
+		return "hand-written with the server work of dlock's defaults: queue check, holder record with the server's time, clock-floored fencing token"
+	case ref == "floor-watched":
+		return "hand-written with dlock's loss watcher and server-bounded wait (lock_timeout in the lock's statement)"
 	case ref == "floor-fair":
 		return "hand-written, waiting as dlock does (cancellable: inotify; arrival order in a process), the floor's 4 calls"
 	case ref == "floor-fair-samecalls":
