@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -672,5 +673,165 @@ func TestFencingTableNeverWaits(t *testing.T) {
 		if l != nil {
 			_ = l.Release(ctx)
 		}
+	}
+}
+
+// TestIdleLockConnsGoBack: concurrent tries and releases of distinct names
+// keep the lock connections that no longer hold anything for the next try
+// (see Connections in the package doc), and give every one back to the
+// pool by the time the last release returns.
+func TestIdleLockConnsGoBack(t *testing.T) {
+	url := testURL(t)
+	pool := newPool(t, url, 24)
+	b := newOn(t, pool)
+	ctx := ctxT(t, time.Minute)
+	const goroutines, rounds = 16, 100
+	var (
+		wg   sync.WaitGroup
+		most atomic.Int64
+	)
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			name := fmt.Sprintf("idle-%d", g)
+			for range rounds {
+				l, ok, err := b.TryLock(ctx, name)
+				if err == nil && !ok {
+					err = fmt.Errorf("%s: busy, but nobody else takes it", name)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				if n := int64(b.Stats().LockConns); n > most.Load() {
+					most.Store(n)
+				}
+				if err := l.Release(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if s := b.Stats(); s.LockConns != 0 || s.Leases != 0 {
+		t.Fatalf("after the last release: %+v, want no lock connection", s)
+	}
+	if n := pool.Stat().AcquiredConns(); n != 0 {
+		t.Fatalf("after the last release: %d pool connections acquired, want 0", n)
+	}
+	t.Logf("%d goroutines, %d locks each: at most %d lock connections", goroutines, rounds, most.Load())
+}
+
+// TestWaitTakesIdleLockConn: a wait that must queue on the server, over a
+// pool whose every connection this backend holds, one of them idle (kept
+// for a try in flight on the other), takes the idle one and queues (it
+// does not poll with tries, which would lose its place in the queue).
+func TestWaitTakesIdleLockConn(t *testing.T) {
+	url := testURL(t)
+	const table = "dlock_test_fencing_idle"
+	pool := newPool(t, url, 3)
+	b := newOn(t, pool, pg.WithFencing(table))
+	other, _ := newBackend(t, url)
+	ctx := ctxT(t, time.Minute)
+	stuck, free, queued := "idle-stuck", "idle-free", "idle-queued"
+	// The fencing row of stuck exists; a transaction of its own locks it,
+	// so that a try of stuck stays in flight on a lock connection.
+	l, err := b.Lock(ctx, stuck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := pg.MutexKey(stuck).Int64()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rowTx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rowTx.Rollback(context.Background()) }()
+	if _, err := rowTx.Exec(ctx, "SELECT token FROM "+table+" WHERE space = 1 AND key = $1 FOR UPDATE", key); err != nil {
+		t.Fatal(err)
+	}
+	stuckDone := make(chan error, 1)
+	go func() {
+		l, ok, err := b.TryLock(ctx, stuck)
+		if err == nil && ok {
+			err = l.Release(ctx)
+		}
+		stuckDone <- err
+	}()
+	// The try of stuck is in flight (waiting for the row) on one
+	// connection; free is taken and released on another, which stays,
+	// idle; the test takes the pool's last connection.
+	for end := time.Now().Add(10 * time.Second); b.Stats().LockConns < 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the try of stuck did not start")
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	lf, ok, err := b.TryLock(ctx, free)
+	if err != nil || !ok {
+		t.Fatalf("TryLock(%s): %v %v", free, ok, err)
+	}
+	if err := lf.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, n := b.Stats(), pool.Stat().AcquiredConns(); s.LockConns != 2 || n != 2 {
+		t.Fatalf("%+v, %d pool connections acquired: want 2 lock connections (one idle)", s, n)
+	}
+	last, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer last.Release()
+	// queued is held elsewhere: the wait must queue on the server.
+	h, err := other.Lock(ctx, queued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		l, err := b.Lock(ctx, queued)
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		got <- err
+	}()
+	qkey, _ := pg.MutexKey(queued).Int64()
+	// Within 2s: before the try of stuck times out (WithOpTimeout, 5s),
+	// which would free a connection.
+	for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n := scalar[int64](t, url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", qkey)
+		if n == 1 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the wait did not queue on the server within 2s")
+		}
+	}
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the wait: %v", err)
+	}
+	if err := rowTx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stuckDone; err != nil {
+		t.Fatalf("the try of stuck: %v", err)
+	}
+	if s := b.Stats(); s.LockConns != 0 {
+		t.Fatalf("after the last release: %+v, want no lock connection", s)
 	}
 }

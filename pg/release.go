@@ -82,7 +82,11 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		}
 		return
 	}
-	defer lc.unlock()
+	var others []*lockConn // idle lock connections to give back once lc's lock is released
+	defer func() {
+		lc.unlock()
+		b.giveBack(others)
+	}()
 	if err := b.pause(lc); err != nil {
 		b.fail(lc, err)
 	}
@@ -153,11 +157,12 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		b.fail(lc, fmt.Errorf("unlock: %w", failed))
 		return
 	}
-	retire := b.retireIfIdleLocked(lc)
+	retire, keep := b.retireIfIdleLocked(lc)
+	others = b.takeIdleLocked()
 	b.mu.Unlock()
 	if retire {
 		lc.pc.Release()
-	} else {
+	} else if !keep {
 		b.resume(lc)
 	}
 }
