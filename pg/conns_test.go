@@ -724,6 +724,9 @@ func TestIdleLockConnsGoBack(t *testing.T) {
 	if n := pool.Stat().AcquiredConns(); n != 0 {
 		t.Fatalf("after the last release: %d pool connections acquired, want 0", n)
 	}
+	if n := pg.IdleStack(b); n != 0 {
+		t.Fatalf("after the last release: %d entries on the stack of idle lock connections, want 0", n)
+	}
 	t.Logf("%d goroutines, %d locks each: at most %d lock connections", goroutines, rounds, most.Load())
 }
 

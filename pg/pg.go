@@ -319,6 +319,14 @@ func (b *Backend) takeIdleLocked() []*lockConn {
 			out = append(out, lc)
 		}
 	}
+	// Nothing on the stack is idle now: empty it, so that it does not
+	// keep the connections retired without a pop (here, by the monitor,
+	// by a wait) for ever.
+	for _, lc := range b.idle {
+		lc.stacked = false
+	}
+	clear(b.idle)
+	b.idle = b.idle[:0]
 	return out
 }
 
