@@ -221,10 +221,6 @@ var errRetry = errors.New("lock connection gone")
 // acquisition fails with an error matching ErrNoConnection within about
 // 20ms (see acquireNoWait).
 func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
-	if lc := b.popIdleLocked(); lc != nil { // holds no key
-		lc.idleAt = false
-		return lc, false
-	}
 	var best *lockConn
 	n := 0
 	for c := range b.conns {
@@ -237,11 +233,9 @@ func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 		}
 		if best == nil || c.pending < best.pending || (c.pending == best.pending && len(c.leases) < len(best.leases)) {
 			best = c
-			if c.pending == 0 && len(c.keys) == 0 && c.pc != nil {
-				break // an idle one: none is better
-			}
 		}
 	}
+	free := b.freeLocked()
 	var grow bool
 	switch {
 	case best == nil:
@@ -251,15 +245,14 @@ func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 		grow = true
 	case best.pending > 0 && n < b.cfg.maxLockConns:
 		// Spread concurrent tries, but leave a connection for a wait.
-		grow = b.freeLocked() > 1
+		grow = free > 1
 	case len(best.leases) >= b.cfg.maxLeases:
 		// PostgreSQL walks all of a session's locks at the end of every
 		// transaction, so each statement on a session holding n locks
 		// costs O(n): spread large numbers of leases.
-		grow = b.freeLocked() > 0
+		grow = free > 0
 	}
 	if !grow {
-		best.idleAt = false
 		return best, false
 	}
 	lc = newLockConn(nil)
@@ -370,17 +363,15 @@ func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bo
 // else its watcher resumes; then lc's lock is released.
 func (b *Backend) done(lc *lockConn) {
 	b.mu.Lock()
-	retire, keep := b.retireIfIdleLocked(lc)
+	retire := b.retireIfIdleLocked(lc)
 	gone := lc.gone
-	others := b.takeIdleLocked()
 	b.mu.Unlock()
 	if retire {
 		lc.pc.Release()
-	} else if !gone && !keep {
+	} else if !gone {
 		b.resume(lc)
 	}
 	lc.unlock()
-	b.giveBack(others)
 }
 
 // tryOn runs the try of r on lc, which the caller took (take) with r.key

@@ -67,17 +67,6 @@ func (b *Backend) noConnErrLocked() error {
 func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	b.mu.Lock()
 	if b.freeLocked() <= 0 {
-		if lc := b.stealIdleLocked(); lc != nil {
-			b.mu.Unlock()
-			lc.lockWait() // a ping of the monitor may be running
-			err := b.pause(lc)
-			lc.unlock()
-			if err != nil {
-				destroy(lc.pc)
-				return nil, fmt.Errorf("connect to %s: %w", b.addr, err)
-			}
-			return lc.pc, nil
-		}
 		err := b.noConnErrLocked()
 		b.mu.Unlock()
 		return nil, err
@@ -89,19 +78,6 @@ func (b *Backend) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	b.acquiring--
 	b.mu.Unlock()
 	return pc, err
-}
-
-// stealIdleLocked takes an idle lock connection (see idle) out of the lock
-// connections, for its pool connection, or returns nil: the pool is empty,
-// and an idle one must not keep a wait from its own connection.
-func (b *Backend) stealIdleLocked() *lockConn {
-	for lc := range b.conns {
-		if idle(lc) {
-			b.retireLocked(lc)
-			return lc
-		}
-	}
-	return nil
 }
 
 // acquireNoWait runs pool.Acquire, giving it up when it waits for a

