@@ -118,6 +118,7 @@ var libs = []lib{
 	{"pg", "pglock", openPglock, true},
 	{"pg", "floor", openPGFloor, true},
 	{"pg", "2rtt", openPG2RTT, false},
+	{"pg", "floor-watched", openPGWatchedFloor, true},
 	{"fs", "dlock", openDlockFS(true), true},
 	{"fs", "dlock-nofencing", openDlockFS(false), true},
 	{"fs", "gofrs-flock", openGofrsFlock, true},
