@@ -162,7 +162,7 @@ func refLabel(be, ref string) string {
 	case ref == "floor-defaults":
 		return "hand-written with the server work of dlock's defaults: queue check, holder record with the server's time, clock-floored fencing token"
 	case ref == "floor-watched":
-		return "hand-written with dlock's loss watcher and server-bounded wait (lock_timeout in the lock's statement)"
+		return "hand-written with dlock's pg guarantees: try first, else set_config timeouts batched with pg_advisory_lock; loss watcher after 1 ms, paused at release"
 	case ref == "floor-fair":
 		return "hand-written, waiting as dlock does (cancellable: inotify; arrival order in a process), the floor's 4 calls"
 	case ref == "floor-fair-samecalls":
