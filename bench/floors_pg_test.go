@@ -169,18 +169,12 @@ func (h *pgWatchedHeld) Release(ctx context.Context) error {
 			err = errors.New("pg watched floor: lock lost")
 		}
 	}
-	if err == nil {
-		var ok bool
-		err = h.conn.QueryRow(ctx, pgWFloorUnlock, h.key).Scan(&ok)
-		if err == nil && !ok {
-			err = errors.New("pg_advisory_unlock: not held")
-		}
-	}
 	if err != nil {
 		_ = h.conn.Conn().Close(context.Background())
+		h.conn.Release()
+		return err
 	}
-	h.conn.Release()
-	return err
+	return pgUnlock(ctx, h.conn, pgWFloorUnlock, h.key)
 }
 
 func openPGWatchedFloor(tb testing.TB, _ string) locker {

@@ -525,15 +525,22 @@ func (f pgFloor) lock(ctx context.Context, name string) (held, error) {
 }
 
 func (h *pgFloorHeld) Release(ctx context.Context) error {
+	return pgUnlock(ctx, h.conn, pgFloorUnlock, h.key)
+}
+
+// pgUnlock runs the prepared unlock statement stmt for key on conn and
+// gives conn back to the pool; a connection whose unlock failed is closed
+// first, never pooled (pgxpool does not reset sessions).
+func pgUnlock(ctx context.Context, conn *pgxpool.Conn, stmt string, key int64) error {
 	var ok bool
-	err := h.conn.QueryRow(ctx, pgFloorUnlock, h.key).Scan(&ok)
+	err := conn.QueryRow(ctx, stmt, key).Scan(&ok)
 	if err == nil && !ok {
 		err = errors.New("pg_advisory_unlock: not held")
 	}
 	if err != nil {
-		_ = h.conn.Conn().Close(context.Background())
+		_ = conn.Conn().Close(context.Background())
 	}
-	h.conn.Release()
+	conn.Release()
 	return err
 }
 
