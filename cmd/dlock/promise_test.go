@@ -11,7 +11,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -629,15 +628,10 @@ func TestSymlinkRefused(t *testing.T) {
 	}
 	// Plant the link at the lock file's name (fs: r-NAME, the
 	// reader-writer lock whose write side run takes). The run removes its
-	// idle lock file at exit; remove it here in case it did not (seen once
-	// on a loaded machine: this test is about the link, not the removal).
-	lockFile := filepath.Join(dir, "r-"+name)
-	if err := os.Remove(lockFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(other, lockFile); err != nil {
-		t.Fatal(err)
-	}
+	// idle lock file at exit; the link replaces it in case it did not (seen
+	// once on a loaded machine: this test is about the link, not the
+	// removal).
+	plantLink(t, other, filepath.Join(dir, "r-"+name))
 	code, _, stderr := runDlock(t, tg, "run", name, "--", "true")
 	if code != exitUsage || !strings.Contains(stderr, "symbolic link") {
 		t.Errorf("symlinked lock file: exit %d, %s", code, stderr)
@@ -655,11 +649,7 @@ func TestSymlinkRefused(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if strings.Contains(e.Name(), name) {
-			p := filepath.Join(dir, e.Name())
-			os.Remove(p)
-			if err := os.Symlink(other, p); err != nil {
-				t.Fatal(err)
-			}
+			plantLink(t, other, filepath.Join(dir, e.Name()))
 		}
 	}
 	start := time.Now()
@@ -669,6 +659,22 @@ func TestSymlinkRefused(t *testing.T) {
 	}
 	if code := h.wait(t); code != exitLost {
 		t.Errorf("holder whose lock file was replaced: exit %d, want %d", code, exitLost)
+	}
+}
+
+// plantLink makes path a symbolic link to target in one step, whatever
+// path is now (a symbolic link made beside it and renamed over it): removing
+// the file first left a moment in which a waiter whose file vanished opens
+// (and so creates) the file that has the name, and the link then failed
+// with "file exists".
+func plantLink(t *testing.T, target, path string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), ".plant-"+filepath.Base(path))
+	if err := os.Symlink(target, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
 	}
 }
 
