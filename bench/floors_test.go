@@ -258,7 +258,10 @@ func (f fsFairFloor) take(ctx context.Context, try, join func() error) error {
 		if err == nil {
 			return nil
 		}
-		if err != unix.EWOULDBLOCK && err != unix.EINTR {
+		if err == unix.EINTR {
+			continue // interrupted, not busy: try again at once
+		}
+		if err != unix.EWOULDBLOCK {
 			return err
 		}
 		if closed == nil {
