@@ -109,6 +109,7 @@ var libs = []lib{
 	{"valkey", "2rtt", openValkey2RTT, false},
 	{"valkey", "floor-fenced", openValkeyFencedFloor, false},
 	{"valkey", "floor-defaults", openValkeyDefaultsFloor, false},
+	{"valkey", "floor-defaults-fair", openValkeyFairFloor, true},
 	// The cost of valkey.WithReplicas(1): dlock over the Sentinel group's
 	// primary (which has two replicas), without and with the option; only
 	// in BenchmarkUncontended (see only).

@@ -161,6 +161,8 @@ func refLabel(be, ref string) string {
 		return "hand-written, making dlock's 11 system calls (queue check, path checks, counter and record, record mark)"
 	case ref == "floor-defaults":
 		return "hand-written with the server work of dlock's defaults: queue check, holder record with the server's time, clock-floored fencing token"
+	case ref == "floor-defaults-fair":
+		return "floor-defaults waiting as dlock does: arrival order in a process (a queue per name) and across processes (the server's queue), cancellable"
 	case ref == "floor-watched":
 		return "hand-written with dlock's pg guarantees: try first, else set_config timeouts batched with pg_advisory_lock; loss watcher after 1 ms, paused at release"
 	case ref == "floor-fair":
