@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -70,19 +71,31 @@ func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 // one statement on lc, and sets errs[i] to the outcome of ls[i] (see
 // Release). The caller closes their Lost channels.
 func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs []error) {
-	rctx, cancel := backend.ReleaseContext(ctx, b.cfg.opTimeout)
-	defer cancel()
-	if !lc.lock(rctx) {
-		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
-		lc.lockWait()
-		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
-		lc.unlock()
-		for i, l := range ls {
-			errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
+	// Bounded by ctx's deadline, not by its cancellation (else by
+	// WithOpTimeout): the wait for lc by a context only when lc is busy,
+	// the statement by lc's statement timer (see boundStmt).
+	dl, hasDL := ctx.Deadline()
+	if !hasDL {
+		dl = time.Now().Add(b.cfg.opTimeout)
+	}
+	if !lc.tryLock() {
+		rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
+		got := lc.lock(rctx)
+		err := rctx.Err()
+		cancel()
+		if !got {
+			_ = lc.nc.Close() // safe even if lc's pc is already destroyed
+			lc.lockWait()
+			b.fail(lc, fmt.Errorf("release: %w", err))
+			lc.unlock()
+			for i, l := range ls {
+				errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
+			}
+			return
 		}
-		return
 	}
 	defer lc.unlock()
+	rctx := context.WithoutCancel(ctx)
 	if err := b.pause(lc); err != nil {
 		b.fail(lc, err)
 	}
@@ -109,6 +122,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 	}
 	var oks []bool
 	var err error
+	bound := lc.boundStmt(dl)
 	if len(live) == 1 {
 		l := live[0]
 		var ok bool
@@ -123,6 +137,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 	} else {
 		oks, err = b.unlockAll(rctx, lc, live)
 	}
+	err = lc.endStmt(err, bound)
 	var failed error
 	b.mu.Lock()
 	j := 0
