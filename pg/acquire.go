@@ -380,7 +380,7 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 	defer b.done(lc)
 	pgc := lc.pc.Conn().PgConn()
 	// Bounded by lc's statement timer (see boundStmt), not by a ctx.
-	qctx := context.WithoutCancel(ctx)
+	qctx := b.stmtCtx(ctx)
 	bound := lc.boundStmt(time.Now().Add(b.cfg.opTimeout))
 	var (
 		row  [][]byte

@@ -471,3 +471,30 @@ func (lc *lockConn) endStmt(err error, d time.Duration) error {
 	}
 	return fmt.Errorf("%w: statement bounded by %v: %w", context.DeadlineExceeded, d, err)
 }
+
+// stmtCtx is the ctx of a statement bounded by a lock connection's timer:
+// one that cannot be cancelled, so that pgx watches nothing, with ctx's
+// values only when the pool's connections have a tracer that may read
+// them (pgx traces Prepare, which the statements call). It never asks ctx
+// for Done: dlock's release context makes its channel and timer then.
+func (b *Backend) stmtCtx(ctx context.Context) context.Context {
+	if b.traced {
+		return context.WithoutCancel(ctx)
+	}
+	return context.Background()
+}
+
+// lockUntil takes lc for a statement, waiting at most until dl.
+func (lc *lockConn) lockUntil(dl time.Time) bool {
+	if lc.tryLock() {
+		return true
+	}
+	t := time.NewTimer(time.Until(dl))
+	defer t.Stop()
+	select {
+	case lc.sem <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}

@@ -25,6 +25,7 @@ type Backend struct {
 	pool     *pgxpool.Pool
 	cfg      config
 	addr     string // the server's host:port, for errors
+	traced   bool   // the pool's connections have a pgx tracer (see stmtCtx)
 
 	mu        sync.Mutex
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
@@ -104,6 +105,7 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
 		maxConns: int(pool.Config().MaxConns),
 		cfg:      cfg,
 		addr:     serverAddr(pool),
+		traced:   pool.Config().ConnConfig.Tracer != nil,
 		conns:    make(map[*lockConn]struct{}),
 		held:     make(map[Key]*hold),
 		writers:  make(map[Key]int),

@@ -72,30 +72,25 @@ func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 // Release). The caller closes their Lost channels.
 func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs []error) {
 	// Bounded by ctx's deadline, not by its cancellation (else by
-	// WithOpTimeout): the wait for lc by a context only when lc is busy,
-	// the statement by lc's statement timer (see boundStmt).
+	// WithOpTimeout): the wait for lc by a timer, the statement by lc's
+	// statement timer (see boundStmt).
 	dl, hasDL := ctx.Deadline()
 	if !hasDL {
 		dl = time.Now().Add(b.cfg.opTimeout)
 	}
-	if !lc.tryLock() {
-		rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
-		got := lc.lock(rctx)
-		err := rctx.Err()
-		cancel()
-		if !got {
-			_ = lc.nc.Close() // safe even if lc's pc is already destroyed
-			lc.lockWait()
-			b.fail(lc, fmt.Errorf("release: %w", err))
-			lc.unlock()
-			for i, l := range ls {
-				errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
-			}
-			return
+	if !lc.lockUntil(dl) {
+		err := context.DeadlineExceeded
+		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
+		lc.lockWait()
+		b.fail(lc, fmt.Errorf("release: %w", err))
+		lc.unlock()
+		for i, l := range ls {
+			errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
 		}
+		return
 	}
 	defer lc.unlock()
-	rctx := context.WithoutCancel(ctx)
+	rctx := b.stmtCtx(ctx)
 	if err := b.pause(lc); err != nil {
 		b.fail(lc, err)
 	}
