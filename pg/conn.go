@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -489,8 +490,21 @@ func (lc *lockConn) lockUntil(dl time.Time) bool {
 	if lc.tryLock() {
 		return true
 	}
-	t := time.NewTimer(time.Until(dl))
-	defer t.Stop()
+	t, _ := waitTimers.Get().(*time.Timer)
+	if t == nil {
+		t = time.NewTimer(time.Until(dl))
+	} else {
+		t.Reset(time.Until(dl))
+	}
+	defer func() {
+		if !t.Stop() {
+			select { // a tick left by an expired timer (asynctimerchan=1)
+			case <-t.C:
+			default:
+			}
+		}
+		waitTimers.Put(t)
+	}()
 	select {
 	case lc.sem <- struct{}{}:
 		return true
@@ -498,3 +512,8 @@ func (lc *lockConn) lockUntil(dl time.Time) bool {
 		return false
 	}
 }
+
+// waitTimers holds the stopped timers of lockUntil: a release waits for a
+// busy lock connection about once per lock when many goroutines share
+// few connections.
+var waitTimers sync.Pool
