@@ -235,8 +235,7 @@ func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 			best = c
 		}
 	}
-	free := b.freeLocked()
-	var grow bool
+	var grow bool // the pool's count (freeLocked) only when it decides
 	switch {
 	case best == nil:
 		// Nothing to share: take one if the pool gives it within a
@@ -245,12 +244,12 @@ func (b *Backend) pickLocked(keys ...Key) (lc *lockConn, fresh bool) {
 		grow = true
 	case best.pending > 0 && n < b.cfg.maxLockConns:
 		// Spread concurrent tries, but leave a connection for a wait.
-		grow = free > 1
+		grow = b.freeLocked() > 1
 	case len(best.leases) >= b.cfg.maxLeases:
 		// PostgreSQL walks all of a session's locks at the end of every
 		// transaction, so each statement on a session holding n locks
 		// costs O(n): spread large numbers of leases.
-		grow = free > 0
+		grow = b.freeLocked() > 0
 	}
 	if !grow {
 		return best, false
@@ -380,7 +379,9 @@ func (b *Backend) done(lc *lockConn) {
 func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok bool, err error, retry bool) {
 	defer b.done(lc)
 	pgc := lc.pc.Conn().PgConn()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	// Bounded by lc's statement timer (see boundStmt), not by a ctx.
+	qctx := b.stmtCtx(ctx)
+	bound := lc.boundStmt(time.Now().Add(b.cfg.opTimeout))
 	var (
 		row  [][]byte
 		qerr error
@@ -407,7 +408,7 @@ func (b *Backend) tryOn(ctx context.Context, lc *lockConn, r req) (l *Lease, ok 
 		row, qerr = query(qctx, pgc, b.lockSQL(fn+"("+r.key.String()+")", "v", r, ""))
 		ok = qerr == nil && len(row) > 0 && string(row[0]) == "t"
 	}
-	cancel()
+	qerr = lc.endStmt(qerr, bound)
 	if qerr == nil {
 		l, qerr = b.leaseFrom(r, row, ok)
 	}
@@ -449,7 +450,6 @@ func (b *Backend) leaseFrom(r req, row [][]byte, ok bool) (*Lease, error) {
 		return nil, nil
 	}
 	l := &Lease{b: b, kind: r.kind, name: r.name, key: r.key, mode: r.mode}
-	l.lostCtx, l.closeLost = context.WithCancel(context.Background())
 	if r.kind == "semaphore" {
 		l.topic = r.fence.String() // a decimal: safe in an SQL literal
 	}

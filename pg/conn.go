@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -428,3 +429,91 @@ func permanent(err error) error {
 	}
 	return err
 }
+
+// A statement on a lock connection is bounded (WithOpTimeout, or a
+// release's deadline) by a timer of the connection, made once and set per
+// statement, that sets the connection's deadline in the past when it
+// fires, as pgx does for a ctx that ends (its default handler): the
+// statement's read or write fails and pgx closes the connection. The
+// statement itself runs with a ctx that cannot be cancelled, so pgx
+// watches nothing: a context with its timer, and pgx's watch of it (a
+// channel and a context.AfterFunc), per statement cost more client CPU
+// than the rest of the client's work on a try.
+
+// pastDeadline is the deadline that ends a statement at once.
+var pastDeadline = time.Unix(1, 0)
+
+// boundStmt arms lc's statement timer to end the statement about to run
+// at dl, and returns the time it has. The caller holds lc's lock and calls
+// endStmt when the statement returns.
+func (lc *lockConn) boundStmt(dl time.Time) time.Duration {
+	d := time.Until(dl)
+	if lc.bound == nil {
+		nc := lc.nc
+		lc.bound = time.AfterFunc(d, func() { _ = nc.SetDeadline(pastDeadline) })
+	} else {
+		lc.bound.Reset(d)
+	}
+	return d
+}
+
+// endStmt disarms lc's statement timer after the statement returned err,
+// and returns err, or an error matching context.DeadlineExceeded if the
+// timer fired: then the connection's deadline is in the past (whatever
+// the statement returned, it took its whole time), and the caller must
+// treat the connection as failed.
+func (lc *lockConn) endStmt(err error, d time.Duration) error {
+	if lc.bound.Stop() {
+		return err
+	}
+	_ = lc.nc.SetDeadline(pastDeadline) // the timer's function may still be running: the same either way
+	if err == nil {
+		err = errors.New("no answer")
+	}
+	return fmt.Errorf("%w: statement bounded by %v: %w", context.DeadlineExceeded, d, err)
+}
+
+// stmtCtx is the ctx of a statement bounded by a lock connection's timer:
+// one that cannot be cancelled, so that pgx watches nothing, with ctx's
+// values only when the pool's connections have a tracer that may read
+// them (pgx traces Prepare, which the statements call). It never asks ctx
+// for Done: dlock's release context makes its channel and timer then.
+func (b *Backend) stmtCtx(ctx context.Context) context.Context {
+	if b.traced {
+		return context.WithoutCancel(ctx)
+	}
+	return context.Background()
+}
+
+// lockUntil takes lc for a statement, waiting at most until dl.
+func (lc *lockConn) lockUntil(dl time.Time) bool {
+	if lc.tryLock() {
+		return true
+	}
+	t, _ := waitTimers.Get().(*time.Timer)
+	if t == nil {
+		t = time.NewTimer(time.Until(dl))
+	} else {
+		t.Reset(time.Until(dl))
+	}
+	defer func() {
+		if !t.Stop() {
+			select { // a tick left by an expired timer (asynctimerchan=1)
+			case <-t.C:
+			default:
+			}
+		}
+		waitTimers.Put(t)
+	}()
+	select {
+	case lc.sem <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// waitTimers holds the stopped timers of lockUntil: a release waits for a
+// busy lock connection about once per lock when many goroutines share
+// few connections.
+var waitTimers sync.Pool

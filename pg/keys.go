@@ -179,12 +179,13 @@ const (
 )
 
 func hashKey(parts ...string) int64 {
-	h := sha256.New()
+	var buf [128]byte // most names: no allocation
+	in := buf[:0]
 	for _, p := range parts {
-		h.Write([]byte(p))
+		in = append(in, p...)
 	}
-	var sum [sha256.Size]byte
-	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])))
+	sum := sha256.Sum256(in)
+	return int64(binary.BigEndian.Uint64(sum[:]))
 }
 
 // MutexKey returns the advisory key that a Mutex of name takes with this

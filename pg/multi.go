@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -140,9 +141,10 @@ func (b *Backend) tryAll1(ctx context.Context, rs []req) ([]*Lease, int, error) 
 func (b *Backend) tryAllOn(ctx context.Context, lc *lockConn, rs []req, unreserve func()) (ls []*Lease, busy int, err error, retry bool) {
 	defer b.done(lc)
 	pgc := lc.pc.Conn().PgConn()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	bound := lc.boundStmt(time.Now().Add(b.cfg.opTimeout)) // see boundStmt
+	qctx := b.stmtCtx(ctx)
 	row, qerr := b.runMulti(qctx, lc, rs)
-	cancel()
+	qerr = lc.endStmt(qerr, bound)
 	busy = -1
 	if qerr == nil {
 		if len(row) == 0 || row[0] == nil {
@@ -468,9 +470,10 @@ func (b *Backend) trySemAll(ctx context.Context, names []string, limit int) ([]*
 func (b *Backend) trySemAllOn(ctx context.Context, lc *lockConn, ss []semSet, cands []Key, unreserve func(keep map[Key]bool)) (ls []*Lease, busy int, err error, retry bool) {
 	defer b.done(lc)
 	pgc := lc.pc.Conn().PgConn()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	bound := lc.boundStmt(time.Now().Add(b.cfg.opTimeout)) // see boundStmt
+	qctx := b.stmtCtx(ctx)
 	row, qerr := query(qctx, pgc, b.semAllSQL(ss))
-	cancel()
+	qerr = lc.endStmt(qerr, bound)
 	busy = -1
 	var got []int // the slot taken of each, a position in its idx
 	if qerr == nil {

@@ -25,6 +25,7 @@ type Backend struct {
 	pool     *pgxpool.Pool
 	cfg      config
 	addr     string // the server's host:port, for errors
+	traced   bool   // the pool's connections have a pgx tracer (see stmtCtx)
 
 	mu        sync.Mutex
 	conns     map[*lockConn]struct{} // lock connections: hold leases or run tries (or are being acquired)
@@ -64,6 +65,7 @@ var (
 	_ backend.SemaphoreWaiter[*Lease]   = (*Backend)(nil)
 	_ backend.Fencer                    = (*Lease)(nil)
 	_ backend.LossNotifier              = (*Lease)(nil)
+	_ backend.LostChecker               = (*Lease)(nil)
 	_ backend.UpgradeableLocker[*Lease] = (*Backend)(nil)
 	_ backend.UpgradeableWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Upgrader                  = (*Lease)(nil)
@@ -103,6 +105,7 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Backend, error) {
 		maxConns: int(pool.Config().MaxConns),
 		cfg:      cfg,
 		addr:     serverAddr(pool),
+		traced:   pool.Config().ConnConfig.Tracer != nil,
 		conns:    make(map[*lockConn]struct{}),
 		held:     make(map[Key]*hold),
 		writers:  make(map[Key]int),
@@ -181,6 +184,7 @@ type lockConn struct {
 	w     *watch        // the running watcher; guarded by sem
 	armed bool          // its watcher is to start (see resume); guarded by sem
 	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
+	bound *time.Timer   // bounds the statement in flight (see boundStmt); guarded by sem
 
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
@@ -404,21 +408,100 @@ type Lease struct {
 	upgradeable bool   // taken as an upgradeable reader
 	rec         string // an upgradeable reader's holder record (holder table on), for Upgrade
 
-	lostCtx   context.Context    // done once lost or released
-	closeLost context.CancelFunc // ends lostCtx; idempotent
-	lost      bool               // guarded by b.mu: the connection failed
-	released  atomic.Bool
+	end      lossSignal // ended once lost or released
+	lost     bool       // guarded by b.mu: the connection failed
+	released atomic.Bool
 }
 
 // Lost returns a channel closed when the lease's connection dies (then the
 // server has freed, or is about to free, the lock) and by Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lostCtx.Done() }
+func (l *Lease) Lost() <-chan struct{} { return l.end.done() }
+
+// IsLost reports whether Lost's channel is closed (or would be, were it
+// made now). It implements backend.LostChecker: the channel is made only
+// for a caller that asks for it.
+func (l *Lease) IsLost() bool { return l.end.ended() }
 
 // AfterLost runs f in its own goroutine once Lost is closed (at once if it
 // is); stop unregisters f, reporting whether that kept it from running. It
 // implements backend.LossNotifier, so dlock's Do needs no goroutine to
 // watch the lease.
-func (l *Lease) AfterLost(f func()) (stop func() bool) { return context.AfterFunc(l.lostCtx, f) }
+func (l *Lease) AfterLost(f func()) (stop func() bool) { return l.end.afterFunc(f) }
+
+// closeLost ends l's loss signal (Lost closes, AfterLost's functions
+// start); idempotent.
+func (l *Lease) closeLost() { l.end.end() }
+
+// lossSignal is a lease's Lost channel and AfterLost functions, made only
+// when asked for: a lease taken and released with nobody watching costs
+// no channel, context or registration.
+type lossSignal struct {
+	mu    sync.Mutex
+	over  bool
+	ch    chan struct{} // nil until done is called
+	funcs []*lossFunc   // registered by afterFunc, not yet started
+}
+
+// lossFunc is one function of AfterLost.
+type lossFunc struct{ f func() }
+
+func (s *lossSignal) ended() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.over
+}
+
+func (s *lossSignal) done() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+		if s.over {
+			close(s.ch)
+		}
+	}
+	return s.ch
+}
+
+func (s *lossSignal) afterFunc(f func()) (stop func() bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.over {
+		go f()
+		return func() bool { return false }
+	}
+	lf := &lossFunc{f}
+	s.funcs = append(s.funcs, lf)
+	return func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i, g := range s.funcs {
+			if g == lf {
+				s.funcs = slices.Delete(s.funcs, i, i+1)
+				return true
+			}
+		}
+		return false // started, or stopped before
+	}
+}
+
+func (s *lossSignal) end() {
+	s.mu.Lock()
+	if s.over {
+		s.mu.Unlock()
+		return
+	}
+	s.over = true
+	if s.ch != nil {
+		close(s.ch)
+	}
+	funcs := s.funcs
+	s.funcs = nil
+	s.mu.Unlock()
+	for _, lf := range funcs {
+		go lf.f()
+	}
+}
 
 // Token returns the lease's fencing token, or 0 when fencing is off (see
 // WithFencing).

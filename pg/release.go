@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -70,19 +71,26 @@ func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 // one statement on lc, and sets errs[i] to the outcome of ls[i] (see
 // Release). The caller closes their Lost channels.
 func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs []error) {
-	rctx, cancel := backend.ReleaseContext(ctx, b.cfg.opTimeout)
-	defer cancel()
-	if !lc.lock(rctx) {
+	// Bounded by ctx's deadline, not by its cancellation (else by
+	// WithOpTimeout): the wait for lc by a timer, the statement by lc's
+	// statement timer (see boundStmt).
+	dl, hasDL := ctx.Deadline()
+	if !hasDL {
+		dl = time.Now().Add(b.cfg.opTimeout)
+	}
+	if !lc.lockUntil(dl) {
+		err := context.DeadlineExceeded
 		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
 		lc.lockWait()
-		b.fail(lc, fmt.Errorf("release: %w", rctx.Err()))
+		b.fail(lc, fmt.Errorf("release: %w", err))
 		lc.unlock()
 		for i, l := range ls {
-			errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, rctx.Err())
+			errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
 		}
 		return
 	}
 	defer lc.unlock()
+	rctx := b.stmtCtx(ctx)
 	if err := b.pause(lc); err != nil {
 		b.fail(lc, err)
 	}
@@ -109,6 +117,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 	}
 	var oks []bool
 	var err error
+	bound := lc.boundStmt(dl)
 	if len(live) == 1 {
 		l := live[0]
 		var ok bool
@@ -123,6 +132,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 	} else {
 		oks, err = b.unlockAll(rctx, lc, live)
 	}
+	err = lc.endStmt(err, bound)
 	var failed error
 	b.mu.Lock()
 	j := 0

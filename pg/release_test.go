@@ -163,6 +163,50 @@ func TestReleaseUnlockTimeoutSaysLost(t *testing.T) {
 	t.Logf("locks free after %v", time.Since(start))
 }
 
+// A try whose statement does not answer within WithOpTimeout fails with
+// an error matching context.DeadlineExceeded (the lock connection's
+// statement timer, not a ctx, bounds it), and takes nothing: its
+// connection is closed, so the leases on it report the loss and the
+// server frees their locks.
+func TestTryTimeoutClosesConnection(t *testing.T) {
+	base := testURL(t)
+	px := newProxy(t, base)
+	b, _ := newBackend(t, px.url, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(200*time.Millisecond))
+	t.Cleanup(px.close)
+	other, _ := newBackend(t, base)
+	ctx := ctxT(t, time.Minute)
+	name := uniq(t)
+	l1, ok, err := b.TryLock(ctx, name+"1")
+	mustTry(t, ok, err)
+	px.freeze()
+	start := time.Now()
+	// The try runs on l1's lock connection (idle, far below the leases
+	// that spread tries), whose server no longer answers.
+	l2, ok, err := b.TryLock(ctx, name+"2")
+	if ok || l2 != nil || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, dlock.ErrNotAcquired) {
+		t.Fatalf("TryLock with an unanswered statement: %v, %v, want an error matching DeadlineExceeded (and not ErrNotAcquired: ctx is live)", ok, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the try outlived the test's ctx: %v", err)
+	}
+	if !isClosed(l1.Lost()) {
+		t.Fatal("the lease of the timed-out connection is not reported lost")
+	}
+	if err := l1.Release(ctx); !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("Release of the lost lease: %v, want ErrLockLost", err)
+	}
+	t.Logf("try failed after %v", time.Since(start))
+	for _, n := range []string{name + "1", name + "2"} {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		l, err := other.Lock(wctx, n)
+		cancel()
+		if err != nil {
+			t.Fatalf("lock %s after the timed-out try: %v", n, err)
+		}
+		_ = l.Release(ctx)
+	}
+}
+
 // proxy is a TCP proxy to a PostgreSQL server that can become a black
 // hole: data is dropped in both directions, connections stay open until
 // their client closes them (then the server sees the close).

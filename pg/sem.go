@@ -414,9 +414,10 @@ func (b *Backend) trySemOn(ctx context.Context, lc *lockConn, r req, slots []Key
 
 	sql := b.lockSQL(expr.String(), "v >= 0", r, slotArray(slots, idx))
 	pgc := lc.pc.Conn().PgConn()
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.opTimeout)
+	bound := lc.boundStmt(time.Now().Add(b.cfg.opTimeout)) // see boundStmt
+	qctx := b.stmtCtx(ctx)
 	row, qerr := query(qctx, pgc, sql)
-	cancel()
+	qerr = lc.endStmt(qerr, bound)
 	ended := qerr != nil && sessionEnded(pgc, qerr)
 	got := -1
 	if qerr == nil {

@@ -75,10 +75,14 @@ func forgotten(conn *pgx.Conn, err error) bool {
 // reports whether it returned true. A statement the session forgot is
 // prepared again and run once more.
 func callKeyFn(ctx context.Context, conn *pgx.Conn, fn keyFn, k Key) (bool, error) {
-	var buf [24]byte
-	var params [2][]byte
-	pair, ps := keyParams(k, &buf, &params)
-	return callPrepared(ctx, conn, keyFnName[pair][fn], keyFnSQL[pair][fn], ps)
+	var buf [24]byte // on the stack (keyParams would move it to the heap)
+	if k.pair {
+		a, b, _ := k.Pair()
+		ps := [2][]byte{strconv.AppendInt(buf[:0:12], int64(a), 10), strconv.AppendInt(buf[12:12], int64(b), 10)}
+		return callPrepared(ctx, conn, keyFnName[1][fn], keyFnSQL[1][fn], ps[:])
+	}
+	ps := [1][]byte{strconv.AppendInt(buf[:0], k.v, 10)}
+	return callPrepared(ctx, conn, keyFnName[0][fn], keyFnSQL[0][fn], ps[:])
 }
 
 // The tries of an RWMutex's writer and upgradeable reader, which take the

@@ -255,7 +255,7 @@ func (l *Lease) upgradeQueued(ctx context.Context) (bool, error) {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stopLoss := context.AfterFunc(l.lostCtx, cancel) // a loss (or Release) ends the wait
+	stopLoss := l.AfterLost(cancel) // a loss (or Release) ends the wait
 	defer stopLoss()
 	type result struct {
 		cancelled bool
