@@ -64,6 +64,7 @@ type core struct {
 	closed atomic.Bool
 	once   sync.Once
 	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
+	strs   strCache // the keys of the locks asked for lately (keys.go)
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
@@ -191,6 +192,7 @@ func (c *core) newToken() string {
 type attempt struct {
 	lease *Lease
 	hint  time.Duration // when not acquired: how long the lock stays taken, if known (0: unknown)
+	sent  time.Time     // a moment before the attempt was sent (see waitWith)
 }
 
 // request is what attempts to take one lock send: the lock, its acquire
@@ -201,13 +203,12 @@ type request struct {
 	name  string
 	base  string
 	s     *script
-	keys  []string // see lockKeys
+	keys  []string // see lockKeys; shared, never written (see strCache)
 	ch    string
 	extra []string
 	// args is where an attempt puts the acquire script's arguments (the
 	// attempts of one request are sequential).
-	args   [7]string
-	keyBuf [7]string // keys' array
+	args [7]string
 }
 
 func newRequest(k kind, name, base string, s *script) *request {
@@ -215,15 +216,14 @@ func newRequest(k kind, name, base string, s *script) *request {
 	return &request{k: k, name: name, base: base, s: s, keys: keys, ch: ch}
 }
 
-// newRequestFor is newRequest for the lock name of kind k under prefix:
-// the key base, keys and channel are cut from one string.
-func newRequestFor(k kind, prefix, name string, s *script) (*request, error) {
-	r := &request{k: k, name: name, s: s}
-	var err error
-	if r.base, r.keys, r.ch, err = lockStrings(r.keyBuf[:], prefix, name, k); err != nil {
+// newRequestFor is newRequest for the lock name of kind k of c: the key
+// base, keys and channel come from c's strCache.
+func newRequestFor(c *core, k kind, name string, s *script) (*request, error) {
+	ls, err := c.strs.get(c.cfg.prefix, name, k)
+	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	return &request{k: k, name: name, base: ls.base, s: s, keys: ls.keys, ch: ls.ch}, nil
 }
 
 // fenceKey is the key of the lock's fencing counter.
@@ -270,7 +270,9 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 	}
 	var buf [1]reply
 	rs := c.evalInto(actx, buf[:], r.s, r.keys, args)
-	return c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+	a, err := c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+	a.sent = t0
+	return a, err
 }
 
 // newLease returns the lease an acquisition of the lock of r with token
@@ -542,7 +544,7 @@ func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
 func (c *core) cleanup(ctx context.Context, l *Lease) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	l.releaseOnNodes(rctx)
+	l.releaseOnNodes(rctx, time.Time{})
 }
 
 // Lease is one held lock of a Backend or a RedLock. It is extended in the
@@ -621,19 +623,19 @@ func (l *Lease) Name() string { return l.name }
 // dlock package's Lock.Release sets it from dlock.WithReleaseTimeout); a
 // ctx without a deadline is bounded by 5s.
 func (l *Lease) Release(ctx context.Context) error {
-	wasLost, err := l.c.ext.finish(l)
+	wasLost, at, err := l.c.ext.finish(l)
 	if err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
-	return l.releaseHeld(rctx, wasLost)
+	return l.releaseHeld(rctx, wasLost, at)
 }
 
 // releaseHeld is Release after the extender let go of l (wasLost: l was
-// lost before), within ctx.
-func (l *Lease) releaseHeld(ctx context.Context, wasLost bool) error {
-	owned, refused, err := l.releaseOnNodes(ctx)
+// lost before) at t0 (zero: unknown), within ctx.
+func (l *Lease) releaseHeld(ctx context.Context, wasLost bool, t0 time.Time) error {
+	owned, refused, err := l.releaseOnNodes(ctx, t0)
 	return l.releaseOutcome(wasLost, owned, refused, err)
 }
 
@@ -654,8 +656,9 @@ func (l *Lease) releaseOutcome(wasLost bool, owned, refused int, err error) erro
 }
 
 // releaseOnNodes runs the release script on every node: it counts the nodes
-// where the lease was still owned and those where it was not.
-func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err error) {
+// where the lease was still owned and those where it was not. t0 is a
+// moment before the script is sent (zero: now).
+func (l *Lease) releaseOnNodes(ctx context.Context, t0 time.Time) (owned, refused int, err error) {
 	s, keys := releaseString, l.rkeys[:]
 	switch l.kind {
 	case kindRead, kindSem:
@@ -664,7 +667,9 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 		s, keys = releaseUpgradeable, upgradeLeaseKeys(l.base)
 	}
 	var buf [1]reply
-	t0 := time.Now() // a lock granted to a waiter is valid from here
+	if t0.IsZero() {
+		t0 = time.Now() // a lock granted to a waiter is valid from here
+	}
 	rs := l.c.evalInto(ctx, buf[:], s, keys, l.rargs[:])
 	retryRelease(ctx, l.c, s, keys, l.rargs[:], rs)
 	return l.released(t0, rs)
