@@ -32,6 +32,7 @@ var (
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
 	_ backend.LossNotifier            = (*Lease)(nil)
+	_ backend.LostChecker             = (*Lease)(nil)
 )
 
 // New returns a Backend over client, configured by opts. It returns an

@@ -237,9 +237,15 @@ func lockStrings(dst []string, prefix, name string, k kind) (base string, keys [
 // of one lock of one kind (lockStrings): immutable once made, shared by
 // every request for the lock.
 type lockStrs struct {
-	base string
-	keys []string
-	ch   string
+	base  string
+	keys  []string
+	ch    string
+	rkeys [5]string // a lease's release keys (see releaseKeys)
+}
+
+// newLockStrs returns the lockStrs of a lock of kind k.
+func newLockStrs(base string, keys []string, ch string, k kind) *lockStrs {
+	return &lockStrs{base: base, keys: keys, ch: ch, rkeys: releaseKeys(keys, k)}
 }
 
 // strCache keeps the lockStrs of the locks of one core asked for lately,
@@ -268,11 +274,11 @@ func (sc *strCache) get(prefix, name string, k kind) (*lockStrs, error) {
 	if ls != nil {
 		return ls, nil
 	}
-	ls = new(lockStrs)
-	var err error
-	if ls.base, ls.keys, ls.ch, err = lockStrings(nil, prefix, name, k); err != nil {
+	base, keys, ch, err := lockStrings(nil, prefix, name, k)
+	if err != nil {
 		return nil, err
 	}
+	ls = newLockStrs(base, keys, ch, k)
 	if len(ls.base) > strCacheBase {
 		return ls, nil
 	}

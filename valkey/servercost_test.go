@@ -50,7 +50,9 @@ func TestServerCost(t *testing.T) {
 	variants := []variant{
 		{"dlock", func(i int, token string) call {
 			r := reqs[i]
-			return call{acquireMutex, r.keys, []string{token, be.c.leaseMs, token, "1", r.ch, rec}}
+			args := []string{token, be.c.leaseMs, token, "1", r.ch, rec}
+			mutexArgs(args, token, token) // as tryAs sends them
+			return call{acquireMutex, r.keys, args}
 		}, func(i int, token string) call {
 			r := reqs[i]
 			l := be.c.newLease(r, token)
