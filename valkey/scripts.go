@@ -266,7 +266,7 @@ if empty then
   -- (see luaOwner), one SET.
   local t = redis.call('TIME')
   local v = ARGV[1]
-  if ARGV[6] ~= '' then v = v .. stamp(ARGV[6], t) end
+  if ARGV[6] ~= '' then v = stamp(ARGV[6], t, v) end
   if redis.call('SET', lock, v, 'NX', 'PX', ARGV[2]) then
     return nextFence(KEYS[2], t)
   end
