@@ -32,6 +32,7 @@ var (
 	_ backend.SemaphoreWaiter[*Lease] = (*Backend)(nil)
 	_ backend.Fencer                  = (*Lease)(nil)
 	_ backend.LossNotifier            = (*Lease)(nil)
+	_ backend.LostChecker             = (*Lease)(nil)
 )
 
 // New returns a Backend over client, configured by opts. It returns an
@@ -72,7 +73,7 @@ func (b *Backend) tryLock(ctx context.Context, name string) (attempt, error) {
 }
 
 func (b *Backend) mutex(name string) (*request, error) {
-	return newRequestFor(kindMutex, b.c.cfg.prefix, name, acquireMutex)
+	return newRequestFor(b.c, kindMutex, name, acquireMutex)
 }
 
 // Lock implements backend.LockWaiter: it queues for the lock and waits for
@@ -91,7 +92,7 @@ func (b *Backend) rw(k kind, name string) (*request, error) {
 	if k == kindWrite {
 		s = acquireWrite
 	}
-	return newRequestFor(k, b.c.cfg.prefix, name, s)
+	return newRequestFor(b.c, k, name, s)
 }
 
 // TryRLock implements backend.RWLocker. It fails while a writer holds the
@@ -141,7 +142,7 @@ func (b *Backend) sem(name string, limit int) (*request, error) {
 	if limit < 1 {
 		return nil, fmt.Errorf("%w: %d", backend.ErrInvalidLimit, limit)
 	}
-	r, err := newRequestFor(kindSem, b.c.cfg.prefix, name, acquireSem)
+	r, err := newRequestFor(b.c, kindSem, name, acquireSem)
 	if err != nil {
 		return nil, err
 	}

@@ -64,6 +64,7 @@ type core struct {
 	closed atomic.Bool
 	once   sync.Once
 	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
+	strs   strCache // the keys of the locks asked for lately (keys.go)
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
@@ -191,59 +192,53 @@ func (c *core) newToken() string {
 type attempt struct {
 	lease *Lease
 	hint  time.Duration // when not acquired: how long the lock stays taken, if known (0: unknown)
+	sent  time.Time     // a moment before the attempt was sent (see waitWith)
 }
 
 // request is what attempts to take one lock send: the lock, its acquire
 // script and keys, and the script's arguments after the common ones (see
 // the acquire scripts).
 type request struct {
-	k     kind
-	name  string
-	base  string
-	s     *script
-	keys  []string // see lockKeys
-	ch    string
+	k    kind
+	name string
+	s    *script
+	*lockStrs
 	extra []string
 	// args is where an attempt puts the acquire script's arguments (the
 	// attempts of one request are sequential).
-	args   [7]string
-	keyBuf [7]string // keys' array
+	args [7]string
 }
 
 func newRequest(k kind, name, base string, s *script) *request {
 	keys, ch := lockKeys(base, k)
-	return &request{k: k, name: name, base: base, s: s, keys: keys, ch: ch}
+	return &request{k: k, name: name, s: s, lockStrs: newLockStrs(base, keys, ch, k)}
 }
 
-// newRequestFor is newRequest for the lock name of kind k under prefix:
-// the key base, keys and channel are cut from one string.
-func newRequestFor(k kind, prefix, name string, s *script) (*request, error) {
-	r := &request{k: k, name: name, s: s}
-	var err error
-	if r.base, r.keys, r.ch, err = lockStrings(r.keyBuf[:], prefix, name, k); err != nil {
+// newRequestFor is newRequest for the lock name of kind k of c: the key
+// base, keys and channel come from c's strCache.
+func newRequestFor(c *core, k kind, name string, s *script) (*request, error) {
+	ls, err := c.strs.get(c.cfg.prefix, name, k)
+	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	return &request{k: k, name: name, s: s, lockStrs: ls}, nil
 }
 
-// fenceKey is the key of the lock's fencing counter.
-func (r *request) fenceKey() string {
-	if r.k == kindRead || r.k == kindWrite || r.k == kindUpgrade {
-		return r.keys[4]
-	}
-	return r.keys[1]
-}
-
-// heldKey is the key a lease of the request's kind is recorded in (the
-// one extended and released).
-func (r *request) heldKey() string {
-	switch r.k {
+// releaseKeys are the release script's keys of a lease of kind k whose
+// lock's acquire keys are keys: the key the lease is recorded in (the one
+// extended and released), the lock's waiter queue, its deadlines, its
+// fencing counter and its holder records.
+func releaseKeys(keys []string, k kind) [5]string {
+	held, fence := keys[0], keys[1]
+	switch k {
+	case kindRead:
+		fence = keys[4]
 	case kindWrite:
-		return r.keys[1]
+		held, fence = keys[1], keys[4]
 	case kindUpgrade:
-		return r.keys[upgradeKeyIndex]
+		held, fence = keys[upgradeKeyIndex], keys[4]
 	}
-	return r.keys[0]
+	return [5]string{held, keys[2], keys[3], fence, holdersKey(keys, k)}
 }
 
 // try makes one attempt to take the lock of r with a new token. waiter is
@@ -259,6 +254,9 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 		return attempt{}, backend.Permanent(errClosed)
 	}
 	r.args[0], r.args[1], r.args[2], r.args[3], r.args[4] = token, c.leaseMs, waiter, c.fair, r.ch
+	if r.s == acquireMutex {
+		mutexArgs(r.args[:], token, waiter)
+	}
 	args := append(append(r.args[:5], r.extra...), recordOf(ctx)) // see holders.go
 	t0 := time.Now()
 	actx := ctx
@@ -270,13 +268,37 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 	}
 	var buf [1]reply
 	rs := c.evalInto(actx, buf[:], r.s, r.keys, args)
-	return c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+	a, err := c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+	a.sent = t0
+	return a, err
+}
+
+// mutexArgs shortens acquireMutex's arguments args where the script
+// knows them anyway: a waiter that is the token (a wait's first attempt)
+// is sent as "=", and the channel, the lock's key and ":n", as "". (Every
+// byte of a request costs the server and the client, in the throughput
+// rows most.)
+func mutexArgs(args []string, token, waiter string) {
+	if waiter == token {
+		args[2] = "="
+	}
+	args[4] = ""
+}
+
+// releaseCh is the channel argument of the release of a lease of kind k
+// whose lock's channel is ch: "" for a mutex, whose release script
+// derives it from the lock's key (see releaseString).
+func releaseCh(k kind, ch string) string {
+	if k == kindMutex {
+		return ""
+	}
+	return ch
 }
 
 // newLease returns the lease an acquisition of the lock of r with token
 // would be.
 func (c *core) newLease(r *request, token string) *Lease {
-	return &Lease{c: c, kind: r.k, name: r.name, base: r.base, rkeys: [5]string{r.heldKey(), r.keys[2], r.keys[3], r.fenceKey(), holdersKey(r.keys, r.k)}, rargs: [4]string{token, r.ch, releaseLocal(c, r.k), c.leaseMs}, token: token, lost: make(chan struct{}), idx: -1}
+	return &Lease{c: c, kind: r.k, name: r.name, lockStrs: r.lockStrs, rargs: [4]string{token, releaseCh(r.k, r.ch), releaseLocal(c, r.k), c.leaseMs}, token: token, idx: -1}
 }
 
 // votes is the tally of the nodes' answers to an acquire script.
@@ -542,7 +564,7 @@ func (c *core) raiseFence(ctx context.Context, l *Lease, rs []reply) error {
 func (c *core) cleanup(ctx context.Context, l *Lease) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	l.releaseOnNodes(rctx)
+	l.releaseOnNodes(rctx, time.Time{})
 }
 
 // Lease is one held lock of a Backend or a RedLock. It is extended in the
@@ -551,20 +573,21 @@ type Lease struct {
 	c    *core
 	kind kind
 	name string
-	base string
-	// rkeys are the release script's keys: the key the lease is recorded
-	// in, the lock's waiter queue, its deadlines, its fencing counter and
-	// its holder records;
-	// rargs its arguments: the token, the lock's channel, the waiter
+	// The lock's keys (shared): rkeys are the release script's keys (see
+	// releaseKeys).
+	*lockStrs
+	// rargs are the release script's arguments: the token, the lock's channel (see releaseCh), the waiter
 	// prefix whose waiters the release wakes (or grants the lock to) in
 	// this process (see releaseLocal), and the lease in ms.
-	rkeys [5]string
 	rargs [4]string
 	token string
 	fence uint64
-	lost  chan struct{}
+	// over is set when Lost closes (or would close, were its channel
+	// made), with state, under c.ext.mu: IsLost reads it without the lock.
+	over atomic.Bool
 
 	// Guarded by c.ext.mu.
+	lost      chan struct{} // Lost's channel, made when first asked for
 	state     leaseState
 	upgrading bool          // an Upgrade or TryUpgrade of it is under way (upgrade.go)
 	upgraded  bool          // an Upgrade or TryUpgrade of it returned success
@@ -585,7 +608,24 @@ const (
 // Lost implements backend.Lease: the channel closes when the lease can no
 // longer be guaranteed (the key was deleted or taken over, or no extension
 // was confirmed before the validity deadline), and on Release.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
+// The channel is made when first asked for.
+func (l *Lease) Lost() <-chan struct{} {
+	e := l.c.ext
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if l.lost == nil {
+		l.lost = make(chan struct{})
+		if l.state != held {
+			close(l.lost)
+		}
+	}
+	return l.lost
+}
+
+// IsLost implements backend.LostChecker: it reports whether Lost's
+// channel is closed, or would be, were it made now (lost or released),
+// without making it.
+func (l *Lease) IsLost() bool { return l.over.Load() }
 
 // AfterLost implements backend.LossNotifier: f runs, in its own
 // goroutine, once Lost is closed (on loss or Release; at once if it
@@ -600,7 +640,10 @@ func (l *Lease) AfterLost(f func()) (stop func() bool) {
 // closeLostLocked closes Lost and starts AfterLost's functions; c.ext.mu
 // is held.
 func (l *Lease) closeLostLocked() {
-	close(l.lost)
+	l.over.Store(true)
+	if l.lost != nil {
+		close(l.lost)
+	}
 	l.loss.Fire()
 }
 
@@ -621,19 +664,19 @@ func (l *Lease) Name() string { return l.name }
 // dlock package's Lock.Release sets it from dlock.WithReleaseTimeout); a
 // ctx without a deadline is bounded by 5s.
 func (l *Lease) Release(ctx context.Context) error {
-	wasLost, err := l.c.ext.finish(l)
+	wasLost, at, err := l.c.ext.finish(l)
 	if err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	rctx, cancel := backend.ReleaseContext(ctx, releaseTimeout)
 	defer cancel()
-	return l.releaseHeld(rctx, wasLost)
+	return l.releaseHeld(rctx, wasLost, at)
 }
 
 // releaseHeld is Release after the extender let go of l (wasLost: l was
-// lost before), within ctx.
-func (l *Lease) releaseHeld(ctx context.Context, wasLost bool) error {
-	owned, refused, err := l.releaseOnNodes(ctx)
+// lost before) at t0 (zero: unknown), within ctx.
+func (l *Lease) releaseHeld(ctx context.Context, wasLost bool, t0 time.Time) error {
+	owned, refused, err := l.releaseOnNodes(ctx, t0)
 	return l.releaseOutcome(wasLost, owned, refused, err)
 }
 
@@ -654,8 +697,9 @@ func (l *Lease) releaseOutcome(wasLost bool, owned, refused int, err error) erro
 }
 
 // releaseOnNodes runs the release script on every node: it counts the nodes
-// where the lease was still owned and those where it was not.
-func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err error) {
+// where the lease was still owned and those where it was not. t0 is a
+// moment before the script is sent (zero: now).
+func (l *Lease) releaseOnNodes(ctx context.Context, t0 time.Time) (owned, refused int, err error) {
 	s, keys := releaseString, l.rkeys[:]
 	switch l.kind {
 	case kindRead, kindSem:
@@ -664,7 +708,9 @@ func (l *Lease) releaseOnNodes(ctx context.Context) (owned, refused int, err err
 		s, keys = releaseUpgradeable, upgradeLeaseKeys(l.base)
 	}
 	var buf [1]reply
-	t0 := time.Now() // a lock granted to a waiter is valid from here
+	if t0.IsZero() {
+		t0 = time.Now() // a lock granted to a waiter is valid from here
+	}
 	rs := l.c.evalInto(ctx, buf[:], s, keys, l.rargs[:])
 	retryRelease(ctx, l.c, s, keys, l.rargs[:], rs)
 	return l.released(t0, rs)

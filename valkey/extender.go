@@ -76,27 +76,29 @@ func (e *extender) poke() {
 
 // finish ends the extension of l for a release: it reports whether l had
 // been lost (declared lost, or past its validity deadline unconfirmed), or
-// an error if it was released before.
-func (e *extender) finish(l *Lease) (wasLost bool, err error) {
+// an error if it was released before, and the moment it looked (zero when
+// it did not: a release sent after it may use it as its own start).
+func (e *extender) finish(l *Lease) (wasLost bool, at time.Time, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch l.state {
 	case released:
-		return false, backend.ErrNotHeld
+		return false, at, backend.ErrNotHeld
 	case lost:
 		l.state = released
-		return true, nil
+		return true, at, nil
 	}
 	// A lease past its validity deadline is lost even if the extender has
 	// not run since (the process was paused, say): its key may have expired
 	// and been taken, so its release must say so whatever the script finds.
-	wasLost = !time.Now().Before(l.deadline)
+	at = time.Now()
+	wasLost = !at.Before(l.deadline)
 	l.state = released
 	if l.idx >= 0 {
 		heap.Remove(&e.h, l.idx)
 	}
 	l.closeLostLocked()
-	return wasLost, nil
+	return wasLost, at, nil
 }
 
 // loseLocked declares l lost; e.mu is held.

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -230,6 +231,64 @@ func lockStrings(dst []string, prefix, name string, k kind) (base string, keys [
 	base = all[:nb]
 	keys, ch = cutKeys(dst, all[nb:], nb, suf)
 	return base, keys, ch, nil
+}
+
+// lockStrs are the key base, the acquire script's keys and the channel
+// of one lock of one kind (lockStrings): immutable once made, shared by
+// every request for the lock.
+type lockStrs struct {
+	base  string
+	keys  []string
+	ch    string
+	rkeys [5]string // a lease's release keys (see releaseKeys)
+}
+
+// newLockStrs returns the lockStrs of a lock of kind k.
+func newLockStrs(base string, keys []string, ch string, k kind) *lockStrs {
+	return &lockStrs{base: base, keys: keys, ch: ch, rkeys: releaseKeys(keys, k)}
+}
+
+// strCache keeps the lockStrs of the locks of one core asked for lately,
+// so that a name taken again and again is escaped and cut once (a
+// request for it then allocates only itself). It is bounded: it holds
+// locks whose key base is at most strCacheBase bytes, at most strCacheMax
+// per kind (about 1 MB), and a kind's map is emptied when full.
+type strCache struct {
+	mu sync.RWMutex
+	m  [kindUpgrade + 1]map[string]*lockStrs
+}
+
+// strCacheMax is how many locks of one kind a strCache holds;
+// strCacheBase the longest key base it keeps.
+const (
+	strCacheMax  = 1024
+	strCacheBase = 128
+)
+
+// get returns the lockStrs of the lock name of kind k under prefix (the
+// core's), or the error of an invalid name.
+func (sc *strCache) get(prefix, name string, k kind) (*lockStrs, error) {
+	sc.mu.RLock()
+	ls := sc.m[k][name]
+	sc.mu.RUnlock()
+	if ls != nil {
+		return ls, nil
+	}
+	base, keys, ch, err := lockStrings(nil, prefix, name, k)
+	if err != nil {
+		return nil, err
+	}
+	ls = newLockStrs(base, keys, ch, k)
+	if len(ls.base) > strCacheBase {
+		return ls, nil
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.m[k] == nil || len(sc.m[k]) >= strCacheMax {
+		sc.m[k] = make(map[string]*lockStrs)
+	}
+	sc.m[k][name] = ls
+	return ls, nil
 }
 
 // queueKeys are the waiter queue of a lock of kind k and its deadlines.

@@ -73,7 +73,7 @@ func (c *core) tryAll(ctx context.Context, k kind, names []string, limit int) ([
 	cluster := c.nodes[0].client.Mode() == valkeygo.ClientModeCluster
 	slot := -1
 	for i, name := range names {
-		r, err := newRequestFor(k, c.cfg.prefix, name, nil)
+		r, err := newRequestFor(c, k, name, nil)
 		if err != nil {
 			return nil, -1, fmt.Errorf("lock %q: %w", name, err)
 		}
@@ -187,12 +187,12 @@ func (c *core) releaseAll(ctx context.Context, leases []*Lease) []error {
 			continue
 		}
 		var err error
-		if wasLost[i], err = c.ext.finish(l); err != nil {
+		if wasLost[i], _, err = c.ext.finish(l); err != nil {
 			errs[i] = fmt.Errorf("release: %w", err)
 			continue
 		}
 		if l.kind == kindUpgrade {
-			errs[i] = l.releaseHeld(rctx, wasLost[i])
+			errs[i] = l.releaseHeld(rctx, wasLost[i], time.Time{})
 			continue
 		}
 		batch = append(batch, i)
@@ -225,7 +225,7 @@ func (c *core) releaseAll(ctx context.Context, leases []*Lease) []error {
 // its loss — a false alarm, never a loss hidden (see retryRelease).
 func (c *core) releaseGroup(ctx context.Context, leases []*Lease, idx []int, wasLost []bool, errs []error) {
 	if len(idx) == 1 {
-		errs[idx[0]] = leases[idx[0]].releaseHeld(ctx, wasLost[idx[0]])
+		errs[idx[0]] = leases[idx[0]].releaseHeld(ctx, wasLost[idx[0]], time.Time{})
 	}
 	if len(idx) < 2 {
 		return
@@ -251,7 +251,7 @@ func (c *core) releaseGroup(ctx context.Context, leases []*Lease, idx []int, was
 	if err != nil {
 		for _, i := range idx {
 			if connErr(err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-				errs[i] = leases[i].releaseHeld(ctx, wasLost[i])
+				errs[i] = leases[i].releaseHeld(ctx, wasLost[i], time.Time{})
 			} else {
 				errs[i] = leases[i].releaseOutcome(wasLost[i], 0, 0, err)
 			}

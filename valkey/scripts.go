@@ -250,12 +250,15 @@ end
 // the wrong type fails the script before it changed anything.
 
 // KEYS: lock, fence, queue, deadlines, holder records. ARGV: token, lease
-// ms, waiter, fair, channel, holder record (see holders.go). (The
+// ms, waiter, fair, channel, holder record (see holders.go); a waiter "="
+// is the token (a wait's first attempt), a channel "" is the lock's key
+// and ":n" (see mutexArgs: shorter requests). (The
 // uncontended path comes before the queue's functions are defined: it runs
 // without making their closures.) A waiter's attempts record it under its
 // id, which a release that grants it the lock makes the lock's value.
 var acquireMutex = newScript(luaNextFence + luaStamp + `
 local lock, q, d, waiter = KEYS[1], KEYS[3], KEYS[4], ARGV[3]
+if waiter == '=' then waiter = ARGV[1] end
 fenceMs = ARGV[4] == '0' -- a RedLock's (see luaNextFence)
 local empty = redis.call('EXISTS', q) == 0
 if empty then
@@ -263,7 +266,7 @@ if empty then
   -- (see luaOwner), one SET.
   local t = redis.call('TIME')
   local v = ARGV[1]
-  if ARGV[6] ~= '' then v = v .. stamp(ARGV[6], t) end
+  if ARGV[6] ~= '' then v = stamp(ARGV[6], t, v) end
   if redis.call('SET', lock, v, 'NX', 'PX', ARGV[2]) then
     return nextFence(KEYS[2], t)
   end
@@ -321,7 +324,9 @@ if ARGV[4] ~= '1' or not h or h == waiter then
 end
 local me = nil
 if waiter ~= '' then me = waiter end
-return refuse(q, d, me, lease, ARGV[5], now, free, evicted, h, hint)
+local ch = ARGV[5]
+if ch == '' then ch = lock .. ':n' end
+return refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
 `)
 
 // KEYS: readers, writer, queue, deadlines, fence, holder records. ARGV:
@@ -470,8 +475,8 @@ return 1
 
 // KEYS: lock, queue, deadlines, fence, holder records (optional: the
 // release deletes the token's record, or the whole hash with the lock when
-// nobody waits). ARGV: token, channel, own waiter
-// prefix, lease ms. A mutex's release whose first waiter is the
+// nobody waits). ARGV: token, channel ("": the lock's key and ":n", a
+// mutex's, see newLease), own waiter prefix, lease ms. A mutex's release whose first waiter is the
 // releaser's own (ARGV[3] not "") grants it the lock: the lock's value
 // becomes the waiter's id (its lease token), the waiter leaves the queue,
 // and the script returns {id, fencing token}; the releaser hands the
@@ -511,6 +516,7 @@ local function releaseString(lock, q, d, fence, holders, token, ch, self, leaseM
     return 1
   end
   if holders and #v == #token then redis.pcall('HDEL', holders, token) end
+  if ch == '' then ch = lock .. ':n' end
 ` + luaNextFence + luaQueue + `
   local h = head(q, d)
   if h and self ~= '' then

@@ -47,7 +47,7 @@ func upgradeAttemptKeys(base string) []string {
 }
 
 func (b *Backend) upgradeable(name string) (*request, error) {
-	return newRequestFor(kindUpgrade, b.c.cfg.prefix, name, acquireUpgradeable)
+	return newRequestFor(b.c, kindUpgrade, name, acquireUpgradeable)
 }
 
 // TryULock implements backend.UpgradeableLocker: one attempt to take the

@@ -53,10 +53,6 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 	if len(c.nodes) == 1 {
 		gen = c.nodes[0].notif.Gen()
 	}
-	// sent is a moment before the latest attempt was sent: a lock granted
-	// to the waiter since (its place renewed by that attempt) is valid
-	// from then.
-	sent := time.Now()
 	// A wait that the previous one (with this ctx, for this lock) handed
 	// its place to, failing on a transient error, resumes it (see
 	// parkedWaiters); else the first attempt's token is the waiter's id.
@@ -129,9 +125,11 @@ func (c *core) waitWith(ctx context.Context, r *request, try tryFunc) (l *Lease,
 				// Granted by another process's release (see releaseString),
 				// for what remained of the waiter's place, which its latest
 				// attempt renewed.
-				return c.takeGrant(ctx, r, waiter, granted{fence: f, t0: sent})
+				// a.sent: a lock granted to the waiter since its latest
+				// attempt, which renewed its place, is valid from before
+				// that attempt was sent.
+				return c.takeGrant(ctx, r, waiter, granted{fence: f, t0: a.sent})
 			}
-			sent = time.Now()
 			if a, err = c.attempt(ctx, try, r, c.newToken(), waiter); err != nil {
 				return nil, err
 			}
@@ -194,11 +192,15 @@ func takeGrant(subs []*subscription, id string) uint64 {
 }
 
 // attempt makes an attempt by try, or by c.tryAs when try is nil.
+// The attempt's sent is a moment before it was sent.
 func (c *core) attempt(ctx context.Context, try tryFunc, r *request, token, waiter string) (attempt, error) {
 	if try == nil {
-		return c.tryAs(ctx, r, token, waiter)
+		return c.tryAs(ctx, r, token, waiter) // (which sets sent)
 	}
-	return try(ctx, r, token, waiter)
+	sent := time.Now()
+	a, err := try(ctx, r, token, waiter)
+	a.sent = sent
+	return a, err
 }
 
 // leave takes waiter out of the queue of r's lock (waking the next waiter

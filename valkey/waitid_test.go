@@ -250,7 +250,7 @@ func TestParkedWaitersKeys(t *testing.T) {
 	c := b.c
 	req := func(k kind, name string) *request {
 		s := map[kind]*script{kindMutex: acquireMutex, kindSem: acquireSem}[k]
-		r, err := newRequestFor(k, c.cfg.prefix, name, s)
+		r, err := newRequestFor(c, k, name, s)
 		if err != nil {
 			t.Fatal(err)
 		}
