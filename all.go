@@ -261,6 +261,8 @@ func (s *LockSet[L]) markLost(lk *Lock[L]) {
 	lk.observeLost(false)
 }
 
+func (s *LockSet[L]) newRun() *doRun { return new(doRun) }
+
 func (s *LockSet[L]) watchLoss(r *doRun) {
 	r.running.Add(1)
 	r.stop = watchChan(s.lost, func() {

@@ -475,3 +475,65 @@ func TestCtxEndedErrorKeepsBackendCause(t *testing.T) {
 		}
 	}
 }
+
+// freeLease is a lease that costs nothing: the engine's own allocations
+// are all that TestEngineAllocs counts.
+type freeLease struct{ lost chan struct{} }
+
+func (l *freeLease) Release(ctx context.Context) error { return ctx.Err() }
+func (l *freeLease) Lost() <-chan struct{}             { return l.lost }
+func (l *freeLease) IsLost() bool                      { return false }
+func (l *freeLease) AfterLost(func()) func() bool      { return stopFree }
+
+func stopFree() bool { return true }
+
+// freeLocker grants its one lease to every try.
+type freeLocker struct{ l *freeLease }
+
+func (f freeLocker) TryLock(context.Context, string) (*freeLease, bool, error) { return f.l, true, nil }
+
+// The engine's own allocations per acquisition and release, over a
+// backend that allocates nothing: Acquire + Release makes the Lock and
+// nothing else (its release ctx is part of it); Do adds fn's ctx and its
+// cancel function (context.WithCancelCause) and the loss watch's function.
+func TestEngineAllocs(t *testing.T) {
+	mu := dlock.NewMutex(freeLocker{&freeLease{lost: make(chan struct{})}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fn := func(context.Context) error { return nil }
+	for _, tc := range []struct {
+		name string
+		max  float64
+		f    func() error
+	}{
+		{"Acquire+Release", 1, func() error {
+			lk, err := mu.Acquire(ctx, "x")
+			if err != nil {
+				return err
+			}
+			return lk.Release(ctx)
+		}},
+		{"TryAcquire+Release", 1, func() error {
+			lk, err := mu.TryAcquire(ctx, "x")
+			if err != nil {
+				return err
+			}
+			return lk.Release(ctx)
+		}},
+		{"Do", 4, func() error { return mu.Do(ctx, "x", fn) }},
+		{"TryDo", 4, func() error { return mu.TryDo(ctx, "x", fn) }},
+	} {
+		var err error
+		n := testing.AllocsPerRun(200, func() {
+			if e := tc.f(); e != nil {
+				err = e
+			}
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if n > tc.max {
+			t.Errorf("%s costs %v allocations, want %v", tc.name, n, tc.max)
+		}
+	}
+}

@@ -25,13 +25,47 @@ type Ctx struct {
 	parent   context.Context // the caller's ctx: only its values are used
 	deadline time.Time
 
-	mu       sync.Mutex
-	err      error           // nil until it ends: context.Canceled or context.DeadlineExceeded
-	done     chan struct{}   // made by the first Done; closed when it ends
-	timer    *time.Timer     // ends it at the deadline; made with done
-	detached context.Context // parent without its cancellation, made by the first Value
-	after    context.Context // made by the first AfterFunc; cancelled when it ends
-	stop     context.CancelFunc
+	mu    sync.Mutex
+	state state
+	done  chan struct{} // made by the first Done; closed when it ends
+	timer *time.Timer   // ends it at the deadline; made with done
+	rare  *rare         // made by the first Value or AfterFunc
+}
+
+// state is how a Ctx ended, if it has.
+type state uint8
+
+const (
+	live state = iota
+	canceled
+	expired
+)
+
+// err is the Err of a Ctx in state s.
+func (s state) err() error {
+	switch s {
+	case canceled:
+		return context.Canceled
+	case expired:
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// rare is what a Ctx needs only for Value and AfterFunc, which a release
+// seldom calls: kept apart so that a Ctx stays small.
+type rare struct {
+	detached context.Context    // parent without its cancellation
+	after    context.Context    // cancelled when the Ctx ends
+	stop     context.CancelFunc // after's cancel
+}
+
+// rareLocked returns c.rare, made on first call; c.mu is held.
+func (c *Ctx) rareLocked() *rare {
+	if c.rare == nil {
+		c.rare = &rare{detached: context.WithoutCancel(c.parent)}
+	}
+	return c.rare
 }
 
 // Init makes c parent without its cancellation, ending at deadline.
@@ -43,31 +77,31 @@ func (c *Ctx) Init(parent context.Context, deadline time.Time) {
 // ended) and frees its timer.
 func (c *Ctx) End() {
 	c.mu.Lock()
-	if c.err == nil {
-		c.endLocked(context.Canceled)
+	if c.state == live {
+		c.endLocked(canceled)
 	}
 	c.mu.Unlock()
 }
 
-// endLocked ends c with err; c.mu is held.
-func (c *Ctx) endLocked(err error) {
-	c.err = err
+// endLocked ends c in state s; c.mu is held.
+func (c *Ctx) endLocked(s state) {
+	c.state = s
 	if c.done != nil {
 		close(c.done)
 	}
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	if c.stop != nil {
-		c.stop() // starts the AfterFunc functions, each in its own goroutine
+	if c.rare != nil && c.rare.stop != nil {
+		c.rare.stop() // starts the AfterFunc functions, each in its own goroutine
 	}
 }
 
 // expire ends c at its deadline (its timer's function).
 func (c *Ctx) expire() {
 	c.mu.Lock()
-	if c.err == nil {
-		c.endLocked(context.DeadlineExceeded)
+	if c.state == live {
+		c.endLocked(expired)
 	}
 	c.mu.Unlock()
 }
@@ -82,10 +116,10 @@ func (c *Ctx) Done() <-chan struct{} {
 	if c.done == nil {
 		c.done = make(chan struct{})
 		switch d := time.Until(c.deadline); {
-		case c.err != nil:
+		case c.state != live:
 			close(c.done)
 		case d <= 0:
-			c.endLocked(context.DeadlineExceeded)
+			c.endLocked(expired)
 		default:
 			c.timer = time.AfterFunc(d, c.expire)
 		}
@@ -100,12 +134,12 @@ func (c *Ctx) Done() <-chan struct{} {
 // closes Done, if made) rather than wait for the timer.
 func (c *Ctx) Err() error {
 	c.mu.Lock()
-	if c.err == nil && !time.Now().Before(c.deadline) {
-		c.endLocked(context.DeadlineExceeded)
+	if c.state == live && !time.Now().Before(c.deadline) {
+		c.endLocked(expired)
 	}
-	err := c.err
+	s := c.state
 	c.mu.Unlock()
-	return err
+	return s.err()
 }
 
 // Value implements context.Context: the values of the caller's ctx, but
@@ -113,10 +147,7 @@ func (c *Ctx) Err() error {
 // it, is c's own Err, never the cause of the caller's ctx).
 func (c *Ctx) Value(key any) any {
 	c.mu.Lock()
-	if c.detached == nil {
-		c.detached = context.WithoutCancel(c.parent)
-	}
-	d := c.detached
+	d := c.rareLocked().detached
 	c.mu.Unlock()
 	return d.Value(key)
 }
@@ -128,13 +159,14 @@ func (c *Ctx) Value(key any) any {
 func (c *Ctx) AfterFunc(f func()) (stop func() bool) {
 	c.Done() // the timer, so that the deadline ends c even if nobody else waits
 	c.mu.Lock()
-	if c.after == nil {
-		c.after, c.stop = context.WithCancel(context.Background())
-		if c.err != nil {
-			c.stop()
+	r := c.rareLocked()
+	if r.after == nil {
+		r.after, r.stop = context.WithCancel(context.Background())
+		if c.state != live {
+			r.stop()
 		}
 	}
-	after := c.after
+	after := r.after
 	c.mu.Unlock()
 	return context.AfterFunc(after, f)
 }
