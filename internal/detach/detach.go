@@ -29,7 +29,12 @@ type Ctx struct {
 	state state
 	done  chan struct{} // made by the first Done; closed when it ends
 	timer *time.Timer   // ends it at the deadline; made with done
-	rare  *rare         // made by the first Value or AfterFunc
+	// The AfterFunc functions still to run when it ends; a stopped or
+	// started one is nil. The first is kept apart: a release seldom
+	// registers more than one (pgx watches the ctx of its one query).
+	first     func()
+	firstUsed bool // first was registered (it may since be nil)
+	more      []func()
 }
 
 // state is how a Ctx ended, if it has.
@@ -52,22 +57,6 @@ func (s state) err() error {
 	return nil
 }
 
-// rare is what a Ctx needs only for Value and AfterFunc, which a release
-// seldom calls: kept apart so that a Ctx stays small.
-type rare struct {
-	detached context.Context    // parent without its cancellation
-	after    context.Context    // cancelled when the Ctx ends
-	stop     context.CancelFunc // after's cancel
-}
-
-// rareLocked returns c.rare, made on first call; c.mu is held.
-func (c *Ctx) rareLocked() *rare {
-	if c.rare == nil {
-		c.rare = &rare{detached: context.WithoutCancel(c.parent)}
-	}
-	return c.rare
-}
-
 // Init makes c parent without its cancellation, ending at deadline.
 func (c *Ctx) Init(parent context.Context, deadline time.Time) {
 	c.parent, c.deadline = parent, deadline
@@ -83,7 +72,8 @@ func (c *Ctx) End() {
 	c.mu.Unlock()
 }
 
-// endLocked ends c in state s; c.mu is held.
+// endLocked ends c in state s: it closes Done, stops the timer and starts
+// the AfterFunc functions, each in its own goroutine. c.mu is held.
 func (c *Ctx) endLocked(s state) {
 	c.state = s
 	if c.done != nil {
@@ -92,8 +82,15 @@ func (c *Ctx) endLocked(s state) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	if c.rare != nil && c.rare.stop != nil {
-		c.rare.stop() // starts the AfterFunc functions, each in its own goroutine
+	if c.first != nil {
+		go c.first()
+		c.first = nil
+	}
+	for i, f := range c.more {
+		if f != nil {
+			go f()
+			c.more[i] = nil
+		}
 	}
 }
 
@@ -114,19 +111,24 @@ func (c *Ctx) Deadline() (time.Time, bool) { return c.deadline, true }
 func (c *Ctx) Done() <-chan struct{} {
 	c.mu.Lock()
 	if c.done == nil {
-		c.done = make(chan struct{})
-		switch d := time.Until(c.deadline); {
-		case c.state != live:
-			close(c.done)
-		case d <= 0:
-			c.endLocked(expired)
-		default:
-			c.timer = time.AfterFunc(d, c.expire)
-		}
+		c.makeDoneLocked()
 	}
 	done := c.done
 	c.mu.Unlock()
 	return done
+}
+
+// makeDoneLocked makes the done channel and its timer; c.mu is held.
+func (c *Ctx) makeDoneLocked() {
+	c.done = make(chan struct{})
+	switch d := time.Until(c.deadline); {
+	case c.state != live:
+		close(c.done)
+	case d <= 0:
+		c.endLocked(expired)
+	default:
+		c.timer = time.AfterFunc(d, c.expire)
+	}
 }
 
 // Err implements context.Context. It answers from the deadline and End,
@@ -143,30 +145,96 @@ func (c *Ctx) Err() error {
 }
 
 // Value implements context.Context: the values of the caller's ctx, but
-// not its cancellation (context.Cause of c, or of a context derived from
-// it, is c's own Err, never the cause of the caller's ctx).
+// not its cancellation, as context.WithoutCancel gives them (context.Cause
+// of c, or of a context derived from it, is c's own Err, never the cause
+// of the caller's ctx). It allocates nothing unless the key is an *int
+// other than the context package's own key for its cancellation.
 func (c *Ctx) Value(key any) any {
-	c.mu.Lock()
-	d := c.rareLocked().detached
-	c.mu.Unlock()
-	return d.Value(key)
+	if _, ok := key.(*int); ok { // the type of the context package's key
+		if key == cancelKey {
+			return nil // what WithoutCancel answers, without making one
+		}
+		return context.WithoutCancel(c.parent).Value(key)
+	}
+	return c.parent.Value(key)
+}
+
+// cancelKey is the key under which a context of the context package finds
+// its closest cancellable ancestor (context.Cause, context.WithCancel and
+// context.AfterFunc ask a parent for it), or nil if it could not be found
+// out: Value then asks context.WithoutCancel for every *int key.
+var cancelKey = findCancelKey()
+
+// findCancelKey learns cancelKey from the first key context.Cause asks
+// for, and checks it: a cancellable context answers it with itself.
+func findCancelKey() any {
+	p := &keyProbe{Context: context.Background()}
+	_ = context.Cause(p)
+	if _, ok := p.key.(*int); !ok {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if v, ok := ctx.Value(p.key).(context.Context); !ok || v != ctx {
+		return nil
+	}
+	return p.key
+}
+
+// keyProbe is a cancelled context that records the first key asked of it.
+type keyProbe struct {
+	context.Context
+	key any
+}
+
+func (p *keyProbe) Err() error { return context.Canceled }
+
+func (p *keyProbe) Value(key any) any {
+	if p.key == nil {
+		p.key = key
+	}
+	return nil
 }
 
 // AfterFunc lets context.AfterFunc and contexts derived from c follow its
 // end without a goroutine of their own: f runs, in its own goroutine, once
 // c ends (at once if it has); stop unregisters it, as context.AfterFunc's
-// does.
+// does: it returns true if that kept f from running.
 func (c *Ctx) AfterFunc(f func()) (stop func() bool) {
-	c.Done() // the timer, so that the deadline ends c even if nobody else waits
 	c.mu.Lock()
-	r := c.rareLocked()
-	if r.after == nil {
-		r.after, r.stop = context.WithCancel(context.Background())
-		if c.state != live {
-			r.stop()
-		}
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.makeDoneLocked() // the timer, so that the deadline ends c even if nobody waits on Done
 	}
-	after := r.after
-	c.mu.Unlock()
-	return context.AfterFunc(after, f)
+	if c.state != live {
+		go f()
+		return stopped
+	}
+	if !c.firstUsed {
+		c.first, c.firstUsed = f, true
+		return c.stopFirst
+	}
+	i := len(c.more)
+	c.more = append(c.more, f)
+	return func() bool { return c.stopMore(i) }
+}
+
+func stopped() bool { return false }
+
+// stopFirst unregisters the first AfterFunc function.
+func (c *Ctx) stopFirst() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok := c.first != nil
+	c.first = nil
+	return ok
+}
+
+// stopMore unregisters the AfterFunc function more[i].
+func (c *Ctx) stopMore(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok := c.more[i] != nil
+	c.more[i] = nil
+	return ok
 }

@@ -1,0 +1,126 @@
+package detach
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+type strKey struct{}
+
+// The context package's key is found on this Go, so that Value answers it
+// without allocating; values under every other key, *int ones too, come
+// from the caller's ctx, and its cancellation does not.
+func TestValue(t *testing.T) {
+	if cancelKey == nil {
+		t.Fatal("the context package's cancellation key was not found: Value allocates for it")
+	}
+	var intKey int
+	cause := errors.New("the caller's cause")
+	parent, cancelParent := context.WithCancelCause(context.WithValue(context.WithValue(context.Background(), &intKey, "i"), strKey{}, "s"))
+	cancelParent(cause)
+	var c Ctx
+	c.Init(parent, time.Now().Add(time.Hour))
+	defer c.End()
+	if c.Value(&intKey) != "i" || c.Value(strKey{}) != "s" {
+		t.Fatalf("values lost: %v, %v", c.Value(&intKey), c.Value(strKey{}))
+	}
+	if c.Value(cancelKey) != nil {
+		t.Fatal("the caller's cancellable ctx shows through")
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = c.Value(strKey{}), c.Value(cancelKey) }); n != 0 {
+		t.Errorf("Value costs %v allocations", n)
+	}
+	c.End()
+	child, cancel := context.WithCancel(&c)
+	defer cancel()
+	if got := context.Cause(child); got != context.Canceled {
+		t.Fatalf("a child's cause = %v, want context.Canceled", got)
+	}
+}
+
+// AfterFunc functions run once each when the ctx ends, unless stopped in
+// time; a stop reports whether it stopped its own function and no other.
+func TestAfterFunc(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var c Ctx
+	c.Init(context.Background(), time.Now().Add(time.Hour))
+	var ran [4]atomic.Int32
+	done := make(chan int, 4)
+	f := func(i int) func() { return func() { ran[i].Add(1); done <- i } }
+	stop0 := c.AfterFunc(f(0))
+	if !stop0() || stop0() {
+		t.Fatal("stop of a pending function: want true, then false")
+	}
+	stop1 := c.AfterFunc(f(1)) // after the first was stopped
+	stop2 := c.AfterFunc(f(2))
+	if !stop2() {
+		t.Fatal("stop2 did not stop f2")
+	}
+	_ = c.AfterFunc(f(3))
+	if stop0() {
+		t.Fatal("the first function's stop, again, stopped another")
+	}
+	c.End()
+	got := map[int]bool{<-done: true, <-done: true}
+	if !got[1] || !got[3] {
+		t.Fatalf("ran %v, want 1 and 3", got)
+	}
+	if stop1() {
+		t.Fatal("stop of a started function reports it stopped it")
+	}
+	// After the end: f runs at once.
+	_ = c.AfterFunc(f(0))
+	if i := <-done; i != 0 {
+		t.Fatalf("ran %d", i)
+	}
+	select {
+	case i := <-done:
+		t.Fatalf("%d ran again", i)
+	case <-time.After(10 * time.Millisecond):
+	}
+	for i := range ran {
+		if n := ran[i].Load(); n > 1 {
+			t.Errorf("f%d ran %d times", i, n)
+		}
+	}
+}
+
+// What a release that waits on Done, and one under pgx (which watches its
+// query's ctx with context.AfterFunc and stops watching when the query
+// returns), cost beyond the Ctx itself.
+func TestAllocs(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var c Ctx
+	for _, tc := range []struct {
+		name string
+		max  float64
+		f    func(ctx context.Context)
+	}{
+		{"Done", 3, func(ctx context.Context) { _ = ctx.Done() }}, // channel, timer, its function
+		// context.AfterFunc's own 4 (its ctx and stop, and, for a parent
+		// of a type of its own, a function and a stopCtx) and the stop of
+		// this one's AfterFunc.
+		{"AfterFunc", 3 + 5, func(ctx context.Context) {
+			if !context.AfterFunc(ctx, func() {})() {
+				t.Error("stop did not stop")
+			}
+		}},
+	} {
+		n := testing.AllocsPerRun(100, func() {
+			c = Ctx{}
+			c.Init(parent, time.Now().Add(time.Minute))
+			tc.f(&c)
+			c.End()
+		})
+		if n > tc.max {
+			t.Errorf("%s costs %v allocations, want %v", tc.name, n, tc.max)
+		}
+	}
+}
