@@ -197,12 +197,12 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // ReleaseContext hands such a ctx back as it is, so a release makes one
 // context, not two. The caller must call cancel.
 //
-// The context is lazy: its deadline is fixed now, but its done channel and
-// the timer that closes it are made only if a Release asks for Done (a
-// network call may; one that only checks Err does not, nor does a release
-// made of local system calls), so a release that never waits on Done costs
-// one small allocation, and one that does three more. Contexts derived
-// from it follow it without a goroutine of their own.
+// The context is lazy: its deadline is fixed now, but its done channel is
+// made only if a Release asks for Done (a network call may; one that only
+// checks Err does not, nor does a release made of local system calls), and
+// it is closed at the deadline by a timer shared by all such contexts, so
+// a release costs one small allocation, and one more if it waits on Done.
+// Contexts derived from it follow it without a goroutine of their own.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	c := new(detach.Ctx)
 	c.Init(ctx, time.Now().Add(timeout))

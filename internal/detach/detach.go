@@ -13,14 +13,15 @@ import (
 
 // Ctx is a detached, bounded context. Its zero value is not ready: call
 // Init first, and End when the release it bounds returns. A Ctx must not
-// be copied after Init.
+// be copied after Init, nor used for a second release.
 //
-// It is lazy: its deadline is fixed by Init, but its done channel and the
-// timer that closes it are made only when someone asks for Done (a network
-// client may; one that only checks Err does not, nor does a release made of
-// local system calls). A context derived from it (context.WithCancel,
-// context.AfterFunc) follows it through its AfterFunc method, without a
-// goroutine of its own.
+// It is lazy: its deadline is fixed by Init, but its done channel is made
+// only when someone asks for Done (a network client may; one that only
+// checks Err does not, nor does a release made of local system calls), and
+// then it joins the one list of the process whose one timer closes each
+// channel at its deadline, rather than making a timer of its own. A
+// context derived from it (context.WithCancel, context.AfterFunc) follows
+// it through its AfterFunc method, without a goroutine of its own.
 type Ctx struct {
 	parent   context.Context // the caller's ctx: only its values are used
 	deadline time.Time
@@ -28,13 +29,17 @@ type Ctx struct {
 	mu    sync.Mutex
 	state state
 	done  chan struct{} // made by the first Done; closed when it ends
-	timer *time.Timer   // ends it at the deadline; made with done
 	// The AfterFunc functions still to run when it ends; a stopped or
 	// started one is nil. The first is kept apart: a release seldom
 	// registers more than one (pgx watches the ctx of its one query).
 	first     func()
 	firstUsed bool // first was registered (it may since be nil)
 	more      []func()
+
+	// Its place in the timer's list while Done is made and it has not
+	// ended; guarded by timers.mu.
+	prev, next *Ctx
+	listed     bool
 }
 
 // state is how a Ctx ended, if it has.
@@ -78,9 +83,7 @@ func (c *Ctx) endLocked(s state) {
 	c.state = s
 	if c.done != nil {
 		close(c.done)
-	}
-	if c.timer != nil {
-		c.timer.Stop()
+		timers.remove(c)
 	}
 	if c.first != nil {
 		go c.first()
@@ -94,10 +97,10 @@ func (c *Ctx) endLocked(s state) {
 	}
 }
 
-// expire ends c at its deadline (its timer's function).
+// expire ends c if its deadline has passed (the timer's list calls it).
 func (c *Ctx) expire() {
 	c.mu.Lock()
-	if c.state == live {
+	if c.state == live && !time.Now().Before(c.deadline) {
 		c.endLocked(expired)
 	}
 	c.mu.Unlock()
@@ -107,7 +110,7 @@ func (c *Ctx) expire() {
 func (c *Ctx) Deadline() (time.Time, bool) { return c.deadline, true }
 
 // Done implements context.Context. The first call makes the channel and
-// the timer that closes it at the deadline.
+// puts c in the timer's list, which closes it at the deadline.
 func (c *Ctx) Done() <-chan struct{} {
 	c.mu.Lock()
 	if c.done == nil {
@@ -118,16 +121,17 @@ func (c *Ctx) Done() <-chan struct{} {
 	return done
 }
 
-// makeDoneLocked makes the done channel and its timer; c.mu is held.
+// makeDoneLocked makes the done channel and lists c for the timer; c.mu
+// is held.
 func (c *Ctx) makeDoneLocked() {
 	c.done = make(chan struct{})
-	switch d := time.Until(c.deadline); {
+	switch {
 	case c.state != live:
 		close(c.done)
-	case d <= 0:
+	case !time.Now().Before(c.deadline):
 		c.endLocked(expired)
 	default:
-		c.timer = time.AfterFunc(d, c.expire)
+		timers.add(c)
 	}
 }
 
@@ -237,4 +241,99 @@ func (c *Ctx) stopMore(i int) bool {
 	ok := c.more[i] != nil
 	c.more[i] = nil
 	return ok
+}
+
+// timers ends the listed Ctxs at their deadlines with one timer: a Ctx
+// whose Done is made joins the list, sorted by deadline, and leaves it
+// when it ends. A release is short and its timeout long, so the timer
+// seldom fires, and then mostly finds nothing due yet.
+var timers timerList
+
+type timerList struct {
+	mu         sync.Mutex
+	head, tail *Ctx
+	timer      *time.Timer // made by the first add
+	at         time.Time   // when the timer fires; zero when it is not set
+}
+
+// add lists c, which has not ended, and sets the timer if c is due first.
+// c.mu is held (the lock order: a Ctx's, then the list's).
+func (l *timerList) add(c *Ctx) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// From the tail: deadlines mostly grow, so c mostly goes last.
+	p := l.tail
+	for p != nil && p.deadline.After(c.deadline) {
+		p = p.prev
+	}
+	c.prev, c.listed = p, true
+	if p == nil {
+		c.next, l.head = l.head, c
+	} else {
+		c.next, p.next = p.next, c
+	}
+	if c.next == nil {
+		l.tail = c
+	} else {
+		c.next.prev = c
+	}
+	if l.head == c && (l.at.IsZero() || c.deadline.Before(l.at)) {
+		l.setLocked(c.deadline)
+	}
+}
+
+// remove unlists c if it is listed. c.mu is held.
+func (l *timerList) remove(c *Ctx) {
+	l.mu.Lock()
+	if c.listed {
+		l.unlinkLocked(c)
+	}
+	l.mu.Unlock()
+}
+
+func (l *timerList) unlinkLocked(c *Ctx) {
+	if c.prev == nil {
+		l.head = c.next
+	} else {
+		c.prev.next = c.next
+	}
+	if c.next == nil {
+		l.tail = c.prev
+	} else {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next, c.listed = nil, nil, false
+	// The timer stays set: when it fires early it sets itself again.
+}
+
+// setLocked sets the timer to fire at t.
+func (l *timerList) setLocked(t time.Time) {
+	l.at = t
+	if l.timer == nil {
+		l.timer = time.AfterFunc(time.Until(t), l.fire)
+	} else {
+		l.timer.Reset(time.Until(t))
+	}
+}
+
+// fire ends the Ctxs that are due and sets the timer for the next one.
+func (l *timerList) fire() {
+	var due *Ctx // unlisted, linked through next
+	l.mu.Lock()
+	l.at = time.Time{}
+	now := time.Now()
+	for c := l.head; c != nil && !c.deadline.After(now); c = l.head {
+		l.unlinkLocked(c)
+		c.next, due = due, c
+	}
+	if l.head != nil {
+		l.setLocked(l.head.deadline)
+	}
+	l.mu.Unlock()
+	for due != nil {
+		c := due
+		due = c.next
+		c.next = nil
+		c.expire() // outside l.mu: the lock order is a Ctx's, then the list's
+	}
 }

@@ -103,11 +103,11 @@ func TestAllocs(t *testing.T) {
 		max  float64
 		f    func(ctx context.Context)
 	}{
-		{"Done", 3, func(ctx context.Context) { _ = ctx.Done() }}, // channel, timer, its function
+		{"Done", 1, func(ctx context.Context) { _ = ctx.Done() }}, // its channel
 		// context.AfterFunc's own 4 (its ctx and stop, and, for a parent
 		// of a type of its own, a function and a stopCtx) and the stop of
 		// this one's AfterFunc.
-		{"AfterFunc", 3 + 5, func(ctx context.Context) {
+		{"AfterFunc", 1 + 5, func(ctx context.Context) {
 			if !context.AfterFunc(ctx, func() {})() {
 				t.Error("stop did not stop")
 			}
@@ -123,4 +123,60 @@ func TestAllocs(t *testing.T) {
 			t.Errorf("%s costs %v allocations, want %v", tc.name, n, tc.max)
 		}
 	}
+}
+
+// The one timer ends every listed Ctx at its deadline, not before, in
+// whatever order they were listed, also when some end first; the list is
+// empty afterwards.
+func TestTimerList(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const n = 60
+	start := time.Now()
+	cs := make([]*Ctx, n)
+	for i := range cs {
+		cs[i] = new(Ctx)
+		// Deadlines out of order, some equal: 5 to 44 ms from start.
+		cs[i].Init(context.Background(), start.Add(time.Duration(5+(i*7)%40)*time.Millisecond))
+		_ = cs[i].Done()
+	}
+	for i := 0; i < n; i += 3 {
+		cs[i].End()
+	}
+	for i, c := range cs {
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ctx %d did not end", i)
+		}
+		want := context.DeadlineExceeded
+		if i%3 == 0 {
+			want = context.Canceled
+		} else if now := time.Now(); now.Before(c.deadline) {
+			t.Errorf("ctx %d ended %v before its deadline", i, c.deadline.Sub(now))
+		}
+		if err := c.Err(); err != want {
+			t.Errorf("ctx %d: Err = %v, want %v", i, err, want)
+		}
+		c.End()
+	}
+	timers.mu.Lock()
+	head, tail := timers.head, timers.tail
+	timers.mu.Unlock()
+	if head != nil || tail != nil {
+		t.Fatal("the timer's list is not empty")
+	}
+	// A Ctx listed before the others' deadline, due first, is ended first.
+	late, early := new(Ctx), new(Ctx)
+	late.Init(context.Background(), time.Now().Add(time.Hour))
+	_ = late.Done()
+	early.Init(context.Background(), time.Now().Add(10*time.Millisecond))
+	select {
+	case <-early.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a ctx due before the listed one did not end")
+	}
+	if late.Err() != nil {
+		t.Fatal("the later ctx ended too")
+	}
+	late.End()
 }
