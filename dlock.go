@@ -475,7 +475,7 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 // cancellation and bounded by the release timeout (see
 // backend.DetachedContext), ended when it returns.
 func (l *Lock[L]) releaseLease(ctx context.Context) error {
-	l.rctx.Init(ctx, time.Now().Add(l.g.opts.releaseTimeout))
+	l.rctx.Init(ctx, l.g.opts.releaseTimeout)
 	defer l.rctx.End()
 	return l.lease.Release(&l.rctx)
 }

@@ -205,7 +205,7 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // Contexts derived from it follow it without a goroutine of their own.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	c := new(detach.Ctx)
-	c.Init(ctx, time.Now().Add(timeout))
+	c.Init(ctx, timeout)
 	return c, c.End
 }
 
@@ -215,7 +215,7 @@ func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.C
 // cancel function costs another).
 func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
 	c := new(detach.Ctx)
-	c.Init(ctx, time.Now().Add(timeout))
+	c.Init(ctx, timeout)
 	defer c.End()
 	return release(c)
 }

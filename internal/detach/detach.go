@@ -23,8 +23,8 @@ import (
 // context derived from it (context.WithCancel, context.AfterFunc) follows
 // it through its AfterFunc method, without a goroutine of its own.
 type Ctx struct {
-	parent   context.Context // the caller's ctx: only its values are used
-	deadline time.Time
+	parent context.Context // the caller's ctx: only its values are used
+	due    time.Duration   // the deadline, as a time since epoch
 
 	mu    sync.Mutex
 	state state
@@ -62,10 +62,18 @@ func (s state) err() error {
 	return nil
 }
 
-// Init makes c parent without its cancellation, ending at deadline.
-func (c *Ctx) Init(parent context.Context, deadline time.Time) {
-	c.parent, c.deadline = parent, deadline
+// Init makes c parent without its cancellation, ending timeout from now.
+func (c *Ctx) Init(parent context.Context, timeout time.Duration) {
+	c.parent, c.due = parent, now()+timeout
 }
+
+// epoch is the origin of the times a Ctx keeps: they are read from the
+// monotonic clock alone (time.Since of a time that has a monotonic
+// reading), which costs a fraction of time.Now's two clock reads.
+var epoch = time.Now()
+
+// now is the time since epoch.
+func now() time.Duration { return time.Since(epoch) }
 
 // End cancels c (its Err becomes context.Canceled unless it has already
 // ended) and frees its timer.
@@ -100,14 +108,17 @@ func (c *Ctx) endLocked(s state) {
 // expire ends c if its deadline has passed (the timer's list calls it).
 func (c *Ctx) expire() {
 	c.mu.Lock()
-	if c.state == live && !time.Now().Before(c.deadline) {
+	if c.state == live && now() >= c.due {
 		c.endLocked(expired)
 	}
 	c.mu.Unlock()
 }
 
-// Deadline implements context.Context.
-func (c *Ctx) Deadline() (time.Time, bool) { return c.deadline, true }
+// Deadline implements context.Context. The time has a monotonic reading,
+// which comparisons and time.Until use; its wall clock reading is
+// epoch's plus the monotonic time since, so it is off by whatever the
+// wall clock was stepped since the process started.
+func (c *Ctx) Deadline() (time.Time, bool) { return epoch.Add(c.due), true }
 
 // Done implements context.Context. The first call makes the channel and
 // puts c in the timer's list, which closes it at the deadline.
@@ -128,7 +139,7 @@ func (c *Ctx) makeDoneLocked() {
 	switch {
 	case c.state != live:
 		close(c.done)
-	case !time.Now().Before(c.deadline):
+	case now() >= c.due:
 		c.endLocked(expired)
 	default:
 		timers.add(c)
@@ -140,7 +151,7 @@ func (c *Ctx) makeDoneLocked() {
 // closes Done, if made) rather than wait for the timer.
 func (c *Ctx) Err() error {
 	c.mu.Lock()
-	if c.state == live && !time.Now().Before(c.deadline) {
+	if c.state == live && now() >= c.due {
 		c.endLocked(expired)
 	}
 	s := c.state
@@ -252,8 +263,9 @@ var timers timerList
 type timerList struct {
 	mu         sync.Mutex
 	head, tail *Ctx
-	timer      *time.Timer // made by the first add
-	at         time.Time   // when the timer fires; zero when it is not set
+	timer      *time.Timer   // made by the first add
+	at         time.Duration // when the timer fires, if set
+	set        bool
 }
 
 // add lists c, which has not ended, and sets the timer if c is due first.
@@ -263,7 +275,7 @@ func (l *timerList) add(c *Ctx) {
 	defer l.mu.Unlock()
 	// From the tail: deadlines mostly grow, so c mostly goes last.
 	p := l.tail
-	for p != nil && p.deadline.After(c.deadline) {
+	for p != nil && p.due > c.due {
 		p = p.prev
 	}
 	c.prev, c.listed = p, true
@@ -277,8 +289,8 @@ func (l *timerList) add(c *Ctx) {
 	} else {
 		c.next.prev = c
 	}
-	if l.head == c && (l.at.IsZero() || c.deadline.Before(l.at)) {
-		l.setLocked(c.deadline)
+	if l.head == c && (!l.set || c.due < l.at) {
+		l.setLocked(c.due)
 	}
 }
 
@@ -306,13 +318,13 @@ func (l *timerList) unlinkLocked(c *Ctx) {
 	// The timer stays set: when it fires early it sets itself again.
 }
 
-// setLocked sets the timer to fire at t.
-func (l *timerList) setLocked(t time.Time) {
-	l.at = t
+// setLocked sets the timer to fire at t (a time since epoch).
+func (l *timerList) setLocked(t time.Duration) {
+	l.at, l.set = t, true
 	if l.timer == nil {
-		l.timer = time.AfterFunc(time.Until(t), l.fire)
+		l.timer = time.AfterFunc(t-now(), l.fire)
 	} else {
-		l.timer.Reset(time.Until(t))
+		l.timer.Reset(t - now())
 	}
 }
 
@@ -320,14 +332,14 @@ func (l *timerList) setLocked(t time.Time) {
 func (l *timerList) fire() {
 	var due *Ctx // unlisted, linked through next
 	l.mu.Lock()
-	l.at = time.Time{}
-	now := time.Now()
-	for c := l.head; c != nil && !c.deadline.After(now); c = l.head {
+	l.set = false
+	t := now()
+	for c := l.head; c != nil && c.due <= t; c = l.head {
 		l.unlinkLocked(c)
 		c.next, due = due, c
 	}
 	if l.head != nil {
-		l.setLocked(l.head.deadline)
+		l.setLocked(l.head.due)
 	}
 	l.mu.Unlock()
 	for due != nil {

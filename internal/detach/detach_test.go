@@ -24,7 +24,7 @@ func TestValue(t *testing.T) {
 	parent, cancelParent := context.WithCancelCause(context.WithValue(context.WithValue(context.Background(), &intKey, "i"), strKey{}, "s"))
 	cancelParent(cause)
 	var c Ctx
-	c.Init(parent, time.Now().Add(time.Hour))
+	c.Init(parent, time.Hour)
 	defer c.End()
 	if c.Value(&intKey) != "i" || c.Value(strKey{}) != "s" {
 		t.Fatalf("values lost: %v, %v", c.Value(&intKey), c.Value(strKey{}))
@@ -48,7 +48,7 @@ func TestValue(t *testing.T) {
 func TestAfterFunc(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	var c Ctx
-	c.Init(context.Background(), time.Now().Add(time.Hour))
+	c.Init(context.Background(), time.Hour)
 	var ran [4]atomic.Int32
 	done := make(chan int, 4)
 	f := func(i int) func() { return func() { ran[i].Add(1); done <- i } }
@@ -115,7 +115,7 @@ func TestAllocs(t *testing.T) {
 	} {
 		n := testing.AllocsPerRun(100, func() {
 			c = Ctx{}
-			c.Init(parent, time.Now().Add(time.Minute))
+			c.Init(parent, time.Minute)
 			tc.f(&c)
 			c.End()
 		})
@@ -136,7 +136,7 @@ func TestTimerList(t *testing.T) {
 	for i := range cs {
 		cs[i] = new(Ctx)
 		// Deadlines out of order, some equal: 5 to 44 ms from start.
-		cs[i].Init(context.Background(), start.Add(time.Duration(5+(i*7)%40)*time.Millisecond))
+		cs[i].Init(context.Background(), time.Duration(5+(i*7)%40)*time.Millisecond-time.Since(start))
 		_ = cs[i].Done()
 	}
 	for i := 0; i < n; i += 3 {
@@ -151,8 +151,8 @@ func TestTimerList(t *testing.T) {
 		want := context.DeadlineExceeded
 		if i%3 == 0 {
 			want = context.Canceled
-		} else if now := time.Now(); now.Before(c.deadline) {
-			t.Errorf("ctx %d ended %v before its deadline", i, c.deadline.Sub(now))
+		} else if dl, _ := c.Deadline(); time.Now().Before(dl) {
+			t.Errorf("ctx %d ended %v before its deadline", i, time.Until(dl))
 		}
 		if err := c.Err(); err != want {
 			t.Errorf("ctx %d: Err = %v, want %v", i, err, want)
@@ -167,9 +167,9 @@ func TestTimerList(t *testing.T) {
 	}
 	// A Ctx listed before the others' deadline, due first, is ended first.
 	late, early := new(Ctx), new(Ctx)
-	late.Init(context.Background(), time.Now().Add(time.Hour))
+	late.Init(context.Background(), time.Hour)
 	_ = late.Done()
-	early.Init(context.Background(), time.Now().Add(10*time.Millisecond))
+	early.Init(context.Background(), 10*time.Millisecond)
 	select {
 	case <-early.Done():
 	case <-time.After(5 * time.Second):
@@ -179,4 +179,21 @@ func TestTimerList(t *testing.T) {
 		t.Fatal("the later ctx ended too")
 	}
 	late.End()
+}
+
+// Deadline is timeout after Init, by the monotonic clock and (the wall
+// clock not being stepped meanwhile) by the wall clock too.
+func TestDeadline(t *testing.T) {
+	before := time.Now()
+	var c Ctx
+	c.Init(context.Background(), time.Minute)
+	after := time.Now()
+	defer c.End()
+	dl, ok := c.Deadline()
+	if !ok || dl.Before(before.Add(time.Minute)) || dl.After(after.Add(time.Minute)) {
+		t.Fatalf("Deadline = %v, %v; want between %v and %v", dl, ok, before.Add(time.Minute), after.Add(time.Minute))
+	}
+	if wall, want := dl.Round(0), after.Add(time.Minute).Round(0); wall.Sub(want).Abs() > time.Second {
+		t.Fatalf("Deadline's wall clock reading %v, want about %v", wall, want)
+	}
 }
