@@ -292,8 +292,8 @@ func (g *Guard[L]) takeAll(ctx context.Context, names []string) ([]*Lock[L], err
 	locks, err := g.tryAllOnce(ctx, names, setName)
 	for i, o := range obs {
 		octx := o.end(1, 0, err)
-		if locks != nil {
-			locks[i].obsCtx, locks[i].acquired = octx, time.Now()
+		if locks != nil && octx != nil {
+			locks[i].obs = &lockObs{ctx: octx, acquired: time.Now()}
 		}
 	}
 	return locks, err

@@ -155,8 +155,8 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if err != nil {
 		return err
 	}
-	if lk.obsCtx != nil {
-		ctx = lk.obsCtx // fn's work nests under the observers' hold (a span)
+	if lk.obs != nil {
+		ctx = lk.obs.ctx // fn's work nests under the observers' hold (a span)
 	}
 	return run(ctx, lk, fn)
 }
@@ -203,10 +203,10 @@ func (g *Guard[L]) acquire(ctx context.Context, name string, wait, do bool) (*Lo
 		return lk, err
 	}
 	octx := o.end(attempts, retried, err)
-	if lk != nil {
-		lk.obsCtx, lk.acquired = octx, time.Now()
+	if lk != nil && octx != nil {
+		lk.obs = &lockObs{ctx: octx, acquired: time.Now()}
 		if !do { // Do watches for loss itself
-			lk.unwatch = lk.watch(func() { lk.observeLost(false) })
+			lk.obs.unwatch = lk.watch(func() { lk.observeLost(false) })
 		}
 	}
 	return lk, err
@@ -374,8 +374,12 @@ type Lock[L backend.Lease] struct {
 	rctx detach.Ctx // Release's ctx: one Release runs, so it is kept here rather than made
 	run  *doRun     // Do's run under the lock, made with it (nil: Acquire'd)
 
-	// Set only when the Guard has observers:
-	obsCtx   context.Context // from the observers' AcquireEnd
+	obs *lockObs // nil unless the Guard has observers
+}
+
+// lockObs is what a Lock keeps for its Guard's observers.
+type lockObs struct {
+	ctx      context.Context // from the observers' AcquireEnd
 	acquired time.Time
 	unwatch  func() // stops watching an Acquire'd lock for loss
 	lostTold atomic.Bool
@@ -489,8 +493,8 @@ func (l *Lock[L]) beginRelease() (wasLost bool, err error) {
 	if l.state != held {
 		return false, l.g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
-	if l.unwatch != nil {
-		l.unwatch()
+	if l.obs != nil && l.obs.unwatch != nil {
+		l.obs.unwatch()
 	}
 	wasLost = l.leaseLost()
 	l.state = releasing
@@ -521,7 +525,7 @@ func (l *Lock[L]) endRelease(wasLost bool, err error) error {
 	if err != nil {
 		err = g.errorf(l.name, err)
 	}
-	if l.obsCtx != nil {
+	if l.obs != nil {
 		if errors.Is(err, ErrLockLost) {
 			l.observeLost(true)
 		}

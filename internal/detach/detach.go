@@ -26,20 +26,20 @@ type Ctx struct {
 	parent context.Context // the caller's ctx: only its values are used
 	due    time.Duration   // the deadline, as a time since epoch
 
-	mu    sync.Mutex
-	state state
-	done  chan struct{} // made by the first Done; closed when it ends
+	mu        sync.Mutex
+	state     state
+	firstUsed bool          // first was registered (it may since be nil)
+	listed    bool          // in the timer's list; guarded by timers.mu
+	done      chan struct{} // made by the first Done; closed when it ends
 	// The AfterFunc functions still to run when it ends; a stopped or
 	// started one is nil. The first is kept apart: a release seldom
 	// registers more than one (pgx watches the ctx of its one query).
-	first     func()
-	firstUsed bool // first was registered (it may since be nil)
-	more      []func()
+	first func()
+	more  *[]func()
 
-	// Its place in the timer's list while Done is made and it has not
-	// ended; guarded by timers.mu.
+	// Its place in the timer's list while it is listed (Done is made and
+	// it has not ended); guarded by timers.mu.
 	prev, next *Ctx
-	listed     bool
 }
 
 // state is how a Ctx ended, if it has.
@@ -97,10 +97,12 @@ func (c *Ctx) endLocked(s state) {
 		go c.first()
 		c.first = nil
 	}
-	for i, f := range c.more {
-		if f != nil {
-			go f()
-			c.more[i] = nil
+	if c.more != nil {
+		for i, f := range *c.more {
+			if f != nil {
+				go f()
+				(*c.more)[i] = nil
+			}
 		}
 	}
 }
@@ -229,8 +231,11 @@ func (c *Ctx) AfterFunc(f func()) (stop func() bool) {
 		c.first, c.firstUsed = f, true
 		return c.stopFirst
 	}
-	i := len(c.more)
-	c.more = append(c.more, f)
+	if c.more == nil {
+		c.more = new([]func())
+	}
+	i := len(*c.more)
+	*c.more = append(*c.more, f)
 	return func() bool { return c.stopMore(i) }
 }
 
@@ -249,8 +254,8 @@ func (c *Ctx) stopFirst() bool {
 func (c *Ctx) stopMore(i int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ok := c.more[i] != nil
-	c.more[i] = nil
+	ok := (*c.more)[i] != nil
+	(*c.more)[i] = nil
 	return ok
 }
 
