@@ -210,9 +210,10 @@ func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.C
 }
 
 // ReleaseDetached calls release with DetachedContext(ctx, timeout) and
-// cancels that context when release returns. It costs one small
-// allocation when release never asks the context for Done (DetachedContext's
-// cancel function costs another).
+// cancels that context when release returns. It is what the dlock
+// package's Lock.Release does (which keeps the context in the Lock's own
+// memory); it costs one small allocation when release never asks the
+// context for Done (DetachedContext's cancel function costs another).
 func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
 	c := new(detach.Ctx)
 	c.Init(ctx, timeout)
