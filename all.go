@@ -261,6 +261,8 @@ func (s *LockSet[L]) markLost(lk *Lock[L]) {
 	lk.observeLost(false)
 }
 
+func (s *LockSet[L]) newRun() *doRun { return new(doRun) }
+
 func (s *LockSet[L]) watchLoss(r *doRun) {
 	r.running.Add(1)
 	r.stop = watchChan(s.lost, func() {
@@ -290,8 +292,8 @@ func (g *Guard[L]) takeAll(ctx context.Context, names []string) ([]*Lock[L], err
 	locks, err := g.tryAllOnce(ctx, names, setName)
 	for i, o := range obs {
 		octx := o.end(1, 0, err)
-		if locks != nil {
-			locks[i].obsCtx, locks[i].acquired = octx, time.Now()
+		if locks != nil && octx != nil {
+			locks[i].obs = &lockObs{ctx: octx, acquired: time.Now()}
 		}
 	}
 	return locks, err

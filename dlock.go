@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
+	"github.com/dlock-go/dlock/internal/detach"
 	"github.com/dlock-go/dlock/internal/pace"
 )
 
@@ -154,8 +155,8 @@ func (g *Guard[L]) do(ctx context.Context, name string, fn func(ctx context.Cont
 	if err != nil {
 		return err
 	}
-	if lk.obsCtx != nil {
-		ctx = lk.obsCtx // fn's work nests under the observers' hold (a span)
+	if lk.obs != nil {
+		ctx = lk.obs.ctx // fn's work nests under the observers' hold (a span)
 	}
 	return run(ctx, lk, fn)
 }
@@ -197,23 +198,24 @@ func (g *Guard[L]) TryHold(ctx context.Context, name string) (Handle, error) {
 // that Do will run a function under the lock (and watch for its loss).
 func (g *Guard[L]) acquire(ctx context.Context, name string, wait, do bool) (*Lock[L], error) {
 	o, actx := g.observeStart(ctx, name, !wait)
-	lk, attempts, retried, err := g.take(actx, name, wait)
+	lk, attempts, retried, err := g.take(actx, name, wait, do)
 	if o == nil {
 		return lk, err
 	}
 	octx := o.end(attempts, retried, err)
-	if lk != nil {
-		lk.obsCtx, lk.acquired = octx, time.Now()
+	if lk != nil && octx != nil {
+		lk.obs = &lockObs{ctx: octx, acquired: time.Now()}
 		if !do { // Do watches for loss itself
-			lk.unwatch = lk.watch(func() { lk.observeLost(false) })
+			lk.obs.unwatch = lk.watch(func() { lk.observeLost(false) })
 		}
 	}
 	return lk, err
 }
 
 // take takes name, waiting if wait; it reports how many backend calls it
-// made and how many server errors it rode out.
-func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L], attempts, retried int, err error) {
+// made and how many server errors it rode out. do says that Do will run a
+// function under the lock: the Lock is made with room for that run.
+func (g *Guard[L]) take(ctx context.Context, name string, wait, do bool) (lk *Lock[L], attempts, retried int, err error) {
 	if g.err != nil {
 		return nil, 0, 0, g.errorf(name, g.err)
 	}
@@ -250,7 +252,7 @@ func (g *Guard[L]) take(ctx context.Context, name string, wait bool) (lk *Lock[L
 		}
 		return nil, attempts, retried, g.errorf(name, err)
 	}
-	lk = &Lock[L]{g: g, name: name, lease: lease}
+	lk = newLock(g, name, lease, do)
 	if ctx.Err() != nil {
 		// The backend granted the lock as ctx ended: the caller has gone, so
 		// give it back rather than leak it.
@@ -369,11 +371,35 @@ type Lock[L backend.Lease] struct {
 	mu    sync.Mutex
 	state lockState
 
-	// Set only when the Guard has observers:
-	obsCtx   context.Context // from the observers' AcquireEnd
+	rctx detach.Ctx // Release's ctx: one Release runs, so it is kept here rather than made
+	run  *doRun     // Do's run under the lock, made with it (nil: Acquire'd)
+
+	obs *lockObs // nil unless the Guard has observers
+}
+
+// lockObs is what a Lock keeps for its Guard's observers.
+type lockObs struct {
+	ctx      context.Context // from the observers' AcquireEnd
 	acquired time.Time
 	unwatch  func() // stops watching an Acquire'd lock for loss
 	lostTold atomic.Bool
+}
+
+// doLock is a Lock that Do runs a function under: the lock and the state
+// of the run in one allocation.
+type doLock[L backend.Lease] struct {
+	Lock[L]
+	run doRun
+}
+
+// newLock returns a held lock of lease; do: with room for Do's run.
+func newLock[L backend.Lease](g *Guard[L], name string, lease L, do bool) *Lock[L] {
+	if do {
+		d := &doLock[L]{Lock: Lock[L]{g: g, name: name, lease: lease}}
+		d.Lock.run = &d.run
+		return &d.Lock
+	}
+	return &Lock[L]{g: g, name: name, lease: lease}
 }
 
 // lockState is where a Lock is in its life.
@@ -446,7 +472,16 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return l.endRelease(wasLost, backend.ReleaseDetached(ctx, l.g.opts.releaseTimeout, l.lease.Release))
+	return l.endRelease(wasLost, l.releaseLease(ctx))
+}
+
+// releaseLease calls the lease's Release with l.rctx: ctx detached from its
+// cancellation and bounded by the release timeout (see
+// backend.DetachedContext), ended when it returns.
+func (l *Lock[L]) releaseLease(ctx context.Context) error {
+	l.rctx.Init(ctx, l.g.opts.releaseTimeout)
+	defer l.rctx.End()
+	return l.lease.Release(&l.rctx)
 }
 
 // beginRelease is Release up to the backend's release: it returns an error
@@ -458,8 +493,8 @@ func (l *Lock[L]) beginRelease() (wasLost bool, err error) {
 	if l.state != held {
 		return false, l.g.errorf(l.name, fmt.Errorf("release: %w", ErrNotHeld))
 	}
-	if l.unwatch != nil {
-		l.unwatch()
+	if l.obs != nil && l.obs.unwatch != nil {
+		l.obs.unwatch()
 	}
 	wasLost = l.leaseLost()
 	l.state = releasing
@@ -490,7 +525,7 @@ func (l *Lock[L]) endRelease(wasLost bool, err error) error {
 	if err != nil {
 		err = g.errorf(l.name, err)
 	}
-	if l.obsCtx != nil {
+	if l.obs != nil {
 		if errors.Is(err, ErrLockLost) {
 			l.observeLost(true)
 		}
@@ -505,6 +540,8 @@ type holder interface {
 	// matching ErrLockLost if the lock is lost before r.unwatch is called.
 	watchLoss(r *doRun)
 	Release(ctx context.Context) error
+	// newRun returns the state of a run under the lock, zeroed.
+	newRun() *doRun
 }
 
 // doRun is the state of a function running under a lock: how to cancel its
@@ -536,7 +573,8 @@ func (r *doRun) unwatch() {
 // cancelled, with cause an error matching ErrLockLost, if h is lost.
 func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	r := &doRun{cancel: cancel}
+	r := h.newRun()
+	r.cancel = cancel
 	h.watchLoss(r)
 	defer func() {
 		r.unwatch()
@@ -556,6 +594,13 @@ func run(ctx context.Context, h holder, fn func(ctx context.Context) error) (err
 		// too; observers (WithLogger) are told of it.
 	}()
 	return fn(fctx)
+}
+
+func (l *Lock[L]) newRun() *doRun {
+	if l.run != nil {
+		return l.run // made with l, used once: only one Do runs under l
+	}
+	return new(doRun)
 }
 
 func (l *Lock[L]) watchLoss(r *doRun) {

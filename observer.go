@@ -126,29 +126,29 @@ func (o *observed) end(attempts, retried int, err error) context.Context {
 // holdEvent describes l now.
 func (l *Lock[L]) holdEvent() HoldEvent {
 	tok, _ := l.Token()
-	return HoldEvent{Kind: l.g.kind, Backend: l.g.backend, Name: l.name, Acquired: l.acquired, Held: time.Since(l.acquired), Token: tok}
+	return HoldEvent{Kind: l.g.kind, Backend: l.g.backend, Name: l.name, Acquired: l.obs.acquired, Held: time.Since(l.obs.acquired), Token: tok}
 }
 
 // observeLost tells l's observers, once, that l was lost.
 func (l *Lock[L]) observeLost(atRelease bool) {
-	if l.obsCtx == nil || !l.lostTold.CompareAndSwap(false, true) {
+	if l.obs == nil || !l.obs.lostTold.CompareAndSwap(false, true) {
 		return
 	}
 	e := l.holdEvent()
 	e.AtRelease = atRelease
 	for _, ob := range l.g.opts.observers {
-		ob.Lost(l.obsCtx, e)
+		ob.Lost(l.obs.ctx, e)
 	}
 }
 
 // observeReleased tells l's observers of its release.
 func (l *Lock[L]) observeReleased(err error) {
-	if l.obsCtx == nil {
+	if l.obs == nil {
 		return
 	}
 	e := l.holdEvent()
 	for _, ob := range l.g.opts.observers {
-		ob.Released(l.obsCtx, e, err)
+		ob.Released(l.obs.ctx, e, err)
 	}
 }
 

@@ -26,8 +26,9 @@ package backend
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
+
+	"github.com/dlock-go/dlock/internal/detach"
 )
 
 // Lease is one held lock.
@@ -182,7 +183,7 @@ func (p permanentError) Unwrap() error { return p.err }
 // the one bound on a release; fallback bounds a Release called directly
 // with a ctx that has no deadline. The caller must call cancel.
 func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.Context, cancel context.CancelFunc) {
-	if _, ok := ctx.(*releaseCtx); ok {
+	if _, ok := ctx.(*detach.Ctx); ok {
 		return ctx, func() {} // already detached and bounded: no second context
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -196,105 +197,26 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // ReleaseContext hands such a ctx back as it is, so a release makes one
 // context, not two. The caller must call cancel.
 //
-// The context is lazy: its deadline is fixed now, but its timer and done
-// channel are made only if a Release asks for Done (a network call may;
-// one that only checks Err does not, nor does a release made of local
-// system calls), so a release that never waits on Done costs one small
-// allocation.
+// The context is lazy: its deadline is fixed now, but its done channel is
+// made only if a Release asks for Done (a network call may; one that only
+// checks Err does not, nor does a release made of local system calls), and
+// it is closed at the deadline by a timer shared by all such contexts, so
+// a release costs one small allocation, and one more if it waits on Done.
+// Contexts derived from it follow it without a goroutine of their own.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
-	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
-	return c, c.cancel
+	c := new(detach.Ctx)
+	c.Init(ctx, timeout)
+	return c, c.End
 }
 
 // ReleaseDetached calls release with DetachedContext(ctx, timeout) and
 // cancels that context when release returns. It is what the dlock
-// package's Lock.Release does; it costs one small allocation when release
-// never asks the context for Done (DetachedContext's cancel function costs
-// another).
+// package's Lock.Release does (which keeps the context in the Lock's own
+// memory); it costs one small allocation when release never asks the
+// context for Done (DetachedContext's cancel function costs another).
 func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
-	c := &releaseCtx{parent: ctx, deadline: time.Now().Add(timeout)}
-	defer c.cancel()
+	c := new(detach.Ctx)
+	c.Init(ctx, timeout)
+	defer c.End()
 	return release(c)
-}
-
-// releaseCtx is the lazy context DetachedContext makes: parent without its
-// cancellation, with a deadline; real, the context.WithDeadline of parent
-// detached, is made on first need.
-type releaseCtx struct {
-	parent   context.Context // the caller's ctx, cancellation and all: only its values are used until real is made
-	deadline time.Time
-
-	mu       sync.Mutex
-	real     context.Context // nil until needed
-	stop     context.CancelFunc
-	canceled bool
-}
-
-// ctx returns the real context, making it on first call.
-func (c *releaseCtx) ctx() context.Context {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.real == nil {
-		detached := c.parent
-		if detached.Done() != nil { // a ctx that can never be cancelled needs no detaching
-			detached = context.WithoutCancel(detached)
-		}
-		c.real, c.stop = context.WithDeadline(detached, c.deadline)
-		if c.canceled {
-			c.stop()
-		}
-	}
-	return c.real
-}
-
-func (c *releaseCtx) cancel() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.canceled = true
-	if c.stop != nil {
-		c.stop()
-	}
-}
-
-// Deadline implements context.Context.
-func (c *releaseCtx) Deadline() (time.Time, bool) { return c.deadline, true }
-
-// Done implements context.Context.
-func (c *releaseCtx) Done() <-chan struct{} { return c.ctx().Done() }
-
-// Err implements context.Context. Until Done is asked for, it answers from
-// the deadline and cancel alone, without making the real context (a
-// network client that only checks Err before it sends costs no timer).
-func (c *releaseCtx) Err() error {
-	c.mu.Lock()
-	real, canceled := c.real, c.canceled
-	c.mu.Unlock()
-	switch {
-	case real != nil:
-		return real.Err()
-	case canceled:
-		return context.Canceled
-	case !time.Now().Before(c.deadline):
-		return context.DeadlineExceeded
-	}
-	return nil
-}
-
-// Value implements context.Context: the values of the caller's ctx (and,
-// once made, of the real context, so that contexts derived from this one
-// attach to it without a goroutine of their own).
-func (c *releaseCtx) Value(key any) any {
-	c.mu.Lock()
-	real := c.real
-	c.mu.Unlock()
-	if real != nil {
-		return real.Value(key)
-	}
-	return c.parent.Value(key)
-}
-
-// AfterFunc lets context.AfterFunc and contexts derived from this one
-// follow its end without a goroutine of their own.
-func (c *releaseCtx) AfterFunc(f func()) (stop func() bool) {
-	return context.AfterFunc(c.ctx(), f)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
+	"go.uber.org/goleak"
 )
 
 type key struct{}
@@ -121,4 +122,132 @@ func TestReleaseDetached(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = backend.ReleaseDetached(parent, time.Minute, f) }); n > 1 {
 		t.Fatalf("ReleaseDetached whose release checks Err costs %v allocations, want 1", n)
 	}
+}
+
+// A detached ctx ends at its deadline and when cancelled: Done closes, Err
+// matches, and contexts derived from it (asked for before or after Done,
+// and a context.AfterFunc) end with it, with its Err as their cause, never
+// the cause of the caller's cancelled ctx, and without a goroutine left.
+func TestDetachedContextEnds(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	parentCause := errors.New("the caller's cause")
+	parent, cancelParent := context.WithCancelCause(context.Background())
+	cancelParent(parentCause)
+
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		cancel  bool // cancel it rather than wait for the deadline
+		want    error
+	}{
+		{"deadline", 30 * time.Millisecond, false, context.DeadlineExceeded},
+		{"cancel", time.Hour, true, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := backend.DetachedContext(parent, tc.timeout)
+			defer cancel()
+			early, cancelEarly := context.WithCancel(ctx) // before anyone asked for Done
+			defer cancelEarly()
+			done := ctx.Done()
+			late, cancelLate := context.WithTimeout(ctx, time.Hour)
+			defer cancelLate()
+			ran := make(chan struct{})
+			stop := context.AfterFunc(ctx, func() { close(ran) })
+			defer stop()
+			if ctx.Err() != nil || early.Err() != nil || late.Err() != nil {
+				t.Fatalf("ended early: %v, %v, %v", ctx.Err(), early.Err(), late.Err())
+			}
+			if tc.cancel {
+				cancel()
+			}
+			for _, c := range []<-chan struct{}{done, early.Done(), late.Done(), ran} {
+				select {
+				case <-c:
+				case <-time.After(5 * time.Second):
+					t.Fatal("a channel did not close when the ctx ended")
+				}
+			}
+			if err := ctx.Err(); err != tc.want {
+				t.Fatalf("Err = %v, want %v", err, tc.want)
+			}
+			for _, c := range []context.Context{ctx, early, late} {
+				if err := context.Cause(c); err != tc.want {
+					t.Errorf("Cause = %v, want %v", err, tc.want)
+				}
+			}
+			if stop() {
+				t.Error("stop after the AfterFunc ran reports it stopped it")
+			}
+		})
+	}
+
+	// A derived ctx cancelled first leaves the detached one alone, and an
+	// AfterFunc stopped in time never runs.
+	ctx, cancel := backend.DetachedContext(parent, time.Hour)
+	child, cancelChild := context.WithCancel(ctx)
+	cancelChild()
+	<-child.Done()
+	stop := context.AfterFunc(ctx, func() { t.Error("a stopped AfterFunc ran") })
+	if !stop() {
+		t.Error("stop before the end reports it did not stop f")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("a child's cancel ended its parent: %v", ctx.Err())
+	}
+	cancel()
+	cancel() // a second cancel does nothing
+	if ctx.Err() != context.Canceled {
+		t.Fatalf("Err = %v", ctx.Err())
+	}
+	// Ended before a derived ctx is made: the child is done at once.
+	child2, cancelChild2 := context.WithCancel(ctx)
+	defer cancelChild2()
+	<-child2.Done()
+	if context.Cause(child2) != context.Canceled {
+		t.Fatalf("Cause = %v", context.Cause(child2))
+	}
+}
+
+// Done made past the deadline is closed at once; Err past the deadline
+// closes a Done already made without waiting for its timer.
+func TestDetachedContextPastDeadline(t *testing.T) {
+	ctx, cancel := backend.DetachedContext(context.Background(), time.Nanosecond)
+	defer cancel()
+	time.Sleep(time.Millisecond)
+	select {
+	case <-ctx.Done():
+	default:
+		t.Fatal("Done made past the deadline is open")
+	}
+	if ctx.Err() != context.DeadlineExceeded {
+		t.Fatalf("Err = %v", ctx.Err())
+	}
+}
+
+// Waiting on Done costs one allocation beyond the ctx, its channel (one
+// timer serves every such ctx); a derived ctx starts no goroutine.
+func TestReleaseDetachedDoneAllocs(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	parent, cancelParent := context.WithCancel(context.Background())
+	defer cancelParent()
+	f := func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+			return nil
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = backend.ReleaseDetached(parent, time.Minute, f) }); n > 2 {
+		t.Fatalf("ReleaseDetached whose release asks for Done costs %v allocations, want 2", n)
+	}
+	before := runtime.NumGoroutine()
+	_ = backend.ReleaseDetached(parent, time.Minute, func(ctx context.Context) error {
+		c, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		if n := runtime.NumGoroutine(); n > before {
+			t.Errorf("deriving a ctx started %d goroutines", n-before)
+		}
+		return c.Err()
+	})
 }

@@ -1,0 +1,199 @@
+package detach
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+type strKey struct{}
+
+// The context package's key is found on this Go, so that Value answers it
+// without allocating; values under every other key, *int ones too, come
+// from the caller's ctx, and its cancellation does not.
+func TestValue(t *testing.T) {
+	if cancelKey == nil {
+		t.Fatal("the context package's cancellation key was not found: Value allocates for it")
+	}
+	var intKey int
+	cause := errors.New("the caller's cause")
+	parent, cancelParent := context.WithCancelCause(context.WithValue(context.WithValue(context.Background(), &intKey, "i"), strKey{}, "s"))
+	cancelParent(cause)
+	var c Ctx
+	c.Init(parent, time.Hour)
+	defer c.End()
+	if c.Value(&intKey) != "i" || c.Value(strKey{}) != "s" {
+		t.Fatalf("values lost: %v, %v", c.Value(&intKey), c.Value(strKey{}))
+	}
+	if c.Value(cancelKey) != nil {
+		t.Fatal("the caller's cancellable ctx shows through")
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = c.Value(strKey{}), c.Value(cancelKey) }); n != 0 {
+		t.Errorf("Value costs %v allocations", n)
+	}
+	c.End()
+	child, cancel := context.WithCancel(&c)
+	defer cancel()
+	if got := context.Cause(child); got != context.Canceled {
+		t.Fatalf("a child's cause = %v, want context.Canceled", got)
+	}
+}
+
+// AfterFunc functions run once each when the ctx ends, unless stopped in
+// time; a stop reports whether it stopped its own function and no other.
+func TestAfterFunc(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var c Ctx
+	c.Init(context.Background(), time.Hour)
+	var ran [4]atomic.Int32
+	done := make(chan int, 4)
+	f := func(i int) func() { return func() { ran[i].Add(1); done <- i } }
+	stop0 := c.AfterFunc(f(0))
+	if !stop0() || stop0() {
+		t.Fatal("stop of a pending function: want true, then false")
+	}
+	stop1 := c.AfterFunc(f(1)) // after the first was stopped
+	stop2 := c.AfterFunc(f(2))
+	if !stop2() {
+		t.Fatal("stop2 did not stop f2")
+	}
+	_ = c.AfterFunc(f(3))
+	if stop0() {
+		t.Fatal("the first function's stop, again, stopped another")
+	}
+	c.End()
+	got := map[int]bool{<-done: true, <-done: true}
+	if !got[1] || !got[3] {
+		t.Fatalf("ran %v, want 1 and 3", got)
+	}
+	if stop1() {
+		t.Fatal("stop of a started function reports it stopped it")
+	}
+	// After the end: f runs at once.
+	_ = c.AfterFunc(f(0))
+	if i := <-done; i != 0 {
+		t.Fatalf("ran %d", i)
+	}
+	select {
+	case i := <-done:
+		t.Fatalf("%d ran again", i)
+	case <-time.After(10 * time.Millisecond):
+	}
+	for i := range ran {
+		if n := ran[i].Load(); n > 1 {
+			t.Errorf("f%d ran %d times", i, n)
+		}
+	}
+}
+
+// What a release that waits on Done, and one under pgx (which watches its
+// query's ctx with context.AfterFunc and stops watching when the query
+// returns), cost beyond the Ctx itself.
+func TestAllocs(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var c Ctx
+	for _, tc := range []struct {
+		name string
+		max  float64
+		f    func(ctx context.Context)
+	}{
+		{"Done", 1, func(ctx context.Context) { _ = ctx.Done() }}, // its channel
+		// context.AfterFunc's own 4 (its ctx and stop, and, for a parent
+		// of a type of its own, a function and a stopCtx) and the stop of
+		// this one's AfterFunc.
+		{"AfterFunc", 1 + 5, func(ctx context.Context) {
+			if !context.AfterFunc(ctx, func() {})() {
+				t.Error("stop did not stop")
+			}
+		}},
+	} {
+		n := testing.AllocsPerRun(100, func() {
+			c = Ctx{}
+			c.Init(parent, time.Minute)
+			tc.f(&c)
+			c.End()
+		})
+		if n > tc.max {
+			t.Errorf("%s costs %v allocations, want %v", tc.name, n, tc.max)
+		}
+	}
+}
+
+// The one timer ends every listed Ctx at its deadline, not before, in
+// whatever order they were listed, also when some end first; the list is
+// empty afterwards.
+func TestTimerList(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const n = 60
+	start := time.Now()
+	cs := make([]*Ctx, n)
+	for i := range cs {
+		cs[i] = new(Ctx)
+		// Deadlines out of order, some equal: 5 to 44 ms from start.
+		cs[i].Init(context.Background(), time.Duration(5+(i*7)%40)*time.Millisecond-time.Since(start))
+		_ = cs[i].Done()
+	}
+	for i := 0; i < n; i += 3 {
+		cs[i].End()
+	}
+	for i, c := range cs {
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ctx %d did not end", i)
+		}
+		want := context.DeadlineExceeded
+		if i%3 == 0 {
+			want = context.Canceled
+		} else if dl, _ := c.Deadline(); time.Now().Before(dl) {
+			t.Errorf("ctx %d ended %v before its deadline", i, time.Until(dl))
+		}
+		if err := c.Err(); err != want {
+			t.Errorf("ctx %d: Err = %v, want %v", i, err, want)
+		}
+		c.End()
+	}
+	timers.mu.Lock()
+	head, tail := timers.head, timers.tail
+	timers.mu.Unlock()
+	if head != nil || tail != nil {
+		t.Fatal("the timer's list is not empty")
+	}
+	// A Ctx listed before the others' deadline, due first, is ended first.
+	late, early := new(Ctx), new(Ctx)
+	late.Init(context.Background(), time.Hour)
+	_ = late.Done()
+	early.Init(context.Background(), 10*time.Millisecond)
+	select {
+	case <-early.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a ctx due before the listed one did not end")
+	}
+	if late.Err() != nil {
+		t.Fatal("the later ctx ended too")
+	}
+	late.End()
+}
+
+// Deadline is timeout after Init, by the monotonic clock and (the wall
+// clock not being stepped meanwhile) by the wall clock too.
+func TestDeadline(t *testing.T) {
+	before := time.Now()
+	var c Ctx
+	c.Init(context.Background(), time.Minute)
+	after := time.Now()
+	defer c.End()
+	dl, ok := c.Deadline()
+	if !ok || dl.Before(before.Add(time.Minute)) || dl.After(after.Add(time.Minute)) {
+		t.Fatalf("Deadline = %v, %v; want between %v and %v", dl, ok, before.Add(time.Minute), after.Add(time.Minute))
+	}
+	if wall, want := dl.Round(0), after.Add(time.Minute).Round(0); wall.Sub(want).Abs() > time.Second {
+		t.Fatalf("Deadline's wall clock reading %v, want about %v", wall, want)
+	}
+}
