@@ -15,11 +15,10 @@ import (
 // Init first, and End when the release it bounds returns. A Ctx must not
 // be copied after Init, nor used for a second release.
 //
-// It is lazy: its deadline is fixed by Init, but its done channel is made
-// only when someone asks for Done (a network client may; one that only
-// checks Err does not, nor does a release made of local system calls), and
-// then it joins the one list of the process whose one timer closes each
-// channel at its deadline, rather than making a timer of its own. A
+// It is lazy: its deadline is fixed by Init, but its done channel, and the
+// timer that closes it at the deadline, are made only when someone asks
+// for Done (a network client may; one that only checks Err does not, nor
+// does a release made of local system calls). A
 // context derived from it (context.WithCancel, context.AfterFunc) follows
 // it through its AfterFunc method, without a goroutine of its own.
 type Ctx struct {
@@ -29,17 +28,13 @@ type Ctx struct {
 	mu        sync.Mutex
 	state     state
 	firstUsed bool          // first was registered (it may since be nil)
-	listed    bool          // in the timer's list; guarded by timers.mu
 	done      chan struct{} // made by the first Done; closed when it ends
+	timer     *time.Timer   // ends it at its deadline; made with done
 	// The AfterFunc functions still to run when it ends; a stopped or
 	// started one is nil. The first is kept apart: a release seldom
 	// registers more than one (pgx watches the ctx of its one query).
 	first func()
 	more  *[]func()
-
-	// Its place in the timer's list while it is listed (Done is made and
-	// it has not ended); guarded by timers.mu.
-	prev, next *Ctx
 }
 
 // state is how a Ctx ended, if it has.
@@ -91,7 +86,9 @@ func (c *Ctx) endLocked(s state) {
 	c.state = s
 	if c.done != nil {
 		close(c.done)
-		timers.remove(c)
+		if c.timer != nil {
+			c.timer.Stop()
+		}
 	}
 	if c.first != nil {
 		go c.first()
@@ -107,7 +104,7 @@ func (c *Ctx) endLocked(s state) {
 	}
 }
 
-// expire ends c if its deadline has passed (the timer's list calls it).
+// expire ends c if its deadline has passed (its timer calls it).
 func (c *Ctx) expire() {
 	c.mu.Lock()
 	if c.state == live && now() >= c.due {
@@ -123,7 +120,7 @@ func (c *Ctx) expire() {
 func (c *Ctx) Deadline() (time.Time, bool) { return epoch.Add(c.due), true }
 
 // Done implements context.Context. The first call makes the channel and
-// puts c in the timer's list, which closes it at the deadline.
+// the timer that closes it at the deadline.
 func (c *Ctx) Done() <-chan struct{} {
 	c.mu.Lock()
 	if c.done == nil {
@@ -134,8 +131,7 @@ func (c *Ctx) Done() <-chan struct{} {
 	return done
 }
 
-// makeDoneLocked makes the done channel and lists c for the timer; c.mu
-// is held.
+// makeDoneLocked makes the done channel and c's timer; c.mu is held.
 func (c *Ctx) makeDoneLocked() {
 	c.done = make(chan struct{})
 	switch {
@@ -144,7 +140,7 @@ func (c *Ctx) makeDoneLocked() {
 	case now() >= c.due:
 		c.endLocked(expired)
 	default:
-		timers.add(c)
+		c.timer = time.AfterFunc(c.due-now(), c.expire)
 	}
 }
 
@@ -257,100 +253,4 @@ func (c *Ctx) stopMore(i int) bool {
 	ok := (*c.more)[i] != nil
 	(*c.more)[i] = nil
 	return ok
-}
-
-// timers ends the listed Ctxs at their deadlines with one timer: a Ctx
-// whose Done is made joins the list, sorted by deadline, and leaves it
-// when it ends. A release is short and its timeout long, so the timer
-// seldom fires, and then mostly finds nothing due yet.
-var timers timerList
-
-type timerList struct {
-	mu         sync.Mutex
-	head, tail *Ctx
-	timer      *time.Timer   // made by the first add
-	at         time.Duration // when the timer fires, if set
-	set        bool
-}
-
-// add lists c, which has not ended, and sets the timer if c is due first.
-// c.mu is held (the lock order: a Ctx's, then the list's).
-func (l *timerList) add(c *Ctx) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// From the tail: deadlines mostly grow, so c mostly goes last.
-	p := l.tail
-	for p != nil && p.due > c.due {
-		p = p.prev
-	}
-	c.prev, c.listed = p, true
-	if p == nil {
-		c.next, l.head = l.head, c
-	} else {
-		c.next, p.next = p.next, c
-	}
-	if c.next == nil {
-		l.tail = c
-	} else {
-		c.next.prev = c
-	}
-	if l.head == c && (!l.set || c.due < l.at) {
-		l.setLocked(c.due)
-	}
-}
-
-// remove unlists c if it is listed. c.mu is held.
-func (l *timerList) remove(c *Ctx) {
-	l.mu.Lock()
-	if c.listed {
-		l.unlinkLocked(c)
-	}
-	l.mu.Unlock()
-}
-
-func (l *timerList) unlinkLocked(c *Ctx) {
-	if c.prev == nil {
-		l.head = c.next
-	} else {
-		c.prev.next = c.next
-	}
-	if c.next == nil {
-		l.tail = c.prev
-	} else {
-		c.next.prev = c.prev
-	}
-	c.prev, c.next, c.listed = nil, nil, false
-	// The timer stays set: when it fires early it sets itself again.
-}
-
-// setLocked sets the timer to fire at t (a time since epoch).
-func (l *timerList) setLocked(t time.Duration) {
-	l.at, l.set = t, true
-	if l.timer == nil {
-		l.timer = time.AfterFunc(t-now(), l.fire)
-	} else {
-		l.timer.Reset(t - now())
-	}
-}
-
-// fire ends the Ctxs that are due and sets the timer for the next one.
-func (l *timerList) fire() {
-	var due *Ctx // unlisted, linked through next
-	l.mu.Lock()
-	l.set = false
-	t := now()
-	for c := l.head; c != nil && c.due <= t; c = l.head {
-		l.unlinkLocked(c)
-		c.next, due = due, c
-	}
-	if l.head != nil {
-		l.setLocked(l.head.due)
-	}
-	l.mu.Unlock()
-	for due != nil {
-		c := due
-		due = c.next
-		c.next = nil
-		c.expire() // outside l.mu: the lock order is a Ctx's, then the list's
-	}
 }
