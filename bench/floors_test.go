@@ -220,11 +220,7 @@ type fsFairFloor struct {
 }
 
 func (f fsFairFloor) lock(ctx context.Context, name string) (held, error) {
-	v, ok := f.queues.Load(name)
-	if !ok {
-		v, _ = f.queues.LoadOrStore(name, new(fifo))
-	}
-	q := v.(*fifo)
+	q := fifoOf(f.queues, name)
 	if err := q.enter(ctx); err != nil {
 		return nil, err
 	}
@@ -304,6 +300,16 @@ func (h *fsFairHeld) Release(ctx context.Context) error {
 	}
 	h.q.leave()
 	return err
+}
+
+// fifoOf returns the fifo of name in queues (name -> *fifo), made if
+// there is none.
+func fifoOf(queues *sync.Map, name string) *fifo {
+	v, ok := queues.Load(name)
+	if !ok {
+		v, _ = queues.LoadOrStore(name, new(fifo))
+	}
+	return v.(*fifo)
 }
 
 // fifo is a lock that serves its waiters in arrival order.

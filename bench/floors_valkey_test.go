@@ -39,6 +39,11 @@ if redis.call('exists', KEYS[3]) == 1 then return 0 end
 local t = redis.call('time')
 local v = ARGV[1] .. '{"t":' .. t[1] .. string.format('%06d', tonumber(t[2])) .. '000,' .. ARGV[3]
 if not redis.call('set', KEYS[1], v, 'NX', 'PX', ARGV[2]) then return 0 end
+` + valkeyDefaultsFence
+
+// valkeyDefaultsFence ends an acquire script of the defaults floors: it
+// writes and returns the fencing token, from the server's time t.
+const valkeyDefaultsFence = `
 local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local c = tonumber(redis.call('set', KEYS[2], string.format('%.0f', f), 'PX', 86400000, 'GET') or '0') or 0
 if c + 1 > f then
@@ -162,23 +167,12 @@ if queued and me ~= '' then
   redis.call('zrem', q, me)
   redis.call('zrem', d, me)
 end
-local f = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local c = tonumber(redis.call('set', KEYS[2], string.format('%.0f', f), 'PX', 86400000, 'GET') or '0') or 0
-if c + 1 > f then
-  local floor = f
-  f = c + 1
-  redis.call('set', KEYS[2], string.format('%.0f', f), 'PX', 86400000 + math.ceil((f - floor) / 1000))
-end
-return f`
+` + valkeyDefaultsFence
 
 var valkeyFairLockSHA = scriptSHA(valkeyFairLockScript)
 
 func (f valkeyFairFloor) lock(ctx context.Context, name string) (held, error) {
-	v, ok := f.queues.Load(name)
-	if !ok {
-		v, _ = f.queues.LoadOrStore(name, new(fifo))
-	}
-	q := v.(*fifo)
+	q := fifoOf(f.queues, name)
 	if err := q.enter(ctx); err != nil {
 		return nil, err
 	}
