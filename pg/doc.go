@@ -263,6 +263,13 @@
 // to the pool holding a session lock), every lease on it reports the loss,
 // and Release returns an error matching dlock.ErrLockLost.
 //
+// A try or a release on a lock connection runs under a context of its
+// own: not ctx's cancellation (the statement is bounded by WithOpTimeout
+// or the release's deadline, by a timer of the connection), and ctx's
+// values only when the pool's ConnConfig.Tracer is set, so that a tracer
+// sees them (pgx would otherwise watch a context per statement, which
+// costs more client CPU than the rest of a try).
+//
 // # Loss
 //
 // A lock connection that runs no statement is read all the time (by a
