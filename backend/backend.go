@@ -199,10 +199,10 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 //
 // The context is lazy: its deadline is fixed now, but its done channel is
 // made only if a Release asks for Done (a network call may; one that only
-// checks Err does not, nor does a release made of local system calls), and
-// it is closed at the deadline by a timer shared by all such contexts, so
-// a release costs one small allocation, and one more if it waits on Done.
-// Contexts derived from it follow it without a goroutine of their own.
+// checks Err does not, nor does a release made of local system calls),
+// with the timer that closes it at the deadline: a release costs one small
+// allocation, and three more if it asks for Done. Contexts derived from it
+// follow it without a goroutine of their own.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	c := new(detach.Ctx)
 	c.Init(ctx, timeout)
