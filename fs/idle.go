@@ -15,7 +15,8 @@ const maxIdle = 1 << 16
 // (their removeNoted).
 type idleFiles struct {
 	cur, old map[string]idleFile
-	sweeping bool // a sweep of an older generation runs
+	sweeping bool          // a sweep of an older generation runs
+	sweptc   chan struct{} // closed when it ends; made by the first sweepIdle that waits for it
 }
 
 // note records file; it reports false when maxIdle files are noted
@@ -58,7 +59,25 @@ func (s *idleFiles) rotate() map[string]idleFile {
 }
 
 // swept ends the sweep rotate started.
-func (s *idleFiles) swept() { s.sweeping = false }
+func (s *idleFiles) swept() {
+	s.sweeping = false
+	if s.sweptc != nil {
+		close(s.sweptc)
+		s.sweptc = nil
+	}
+}
+
+// sweepDone returns a channel closed when the sweep running now ends, or
+// nil if none runs.
+func (s *idleFiles) sweepDone() <-chan struct{} {
+	if !s.sweeping {
+		return nil
+	}
+	if s.sweptc == nil {
+		s.sweptc = make(chan struct{})
+	}
+	return s.sweptc
+}
 
 // takeAll returns every noted file and forgets them (Close, tests).
 func (s *idleFiles) takeAll() [2]map[string]idleFile {
@@ -73,15 +92,21 @@ func (s *idleFiles) pending() bool {
 	return len(s.cur) > 0 || len(s.old) > 0 || s.sweeping
 }
 
-// sweepIdle removes every noted lock file that is idle now (Close, tests).
+// sweepIdle removes every noted lock file that is idle now (Close, tests),
+// and waits for a sweep the monitor started to end: when it returns, no
+// file noted before it was called waits for removal.
 func (b *Backend) sweepIdle() {
 	b.mu.Lock()
 	all := b.idle.takeAll()
+	running := b.idle.sweepDone()
 	b.mu.Unlock()
 	for _, m := range all {
 		for file, k := range m {
 			b.removeNoted(file, k)
 		}
+	}
+	if running != nil {
+		<-running
 	}
 }
 

@@ -64,3 +64,37 @@ func TestAppendRecordIsEncode(t *testing.T) {
 		}
 	}
 }
+
+// A sweep that the monitor started is waited for by sweepIdle
+// (TestNoLockFilesLeft once counted the files a sweep in flight had taken
+// and not yet removed): sweepDone is nil with no sweep running, and a
+// channel that swept closes while one runs.
+func TestSweepDone(t *testing.T) {
+	var s idleFiles
+	if s.sweepDone() != nil {
+		t.Fatal("a sweep to wait for, with none running")
+	}
+	s.note("a", idleFile{})
+	s.rotate() // ages a
+	if old := s.rotate(); len(old) != 1 {
+		t.Fatalf("rotate started a sweep of %d files, want 1", len(old))
+	}
+	done := s.sweepDone()
+	if done == nil || s.sweepDone() != done {
+		t.Fatal("no single channel for the sweep running")
+	}
+	select {
+	case <-done:
+		t.Fatal("done before the sweep ended")
+	default:
+	}
+	s.swept()
+	select {
+	case <-done:
+	default:
+		t.Fatal("not done after the sweep ended")
+	}
+	if s.sweepDone() != nil {
+		t.Fatal("a sweep to wait for after it ended")
+	}
+}
