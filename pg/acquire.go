@@ -184,6 +184,14 @@ func (b *Backend) try1(ctx context.Context, r req) (*Lease, bool, error) {
 			lc.keys[r.upgrade] = struct{}{}
 		}
 		b.mu.Unlock()
+		if b.combinable(r) {
+			l, ok, err, retry := b.tryCall(ctx, lc, r, fresh)
+			if !retry {
+				return l, ok, err
+			}
+			last = err
+			continue
+		}
 		if err := b.take(ctx, lc, r.key, true, fresh); err != nil {
 			if r.ukind == uReader {
 				b.mu.Lock()
@@ -302,27 +310,9 @@ func (b *Backend) connect(ctx context.Context, lc *lockConn) {
 // lc's lock and pauses its watcher. All bounded by ctx. On error the
 // reservation is undone; errRetry says the operation may run elsewhere.
 func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bool) error {
-	if fresh {
-		b.connect(ctx, lc)
-	}
-	var err error
-	select {
-	case <-lc.ready:
-	case <-ctx.Done():
-	}
-	select {
-	case <-lc.ready:
-		if lc.connErr != nil {
-			err = lc.connErr
-			if !fresh && !errors.Is(err, ErrNoConnection) && !errors.Is(err, errClosed) && ctx.Err() == nil &&
-				(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-				err = errRetry // its acquirer gave up; this try need not
-			}
-		} else if !lc.lock(ctx) {
-			err = ctx.Err()
-		}
-	default: // ctx ended first
-		err = fmt.Errorf("connection to %s still being acquired: %w", b.addr, ctx.Err())
+	err := b.connReady(ctx, lc, fresh)
+	if err == nil && !lc.lock(ctx) {
+		err = ctx.Err()
 	}
 	if err == nil {
 		b.mu.Lock()
@@ -342,6 +332,37 @@ func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bo
 	if err == nil {
 		return nil
 	}
+	return b.untake(ctx, lc, k, byKey, err)
+}
+
+// connReady acquires lc's connection if the caller picked it fresh, else
+// waits, bounded by ctx, for it to be ready. errRetry says that its
+// acquirer gave up and the operation may run elsewhere.
+func (b *Backend) connReady(ctx context.Context, lc *lockConn, fresh bool) error {
+	if fresh {
+		b.connect(ctx, lc)
+	}
+	select {
+	case <-lc.ready:
+	case <-ctx.Done():
+	}
+	select {
+	case <-lc.ready:
+		err := lc.connErr
+		if err != nil && !fresh && !errors.Is(err, ErrNoConnection) && !errors.Is(err, errClosed) && ctx.Err() == nil &&
+			(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			err = errRetry // its acquirer gave up; this try need not
+		}
+		return err
+	default: // ctx ended first
+		return fmt.Errorf("connection to %s still being acquired: %w", b.addr, ctx.Err())
+	}
+}
+
+// untake undoes the reservation of an operation scheduled on lc that
+// failed with err before it ran, and returns err, marked
+// backend.ErrNotAcquired when ctx ended.
+func (b *Backend) untake(ctx context.Context, lc *lockConn, k Key, byKey bool, err error) error {
 	b.mu.Lock()
 	lc.pending--
 	if byKey && !lc.gone {
@@ -358,9 +379,16 @@ func (b *Backend) take(ctx context.Context, lc *lockConn, k Key, byKey, fresh bo
 }
 
 // done ends an operation on lc (the caller holds its lock, pending
-// already decremented): lc goes back to the pool if nothing else uses it,
-// else its watcher resumes; then lc's lock is released.
+// already decremented): see idle; then lc's lock is released.
 func (b *Backend) done(lc *lockConn) {
+	b.idle(lc)
+	lc.unlock()
+}
+
+// idle ends the operations on lc that the caller ran (it holds lc's
+// lock): lc goes back to the pool if nothing else uses it, else its
+// watcher resumes.
+func (b *Backend) idle(lc *lockConn) {
 	b.mu.Lock()
 	retire := b.retireIfIdleLocked(lc)
 	gone := lc.gone
@@ -370,7 +398,6 @@ func (b *Backend) done(lc *lockConn) {
 	} else if !gone {
 		b.resume(lc)
 	}
-	lc.unlock()
 }
 
 // tryOn runs the try of r on lc, which the caller took (take) with r.key

@@ -490,21 +490,8 @@ func (lc *lockConn) lockUntil(dl time.Time) bool {
 	if lc.tryLock() {
 		return true
 	}
-	t, _ := waitTimers.Get().(*time.Timer)
-	if t == nil {
-		t = time.NewTimer(time.Until(dl))
-	} else {
-		t.Reset(time.Until(dl))
-	}
-	defer func() {
-		if !t.Stop() {
-			select { // a tick left by an expired timer (asynctimerchan=1)
-			case <-t.C:
-			default:
-			}
-		}
-		waitTimers.Put(t)
-	}()
+	t := getTimer(time.Until(dl))
+	defer putTimer(t)
 	select {
 	case lc.sem <- struct{}{}:
 		return true
@@ -513,7 +500,28 @@ func (lc *lockConn) lockUntil(dl time.Time) bool {
 	}
 }
 
-// waitTimers holds the stopped timers of lockUntil: a release waits for a
-// busy lock connection about once per lock when many goroutines share
-// few connections.
+// getTimer returns a timer that fires after d, from waitTimers.
+func getTimer(d time.Duration) *time.Timer {
+	t, _ := waitTimers.Get().(*time.Timer)
+	if t == nil {
+		return time.NewTimer(d)
+	}
+	t.Reset(d)
+	return t
+}
+
+// putTimer stops t and keeps it in waitTimers.
+func putTimer(t *time.Timer) {
+	if !t.Stop() {
+		select { // a tick left by an expired timer (asynctimerchan=1)
+		case <-t.C:
+		default:
+		}
+	}
+	waitTimers.Put(t)
+}
+
+// waitTimers holds the stopped timers of lockUntil and exec: a release
+// waits for a busy lock connection about once per lock when many
+// goroutines share few connections.
 var waitTimers sync.Pool

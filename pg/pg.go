@@ -186,6 +186,12 @@ type lockConn struct {
 	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
 	bound *time.Timer   // bounds the statement in flight (see boundStmt); guarded by sem
 
+	qmu    sync.Mutex
+	q      []*call     // calls waiting for a runner (see exec); guarded by qmu
+	spare  []*call     // q's other buffer, reused; guarded by qmu
+	qbuf   [2][4]*call // q's and spare's first arrays
+	params [2][]byte   // the combined statement's parameters; guarded by sem
+
 	// Guarded by Backend.mu.
 	leases  map[*Lease]struct{}
 	keys    map[Key]struct{} // keys held or being tried on this session
@@ -203,6 +209,7 @@ func newLockConn(pc *pgxpool.Conn) *lockConn {
 		leases: make(map[*Lease]struct{}),
 		keys:   make(map[Key]struct{}),
 	}
+	lc.q, lc.spare = lc.qbuf[0][:0], lc.qbuf[1][:0]
 	if pc != nil {
 		lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
 		close(lc.ready)

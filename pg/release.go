@@ -71,6 +71,10 @@ func (b *Backend) ReleaseAll(ctx context.Context, leases []*Lease) []error {
 // one statement on lc, and sets errs[i] to the outcome of ls[i] (see
 // Release). The caller closes their Lost channels.
 func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs []error) {
+	if len(ls) == 1 && b.combinableLease(ls[0]) {
+		b.releaseCall(ctx, lc, ls[0], errs)
+		return
+	}
 	// Bounded by ctx's deadline, not by its cancellation (else by
 	// WithOpTimeout): the wait for lc by a timer, the statement by lc's
 	// statement timer (see boundStmt).
@@ -79,14 +83,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		dl = time.Now().Add(b.cfg.opTimeout)
 	}
 	if !lc.lockUntil(dl) {
-		err := context.DeadlineExceeded
-		_ = lc.nc.Close() // safe even if lc's pc is already destroyed
-		lc.lockWait()
-		b.fail(lc, fmt.Errorf("release: %w", err))
-		lc.unlock()
-		for i, l := range ls {
-			errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
-		}
+		b.releaseBusy(lc, ls, errs)
 		return
 	}
 	defer lc.unlock()
@@ -169,6 +166,19 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 		lc.pc.Release()
 	} else {
 		b.resume(lc)
+	}
+}
+
+// releaseBusy ends lc, busy past the deadline of the release of ls, and
+// sets errs to their outcome: lost.
+func (b *Backend) releaseBusy(lc *lockConn, ls []*Lease, errs []error) {
+	err := context.DeadlineExceeded
+	_ = lc.nc.Close() // safe even if lc's pc is already destroyed
+	lc.lockWait()
+	b.fail(lc, fmt.Errorf("release: %w", err))
+	lc.unlock()
+	for i, l := range ls {
+		errs[i] = l.errorf("release: %w: the connection was busy past the release deadline, so it was closed: %w", backend.ErrLockLost, err)
 	}
 }
 

@@ -1,0 +1,274 @@
+package pg_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dlock-go/dlock"
+	"github.com/dlock-go/dlock/pg"
+)
+
+// privateDB creates a database of its own for t on the test server,
+// dropped at cleanup (after the pools t made on it are closed), runs
+// setup in it, and returns its URL.
+func privateDB(t *testing.T, setup ...string) string {
+	t.Helper()
+	base := testURL(t)
+	name := fmt.Sprintf("dlock_test_%d", time.Now().UnixNano())
+	admin(t, base, "CREATE DATABASE "+name)
+	t.Cleanup(func() { admin(t, base, "DROP DATABASE "+name+" WITH (FORCE)") })
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	for _, s := range setup {
+		admin(t, u.String(), s)
+	}
+	return u.String()
+}
+
+// sharedPool returns a pool on dbURL whose connections use searchPath
+// ("" for the server's), closed at cleanup.
+func sharedPool(t *testing.T, dbURL, searchPath string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 4
+	if searchPath != "" {
+		cfg.ConnConfig.RuntimeParams["search_path"] = searchPath
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// churn runs goroutines that each take and release, rounds times, keys
+// of their own (TryLock through b.Keys(), bigint keys from
+// base+goroutine*rounds), and reports the first unexpected outcome.
+func churn(ctx context.Context, b *pg.Backend, goroutines, rounds int, base int64) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range rounds {
+				k := strconv.FormatInt(base+int64(g*rounds+i), 10)
+				l, ok, err := b.Keys().TryLock(ctx, k)
+				if err == nil && !ok {
+					err = errors.New("not acquired: nobody else takes it")
+				}
+				if err == nil {
+					if l.IsLost() {
+						err = errors.New("lost before its release")
+					} else {
+						err = l.Release(ctx)
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("key %s: %w", k, err)
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// TestSharedConnectionCombines: goroutines sharing one lock connection
+// have their tries and unlocks sent together, so the server runs fewer
+// transactions than statements; and every lock is still taken and
+// released exactly as asked (each goroutine's keys are its own).
+func TestSharedConnectionCombines(t *testing.T) {
+	db := privateDB(t)
+	base := testURL(t)
+	pool := sharedPool(t, db, "")
+	b, err := pg.New(pool, pg.WithMaxLockConns(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const goroutines, rounds = 32, 60
+	if err := churn(ctx, b, goroutines, rounds, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pool.Close() // its sessions report their counts as they exit
+	u, err := url.Parse(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbName := u.Path[1:]
+	var commits int64
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		n := scalar[int64](t, base, "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", dbName)
+		if n == commits && n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		commits = n
+		time.Sleep(300 * time.Millisecond)
+	}
+	ops := int64(goroutines * rounds)
+	t.Logf("%d locks taken and released in %d transactions (one per statement: %d)", ops, commits, 2*ops)
+	if commits == 0 || commits >= ops {
+		t.Fatalf("%d transactions for %d locks: want fewer than one per lock (statements of a shared connection sent together)", commits, ops)
+	}
+}
+
+// TestCombinedStatementFails: a combined statement that fails halfway on
+// a session that lives on (here a try of a poisoned key: the pool's
+// search_path puts a pg_try_advisory_lock that raises for it before
+// pg_catalog's) costs the other calls nothing: each still gets the
+// outcome it would have had alone, no lease is lost, and the session
+// holds no lock afterwards.
+func TestCombinedStatementFails(t *testing.T) {
+	const poison = -4242
+	db := privateDB(t, "CREATE SCHEMA hostile",
+		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	IF k = `+strconv.Itoa(poison)+` THEN RAISE EXCEPTION 'poisoned key'; END IF;
+	RETURN pg_catalog.pg_try_advisory_lock(k);
+END $$`)
+	pool := sharedPool(t, db, "hostile, pg_catalog")
+	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	stop := make(chan struct{})
+	var poisoned, refused int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			l, ok, err := b.Keys().TryLock(ctx, strconv.Itoa(poison))
+			poisoned++
+			switch {
+			case err != nil:
+				refused++
+			case ok:
+				_ = l.Release(ctx)
+				t.Error("the poisoned key was granted")
+			default:
+				t.Error("the poisoned key's try reported no error")
+			}
+		}
+	}()
+	err := churn(ctx, b, 16, 80, -1_000_000)
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refused != poisoned || poisoned == 0 {
+		t.Fatalf("%d of %d poisoned tries failed", refused, poisoned)
+	}
+	held := scalar[int64](t, db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+	if held != 0 {
+		t.Fatalf("%d advisory locks still held after every lease was released", held)
+	}
+	t.Logf("%d poisoned tries, all refused; 1280 other locks taken and released", poisoned)
+}
+
+// TestSharedConnectionTerminated: the server ends a lock connection that
+// goroutines share while their tries and unlocks are in flight together
+// (pg_terminate_backend, again and again): every lease on it reports the
+// loss or was released before, nothing panics, and tries succeed again
+// on a new connection.
+func TestSharedConnectionTerminated(t *testing.T) {
+	db := privateDB(t)
+	u, err := url.Parse(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := sharedPool(t, db, "")
+	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := strconv.Itoa(g*1_000_000 + i)
+				l, ok, err := b.Keys().TryLock(ctx, k)
+				what := "granted"
+				switch {
+				case err != nil:
+					what = "try failed"
+				case !ok:
+					t.Errorf("key %s: not acquired, and nobody else takes it", k)
+					return
+				default:
+					if err := l.Release(ctx); errors.Is(err, dlock.ErrLockLost) {
+						what = "lost"
+					} else if err != nil {
+						t.Errorf("key %s: release: %v", k, err)
+						return
+					}
+				}
+				mu.Lock()
+				outcomes[what]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for range 10 {
+		time.Sleep(30 * time.Millisecond)
+		admin(t, testURL(t), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", u.Path[1:])
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("outcomes: %v", outcomes)
+	l, ok, err := b.Keys().TryLock(ctx, "-1")
+	if err != nil || !ok {
+		t.Fatalf("a try after the terminations: %v, %v", ok, err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if held := scalar[int64](t, db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"); held != 0 {
+		t.Fatalf("%d advisory locks held after every lease ended", held)
+	}
+}
