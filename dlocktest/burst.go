@@ -167,3 +167,98 @@ func (s *suite[L]) testReleaseAfterLoss(t *testing.T, k kind[L]) {
 		free(t, b, name, s.h.LossWithin+10*time.Second)
 	}
 }
+
+// testLossUnderLoad checks that a loss costs nothing but what was lost
+// when it comes while many goroutines of ONE instance take and release
+// locks (a backend that shares connections or sends their statements
+// together settles them one by one): lossN goroutines each take and
+// release lossRounds names of their own, and now and then hand the lock
+// they hold to the test, which revokes it (Harness.Lose) before they
+// release it. Every try of a free name must succeed; the revoked lock's
+// Release must report ErrLockLost; any other Release may report
+// ErrLockLost only (a backend may lose several leases with one, as pg
+// does with a session), never another error; and the names must all be
+// free afterwards.
+func (s *suite[L]) testLossUnderLoad(t *testing.T, k kind[L]) {
+	s.loses(t)
+	g, other := k.guard(s.node(t)), k.guard(s.node(t))
+	base := s.name(t)
+	const lossN, lossRounds = 16, 40
+	type victim struct {
+		lk   *dlock.Lock[L]
+		lost chan struct{}
+	}
+	victims := make(chan victim)
+	var (
+		wg             sync.WaitGroup
+		mu             sync.Mutex
+		failed         error
+		revoked, extra int
+	)
+	fail := func(err error) {
+		mu.Lock()
+		failed = errors.Join(failed, err)
+		mu.Unlock()
+	}
+	for w := range lossN {
+		wg.Go(func() {
+			for i := range lossRounds {
+				name := fmt.Sprintf("%s/%d-%d", base, w, i)
+				ctx, cancel := context.WithTimeout(context.Background(), burstCtx)
+				lk, err := g.TryAcquire(ctx, name)
+				if err != nil {
+					cancel()
+					fail(fmt.Errorf("TryAcquire of the free name %s: %w", name, err))
+					return
+				}
+				handed := false
+				if i%8 == w%8 {
+					v := victim{lk, make(chan struct{})}
+					select {
+					case victims <- v:
+						<-v.lost
+						handed = true
+					default: // the test is revoking another one
+					}
+				}
+				err = lk.Release(ctx)
+				cancel()
+				switch {
+				case handed && !errors.Is(err, dlock.ErrLockLost):
+					fail(fmt.Errorf("Release of %s, revoked: %v, want an error matching dlock.ErrLockLost", name, err))
+				case handed:
+					mu.Lock()
+					revoked++
+					mu.Unlock()
+				case errors.Is(err, dlock.ErrLockLost):
+					mu.Lock()
+					extra++
+					mu.Unlock()
+				case err != nil:
+					fail(fmt.Errorf("Release of %s: %w", name, err))
+				}
+			}
+		})
+	}
+	stop := make(chan struct{})
+	go func() { wg.Wait(); close(stop) }()
+	for running := true; running; {
+		select {
+		case v := <-victims:
+			s.h.Lose(t, v.lk.Lease())
+			close(v.lost)
+		case <-stop:
+			running = false
+		}
+	}
+	t.Logf("%d goroutines, %d locks each: %d revoked, %d more lost with them", lossN, lossRounds, revoked, extra)
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if revoked == 0 {
+		t.Fatal("no lock was revoked")
+	}
+	for w := range lossN {
+		free(t, other, fmt.Sprintf("%s/%d-%d", base, w, lossRounds-1), s.h.LossWithin+10*time.Second)
+	}
+}

@@ -40,6 +40,7 @@ func (s *suite[L]) exclusive(t *testing.T, k kind[L]) {
 		{"Fencing", s.testFencing},
 		{"Burst", s.testBurst},
 		{"ReleaseAfterLoss", s.testReleaseAfterLoss},
+		{"LossUnderLoad", s.testLossUnderLoad},
 		{"AllOrNone", s.testAllOrNone},
 		{"AllNoDeadlock", s.testAllNoDeadlock},
 		{"AllAtomic", s.testAllAtomic},
