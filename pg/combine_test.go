@@ -272,3 +272,68 @@ func TestSharedConnectionTerminated(t *testing.T) {
 		t.Fatalf("%d advisory locks held after every lease ended", held)
 	}
 }
+
+// TestQueuedTryGivesUp: a try queued behind a slow statement on its lock
+// connection (a pg_try_advisory_lock that the pool's search_path makes
+// sleep 2s for one key) ends with its ctx, matching dlock.ErrNotAcquired and
+// the ctx's error, and is never sent afterwards: once the slow statement
+// returns, the session holds only the slow key; a try queued with time to
+// spare is then run.
+func TestQueuedTryGivesUp(t *testing.T) {
+	const slow = 777
+	db := privateDB(t, "CREATE SCHEMA hostile",
+		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	IF k = `+strconv.Itoa(slow)+` THEN PERFORM pg_sleep(2); END IF;
+	RETURN pg_catalog.pg_try_advisory_lock(k);
+END $$`)
+	pool := sharedPool(t, db, "hostile, pg_catalog")
+	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	ctx := ctxT(t, time.Minute)
+	slowDone := make(chan error, 1)
+	var slowLease *pg.Lease
+	go func() {
+		l, ok, err := b.Keys().TryLock(ctx, strconv.Itoa(slow))
+		if err == nil && !ok {
+			err = errors.New("the slow key was not acquired")
+		}
+		slowLease = l
+		slowDone <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the slow try is in flight
+	later := make(chan error, 1)
+	go func() {
+		l, ok, err := b.Keys().TryLock(ctx, "779")
+		if err == nil && !ok {
+			err = errors.New("779 was not acquired")
+		}
+		if err == nil {
+			err = l.Release(ctx)
+		}
+		later <- err
+	}()
+	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, ok, err := b.Keys().TryLock(tctx, "778")
+	took := time.Since(start)
+	if ok || !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a try queued past its ctx: ok %v, err %v; want ErrNotAcquired and DeadlineExceeded", ok, err)
+	}
+	if took > 1200*time.Millisecond {
+		t.Fatalf("a try queued behind a slow statement returned after %v, past its ctx (200ms)", took)
+	}
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-later; err != nil {
+		t.Fatalf("a try queued with time to spare: %v", err)
+	}
+	keys := scalar[string](t, db, "SELECT coalesce(string_agg(objid::text, ','), '') FROM pg_locks WHERE locktype = 'advisory'")
+	if keys != strconv.Itoa(slow) {
+		t.Fatalf("advisory locks held: %q, want only %d", keys, slow)
+	}
+	if err := slowLease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

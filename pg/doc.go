@@ -284,7 +284,8 @@
 // or the release's deadline, by a timer of the connection), and ctx's
 // values only when the pool's ConnConfig.Tracer is set, so that a tracer
 // sees them (pgx would otherwise watch a context per statement, which
-// costs more client CPU than the rest of a try).
+// costs more client CPU than the rest of a try); a statement sent for
+// several callers together carries the values of the first of them.
 //
 // # Loss
 //

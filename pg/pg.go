@@ -171,7 +171,8 @@ func (b *Backend) Stats() Stats {
 // lockConn is a pool connection the backend holds: its session holds the
 // locks of its leases. Queries on it are serialized by its lock (sem) and
 // are always short (tries, releases, pings): a blocking wait never runs
-// on it. While no query runs, its watcher reads it (see conn.go).
+// on it. Tries and unlocks queued on it together run as one statement
+// (see combine.go). While no query runs, its watcher reads it (see conn.go).
 type lockConn struct {
 	// Set, under Backend.mu, before ready closes; then fixed.
 	pc      *pgxpool.Conn
