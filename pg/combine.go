@@ -250,9 +250,43 @@ func (b *Backend) runCalls(lc *lockConn) {
 	lc.qmu.Unlock()
 }
 
+// soloMargin is how soon (at most; half of WithOpTimeout when that is
+// shorter) a call's deadline must be for it to run alone.
+const soloMargin = time.Second
+
 // runStatements runs the statements of batch on lc, its watcher paused,
-// and sets each call's ok and err.
+// and sets each call's ok and err. A statement is bounded by the earliest
+// deadline of its calls, and ends the connection when it overruns it: so
+// calls due within soloMargin run first, each alone, and the others
+// together, so that a caller's short deadline (a Release under a ctx
+// about to end) never cuts the others' statement short. It may reorder
+// batch.
 func (b *Backend) runStatements(lc *lockConn, batch []*call) {
+	if len(batch) > 1 {
+		soon := time.Now().Add(min(b.cfg.opTimeout/2, soloMargin))
+		k := 0
+		for i, c := range batch {
+			if c.dl.Before(soon) {
+				batch[i], batch[k] = batch[k], batch[i]
+				k++
+			}
+		}
+		if k > 0 {
+			for i := range k {
+				b.runStatement(lc, batch[i:i+1])
+			}
+			if k < len(batch) {
+				b.runStatement(lc, batch[k:])
+			}
+			return
+		}
+	}
+	b.runStatement(lc, batch)
+}
+
+// runStatement runs batch as one statement on lc, bounded by the earliest
+// deadline of its calls, and sets each call's ok and err.
+func (b *Backend) runStatement(lc *lockConn, batch []*call) {
 	dl := batch[0].dl
 	for _, c := range batch[1:] {
 		if c.dl.Before(dl) {

@@ -337,3 +337,68 @@ END $$`)
 		t.Fatal(err)
 	}
 }
+
+// TestShortDeadlineRunsAlone: a release due soon, queued with tries on
+// its lock connection, runs alone, so that when its statement overruns
+// its deadline (a pg_advisory_unlock that the search_path makes sleep 2s
+// for its key) and the connection is ended, the tries queued with it are
+// not cut short: they run again on a new connection and succeed.
+func TestShortDeadlineRunsAlone(t *testing.T) {
+	const held, slow = 801, 802
+	db := privateDB(t, "CREATE SCHEMA hostile",
+		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	IF k = `+strconv.Itoa(slow)+` THEN PERFORM pg_sleep(1); END IF;
+	RETURN pg_catalog.pg_try_advisory_lock(k);
+END $$`,
+		`CREATE FUNCTION hostile.pg_advisory_unlock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	IF k = `+strconv.Itoa(held)+` THEN PERFORM pg_sleep(2); END IF;
+	RETURN pg_catalog.pg_advisory_unlock(k);
+END $$`)
+	pool := sharedPool(t, db, "hostile, pg_catalog")
+	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	ctx := ctxT(t, time.Minute)
+	l, ok, err := b.Keys().TryLock(ctx, strconv.Itoa(held))
+	if err != nil || !ok {
+		t.Fatalf("TryLock: %v, %v", ok, err)
+	}
+	slowDone := make(chan error, 1)
+	go func() { // occupies the connection for 1s
+		_, _, err := b.Keys().TryLock(ctx, strconv.Itoa(slow))
+		slowDone <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	const tries = 3
+	tried := make(chan error, tries)
+	for i := range tries {
+		go func() {
+			l, ok, err := b.Keys().TryLock(ctx, strconv.Itoa(900+i))
+			if err == nil && !ok {
+				err = errors.New("not acquired")
+			}
+			if err == nil {
+				err = l.Release(ctx)
+			}
+			tried <- err
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // the tries queue first
+	rctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = l.Release(rctx)
+	took := time.Since(start)
+	if !errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("a release that overran its deadline: %v, want ErrLockLost", err)
+	}
+	if took > 2500*time.Millisecond {
+		t.Fatalf("a release with 1.5s left returned after %v", took)
+	}
+	for range tries {
+		if err := <-tried; err != nil {
+			t.Fatalf("a try queued with a release due soon: %v", err)
+		}
+	}
+	<-slowDone
+}
