@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -154,8 +155,23 @@ func (h *fsSameHeld) take() error {
 	if _, err := unix.Pwrite(h.fd, rec[:], 0); err != nil {
 		return err
 	}
+	// The mark may still be the predecessor's, which unlocked its flock
+	// and is closing the file: retried briefly, as dlock does (fs's
+	// record). Refused, it would come back as EWOULDBLOCK with the flock
+	// held, and a fair floor's waiter would wait holding the lock.
 	mark := unix.Flock_t{Type: unix.F_WRLCK, Start: 1 << 31, Len: 1}
-	return unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_SETLK, &mark)
+	pause, deadline := 50*time.Microsecond, time.Now().Add(time.Second)
+	for {
+		err := unix.FcntlFlock(uintptr(h.fd), unix.F_OFD_SETLK, &mark)
+		if err != unix.EAGAIN && err != unix.EACCES {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fs same-calls floor: the holder mark stayed locked: %w", err)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, time.Millisecond)
+	}
 }
 
 // samePath checks that the path still names the locked file.
