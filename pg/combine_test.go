@@ -56,6 +56,25 @@ func sharedPool(t *testing.T, dbURL, searchPath string) *pgxpool.Pool {
 	return pool
 }
 
+// shadow returns the statement that creates, in schema hostile, a
+// function fn(k bigint) that does act when k is key and then calls
+// pg_catalog's fn: a pool whose search_path is "hostile, pg_catalog"
+// (hostileBackend) runs it instead of the server's.
+func shadow(fn string, key int, act string) string {
+	return "CREATE FUNCTION hostile." + fn + "(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$\n" +
+		"BEGIN\n\tIF k = " + strconv.Itoa(key) + " THEN " + act + "; END IF;\n" +
+		"\tRETURN pg_catalog." + fn + "(k);\nEND $$"
+}
+
+// hostileBackend returns a backend with one lock connection over a
+// private database whose functions fns (made by shadow) shadow the
+// server's advisory lock functions, and the database's URL.
+func hostileBackend(t *testing.T, fns ...string) (*pg.Backend, string) {
+	t.Helper()
+	db := privateDB(t, append([]string{"CREATE SCHEMA hostile"}, fns...)...)
+	return newOn(t, sharedPool(t, db, "hostile, pg_catalog"), pg.WithMaxLockConns(1)), db
+}
+
 // churn runs goroutines that each take and release, rounds times, keys
 // of their own (TryLock through b.Keys(), bigint keys from
 // base+goroutine*rounds), and reports the first unexpected outcome.
@@ -151,14 +170,7 @@ func TestSharedConnectionCombines(t *testing.T) {
 // holds no lock afterwards.
 func TestCombinedStatementFails(t *testing.T) {
 	const poison = -4242
-	db := privateDB(t, "CREATE SCHEMA hostile",
-		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-	IF k = `+strconv.Itoa(poison)+` THEN RAISE EXCEPTION 'poisoned key'; END IF;
-	RETURN pg_catalog.pg_try_advisory_lock(k);
-END $$`)
-	pool := sharedPool(t, db, "hostile, pg_catalog")
-	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	b, db := hostileBackend(t, shadow("pg_try_advisory_lock", poison, "RAISE EXCEPTION 'poisoned key'"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -281,14 +293,7 @@ func TestSharedConnectionTerminated(t *testing.T) {
 // spare is then run.
 func TestQueuedTryGivesUp(t *testing.T) {
 	const slow = 777
-	db := privateDB(t, "CREATE SCHEMA hostile",
-		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-	IF k = `+strconv.Itoa(slow)+` THEN PERFORM pg_sleep(2); END IF;
-	RETURN pg_catalog.pg_try_advisory_lock(k);
-END $$`)
-	pool := sharedPool(t, db, "hostile, pg_catalog")
-	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	b, db := hostileBackend(t, shadow("pg_try_advisory_lock", slow, "PERFORM pg_sleep(2)"))
 	ctx := ctxT(t, time.Minute)
 	slowDone := make(chan error, 1)
 	var slowLease *pg.Lease
@@ -345,19 +350,9 @@ END $$`)
 // not cut short: they run again on a new connection and succeed.
 func TestShortDeadlineRunsAlone(t *testing.T) {
 	const held, slow = 801, 802
-	db := privateDB(t, "CREATE SCHEMA hostile",
-		`CREATE FUNCTION hostile.pg_try_advisory_lock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-	IF k = `+strconv.Itoa(slow)+` THEN PERFORM pg_sleep(1); END IF;
-	RETURN pg_catalog.pg_try_advisory_lock(k);
-END $$`,
-		`CREATE FUNCTION hostile.pg_advisory_unlock(k bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-	IF k = `+strconv.Itoa(held)+` THEN PERFORM pg_sleep(2); END IF;
-	RETURN pg_catalog.pg_advisory_unlock(k);
-END $$`)
-	pool := sharedPool(t, db, "hostile, pg_catalog")
-	b := newOn(t, pool, pg.WithMaxLockConns(1))
+	b, _ := hostileBackend(t,
+		shadow("pg_try_advisory_lock", slow, "PERFORM pg_sleep(1)"),
+		shadow("pg_advisory_unlock", held, "PERFORM pg_sleep(2)"))
 	ctx := ctxT(t, time.Minute)
 	l, ok, err := b.Keys().TryLock(ctx, strconv.Itoa(held))
 	if err != nil || !ok {
