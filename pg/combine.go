@@ -27,7 +27,8 @@ import (
 // call that waits for its turn gives up (taking nothing) when its ctx ends
 // (a try) or its deadline passes (an unlock, which then ends the
 // connection as Release does) before a runner takes it; once taken, it is
-// run, bounded by the earliest deadline of its batch.
+// run, bounded by the earliest deadline of the calls of its statement
+// (calls due soon are sent alone: see runStatements).
 //
 // The advisory lock functions are not transactional: when a combined
 // statement fails on a session that lives on, the rows before the failing
@@ -47,6 +48,11 @@ const (
 	heldSQL = "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks " +
 		"WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_backend_pid()"
 )
+
+// combineSQL numbers the functions as keyFn does: this fails to compile
+// if they differ.
+const _ = uint8(fnTry-0) + uint8(0-fnTry) + uint8(fnTryShared-1) + uint8(1-fnTryShared) +
+	uint8(fnUnlock-2) + uint8(2-fnUnlock) + uint8(fnUnlockShared-3) + uint8(3-fnUnlockShared)
 
 // call is one try or unlock queued on a lock connection.
 type call struct {
