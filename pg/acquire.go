@@ -300,6 +300,7 @@ func (b *Backend) connect(ctx context.Context, lc *lockConn) {
 		return
 	}
 	lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
+	lc.rc = rawConn(lc.nc)
 	b.addConnLocked(lc)
 	close(lc.ready)
 }
@@ -394,6 +395,7 @@ func (b *Backend) idle(lc *lockConn) {
 	gone := lc.gone
 	b.mu.Unlock()
 	if retire {
+		b.quiesce(lc)
 		lc.pc.Release()
 	} else if !gone {
 		b.resume(lc)

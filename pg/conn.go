@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -192,20 +193,35 @@ func (lc *lockConn) tryLock() bool {
 
 func (lc *lockConn) unlock() { <-lc.sem }
 
-// An idle lock connection is read all the time by a watcher goroutine
-// (WaitForNotification on the bare connection, with no ctx), so that the
-// server's closing of its socket — pg_terminate_backend, a server shutting
-// down or crashing — is noticed in about a millisecond, and its leases
-// report the loss at once, with no statement and no round trip. A
-// statement on the connection first pauses the watcher (a read deadline
-// in the past ends its read, which leaves the connection usable) and
-// resumes it afterwards. A session that dies silently (a network cut, a
-// frozen server) sends nothing: the monitor's pings find it.
+// An idle lock connection is watched all the time by a watcher goroutine,
+// so that the server's closing of its socket — pg_terminate_backend, a
+// server shutting down or crashing — is noticed in about a millisecond,
+// and its leases report the loss at once, with no statement and no round
+// trip. A session that dies silently (a network cut, a frozen server)
+// sends nothing: the monitor's pings find it.
+//
+// On a plain TCP or Unix socket (pgx's default without TLS) the watcher
+// waits for the socket to become readable without reading it (a peek):
+// a statement on the connection needs no pause first, it only marks the
+// watcher stale and goes; its reads wait for the watcher's wait, which the
+// statement's response ends. So a release is sent at once (no hand-off
+// between goroutines before the unlock leaves). When the socket becomes
+// readable while the connection is idle, the watcher reads what came under
+// the connection's lock: a notice is consumed, a closed session fails the
+// connection. On any other connection (TLS, a wrapped net.Conn) the watcher
+// reads the connection itself (WaitForNotification with no ctx), and a
+// statement first pauses it: a read deadline in the past ends its read,
+// which leaves the connection usable.
 
 // watch is one run of a lock connection's watcher.
 type watch struct {
+	// done is closed when the run no longer reads the connection.
 	done chan struct{}
-	err  error // set before done closes
+	err  error // set before done closes (reading runs)
+	// stale is set (under the connection's lock) when a statement takes
+	// the connection from a peeking run: the run ends without touching
+	// anything when its wait ends.
+	stale atomic.Bool
 }
 
 // watchDelay is how long a lock connection is idle before its watcher
@@ -330,10 +346,16 @@ func (b *Backend) watch(lc *lockConn) {
 	if lc.w != nil {
 		return
 	}
+	b.quiesce(lc) // a stale run still waiting: end it first
 	w := &watch{done: make(chan struct{})}
 	lc.w = w
 	pgc := lc.pc.Conn().PgConn()
 	b.watchWG.Add(1)
+	if lc.rc != nil {
+		lc.rw = w
+		go b.peekWatch(lc, w, pgc)
+		return
+	}
 	go func() {
 		defer b.watchWG.Done()
 		var err error
@@ -356,9 +378,54 @@ func (b *Backend) watch(lc *lockConn) {
 	}()
 }
 
+// drainWait bounds how long a peeking watcher that found lc's socket
+// readable while idle reads what came.
+const drainWait = time.Millisecond
+
+// peekWatch is the run w of lc's peeking watcher (see watch).
+func (b *Backend) peekWatch(lc *lockConn, w *watch, pgc *pgconn.PgConn) {
+	defer b.watchWG.Done()
+	err := lc.rc.Read(readable)
+	close(w.done)
+	if w.stale.Load() {
+		return // a statement's response (or its deadline) ended the wait
+	}
+	// Something came, or the wait failed, while lc looked idle: look
+	// under lc's lock, unless a statement took lc meanwhile.
+	lc.lockWait()
+	defer lc.unlock()
+	if w.stale.Load() || lc.w != w {
+		return
+	}
+	lc.w, lc.rw = nil, nil
+	b.mu.Lock()
+	gone := lc.gone
+	b.mu.Unlock()
+	if gone {
+		return
+	}
+	if err == nil && !pgc.IsClosed() {
+		// Read what came (a notice, or the server's last words), for at
+		// most drainWait: pgconn handles it, and closes the connection
+		// when the session ended.
+		_ = lc.nc.SetReadDeadline(time.Now().Add(drainWait))
+		for err == nil {
+			err = pgc.WaitForNotification(context.Background())
+		}
+		_ = lc.nc.SetReadDeadline(time.Time{})
+	}
+	if pgc.IsClosed() {
+		b.fail(lc, fmt.Errorf("connection closed: %w", err))
+		return
+	}
+	b.resume(lc)
+}
+
 // pause stops lc's watcher, if it runs (or is about to start), and
 // returns an error when the watcher found the connection dead. The caller
-// holds lc's lock.
+// holds lc's lock and runs a statement on lc next: a peeking run is only
+// marked stale (the statement's response ends its wait); before lc's
+// connection goes back to the pool or is closed, quiesce it.
 func (b *Backend) pause(lc *lockConn) error {
 	if lc.armed {
 		lc.gen.Add(1) // startWatchers drops its entry
@@ -369,6 +436,10 @@ func (b *Backend) pause(lc *lockConn) error {
 		return nil
 	}
 	lc.w = nil
+	if lc.rc != nil {
+		w.stale.Store(true)
+		return nil // the statement finds a dead connection itself
+	}
 	nc := lc.pc.Conn().PgConn().Conn()
 	_ = nc.SetReadDeadline(time.Now())
 	<-w.done
@@ -377,6 +448,27 @@ func (b *Backend) pause(lc *lockConn) error {
 		return fmt.Errorf("connection closed: %w", w.err)
 	}
 	return nil
+}
+
+// quiesce stops lc's watcher and waits until no run of it reads or waits
+// on lc's connection (a stale peeking run waits until something arrives,
+// or a read deadline in the past ends it): before the connection goes
+// back to the pool, or a new run starts. The caller holds lc's lock.
+func (b *Backend) quiesce(lc *lockConn) {
+	_ = b.pause(lc)
+	w := lc.rw
+	if w == nil {
+		return
+	}
+	lc.rw = nil
+	select {
+	case <-w.done:
+		return
+	default:
+	}
+	_ = lc.nc.SetReadDeadline(time.Now())
+	<-w.done
+	_ = lc.nc.SetReadDeadline(time.Time{})
 }
 
 // sessionEnded reports that err, from a statement on pgc, shows that the

@@ -369,7 +369,7 @@ func TestConnectHonoursContext(t *testing.T) {
 // tries the lock in a loop on a connection of its own: the start of its
 // first successful try) to the lease reporting the loss; and, as an upper
 // bound, from pg_terminate_backend being called. The lock connection's
-// watcher reads the socket while it is idle, so this is about a
+// watcher watches the socket while it is idle, so this is about a
 // millisecond, not a loss interval (which is set to an hour here so that
 // pings cannot help). Issue 12 asks for p99 within 50ms:
 //

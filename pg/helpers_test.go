@@ -22,12 +22,22 @@ func testURL(t testing.TB) string {
 // newPool returns a pool on the test server, closed at cleanup.
 func newPool(t testing.TB, url string, maxConns int32) *pgxpool.Pool {
 	t.Helper()
+	return newPoolWith(t, url, maxConns, nil)
+}
+
+// newPoolWith is newPool with set, when not nil, changing the pool's
+// configuration first.
+func newPoolWith(t testing.TB, url string, maxConns int32, set func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
+	}
+	if set != nil {
+		set(cfg)
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {

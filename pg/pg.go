@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -177,12 +178,14 @@ type lockConn struct {
 	// Set, under Backend.mu, before ready closes; then fixed.
 	pc      *pgxpool.Conn
 	pid     uint32
-	nc      net.Conn      // pc's network connection
-	connErr error         // the acquisition failed: no pc
-	ready   chan struct{} // closed once pc or connErr is set
+	nc      net.Conn        // pc's network connection
+	rc      syscall.RawConn // nc's socket, when its watcher can peek (see watch); else nil
+	connErr error           // the acquisition failed: no pc
+	ready   chan struct{}   // closed once pc or connErr is set
 
 	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
 	w     *watch        // the running watcher; guarded by sem
+	rw    *watch        // the last peeking run, which may still wait on nc (see quiesce); guarded by sem
 	armed bool          // its watcher is to start (see resume); guarded by sem
 	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
 	bound *time.Timer   // bounds the statement in flight (see boundStmt); guarded by sem
@@ -213,6 +216,7 @@ func newLockConn(pc *pgxpool.Conn) *lockConn {
 	lc.q, lc.spare = lc.qbuf[0][:0], lc.qbuf[1][:0]
 	if pc != nil {
 		lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
+		lc.rc = rawConn(lc.nc)
 		close(lc.ready)
 	}
 	return lc
@@ -273,7 +277,7 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 		b.cfg.logger.Warn("pg: lock connection failed; its leases are lost", "pid", lc.pid, "leases", len(leases), "err", cause)
 	}
 	if pc != nil { // else still being acquired: connect gives it back
-		_ = b.pause(lc)
+		b.quiesce(lc)
 		destroy(pc)
 	}
 }

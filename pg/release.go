@@ -163,6 +163,7 @@ func (b *Backend) releaseOn(ctx context.Context, lc *lockConn, ls []*Lease, errs
 	retire := b.retireIfIdleLocked(lc)
 	b.mu.Unlock()
 	if retire {
+		b.quiesce(lc)
 		lc.pc.Release()
 	} else {
 		b.resume(lc)
