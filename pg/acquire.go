@@ -300,7 +300,6 @@ func (b *Backend) connect(ctx context.Context, lc *lockConn) {
 		return
 	}
 	lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
-	lc.rc = rawConn(lc.nc)
 	b.addConnLocked(lc)
 	close(lc.ready)
 }
@@ -646,6 +645,9 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*L
 		}
 		sql = b.lockSQL(fn+"("+r.key.String()+")", "", r, "")
 	}
+	// Made now, while the server has not granted anything yet: the grant's
+	// path to the caller is shorter by its allocations.
+	lc := newLockConn(pc)
 	var row [][]byte
 	var err error
 	if r.ukind == uNone {
@@ -680,7 +682,7 @@ func (b *Backend) waitBlocking(ctx context.Context, r req, pc *pgxpool.Conn) (*L
 		}
 		return nil, r.errorf("wait: %w", err)
 	}
-	return b.adopt(r, pc, l)
+	return b.adopt(r, lc, l)
 }
 
 // undoSQL lets go of whatever a failed acquisition of r that takes its

@@ -347,6 +347,10 @@ func (b *Backend) watch(lc *lockConn) {
 		return
 	}
 	b.quiesce(lc) // a stale run still waiting: end it first
+	if lc.rc == nil && !lc.noRC {
+		lc.rc = rawConn(lc.nc)
+		lc.noRC = lc.rc == nil
+	}
 	w := &watch{done: make(chan struct{})}
 	lc.w = w
 	pgc := lc.pc.Conn().PgConn()

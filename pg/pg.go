@@ -138,7 +138,7 @@ func (b *Backend) Close() error {
 		lc.unlock()
 	}
 	b.mu.Lock()
-	b.stopMonitorIfIdleLocked()
+	b.stopMonitorLocked()
 	b.mu.Unlock()
 	b.stopWatchers()
 	b.monWG.Wait()
@@ -178,17 +178,18 @@ type lockConn struct {
 	// Set, under Backend.mu, before ready closes; then fixed.
 	pc      *pgxpool.Conn
 	pid     uint32
-	nc      net.Conn        // pc's network connection
-	rc      syscall.RawConn // nc's socket, when its watcher can peek (see watch); else nil
-	connErr error           // the acquisition failed: no pc
-	ready   chan struct{}   // closed once pc or connErr is set
+	nc      net.Conn      // pc's network connection
+	connErr error         // the acquisition failed: no pc
+	ready   chan struct{} // closed once pc or connErr is set
 
-	sem   chan struct{} // capacity 1: held while pc is in use; taken before Backend.mu
-	w     *watch        // the running watcher; guarded by sem
-	rw    *watch        // the last peeking run, which may still wait on nc (see quiesce); guarded by sem
-	armed bool          // its watcher is to start (see resume); guarded by sem
-	gen   atomic.Uint64 // counts resumes and pauses; changed under sem
-	bound *time.Timer   // bounds the statement in flight (see boundStmt); guarded by sem
+	sem   chan struct{}   // capacity 1: held while pc is in use; taken before Backend.mu
+	w     *watch          // the running watcher; guarded by sem
+	rc    syscall.RawConn // nc's socket, when its watcher can peek; made by its first watcher (see watch); guarded by sem
+	noRC  bool            // nc gives no socket: its watcher reads it; guarded by sem
+	rw    *watch          // the last peeking run, which may still wait on nc (see quiesce); guarded by sem
+	armed bool            // its watcher is to start (see resume); guarded by sem
+	gen   atomic.Uint64   // counts resumes and pauses; changed under sem
+	bound *time.Timer     // bounds the statement in flight (see boundStmt); guarded by sem
 
 	qmu    sync.Mutex
 	q      []*call     // calls waiting for a runner (see exec); guarded by qmu
@@ -208,7 +209,7 @@ type lockConn struct {
 // whose connection is still being acquired (see connect).
 func newLockConn(pc *pgxpool.Conn) *lockConn {
 	lc := &lockConn{
-		ready:  make(chan struct{}),
+		ready:  readyChan,
 		sem:    make(chan struct{}, 1),
 		leases: make(map[*Lease]struct{}),
 		keys:   make(map[Key]struct{}),
@@ -216,11 +217,19 @@ func newLockConn(pc *pgxpool.Conn) *lockConn {
 	lc.q, lc.spare = lc.qbuf[0][:0], lc.qbuf[1][:0]
 	if pc != nil {
 		lc.pc, lc.pid, lc.nc = pc, pc.Conn().PgConn().PID(), pc.Conn().PgConn().Conn()
-		lc.rc = rawConn(lc.nc)
-		close(lc.ready)
+	} else {
+		lc.ready = make(chan struct{})
 	}
 	return lc
 }
+
+// readyChan is the ready of every lock connection made with its
+// connection: closed, never written.
+var readyChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // addConnLocked makes lc a lock connection.
 func (b *Backend) addConnLocked(lc *lockConn) {
@@ -245,7 +254,6 @@ func (b *Backend) retireIfIdleLocked(lc *lockConn) bool {
 	}
 	lc.gone = true
 	delete(b.conns, lc)
-	b.stopMonitorIfIdleLocked()
 	return true
 }
 
@@ -262,7 +270,6 @@ func (b *Backend) fail(lc *lockConn, cause error) {
 	lc.gone = true
 	lc.cause = cause
 	delete(b.conns, lc)
-	b.stopMonitorIfIdleLocked()
 	leases := lc.leases
 	lc.leases, lc.keys = nil, nil
 	for l := range leases {
@@ -339,8 +346,11 @@ func (b *Backend) conflictsLocked(k Key, m mode) bool {
 	return h != nil && (h.excl > 0 || (m == exclusive && h.shared > 0))
 }
 
-func (b *Backend) stopMonitorIfIdleLocked() {
-	if (len(b.conns) == 0 || b.closed) && b.monArmed {
+// stopMonitorLocked stops the monitor for good (Close). While the backend
+// is open the monitor is never stopped: set while there are lock
+// connections, it lapses at a tick that finds none.
+func (b *Backend) stopMonitorLocked() {
+	if b.monArmed {
 		b.monArmed = false
 		b.monTimer.Stop()
 	}
@@ -349,15 +359,24 @@ func (b *Backend) stopMonitorIfIdleLocked() {
 // monitor pings the lock connections every half loss interval, so that a
 // dead session is found even while its connection is idle, and an idle
 // session is never idle long enough for idle_session_timeout. It is a
-// timer's function, set while there are lock connections (a reused timer,
-// not a goroutine: a lease taken and released at once costs no goroutine
-// and no allocation for it).
+// timer's function, set when a lock connection is added and it is not
+// set, which lapses at a tick that finds none (a reused timer, not a
+// goroutine: a lease taken and released at once costs no goroutine, no
+// allocation and no timer change for it).
 func (b *Backend) monitor() {
 	half := b.cfg.lossInterval / 2
 	b.mu.Lock()
 	if !b.monArmed || b.closed {
 		b.mu.Unlock()
 		return // stopped after it fired
+	}
+	if len(b.conns) == 0 {
+		// Idle since it was set: it lapses (stopping it at each last
+		// release would cost a timer change per lock taken and released
+		// alone; addConnLocked sets it again).
+		b.monArmed = false
+		b.mu.Unlock()
+		return
 	}
 	b.monWG.Add(1)
 	defer b.monWG.Done()

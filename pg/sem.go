@@ -174,7 +174,7 @@ func (b *Backend) semHead(ctx context.Context, r req, slots []Key, pc *pgxpool.C
 				_, err = query(qctx, pgc, "UNLISTEN "+semChannel)
 				cancel()
 				if err == nil {
-					return b.adopt(r, pc, l)
+					return b.adopt(r, newLockConn(pc), l)
 				}
 			}
 		}
@@ -230,10 +230,10 @@ func leave(pc *pgxpool.Conn, sql string, timeout time.Duration) {
 	pc.Release()
 }
 
-// adopt makes pc, a connection of its own whose session holds l's lock
-// (and no other), a lock connection holding l.
-func (b *Backend) adopt(r req, pc *pgxpool.Conn, l *Lease) (*Lease, error) {
-	lc := newLockConn(pc)
+// adopt makes lc, made by newLockConn on a connection of its own whose
+// session holds l's lock (and no other), a lock connection holding l.
+func (b *Backend) adopt(r req, lc *lockConn, l *Lease) (*Lease, error) {
+	pc := lc.pc
 	lc.lockWait()
 	b.mu.Lock()
 	if !b.closed {
