@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -421,6 +422,12 @@ func (b *Backend) peekWatch(lc *lockConn, w *watch, pgc *pgconn.PgConn) {
 	if pgc.IsClosed() {
 		b.fail(lc, fmt.Errorf("connection closed: %w", err))
 		return
+	}
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// The socket cannot be waited on this way (a wrapper's odd
+		// RawConn, say): watch lc by reading it from now on, rather
+		// than fail the same way every millisecond.
+		lc.rc, lc.noRC = nil, true
 	}
 	b.resume(lc)
 }

@@ -2,6 +2,7 @@ package pg_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	neturl "net/url"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -217,5 +219,50 @@ func TestWatcherReadsWhatComesWhileIdle(t *testing.T) {
 				t.Fatalf("loss not reported %v after the session ended", time.Since(start))
 			}
 		})
+	}
+}
+
+// oddSocket is a net.Conn whose SyscallConn gives a RawConn that cannot
+// be waited on: its Read fails at once.
+type oddSocket struct{ net.Conn }
+
+func (c oddSocket) SyscallConn() (syscall.RawConn, error) {
+	rc, err := c.Conn.(syscall.Conn).SyscallConn()
+	return oddRawConn{rc}, err
+}
+
+type oddRawConn struct{ syscall.RawConn }
+
+func (oddRawConn) Read(func(uintptr) bool) error { return errors.New("odd: cannot wait") }
+
+// TestWatcherOddSocket: a connection whose socket cannot be waited on
+// without reading is watched by reading it: a session ended while its
+// lock connection is idle is still noticed at once.
+func TestWatcherOddSocket(t *testing.T) {
+	url := testURL(t)
+	pool := newPoolWith(t, url, 1, func(cfg *pgxpool.Config) {
+		dial := cfg.ConnConfig.DialFunc
+		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return oddSocket{c}, nil
+		}
+	})
+	b := newOn(t, pool, pg.WithLossInterval(time.Hour))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, ok, err := b.TryLock(ctx, "watch-odd")
+	if err != nil || !ok {
+		t.Fatalf("TryLock: %v %v", ok, err)
+	}
+	time.Sleep(30 * time.Millisecond) // the watcher runs (after 1ms idle)
+	start := time.Now()
+	terminate(t, url, l.PID())
+	select {
+	case <-l.Lost():
+	case <-time.After(time.Second):
+		t.Fatalf("loss not reported %v after the session ended", time.Since(start))
 	}
 }
