@@ -219,6 +219,7 @@ type watch struct {
 	// done is closed when the run no longer reads the connection.
 	done chan struct{}
 	err  error // set before done closes (reading runs)
+	peek bool  // a peeking run (see peekWatch), else a reading one
 	// stale is set (under the connection's lock) when a statement takes
 	// the connection from a peeking run: the run ends without touching
 	// anything when its wait ends.
@@ -352,11 +353,11 @@ func (b *Backend) watch(lc *lockConn) {
 		lc.rc = rawConn(lc.nc)
 		lc.noRC = lc.rc == nil
 	}
-	w := &watch{done: make(chan struct{})}
+	w := &watch{done: make(chan struct{}), peek: lc.rc != nil}
 	lc.w = w
 	pgc := lc.pc.Conn().PgConn()
 	b.watchWG.Add(1)
-	if lc.rc != nil {
+	if w.peek {
 		lc.rw = w
 		go b.peekWatch(lc, w, pgc)
 		return
@@ -447,7 +448,7 @@ func (b *Backend) pause(lc *lockConn) error {
 		return nil
 	}
 	lc.w = nil
-	if lc.rc != nil {
+	if w.peek {
 		w.stale.Store(true)
 		return nil // the statement finds a dead connection itself
 	}
