@@ -206,7 +206,9 @@ func valkeyURL(scheme, userinfo, host, path string, q url.Values) string {
 // unix:///path/to/socket.
 func parseValkey(scheme, rest, shown string) (backendSpec, error) {
 	bad := func(err error) (backendSpec, error) {
-		return backendSpec{}, fmt.Errorf("backend %q: %s", shown, redact(unwrapURLError(err), rest))
+		// The secrets are those of the whole URL: rest alone has no "://"
+		// to find its user information by.
+		return backendSpec{}, fmt.Errorf("backend %q: %s", shown, redact(unwrapURLError(err), scheme+"://"+rest))
 	}
 	hostsEtc, q, err := splitQuery(rest)
 	if err != nil {
@@ -262,7 +264,7 @@ func parseValkey(scheme, rest, shown string) (backendSpec, error) {
 // client per node, each with the same credentials and query.
 func parseRedLock(rest, shown string) (backendSpec, error) {
 	bad := func(err error) (backendSpec, error) {
-		return backendSpec{}, fmt.Errorf("backend %q: %s", shown, redact(unwrapURLError(err), rest))
+		return backendSpec{}, fmt.Errorf("backend %q: %s", shown, redact(unwrapURLError(err), "redlock://"+rest))
 	}
 	hostsEtc, q, err := splitQuery(rest)
 	if err != nil {
