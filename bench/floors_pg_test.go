@@ -3,14 +3,17 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sys/unix"
 )
 
 // pgWatchedFloor is the hand-written PostgreSQL lock with the guarantees
@@ -19,9 +22,14 @@ import (
 //
 //   - loss is reported within milliseconds when the server closes the
 //     session: a lock held longer than watchDelay (1 ms, dlock's) has a
-//     goroutine reading its connection (pgconn's WaitForNotification), which
-//     the release stops first (a read deadline in the past, as dlock does);
-//     a per-lock timer starts it.
+//     goroutine waiting until its connection's socket is readable without
+//     reading it (a peek, as dlock's watcher does); what comes while the
+//     lock is idle is the server's FATAL message or its close, and the
+//     lock is lost. The release marks the watcher stale and sends its
+//     unlock at once: its read waits for the watcher's wait, which the
+//     answer ends. A per-lock timer starts the watcher. (Anything else that
+//     came while idle, a notice, would end the watch here; dlock reads it
+//     and watches on.)
 //   - a wait is bounded by its ctx on the server and is not cut short by a
 //     statement_timeout of the pool's connections: lock_timeout from ctx's
 //     deadline and statement_timeout 0, set with set_config(..., true) in
@@ -61,12 +69,11 @@ type pgWatchedHeld struct {
 	key   int64
 	timer *time.Timer
 
-	mu   sync.Mutex    // guards done and stopped
-	done chan struct{} // the running watcher's; nil before it starts
-	// stopped is set by Release: the timer's function must not start a
-	// watcher any more.
-	stopped bool
-	lost    chan struct{} // closed when the watcher finds the session ended
+	mu sync.Mutex // guards stale
+	// stale is set by Release: the watcher, started or not, must not
+	// report anything any more.
+	stale bool
+	lost  chan struct{} // closed when the watcher finds the session ended
 }
 
 func (f *pgWatchedFloor) lock(ctx context.Context, name string) (held, error) {
@@ -134,19 +141,31 @@ func (f *pgWatchedFloor) wait(ctx context.Context, conn *pgxpool.Conn, key int64
 func (h *pgWatchedHeld) watch() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.stopped {
+	if h.stale {
 		return
 	}
-	done := make(chan struct{})
-	h.done = done
-	pgc := h.conn.Conn().PgConn()
+	sc, ok := h.conn.Conn().PgConn().Conn().(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
 	go func() {
-		defer close(done)
-		var err error
-		for err == nil {
-			err = pgc.WaitForNotification(context.Background())
-		}
-		if pgc.IsClosed() {
+		ended := false
+		_ = rc.Read(func(fd uintptr) bool {
+			var b [1]byte
+			n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err == unix.EAGAIN || err == unix.EINTR {
+				return false
+			}
+			ended = err != nil || n == 0 || b[0] == 'E' // the server's close, or its FATAL first
+			return true
+		})
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if ended && !h.stale {
 			close(h.lost) // the lock is lost
 		}
 	}()
@@ -155,24 +174,14 @@ func (h *pgWatchedHeld) watch() {
 func (h *pgWatchedHeld) Release(ctx context.Context) error {
 	h.timer.Stop()
 	h.mu.Lock()
-	h.stopped = true
-	done := h.done
+	h.stale = true
 	h.mu.Unlock()
-	pgc := h.conn.Conn().PgConn()
-	var err error
-	if done != nil { // pause the watcher
-		nc := pgc.Conn()
-		_ = nc.SetReadDeadline(time.Now())
-		<-done
-		_ = nc.SetReadDeadline(time.Time{})
-		if pgc.IsClosed() {
-			err = errors.New("pg watched floor: lock lost")
-		}
-	}
-	if err != nil {
+	select {
+	case <-h.lost:
 		_ = h.conn.Conn().Close(context.Background())
 		h.conn.Release()
-		return err
+		return errors.New("pg watched floor: lock lost")
+	default:
 	}
 	return pgUnlock(ctx, h.conn, pgWFloorUnlock, h.key)
 }
@@ -187,5 +196,64 @@ func openPGWatchedFloor(tb testing.TB, _ string) locker {
 			return err
 		}),
 		queued: make(map[int64]int),
+	}
+}
+
+// TestPGWatchedFloorLoss: the watched floor gives the guarantees it is the
+// floor of. A lock held past its watcher's start and released is free at
+// once (the release's unlock is answered past the watcher's wait); a lock
+// whose session the server ends while it is held reports the loss within a
+// second, and its release says so.
+func TestPGWatchedFloorLoss(t *testing.T) {
+	f := openPGWatchedFloor(t, "").(*pgWatchedFloor)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	name := fmt.Sprintf("bench-wfloor-test-%d", time.Now().UnixNano())
+
+	h, err := f.lock(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the watcher waits
+	if err := h.Release(ctx); err != nil {
+		t.Fatalf("Release of a watched lock: %v", err)
+	}
+	c, err := f.p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var free bool
+	err = c.QueryRow(ctx, "SELECT pg_try_advisory_lock($1::bigint)", advisoryKey(name)).Scan(&free)
+	if err == nil && free {
+		_, err = c.Exec(ctx, "SELECT pg_advisory_unlock($1::bigint)", advisoryKey(name))
+	}
+	c.Release()
+	if err != nil || !free {
+		t.Fatalf("after Release the lock is not free: %v %v", free, err)
+	}
+
+	h, err = f.lock(ctx, name+"-lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	t.Cleanup(func() { // before the pool's Close, which waits for it
+		if !released {
+			_ = h.Release(context.Background())
+		}
+	})
+	time.Sleep(20 * time.Millisecond)
+	pid := h.(*pgWatchedHeld).conn.Conn().PgConn().PID()
+	if _, err := f.p.Exec(ctx, "SELECT pg_terminate_backend($1, 10000)", int64(pid)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.(*pgWatchedHeld).lost:
+	case <-time.After(time.Second):
+		t.Fatal("the watched floor did not report the loss within 1s")
+	}
+	released = true
+	if err := h.Release(ctx); err == nil {
+		t.Fatal("Release of a lost lock returned nil")
 	}
 }
