@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -375,6 +376,16 @@ func newPoolWith(tb testing.TB, afterConnect func(context.Context, *pgx.Conn) er
 	}
 	cfg.MaxConns = poolSize
 	cfg.AfterConnect = afterConnect
+	if w, ok := pgDialWraps.Load(tb); ok {
+		wrap, dial := w.(func(net.Conn) net.Conn), cfg.ConnConfig.DialFunc
+		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return wrap(c), nil
+		}
+	}
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)
