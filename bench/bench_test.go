@@ -135,6 +135,14 @@ func BenchmarkHandoff(b *testing.B) {
 // later, and returns the time from the release call to the waiter's
 // acquisition returning.
 func handoff(ctx context.Context, holder, waiter locker, name string) (time.Duration, error) {
+	released, acquired, err := handoffAt(ctx, holder, waiter, name, nil)
+	return acquired.Sub(released), err
+}
+
+// handoffAt is handoff returning when the release was called and when the
+// waiter's acquisition returned; rec, if not nil, records the sockets in
+// between.
+func handoffAt(ctx context.Context, holder, waiter locker, name string, rec *sockRecorder) (released, acquired time.Time, err error) {
 	type result struct {
 		h   held
 		at  time.Time
@@ -142,7 +150,7 @@ func handoff(ctx context.Context, holder, waiter locker, name string) (time.Dura
 	}
 	h, err := holder.lock(ctx, name)
 	if err != nil {
-		return 0, err
+		return released, acquired, err
 	}
 	done := make(chan result, 1)
 	go func() {
@@ -152,19 +160,25 @@ func handoff(ctx context.Context, holder, waiter locker, name string) (time.Dura
 		done <- result{w, time.Now(), err}
 	}()
 	time.Sleep(5*time.Millisecond + rand.N(10*time.Millisecond))
-	released := time.Now()
+	if rec != nil {
+		rec.start()
+	}
+	released = time.Now()
 	rerr := h.Release(ctx)
 	r := <-done
+	if rec != nil {
+		rec.stop()
+	}
 	if r.err != nil {
-		return 0, errors.Join(rerr, r.err)
+		return released, r.at, errors.Join(rerr, r.err)
 	}
 	if err := r.h.Release(ctx); err != nil || rerr != nil {
-		return 0, errors.Join(rerr, err)
+		return released, r.at, errors.Join(rerr, err)
 	}
 	if r.at.Before(released) {
-		return 0, fmt.Errorf("the waiter acquired %v before the holder released", released.Sub(r.at))
+		return released, r.at, fmt.Errorf("the waiter acquired %v before the holder released", released.Sub(r.at))
 	}
-	return r.at.Sub(released), nil
+	return released, r.at, nil
 }
 
 func reportLatencies(b *testing.B, samples []time.Duration) {

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -66,36 +65,12 @@ func BenchmarkHandoffParts(b *testing.B) {
 
 // handoffParts is handoff with its three parts timed by rec.
 func handoffParts(ctx context.Context, rec *sockRecorder, holder, waiter locker, name string) (rel, srv, wt time.Duration, err error) {
-	type result struct {
-		h   held
-		at  time.Time
-		err error
-	}
-	h, err := holder.lock(ctx, name)
+	released, acquired, err := handoffAt(ctx, holder, waiter, name, rec)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		wctx, cancel := context.WithTimeout(ctx, waitTimeout)
-		defer cancel()
-		w, err := waiter.lock(wctx, name)
-		done <- result{w, time.Now(), err}
-	}()
-	time.Sleep(5*time.Millisecond + rand.N(10*time.Millisecond))
-	rec.start()
-	released := time.Now()
-	rerr := h.Release(ctx)
-	r := <-done
-	evs := rec.stop()
-	if r.err != nil {
-		return 0, 0, 0, errors.Join(rerr, r.err)
-	}
-	if err := r.h.Release(ctx); err != nil || rerr != nil {
-		return 0, 0, 0, errors.Join(rerr, err)
-	}
 	var sent, got time.Time
-	for _, e := range evs {
+	for _, e := range rec.events() {
 		switch {
 		case sent.IsZero() && e.holder && e.write:
 			sent = e.at
@@ -109,7 +84,7 @@ func handoffParts(ctx context.Context, rec *sockRecorder, holder, waiter locker,
 	if sent.IsZero() || got.IsZero() {
 		return 0, 0, 0, errors.New("hand-off parts: the unlock or the grant was not seen on the sockets")
 	}
-	return sent.Sub(released), got.Sub(sent), r.at.Sub(got), nil
+	return sent.Sub(released), got.Sub(sent), acquired.Sub(got), nil
 }
 
 // pgDialWraps holds, for a benchmark opening a PostgreSQL library, the
@@ -136,10 +111,16 @@ func (r *sockRecorder) start() {
 	r.mu.Unlock()
 }
 
-func (r *sockRecorder) stop() []sockEvent {
+func (r *sockRecorder) stop() {
+	r.mu.Lock()
+	r.on = false
+	r.mu.Unlock()
+}
+
+// events returns what was recorded between the last start and stop.
+func (r *sockRecorder) events() []sockEvent {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.on = false
 	return slices.Clone(r.evs)
 }
 

@@ -30,13 +30,18 @@ type hiddenSocket struct{ net.Conn }
 
 // hideSockets makes every connection of cfg a hiddenSocket.
 func hideSockets(cfg *pgxpool.Config) {
+	wrapConns(cfg, func(c net.Conn) net.Conn { return hiddenSocket{c} })
+}
+
+// wrapConns makes every connection of cfg wrap(c), c as dialled.
+func wrapConns(cfg *pgxpool.Config, wrap func(net.Conn) net.Conn) {
 	dial := cfg.ConnConfig.DialFunc
 	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return hiddenSocket{c}, nil
+		return wrap(c), nil
 	}
 }
 
@@ -176,15 +181,11 @@ func TestWatcherReadsWhatComesWhileIdle(t *testing.T) {
 			b := newOn(t, pool, pg.WithLossInterval(time.Hour))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			l, ok, err := b.TryLock(ctx, "watch-idle")
-			if err != nil || !ok {
-				t.Fatalf("TryLock: %v %v", ok, err)
-			}
 			msg, err := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: "injected"}).Encode(nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(20 * time.Millisecond) // the watcher runs (after 1ms idle)
+			l := heldIdle(ctx, t, b, "watch-idle")
 			in.inject(t, msg)
 			in.inject(t, msg[:5])
 			time.Sleep(10 * time.Millisecond)
@@ -204,20 +205,10 @@ func TestWatcherReadsWhatComesWhileIdle(t *testing.T) {
 			}
 
 			// A session ended after a notice is noticed at once.
-			l, ok, err = b.TryLock(ctx, "watch-idle")
-			if err != nil || !ok {
-				t.Fatalf("TryLock: %v %v", ok, err)
-			}
-			time.Sleep(20 * time.Millisecond)
+			l = heldIdle(ctx, t, b, "watch-idle")
 			in.inject(t, msg)
 			time.Sleep(10 * time.Millisecond)
-			start := time.Now()
-			terminate(t, url, l.PID())
-			select {
-			case <-l.Lost():
-			case <-time.After(time.Second):
-				t.Fatalf("loss not reported %v after the session ended", time.Since(start))
-			}
+			lostAtOnce(t, url, l)
 		})
 	}
 }
@@ -241,23 +232,30 @@ func (oddRawConn) Read(func(uintptr) bool) error { return errors.New("odd: canno
 func TestWatcherOddSocket(t *testing.T) {
 	url := testURL(t)
 	pool := newPoolWith(t, url, 1, func(cfg *pgxpool.Config) {
-		dial := cfg.ConnConfig.DialFunc
-		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dial(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return oddSocket{c}, nil
-		}
+		wrapConns(cfg, func(c net.Conn) net.Conn { return oddSocket{c} })
 	})
 	b := newOn(t, pool, pg.WithLossInterval(time.Hour))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l, ok, err := b.TryLock(ctx, "watch-odd")
+	lostAtOnce(t, url, heldIdle(ctx, t, b, "watch-odd"))
+}
+
+// heldIdle takes name on b and returns its lease once its lock
+// connection's watcher runs (after 1ms idle).
+func heldIdle(ctx context.Context, t *testing.T, b *pg.Backend, name string) *pg.Lease {
+	t.Helper()
+	l, ok, err := b.TryLock(ctx, name)
 	if err != nil || !ok {
 		t.Fatalf("TryLock: %v %v", ok, err)
 	}
-	time.Sleep(30 * time.Millisecond) // the watcher runs (after 1ms idle)
+	time.Sleep(20 * time.Millisecond)
+	return l
+}
+
+// lostAtOnce ends l's session and requires l to report the loss within a
+// second.
+func lostAtOnce(t *testing.T, url string, l *pg.Lease) {
+	t.Helper()
 	start := time.Now()
 	terminate(t, url, l.PID())
 	select {
