@@ -295,7 +295,8 @@
 // without reading it, so a statement, a release say, is sent at once
 // rather than after stopping the watcher; on a connection that gives no
 // socket, TLS or a net.Conn wrapper that is no syscall.Conn, it reads the
-// connection and a statement stops it first), so when the server closes it — pg_terminate_backend, a server shutting
+// connection and a statement stops it first), so when the server closes
+// it — pg_terminate_backend, a server shutting
 // down, restarting or crashing — the backend notices at once, with no
 // statement and no extra round trip per acquisition: over 100
 // terminations of an idle lock connection, the loss was reported 0.5ms
