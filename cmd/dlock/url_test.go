@@ -141,6 +141,32 @@ func TestRedact(t *testing.T) {
 	}
 }
 
+// ownWords reports that sec shows in err, the error of raw, only as part
+// of dlock's own wording ("redi" in "redis"): the error of raw with every
+// letter and digit of sec changed holds sec as often.
+func ownWords(raw, sec string, err error) bool {
+	alt := []byte(sec)
+	for i, c := range alt {
+		switch {
+		case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+			alt[i] = 'q'
+			if c == 'q' {
+				alt[i] = 'z'
+			}
+		case c >= '0' && c <= '9':
+			alt[i] = '7'
+			if c == '7' {
+				alt[i] = '3'
+			}
+		}
+	}
+	if string(alt) == sec {
+		return false
+	}
+	_, err2 := parseBackend(strings.ReplaceAll(raw, sec, string(alt)))
+	return err2 != nil && strings.Count(err2.Error(), sec) >= strings.Count(err.Error(), sec)
+}
+
 // FuzzParseBackend: any string gives a backend or an error, never a panic;
 // a backend it gives is well-formed, and an error never shows a password.
 func FuzzParseBackend(f *testing.F) {
@@ -149,14 +175,16 @@ func FuzzParseBackend(f *testing.F) {
 		"pg:host=h password=p", "unix:///s", "valkey://h?dlock_lease=1s",
 		// Found by the fuzzer (CI): what looks like a password in the path,
 		// echoed by valkey-go's error; and the same shape for RedLock.
-		"redis:///0:0000@0", "redlock://h1:1,h2:1,h3:1/0:0000@0"} {
+		"redis:///0:0000@0", "redlock://h1:1,h2:1,h3:1/0:0000@0",
+		// Found by the fuzzer (CI): a "password" that dlock's own words hold.
+		"://:redi@"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
 		s, err := parseBackend(raw)
 		if err != nil {
 			for _, sec := range secretsOf(raw) {
-				if len(sec) >= 4 && strings.Contains(err.Error(), sec) {
+				if len(sec) >= 4 && strings.Contains(err.Error(), sec) && !ownWords(raw, sec, err) {
 					t.Fatalf("%q: error %q shows secret %q", raw, err, sec)
 				}
 			}
