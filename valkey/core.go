@@ -253,12 +253,30 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 	if c.closed.Load() {
 		return attempt{}, backend.Permanent(errClosed)
 	}
+	var buf [1]reply
+	t0 := time.Now()
+	if r.s == acquireMutex && len(c.nodes) == 1 && (waiter == "" || waiter == token) && !r.busy(t0) {
+		// Uncontended, most likely: acquireMutexFree takes a free lock
+		// nobody waits for, or answers notFree.
+		w := ""
+		if waiter != "" {
+			w = "="
+		}
+		r.args[0], r.args[1], r.args[2], r.args[3] = token, c.leaseMs, recordOf(ctx), w
+		rs := c.evalInto(ctx, buf[:], acquireMutexFree, r.keys[:3], r.args[:4])
+		if rs[0].err != nil || rs[0].n != 0 {
+			a, err := c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
+			a.sent = t0
+			return a, err
+		}
+		r.markBusy(t0)
+		t0 = time.Now()
+	}
 	r.args[0], r.args[1], r.args[2], r.args[3], r.args[4] = token, c.leaseMs, waiter, c.fair, r.ch
 	if r.s == acquireMutex {
 		mutexArgs(r.args[:], token, waiter)
 	}
 	args := append(append(r.args[:5], r.extra...), recordOf(ctx)) // see holders.go
-	t0 := time.Now()
 	actx := ctx
 	if len(c.nodes) > 1 {
 		// One slow node must not eat the validity of the others' answers.
@@ -266,10 +284,12 @@ func (c *core) tryAs(ctx context.Context, r *request, token, waiter string) (att
 		actx, cancel = context.WithTimeout(ctx, c.cfg.lease-c.cfg.drift)
 		defer cancel()
 	}
-	var buf [1]reply
 	rs := c.evalInto(actx, buf[:], r.s, r.keys, args)
 	a, err := c.decide(ctx, c.newLease(r, token), t0, rs, tally(rs))
 	a.sent = t0
+	if a.lease == nil && err == nil {
+		r.markBusy(t0) // refused
+	}
 	return a, err
 }
 
@@ -711,8 +731,24 @@ func (l *Lease) releaseOnNodes(ctx context.Context, t0 time.Time) (owned, refuse
 	if t0.IsZero() {
 		t0 = time.Now() // a lock granted to a waiter is valid from here
 	}
-	rs := l.c.evalInto(ctx, buf[:], s, keys, l.rargs[:])
-	retryRelease(ctx, l.c, s, keys, l.rargs[:], rs)
+	args := l.rargs[:]
+	free := l.kind == kindMutex && len(l.c.nodes) == 1 && !l.busy(t0)
+	if free {
+		// Uncontended, most likely: releaseMutexFree deletes a lock taken
+		// free that nobody waits for, or answers notFree.
+		s, keys, args = releaseMutexFree, keys[:2], args[:1]
+	}
+	rs := l.c.evalInto(ctx, buf[:], s, keys, args)
+	retryRelease(ctx, l.c, s, keys, args, rs)
+	if free && rs[0].err == nil && rs[0].n == 0 {
+		l.markBusy(t0)
+		s, keys, args = releaseString, l.rkeys[:], l.rargs[:]
+		rs = l.c.evalInto(ctx, buf[:], s, keys, args)
+		retryRelease(ctx, l.c, s, keys, args, rs)
+	}
+	if l.kind == kindMutex && rs[0].next != "" {
+		l.markBusy(t0) // a waiter was woken or granted the lock
+	}
 	return l.released(t0, rs)
 }
 

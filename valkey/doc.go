@@ -227,7 +227,8 @@
 //   - Tries never wait and never jump the queue: TryLock, TryWLock and
 //     TryAcquire fail while a live waiter is queued, even if the lock is
 //     free at that moment; TryRLock fails while a writer holds or waits.
-//     The check is in the try's own script: no extra round trip.
+//     The check is in the try's own script (a mutex's try may take two:
+//     see Cost below).
 //   - A waiter whose ctx ends (or whose wait fails) leaves the queue before
 //     Lock returns — detached from its ctx, bounded by 5s — and if it was
 //     first, the next waiter is woken. If that removal fails, or the
@@ -360,6 +361,22 @@
 // that a release learns a loss rather than reporting a broken connection.
 // A release the server did not confirm by the deadline returns its error;
 // the key then expires with its lease.
+//
+// # Cost
+//
+// On one node, a cluster or a Sentinel-managed primary, an uncontended
+// mutex costs one script to take (EXISTS of the queue, TIME, SET NX PX,
+// and one SET … GET of the fencing counter) and one to release (GET,
+// EXISTS, DEL), each declaring only the keys it touches: the lock, its
+// fencing counter and its queue; the lock and its queue. When the lock
+// is not free or someone waits, that script answers so and the full one
+// runs (queueing the waiter, granting the lock to the next waiter): one
+// more round trip, after which the Backend counts the lock as contended
+// and sends it the full scripts directly until it has seen no sign of
+// contention (a refused attempt, a release that handed the lock on) for
+// 2s. A try of a held lock nobody waits for is answered by the first
+// script. Reader-writer locks, semaphores and RedLock always send their
+// full scripts.
 //
 // # RedLock
 //

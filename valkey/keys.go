@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/dlock-go/dlock/backend"
 )
@@ -241,6 +243,33 @@ type lockStrs struct {
 	keys  []string
 	ch    string
 	rkeys [5]string // a lease's release keys (see releaseKeys)
+	// busyUntil (ns since busyEpoch) is when the lock stops counting as
+	// contended: until then a mutex's acquisitions and releases go
+	// straight to the full scripts (acquireMutex, releaseString) rather
+	// than try the uncontended ones first (acquireMutexFree,
+	// releaseMutexFree), which would answer notFree and cost a round
+	// trip.
+	busyUntil atomic.Int64
+}
+
+// busyFor is how long a lock counts as contended after a sign of it (an
+// acquisition refused, an uncontended script's notFree, a release that
+// woke or granted a waiter). A waiter renews it at each refused attempt
+// (every targetedPoll at least).
+const busyFor = 2 * time.Second
+
+// busyEpoch is the origin of busyUntil's times (read by the monotonic
+// clock).
+var busyEpoch = time.Now()
+
+// busy reports whether the lock counts as contended at now.
+func (s *lockStrs) busy(now time.Time) bool {
+	return now.Sub(busyEpoch) < time.Duration(s.busyUntil.Load())
+}
+
+// markBusy makes the lock count as contended for busyFor from now.
+func (s *lockStrs) markBusy(now time.Time) {
+	s.busyUntil.Store(int64(now.Sub(busyEpoch) + busyFor))
 }
 
 // newLockStrs returns the lockStrs of a lock of kind k.

@@ -329,6 +329,50 @@ if ch == '' then ch = lock .. ':n' end
 return refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
 `)
 
+// acquireMutexFree is acquireMutex's uncontended path alone, declaring
+// only the keys it touches: it takes a mutex that is free while nobody
+// waits, or answers notFree for acquireMutex to decide (a waiter must
+// queue; a try may find only dead waiters ahead). A request half the size
+// of acquireMutex's costs the server and the client less, in the
+// throughput rows most. A try that finds the lock held with nobody queued
+// is answered here, as acquireMutex would. KEYS: lock, fence, queue. ARGV:
+// token, lease ms, holder record, waiter ("" for a try, else the token: a
+// wait's first attempt).
+var acquireMutexFree = newScript(luaNextFence + luaStamp + `
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local t = redis.call('TIME')
+  local v = ARGV[1]
+  if ARGV[3] ~= '' then v = stamp(ARGV[3], t, v) end
+  if redis.call('SET', KEYS[1], v, 'NX', 'PX', ARGV[2]) then
+    return nextFence(KEYS[2], t)
+  end
+  if ARGV[4] == '' then
+    local pttl = redis.call('PTTL', KEYS[1])
+    if pttl < 0 then pttl = 0 end
+    return -1 - pttl
+  end
+end
+return ` + notFree + `
+`)
+
+// notFree is the answer of acquireMutexFree and releaseMutexFree when the
+// full script must decide: 0 is neither a fencing token nor a refusal,
+// nor a release's answer.
+const notFree = "0"
+
+// releaseMutexFree is releaseString's uncontended path alone, declaring
+// only the keys it touches: it deletes a mutex held by the token whose
+// holder record is in the lock's value (taken free: no record in the
+// hash) while nobody waits, and answers 1; else notFree, for releaseString
+// to decide (wake or grant a waiter, delete a record, report a lease not
+// owned). KEYS: lock, queue. ARGV: token.
+var releaseMutexFree = newScript(luaOwner + `
+local v = redis.call('GET', KEYS[1])
+if owner(v) ~= ARGV[1] or #v == #ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then return ` + notFree + ` end
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
 // KEYS: readers, writer, queue, deadlines, fence, holder records. ARGV:
 // token, lease ms, waiter, fair, channel, holder record. Members of the
 // queue are "r" or "w" and the waiter's id. A reader enters unless a
