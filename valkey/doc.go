@@ -373,9 +373,9 @@
 // runs (queueing the waiter, granting the lock to the next waiter): one
 // more round trip, after which the Backend counts the lock as contended
 // and sends it the full scripts directly until it has seen no sign of
-// contention (a refused attempt, a release that handed the lock on) for
-// 2s. A try of a held lock nobody waits for is answered by the first
-// script. Reader-writer locks, semaphores and RedLock always send their
+// contention for 2s (an attempt the first script could not settle or the
+// full one refused, a release that woke a waiter or handed it the lock).
+// A try of a held lock nobody waits for is answered by the first script. Reader-writer locks, semaphores and RedLock always send their
 // full scripts.
 //
 // # RedLock

@@ -253,8 +253,8 @@ type lockStrs struct {
 }
 
 // busyFor is how long a lock counts as contended after a sign of it (an
-// acquisition refused, an uncontended script's notFree, a release that
-// woke or granted a waiter). A waiter renews it at each refused attempt
+// uncontended script's notFree, an attempt the full script refused, a
+// release that woke or granted a waiter). A waiter renews it at each refused attempt
 // (every targetedPoll at least).
 const busyFor = 2 * time.Second
 
