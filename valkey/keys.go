@@ -254,8 +254,8 @@ type lockStrs struct {
 
 // busyFor is how long a lock counts as contended after a sign of it (an
 // uncontended script's notFree, an attempt the full script refused, a
-// release that woke or granted a waiter). A waiter renews it at each refused attempt
-// (every targetedPoll at least).
+// release that woke or granted a waiter). A waiter renews it at each
+// refused attempt (every maxPoll at least).
 const busyFor = 2 * time.Second
 
 // busyEpoch is the origin of busyUntil's times (read by the monotonic

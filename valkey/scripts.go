@@ -336,8 +336,8 @@ return refuse(q, d, me, lease, ch, now, free, evicted, h, hint)
 // of acquireMutex's costs the server and the client less, in the
 // throughput rows most. A try that finds the lock held with nobody queued
 // is answered here, as acquireMutex would. KEYS: lock, fence, queue. ARGV:
-// token, lease ms, holder record, waiter ("" for a try, else the token: a
-// wait's first attempt).
+// token, lease ms, holder record, waiter ("" for a try, "=" for a wait's
+// first attempt, whose waiter id is the token).
 var acquireMutexFree = newScript(luaNextFence + luaStamp + `
 if redis.call('EXISTS', KEYS[3]) == 0 then
   local t = redis.call('TIME')
@@ -357,7 +357,7 @@ return ` + notFree + `
 
 // notFree is the answer of acquireMutexFree and releaseMutexFree when the
 // full script must decide: 0 is neither a fencing token nor a refusal,
-// nor a release's answer.
+// and releaseMutexFree otherwise answers only 1 (released).
 const notFree = "0"
 
 // releaseMutexFree is releaseString's uncontended path alone, declaring
