@@ -14,7 +14,8 @@ import (
 )
 
 // scriptLog passes every command through to its client and records how
-// many keys each script (EVALSHA, EVAL) declared.
+// many keys each script declared, by its EVALSHA (the EVAL that follows a
+// NOSCRIPT answer is the same script).
 type scriptLog struct {
 	valkeygo.Client
 	mu   sync.Mutex
@@ -22,7 +23,7 @@ type scriptLog struct {
 }
 
 func (s *scriptLog) Do(ctx context.Context, cmd valkeygo.Completed) valkeygo.ValkeyResult {
-	if c := cmd.Commands(); len(c) > 2 && (c[0] == "EVALSHA" || c[0] == "EVAL") {
+	if c := cmd.Commands(); len(c) > 2 && c[0] == "EVALSHA" {
 		n, _ := strconv.Atoi(c[2])
 		s.mu.Lock()
 		s.keys = append(s.keys, n)
@@ -63,6 +64,17 @@ func TestMutexFreePath(t *testing.T) {
 			t.Fatalf("%s: scripts declared %v keys, want %v", what, got, want)
 		}
 	}
+	// marked is when a's Backend last saw the lock contended (at most):
+	// on a machine slow enough that busyFor passed since, the short
+	// scripts are right again.
+	var marked time.Time
+	checkBusy := func(what string, want, lapsed []int) {
+		t.Helper()
+		got := logA.take()
+		if !slices.Equal(got, want) && (time.Since(marked) < busyFor || !slices.Equal(got, lapsed)) {
+			t.Fatalf("%s: scripts declared %v keys, want %v", what, got, want)
+		}
+	}
 
 	l, err := a.Lock(testCtx(t), name)
 	if err != nil {
@@ -80,16 +92,22 @@ func TestMutexFreePath(t *testing.T) {
 
 	// Another process waits: the release that does not know it yet
 	// learns it from the short script, and hands the lock on.
-	handOff := func(holder *Lease, want ...int) {
+	handOff := func(holder *Lease) {
 		t.Helper()
 		got := lockAsync(testCtx(t), b, name)
 		waitQueued(t, a, kindMutex, name, 1)
 		time.Sleep(20 * time.Millisecond) // let the waiter subscribe
 		logA.take()
+		before := marked
+		marked = time.Now()
 		if err := holder.Release(testCtx(t)); err != nil {
 			t.Fatal(err)
 		}
-		check("the release to a waiting process", want...)
+		if before.IsZero() {
+			check("the first release to a waiting process", 2, 5)
+		} else {
+			checkBusy("a release to a waiting process", []int{5}, []int{2, 5})
+		}
 		w := <-got
 		if w == nil {
 			t.Fatal("the waiter failed")
@@ -101,10 +119,10 @@ func TestMutexFreePath(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	handOff(l, 2, 5)
+	handOff(l)
 	for range 3 {
 		l = mustLock(t, a, name)
-		handOff(l, 5)
+		handOff(l)
 	}
 	// While it counts as contended, a try goes straight to the full script.
 	w := mustLock(t, b, name)
@@ -112,7 +130,7 @@ func TestMutexFreePath(t *testing.T) {
 	if _, ok, err := a.TryLock(testCtx(t), name); ok || err != nil {
 		t.Fatalf("TryLock of a held lock = %v, %v", ok, err)
 	}
-	check("a try of a contended lock", 5)
+	checkBusy("a try of a contended lock", []int{5}, []int{3})
 	if err := w.Release(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
