@@ -105,6 +105,9 @@ type Guard[L backend.Lease] struct {
 	describe func(ctx context.Context, name string) ([]Holder, error)
 	err      error // a configuration error every call returns
 	opts     options
+	// rdl shares the release contexts' done channels and timers among
+	// the releases that run at once (their timeout is opts').
+	rdl detach.Deadlines
 }
 
 // Mutex is a distributed mutex, made by NewMutex: at most one holder of
@@ -479,7 +482,7 @@ func (l *Lock[L]) Release(ctx context.Context) error {
 // cancellation and bounded by the release timeout (see
 // backend.DetachedContext), ended when it returns.
 func (l *Lock[L]) releaseLease(ctx context.Context) error {
-	l.rctx.Init(ctx, l.g.opts.releaseTimeout)
+	l.rctx.Init(ctx, l.g.opts.releaseTimeout, &l.g.rdl)
 	defer l.rctx.End()
 	return l.lease.Release(&l.rctx)
 }

@@ -56,9 +56,10 @@ func WithBackoff(min, max time.Duration) Option {
 // when the caller's ctx is already cancelled (Do releases after its ctx
 // ends; Release detaches from ctx's cancellation), so this timeout is what
 // stops it from hanging on a dead server. It is the one bound: it is the
-// deadline of the ctx the backend's release gets, and every backend
-// honours that deadline rather than one of its own. Non-positive values
-// keep the default, DefaultReleaseTimeout.
+// deadline of the ctx the backend's release gets (rounded up to the next
+// millisecond, so that the releases running at once share one timer), and
+// every backend honours that deadline rather than one of its own.
+// Non-positive values keep the default, DefaultReleaseTimeout.
 func WithReleaseTimeout(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {

@@ -205,7 +205,7 @@ func ReleaseContext(ctx context.Context, fallback time.Duration) (rctx context.C
 // follow it without a goroutine of their own.
 func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.Context, cancel context.CancelFunc) {
 	c := new(detach.Ctx)
-	c.Init(ctx, timeout)
+	c.Init(ctx, timeout, nil)
 	return c, c.End
 }
 
@@ -216,7 +216,7 @@ func DetachedContext(ctx context.Context, timeout time.Duration) (rctx context.C
 // context for Done (DetachedContext's cancel function costs another).
 func ReleaseDetached(ctx context.Context, timeout time.Duration, release func(context.Context) error) error {
 	c := new(detach.Ctx)
-	c.Init(ctx, timeout)
+	c.Init(ctx, timeout, nil)
 	defer c.End()
 	return release(c)
 }
