@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/dlock-go/dlock/backend"
@@ -792,36 +792,61 @@ func (b *Backend) blockUndo(ctx context.Context, pc *pgxpool.Conn, sql string, k
 // closes the connection. cancelled reports that a cancel request was sent;
 // it has then been delivered (or given up) before runCancellable returns,
 // so it cannot hit a later statement.
+//
+// run gets ctx without its cancellation, so pgx does not watch it: the
+// statement is bounded, once ctx ends, by a deadline on pgc's network
+// connection, whose expiry makes pgx close it (a wait then costs no
+// context of its own, nor pgx's watch of one). That deadline is cleared
+// before runCancellable returns if the statement ended in time; a
+// connection it cut is closed by then.
 func runCancellable(ctx context.Context, pgc *pgconn.PgConn, run func(context.Context) ([][]byte, error), grace time.Duration) (row [][]byte, cancelled bool, err error) {
-	qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer qcancel()
-	done := make(chan struct{})
-	cancelDone := make(chan struct{})
-	var sent atomic.Bool
-	stop := context.AfterFunc(ctx, func() {
-		defer close(cancelDone)
-		sent.Store(true)
-		cctx, cancel := context.WithTimeout(context.Background(), grace)
-		err := pgc.CancelRequest(cctx)
-		cancel()
-		if err != nil {
-			qcancel() // no way to reach the server: drop the connection
-			return
-		}
-		t := time.NewTimer(grace)
-		defer t.Stop()
-		select {
-		case <-done:
-		case <-t.C:
-			qcancel()
-		}
-	})
-	row, err = run(qctx)
-	close(done)
-	if !stop() {
-		<-cancelDone
+	qctx := context.WithoutCancel(ctx)
+	if ctx.Done() == nil {
+		row, err = run(qctx) // ctx never ends
+		return row, false, err
 	}
-	return row, sent.Load(), err
+	c := &cancelRun{pgc: pgc, grace: grace}
+	c.wg.Add(1)
+	stop := context.AfterFunc(ctx, c.cancel)
+	row, err = run(qctx)
+	if stop() {
+		c.wg.Done() // cancel will not run
+		return row, false, err
+	}
+	c.wg.Wait()
+	switch {
+	case pgc.IsClosed():
+		// pgx closes the socket only after a cancel request of its own,
+		// which a silent server may hold for long: until then the session
+		// lives on, and could be granted the lock.
+		_ = pgc.Conn().Close()
+	default:
+		_ = pgc.Conn().SetDeadline(time.Time{}) // the statement ended in time: pgc is fine
+	}
+	return row, true, err
+}
+
+// cancelRun is the cancellation of one statement of runCancellable.
+type cancelRun struct {
+	pgc   *pgconn.PgConn
+	grace time.Duration
+	wg    sync.WaitGroup // done when cancel has returned
+}
+
+// cancel sends the server a cancel request for the statement in flight on
+// pgc, and sets pgc's deadline grace later; if the request cannot be sent,
+// it sets the deadline in the past. Either way a statement that does not
+// end by then fails, and pgx closes pgc.
+func (c *cancelRun) cancel() {
+	defer c.wg.Done()
+	cctx, cancel := context.WithTimeout(context.Background(), c.grace)
+	err := c.pgc.CancelRequest(cctx)
+	cancel()
+	deadline := time.Now().Add(c.grace)
+	if err != nil {
+		deadline = time.Unix(1, 0) // no way to reach the server: drop the connection
+	}
+	_ = c.pgc.Conn().SetDeadline(deadline)
 }
 
 // query runs sql (simple protocol, one round trip) and returns the first

@@ -674,3 +674,72 @@ func TestFencingTableNeverWaits(t *testing.T) {
 		}
 	}
 }
+
+// A wait whose ctx ends while the server answers nothing, not even the
+// cancel request, returns within about twice WithOpTimeout (the cancel
+// request's bound, then the statement's) with ErrNotAcquired, and its
+// connection is closed, never pooled: the wait may still be queued on the
+// server, and a pooled session would take the lock for nobody.
+func TestCancelWaitSilentServer(t *testing.T) {
+	base := testURL(t)
+	px := newProxy(t, base)
+	pool := newPool(t, px.url, 2)
+	const grace = 300 * time.Millisecond
+	b := newOn(t, pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(grace))
+	t.Cleanup(px.close) // first: nothing may wait on the black hole
+	other, _ := newBackend(t, base)
+	ctx := ctxT(t, time.Minute)
+	name := uniq(t)
+	key, _ := pg.MutexKey(name).Int64()
+	h, ok, err := other.TryLock(ctx, name)
+	mustTry(t, ok, err)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		l, err := b.Lock(wctx, name)
+		if err == nil {
+			err = errors.Join(errors.New("the wait was granted"), l.Release(ctx))
+		}
+		done <- err
+	}()
+	var pid int64
+	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the wait never queued on the server")
+		}
+		pid = scalar[int64](t, base, "SELECT coalesce(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key)
+	}
+	px.freeze()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("wait cancelled against a silent server: returned after %v: %v", took, err)
+		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("wait: %v, want ErrNotAcquired and context.Canceled", err)
+		}
+		if slack := time.Second; took > 2*grace+slack { // scheduling, on a loaded machine
+			t.Fatalf("the wait returned %v after its ctx ended, with WithOpTimeout %v", took, grace)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cancelled wait did not return")
+	}
+	if st := pool.Stat(); st.IdleConns() != 0 {
+		t.Fatalf("%d idle connections: the connection of the cut wait went back to the pool", st.IdleConns())
+	}
+	// The server never heard of the cancellation: its session waits on
+	// (PostgreSQL does not look at the socket of a waiting session) until
+	// it is granted the lock, finds its client gone and ends, which frees
+	// the lock.
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, base, uint32(pid))
+	h, ok, err = other.TryLock(ctx, name)
+	mustTry(t, ok, err)
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -84,7 +84,7 @@ func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
 	}
 	pgc := tx.Conn().PgConn()
 	sql := "SELECT " + fn + "(" + key.String() + ")"
-	_, _, err = runCancellable(ctx, pgc, func(qctx context.Context) ([][]byte, error) { return query(qctx, pgc, sql) }, defaultOpTimeout)
+	_, sent, err := runCancellable(ctx, pgc, func(qctx context.Context) ([][]byte, error) { return query(qctx, pgc, sql) }, defaultOpTimeout)
 	uctx := context.WithoutCancel(ctx)
 	if err == nil {
 		if err := sp.Commit(uctx); err != nil {
@@ -93,9 +93,13 @@ func lockTx(ctx context.Context, tx pgx.Tx, key Key, m mode) error {
 		return nil
 	}
 	var pgErr *pgconn.PgError
-	cancelled := errors.As(err, &pgErr) && pgErr.Code == "57014"
+	// Cancelled by the request sent for ctx, or cut when it got no answer.
+	cancelled := errors.As(err, &pgErr) && pgErr.Code == "57014" || sent && pgc.IsClosed()
 	if rerr := sp.Rollback(uctx); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
+	}
+	if cancelled && ctx.Err() != nil && pgc.IsClosed() {
+		return fmt.Errorf("pg: key %s: %w: %w (the server did not answer the cancel request in time: the transaction's connection was closed: %w)", key, backend.ErrNotAcquired, ctx.Err(), err)
 	}
 	if cancelled && ctx.Err() != nil {
 		return fmt.Errorf("pg: key %s: %w: %w", key, backend.ErrNotAcquired, ctx.Err())
