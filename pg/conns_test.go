@@ -743,3 +743,64 @@ func TestCancelWaitSilentServer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// LockTx whose ctx ends while the server answers nothing, not even the
+// cancel request, returns ErrNotAcquired and ctx's error within about
+// twice the default op timeout, and says that the transaction's
+// connection was closed; the session ends once it would have been granted
+// the lock, which is then free.
+func TestLockTxCancelSilentServer(t *testing.T) {
+	base := testURL(t)
+	px := newProxy(t, base)
+	pool := newPool(t, px.url, 2)
+	t.Cleanup(px.close) // first: nothing may wait on the black hole
+	other, _ := newBackend(t, base)
+	ctx := ctxT(t, time.Minute)
+	name := uniq(t)
+	key, _ := pg.MutexKey(name).Int64()
+	h, ok, err := other.TryLock(ctx, name)
+	mustTry(t, ok, err)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := tx.Conn().PgConn().PID()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- pg.LockTx(wctx, tx, pg.MutexKey(name)) }()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the wait never queued on the server")
+		}
+		if scalar[int64](t, base, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $2 AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key, int64(pid)) > 0 {
+			break
+		}
+	}
+	px.freeze()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("LockTx cancelled against a silent server: returned after %v: %v", took, err)
+		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "connection was closed") {
+			t.Fatalf("LockTx: %v, want ErrNotAcquired, context.Canceled and the closed connection", err)
+		}
+		if bound := 2*5*time.Second + 5*time.Second; took > bound { // the default op timeout, twice, and slack
+			t.Fatalf("LockTx returned %v after its ctx ended", took)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the cancelled LockTx did not return")
+	}
+	_ = tx.Rollback(context.Background())
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, base, pid)
+	h, ok, err = other.TryLock(ctx, name)
+	mustTry(t, ok, err)
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
