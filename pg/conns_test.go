@@ -675,73 +675,108 @@ func TestFencingTableNeverWaits(t *testing.T) {
 	}
 }
 
+// silentServer is the set-up of a wait that a server answering nothing
+// cuts off: a pool through a proxy that can freeze, and a name that
+// another Backend, straight on the server, holds.
+type silentServer struct {
+	base  string
+	px    *proxy
+	pool  *pgxpool.Pool
+	other *pg.Backend
+	name  string
+	held  *pg.Lease
+}
+
+func newSilentServer(t *testing.T, ctx context.Context) *silentServer {
+	s := &silentServer{base: testURL(t), name: uniq(t)}
+	s.px = newProxy(t, s.base)
+	s.pool = newPool(t, s.px.url, 2)
+	t.Cleanup(s.px.close) // first: nothing may wait on the black hole
+	s.other, _ = newBackend(t, s.base)
+	h, ok, err := s.other.TryLock(ctx, s.name)
+	mustTry(t, ok, err)
+	s.held = h
+	return s
+}
+
+// queued waits until a session waits on the server for s.name, and
+// returns its pid.
+func (s *silentServer) queued(t *testing.T) uint32 {
+	key, _ := pg.MutexKey(s.name).Int64()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if pid := scalar[int64](t, s.base, "SELECT coalesce(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key); pid != 0 {
+			return uint32(pid)
+		}
+	}
+	t.Fatal("the wait never queued on the server")
+	return 0
+}
+
+// cut freezes the proxy, ends the wait's ctx with cancel, and returns the
+// time the wait's error (from done) took to come, and that error.
+func (s *silentServer) cut(t *testing.T, cancel context.CancelFunc, done <-chan error) (took time.Duration, err error) {
+	s.px.freeze()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		return time.Since(start), err
+	case <-time.After(time.Minute):
+		t.Fatal("the cancelled wait did not return")
+		return 0, nil
+	}
+}
+
+// freed lets go of s.name and checks that the cut session pid ends and the
+// lock is free. The server never heard of the cancellation: the session
+// waits on (PostgreSQL does not look at the socket of a waiting session)
+// until it is granted the lock, finds its client gone and ends, which
+// frees the lock.
+func (s *silentServer) freed(t *testing.T, ctx context.Context, pid uint32) {
+	if err := s.held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, s.base, pid)
+	h, ok, err := s.other.TryLock(ctx, s.name)
+	mustTry(t, ok, err)
+	if err := h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A wait whose ctx ends while the server answers nothing, not even the
 // cancel request, returns within about twice WithOpTimeout (the cancel
 // request's bound, then the statement's) with ErrNotAcquired, and its
 // connection is closed, never pooled: the wait may still be queued on the
 // server, and a pooled session would take the lock for nobody.
 func TestCancelWaitSilentServer(t *testing.T) {
-	base := testURL(t)
-	px := newProxy(t, base)
-	pool := newPool(t, px.url, 2)
-	const grace = 300 * time.Millisecond
-	b := newOn(t, pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(grace))
-	t.Cleanup(px.close) // first: nothing may wait on the black hole
-	other, _ := newBackend(t, base)
 	ctx := ctxT(t, time.Minute)
-	name := uniq(t)
-	key, _ := pg.MutexKey(name).Int64()
-	h, ok, err := other.TryLock(ctx, name)
-	mustTry(t, ok, err)
+	s := newSilentServer(t, ctx)
+	const grace = 300 * time.Millisecond
+	b := newOn(t, s.pool, pg.WithLossInterval(time.Hour), pg.WithOpTimeout(grace))
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		l, err := b.Lock(wctx, name)
+		l, err := b.Lock(wctx, s.name)
 		if err == nil {
 			err = errors.Join(errors.New("the wait was granted"), l.Release(ctx))
 		}
 		done <- err
 	}()
-	var pid int64
-	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the wait never queued on the server")
-		}
-		pid = scalar[int64](t, base, "SELECT coalesce(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key)
+	pid := s.queued(t)
+	took, err := s.cut(t, cancel, done)
+	t.Logf("wait cancelled against a silent server: returned after %v: %v", took, err)
+	if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait: %v, want ErrNotAcquired and context.Canceled", err)
 	}
-	px.freeze()
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		took := time.Since(start)
-		t.Logf("wait cancelled against a silent server: returned after %v: %v", took, err)
-		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) {
-			t.Fatalf("wait: %v, want ErrNotAcquired and context.Canceled", err)
-		}
-		if slack := time.Second; took > 2*grace+slack { // scheduling, on a loaded machine
-			t.Fatalf("the wait returned %v after its ctx ended, with WithOpTimeout %v", took, grace)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the cancelled wait did not return")
+	if slack := time.Second; took > 2*grace+slack { // scheduling, on a loaded machine
+		t.Fatalf("the wait returned %v after its ctx ended, with WithOpTimeout %v", took, grace)
 	}
-	if st := pool.Stat(); st.IdleConns() != 0 {
+	if st := s.pool.Stat(); st.IdleConns() != 0 {
 		t.Fatalf("%d idle connections: the connection of the cut wait went back to the pool", st.IdleConns())
 	}
-	// The server never heard of the cancellation: its session waits on
-	// (PostgreSQL does not look at the socket of a waiting session) until
-	// it is granted the lock, finds its client gone and ends, which frees
-	// the lock.
-	if err := h.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitGone(t, base, uint32(pid))
-	h, ok, err = other.TryLock(ctx, name)
-	mustTry(t, ok, err)
-	if err := h.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s.freed(t, ctx, pid)
 }
 
 // LockTx whose ctx ends while the server answers nothing, not even the
@@ -750,57 +785,28 @@ func TestCancelWaitSilentServer(t *testing.T) {
 // connection was closed; the session ends once it would have been granted
 // the lock, which is then free.
 func TestLockTxCancelSilentServer(t *testing.T) {
-	base := testURL(t)
-	px := newProxy(t, base)
-	pool := newPool(t, px.url, 2)
-	t.Cleanup(px.close) // first: nothing may wait on the black hole
-	other, _ := newBackend(t, base)
 	ctx := ctxT(t, time.Minute)
-	name := uniq(t)
-	key, _ := pg.MutexKey(name).Int64()
-	h, ok, err := other.TryLock(ctx, name)
-	mustTry(t, ok, err)
-	tx, err := pool.Begin(ctx)
+	s := newSilentServer(t, ctx)
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := tx.Conn().PgConn().PID()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- pg.LockTx(wctx, tx, pg.MutexKey(name)) }()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the wait never queued on the server")
-		}
-		if scalar[int64](t, base, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $2 AND objid = $1::bigint & 4294967295 AND classid = ($1::bigint >> 32) & 4294967295", key, int64(pid)) > 0 {
-			break
-		}
+	go func() { done <- pg.LockTx(wctx, tx, pg.MutexKey(s.name)) }()
+	pid := s.queued(t)
+	if pid != tx.Conn().PgConn().PID() {
+		t.Fatalf("session %d waits, not the transaction's %d", pid, tx.Conn().PgConn().PID())
 	}
-	px.freeze()
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		took := time.Since(start)
-		t.Logf("LockTx cancelled against a silent server: returned after %v: %v", took, err)
-		if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "connection was closed") {
-			t.Fatalf("LockTx: %v, want ErrNotAcquired, context.Canceled and the closed connection", err)
-		}
-		if bound := 2*5*time.Second + 5*time.Second; took > bound { // the default op timeout, twice, and slack
-			t.Fatalf("LockTx returned %v after its ctx ended", took)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("the cancelled LockTx did not return")
+	took, err := s.cut(t, cancel, done)
+	t.Logf("LockTx cancelled against a silent server: returned after %v: %v", took, err)
+	if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "connection was closed") {
+		t.Fatalf("LockTx: %v, want ErrNotAcquired, context.Canceled and the closed connection", err)
+	}
+	if bound := 2*5*time.Second + 5*time.Second; took > bound { // the default op timeout, twice, and slack
+		t.Fatalf("LockTx returned %v after its ctx ended", took)
 	}
 	_ = tx.Rollback(context.Background())
-	if err := h.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitGone(t, base, pid)
-	h, ok, err = other.TryLock(ctx, name)
-	mustTry(t, ok, err)
-	if err := h.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s.freed(t, ctx, pid)
 }
