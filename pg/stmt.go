@@ -133,30 +133,72 @@ func callPrepared(ctx context.Context, conn *pgx.Conn, name, sql string, ps [][]
 	}
 }
 
-// The statement that bounds a wait in the server's queue: lock_timeout
-// from the caller's deadline ($1, in ms; 0 for none) and no
-// statement_timeout, both local to the implicit transaction that the wait
-// runs in (they never outlive it).
+// A wait in the server's queue is bounded by lock_timeout from the
+// caller's deadline (0 for none) and must not be cut short by a
+// statement_timeout of the pool's connections; both settings are local to
+// the implicit transaction the wait runs in, so they never outlive it.
+//
+// waitSQL[pair][shared] is that wait in one statement, for a session whose
+// statement_timeout is 0 (the usual case): it sets lock_timeout ($1, in
+// ms) and then waits for the key ($2, or $2, $3), returning true. A
+// session with a statement_timeout would cut the wait short, since its
+// timer runs from the statement's start; the statement then returns false
+// at once, without queueing, and the wait runs as two statements in one
+// batch (the timeouts statement, then the lock function), which the
+// session's connection remembers (waitBatchKey).
+var waitSQL, waitName = func() (sql, name [2][2]string) {
+	fns := [2]string{"pg_advisory_lock", "pg_advisory_lock_shared"}
+	args := [2]string{"$2::bigint", "$2::integer, $3::integer"}
+	for pair := range 2 {
+		for sh, fn := range fns {
+			sql[pair][sh] = "SELECT CASE WHEN current_setting('statement_timeout') <> '0' THEN false " +
+				"WHEN set_config('lock_timeout', $1, true) IS NULL THEN false " +
+				"ELSE " + fn + "(" + args[pair] + ") IS NOT NULL END"
+			name[pair][sh] = "dlock_wait_" + fn + [2]string{"", "2"}[pair]
+		}
+	}
+	return sql, name
+}()
+
+// The timeouts statement of the batched wait.
 const (
 	timeoutsName = "dlock_wait_timeouts"
 	timeoutsSQL  = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true)"
 )
 
+// waitBatchKey marks, in a connection's CustomData, a session found with a
+// statement_timeout: its waits run as the batch. The mark can only cost a
+// round trip saved, never correctness: the batch bounds a wait on any
+// session.
+const waitBatchKey = "github.com/dlock-go/dlock/pg.waitBatch"
+
 // lockBlocking waits in the server's queue for k in mode m on conn's
-// session: the timeouts statement and the blocking lock function, both
-// prepared, sent together and run in one implicit transaction (one Sync),
-// so the timeouts bound the lock's wait and end with it. It costs one
-// round trip besides the wait.
+// session, prepared: as waitSQL's one statement, or, on a session with a
+// statement_timeout, as the timeouts statement and the lock function sent
+// together and run in one implicit transaction (one Sync), so the timeouts
+// bound the lock's wait and end with it. Either costs one round trip
+// besides the wait (the first wait on a session with a statement_timeout,
+// two).
 func lockBlocking(ctx context.Context, conn *pgx.Conn, lockTimeoutMS int64, k Key, m mode) error {
+	sh := 0
 	fn := fnLock
 	if m == shared {
-		fn = fnLockShared
+		sh, fn = 1, fnLockShared
 	}
-	var buf [24]byte
-	var params [2][]byte
-	pair, ps := keyParams(k, &buf, &params)
-	var tbuf [20]byte
-	timeout := [][]byte{strconv.AppendInt(tbuf[:0], lockTimeoutMS, 10)}
+	var buf [44]byte
+	var params [3][]byte
+	params[0] = strconv.AppendInt(buf[:0:20], lockTimeoutMS, 10)
+	pair, ps := keyParams(k, (*[24]byte)(buf[20:]), (*[2][]byte)(params[1:]))
+	cd := conn.PgConn().CustomData()
+	if cd[waitBatchKey] == nil {
+		ok, err := callPrepared(ctx, conn, waitName[pair][sh], waitSQL[pair][sh], params[:1+len(ps)])
+		if err != nil || ok {
+			return err
+		}
+		if cd != nil {
+			cd[waitBatchKey] = true
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		sdT, err := conn.Prepare(ctx, timeoutsName, timeoutsSQL)
 		if err != nil {
@@ -167,9 +209,9 @@ func lockBlocking(ctx context.Context, conn *pgx.Conn, lockTimeoutMS int64, k Ke
 			return err
 		}
 		batch := &pgconn.Batch{}
-		batch.ExecStatement(sdT, timeout, nil, nil)
+		batch.ExecStatement(sdT, params[:1], nil, nil)
 		batch.ExecStatement(sdL, ps, nil, nil)
-		_, err = conn.PgConn().ExecBatch(ctx, batch).ReadAll()
+		err = drain(conn.PgConn().ExecBatch(ctx, batch))
 		if attempt == 0 && forgotten(conn, err) {
 			_ = conn.Deallocate(ctx, timeoutsName)
 			_ = conn.Deallocate(ctx, keyFnName[pair][fn])
@@ -177,4 +219,13 @@ func lockBlocking(ctx context.Context, conn *pgx.Conn, lockTimeoutMS int64, k Ke
 		}
 		return err
 	}
+}
+
+// drain reads every result of mrr without copying them (ReadAll would
+// copy each row) and returns the first error.
+func drain(mrr *pgconn.MultiResultReader) error {
+	for mrr.NextResult() {
+		_, _ = mrr.ResultReader().Close()
+	}
+	return mrr.Close()
 }

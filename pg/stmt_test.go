@@ -1,6 +1,9 @@
 package pg_test
 
 import (
+	"context"
+	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -93,4 +96,121 @@ func TestForgottenStatements(t *testing.T) {
 		}
 	}
 	assertPoolClean(t, pool)
+}
+
+// TestWaitOutlivesStatementTimeout checks the promise that a wait in the
+// server's queue is not cut short by a statement_timeout of the pool's
+// connections, however the session got it (the connection string, or a
+// SET on a pooled connection after the backend's first wait on it), that
+// it is still bounded by ctx, and that nothing the wait sets outlives it.
+func TestWaitOutlivesStatementTimeout(t *testing.T) {
+	url := testURL(t)
+	other, _ := newBackend(t, url)
+	ctx := ctxT(t, time.Minute)
+	const stmtTimeout = 100 * time.Millisecond
+	type waitFn func(b *pg.Backend, ctx context.Context, name string) (*pg.Lease, error)
+	kinds := []struct {
+		what       string
+		hold, wait waitFn
+		name       string
+	}{
+		{"mutex", (*pg.Backend).Lock, (*pg.Backend).Lock, uniq(t) + "m"},
+		{"pair key", keysLock, keysLock, pg.PairKey(71, 3).String()},
+		{"pair key reader", keysLock, keysRLock, pg.PairKey(71, 4).String()},
+		{"reader", (*pg.Backend).WLock, (*pg.Backend).RLock, uniq(t) + "r"},
+		{"writer", (*pg.Backend).RLock, (*pg.Backend).WLock, uniq(t) + "w"},
+	}
+	check := func(t *testing.T, b *pg.Backend) {
+		for _, k := range kinds {
+			h, err := k.hold(other, ctx, k.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan error, 1)
+			start := time.Now()
+			go func() {
+				l, err := k.wait(b, ctx, k.name)
+				if err == nil {
+					err = l.Release(ctx)
+				}
+				got <- err
+			}()
+			time.Sleep(3 * stmtTimeout)
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-got; err != nil {
+				t.Fatalf("%s: a wait of %v on sessions with statement_timeout %v: %v", k.what, time.Since(start), stmtTimeout, err)
+			}
+			// Still bounded by ctx.
+			h, err = k.hold(other, ctx, k.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dctx, cancel := context.WithTimeout(ctx, 2*stmtTimeout)
+			_, err = k.wait(b, dctx, k.name)
+			cancel()
+			if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("%s: a wait past its deadline: %v", k.what, err)
+			}
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// settings reports what every idle connection of pool has.
+	settings := func(t *testing.T, pool *pgxpool.Pool) map[string]bool {
+		conns := pool.AcquireAllIdle(ctx)
+		defer func() {
+			for _, c := range conns {
+				c.Release()
+			}
+		}()
+		seen := map[string]bool{}
+		for _, c := range conns {
+			var st, lt string
+			if err := c.QueryRow(ctx, "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").Scan(&st, &lt); err != nil {
+				t.Fatal(err)
+			}
+			seen[st+" "+lt] = true
+		}
+		return seen
+	}
+	t.Run("connection string", func(t *testing.T) {
+		pool := newPoolWith(t, url, 3, func(c *pgxpool.Config) {
+			c.ConnConfig.RuntimeParams["statement_timeout"] = strconv.Itoa(int(stmtTimeout.Milliseconds()))
+		})
+		b := newOn(t, pool)
+		check(t, b)
+		check(t, b) // the sessions are now known to have one
+		if got := settings(t, pool); len(got) != 1 || !got["100ms 0"] {
+			t.Fatalf("the sessions' settings after the waits: %v, want only 100ms 0", got)
+		}
+	})
+	t.Run("SET after the first wait", func(t *testing.T) {
+		pool := newPool(t, url, 3)
+		warm(t, pool, 3)
+		b := newOn(t, pool)
+		check(t, b) // the sessions are now known to have none
+		conns := pool.AcquireAllIdle(ctx)
+		for _, c := range conns {
+			if _, err := c.Exec(ctx, "SET statement_timeout = 100"); err != nil {
+				t.Fatal(err)
+			}
+			c.Release()
+		}
+		check(t, b)
+		if got := settings(t, pool); len(got) != 1 || !got["100ms 0"] {
+			t.Fatalf("the sessions' settings after the waits: %v, want only 100ms 0", got)
+		}
+	})
+}
+
+// keysLock and keysRLock wait for name, a key's name, on b's Keys.
+func keysLock(b *pg.Backend, ctx context.Context, name string) (*pg.Lease, error) {
+	return b.Keys().Lock(ctx, name)
+}
+
+func keysRLock(b *pg.Backend, ctx context.Context, name string) (*pg.Lease, error) {
+	return b.Keys().RLock(ctx, name)
 }
