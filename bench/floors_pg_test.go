@@ -32,9 +32,12 @@ import (
 //     and watches on.)
 //   - a wait is bounded by its ctx on the server and is not cut short by a
 //     statement_timeout of the pool's connections: lock_timeout from ctx's
-//     deadline and statement_timeout 0, set with set_config(..., true) in
-//     the wait's own implicit transaction, sent in one batch with the lock
-//     statement (one round trip; all prepared).
+//     deadline, set with set_config(..., true) in the wait's own implicit
+//     transaction, in one prepared statement with the lock function, run
+//     only when the session's statement_timeout is 0 (as dlock's); on a
+//     session with one, the statement returns at once and the wait sends
+//     the timeouts (statement_timeout 0 too) in one batch with the lock
+//     statement.
 //
 // A free lock costs no set_config: the lock is first tried
 // (pg_try_advisory_lock, prepared), unless a wait of this instance is
@@ -59,6 +62,7 @@ const (
 	pgWFloorLock     = "bench_wfloor_lock"
 	pgWFloorUnlock   = "bench_wfloor_unlock"
 	pgWFloorTimeouts = "bench_wfloor_timeouts"
+	pgWFloorWait     = "bench_wfloor_wait"
 )
 
 // watchDelay is how long a lock is held before its watcher starts (dlock's).
@@ -103,9 +107,11 @@ func (f *pgWatchedFloor) lock(ctx context.Context, name string) (held, error) {
 	return h, nil
 }
 
-// wait queues for key on conn's session, bounded by ctx: the timeouts and
-// the lock in one batch (one implicit transaction, one round trip). A ctx
-// ended meanwhile makes pgx close the connection, which frees the lock.
+// wait queues for key on conn's session, bounded by ctx: lock_timeout and
+// the lock in one statement (or, on a session with a statement_timeout,
+// the timeouts and the lock in one batch: one implicit transaction, one
+// round trip). A ctx ended meanwhile makes pgx close the connection, which
+// frees the lock.
 func (f *pgWatchedFloor) wait(ctx context.Context, conn *pgxpool.Conn, key int64) error {
 	f.mu.Lock()
 	f.queued[key]++
@@ -122,6 +128,14 @@ func (f *pgWatchedFloor) wait(ctx context.Context, conn *pgxpool.Conn, key int64
 		ms = max(time.Until(dl).Milliseconds()+2, 1)
 	}
 	c := conn.Conn()
+	tms := strconv.FormatInt(ms, 10)
+	// One statement, unless the session has a statement_timeout, which
+	// would cut the wait short: the statement then returns false at once,
+	// without queueing, and the batch below runs instead.
+	var waited bool
+	if err := c.QueryRow(ctx, pgWFloorWait, tms, key).Scan(&waited); err != nil || waited {
+		return err
+	}
 	sdT, err := c.Prepare(ctx, pgWFloorTimeouts, "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true)")
 	if err != nil {
 		return err
@@ -131,10 +145,13 @@ func (f *pgWatchedFloor) wait(ctx context.Context, conn *pgxpool.Conn, key int64
 		return err
 	}
 	batch := &pgconn.Batch{}
-	batch.ExecStatement(sdT, [][]byte{strconv.AppendInt(nil, ms, 10)}, nil, nil)
+	batch.ExecStatement(sdT, [][]byte{[]byte(tms)}, nil, nil)
 	batch.ExecStatement(sdL, [][]byte{strconv.AppendInt(nil, key, 10)}, nil, nil)
-	_, err = c.PgConn().ExecBatch(ctx, batch).ReadAll()
-	return err
+	mrr := c.PgConn().ExecBatch(ctx, batch)
+	for mrr.NextResult() {
+		_, _ = mrr.ResultReader().Close()
+	}
+	return mrr.Close()
 }
 
 // watch starts the watcher, unless the lock was released first.
@@ -190,6 +207,10 @@ func openPGWatchedFloor(tb testing.TB, _ string) locker {
 	return &pgWatchedFloor{
 		p: newPoolWith(tb, func(ctx context.Context, c *pgx.Conn) error {
 			if _, err := c.Prepare(ctx, pgWFloorTry, "SELECT pg_try_advisory_lock($1::bigint)"); err != nil {
+				return err
+			}
+			if _, err := c.Prepare(ctx, pgWFloorWait, "SELECT CASE WHEN current_setting('statement_timeout') <> '0' THEN false "+
+				"WHEN set_config('lock_timeout', $1, true) IS NULL THEN false ELSE pg_advisory_lock($2::bigint) IS NOT NULL END"); err != nil {
 				return err
 			}
 			_, err := c.Prepare(ctx, pgWFloorUnlock, "SELECT pg_advisory_unlock($1::bigint)")

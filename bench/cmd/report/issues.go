@@ -164,7 +164,7 @@ func refLabel(be, ref string) string {
 	case ref == "floor-defaults-fair":
 		return "floor-defaults waiting as dlock does: arrival order in a process (a queue per name) and across processes (the server's queue), cancellable"
 	case ref == "floor-watched":
-		return "hand-written with dlock's pg guarantees: try first, else set_config timeouts batched with pg_advisory_lock; loss watcher (a peek at the socket) after 1 ms"
+		return "hand-written with dlock's pg guarantees: try first, else lock_timeout and pg_advisory_lock in one statement; loss watcher (a peek at the socket) after 1 ms"
 	case ref == "floor-fair":
 		return "hand-written, waiting as dlock does (cancellable: inotify; arrival order in a process), the floor's 4 calls"
 	case ref == "floor-fair-samecalls":
