@@ -117,12 +117,13 @@
 //
 // Waits queue in the server's lock queue, so a waiter gets the lock within
 // about one round trip of its release, in arrival order (see Ordering;
-// unless the pool had no connection for the wait: see Connections). The blocking pg_advisory_lock runs
-// with a local lock_timeout (from ctx's deadline) inside its statement's own
-// implicit transaction, so no setting reaches the session; on a session with
-// a statement_timeout (which would cut the wait short) the wait also sets a
-// local statement_timeout = 0, in one batch with the lock. When ctx ends, the backend sends the server a cancel
-// request (cancelling the server-side wait), waits for the statement to
+// unless the pool had no connection for the wait: see Connections). The
+// blocking pg_advisory_lock runs with a local lock_timeout (from ctx's
+// deadline) inside its statement's own implicit transaction, so no setting
+// reaches the session; on a session with a statement_timeout (which would
+// cut the wait short) the wait also sets a local statement_timeout = 0, in
+// one batch with the lock. When ctx ends, the backend sends the server a
+// cancel request (cancelling the server-side wait), waits for the statement to
 // end, and then, whatever the outcome, unlocks the key before the
 // connection goes back to the pool: a grant can land just as the wait is
 // cancelled, even within the cancelled statement, and is never reported as
