@@ -195,7 +195,7 @@ func TestWaitOutlivesStatementTimeout(t *testing.T) {
 		pool := newPool(t, url, 3)
 		warm(t, pool, 3)
 		b := newOn(t, pool)
-		check(t, b) // the sessions are now known to have none
+		check(t, b) // these waits ran as the one statement: nothing marked
 		conns := pool.AcquireAllIdle(ctx)
 		pids := map[uint32]bool{}
 		for _, c := range conns {
