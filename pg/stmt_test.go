@@ -3,7 +3,9 @@ package pg_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,6 +212,58 @@ func TestWaitOutlivesStatementTimeout(t *testing.T) {
 			t.Fatalf("the sessions' settings after the waits: %v, want only 100ms 0", got)
 		}
 	})
+}
+
+// TestWaitBoundedOnServer checks that a wait leaves the server's queue by
+// itself at ctx's deadline (its lock_timeout), when the cancel request
+// cannot reach the server: new connections are refused once the wait has
+// its connection. Otherwise the session, which the server does not see
+// closed while it waits, would stay queued and be granted the lock after
+// the caller had given up.
+func TestWaitBoundedOnServer(t *testing.T) {
+	url := testURL(t)
+	other, _ := newBackend(t, url)
+	ctx := ctxT(t, time.Minute)
+	// On a session with a statement_timeout the wait runs as the batch.
+	for _, stmtTimeout := range []string{"0", "100"} {
+		t.Run("statement_timeout="+stmtTimeout, func(t *testing.T) {
+			var refuse atomic.Bool
+			pool := newPoolWith(t, url, 3, func(c *pgxpool.Config) {
+				c.ConnConfig.RuntimeParams["statement_timeout"] = stmtTimeout
+				dial := c.ConnConfig.DialFunc
+				c.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					if refuse.Load() {
+						return nil, errors.New("test: new connections refused")
+					}
+					return dial(ctx, network, addr)
+				}
+			})
+			warm(t, pool, 3)
+			b := newOn(t, pool)
+			k := time.Now().UnixNano()
+			name := pg.Int64Key(k).String()
+			h, err := other.Keys().Lock(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = h.Release(ctx) }()
+			refuse.Store(true)
+			wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			_, err = b.Keys().Lock(wctx, name)
+			cancel()
+			if !errors.Is(err, dlock.ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("a wait past its deadline: %v", err)
+			}
+			const queued = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND NOT granted " +
+				"AND ((classid::bigint << 32) | objid::bigint) = $1"
+			for end := time.Now().Add(2 * time.Second); scalar[int64](t, url, queued, k) > 0; {
+				if time.Now().After(end) {
+					t.Fatal("2s after its deadline, the wait is still in the server's queue")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
 }
 
 // keysLock and keysRLock wait for name, a key's name, on b's Keys.
