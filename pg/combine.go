@@ -325,7 +325,6 @@ func (b *Backend) runStatement(lc *lockConn, batch []*call) {
 // combined runs batch as one statement (combineSQL) and sets each call's
 // ok. The caller holds lc's lock.
 func (b *Backend) combined(ctx context.Context, lc *lockConn, batch []*call) error {
-	conn := lc.pc.Conn()
 	fs, ks := lc.params[0][:0], lc.params[1][:0]
 	fs, ks = append(fs, '{'), append(ks, '{')
 	for i, c := range batch {
@@ -338,30 +337,17 @@ func (b *Backend) combined(ctx context.Context, lc *lockConn, batch []*call) err
 	fs, ks = append(fs, '}'), append(ks, '}')
 	lc.params[0], lc.params[1] = fs, ks
 	ps := [2][]byte{fs, ks}
-	for attempt := 0; ; attempt++ {
-		sd, err := conn.Prepare(ctx, combineName, combineSQL)
-		if err != nil {
-			return err
+	n := 0
+	err := runStmt(ctx, lc.pc.Conn().PgConn(), combineName, combineSQL, ps[:], func(vals [][]byte) {
+		if n < len(batch) {
+			batch[n].ok = len(vals) > 0 && len(vals[0]) > 0 && vals[0][0] == 't'
 		}
-		rr := conn.PgConn().ExecStatement(ctx, sd, ps[:], nil, nil)
-		n := 0
-		for rr.NextRow() {
-			if n < len(batch) {
-				vals := rr.Values()
-				batch[n].ok = len(vals) > 0 && len(vals[0]) > 0 && vals[0][0] == 't'
-			}
-			n++
-		}
-		_, err = rr.Close()
-		if attempt == 0 && forgotten(conn, err) {
-			_ = conn.Deallocate(ctx, combineName)
-			continue
-		}
-		if err == nil && n != len(batch) {
-			err = fmt.Errorf("combined statement: %d rows for %d calls", n, len(batch))
-		}
-		return err
+		n++
+	})
+	if err == nil && n != len(batch) {
+		err = fmt.Errorf("combined statement: %d rows for %d calls", n, len(batch))
 	}
+	return err
 }
 
 // resolve settles the calls of batch after their combined statement

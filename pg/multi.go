@@ -350,26 +350,22 @@ func (b *Backend) runMulti(ctx context.Context, lc *lockConn, rs []req) ([][]byt
 		kind = "r"
 	}
 	name := "dlock_all_" + kind + strconv.Itoa(len(rs))
-	conn := lc.pc.Conn()
 	k, u := multiParams(rs)
-	for attempt := 0; ; attempt++ {
-		sd, err := conn.Prepare(ctx, name, b.multiSQL(rs, true))
-		if err != nil {
-			return nil, err
+	var first [][]byte
+	err := runStmt(ctx, lc.pc.Conn().PgConn(), name, b.multiSQL(rs, true), [][]byte{[]byte(k), []byte(u)}, func(vals [][]byte) {
+		if first == nil {
+			first = make([][]byte, len(vals))
+			for i, v := range vals {
+				if v != nil {
+					first[i] = append([]byte{}, v...)
+				}
+			}
 		}
-		res := conn.PgConn().ExecStatement(ctx, sd, [][]byte{[]byte(k), []byte(u)}, nil, nil).Read()
-		if attempt == 0 && forgotten(conn, res.Err) {
-			_ = conn.Deallocate(ctx, name)
-			continue
-		}
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		if len(res.Rows) == 0 {
-			return nil, nil
-		}
-		return res.Rows[0], nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return first, nil
 }
 
 var _ backend.MultiSemaphore[*Lease] = (*Backend)(nil)

@@ -10,13 +10,17 @@ import (
 )
 
 // The statements of the uncontended path — a try and an unlock, of a key in
-// either mode — and of a wait in the server's queue are prepared on each connection the first time it runs
-// them (pgx's Conn.Prepare, which remembers them per connection: later
-// calls cost no round trip) and then run with the extended protocol, the
-// key as a text parameter: the server neither parses nor plans them again,
-// which is about a third of a round trip's cost on loopback. The statement
-// names begin with "dlock_"; they live as long as the session, like those
-// pgx prepares for the application.
+// either mode — and of a wait in the server's queue are prepared on each
+// connection the first time it runs them, in the same round trip as that
+// first run (runStmt), and then run with the extended protocol, the key as
+// a text parameter: the server neither parses nor plans them again, which
+// is about a third of a round trip's cost on loopback. The statement names
+// begin with "dlock_"; they live as long as the session, like those pgx
+// prepares for the application. A connection's statements are kept in its
+// CustomData (stmtsKey), not in pgx's statement cache, whose Prepare costs
+// a round trip of its own: with a pool of n connections, that was up to 3n
+// extra round trips, many of them while a lock was held (the first unlock
+// on each connection), before the backend ran at its pace.
 
 // keyFn is one of the advisory lock functions of one key space (bigint,
 // or a pair of integers).
@@ -61,14 +65,119 @@ func keyParams(k Key, buf *[24]byte, params *[2][]byte) (pair int, ps [][]byte) 
 
 // forgotten reports that err is the server's refusal of a prepared
 // statement that the session no longer knows (invalid_sql_statement_name:
-// the application ran DEALLOCATE ALL or DISCARD ALL behind pgx's back). The
-// server refused it before running anything.
-func forgotten(conn *pgx.Conn, err error) bool {
+// the application ran DEALLOCATE ALL or DISCARD ALL behind the backend's
+// back). The server refused it before running anything.
+func forgotten(pgc *pgconn.PgConn, err error) bool {
 	if err == nil {
 		return false
 	}
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "26000" && !conn.PgConn().IsClosed()
+	return errors.As(err, &pgErr) && pgErr.Code == "26000" && !pgc.IsClosed()
+}
+
+// stmtsKey keys, in a connection's CustomData, the statements this
+// package prepared on its session (a stmts).
+const stmtsKey = "github.com/dlock-go/dlock/pg.stmts"
+
+// stmts maps the names of the statements prepared on a session to their
+// descriptions.
+type stmts map[string]*pgconn.StatementDescription
+
+// stmtsOf returns the statements prepared on pgc's session (nil if pgc
+// keeps no CustomData: every run then prepares).
+func stmtsOf(pgc *pgconn.PgConn) stmts {
+	cd := pgc.CustomData()
+	if cd == nil {
+		return nil
+	}
+	s, _ := cd[stmtsKey].(stmts)
+	if s == nil {
+		s = make(stmts)
+		cd[stmtsKey] = s
+	}
+	return s
+}
+
+// runStmt runs the statement name (sql) with the text parameters ps on
+// pgc and calls row with the values of each row of its result (valid
+// only during the call). On pgc's first run of it, the statement is
+// prepared in the same round trip (prepareRun). A statement the session
+// forgot is prepared again and run once more.
+func runStmt(ctx context.Context, pgc *pgconn.PgConn, name, sql string, ps [][]byte, row func([][]byte)) error {
+	for attempt := 0; ; attempt++ {
+		s := stmtsOf(pgc)
+		var err error
+		if sd := s[name]; sd != nil && sd.SQL == sql {
+			err = readRows(pgc.ExecStatement(ctx, sd, ps, nil, nil), row)
+		} else {
+			err = prepareRun(ctx, pgc, s, name, sql, ps, row)
+		}
+		if attempt == 0 && forgotten(pgc, err) {
+			delete(s, name)
+			continue
+		}
+		return err
+	}
+}
+
+// readRows calls row with the values of each row of rr and closes it.
+func readRows(rr *pgconn.ResultReader, row func([][]byte)) error {
+	for rr.NextRow() {
+		row(rr.Values())
+	}
+	_, err := rr.Close()
+	return err
+}
+
+// prepareRun prepares sql as name on pgc's session and, unless ps is nil,
+// runs it with ps, calling row with each row's values, in one round trip:
+// a pipeline of the Close of any statement of that name the session may
+// still have (harmless when there is none), the Parse and Describe of the
+// statement, then its Bind and Execute, and one Sync. The statement is
+// recorded in s once the server has it, whatever became of its run.
+func prepareRun(ctx context.Context, pgc *pgconn.PgConn, s stmts, name, sql string, ps [][]byte, row func([][]byte)) error {
+	p := pgc.StartPipeline(ctx)
+	p.SendDeallocate(name)
+	p.SendPrepare(name, sql, nil)
+	if ps != nil {
+		p.SendQueryPrepared(name, ps, nil, nil)
+	}
+	err := p.Sync()
+	for err == nil {
+		var res any
+		res, err = p.GetResults()
+		switch res := res.(type) {
+		case *pgconn.StatementDescription:
+			res.Name, res.SQL = name, sql // the pipeline leaves them empty
+			if s != nil {
+				s[name] = res
+			}
+		case *pgconn.ResultReader:
+			err = readRows(res, row)
+		case *pgconn.PipelineSync, nil:
+			if err == nil {
+				return p.Close()
+			}
+		}
+	}
+	_ = p.Close() // reads what is left up to the Sync
+	return err
+}
+
+// prepare returns the description of the statement name (sql) on pgc's
+// session, preparing it (one round trip) if the session has not.
+func prepare(ctx context.Context, pgc *pgconn.PgConn, name, sql string) (*pgconn.StatementDescription, error) {
+	s := stmtsOf(pgc)
+	if sd := s[name]; sd != nil && sd.SQL == sql {
+		return sd, nil
+	}
+	if s == nil {
+		s = make(stmts)
+	}
+	if err := prepareRun(ctx, pgc, s, name, sql, nil, nil); err != nil {
+		return nil, err
+	}
+	return s[name], nil
 }
 
 // callKeyFn runs fn of k on conn's session, prepared (see above), and
@@ -110,27 +219,15 @@ func callTryUpgradeKey(ctx context.Context, conn *pgx.Conn, r req) (bool, error)
 }
 
 // callPrepared runs sql, prepared as name, with the text parameters ps,
-// and reports whether its first column was true.
+// and reports whether the first column of its first row was true.
 func callPrepared(ctx context.Context, conn *pgx.Conn, name, sql string, ps [][]byte) (bool, error) {
-	for attempt := 0; ; attempt++ {
-		sd, err := conn.Prepare(ctx, name, sql)
-		if err != nil {
-			return false, err
+	var v byte
+	err := runStmt(ctx, conn.PgConn(), name, sql, ps, func(vals [][]byte) {
+		if v == 0 && len(vals) > 0 && len(vals[0]) > 0 {
+			v = vals[0][0]
 		}
-		rr := conn.PgConn().ExecStatement(ctx, sd, ps, nil, nil)
-		var v byte
-		for rr.NextRow() {
-			if vals := rr.Values(); len(vals) > 0 && len(vals[0]) > 0 {
-				v = vals[0][0]
-			}
-		}
-		_, err = rr.Close()
-		if attempt == 0 && forgotten(conn, err) {
-			_ = conn.Deallocate(ctx, name)
-			continue
-		}
-		return v == 't', err
-	}
+	})
+	return v == 't', err
 }
 
 // A wait in the server's queue is bounded by lock_timeout from the
@@ -199,22 +296,24 @@ func lockBlocking(ctx context.Context, conn *pgx.Conn, lockTimeoutMS int64, k Ke
 			cd[waitBatchKey] = true
 		}
 	}
+	pgc := conn.PgConn()
 	for attempt := 0; ; attempt++ {
-		sdT, err := conn.Prepare(ctx, timeoutsName, timeoutsSQL)
+		sdT, err := prepare(ctx, pgc, timeoutsName, timeoutsSQL)
 		if err != nil {
 			return err
 		}
-		sdL, err := conn.Prepare(ctx, keyFnName[pair][fn], keyFnSQL[pair][fn])
+		sdL, err := prepare(ctx, pgc, keyFnName[pair][fn], keyFnSQL[pair][fn])
 		if err != nil {
 			return err
 		}
 		batch := &pgconn.Batch{}
 		batch.ExecStatement(sdT, params[:1], nil, nil)
 		batch.ExecStatement(sdL, ps, nil, nil)
-		err = drain(conn.PgConn().ExecBatch(ctx, batch))
-		if attempt == 0 && forgotten(conn, err) {
-			_ = conn.Deallocate(ctx, timeoutsName)
-			_ = conn.Deallocate(ctx, keyFnName[pair][fn])
+		err = drain(pgc.ExecBatch(ctx, batch))
+		if attempt == 0 && forgotten(pgc, err) {
+			s := stmtsOf(pgc)
+			delete(s, timeoutsName)
+			delete(s, keyFnName[pair][fn])
 			continue
 		}
 		return err

@@ -274,3 +274,92 @@ func keysLock(b *pg.Backend, ctx context.Context, name string) (*pg.Lease, error
 func keysRLock(b *pg.Backend, ctx context.Context, name string) (*pg.Lease, error) {
 	return b.Keys().RLock(ctx, name)
 }
+
+// TestFirstRunOneRoundTrip checks that a statement's first run on a
+// connection costs one round trip, like every later run: it is prepared
+// in the same flight of messages. A statement prepared first in a round
+// trip of its own cost a fresh pool up to three round trips per
+// connection, one of them while the lock was held (the first unlock).
+// Counted: the writes to the server (one per flight of messages).
+func TestFirstRunOneRoundTrip(t *testing.T) {
+	url := testURL(t)
+	other, _ := newBackend(t, url)
+	ctx := ctxT(t, time.Minute)
+	var counting atomic.Bool
+	var writes atomic.Int64
+	pool := newPoolWith(t, url, 2, func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+		dial := c.ConnConfig.DialFunc
+		c.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countingConn{Conn: nc, on: &counting, writes: &writes}, nil
+		}
+	})
+	warm(t, pool, 2)
+	b := newOn(t, pool)
+	count := func(what string, want int64, f func()) {
+		t.Helper()
+		writes.Store(0)
+		counting.Store(true)
+		f()
+		counting.Store(false)
+		if got := writes.Load(); got != want {
+			t.Fatalf("%s on fresh connections: %d flights of messages to the server, want %d (one per statement)", what, got, want)
+		}
+	}
+	name := uniq(t)
+	// A try and its unlock.
+	count("a try and a release", 2, func() {
+		l, ok, err := b.TryLock(ctx, name)
+		mustTry(t, ok, err)
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// A wait: its try fails, it waits on a connection of its own, and
+	// unlocks there.
+	h, err := other.Lock(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count("a wait and a release", 3, func() {
+		got := make(chan error, 1)
+		go func() {
+			l, err := b.Lock(ctx, name)
+			if err == nil {
+				err = l.Release(ctx)
+			}
+			got <- err
+		}()
+		for end := time.Now().Add(10 * time.Second); writes.Load() < 2; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatal("the wait did not reach the server")
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		if err := h.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+	})
+	assertPoolClean(t, pool)
+}
+
+// countingConn counts its writes while on is set.
+type countingConn struct {
+	net.Conn
+	on     *atomic.Bool
+	writes *atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	if c.on.Load() {
+		c.writes.Add(1)
+	}
+	return c.Conn.Write(p)
+}
