@@ -222,7 +222,8 @@ func BenchmarkThroughputKeys(b *testing.B) {
 func throughput(b *testing.B, l lib, name func(g int) string) {
 	lk := l.open(b, b.TempDir())
 	// A library that loses a wake-up fails here after throughputTimeout
-	// instead of hanging the run.
+	// instead of hanging the run (the warm-up below has a budget of its
+	// own: a slow peer's waits in flight at its end take seconds).
 	ctx, cancel := context.WithTimeout(context.Background(), throughputTimeout)
 	defer cancel()
 	// Connections are opened before the clock starts, as a running
@@ -242,13 +243,17 @@ func throughput(b *testing.B, l lib, name func(g int) string) {
 	// on the clock, 64 sessions over. So the workload runs once, off the
 	// clock, before it is timed: warmLocks locks, or warmTime if that
 	// comes first.
-	if err := runThroughput(ctx, lk, name, warmLocks, time.Now().Add(warmTime)); err != nil {
-		cancel()
+	wctx, wcancel := context.WithTimeout(context.Background(), throughputTimeout)
+	err := runThroughput(wctx, lk, name, warmLocks, time.Now().Add(warmTime))
+	wcancel()
+	if err != nil {
 		failOrStall(b, l, err)
 	}
+	ctx, cancel = context.WithTimeout(context.Background(), throughputTimeout)
+	defer cancel()
 	b.ResetTimer()
 	start := time.Now()
-	err := runThroughput(ctx, lk, name, int64(b.N), time.Time{})
+	err = runThroughput(ctx, lk, name, int64(b.N), time.Time{})
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if err != nil {
