@@ -100,27 +100,32 @@ func (l lib) measures(bench string) bool {
 	return !ok || o == bench
 }
 
-// libs lists every library measured, per backend, in table order.
+// libs lists every library measured, per backend, in table order, which
+// is also the order in which a benchmark runs them: dlock, then the floors
+// and the peers it is set against, and last the peers whose hand-off takes
+// from milliseconds to a second (redsync, redislock, pglock). So dlock and
+// its references run seconds apart in each round, not on either side of a
+// slow peer's 100 s, and the noise of a shared machine falls on them alike.
 var libs = []lib{
 	{"valkey", "dlock", openDlockValkey, true},
 	{"valkey", "valkeylock", openValkeylock, true},
-	{"valkey", "redsync", openRedsync, true},
-	{"valkey", "redislock", openRedislock, true},
 	{"valkey", "floor", openValkeyFloor, true},
 	{"valkey", "2rtt", openValkey2RTT, false},
 	{"valkey", "floor-fenced", openValkeyFencedFloor, false},
 	{"valkey", "floor-defaults", openValkeyDefaultsFloor, false},
 	{"valkey", "floor-defaults-fair", openValkeyFairFloor, true},
+	{"valkey", "redislock", openRedislock, true},
+	{"valkey", "redsync", openRedsync, true},
 	// The cost of valkey.WithReplicas(1): dlock over the Sentinel group's
 	// primary (which has two replicas), without and with the option; only
 	// in BenchmarkUncontended (see only).
 	{"valkey", "dlock-sentinel", openDlockSentinel(0), true},
 	{"valkey", "dlock-replicas1", openDlockSentinel(1), true},
 	{"pg", "dlock", openDlockPG, true},
-	{"pg", "pglock", openPglock, true},
 	{"pg", "floor", openPGFloor, true},
-	{"pg", "2rtt", openPG2RTT, false},
 	{"pg", "floor-watched", openPGWatchedFloor, true},
+	{"pg", "2rtt", openPG2RTT, false},
+	{"pg", "pglock", openPglock, true},
 	{"fs", "dlock", openDlockFS(true), true},
 	{"fs", "dlock-nofencing", openDlockFS(false), true},
 	{"fs", "gofrs-flock", openGofrsFlock, true},

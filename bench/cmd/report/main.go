@@ -266,7 +266,8 @@ func report(r *results, info reportInfo) string {
 	if info.settings != "" {
 		w("- **Settings:** %s\n", info.settings)
 	}
-	w("\nEvery figure is the median over the rounds of the run; the machine is shared and noisy, so ")
+	w("\nEach round runs every library once; in a round a backend's libraries run in the order of its table below: dlock, then its floors and the peers it is set against, and last the peers whose hand-off takes milliseconds to a second, so that dlock and its references run seconds apart. ")
+	w("Every figure is the median over the rounds of the run; the machine is shared and noisy, so ")
 	w("read ratios, not absolute times, and distrust differences under about 1.3×. ")
 	w("Ratios are **dlock ÷ the other**: below 1 means dlock is faster (latencies, allocations); ")
 	w("above 1 means dlock does more (throughput).\n\n")
