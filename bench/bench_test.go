@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"regexp"
@@ -38,17 +39,6 @@ var runID = strconv.FormatInt(time.Now().UnixNano(), 36)
 // file name.
 func lockName(b *testing.B, suffix string) string {
 	return fmt.Sprintf("bench-%s-%s-%s", runID, strings.ReplaceAll(b.Name(), "/", "_"), suffix)
-}
-
-// eachLib runs f as a sub-benchmark backend/lib for every library; waiting
-// restricts it to libraries that can wait for a held lock.
-func eachLib(b *testing.B, waiting bool, f func(b *testing.B, l lib)) {
-	for _, l := range libs {
-		if waiting && !l.waits || !l.measures(b.Name()) {
-			continue
-		}
-		b.Run(l.backend+"/"+l.name, func(b *testing.B) { f(b, l) })
-	}
 }
 
 // BenchmarkUncontended measures one acquire + release of a free lock (the
@@ -419,38 +409,110 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // BenchmarkThroughputHot runs 64 goroutines taking and releasing one lock,
 // all on one instance. Reported: ops/s (acquire + release pairs per second).
 func BenchmarkThroughputHot(b *testing.B) {
-	eachLib(b, true, func(b *testing.B, l lib) {
-		name := lockName(b, "hot")
-		throughput(b, l, func(int) string { return name })
+	eachBackend(b, true, func(b *testing.B, ls []lib) {
+		throughputTurns(b, ls, func(l lib) func(int) string {
+			name := lockName(b, l.name+"-hot")
+			return func(int) string { return name }
+		})
 	})
 }
 
 // BenchmarkThroughputKeys runs 64 goroutines, each taking and releasing its
 // own lock, all on one instance. Reported: ops/s.
 func BenchmarkThroughputKeys(b *testing.B) {
-	eachLib(b, false, func(b *testing.B, l lib) {
-		names := make([]string, goroutines)
-		for i := range names {
-			names[i] = lockName(b, strconv.Itoa(i))
-		}
-		throughput(b, l, func(g int) string { return names[g] })
+	eachBackend(b, false, func(b *testing.B, ls []lib) {
+		throughputTurns(b, ls, func(l lib) func(int) string {
+			names := make([]string, goroutines)
+			for i := range names {
+				names[i] = lockName(b, l.name+"-"+strconv.Itoa(i))
+			}
+			return func(g int) string { return names[g] }
+		})
 	})
 }
 
-func throughput(b *testing.B, l lib, name func(g int) string) {
-	lk := l.open(b, b.TempDir())
+// throughputSlice is how long one turn of a throughput benchmark runs one
+// library.
+const throughputSlice = 100 * time.Millisecond
+
+// throughputTurns measures the throughput of the libraries ls, the
+// goroutines of library l taking the names of names(l). The libraries take
+// turns, as in BenchmarkHandoff: each turn runs every library, in a new
+// random order, for throughputSlice (or, with -benchtime Nx, N locks in one
+// turn), until each has run the -benchtime. A library runs its turn on an
+// instance of its own, opened with its connections and warmed up off the
+// clock (see throughput), and closed after it: the instances of one
+// backend's libraries together would hold more connections than the test
+// server allows. Each library is reported as the sub-benchmark backend/lib:
+// ops/s, and ns/op as the time per lock (with a duration, the count go test
+// prints for it is meaningless: the figures are the turns').
+func throughputTurns(b *testing.B, ls []lib, names func(l lib) func(int) string) {
+	type one struct {
+		i       int // in ls
+		l       lib
+		name    func(int) string
+		ops     int64
+		elapsed time.Duration
+		err     error
+	}
+	var all []*one
+	for i, l := range ls {
+		all = append(all, &one{i: i, l: l, name: names(l)})
+	}
+	d, ops := benchBudget(time.Second)
+	for turn := 0; ; turn++ {
+		if ops > 0 && turn > 0 || ops == 0 && time.Duration(turn)*throughputSlice >= d {
+			break
+		}
+		rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+		for _, o := range all {
+			if o.err != nil {
+				continue
+			}
+			n := int64(ops)
+			if ops == 0 {
+				n = math.MaxInt64
+			}
+			var took int64
+			var elapsed time.Duration
+			took, elapsed, o.err = throughput(b, o.l, o.name, n, throughputSlice, ops == 0)
+			o.ops += took
+			o.elapsed += elapsed
+		}
+	}
+	slices.SortFunc(all, func(x, y *one) int { return x.i - y.i }) // table order
+	for _, o := range all {
+		b.Run(o.l.name, func(b *testing.B) {
+			if o.err != nil {
+				failOrStall(b, o.l, o.err)
+			}
+			b.ReportMetric(float64(o.ops)/o.elapsed.Seconds(), "ops/s")
+			b.ReportMetric(float64(o.elapsed.Nanoseconds())/float64(o.ops), "ns/op")
+		})
+	}
+}
+
+// throughput opens an instance of l, warms it up off the clock, then times
+// its goroutines taking n locks in all (of name(g) for goroutine g), or as
+// many as they take in slice if timed; it returns how many they took and
+// how long that took, and closes the instance.
+func throughput(tb testing.TB, l lib, name func(g int) string, n int64, slice time.Duration, timed bool) (int64, time.Duration, error) {
+	sc := &scope{TB: tb}
+	defer sc.close()
+	lk := l.open(sc, tb.TempDir())
 	// A library that loses a wake-up fails here after throughputTimeout
-	// instead of hanging the run (the warm-up below has a budget of its
-	// own: a slow peer's waits in flight at its end take seconds).
+	// instead of hanging the run (the warm-up below and the timed run have
+	// budgets of their own: a slow peer's waits in flight at the end of
+	// either take seconds).
 	ctx, cancel := context.WithTimeout(context.Background(), throughputTimeout)
 	defer cancel()
 	// Connections are opened before the clock starts, as a running
-	// application's pool has them: b.N is small on slow libraries, and
-	// 64 PostgreSQL connections take from 0.25 s to over a second to
-	// open on a loaded machine, which the rate would count.
+	// application's pool has them: 64 PostgreSQL connections take from
+	// 0.25 s to over a second to open on a loaded machine, which the rate
+	// would count.
 	if w, ok := lk.(warmer); ok {
 		if err := w.warm(ctx, goroutines); err != nil {
-			b.Fatal(err)
+			return 0, 0, err
 		}
 	}
 	// A running application's connections have served its statements
@@ -462,22 +524,36 @@ func throughput(b *testing.B, l lib, name func(g int) string) {
 	// clock, before it is timed: warmLocks locks, or warmTime if that
 	// comes first.
 	wctx, wcancel := context.WithTimeout(context.Background(), throughputTimeout)
-	err := runThroughput(wctx, lk, name, warmLocks, time.Now().Add(warmTime))
+	_, err := runThroughput(wctx, lk, name, warmLocks, time.Now().Add(warmTime))
 	wcancel()
 	if err != nil {
-		failOrStall(b, l, err)
+		return 0, 0, err
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), throughputTimeout)
 	defer cancel()
-	b.ResetTimer()
+	var until time.Time
 	start := time.Now()
-	err = runThroughput(ctx, lk, name, int64(b.N), time.Time{})
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if err != nil {
-		failOrStall(b, l, err)
+	if timed {
+		until = start.Add(slice)
 	}
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	took, err := runThroughput(ctx, lk, name, n, until)
+	return took, time.Since(start), err
+}
+
+// scope is a testing.TB whose cleanups run when close is called (a
+// library's instance for one turn), not at the end of the benchmark.
+type scope struct {
+	testing.TB
+	cleanups []func()
+}
+
+func (s *scope) Cleanup(f func()) { s.cleanups = append(s.cleanups, f) }
+
+func (s *scope) close() {
+	for _, f := range slices.Backward(s.cleanups) {
+		f()
+	}
+	s.cleanups = nil
 }
 
 // The throughput benchmarks' untimed warm-up: this many locks, or this
@@ -489,15 +565,16 @@ const (
 
 // runThroughput has the goroutines, started at once, take and release n
 // locks in all (of name(g) for goroutine g), stopping at until if it is
-// not zero, and returns the first error (which ends the run).
-func runThroughput(ctx context.Context, lk locker, name func(g int) string, n int64, until time.Time) error {
+// not zero, and returns how many they took and released, and the first
+// error (which ends the run).
+func runThroughput(ctx context.Context, lk locker, name func(g int) string, n int64, until time.Time) (int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		next     atomic.Int64
-		wg       sync.WaitGroup
-		firstErr error
-		errOnce  sync.Once
+		next, done atomic.Int64
+		wg         sync.WaitGroup
+		firstErr   error
+		errOnce    sync.Once
 	)
 	warm := make(chan struct{}) // starts every goroutine at once
 	for g := range goroutines {
@@ -513,12 +590,13 @@ func runThroughput(ctx context.Context, lk locker, name func(g int) string, n in
 					errOnce.Do(func() { firstErr = err; cancel() })
 					return
 				}
+				done.Add(1)
 			}
 		})
 	}
 	close(warm)
 	wg.Wait()
-	return firstErr
+	return done.Load(), firstErr
 }
 
 // isPeer reports whether l is a peer (not dlock, not a floor).
@@ -681,5 +759,25 @@ func scale(b *testing.B, l lib) {
 	}
 	if rerr != nil && firstErr == nil {
 		b.Fatal(errors.Join(errors.New("release after scale"), rerr))
+	}
+}
+
+// TestHarnessSplitPattern checks that the benchmarks that measure several
+// libraries at once read -test.bench's elements as go test does.
+func TestHarnessSplitPattern(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []string
+	}{
+		{"^BenchmarkHandoff$/./^dlock$", []string{"^BenchmarkHandoff$", ".", "^dlock$"}},
+		{"Handoff/(pg|fs)/(dlock|floor)$", []string{"Handoff", "(pg|fs)", "(dlock|floor)$"}},
+		{"Handoff/(pg/dlock|fs)", []string{"Handoff", "(pg/dlock|fs)"}},
+		{"A/[/]/b", []string{"A", "[/]", "b"}},
+		{`A\/b/c`, []string{`A\/b`, "c"}},
+		{"", []string{""}},
+	} {
+		if got := splitPattern(c.in); !slices.Equal(got, c.want) {
+			t.Errorf("splitPattern(%q) = %q, want %q", c.in, got, c.want)
+		}
 	}
 }

@@ -100,12 +100,11 @@ func (l lib) measures(bench string) bool {
 	return !ok || o == bench
 }
 
-// libs lists every library measured, per backend, in table order, which
-// is also the order in which a benchmark runs them: dlock, then the floors
-// and the peers it is set against, and last the peers whose hand-off takes
-// from milliseconds to a second (redsync, redislock, pglock). So dlock and
-// its references run seconds apart in each round, not on either side of a
-// slow peer's 100 s, and the noise of a shared machine falls on them alike.
+// libs lists every library measured, per backend, in table order: dlock,
+// then the floors and the peers it is set against, and last the peers
+// whose hand-off takes from milliseconds to a second (redsync, redislock,
+// pglock). (The benchmarks run a backend's libraries in turns, in a new
+// random order each turn.)
 var libs = []lib{
 	{"valkey", "dlock", openDlockValkey, true},
 	{"valkey", "valkeylock", openValkeylock, true},

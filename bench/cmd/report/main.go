@@ -266,7 +266,7 @@ func report(r *results, info reportInfo) string {
 	if info.settings != "" {
 		w("- **Settings:** %s\n", info.settings)
 	}
-	w("\nEach round runs every library once; in a round a backend's libraries take turns (uncontended, hand-off) or run in the order of its table below (throughput: dlock, then its floors and the peers it is set against, and last the slowest peers, so that dlock and its references run seconds apart). ")
+	w("\nEach round runs every library once; within a round the libraries of a backend take turns, in a new random order each turn (see the table below), so that the machine's load, which comes and goes over seconds, falls on them alike. ")
 	w("Every figure is the median over the rounds of the run; the machine is shared and noisy, so ")
 	w("read ratios, not absolute times, and distrust differences under about 1.3×. ")
 	w("Ratios are **dlock ÷ the other**: below 1 means dlock is faster (latencies, allocations); ")
@@ -277,7 +277,7 @@ func report(r *results, info reportInfo) string {
 	w("| benchmark | what |\n| --- | --- |\n")
 	w("| `Uncontended` | one acquire + release of a free lock (the waiting acquire): its median (p50; the mean is in benchstat) and its allocations (counted apart, one library at a time). The libraries of a backend take turns within a round: each turn times 100 of every library, in a new random order |\n")
 	w("| `Handoff` | a holder and a waiter on independent instances (clients, pools, backends — as two processes); the waiter starts 5–15 ms (random) before the release; time from the release call to the waiter's acquisition returning. The libraries of a backend take turns within a round: each turn makes one hand-off of every library, in a new random order, so that the machine's load, which comes and goes over seconds, falls on them alike |\n")
-	w("| `ThroughputHot` | 64 goroutines on one instance, acquire + release of one hot lock, timed after the same workload ran off the clock (512 locks or 500 ms), as a running application's connections have run its statements before |\n")
+	w("| `ThroughputHot` | 64 goroutines on one instance, acquire + release of one hot lock. The libraries of a backend take turns of 100 ms; each turn runs on an instance of its own, with its connections open and the same workload run first off the clock (512 locks or 500 ms), as a running application's connections have run its statements before |\n")
 	w("| `ThroughputKeys` | 64 goroutines on one instance, each on its own lock (warmed up the same way) |\n")
 	w("| `Fairness` | 8 clients in 8 processes saturating one lock with 1 ms holds (issue 14; its own section below) |\n")
 	w("| `Scale` | as many distinct locks as possible held at once by one process |\n\n")
