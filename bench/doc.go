@@ -7,6 +7,14 @@
 // test binary as its clients: TestFairnessClient), and how many locks one
 // process can hold.
 //
+// In the latency and throughput benchmarks the libraries of one backend take
+// turns (a block of acquisitions, one hand-off, or 100 ms of throughput
+// each, in a new random order every turn), so that the load of a shared
+// machine, which comes and goes over seconds, falls on all of them alike;
+// each library is then reported as its own sub-benchmark,
+// Benchmark<Name>/<backend>/<library>. -test.bench selects libraries as
+// usual; -test.benchtime gives each library its budget.
+//
 // It is a separate module so that no peer ever enters dlock's go.mod. The
 // benchmarks are in bench_test.go; the libraries and their settings in
 // libs_test.go. Run everything, with throwaway servers, and rewrite
