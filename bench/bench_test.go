@@ -220,10 +220,11 @@ func takeRelease(b *testing.B, take func() (held, error)) {
 // machine, which comes and goes over seconds, falls on all of them alike
 // (measured one library after the other, 100 hand-offs each, pg's dlock ÷
 // floor read 0.73–1.58 from round to round). -benchtime Nx sets the turns
-// (default 40; a duration counts as the default). Each library is then reported as the sub-benchmark
-// backend/lib: p50-ns and p99-ns, and ns/op as the mean hand-off (not the
-// loop's time, which includes the holding). A library that fails is
-// dropped from the turns and its sub-benchmark fails.
+// (default 40, also when -benchtime is a duration). Each library is then
+// reported as the sub-benchmark backend/lib: p50-ns and p99-ns, and ns/op
+// as the mean hand-off (not the loop's time, which includes the holding).
+// A library that fails is dropped from the turns and its sub-benchmark
+// fails.
 func BenchmarkHandoff(b *testing.B) {
 	_, turns := benchBudget(0)
 	if turns == 0 {
