@@ -42,7 +42,7 @@ func (s *suite[L]) testAllOrNone(t *testing.T, k kind[L]) {
 		t.Fatalf("Names() = %q, want the three names sorted", got)
 	}
 	for _, n := range set.Names() {
-		held(t, c, n)
+		held(t, c, n, set)
 	}
 	if err := set.Release(context.Background()); err != nil {
 		t.Fatalf("Release of the set: %v", err)
@@ -157,7 +157,7 @@ func (s *suite[L]) testAllAtomic(t *testing.T, k kind[L]) {
 		t.Fatalf("TryAcquireAll of two free names: %v", err)
 	}
 	for _, n := range set.Names() {
-		held(t, c, n)
+		held(t, c, n, set)
 	}
 	if err := set.Release(context.Background()); err != nil {
 		t.Fatal(err)

@@ -66,8 +66,8 @@ func (s *suite[L]) testExclusionAcrossClients(t *testing.T, k kind[L]) {
 	a, b, c := k.guard(s.node(t)), k.guard(s.node(t)), k.guard(s.node(t))
 	name := s.name(t)
 	lk := tryAcquire(t, a, name)
-	held(t, b, name)
-	held(t, c, name)
+	held(t, b, name, lk)
+	held(t, c, name, lk)
 	release(t, lk)
 	s.stress(t, []*dlock.Guard[L]{a, b, c}, name, 30, 3)
 }
@@ -78,7 +78,7 @@ func (s *suite[L]) testExclusionAcrossGuards(t *testing.T, k kind[L]) {
 	g1, g2 := k.guard(n), k.guard(n)
 	name := s.name(t)
 	lk := tryAcquire(t, g1, name)
-	held(t, g2, name)
+	held(t, g2, name, lk)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := g2.Acquire(ctx, name)
@@ -92,7 +92,7 @@ func (s *suite[L]) testNotReentrant(t *testing.T, k kind[L]) {
 	g := k.guard(s.node(t))
 	name := s.name(t)
 	lk := tryAcquire(t, g, name)
-	held(t, g, name)
+	held(t, g, name, lk)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := g.Acquire(ctx, name)
@@ -145,10 +145,10 @@ func (s *suite[L]) testNamesIndependent(t *testing.T, k kind[L]) {
 		if err != nil {
 			t.Fatalf("names %s and %s share a lock: %v", trunc(p[0]), trunc(p[1]), err)
 		}
-		held(t, b, p[0])
-		held(t, b, p[1])
+		held(t, b, p[0], l0)
+		held(t, b, p[1], l1)
 		release(t, l0)
-		held(t, b, p[1])
+		held(t, b, p[1], l1)
 		release(t, l1)
 	}
 }
@@ -175,7 +175,7 @@ func (s *suite[L]) testOddNamesStayInside(t *testing.T, k kind[L]) {
 			}
 			t.Fatalf("name %s: %v (want success, or an error matching dlock.ErrInvalidName)", trunc(name), err)
 		}
-		held(t, b, name)
+		held(t, b, name, lk)
 		release(t, lk)
 	}
 	entries, err := os.ReadDir(s.root)
@@ -294,7 +294,7 @@ func (s *suite[L]) testCancelRace(t *testing.T, k kind[L]) {
 		got, err := b.Acquire(ctx, name)
 		cancel()
 		if err == nil {
-			held(t, c, name)
+			held(t, c, name, got)
 			release(t, got)
 		} else if !errors.Is(err, dlock.ErrNotAcquired) {
 			t.Fatalf("Acquire: %v", err)
@@ -339,7 +339,7 @@ func (s *suite[L]) testDoubleRelease(t *testing.T, k kind[L]) {
 	if err := lk.Err(); !errors.Is(err, dlock.ErrNotHeld) || errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Err after a clean release: %v, want dlock.ErrNotHeld", err)
 	}
-	held(t, c, name) // the new holder is undisturbed
+	held(t, c, name, lk2) // the new holder is undisturbed
 	release(t, lk2)
 }
 
@@ -362,14 +362,14 @@ func (s *suite[L]) testLossReported(t *testing.T, k kind[L]) {
 	if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Release of a lost lock: %v, want dlock.ErrLockLost", err)
 	}
-	held(t, c, name) // the new holder is undisturbed
+	held(t, c, name, lk2) // the new holder is undisturbed
 	if err := lk.Err(); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Err after the release of a lost lock: %v, want dlock.ErrLockLost", err)
 	}
 	if err := lk.Release(context.Background()); !errors.Is(err, dlock.ErrNotHeld) {
 		t.Fatalf("second Release of a lost lock: %v, want dlock.ErrNotHeld", err)
 	}
-	held(t, c, name)
+	held(t, c, name, lk2)
 	release(t, lk2)
 }
 

@@ -69,14 +69,14 @@ func (s *suite[L]) testReadersShare(t *testing.T) {
 	r1 := tryAcquire(t, a.Read(), name)
 	r2 := tryAcquire(t, b.Read(), name)
 	r3 := tryAcquire(t, b.Read(), name) // two readers on one client too
-	held(t, c.Write(), name)
+	held(t, c.Write(), name, r1, r2, r3)
 	release(t, r1)
 	release(t, r2)
-	held(t, c.Write(), name)
+	held(t, c.Write(), name, r3)
 	release(t, r3)
 	w := tryAcquire(t, c.Write(), name)
-	held(t, a.Read(), name)
-	held(t, a.Write(), name)
+	held(t, a.Read(), name, w)
+	held(t, a.Write(), name, w)
 	release(t, w)
 	release(t, tryAcquire(t, a.Read(), name))
 }
@@ -120,7 +120,7 @@ func (s *suite[L]) testWriterPreference(t *testing.T) {
 	if w == nil {
 		t.FailNow()
 	}
-	held(t, c.Read(), name)
+	held(t, c.Read(), name, w)
 	release(t, w)
 	release(t, acquire(t, c.Read(), name))
 }

@@ -45,8 +45,8 @@ func (s *suite[L]) testSemaphoreLimit(t *testing.T) {
 	for _, g := range gs {
 		lks = append(lks, tryAcquire(t, g, name))
 	}
-	held(t, gs[0], name)
-	held(t, s.semOf(t, 3), name)
+	held(t, gs[0], name, lks[0], lks[1], lks[2])
+	held(t, s.semOf(t, 3), name, lks[0], lks[1], lks[2])
 	for _, lk := range lks {
 		release(t, lk)
 	}

@@ -35,16 +35,16 @@ func (s *suite[L]) testUpgradeableShares(t *testing.T) {
 	u := tryAcquire(t, a.Upgradeable(), name)
 	r1 := tryAcquire(t, b.Read(), name)
 	r2 := tryAcquire(t, c.Read(), name)
-	held(t, b.Write(), name)
-	held(t, b.Upgradeable(), name)
-	held(t, a.Upgradeable(), name)
+	held(t, b.Write(), name, u, r1, r2)
+	held(t, b.Upgradeable(), name, u)
+	held(t, a.Upgradeable(), name, u)
 	release(t, r1)
 	release(t, r2)
-	held(t, c.Upgradeable(), name) // still the first one's
+	held(t, c.Upgradeable(), name, u) // still the first one's
 	release(t, u)
 	release(t, tryAcquire(t, c.Write(), name))
 	w := tryAcquire(t, c.Write(), name)
-	held(t, a.Upgradeable(), name) // a writer excludes it too
+	held(t, a.Upgradeable(), name, w) // a writer excludes it too
 	release(t, w)
 }
 
@@ -67,15 +67,15 @@ func (s *suite[L]) testUpgradeWaitsForReaders(t *testing.T) {
 	if u.Err() != nil {
 		t.Fatalf("after a failed upgrade: Err = %v, want still held", u.Err())
 	}
-	held(t, b.Upgradeable(), name)            // still the upgradeable reader
+	held(t, b.Upgradeable(), name, u)         // still the upgradeable reader
 	release(t, tryAcquire(t, b.Read(), name)) // and readers may come in again
 	release(t, r)
 	if err := u.Upgrade(s.ctx(t)); err != nil {
 		t.Fatalf("Upgrade with no reader left: %v", err)
 	}
-	held(t, b.Read(), name)
-	held(t, b.Write(), name)
-	held(t, b.Upgradeable(), name)
+	held(t, b.Read(), name, u)
+	held(t, b.Write(), name, u)
+	held(t, b.Upgradeable(), name, u)
 	if err := u.Upgrade(s.ctx(t)); err != nil {
 		t.Fatalf("a second Upgrade: %v, want nil", err)
 	}
@@ -121,7 +121,7 @@ func (s *suite[L]) testUpgradeWriterPreference(t *testing.T) {
 	case <-time.After(serveWithin):
 		t.Fatalf("the upgrade did not complete within %v of the last reader's release", serveWithin)
 	}
-	held(t, c.Read(), name)
+	held(t, c.Read(), name, u)
 	release(t, u)
 	release(t, acquire(t, c.Read(), name))
 }

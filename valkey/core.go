@@ -65,12 +65,16 @@ type core struct {
 	once   sync.Once
 	repl   replWork // WithReplicas' confirmations in flight (replicas.go)
 	strs   strCache // the keys of the locks asked for lately (keys.go)
+	// epoch is when the core was made (monotonic clock): leases keep their
+	// validity deadline as an offset from it, which IsLost reads without
+	// a lock.
+	epoch time.Time
 }
 
 func newCore(cfg config, clients []valkeygo.Client) *core {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1", self: hex.EncodeToString(b[:]) + "."}
+	c := &core{cfg: cfg, leaseMs: strconv.FormatInt(cfg.lease.Milliseconds(), 10), quorum: len(clients)/2 + 1, fair: "1", self: hex.EncodeToString(b[:]) + ".", epoch: time.Now()}
 	c.local = c.self
 	if len(clients) > 1 {
 		c.fair, c.local = "0", ""
@@ -378,7 +382,7 @@ func (c *core) decide(ctx context.Context, l *Lease, t0 time.Time, rs []reply, v
 			return attempt{}, err
 		}
 		if d := t0.Add(c.cfg.lease - c.cfg.drift); time.Now().Before(d) {
-			l.deadline = d
+			l.setDeadline(d)
 			if err := c.ext.add(l); err != nil {
 				c.cleanup(ctx, l)
 				return attempt{}, backend.Permanent(err)
@@ -605,6 +609,8 @@ type Lease struct {
 	// over is set when Lost closes (or would close, were its channel
 	// made), with state, under c.ext.mu: IsLost reads it without the lock.
 	over atomic.Bool
+	// until is deadline as an offset from c.epoch, for IsLost.
+	until atomic.Int64
 
 	// Guarded by c.ext.mu.
 	lost      chan struct{} // Lost's channel, made when first asked for
@@ -612,7 +618,7 @@ type Lease struct {
 	upgrading bool          // an Upgrade or TryUpgrade of it is under way (upgrade.go)
 	upgraded  bool          // an Upgrade or TryUpgrade of it returned success
 	loss      loss.Notifier // AfterLost's functions
-	deadline  time.Time     // validity: Lost closes when it passes unconfirmed
+	deadline  time.Time     // validity: Lost closes when it passes unconfirmed (set with setDeadline)
 	due       time.Time     // next extension
 	idx       int           // index in the extender's heap; -1 when not in it
 }
@@ -633,6 +639,7 @@ func (l *Lease) Lost() <-chan struct{} {
 	e := l.c.ext
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.expireLocked(l, time.Now())
 	if l.lost == nil {
 		l.lost = make(chan struct{})
 		if l.state != held {
@@ -645,7 +652,33 @@ func (l *Lease) Lost() <-chan struct{} {
 // IsLost implements backend.LostChecker: it reports whether Lost's
 // channel is closed, or would be, were it made now (lost or released),
 // without making it.
-func (l *Lease) IsLost() bool { return l.over.Load() }
+//
+// A lease past its validity deadline is declared lost here, even when the
+// extender has not run since (a process or machine stalled longer than the
+// lease): its key may have expired and been taken, and Lock.Err must say
+// so before the new holder could act. Once declared, it stays lost, whatever
+// an extension in flight then reports.
+func (l *Lease) IsLost() bool {
+	if l.over.Load() {
+		return true
+	}
+	now := time.Now()
+	if now.Sub(l.c.epoch) < time.Duration(l.until.Load()) {
+		return false
+	}
+	e := l.c.ext
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.expireLocked(l, now)
+	return l.over.Load()
+}
+
+// setDeadline sets l's validity deadline; c.ext.mu is held, or l is not
+// shared yet.
+func (l *Lease) setDeadline(d time.Time) {
+	l.deadline = d
+	l.until.Store(int64(d.Sub(l.c.epoch)))
+}
 
 // AfterLost implements backend.LossNotifier: f runs, in its own
 // goroutine, once Lost is closed (on loss or Release; at once if it

@@ -45,7 +45,10 @@
 // holder learns of the loss before the server lets anyone else in (given
 // clocks that drift less than the allowance, and a process that is not
 // paused past its deadline — no lease can protect against that; use the
-// fencing token). A killed connection is not a loss: valkey-go reconnects
+// fencing token). A holder that resumes from such a pause and asks
+// (Lock.Err, Lost, Release) is told at once that its lock is lost, before
+// the extender has run, and it stays lost. A killed connection is not a
+// loss: valkey-go reconnects
 // and the extensions go on. A holder that dies frees its locks within the
 // lease time.
 //

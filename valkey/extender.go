@@ -101,6 +101,14 @@ func (e *extender) finish(l *Lease) (wasLost bool, at time.Time, err error) {
 	return wasLost, at, nil
 }
 
+// expireLocked declares l lost if it is held and now is past its validity
+// deadline; e.mu is held.
+func (e *extender) expireLocked(l *Lease, now time.Time) {
+	if l.state == held && !now.Before(l.deadline) {
+		e.loseLocked(l, "no extension confirmed before the validity deadline")
+	}
+}
+
 // loseLocked declares l lost; e.mu is held.
 func (e *extender) loseLocked(l *Lease, why string) {
 	if l.state != held {
@@ -171,8 +179,7 @@ func (e *extender) loop() {
 		var batch []*Lease
 		for len(e.h) > 0 && !e.h[0].due.After(now.Add(slack)) {
 			l := heap.Pop(&e.h).(*Lease)
-			if !now.Before(l.deadline) {
-				e.loseLocked(l, "no extension confirmed before the validity deadline")
+			if e.expireLocked(l, now); l.state != held {
 				continue
 			}
 			batch = append(batch, l)
@@ -261,14 +268,13 @@ func (e *extender) extend(batch []*Lease) {
 		}
 		switch {
 		case ok[i] >= c.quorum:
-			l.deadline = t1.Add(c.cfg.lease - c.cfg.drift)
+			l.setDeadline(t1.Add(c.cfg.lease - c.cfg.drift))
 			l.due = t1.Add(c.cfg.extendEvery)
 		case no[i] > len(c.nodes)-c.quorum:
 			e.loseLocked(l, "the key was deleted or taken over")
 			continue
 		default:
-			if !now.Before(l.deadline) {
-				e.loseLocked(l, "no extension confirmed before the validity deadline")
+			if e.expireLocked(l, now); l.state != held {
 				continue
 			}
 			c.cfg.logger.Debug("dlock/valkey: extension failed, retrying", "kind", l.kind.String(), "name", l.name, "err", why)

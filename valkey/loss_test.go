@@ -301,7 +301,7 @@ func TestReleasePastDeadlineSaysLost(t *testing.T) {
 				l := takeKind(t, b, k, "past-deadline-"+k.String())
 				// What a pause past the lease does to the holder's view.
 				b.c.ext.mu.Lock()
-				l.deadline = time.Now().Add(-time.Millisecond)
+				l.setDeadline(time.Now().Add(-time.Millisecond))
 				b.c.ext.mu.Unlock()
 				if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
 					t.Fatalf("Release past the validity deadline = %v, want ErrLockLost", err)
@@ -312,6 +312,45 @@ func TestReleasePastDeadlineSaysLost(t *testing.T) {
 					t.Fatal("Lost() not closed after Release")
 				}
 			})
+		}
+	}
+}
+
+// TestPastDeadlineIsLost: a holder paused past its validity deadline
+// resumes and asks, before the extender has run, whether it still holds
+// (Lock.Err, Lost): the answer must be no at once (guarantee 5: its key may
+// have expired and been taken), and stay no afterwards.
+func TestPastDeadlineIsLost(t *testing.T) {
+	for dep, b := range lossBackends(t) {
+		for _, k := range []kind{kindMutex, kindRead, kindWrite, kindSem} {
+			for _, ask := range []string{"IsLost", "Lost"} {
+				t.Run(fmt.Sprintf("%s/%v/%s", dep, k, ask), func(t *testing.T) {
+					l := takeKind(t, b, k, "past-deadline-ask-"+k.String()+ask)
+					b.c.ext.mu.Lock()
+					l.setDeadline(time.Now().Add(-time.Millisecond))
+					b.c.ext.mu.Unlock()
+					switch ask {
+					case "IsLost":
+						if !l.IsLost() {
+							t.Fatal("IsLost past the validity deadline = false, want true")
+						}
+					case "Lost":
+						select {
+						case <-l.Lost():
+						default:
+							t.Fatal("Lost() not closed past the validity deadline")
+						}
+					}
+					// Long enough for the extender to have run.
+					time.Sleep(2 * b.c.cfg.extendEvery)
+					if !l.IsLost() {
+						t.Fatal("the lease came back after it was declared lost")
+					}
+					if err := l.Release(testCtx(t)); !errors.Is(err, dlock.ErrLockLost) {
+						t.Fatalf("Release of a lease declared lost = %v, want ErrLockLost", err)
+					}
+				})
+			}
 		}
 	}
 }
