@@ -99,6 +99,30 @@ func (b *Backend) busyLocked(r req) bool {
 	return r.ukind != uNone && (b.conflictsLocked(r.upgrade, exclusive) || b.queued[r.upgrade] > 0)
 }
 
+// tryingLocked reports whether a try of this backend has r's key (or
+// upgrade key) in flight on a lock connection. A wait then skips its first
+// try: that try could only succeed if the one in flight failed and the
+// lock was let go between the two, and the wait's blocking statement takes
+// a free lock anyway. So a burst of waits for one name sends one try, not
+// one per wait, each on a lock connection of its own (a session must not
+// try a key it holds or tries: see pickLocked).
+func (b *Backend) tryingLocked(r req) bool {
+	for c := range b.conns {
+		if c.gone {
+			continue
+		}
+		if _, has := c.keys[r.key]; has {
+			return true
+		}
+		if r.ukind != uNone {
+			if _, has := c.keys[r.upgrade]; has {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // tryExpr is the SQL expression of a try of r that takes its upgrade key:
 // true when it took everything, false when it took nothing.
 func (r req) tryExpr() string {
@@ -572,7 +596,7 @@ func (b *Backend) wait1(ctx context.Context, r req) (*Lease, error) {
 		// elsewhere costs the blocking statement, on a connection of its
 		// own.
 		b.mu.Lock()
-		tryFirst := !b.busyLocked(r)
+		tryFirst := !b.busyLocked(r) && !b.tryingLocked(r)
 		b.mu.Unlock()
 		if tryFirst {
 			l, ok, err := b.try1(ctx, r)

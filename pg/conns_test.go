@@ -810,3 +810,89 @@ func TestLockTxCancelSilentServer(t *testing.T) {
 	_ = tx.Rollback(context.Background())
 	s.freed(t, ctx, pid)
 }
+
+// TestBurstOfWaitsTriesOnce: waits of one name that start together, while
+// another backend holds it, send one try between them, not one each: the
+// others see a try of the key in flight and queue at once. Each try of a
+// key it tries already would need a lock connection of its own (a session
+// must not try a key twice), so a burst of 32 waits took about 64 pool
+// connections before (32 for the tries, then 32 for the waits), and takes
+// about 32 now.
+func TestBurstOfWaitsTriesOnce(t *testing.T) {
+	url := testURL(t)
+	const waits = 32
+	pool := newPool(t, url, waits+8)
+	b, err := pg.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	other, err := pg.New(newPool(t, url, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	name := fmt.Sprintf("burst-%d", time.Now().UnixNano())
+	holder, err := dlock.NewMutex(other).Acquire(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Warm the pool, so that the count below is of acquisitions, not of
+	// connections being opened.
+	var conns []*pgxpool.Conn
+	for range waits + 4 {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.Release()
+	}
+	before := pool.Stat().AcquireCount()
+	mu := dlock.NewMutex(b)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, waits)
+	for range waits {
+		wg.Go(func() {
+			<-start
+			lk, err := mu.Acquire(ctx, name)
+			if err == nil {
+				err = lk.Release(ctx)
+			}
+			errs <- err
+		})
+	}
+	close(start)
+	key, _ := pg.MutexKey(name).Int64()
+	for {
+		n := scalar[int64](t, url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND NOT granted"+
+			" AND ((classid::bigint << 32) | objid::bigint) = $1", key)
+		if n >= waits {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("only %d waits queued", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	queued := pool.Stat().AcquireCount() - before
+	if err := holder.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d waits queued after %d pool acquisitions", waits, queued)
+	if queued > waits+waits/4 {
+		t.Fatalf("%d waits of one name took %d pool connections to queue: want about one each (one try for the burst)", waits, queued)
+	}
+}

@@ -51,7 +51,11 @@
 // connections, or fewer if the pool has no more to give. A wait that must
 // queue on the server runs on a connection of its own, never on a shared
 // one, so it never delays the release of another lease; once granted, that
-// connection becomes a lock connection like the others.
+// connection becomes a lock connection like the others. A wait skips its
+// first try when this backend holds the name, queues for it or is trying
+// it already: a burst of 32 waits for one name held elsewhere sends one
+// try and queues on 33 pool connections, not 64
+// (TestBurstOfWaitsTriesOnce).
 //
 // The tries and unlocks that goroutines queue on one lock connection at
 // the same time are sent together, when neither fencing nor holder
