@@ -839,19 +839,7 @@ func TestBurstOfWaitsTriesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Warm the pool, so that the count below is of acquisitions, not of
-	// connections being opened.
-	var conns []*pgxpool.Conn
-	for range waits + 4 {
-		c, err := pool.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	for _, c := range conns {
-		c.Release()
-	}
+	warm(t, pool, waits+4) // the count below is of acquisitions, not of connections opened
 	before := pool.Stat().AcquireCount()
 	mu := dlock.NewMutex(b)
 	start := make(chan struct{})
