@@ -496,23 +496,31 @@ func connectOnce(ctx context.Context, opt valkeygo.ClientOption) (valkeygo.Clien
 
 // newBackoff paces retries of connecting and of failed acquisitions.
 func newBackoff(ctx context.Context) backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 50 * time.Millisecond
-	b.MaxInterval = time.Second
-	b.MaxElapsedTime = 0
+	// As options: NewExponentialBackOff starts its first interval from
+	// InitialInterval as it is when it returns (500 ms by default).
+	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(time.Second), backoff.WithMaxElapsedTime(0))
 	return backoff.WithContext(b, ctx)
 }
 
 // retrying runs attempt, and with retry runs it again with backoff after
 // an error that may heal, until it succeeds or ctx ends; it returns the
-// last error.
+// last error. An attempt that ctx's end cut short says only that ctx
+// ended: the error of the attempt before it (connection refused, say) is
+// returned instead, as the last one the server gave.
 func retrying(ctx context.Context, retry bool, note func(error), attempt func() error) error {
 	bo := newBackoff(ctx)
+	var prev error
 	for {
 		err := attempt()
+		if err != nil && prev != nil && ctx.Err() != nil &&
+			(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			return prev
+		}
 		if err == nil || !retry || ctx.Err() != nil || isConfigErr(err) {
 			return err
 		}
+		prev = err
 		note(err)
 		d := bo.NextBackOff()
 		if d == backoff.Stop {

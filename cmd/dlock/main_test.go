@@ -429,3 +429,51 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("help: exit %d, %q", code, stderr)
 	}
 }
+
+// TestRetryingKeepsTheServersError: when ctx's end cuts the last attempt
+// short (CI saw a connect to a stopped server still in flight at the
+// deadline), retrying returns the error the server gave the attempt before,
+// not "context deadline exceeded".
+func TestRetryingKeepsTheServersError(t *testing.T) {
+	refused := errors.New("connect: connection refused")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	attempts := 0
+	err := retrying(ctx, true, func(error) {}, func() error {
+		attempts++
+		if attempts < 3 {
+			return refused
+		}
+		<-ctx.Done() // the last attempt is in flight when ctx ends
+		return fmt.Errorf("ping: %w", ctx.Err())
+	})
+	if !errors.Is(err, refused) {
+		t.Fatalf("retrying = %v after %d attempts, want the server's last error %q", err, attempts, refused)
+	}
+	// A server error of the last attempt itself is kept.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	other := errors.New("connect: no route to host")
+	attempts = 0
+	err = retrying(ctx2, true, func(error) {}, func() error {
+		attempts++
+		if attempts < 2 {
+			return refused
+		}
+		<-ctx2.Done()
+		return other
+	})
+	if !errors.Is(err, other) {
+		t.Fatalf("retrying = %v after %d attempts, want the last attempt's own error %q", err, attempts, other)
+	}
+}
+
+// TestBackoffStartsAt50ms: the first retry of a failed connection comes
+// after about 50 ms (± half), not after backoff's default 500 ms.
+func TestBackoffStartsAt50ms(t *testing.T) {
+	for range 20 {
+		if d := newBackoff(context.Background()).NextBackOff(); d < 25*time.Millisecond || d > 75*time.Millisecond {
+			t.Fatalf("first backoff %v, want 25-75ms", d)
+		}
+	}
+}
