@@ -99,19 +99,21 @@ func (b *Backend) busyLocked(r req) bool {
 	return r.ukind != uNone && (b.conflictsLocked(r.upgrade, exclusive) || b.queued[r.upgrade] > 0)
 }
 
-// tryingLocked reports whether a try of this backend has r's key (or
-// upgrade key) in flight on a lock connection. A wait then skips its first
-// try: that try could only succeed if the one in flight failed and the
-// lock was let go between the two, and the wait's blocking statement takes
-// a free lock anyway. So a burst of waits for one name sends one try, not
-// one per wait, each on a lock connection of its own (a session must not
-// try a key it holds or tries: see pickLocked).
+// tryingLocked reports whether a try of this backend has a key that r
+// takes exclusively (its key when r is exclusive, its upgrade key) in
+// flight on a lock connection. A wait then skips its first try: that try
+// could only succeed if the one in flight failed and the lock was let go
+// between the two, and the wait's blocking statement takes a free lock
+// anyway. So a burst of waits for one name sends one try, not one per
+// wait, each on a lock connection of its own (a session must not try a key
+// it holds or tries: see pickLocked). A reader's try of a key another
+// reader tries or holds may succeed, so it is sent.
 func (b *Backend) tryingLocked(r req) bool {
 	for c := range b.conns {
 		if c.gone {
 			continue
 		}
-		if _, has := c.keys[r.key]; has {
+		if _, has := c.keys[r.key]; has && r.mode == exclusive {
 			return true
 		}
 		if r.ukind != uNone {

@@ -52,9 +52,10 @@
 // queue on the server runs on a connection of its own, never on a shared
 // one, so it never delays the release of another lease; once granted, that
 // connection becomes a lock connection like the others. A wait skips its
-// first try when this backend holds the name, queues for it or is trying
-// it already: a burst of 32 waits for one name held elsewhere sends one
-// try and queues on 33 pool connections, not 64
+// first try when the try would all but surely fail: this backend holds the
+// name in a conflicting mode, queues for it, or (a mutex or writer) is
+// trying it already. So a burst of 32 waits for one name held elsewhere
+// sends one try and queues on 33 pool connections, not 64
 // (TestBurstOfWaitsTriesOnce).
 //
 // The tries and unlocks that goroutines queue on one lock connection at
